@@ -1,0 +1,2 @@
+//! The Client-Server API, except sync and push.
+pub mod api;

@@ -1,0 +1,63 @@
+//! Bus telemetry. Labels are topic names, a fixed set per deployment;
+//! per-process reply topics are folded into one `reply` label.
+
+use std::sync::LazyLock;
+
+use prometheus::{IntCounterVec, register_int_counter_vec};
+
+static PRODUCED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("myelin_bus_records_produced_total", "Records appended, by topic", &["topic"])
+        .expect("metric registers once")
+});
+
+static HANDLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("myelin_bus_records_handled_total", "Records handled by consumers, by topic", &["topic"])
+        .expect("metric registers once")
+});
+
+static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "myelin_bus_handler_retries_total",
+        "Transient handler failures retried, by topic",
+        &["topic"]
+    )
+    .expect("metric registers once")
+});
+
+static POISON: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("myelin_bus_poison_records_total", "Records skipped as poison, by topic", &["topic"])
+        .expect("metric registers once")
+});
+
+static EXPIRED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "myelin_bus_requests_expired_total",
+        "Requests skipped past their deadline, by topic",
+        &["topic"]
+    )
+    .expect("metric registers once")
+});
+
+fn label(topic: &str) -> &str {
+    if topic.starts_with(crate::reply::REPLY_TOPIC_PREFIX) { "reply" } else { topic }
+}
+
+pub(crate) fn produced(topic: &str) {
+    PRODUCED.with_label_values(&[label(topic)]).inc();
+}
+
+pub(crate) fn handled(topic: &str) {
+    HANDLED.with_label_values(&[label(topic)]).inc();
+}
+
+pub(crate) fn retried(topic: &str) {
+    RETRIES.with_label_values(&[label(topic)]).inc();
+}
+
+pub(crate) fn poisoned(topic: &str) {
+    POISON.with_label_values(&[label(topic)]).inc();
+}
+
+pub(crate) fn expired(topic: &str) {
+    EXPIRED.with_label_values(&[label(topic)]).inc();
+}

@@ -1,0 +1,166 @@
+//! Database pools for SQLite (the embedded default) and PostgreSQL, and a
+//! per-component migration runner.
+//!
+//! Components keep their own SQL. Most statements are written once with
+//! `$1`-style parameters, which both drivers accept, and run on either pool
+//! through [`with_db!`], which type-checks the body against each driver.
+//! DDL differs per backend, so each [`Migration`] carries both texts.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Postgres, Sqlite, Transaction};
+
+pub use sqlx;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("unsupported database url {0:?}: expected sqlite:// or postgres://")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration {component}/{version} failed: {source}")]
+    Migration { component: String, version: i64, source: sqlx::Error },
+}
+
+/// Which database a pool talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool to one of the supported databases.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Run `$body` with `$pool` bound to the concrete pool of `$db`.
+/// The body is compiled once per driver, so SQL and bound types must suit both.
+#[macro_export]
+macro_rules! with_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::Db::Sqlite($pool) => $body,
+            $crate::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// One schema step of a component, in both dialects.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+impl Db {
+    /// Connect to `sqlite://PATH` (created if missing) or `postgres://…`.
+    pub async fn connect(url: &str) -> Result<Self, StorageError> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+            Ok(Self::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool =
+                PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(30)).connect(url).await?;
+            Ok(Self::Postgres(pool))
+        } else {
+            Err(StorageError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Apply the component's migrations that have not run yet, each in its
+    /// own transaction. Components track their versions independently.
+    pub async fn migrate(&self, component: &str, migrations: &[Migration]) -> Result<(), StorageError> {
+        with_db!(self, pool => {
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS myelin_migrations (\
+                 component TEXT NOT NULL, version BIGINT NOT NULL, \
+                 PRIMARY KEY (component, version))",
+            )
+            .execute(pool)
+            .await?;
+        });
+        for migration in migrations {
+            self.apply(component, migration).await.map_err(|source| StorageError::Migration {
+                component: component.to_owned(),
+                version: migration.version,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, component: &str, migration: &Migration) -> Result<(), sqlx::Error> {
+        let ddl = match self.backend() {
+            Backend::Sqlite => migration.sqlite,
+            Backend::Postgres => migration.postgres,
+        };
+        with_db!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let done: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM myelin_migrations WHERE component = $1 AND version = $2",
+            )
+            .bind(component)
+            .bind(migration.version)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if done.is_some() {
+                return Ok(());
+            }
+            sqlx::raw_sql(ddl).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO myelin_migrations (component, version) VALUES ($1, $2)")
+                .bind(component)
+                .bind(migration.version)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        })
+    }
+
+    pub async fn close(&self) {
+        with_db!(self, pool => pool.close().await)
+    }
+}
+
+/// Starting a transaction that will write. On SQLite it takes the write lock
+/// up front (`BEGIN IMMEDIATE`): a deferred transaction that reads and then
+/// writes can fail with SQLITE_BUSY instead of waiting.
+pub trait WritePool {
+    type Database: sqlx::Database;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Transaction<'static, Self::Database>, sqlx::Error>> + Send;
+}
+
+impl WritePool for SqlitePool {
+    type Database = Sqlite;
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl WritePool for PgPool {
+    type Database = Postgres;
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}

@@ -1,0 +1,67 @@
+use myelin_storage::{Db, Migration, StorageError, WritePool, with_db};
+use myelin_testkit::TestDb;
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sqlite: "CREATE TABLE kv (k TEXT PRIMARY KEY, v BLOB NOT NULL)",
+        postgres: "CREATE TABLE kv (k TEXT PRIMARY KEY, v BYTEA NOT NULL)",
+    },
+    Migration {
+        version: 2,
+        sqlite: "ALTER TABLE kv ADD COLUMN n BIGINT NOT NULL DEFAULT 0",
+        postgres: "ALTER TABLE kv ADD COLUMN n BIGINT NOT NULL DEFAULT 0",
+    },
+];
+
+#[tokio::test]
+async fn migrations_apply_once_and_components_are_independent() {
+    for test_db in TestDb::both().await {
+        let db = Db::connect(&test_db.url).await.unwrap();
+        db.migrate("alpha", MIGRATIONS).await.unwrap();
+        // Running again is a no-op, not a "table exists" failure.
+        db.migrate("alpha", MIGRATIONS).await.unwrap();
+        // Another component's version 1 is its own.
+        db.migrate(
+            "beta",
+            &[Migration { version: 1, sqlite: "CREATE TABLE b (x BIGINT)", postgres: "CREATE TABLE b (x BIGINT)" }],
+        )
+        .await
+        .unwrap();
+
+        let count: i64 = with_db!(&db, p => sqlx::query_scalar("SELECT COUNT(*) FROM myelin_migrations").fetch_one(p).await.unwrap());
+        assert_eq!(count, 3, "{}", test_db.name);
+
+        with_db!(&db, p => {
+            let mut tx = p.begin_write().await.unwrap();
+            sqlx::query("INSERT INTO kv (k, v, n) VALUES ($1, $2, $3)")
+                .bind("key").bind(vec![1u8, 2, 3]).bind(7i64)
+                .execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        });
+        let (v, n): (Vec<u8>, i64) = with_db!(&db, p => sqlx::query_as("SELECT v, n FROM kv WHERE k = $1").bind("key").fetch_one(p).await.unwrap());
+        assert_eq!((v, n), (vec![1, 2, 3], 7), "{}", test_db.name);
+    }
+}
+
+#[tokio::test]
+async fn a_failing_migration_reports_component_and_version_and_is_not_recorded() {
+    for test_db in TestDb::both().await {
+        let db = Db::connect(&test_db.url).await.unwrap();
+        let bad = [Migration { version: 1, sqlite: "CREATE TABLE (", postgres: "CREATE TABLE (" }];
+        match db.migrate("broken", &bad).await {
+            Err(StorageError::Migration { component, version, .. }) => {
+                assert_eq!((component.as_str(), version), ("broken", 1));
+            }
+            other => panic!("expected a migration error on {}, got {other:?}", test_db.name),
+        }
+        let count: i64 = with_db!(&db, p => sqlx::query_scalar("SELECT COUNT(*) FROM myelin_migrations WHERE component = 'broken'").fetch_one(p).await.unwrap());
+        assert_eq!(count, 0);
+    }
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_refused() {
+    let err = Db::connect("mysql://localhost/x").await.unwrap_err();
+    assert!(matches!(err, StorageError::UnsupportedUrl(_)));
+}

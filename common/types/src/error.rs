@@ -1,0 +1,165 @@
+//! Matrix errors and their mapping to HTTP: the one place where an error
+//! becomes `{"errcode":"M_…","error":"…"}` with a status code.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+/// The spec's error codes that Myelin emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    #[serde(rename = "M_FORBIDDEN")]
+    Forbidden,
+    #[serde(rename = "M_UNKNOWN_TOKEN")]
+    UnknownToken,
+    #[serde(rename = "M_MISSING_TOKEN")]
+    MissingToken,
+    #[serde(rename = "M_BAD_JSON")]
+    BadJson,
+    #[serde(rename = "M_NOT_JSON")]
+    NotJson,
+    #[serde(rename = "M_NOT_FOUND")]
+    NotFound,
+    #[serde(rename = "M_LIMIT_EXCEEDED")]
+    LimitExceeded,
+    #[serde(rename = "M_UNRECOGNIZED")]
+    Unrecognized,
+    #[serde(rename = "M_UNKNOWN")]
+    Unknown,
+    #[serde(rename = "M_USER_IN_USE")]
+    UserInUse,
+    #[serde(rename = "M_INVALID_USERNAME")]
+    InvalidUsername,
+    #[serde(rename = "M_INVALID_PARAM")]
+    InvalidParam,
+    #[serde(rename = "M_MISSING_PARAM")]
+    MissingParam,
+    #[serde(rename = "M_TOO_LARGE")]
+    TooLarge,
+    #[serde(rename = "M_UNSUPPORTED_ROOM_VERSION")]
+    UnsupportedRoomVersion,
+    #[serde(rename = "M_ROOM_IN_USE")]
+    RoomInUse,
+    #[serde(rename = "M_BAD_STATE")]
+    BadState,
+    #[serde(rename = "M_USER_DEACTIVATED")]
+    UserDeactivated,
+    #[serde(rename = "M_INVALID_ROOM_STATE")]
+    InvalidRoomState,
+}
+
+impl ErrorCode {
+    /// The HTTP status the spec pairs with this code by default.
+    pub fn default_status(self) -> StatusCode {
+        match self {
+            Self::Forbidden | Self::UserDeactivated => StatusCode::FORBIDDEN,
+            Self::UnknownToken | Self::MissingToken => StatusCode::UNAUTHORIZED,
+            Self::NotFound | Self::Unrecognized => StatusCode::NOT_FOUND,
+            Self::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadJson
+            | Self::NotJson
+            | Self::UserInUse
+            | Self::InvalidUsername
+            | Self::InvalidParam
+            | Self::MissingParam
+            | Self::UnsupportedRoomVersion
+            | Self::RoomInUse
+            | Self::BadState
+            | Self::InvalidRoomState => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// An error as a Matrix client receives it. Components return this from
+/// handlers (directly or through `From` impls on their own typed errors),
+/// and it also travels in bus replies, hence `Serialize`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{errcode:?} ({status}): {error}")]
+pub struct MatrixError {
+    pub errcode: ErrorCode,
+    pub error: String,
+    pub status: u16,
+}
+
+impl MatrixError {
+    pub fn new(errcode: ErrorCode, error: impl Into<String>) -> Self {
+        Self { errcode, error: error.into(), status: errcode.default_status().as_u16() }
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status.as_u16();
+        self
+    }
+
+    pub fn forbidden(error: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, error)
+    }
+
+    pub fn not_found(error: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, error)
+    }
+
+    pub fn bad_json(error: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadJson, error)
+    }
+
+    pub fn invalid_param(error: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidParam, error)
+    }
+
+    pub fn unknown_token() -> Self {
+        Self::new(ErrorCode::UnknownToken, "Unknown or expired access token")
+    }
+
+    pub fn missing_token() -> Self {
+        Self::new(ErrorCode::MissingToken, "Missing access token")
+    }
+
+    pub fn too_large(error: impl Into<String>) -> Self {
+        Self::new(ErrorCode::TooLarge, error)
+    }
+
+    /// An unexpected failure. The cause is logged by the caller; the client
+    /// only learns that it happened.
+    pub fn internal() -> Self {
+        Self::new(ErrorCode::Unknown, "Internal server error")
+    }
+
+    pub fn unrecognized() -> Self {
+        Self::new(ErrorCode::Unrecognized, "Unrecognized request").with_status(StatusCode::NOT_FOUND)
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    errcode: ErrorCode,
+    error: &'a str,
+}
+
+impl IntoResponse for MatrixError {
+    fn into_response(self) -> Response {
+        let body = Body { errcode: self.errcode, error: &self.error };
+        (self.status_code(), axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_the_spec_spells_them() {
+        let e = MatrixError::unknown_token();
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["errcode"], "M_UNKNOWN_TOKEN");
+        assert_eq!(e.status_code(), StatusCode::UNAUTHORIZED);
+        assert_eq!(MatrixError::too_large("x").status, 413);
+        assert_eq!(MatrixError::unrecognized().status, 404);
+    }
+}
