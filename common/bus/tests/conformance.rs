@@ -1,0 +1,335 @@
+//! The conformance suite every bus backend passes: order per key, no loss,
+//! redelivery after a crash before commit, offsets per group, poison records
+//! skipped and counted, request/reply with deadlines.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use myelin_bus::{Backend, Bus, BusError, EmbeddedBackend, HandleError, Handler, MemoryBackend, Record, Responder, RetryPolicy, Shutdown};
+use myelin_storage::Db;
+use myelin_testkit::TestDb;
+use myelin_types::SystemClock;
+use tokio::sync::{Notify, oneshot};
+
+const TOPIC: &str = "conformance.topic";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A backend under test that can be "restarted": reopened from its durable
+/// state, as a process would after a crash.
+enum Subject {
+    Memory(MemoryBackend),
+    Embedded(TestDb),
+}
+
+impl Subject {
+    async fn all() -> Vec<Subject> {
+        let mut subjects = vec![Subject::Memory(MemoryBackend::new(4))];
+        for db in TestDb::both().await {
+            subjects.push(Subject::Embedded(db));
+        }
+        subjects
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Subject::Memory(_) => "memory",
+            Subject::Embedded(db) => db.name,
+        }
+    }
+
+    /// A fresh process's view of the same log.
+    async fn open(&self) -> Bus {
+        let backend: Arc<dyn Backend> = match self {
+            Subject::Memory(memory) => Arc::new(memory.clone()),
+            Subject::Embedded(db) => Arc::new(EmbeddedBackend::open(Db::connect(&db.url).await.unwrap(), 4).await.unwrap()),
+        };
+        Bus::new(backend, Arc::new(SystemClock)).with_retry_policy(RetryPolicy {
+            attempts: 3,
+            first_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+        })
+    }
+}
+
+/// Waits until `condition` holds, failing the test after [`WAIT`].
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Records every delivery and applies an idempotent effect keyed by payload.
+#[derive(Default)]
+struct Recorder {
+    deliveries: Mutex<Vec<(String, String)>>,
+    effects: Mutex<HashSet<String>>,
+}
+
+#[async_trait]
+impl Handler for Recorder {
+    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        let payload = String::from_utf8(record.payload.clone()).unwrap();
+        self.deliveries.lock().unwrap().push((record.key.clone(), payload.clone()));
+        self.effects.lock().unwrap().insert(payload);
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn delivered(&self) -> usize {
+        self.deliveries.lock().unwrap().len()
+    }
+
+    fn effect_count(&self) -> usize {
+        self.effects.lock().unwrap().len()
+    }
+}
+
+#[tokio::test]
+async fn records_of_a_key_arrive_in_order_and_none_is_lost() {
+    for subject in Subject::all().await {
+        let bus = subject.open().await;
+        for seq in 0..300 {
+            let key = format!("!room{}:example.org", seq % 10);
+            bus.produce(TOPIC, &key, format!("{key}#{seq:04}").into_bytes()).await.unwrap();
+        }
+        let recorder = Arc::new(Recorder::default());
+        let (trigger, shutdown) = Shutdown::new();
+        let task = bus.consume("order", TOPIC, recorder.clone(), shutdown);
+        eventually("300 deliveries", || recorder.delivered() >= 300).await;
+        trigger.trigger();
+        task.await.unwrap().unwrap();
+
+        let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, payload) in recorder.deliveries.lock().unwrap().iter() {
+            per_key.entry(key.clone()).or_default().push(payload.clone());
+        }
+        assert_eq!(per_key.len(), 10, "{}", subject.name());
+        for (key, payloads) in per_key {
+            let mut sorted = payloads.clone();
+            sorted.sort();
+            assert_eq!(payloads, sorted, "{}: order of {key}", subject.name());
+            assert_eq!(payloads.len(), 30, "{}: count of {key}", subject.name());
+        }
+        assert_eq!(recorder.delivered(), 300, "{}: exactly once without crashes", subject.name());
+    }
+}
+
+/// Applies its effect, then hangs on one record: the process "dies" there,
+/// after the effect and before the commit.
+struct DiesAfterEffect {
+    inner: Recorder,
+    victim: String,
+    reached: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+#[async_trait]
+impl Handler for DiesAfterEffect {
+    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        self.inner.handle(record).await?;
+        if record.payload == self.victim.as_bytes() {
+            if let Some(reached) = self.reached.lock().unwrap().take() {
+                let _ = reached.send(());
+            }
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_killed_between_effect_and_commit_loses_nothing_and_applies_nothing_twice() {
+    for subject in Subject::all().await {
+        let bus = subject.open().await;
+        for n in 0..10 {
+            bus.produce(TOPIC, "one-key", format!("event-{n}").into_bytes()).await.unwrap();
+        }
+        let (reached_tx, reached_rx) = oneshot::channel();
+        let dying = Arc::new(DiesAfterEffect {
+            inner: Recorder::default(),
+            victim: "event-5".to_owned(),
+            reached: Mutex::new(Some(reached_tx)),
+        });
+        let (_trigger, shutdown) = Shutdown::new();
+        let task = bus.consume("crash", TOPIC, dying.clone(), shutdown);
+        tokio::time::timeout(WAIT, reached_rx).await.unwrap().unwrap();
+        task.abort();
+        let _ = task.await;
+        drop(bus);
+
+        // The restarted process shares the durable effects (a database
+        // would); its consumer must see the uncommitted records again.
+        let restarted = subject.open().await;
+        let recorder = Arc::new(Recorder::default());
+        *recorder.effects.lock().unwrap() = dying.inner.effects.lock().unwrap().clone();
+        let (trigger, shutdown) = Shutdown::new();
+        let task = restarted.consume("crash", TOPIC, recorder.clone(), shutdown);
+        eventually("redelivery", || recorder.deliveries.lock().unwrap().iter().any(|(_, p)| p == "event-9")).await;
+        trigger.trigger();
+        task.await.unwrap().unwrap();
+
+        let redelivered: Vec<String> = recorder.deliveries.lock().unwrap().iter().map(|(_, p)| p.clone()).collect();
+        assert!(redelivered.contains(&"event-5".to_owned()), "{}: the record in flight is redelivered", subject.name());
+        assert_eq!(recorder.effect_count(), 10, "{}: every effect exactly once", subject.name());
+    }
+}
+
+#[tokio::test]
+async fn each_group_has_its_own_offsets_that_survive_a_restart() {
+    for subject in Subject::all().await {
+        let bus = subject.open().await;
+        for n in 0..20 {
+            bus.produce(TOPIC, &format!("k{}", n % 3), format!("a{n}").into_bytes()).await.unwrap();
+        }
+        let first = Arc::new(Recorder::default());
+        let (trigger, shutdown) = Shutdown::new();
+        let task = bus.consume("group-a", TOPIC, first.clone(), shutdown);
+        eventually("group a", || first.delivered() >= 20).await;
+        trigger.trigger();
+        task.await.unwrap().unwrap();
+
+        // Another group starts from the beginning.
+        let other = Arc::new(Recorder::default());
+        let (other_trigger, shutdown) = Shutdown::new();
+        let other_task = bus.consume("group-b", TOPIC, other.clone(), shutdown);
+        eventually("group b", || other.delivered() >= 20).await;
+        other_trigger.trigger();
+        other_task.await.unwrap().unwrap();
+        assert_eq!(other.delivered(), 20, "{}", subject.name());
+
+        // Group a, restarted, resumes after its committed offsets.
+        let restarted = subject.open().await;
+        for n in 20..25 {
+            restarted.produce(TOPIC, &format!("k{}", n % 3), format!("a{n}").into_bytes()).await.unwrap();
+        }
+        let resumed = Arc::new(Recorder::default());
+        let (trigger, shutdown) = Shutdown::new();
+        let task = restarted.consume("group-a", TOPIC, resumed.clone(), shutdown);
+        eventually("group a resumed", || resumed.delivered() >= 5).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        trigger.trigger();
+        task.await.unwrap().unwrap();
+        let mut seen: Vec<String> = resumed.deliveries.lock().unwrap().iter().map(|(_, p)| p.clone()).collect();
+        seen.sort();
+        assert_eq!(seen, ["a20", "a21", "a22", "a23", "a24"], "{}", subject.name());
+    }
+}
+
+/// Refuses some payloads: `poison` at once, `stuck` always transiently,
+/// `flaky` transiently twice, `panic` by panicking.
+#[derive(Default)]
+struct Picky {
+    recorder: Recorder,
+    flaky_attempts: AtomicUsize,
+}
+
+#[async_trait]
+impl Handler for Picky {
+    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        match record.payload.as_slice() {
+            b"poison" => Err(HandleError::Poison("cannot decode".into())),
+            b"stuck" => Err(HandleError::Transient("database busy".into())),
+            b"panic" => panic!("handler bug"),
+            b"flaky" if self.flaky_attempts.fetch_add(1, Ordering::SeqCst) < 2 => {
+                Err(HandleError::Transient("try again".into()))
+            }
+            _ => self.recorder.handle(record).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn poison_records_are_recorded_skipped_and_counted() {
+    for subject in Subject::all().await {
+        let bus = subject.open().await;
+        for payload in ["ok-1", "poison", "ok-2", "stuck", "flaky", "panic", "ok-3"] {
+            bus.produce(TOPIC, "same-partition", payload.as_bytes().to_vec()).await.unwrap();
+        }
+        let picky = Arc::new(Picky::default());
+        let (trigger, shutdown) = Shutdown::new();
+        let task = bus.consume("picky", TOPIC, picky.clone(), shutdown);
+        eventually("the record after the poison ones", || picky.recorder.effects.lock().unwrap().contains("ok-3")).await;
+        trigger.trigger();
+        task.await.unwrap().unwrap();
+
+        let handled = picky.recorder.effects.lock().unwrap().clone();
+        let expected: HashSet<String> = ["ok-1", "ok-2", "flaky", "ok-3"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(handled, expected, "{}", subject.name());
+        assert_eq!(picky.flaky_attempts.load(Ordering::SeqCst), 3, "{}: flaky retried until it worked", subject.name());
+        let poisoned = bus.backend().poison_count("picky", TOPIC).await.unwrap();
+        assert_eq!(poisoned, 3, "{}: poison, stuck and panic are recorded", subject.name());
+        assert_eq!(bus.backend().poison_count("other-group", TOPIC).await.unwrap(), 0);
+    }
+}
+
+/// Echoes requests, refuses `refuse`, counts what it answered.
+#[derive(Default)]
+struct Echo {
+    answered: AtomicUsize,
+    seen: Notify,
+}
+
+#[async_trait]
+impl Responder for Echo {
+    async fn respond(&self, request: &Record) -> Result<Vec<u8>, HandleError> {
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        self.seen.notify_waiters();
+        if request.payload == b"refuse" {
+            return Err(HandleError::Poison("refused".into()));
+        }
+        Ok([b"echo:".as_slice(), &request.payload].concat())
+    }
+}
+
+#[tokio::test]
+async fn requests_get_their_own_replies_and_failures_surface() {
+    for subject in Subject::all().await {
+        let bus = subject.open().await;
+        let echo = Arc::new(Echo::default());
+        let (trigger, shutdown) = Shutdown::new();
+        let server = bus.serve("echo", "echo.requests", echo.clone(), shutdown);
+
+        let requests = (0..20).map(|n| {
+            let bus = bus.clone();
+            async move {
+                let reply = bus.request("echo.requests", &format!("k{n}"), format!("{n}").into_bytes(), WAIT).await.unwrap();
+                assert_eq!(reply, format!("echo:{n}").into_bytes());
+            }
+        });
+        futures::future::join_all(requests).await;
+
+        let refused = bus.request("echo.requests", "k", b"refuse".to_vec(), WAIT).await;
+        assert!(matches!(refused, Err(BusError::Remote { .. })), "{}: {refused:?}", subject.name());
+
+        let unanswered = bus.request("nobody.listens", "k", b"x".to_vec(), Duration::from_millis(200)).await;
+        assert!(matches!(unanswered, Err(BusError::Timeout { .. })), "{}: {unanswered:?}", subject.name());
+
+        trigger.trigger();
+        server.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn requests_past_their_deadline_are_skipped() {
+    for subject in Subject::all().await {
+        let bus = subject.open().await;
+        // Nobody serves yet: the request expires while queued.
+        let expired = bus.request("late.requests", "same-key", b"stale".to_vec(), Duration::from_millis(50)).await;
+        assert!(matches!(expired, Err(BusError::Timeout { .. })));
+
+        let echo = Arc::new(Echo::default());
+        let (trigger, shutdown) = Shutdown::new();
+        let server = bus.serve("late", "late.requests", echo.clone(), shutdown);
+        let fresh = bus.request("late.requests", "same-key", b"fresh".to_vec(), WAIT).await.unwrap();
+        assert_eq!(fresh, b"echo:fresh");
+        // Same key, same partition: the stale one came first and was skipped.
+        assert_eq!(echo.answered.load(Ordering::SeqCst), 1, "{}", subject.name());
+        trigger.trigger();
+        server.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond the Rust toolchain. Idempotent:
+# each step is skipped when its result is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked
+fi
+
+# Python clients live in a project-local virtualenv.
+if [ ! -x .venv/bin/python ] || ! cmp -s tests/clients/requirements.txt .venv/.requirements; then
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+    cp tests/clients/requirements.txt .venv/.requirements
+fi
+
+# The suite runs every storage test on PostgreSQL too.
+pg_url="${MYELIN_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
+if command -v psql >/dev/null 2>&1 && ! psql "$pg_url" -qtAc 'SELECT 1' >/dev/null 2>&1; then
+    echo "PostgreSQL is not reachable at $pg_url; start it or set MYELIN_TEST_POSTGRES" >&2
+    exit 1
+fi
