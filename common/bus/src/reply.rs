@@ -48,10 +48,10 @@ impl ReplyRouter {
                         for record in batch {
                             deliver(&pending, record);
                         }
-                        if let Some((partition, offset)) = last {
-                            if let Err(error) = consumer.commit(partition, offset).await {
-                                tracing::warn!(%error, "reply offset commit failed");
-                            }
+                        if let Some((partition, offset)) = last
+                            && let Err(error) = consumer.commit(partition, offset).await
+                        {
+                            tracing::warn!(%error, "reply offset commit failed");
                         }
                     }
                 });

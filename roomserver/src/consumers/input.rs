@@ -1,0 +1,210 @@
+//! Answers `roomserver.input`: creates rooms and appends local events.
+//!
+//! Requests are idempotent under redelivery (DESIGN.md invariant 6): the
+//! reply and produced event ids are stored under the request's correlation
+//! id in the same transaction as the events, and a redelivered request gets
+//! the same reply and its output records again.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use myelin_bus::{Bus, HandleError, Record, Responder};
+use myelin_storage::Db;
+use ruma::{OwnedEventId, UserId};
+
+use crate::api::{CreateRoom, InputOk, InputReply, InputRequest, NewRoomEvent, SendEvent, StoredEvent};
+use crate::error::RequestError;
+use crate::events::{LocalEvent, Room, Signer, create_room};
+use crate::producers::output::{OutputProducer, new_room_event};
+use crate::storage::Tx;
+
+pub struct InputConsumer {
+    pub db: Db,
+    pub bus: Bus,
+    pub signer: Arc<Signer>,
+    pub default_room_version: String,
+    pub output: OutputProducer,
+}
+
+/// A handled request: what to answer and what to emit after the commit.
+struct Outcome {
+    reply: InputOk,
+    outputs: Vec<NewRoomEvent>,
+}
+
+#[async_trait]
+impl Responder for InputConsumer {
+    async fn respond(&self, record: &Record) -> Result<Vec<u8>, HandleError> {
+        let correlation_id = record
+            .headers
+            .correlation_id
+            .clone()
+            .ok_or_else(|| HandleError::Poison("input request without correlation id".into()))?;
+        let request: InputRequest =
+            record.json().map_err(|e| HandleError::Poison(format!("undecodable input request: {e}")))?;
+        if let Some((reply, outputs)) = self.replay(&correlation_id).await.map_err(transient)? {
+            // The first attempt may have stopped between its commit and its outputs.
+            self.output.publish(outputs).await?;
+            return Ok(reply);
+        }
+        let result = match request {
+            InputRequest::CreateRoom(create) => self.create_room(&correlation_id, create).await,
+            InputRequest::SendEvent(send) => self.send_event(&correlation_id, send).await,
+        };
+        match result {
+            Ok(Outcome { reply, outputs }) => {
+                self.output.publish(outputs).await?;
+                Ok(encode(&Ok(reply)))
+            }
+            Err(error) => {
+                let reply = encode(&Err(error.into_reply()?));
+                self.remember_failure(&correlation_id, &reply).await.map_err(transient)?;
+                Ok(reply)
+            }
+        }
+    }
+}
+
+fn encode(reply: &InputReply) -> Vec<u8> {
+    serde_json::to_vec(reply).expect("replies serialize")
+}
+
+fn transient(error: RequestError) -> HandleError {
+    HandleError::Transient(error.to_string())
+}
+
+impl InputConsumer {
+    /// The stored reply of a request seen before, and its output records.
+    async fn replay(&self, correlation_id: &str) -> Result<Option<(Vec<u8>, Vec<NewRoomEvent>)>, RequestError> {
+        let mut tx = Tx::read(&self.db).await?;
+        let Some((reply, event_ids)) = tx.request(correlation_id).await? else { return Ok(None) };
+        let event_ids: Vec<String> = serde_json::from_str(&event_ids)?;
+        let mut outputs = Vec::with_capacity(event_ids.len());
+        for event_id in event_ids {
+            let row =
+                tx.event(&event_id).await?.ok_or_else(|| RequestError::Internal(format!("{event_id} vanished")))?;
+            let txn = tx.txn_of_event(&event_id).await?;
+            let event = StoredEvent {
+                event_id: OwnedEventId::try_from(event_id).map_err(|e| RequestError::Internal(e.to_string()))?,
+                room_id: row
+                    .room_id
+                    .try_into()
+                    .map_err(|e: ruma::IdParseError| RequestError::Internal(e.to_string()))?,
+                pdu: serde_json::from_str(&row.pdu)?,
+            };
+            outputs.push(new_room_event(event, row.state_key.is_some(), row.room_version, txn));
+        }
+        Ok(Some((reply.into_bytes(), outputs)))
+    }
+
+    /// Failed requests are remembered too, so a redelivery answers the same.
+    async fn remember_failure(&self, correlation_id: &str, reply: &[u8]) -> Result<(), RequestError> {
+        let mut tx = Tx::write(&self.db).await?;
+        tx.insert_request(correlation_id, std::str::from_utf8(reply).expect("JSON is UTF-8"), "[]").await?;
+        Ok(tx.commit().await?)
+    }
+
+    fn check_local(&self, user: &UserId) -> Result<(), RequestError> {
+        if user.server_name() != self.signer.server_name {
+            return Err(RequestError::Forbidden(format!("{user} is not a user of this server")));
+        }
+        Ok(())
+    }
+
+    /// `POST /createRoom`: the create event and everything the request asks
+    /// for, in one transaction, so a room is created whole or not at all.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3createroom>
+    async fn create_room(&self, correlation_id: &str, request: CreateRoom) -> Result<Outcome, RequestError> {
+        self.check_local(&request.creator)?;
+        let plan = create_room::plan(&request, &self.default_room_version)?;
+        let now = self.bus.clock().now_ms();
+        let mut tx = Tx::write(&self.db).await?;
+        let (mut room, create) =
+            Room::create(&mut tx, &self.signer, plan.version.clone(), &request.creator, &plan.create_content, now)
+                .await?;
+        let mut accepted = vec![create];
+        for event in &plan.events {
+            let event = room
+                .append(
+                    &mut tx,
+                    &self.signer,
+                    LocalEvent {
+                        sender: &request.creator,
+                        event_type: &event.event_type,
+                        state_key: Some(&event.state_key),
+                        content: &event.content,
+                    },
+                    now,
+                )
+                .await?;
+            accepted.push(event);
+        }
+        let reply = InputOk::RoomCreated { room_id: room.room_id.clone() };
+        let event_ids: Vec<&OwnedEventId> = accepted.iter().map(|a| &a.event.event_id).collect();
+        tx.insert_request(
+            correlation_id,
+            &serde_json::to_string(&InputReply::Ok(reply.clone()))?,
+            &serde_json::to_string(&event_ids)?,
+        )
+        .await?;
+        tx.commit().await?;
+        let outputs =
+            accepted.into_iter().map(|a| new_room_event(a.event, a.is_state, plan.version.to_string(), None)).collect();
+        Ok(Outcome { reply, outputs })
+    }
+
+    /// `PUT /rooms/{roomId}/send|state/…` and membership changes: one local
+    /// event. A repeated client transaction returns the first event id.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#transaction-identifiers>
+    async fn send_event(&self, correlation_id: &str, request: SendEvent) -> Result<Outcome, RequestError> {
+        self.check_local(&request.sender)?;
+        let mut tx = Tx::write(&self.db).await?;
+        if let Some(txn) = &request.txn
+            && let Some(event_id) = tx.txn_event(request.sender.as_str(), txn).await?
+        {
+            let event_id = OwnedEventId::try_from(event_id).map_err(|e| RequestError::Internal(e.to_string()))?;
+            let reply = InputOk::EventSent { event_id };
+            tx.insert_request(correlation_id, &serde_json::to_string(&InputReply::Ok(reply.clone()))?, "[]").await?;
+            tx.commit().await?;
+            return Ok(Outcome { reply, outputs: Vec::new() });
+        }
+        let Some(mut room) = Room::load(&mut tx, &request.room_id).await? else {
+            let message = format!("unknown room {}", request.room_id);
+            return Err(if request.event_type == "m.room.member" {
+                RequestError::NotFound(message)
+            } else {
+                RequestError::Forbidden(message)
+            });
+        };
+        let now = self.bus.clock().now_ms();
+        let accepted = room
+            .append(
+                &mut tx,
+                &self.signer,
+                LocalEvent {
+                    sender: &request.sender,
+                    event_type: &request.event_type,
+                    state_key: request.state_key.as_deref(),
+                    content: &request.content,
+                },
+                now,
+            )
+            .await?;
+        let event_id = accepted.event.event_id.clone();
+        if let Some(txn) = &request.txn {
+            tx.insert_txn(request.sender.as_str(), txn, event_id.as_str()).await?;
+        }
+        let reply = InputOk::EventSent { event_id: event_id.clone() };
+        tx.insert_request(
+            correlation_id,
+            &serde_json::to_string(&InputReply::Ok(reply.clone()))?,
+            &serde_json::to_string(&[&event_id])?,
+        )
+        .await?;
+        tx.commit().await?;
+        let output = new_room_event(accepted.event, accepted.is_state, room.version.to_string(), request.txn);
+        Ok(Outcome { reply, outputs: vec![output] })
+    }
+}

@@ -1,0 +1,2 @@
+pub mod input;
+pub mod query;

@@ -1,0 +1,18 @@
+//! Building, signing and auth-checking local events, and the room-creation
+//! recipe. Everything that decides whether an event enters a room lives here.
+
+mod build;
+pub mod create_room;
+mod pdu;
+mod room;
+
+use myelin_types::signing::ServerSigningKey;
+use ruma::OwnedServerName;
+
+pub use room::{LocalEvent, Room};
+
+/// Who signs the events this server builds.
+pub struct Signer {
+    pub server_name: OwnedServerName,
+    pub key: ServerSigningKey,
+}
