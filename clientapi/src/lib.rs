@@ -1,2 +1,15 @@
-//! The Client-Server API, except sync and push.
+//! The Client-Server API, except sync and push: accounts, devices and
+//! access tokens, registration (open, and Synapse's shared-secret admin
+//! API), login, and room commands forwarded to the room server.
+mod accounts;
 pub mod api;
+mod auth;
+mod consumers;
+mod error;
+mod json;
+mod producers;
+mod routing;
+pub mod service;
+mod storage;
+
+pub use error::ClientApiError;

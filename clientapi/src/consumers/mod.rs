@@ -1,0 +1,3 @@
+//! Topics the client API reads.
+
+pub mod query;

@@ -1,0 +1,63 @@
+//! Requests to the room server over the bus. Its `MatrixError`s reach the
+//! client unchanged; bus failures become `M_UNKNOWN` (see `error.rs`).
+
+use myelin_bus::Bus;
+use myelin_roomserver::api::{
+    CreateRoom, INPUT_TOPIC, InputOk, InputReply, InputRequest, QUERY_TOPIC, QueryOk, QueryReply, QueryRequest,
+    REQUEST_TIMEOUT, SendEvent, StoredEvent,
+};
+use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+
+use crate::error::{ClientApiError, Result};
+
+async fn input(bus: &Bus, key: &str, request: &InputRequest) -> Result<InputOk> {
+    let reply: InputReply = bus.request_json(INPUT_TOPIC, key, request, REQUEST_TIMEOUT).await?;
+    Ok(reply?)
+}
+
+async fn query(bus: &Bus, key: &str, request: &QueryRequest) -> Result<QueryOk> {
+    let reply: QueryReply = bus.request_json(QUERY_TOPIC, key, request, REQUEST_TIMEOUT).await?;
+    Ok(reply?)
+}
+
+pub async fn create_room(bus: &Bus, request: CreateRoom) -> Result<OwnedRoomId> {
+    let key = request.creator.to_string();
+    match input(bus, &key, &InputRequest::CreateRoom(request)).await? {
+        InputOk::RoomCreated { room_id } => Ok(room_id),
+        InputOk::EventSent { .. } => Err(ClientApiError::UnexpectedReply("roomserver.input")),
+    }
+}
+
+pub async fn send_event(bus: &Bus, request: SendEvent) -> Result<OwnedEventId> {
+    let key = request.room_id.to_string();
+    match input(bus, &key, &InputRequest::SendEvent(request)).await? {
+        InputOk::EventSent { event_id } => Ok(event_id),
+        InputOk::RoomCreated { .. } => Err(ClientApiError::UnexpectedReply("roomserver.input")),
+    }
+}
+
+pub async fn room_state(
+    bus: &Bus,
+    room_id: &OwnedRoomId,
+    requester: &OwnedUserId,
+    event_type: Option<&str>,
+    state_key: Option<&str>,
+) -> Result<Vec<StoredEvent>> {
+    let request = QueryRequest::RoomState {
+        room_id: room_id.clone(),
+        requester: requester.clone(),
+        event_type: event_type.map(str::to_owned),
+        state_key: state_key.map(str::to_owned),
+    };
+    match query(bus, room_id.as_str(), &request).await? {
+        QueryOk::State { events } => Ok(events),
+        QueryOk::JoinedRooms { .. } => Err(ClientApiError::UnexpectedReply("roomserver.query")),
+    }
+}
+
+pub async fn joined_rooms(bus: &Bus, user_id: &OwnedUserId) -> Result<Vec<OwnedRoomId>> {
+    match query(bus, user_id.as_str(), &QueryRequest::JoinedRooms { user_id: user_id.clone() }).await? {
+        QueryOk::JoinedRooms { room_ids } => Ok(room_ids),
+        QueryOk::State { .. } => Err(ClientApiError::UnexpectedReply("roomserver.query")),
+    }
+}

@@ -1,0 +1,179 @@
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use myelin_types::{ErrorCode, MatrixError, random};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::accounts::{self, MAX_PASSWORD_LEN, Registration};
+use crate::error::{ClientApiError, Result};
+use crate::json::{MatrixJson, MatrixQuery};
+use crate::service::AppState;
+use crate::storage;
+
+/// How long a user-interactive authentication session stays usable.
+const UIA_SESSION_LIFETIME_MS: i64 = 30 * 60 * 1000;
+
+#[derive(Deserialize)]
+pub struct RegisterQuery {
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RegisterBody {
+    username: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+    #[serde(default)]
+    inhibit_login: bool,
+    auth: Option<AuthData>,
+}
+
+#[derive(Deserialize)]
+struct AuthData {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    session: Option<String>,
+}
+
+fn registration_closed() -> MatrixError {
+    MatrixError::forbidden("Registration has been disabled")
+}
+
+/// The body of a `401` asking the client to complete the dummy stage.
+fn uia_challenge(session: &str) -> Response {
+    let body = json!({ "flows": [{ "stages": ["m.login.dummy"] }], "params": {}, "session": session });
+    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+}
+
+/// `POST /_matrix/client/v3/register`
+/// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3register>
+///
+/// Closed unless `client_api.open_registration`; then one flow, `m.login.dummy`.
+/// Guests are not supported.
+pub async fn register(
+    State(state): State<AppState>,
+    MatrixQuery(query): MatrixQuery<RegisterQuery>,
+    MatrixJson(body): MatrixJson<RegisterBody>,
+) -> Result<Response> {
+    match query.kind.as_deref() {
+        None | Some("user") => {}
+        Some("guest") => return Err(MatrixError::forbidden("Guest access is disabled").into()),
+        Some(_) => return Err(MatrixError::invalid_param("Invalid kind").into()),
+    }
+    if !state.config.client_api.open_registration {
+        return Err(registration_closed().into());
+    }
+    // Check what can be checked before authentication, as clients expect.
+    let username = body.username.map(|u| u.to_lowercase());
+    if let Some(username) = &username {
+        accounts::new_user_id(username, state.server_name())?;
+        if storage::accounts::exists(&state.db, username).await? {
+            return Err(accounts::user_in_use().into());
+        }
+    }
+    if body.password.as_ref().is_some_and(|p| p.len() > MAX_PASSWORD_LEN) {
+        return Err(MatrixError::invalid_param("Password too long").into());
+    }
+
+    let now = state.now_ms();
+    let session = match body.auth {
+        None => {
+            let session = random::alphanumeric(24);
+            storage::registration::create_uia_session(&state.db, &session, now, now - UIA_SESSION_LIFETIME_MS).await?;
+            return Ok(uia_challenge(&session));
+        }
+        Some(auth) => {
+            if let Some(session) = &auth.session {
+                let created = storage::registration::uia_session(&state.db, session).await?;
+                if created.is_none_or(|created| created < now - UIA_SESSION_LIFETIME_MS) {
+                    return Err(MatrixError::new(ErrorCode::Unknown, "Unknown or expired session")
+                        .with_status(StatusCode::BAD_REQUEST)
+                        .into());
+                }
+            }
+            match auth.kind.as_deref() {
+                Some("m.login.dummy") => {}
+                Some(_) => {
+                    return Err(MatrixError::new(ErrorCode::Unknown, "Unsupported authentication type")
+                        .with_status(StatusCode::BAD_REQUEST)
+                        .into());
+                }
+                // Polling a session without completing a stage: challenge again.
+                None => {
+                    return match auth.session {
+                        Some(session) => Ok(uia_challenge(&session)),
+                        None => Err(MatrixError::bad_json("auth.type is missing").into()),
+                    };
+                }
+            }
+            auth.session
+        }
+    };
+
+    let login = (!body.inhibit_login).then_some((body.device_id, body.initial_device_display_name));
+    let (user_id, login_session) = match username {
+        Some(localpart) => {
+            accounts::register(
+                &state,
+                Registration { localpart, password: body.password, admin: false, user_type: None, login },
+            )
+            .await?
+        }
+        None => register_generated(&state, body.password, login).await?,
+    };
+    if let Some(session) = session {
+        storage::registration::delete_uia_session(&state.db, &session).await?;
+    }
+    let mut reply = json!({ "user_id": user_id, "home_server": state.server_name() });
+    if let Some(login) = login_session {
+        reply["access_token"] = Value::from(login.access_token);
+        reply["device_id"] = Value::from(login.device_id);
+    }
+    Ok(Json(reply).into_response())
+}
+
+/// Registration without a username: pick a random localpart.
+async fn register_generated(
+    state: &AppState,
+    password: Option<String>,
+    login: Option<(Option<String>, Option<String>)>,
+) -> Result<(myelin_types::ruma::OwnedUserId, Option<accounts::Session>)> {
+    for _ in 0..5 {
+        let localpart = random::alphanumeric(12).to_lowercase();
+        let registration =
+            Registration { localpart, password: password.clone(), admin: false, user_type: None, login: login.clone() };
+        match accounts::register(state, registration).await {
+            Err(ClientApiError::Matrix(e)) if e.errcode == ErrorCode::UserInUse => continue,
+            other => return other,
+        }
+    }
+    Err(MatrixError::internal().into())
+}
+
+#[derive(Deserialize)]
+pub struct AvailableQuery {
+    username: String,
+}
+
+/// `GET /_matrix/client/v3/register/available`
+/// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3registeravailable>
+///
+/// Answered only while registration is open, so that closed servers do not
+/// reveal which accounts exist.
+pub async fn available(
+    State(state): State<AppState>,
+    MatrixQuery(query): MatrixQuery<AvailableQuery>,
+) -> Result<Json<Value>> {
+    if !state.config.client_api.open_registration {
+        return Err(registration_closed().into());
+    }
+    let username = query.username.to_lowercase();
+    accounts::new_user_id(&username, state.server_name())?;
+    if storage::accounts::exists(&state.db, &username).await? {
+        return Err(accounts::user_in_use().into());
+    }
+    Ok(Json(json!({ "available": true })))
+}

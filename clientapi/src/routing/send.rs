@@ -1,0 +1,33 @@
+use axum::Json;
+use axum::extract::State;
+use myelin_roomserver::api::{SendEvent, TxnRef};
+use serde_json::{Map, Value, json};
+
+use crate::auth::AuthedUser;
+use crate::error::Result;
+use crate::json::{MatrixJson, MatrixPath};
+use crate::producers::roomserver;
+use crate::routing::parse_room_id;
+use crate::service::AppState;
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
+/// <https://spec.matrix.org/v1.16/client-server-api/#put_matrixclientv3roomsroomidsendeventtypetxnid>
+///
+/// The room server keeps the transaction ids: a retry gets the first event id.
+pub async fn send_message(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixPath((room_id, event_type, txn_id)): MatrixPath<(String, String, String)>,
+    MatrixJson(content): MatrixJson<Map<String, Value>>,
+) -> Result<Json<Value>> {
+    let request = SendEvent {
+        room_id: parse_room_id(&room_id)?,
+        sender: user.user_id,
+        event_type,
+        state_key: None,
+        content: Value::Object(content),
+        txn: Some(TxnRef { device_id: user.device_id, txn_id }),
+    };
+    let event_id = roomserver::send_event(&state.bus, request).await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}

@@ -1,0 +1,151 @@
+use axum::Json;
+use axum::extract::State;
+use myelin_roomserver::api::{SendEvent, StoredEvent};
+use myelin_types::MatrixError;
+use myelin_types::events::client_event;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::auth::AuthedUser;
+use crate::error::Result;
+use crate::json::{MatrixJson, MatrixPath, MatrixQuery};
+use crate::producers::roomserver;
+use crate::routing::parse_room_id;
+use crate::service::AppState;
+
+fn to_client(event: &StoredEvent) -> Value {
+    client_event(&event.pdu, event.event_id.as_str(), event.room_id.as_str())
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state`
+/// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3roomsroomidstate>
+pub async fn get_state(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixPath(room_id): MatrixPath<String>,
+) -> Result<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    let events = roomserver::room_state(&state.bus, &room_id, &user.user_id, None, None).await?;
+    Ok(Json(Value::Array(events.iter().map(to_client).collect())))
+}
+
+#[derive(Deserialize, Default)]
+pub struct StateEventQuery {
+    /// `content` (the default) or `event`.
+    format: Option<String>,
+}
+
+async fn state_event(
+    state: &AppState,
+    user: &AuthedUser,
+    room_id: &str,
+    event_type: &str,
+    state_key: &str,
+    format: Option<&str>,
+) -> Result<Json<Value>> {
+    let room_id = parse_room_id(room_id)?;
+    let events = roomserver::room_state(&state.bus, &room_id, &user.user_id, Some(event_type), Some(state_key)).await?;
+    let event = events
+        .iter()
+        .find(|e| e.pdu["type"].as_str() == Some(event_type) && e.pdu["state_key"].as_str() == Some(state_key))
+        .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+    match format {
+        Some("event") => Ok(Json(to_client(event))),
+        _ => Ok(Json(event.pdu.get("content").cloned().unwrap_or_else(|| json!({})))),
+    }
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
+/// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3roomsroomidstateeventtypestatekey>
+pub async fn get_state_event(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixPath((room_id, event_type, state_key)): MatrixPath<(String, String, String)>,
+    MatrixQuery(query): MatrixQuery<StateEventQuery>,
+) -> Result<Json<Value>> {
+    state_event(&state, &user, &room_id, &event_type, &state_key, query.format.as_deref()).await
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}` (empty state key)
+/// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3roomsroomidstateeventtypestatekey>
+pub async fn get_state_empty_key(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixPath((room_id, event_type)): MatrixPath<(String, String)>,
+    MatrixQuery(query): MatrixQuery<StateEventQuery>,
+) -> Result<Json<Value>> {
+    state_event(&state, &user, &room_id, &event_type, "", query.format.as_deref()).await
+}
+
+async fn send_state(
+    state: &AppState,
+    user: AuthedUser,
+    room_id: &str,
+    event_type: String,
+    state_key: String,
+    content: Map<String, Value>,
+) -> Result<Json<Value>> {
+    let request = SendEvent {
+        room_id: parse_room_id(room_id)?,
+        sender: user.user_id,
+        event_type,
+        state_key: Some(state_key),
+        content: Value::Object(content),
+        txn: None,
+    };
+    let event_id = roomserver::send_event(&state.bus, request).await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
+/// <https://spec.matrix.org/v1.16/client-server-api/#put_matrixclientv3roomsroomidstateeventtypestatekey>
+pub async fn put_state(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixPath((room_id, event_type, state_key)): MatrixPath<(String, String, String)>,
+    MatrixJson(content): MatrixJson<Map<String, Value>>,
+) -> Result<Json<Value>> {
+    send_state(&state, user, &room_id, event_type, state_key, content).await
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}` (empty state key)
+/// <https://spec.matrix.org/v1.16/client-server-api/#put_matrixclientv3roomsroomidstateeventtypestatekey>
+pub async fn put_state_empty_key(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixPath((room_id, event_type)): MatrixPath<(String, String)>,
+    MatrixJson(content): MatrixJson<Map<String, Value>>,
+) -> Result<Json<Value>> {
+    send_state(&state, user, &room_id, event_type, String::new(), content).await
+}
+
+#[derive(Deserialize, Default)]
+pub struct MembersQuery {
+    membership: Option<String>,
+    not_membership: Option<String>,
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/members`
+/// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3roomsroomidmembers>
+///
+/// The members at the current state (or at the requester's leave); `at` is not supported yet.
+pub async fn members(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixPath(room_id): MatrixPath<String>,
+    MatrixQuery(query): MatrixQuery<MembersQuery>,
+) -> Result<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    let events = roomserver::room_state(&state.bus, &room_id, &user.user_id, Some("m.room.member"), None).await?;
+    let chunk: Vec<Value> = events
+        .iter()
+        .filter(|e| e.pdu["type"] == "m.room.member")
+        .filter(|e| {
+            let membership = e.pdu["content"]["membership"].as_str().unwrap_or_default();
+            query.membership.as_deref().is_none_or(|m| m == membership)
+                && query.not_membership.as_deref().is_none_or(|m| m != membership)
+        })
+        .map(to_client)
+        .collect();
+    Ok(Json(json!({ "chunk": chunk })))
+}

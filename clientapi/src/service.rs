@@ -1,0 +1,47 @@
+//! Lifecycle of the client API: migrate its tables, answer token queries
+//! on `clientapi.query`, and hand the HTTP router to the binary.
+
+use std::sync::Arc;
+
+use myelin_bus::{Bus, BusError, Shutdown};
+use myelin_config::Config;
+use myelin_storage::Db;
+use tokio::task::JoinHandle;
+
+use crate::api::QUERY_TOPIC;
+use crate::consumers::query::QueryResponder;
+use crate::error::ClientApiError;
+use crate::{routing, storage};
+
+/// What the binary runs: the router (without fallback, metrics or body
+/// limit, which the binary adds) and the background tasks.
+pub struct Started {
+    pub router: axum::Router,
+    pub tasks: Vec<JoinHandle<Result<(), BusError>>>,
+}
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub bus: Bus,
+}
+
+impl AppState {
+    /// Milliseconds since the epoch, from the bus's (settable) clock.
+    pub fn now_ms(&self) -> i64 {
+        i64::try_from(self.bus.clock().now_ms()).unwrap_or(i64::MAX)
+    }
+
+    pub fn server_name(&self) -> &str {
+        &self.config.global.server_name
+    }
+}
+
+pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -> Result<Started, ClientApiError> {
+    db.migrate(storage::COMPONENT, storage::MIGRATIONS).await?;
+    let query = bus.serve("clientapi.query", QUERY_TOPIC, Arc::new(QueryResponder { db: db.clone() }), shutdown);
+    let state = AppState { config, db, bus };
+    Ok(Started { router: routing::router(state), tasks: vec![query] })
+}

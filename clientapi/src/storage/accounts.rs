@@ -1,0 +1,52 @@
+//! `clientapi_accounts`: one row per local user, keyed by localpart.
+
+use myelin_storage::{Db, sqlx, with_db};
+
+/// A new account's fields.
+pub struct NewAccount<'a> {
+    pub localpart: &'a str,
+    /// An argon2id PHC string; `None` for accounts that cannot log in with a password.
+    pub password_hash: Option<&'a str>,
+    pub is_admin: bool,
+    pub user_type: Option<&'a str>,
+    pub created_ms: i64,
+}
+
+/// Insert the account; `false` when the localpart is taken.
+pub async fn create(db: &Db, account: &NewAccount<'_>) -> Result<bool, sqlx::Error> {
+    let done = with_db!(db, pool => {
+        sqlx::query(
+            "INSERT INTO clientapi_accounts (localpart, password_hash, is_admin, user_type, created_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (localpart) DO NOTHING",
+        )
+        .bind(account.localpart)
+        .bind(account.password_hash)
+        .bind(account.is_admin)
+        .bind(account.user_type)
+        .bind(account.created_ms)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    Ok(done == 1)
+}
+
+pub async fn exists(db: &Db, localpart: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> = with_db!(db, pool => {
+        sqlx::query_scalar("SELECT created_ms FROM clientapi_accounts WHERE localpart = $1")
+            .bind(localpart)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(found.is_some())
+}
+
+/// `None`: no such account; `Some(None)`: an account without a password.
+pub async fn password_hash(db: &Db, localpart: &str) -> Result<Option<Option<String>>, sqlx::Error> {
+    with_db!(db, pool => {
+        sqlx::query_scalar("SELECT password_hash FROM clientapi_accounts WHERE localpart = $1")
+            .bind(localpart)
+            .fetch_optional(pool)
+            .await
+    })
+}

@@ -1,0 +1,45 @@
+//! The client API's own tables (accounts, devices, access tokens,
+//! registration nonces and sessions), on SQLite and PostgreSQL.
+
+pub mod accounts;
+pub mod devices;
+pub mod registration;
+pub mod tokens;
+
+use myelin_storage::Migration;
+
+pub const COMPONENT: &str = "clientapi";
+
+const V1_SQLITE: &str = "
+CREATE TABLE clientapi_accounts (
+    localpart TEXT PRIMARY KEY NOT NULL,
+    password_hash TEXT,
+    is_admin BOOLEAN NOT NULL DEFAULT FALSE,
+    user_type TEXT,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE clientapi_devices (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    display_name TEXT,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE TABLE clientapi_access_tokens (
+    token_hash TEXT PRIMARY KEY NOT NULL,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX clientapi_access_tokens_device ON clientapi_access_tokens (user_id, device_id);
+CREATE TABLE clientapi_registration_nonces (
+    nonce TEXT PRIMARY KEY NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE clientapi_uia_sessions (
+    session_id TEXT PRIMARY KEY NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+";
+
+pub const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE }];

@@ -1,0 +1,644 @@
+//! The client API over real HTTP, on an embedded bus over SQLite and
+//! PostgreSQL. Room endpoints run against the real room server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use myelin_bus::{Bus, EmbeddedBackend, Shutdown, ShutdownTrigger};
+use myelin_clientapi::api::{DEVICES_TOPIC, DeviceEvent, Identity, QUERY_TOPIC, QueryReply, QueryRequest};
+use myelin_config::Config;
+use myelin_storage::Db;
+use myelin_testkit::TestDb;
+use myelin_types::clock::SharedClock;
+use myelin_types::signing::ServerSigningKey;
+use myelin_types::{ManualClock, SystemClock};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha1::Sha1;
+
+const SECRET: &str = "test-shared-secret";
+const SERVER_NAME: &str = "test.local";
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    bus: Bus,
+    backend: &'static str,
+    _trigger: ShutdownTrigger,
+    _dir: tempfile::TempDir,
+    _db: TestDb,
+}
+
+struct Options {
+    secret: Option<&'static str>,
+    open_registration: bool,
+    roomserver: bool,
+    clock: Option<ManualClock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { secret: Some(SECRET), open_registration: false, roomserver: false, clock: None }
+    }
+}
+
+impl Server {
+    async fn start(test_db: TestDb, options: Options) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::in_dir(dir.path().to_owned());
+        config.global.server_name = SERVER_NAME.to_owned();
+        config.client_api.registration_shared_secret = options.secret.map(str::to_owned);
+        config.client_api.open_registration = options.open_registration;
+        std::fs::write(&config.global.signing_key_path, ServerSigningKey::generate_file_contents()).unwrap();
+        let config = Arc::new(config);
+
+        let db = Db::connect(&test_db.url).await.unwrap();
+        let backend = EmbeddedBackend::open(db.clone(), 8).await.unwrap();
+        let clock: SharedClock = match options.clock {
+            Some(clock) => Arc::new(clock),
+            None => Arc::new(SystemClock),
+        };
+        let bus = Bus::new(Arc::new(backend), clock);
+        let (trigger, shutdown) = Shutdown::new();
+        if options.roomserver {
+            myelin_roomserver::service::start(config.clone(), db.clone(), bus.clone(), shutdown.clone())
+                .await
+                .expect("room server starts");
+        }
+        let started = myelin_clientapi::service::start(config, db, bus.clone(), shutdown).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, started.router).await });
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            bus,
+            backend: test_db.name,
+            _trigger: trigger,
+            _dir: dir,
+            _db: test_db,
+        }
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let body =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("[{}] {path}: not JSON: {text}", self.backend));
+        Reply { status, body, context: format!("[{}] {path}", self.backend) }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send(reqwest::Method::GET, path, token, None).await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.send(reqwest::Method::POST, path, token, Some(&body)).await
+    }
+
+    async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.send(reqwest::Method::PUT, path, token, Some(&body)).await
+    }
+
+    async fn post_raw(&self, path: &str, body: &'static str) -> Reply {
+        let response = self.http.post(format!("{}{path}", self.base)).body(body).send().await.unwrap();
+        let status = response.status();
+        let body = response.json().await.unwrap();
+        Reply { status, body, context: format!("[{}] {path}", self.backend) }
+    }
+
+    async fn nonce(&self) -> String {
+        let reply = self.get("/_synapse/admin/v1/register", None).await.ok();
+        reply.body["nonce"].as_str().unwrap().to_owned()
+    }
+
+    /// Register through the shared-secret admin API.
+    async fn admin_register(&self, username: &str, password: &str) -> Account {
+        let nonce = self.nonce().await;
+        let body = admin_body(&nonce, username, password, SECRET);
+        let reply = self.post("/_synapse/admin/v1/register", None, body).await.ok();
+        Account::from_reply(&reply.body)
+    }
+
+    async fn login(&self, user: &str, password: &str) -> Account {
+        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password});
+        let reply = self.post("/_matrix/client/v3/login", None, body).await.ok();
+        Account::from_reply(&reply.body)
+    }
+
+    async fn whoami(&self, token: &str) -> Reply {
+        self.get("/_matrix/client/v3/account/whoami", Some(token)).await
+    }
+
+    async fn bus_whoami(&self, token: &str) -> QueryReply {
+        let request = QueryRequest::Whoami { token_hash: myelin_types::random::token_hash(token) };
+        self.bus.request_json(QUERY_TOPIC, "k", &request, Duration::from_secs(10)).await.unwrap()
+    }
+}
+
+#[derive(Debug)]
+struct Account {
+    user_id: String,
+    token: String,
+    device_id: String,
+}
+
+impl Account {
+    fn from_reply(body: &Value) -> Self {
+        Self {
+            user_id: body["user_id"].as_str().unwrap().to_owned(),
+            token: body["access_token"].as_str().unwrap().to_owned(),
+            device_id: body["device_id"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    body: Value,
+    context: String,
+}
+
+impl Reply {
+    #[track_caller]
+    fn ok(self) -> Self {
+        assert_eq!(self.status, StatusCode::OK, "{}: {}", self.context, self.body);
+        self
+    }
+
+    #[track_caller]
+    fn err(self, status: u16, errcode: &str) -> Self {
+        assert_eq!(self.status.as_u16(), status, "{}: {}", self.context, self.body);
+        assert_eq!(self.body["errcode"], errcode, "{}: {}", self.context, self.body);
+        assert!(self.body["error"].is_string(), "{}: {}", self.context, self.body);
+        self
+    }
+}
+
+fn mac(secret: &str, nonce: &str, username: &str, password: &str, admin: bool) -> String {
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    let role = if admin { "admin" } else { "notadmin" };
+    mac.update(format!("{nonce}\0{username}\0{password}\0{role}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn admin_body(nonce: &str, username: &str, password: &str, secret: &str) -> Value {
+    json!({
+        "nonce": nonce, "username": username, "password": password, "admin": false,
+        "mac": mac(secret, nonce, username, password, false),
+    })
+}
+
+async fn each_backend(options: impl Fn() -> Options, test: impl AsyncFn(&Server)) {
+    for db in TestDb::both().await {
+        let server = Server::start(db, options()).await;
+        test(&server).await;
+    }
+}
+
+#[tokio::test]
+async fn versions_lists_r0_and_v1_releases() {
+    each_backend(Options::default, async |s| {
+        let reply = s.get("/_matrix/client/versions", None).await.ok();
+        let versions: Vec<&str> =
+            reply.body["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        for wanted in ["r0.6.1", "v1.1", "v1.11", "v1.16"] {
+            assert!(versions.contains(&wanted), "{versions:?}");
+        }
+        // A known path with the wrong method.
+        s.get("/_matrix/client/v3/logout", None).await.err(405, "M_UNRECOGNIZED");
+        s.post("/_matrix/client/versions", None, json!({})).await.err(405, "M_UNRECOGNIZED");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shared_secret_registration_checks_mac_and_nonce() {
+    each_backend(Options::default, async |s| {
+        let path = "/_synapse/admin/v1/register";
+        let alice = s.admin_register("alice", "wonderland").await;
+        assert_eq!(alice.user_id, format!("@alice:{SERVER_NAME}"));
+        s.whoami(&alice.token).await.ok();
+
+        // Bad MAC: 403, and the nonce is spent.
+        let nonce = s.nonce().await;
+        s.post(path, None, admin_body(&nonce, "bob", "pw", "wrong-secret")).await.err(403, "M_FORBIDDEN");
+        s.post(path, None, admin_body(&nonce, "bob", "pw", SECRET)).await.err(400, "M_UNKNOWN");
+
+        // A nonce serves one registration only.
+        let nonce = s.nonce().await;
+        s.post(path, None, admin_body(&nonce, "bob", "pw", SECRET)).await.ok();
+        s.post(path, None, admin_body(&nonce, "bob2", "pw", SECRET)).await.err(400, "M_UNKNOWN");
+
+        // Unknown nonce.
+        s.post(path, None, admin_body("made-up", "carol", "pw", SECRET)).await.err(400, "M_UNKNOWN");
+
+        // Taken and invalid usernames.
+        let nonce = s.nonce().await;
+        s.post(path, None, admin_body(&nonce, "alice", "pw", SECRET)).await.err(400, "M_USER_IN_USE");
+        let nonce = s.nonce().await;
+        s.post(path, None, admin_body(&nonce, "al ice", "pw", SECRET)).await.err(400, "M_INVALID_USERNAME");
+
+        // Shape errors.
+        s.post(path, None, json!({"nonce": nonce})).await.err(400, "M_BAD_JSON");
+        s.post_raw(path, "{not json").await.err(400, "M_NOT_JSON");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shared_secret_nonces_expire_after_a_minute() {
+    let clock = ManualClock::new(myelin_types::Clock::now_ms(&SystemClock));
+    let options = || Options { clock: Some(clock.clone()), ..Options::default() };
+    each_backend(options, async |s| {
+        let nonce = s.nonce().await;
+        clock.advance_ms(61_000);
+        s.post("/_synapse/admin/v1/register", None, admin_body(&nonce, "late", "pw", SECRET))
+            .await
+            .err(400, "M_UNKNOWN");
+        let nonce = s.nonce().await;
+        clock.advance_ms(30_000);
+        s.post("/_synapse/admin/v1/register", None, admin_body(&nonce, "early", "pw", SECRET)).await.ok();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shared_secret_registration_is_off_without_a_secret() {
+    each_backend(
+        || Options { secret: None, ..Options::default() },
+        async |s| {
+            s.get("/_synapse/admin/v1/register", None).await.err(400, "M_UNRECOGNIZED");
+            s.post("/_synapse/admin/v1/register", None, admin_body("n", "eve", "pw", SECRET))
+                .await
+                .err(400, "M_UNRECOGNIZED");
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn login_whoami_and_logout() {
+    each_backend(Options::default, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+
+        let flows = s.get("/_matrix/client/v3/login", None).await.ok();
+        assert_eq!(flows.body["flows"][0]["type"], "m.login.password");
+
+        // Identifier with a localpart; legacy `user` with a full user id, on r0.
+        let by_localpart = s.login("alice", "wonderland").await;
+        let legacy = s
+            .post(
+                "/_matrix/client/r0/login",
+                None,
+                json!({"type": "m.login.password", "user": format!("@alice:{SERVER_NAME}"), "password": "wonderland"}),
+            )
+            .await
+            .ok();
+        let legacy = Account::from_reply(&legacy.body);
+        let by_mxid = s.login(&format!("@alice:{SERVER_NAME}"), "wonderland").await;
+        for account in [&by_localpart, &legacy, &by_mxid] {
+            assert_eq!(account.user_id, alice.user_id);
+            let me = s.whoami(&account.token).await.ok();
+            assert_eq!(me.body, json!({"user_id": alice.user_id, "device_id": account.device_id, "is_guest": false}));
+        }
+        let me = s.get("/_matrix/client/r0/account/whoami", Some(&legacy.token)).await.ok();
+        assert_eq!(me.body["user_id"], alice.user_id);
+        assert_ne!(by_localpart.device_id, legacy.device_id);
+
+        // Wrong password, unknown user, other server: all 403.
+        for (user, password) in
+            [("alice", "nope"), ("nobody", "wonderland"), ("@alice:elsewhere.example", "wonderland")]
+        {
+            s.post(
+                "/_matrix/client/v3/login",
+                None,
+                json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password}),
+            )
+            .await
+            .err(403, "M_FORBIDDEN");
+        }
+
+        // A login naming an existing device replaces that device's token.
+        let named = s
+            .post(
+                "/_matrix/client/v3/login",
+                None,
+                json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+                       "password": "wonderland", "device_id": "PHONE", "initial_device_display_name": "Phone"}),
+            )
+            .await
+            .ok();
+        let named = Account::from_reply(&named.body);
+        assert_eq!(named.device_id, "PHONE");
+        let again = s
+            .post(
+                "/_matrix/client/v3/login",
+                None,
+                json!({"type": "m.login.password", "user": "alice", "password": "wonderland", "device_id": "PHONE"}),
+            )
+            .await
+            .ok();
+        assert_eq!(again.body["device_id"], "PHONE");
+        s.whoami(&named.token).await.err(401, "M_UNKNOWN_TOKEN");
+
+        // Logout ends only this device.
+        s.post("/_matrix/client/v3/logout", Some(&by_localpart.token), json!({})).await.ok();
+        s.whoami(&by_localpart.token).await.err(401, "M_UNKNOWN_TOKEN");
+        s.whoami(&legacy.token).await.ok();
+
+        // Logout/all ends every device.
+        s.post("/_matrix/client/v3/logout/all", Some(&legacy.token), json!({})).await.ok();
+        for account in [&alice, &legacy, &by_mxid] {
+            s.whoami(&account.token).await.err(401, "M_UNKNOWN_TOKEN");
+        }
+        // The password still works afterwards.
+        s.login("alice", "wonderland").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn login_rejects_bad_requests() {
+    each_backend(Options::default, async |s| {
+        s.post_raw("/_matrix/client/v3/login", "{\"type\": ").await.err(400, "M_NOT_JSON");
+        s.post_raw("/_matrix/client/v3/login", "").await.err(400, "M_NOT_JSON");
+        s.post("/_matrix/client/v3/login", None, json!({"type": 5})).await.err(400, "M_BAD_JSON");
+        s.post("/_matrix/client/v3/login", None, json!(["type"])).await.err(400, "M_BAD_JSON");
+        s.post("/_matrix/client/v3/login", None, json!({"type": "m.login.token", "token": "x"}))
+            .await
+            .err(400, "M_UNKNOWN");
+        s.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.phone", "country": "GB", "phone": "1"}, "password": "x"}),
+        )
+        .await
+        .err(400, "M_UNKNOWN");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn access_tokens_are_required_and_checked() {
+    each_backend(Options::default, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        s.get("/_matrix/client/v3/account/whoami", None).await.err(401, "M_MISSING_TOKEN");
+        s.post("/_matrix/client/v3/logout", None, json!({})).await.err(401, "M_MISSING_TOKEN");
+        s.post("/_matrix/client/v3/createRoom", None, json!({})).await.err(401, "M_MISSING_TOKEN");
+        s.whoami("myl_not_a_real_token").await.err(401, "M_UNKNOWN_TOKEN");
+        s.post("/_matrix/client/v3/logout/all", Some("nope"), json!({})).await.err(401, "M_UNKNOWN_TOKEN");
+        // The deprecated query parameter still works.
+        let me = s.get(&format!("/_matrix/client/v3/account/whoami?access_token={}", alice.token), None).await.ok();
+        assert_eq!(me.body["user_id"], alice.user_id);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn registration_is_closed_by_default() {
+    each_backend(Options::default, async |s| {
+        s.post("/_matrix/client/v3/register", None, json!({"username": "eve", "password": "pw"}))
+            .await
+            .err(403, "M_FORBIDDEN");
+        s.post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({"username": "eve", "password": "pw", "auth": {"type": "m.login.dummy"}}),
+        )
+        .await
+        .err(403, "M_FORBIDDEN");
+        s.get("/_matrix/client/v3/register/available?username=eve", None).await.err(403, "M_FORBIDDEN");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn open_registration_uses_the_dummy_stage() {
+    let options = || Options { open_registration: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let path = "/_matrix/client/v3/register";
+        s.get("/_matrix/client/v3/register/available?username=dora", None).await.ok();
+
+        let challenge = s.post(path, None, json!({"username": "dora", "password": "explorer"})).await;
+        assert_eq!(challenge.status, StatusCode::UNAUTHORIZED, "{}", challenge.body);
+        assert_eq!(challenge.body["flows"], json!([{"stages": ["m.login.dummy"]}]));
+        assert_eq!(challenge.body["params"], json!({}));
+        let session = challenge.body["session"].as_str().unwrap().to_owned();
+
+        let done = s
+            .post(
+                path,
+                None,
+                json!({"username": "dora", "password": "explorer", "initial_device_display_name": "Laptop",
+                       "auth": {"type": "m.login.dummy", "session": session}}),
+            )
+            .await
+            .ok();
+        let dora = Account::from_reply(&done.body);
+        assert_eq!(dora.user_id, format!("@dora:{SERVER_NAME}"));
+        s.whoami(&dora.token).await.ok();
+        s.login("dora", "explorer").await;
+
+        // Taken, invalid, guest.
+        s.post(path, None, json!({"username": "dora", "password": "x"})).await.err(400, "M_USER_IN_USE");
+        s.get("/_matrix/client/v3/register/available?username=dora", None).await.err(400, "M_USER_IN_USE");
+        s.post(path, None, json!({"username": "d@ra", "password": "x"})).await.err(400, "M_INVALID_USERNAME");
+        s.post(path, None, json!({"username": "_reserved", "password": "x"})).await.err(400, "M_INVALID_USERNAME");
+        s.get("/_matrix/client/v3/register/available?username=d%20ra", None).await.err(400, "M_INVALID_USERNAME");
+        s.post(&format!("{path}?kind=guest"), None, json!({})).await.err(403, "M_FORBIDDEN");
+
+        // Dummy auth without a session; inhibit_login returns no token.
+        let quiet = s
+            .post(
+                path,
+                None,
+                json!({"username": "quiet", "password": "pw", "inhibit_login": true, "auth": {"type": "m.login.dummy"}}),
+            )
+            .await
+            .ok();
+        assert_eq!(quiet.body["user_id"], format!("@quiet:{SERVER_NAME}"));
+        assert!(quiet.body.get("access_token").is_none(), "{}", quiet.body);
+
+        // Without a username, one is generated.
+        let generated = s.post(path, None, json!({"auth": {"type": "m.login.dummy"}})).await.ok();
+        assert!(generated.body["user_id"].as_str().unwrap().ends_with(&format!(":{SERVER_NAME}")));
+
+        // Unknown session, malformed bodies.
+        s.post(path, None, json!({"username": "x1", "auth": {"type": "m.login.dummy", "session": "nope"}}))
+            .await
+            .err(400, "M_UNKNOWN");
+        s.post_raw(path, "nope").await.err(400, "M_NOT_JSON");
+        s.post(path, None, json!({"username": 7})).await.err(400, "M_BAD_JSON");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn whoami_bus_query_and_device_records() {
+    each_backend(Options::default, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let second = s.login("alice", "wonderland").await;
+        assert_eq!(
+            s.bus_whoami(&alice.token).await,
+            Some(Identity { user_id: alice.user_id.as_str().try_into().unwrap(), device_id: alice.device_id.clone() })
+        );
+        assert_eq!(s.bus_whoami("unknown").await, None);
+
+        s.post("/_matrix/client/v3/logout", Some(&alice.token), json!({})).await.ok();
+        assert_eq!(s.bus_whoami(&alice.token).await, None);
+        assert!(s.bus_whoami(&second.token).await.is_some());
+        s.post("/_matrix/client/v3/logout/all", Some(&second.token), json!({})).await.ok();
+        assert_eq!(s.bus_whoami(&second.token).await, None);
+
+        let mut consumer = s.bus.backend().consumer("test.devices", DEVICES_TOPIC).await.unwrap();
+        let mut events = Vec::new();
+        while events.len() < 4 {
+            let batch = tokio::time::timeout(Duration::from_secs(10), consumer.next_batch(100))
+                .await
+                .expect("device records arrive")
+                .unwrap();
+            for record in batch {
+                assert_eq!(record.key, alice.user_id);
+                events.push(record.json::<DeviceEvent>().unwrap());
+            }
+        }
+        let user_id: myelin_types::ruma::OwnedUserId = alice.user_id.as_str().try_into().unwrap();
+        assert_eq!(
+            events,
+            vec![
+                DeviceEvent::LoggedIn { user_id: user_id.clone(), device_id: alice.device_id.clone() },
+                DeviceEvent::LoggedIn { user_id: user_id.clone(), device_id: second.device_id.clone() },
+                DeviceEvent::TokensRevoked {
+                    user_id: user_id.clone(),
+                    token_hashes: vec![myelin_types::random::token_hash(&alice.token)]
+                },
+                DeviceEvent::TokensRevoked {
+                    user_id,
+                    token_hashes: vec![myelin_types::random::token_hash(&second.token)]
+                },
+            ]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rooms_through_the_room_server() {
+    let options = || Options { roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let a = Some(alice.token.as_str());
+        let b = Some(bob.token.as_str());
+
+        let created = s
+            .post(
+                "/_matrix/client/v3/createRoom",
+                a,
+                json!({"preset": "private_chat", "name": "Tea party", "topic": "Hatters only"}),
+            )
+            .await
+            .ok();
+        let room_id = created.body["room_id"].as_str().unwrap().to_owned();
+        let room = format!("/_matrix/client/v3/rooms/{}", urlencode(&room_id));
+
+        let name = s.get(&format!("{room}/state/m.room.name/"), a).await.ok();
+        assert_eq!(name.body, json!({"name": "Tea party"}));
+        let name = s.get(&format!("{room}/state/m.room.name"), a).await.ok();
+        assert_eq!(name.body, json!({"name": "Tea party"}));
+
+        // Bob cannot see or join a private room uninvited.
+        s.get(&format!("{room}/state"), b).await.err(403, "M_FORBIDDEN");
+        s.post(&format!("{room}/join"), b, json!({})).await.err(403, "M_FORBIDDEN");
+
+        s.post(&format!("{room}/invite"), a, json!({"user_id": bob.user_id})).await.ok();
+        let joined = s.post(&format!("/_matrix/client/v3/join/{}", urlencode(&room_id)), b, json!({})).await.ok();
+        assert_eq!(joined.body["room_id"], room_id);
+
+        // Messages, with transaction idempotency.
+        let first =
+            s.put(&format!("{room}/send/m.room.message/t1"), a, json!({"msgtype": "m.text", "body": "hi"})).await.ok();
+        let retry =
+            s.put(&format!("{room}/send/m.room.message/t1"), a, json!({"msgtype": "m.text", "body": "hi"})).await.ok();
+        assert!(first.body["event_id"].as_str().unwrap().starts_with('$'));
+        assert_eq!(first.body["event_id"], retry.body["event_id"]);
+        s.put(&format!("{room}/send/m.room.message/t1"), b, json!({"msgtype": "m.text", "body": "hello"})).await.ok();
+
+        // State writes and reads.
+        let topic = s.put(&format!("{room}/state/m.room.topic"), a, json!({"topic": "Unbirthdays"})).await.ok();
+        let topic_id = topic.body["event_id"].as_str().unwrap().to_owned();
+        let got = s.get(&format!("{room}/state/m.room.topic/"), b).await.ok();
+        assert_eq!(got.body, json!({"topic": "Unbirthdays"}));
+        let full = s.get(&format!("{room}/state/m.room.topic/?format=event"), b).await.ok();
+        assert_eq!(full.body["event_id"], topic_id);
+        assert_eq!(full.body["room_id"], room_id);
+        s.put(&format!("{room}/state/org.example.custom/thing"), a, json!({"x": 1})).await.ok();
+        let custom = s.get(&format!("{room}/state/org.example.custom/thing"), b).await.ok();
+        assert_eq!(custom.body, json!({"x": 1}));
+        s.get(&format!("{room}/state/org.example.custom/other"), b).await.err(404, "M_NOT_FOUND");
+
+        let state = s.get(&format!("{room}/state"), b).await.ok();
+        let types: Vec<&str> = state.body.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+        for wanted in ["m.room.create", "m.room.power_levels", "m.room.join_rules", "m.room.member", "m.room.topic"] {
+            assert!(types.contains(&wanted), "{types:?}");
+        }
+        assert!(state.body.as_array().unwrap().iter().all(|e| e.get("hashes").is_none() && e["event_id"].is_string()));
+
+        let members = s.get(&format!("{room}/members"), a).await.ok();
+        let mut who: Vec<(String, String)> = members.body["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (e["state_key"].as_str().unwrap().to_owned(), e["content"]["membership"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        who.sort();
+        assert_eq!(who, vec![(alice.user_id.clone(), "join".to_owned()), (bob.user_id.clone(), "join".to_owned())]);
+
+        let rooms = s.get("/_matrix/client/v3/joined_rooms", b).await.ok();
+        assert_eq!(rooms.body, json!({"joined_rooms": [room_id]}));
+
+        // Leave; then bob's view stops at his leave and he cannot send.
+        s.post(&format!("{room}/leave"), b, json!({})).await.ok();
+        let rooms = s.get("/_matrix/client/v3/joined_rooms", b).await.ok();
+        assert_eq!(rooms.body, json!({"joined_rooms": []}));
+        s.put(&format!("{room}/send/m.room.message/t2"), b, json!({"body": "?"})).await.err(403, "M_FORBIDDEN");
+
+        // Malformed requests.
+        s.post("/_matrix/client/v3/join/%23alias:test.local", b, json!({})).await.err(404, "M_NOT_FOUND");
+        s.post("/_matrix/client/v3/join/not-a-room", b, json!({})).await.err(400, "M_INVALID_PARAM");
+        s.post("/_matrix/client/v3/createRoom", a, json!({"preset": "party"})).await.err(400, "M_BAD_JSON");
+        s.post("/_matrix/client/v3/createRoom", a, json!({"invite": ["bob"]})).await.err(400, "M_INVALID_PARAM");
+        s.post("/_matrix/client/v3/createRoom", a, json!({"room_version": "999"}))
+            .await
+            .err(400, "M_UNSUPPORTED_ROOM_VERSION");
+        s.put(&format!("{room}/send/m.room.message/t3"), a, json!("text")).await.err(400, "M_BAD_JSON");
+        s.post(&format!("{room}/invite"), a, json!({})).await.err(400, "M_BAD_JSON");
+
+        // Another room via r0, created with an invite, joined via /rooms/{id}/join.
+        let second = s
+            .post("/_matrix/client/r0/createRoom", a, json!({"preset": "public_chat", "invite": [bob.user_id]}))
+            .await
+            .ok();
+        let second_id = second.body["room_id"].as_str().unwrap().to_owned();
+        s.post(&format!("/_matrix/client/r0/rooms/{}/join", urlencode(&second_id)), b, json!({})).await.ok();
+        let rooms = s.get("/_matrix/client/r0/joined_rooms", b).await.ok();
+        assert_eq!(rooms.body, json!({"joined_rooms": [second_id]}));
+    })
+    .await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('!', "%21").replace(':', "%3A").replace('#', "%23")
+}
