@@ -1,0 +1,38 @@
+//! The sync API's errors and their single conversion into [`MatrixError`],
+//! the only type that becomes an HTTP error body.
+
+use axum::response::{IntoResponse, Response};
+use myelin_types::MatrixError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncApiError {
+    /// An error the client is meant to see as is.
+    #[error(transparent)]
+    Matrix(#[from] MatrixError),
+    #[error("storage: {0}")]
+    Storage(#[from] myelin_storage::StorageError),
+    #[error("database: {0}")]
+    Sqlx(#[from] myelin_storage::sqlx::Error),
+    #[error("bus: {0}")]
+    Bus(#[from] myelin_bus::BusError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<SyncApiError> for MatrixError {
+    fn from(error: SyncApiError) -> Self {
+        match error {
+            SyncApiError::Matrix(error) => error,
+            other => {
+                tracing::error!(error = %other, "sync API request failed");
+                MatrixError::internal()
+            }
+        }
+    }
+}
+
+impl IntoResponse for SyncApiError {
+    fn into_response(self) -> Response {
+        MatrixError::from(self).into_response()
+    }
+}

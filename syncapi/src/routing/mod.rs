@@ -1,0 +1,135 @@
+//! HTTP handlers, mounted under both `/_matrix/client/v3` and the legacy `r0`.
+
+mod filter;
+mod messages;
+mod sync;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use myelin_clientapi::api::Identity;
+use myelin_types::MatrixError;
+use serde_json::{Map, Value};
+
+use crate::SyncApiError;
+use crate::auth::Authenticator;
+use crate::notifier::Notifier;
+use crate::storage::{EventRow, MembershipChange, Storage};
+use crate::token::StreamToken;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Arc<Storage>,
+    pub notifier: Arc<Notifier>,
+    pub auth: Arc<Authenticator>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
+        router = router
+            .route(&format!("{prefix}/sync"), get(sync::sync))
+            .route(&format!("{prefix}/user/{{userId}}/filter"), post(filter::create_filter))
+            .route(&format!("{prefix}/user/{{userId}}/filter/{{filterId}}"), get(filter::get_filter))
+            .route(&format!("{prefix}/rooms/{{roomId}}/messages"), get(messages::messages));
+    }
+    router.with_state(state)
+}
+
+/// The query string as a map (the last of repeated names wins).
+fn query_params(parts: &Parts) -> HashMap<String, String> {
+    parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+fn parse_token(value: Option<&String>) -> Result<Option<StreamToken>, MatrixError> {
+    value.map(|v| v.parse()).transpose()
+}
+
+/// The client form of a stored event for `viewer`: `unsigned.transaction_id`
+/// only for the device that sent it.
+fn format_event(row: &EventRow, room_id: Option<&str>, viewer: &Identity) -> Value {
+    let mut event = match room_id {
+        Some(room_id) => myelin_types::events::client_event(&row.pdu, &row.event_id, room_id),
+        None => myelin_types::events::sync_event(&row.pdu, &row.event_id),
+    };
+    if let Some((device_id, txn_id)) = &row.txn
+        && *device_id == viewer.device_id
+        && row.pdu.get("sender").and_then(Value::as_str) == Some(viewer.user_id.as_str())
+        && let Value::Object(fields) = &mut event
+        && let Value::Object(unsigned) = fields.entry("unsigned").or_insert_with(|| Value::Object(Map::new()))
+    {
+        unsigned.insert("transaction_id".to_owned(), Value::String(txn_id.clone()));
+    }
+    event
+}
+
+/// Stream ranges `(after, upto]` of a room whose events a user may see:
+/// while joined (their join through their leave), plus their own other
+/// membership events (an invite they rejected, say).
+fn visible_ranges(changes: &[MembershipChange]) -> Vec<(i64, i64)> {
+    let mut ranges = Vec::new();
+    let mut open: Option<i64> = None;
+    for change in changes {
+        if change.membership == "join" {
+            open.get_or_insert(change.pos - 1);
+        } else {
+            let start = open.take().unwrap_or(change.pos - 1);
+            ranges.push((start, change.pos));
+        }
+    }
+    if let Some(start) = open {
+        ranges.push((start, i64::MAX));
+    }
+    ranges
+}
+
+/// Up to `limit` visible events in `(after, upto]` that pass `keep`, walking
+/// backwards (newest first) or forwards; `true` when more such events exist.
+#[allow(clippy::too_many_arguments)]
+async fn visible_events(
+    storage: &Storage,
+    room_id: &str,
+    ranges: &[(i64, i64)],
+    after: i64,
+    upto: i64,
+    backwards: bool,
+    limit: usize,
+    keep: impl Fn(&EventRow) -> bool,
+) -> Result<(Vec<EventRow>, bool), SyncApiError> {
+    let want = limit + 1;
+    let mut out = Vec::new();
+    let mut clipped: Vec<(i64, i64)> =
+        ranges.iter().map(|&(a, b)| (a.max(after), b.min(upto))).filter(|(a, b)| a < b).collect();
+    if backwards {
+        clipped.reverse();
+    }
+    'ranges: for (mut lo, mut hi) in clipped {
+        loop {
+            let batch = (want - out.len()).max(32);
+            let rows = storage.events_between(room_id, lo, hi, backwards, batch as i64).await?;
+            let fetched = rows.len();
+            for row in rows {
+                if backwards {
+                    hi = row.pos - 1;
+                } else {
+                    lo = row.pos;
+                }
+                if keep(&row) {
+                    out.push(row);
+                    if out.len() == want {
+                        break 'ranges;
+                    }
+                }
+            }
+            if fetched < batch {
+                break;
+            }
+        }
+    }
+    let more = out.len() > limit;
+    out.truncate(limit);
+    Ok((out, more))
+}

@@ -1,0 +1,238 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use myelin_clientapi::api::Identity;
+use myelin_types::MatrixError;
+use serde_json::{Value, json};
+
+use super::{AppState, format_event, parse_token, query_params, visible_events, visible_ranges};
+use crate::SyncApiError;
+use crate::filter::{self, Filter};
+use crate::storage::{EventRow, MembershipChange};
+use crate::token::StreamToken;
+
+/// The longest a client may make `/sync` wait.
+const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// State types an invitee sees before joining (stripped state).
+const INVITE_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+];
+
+struct SyncRequest {
+    identity: Identity,
+    since: Option<i64>,
+    full_state: bool,
+    filter: Filter,
+}
+
+/// GET /_matrix/client/v3/sync
+/// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3sync>
+pub async fn sync(State(state): State<AppState>, request: Request) -> Result<Json<Value>, SyncApiError> {
+    let (parts, _) = request.into_parts();
+    let identity = state.auth.authenticate(&parts).await?;
+    let params = query_params(&parts);
+    let since = parse_token(params.get("since"))?.map(|t| t.0);
+    let timeout = match params.get("timeout") {
+        None => Duration::ZERO,
+        Some(ms) => Duration::from_millis(
+            ms.parse::<u64>().map_err(|_| MatrixError::invalid_param("timeout must be an integer"))?,
+        )
+        .min(MAX_TIMEOUT),
+    };
+    let full_state = match params.get("full_state").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(MatrixError::invalid_param("full_state must be true or false").into()),
+    };
+    // `set_presence` is accepted; presence is not tracked yet.
+    let filter = match params.get("filter") {
+        None => Filter::default(),
+        Some(text) if text.trim_start().starts_with('{') => {
+            let value: Value = serde_json::from_str(text)
+                .map_err(|e| MatrixError::new(myelin_types::ErrorCode::NotJson, e.to_string()))?;
+            Filter::from_value(&value).map_err(MatrixError::bad_json)?
+        }
+        Some(id) => {
+            let stored = match id.parse::<i64>() {
+                Ok(id) => state.storage.filter(identity.user_id.as_str(), id).await?,
+                Err(_) => None,
+            };
+            let stored = stored.ok_or_else(|| MatrixError::invalid_param(format!("Unknown filter {id:?}")))?;
+            Filter::from_value(&stored).map_err(MatrixError::bad_json)?
+        }
+    };
+    let request = SyncRequest { identity, since, full_state, filter };
+
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let current = state.notifier.current();
+        let (body, empty) = compute(&state, &request, current).await?;
+        let now = tokio::time::Instant::now();
+        if request.since.is_none() || request.full_state || !empty || now >= deadline {
+            return Ok(Json(body));
+        }
+        state.notifier.wait(request.identity.user_id.as_str(), current, deadline - now).await;
+    }
+}
+
+/// The sync response at stream position `current`; `true` when it carries no rooms.
+async fn compute(state: &AppState, request: &SyncRequest, current: i64) -> Result<(Value, bool), SyncApiError> {
+    let storage = &state.storage;
+    let user_id = request.identity.user_id.as_str();
+    let since = request.since.map(|s| s.min(current));
+    let filter = &request.filter;
+
+    let mut by_room: BTreeMap<String, Vec<MembershipChange>> = BTreeMap::new();
+    for change in storage.membership_changes(user_id, None, current).await? {
+        by_room.entry(change.room_id.clone()).or_default().push(change);
+    }
+    let active = match since {
+        Some(since) => Some(storage.rooms_with_events(since, current).await?),
+        None => None,
+    };
+
+    let mut join = serde_json::Map::new();
+    let mut invite = serde_json::Map::new();
+    let mut leave = serde_json::Map::new();
+    for (room_id, changes) in &by_room {
+        if !filter.room_allowed(room_id) {
+            continue;
+        }
+        let last = changes.last().expect("grouped changes are never empty");
+        let membership_at = |pos: i64| changes.iter().rev().find(|c| c.pos <= pos).map(|c| c.membership.as_str());
+        let changed_since = since.is_none_or(|s| last.pos > s);
+        match last.membership.as_str() {
+            "join" => {
+                let newly = since.is_none_or(|s| membership_at(s) != Some("join"));
+                let has_events = active.as_ref().is_none_or(|rooms| rooms.contains(room_id));
+                if !newly && !request.full_state && !has_events {
+                    continue;
+                }
+                let after = if newly { 0 } else { since.unwrap_or(0) };
+                let room = room_body(state, request, room_id, changes, after, current, newly).await?;
+                if let Some(room) = room {
+                    join.insert(room_id.clone(), room);
+                }
+            }
+            "invite" if changed_since => {
+                invite.insert(room_id.clone(), invite_body(state, user_id, room_id, current).await?);
+            }
+            "leave" | "ban" if changed_since && (since.is_some() || filter.include_leave()) => {
+                let after = since.unwrap_or(0);
+                let room = room_body(state, request, room_id, changes, after, last.pos, since.is_none()).await?;
+                leave.insert(room_id.clone(), room.unwrap_or_else(|| empty_room(last.pos)));
+            }
+            _ => {}
+        }
+    }
+    let empty = join.is_empty() && invite.is_empty() && leave.is_empty();
+    let body = json!({
+        "next_batch": StreamToken(current).to_string(),
+        "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
+        "presence": { "events": [] },
+        "account_data": { "events": [] },
+        "to_device": { "events": [] },
+        "device_lists": { "changed": [], "left": [] },
+        "device_one_time_keys_count": {},
+    });
+    Ok((body, empty))
+}
+
+fn empty_room(upto: i64) -> Value {
+    json!({
+        "timeline": { "events": [], "limited": false, "prev_batch": StreamToken(upto).to_string() },
+        "state": { "events": [] },
+        "account_data": { "events": [] },
+    })
+}
+
+/// A joined or left room: timeline events in `(after, upto]` the user may
+/// see, and the state before the timeline (all of it when `whole_state`,
+/// else only what changed since `after` and is not in the timeline).
+/// `None` when nothing passes the filter.
+async fn room_body(
+    state: &AppState,
+    request: &SyncRequest,
+    room_id: &str,
+    changes: &[MembershipChange],
+    after: i64,
+    upto: i64,
+    whole_state: bool,
+) -> Result<Option<Value>, SyncApiError> {
+    let storage = &state.storage;
+    let filter = &request.filter;
+    let timeline_filter = filter.timeline();
+    let ranges = visible_ranges(changes);
+    let (mut events, limited) =
+        visible_events(storage, room_id, &ranges, after, upto, true, filter.timeline_limit(), |row| {
+            filter::passes(timeline_filter, room_id, &row.pdu)
+        })
+        .await?;
+    events.reverse();
+    let before_timeline = events.first().map(|e| e.pos - 1).unwrap_or(upto);
+    let whole_state = whole_state || request.full_state;
+    let state_events: Vec<EventRow> = if whole_state || limited {
+        let mut state_rows = storage.state_at(room_id, before_timeline).await?;
+        if !whole_state {
+            let changed = storage.state_changed_between(room_id, after, before_timeline).await?;
+            state_rows.retain(|row| {
+                let key = (
+                    row.pdu.get("type").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    row.pdu.get("state_key").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                );
+                changed.contains(&key)
+            });
+        }
+        state_rows.retain(|row| filter::passes(filter.state(), room_id, &row.pdu));
+        state_rows
+    } else {
+        Vec::new()
+    };
+    if events.is_empty() && state_events.is_empty() && !whole_state {
+        return Ok(None);
+    }
+    let identity = &request.identity;
+    Ok(Some(json!({
+        "timeline": {
+            "events": events.iter().map(|e| format_event(e, None, identity)).collect::<Vec<_>>(),
+            "limited": limited,
+            "prev_batch": StreamToken(before_timeline).to_string(),
+        },
+        "state": { "events": state_events.iter().map(|e| format_event(e, None, identity)).collect::<Vec<_>>() },
+        "ephemeral": { "events": [] },
+        "account_data": { "events": [] },
+        "unread_notifications": { "highlight_count": 0, "notification_count": 0 },
+        "summary": {},
+    })))
+}
+
+/// An invited room: stripped state that helps the invitee decide, and the invite.
+async fn invite_body(state: &AppState, user_id: &str, room_id: &str, current: i64) -> Result<Value, SyncApiError> {
+    let room_state = state.storage.state_at(room_id, current).await?;
+    let events: Vec<Value> = room_state
+        .iter()
+        .filter(|row| {
+            let event_type = row.pdu.get("type").and_then(Value::as_str).unwrap_or_default();
+            let state_key = row.pdu.get("state_key").and_then(Value::as_str).unwrap_or_default();
+            INVITE_STATE_TYPES.contains(&event_type) || (event_type == "m.room.member" && state_key == user_id)
+        })
+        .map(|row| {
+            let mut stripped = serde_json::Map::new();
+            for key in ["type", "state_key", "content", "sender"] {
+                if let Some(value) = row.pdu.get(key) {
+                    stripped.insert(key.to_owned(), value.clone());
+                }
+            }
+            Value::Object(stripped)
+        })
+        .collect();
+    Ok(json!({ "invite_state": { "events": events } }))
+}

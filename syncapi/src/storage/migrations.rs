@@ -1,0 +1,89 @@
+//! The sync API's tables (its own; nothing else reads them).
+
+use myelin_storage::Migration;
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: r#"
+CREATE TABLE syncapi_events (
+    stream_pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    room_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    state_key TEXT,
+    pdu TEXT NOT NULL,
+    timeline BIGINT NOT NULL,
+    txn_device_id TEXT,
+    txn_id TEXT
+);
+CREATE INDEX syncapi_events_room ON syncapi_events (room_id, stream_pos);
+CREATE TABLE syncapi_current_state (
+    room_id TEXT NOT NULL, event_type TEXT NOT NULL, state_key TEXT NOT NULL,
+    event_id TEXT NOT NULL, stream_pos BIGINT NOT NULL,
+    PRIMARY KEY (room_id, event_type, state_key)
+);
+CREATE TABLE syncapi_state_log (
+    room_id TEXT NOT NULL, event_type TEXT NOT NULL, state_key TEXT NOT NULL, stream_pos BIGINT NOT NULL,
+    event_id TEXT,
+    PRIMARY KEY (room_id, event_type, state_key, stream_pos)
+);
+CREATE INDEX syncapi_state_log_pos ON syncapi_state_log (room_id, stream_pos);
+CREATE TABLE syncapi_memberships (
+    room_id TEXT NOT NULL, user_id TEXT NOT NULL, membership TEXT NOT NULL,
+    event_id TEXT, stream_pos BIGINT NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
+CREATE TABLE syncapi_membership_log (
+    user_id TEXT NOT NULL, room_id TEXT NOT NULL, stream_pos BIGINT NOT NULL, membership TEXT NOT NULL,
+    event_id TEXT,
+    PRIMARY KEY (user_id, room_id, stream_pos)
+);
+CREATE TABLE syncapi_filters (
+    filter_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    filter TEXT NOT NULL
+);
+"#,
+    postgres: r#"
+CREATE TABLE syncapi_events (
+    stream_pos BIGSERIAL PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    room_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    state_key TEXT,
+    pdu TEXT NOT NULL,
+    timeline BIGINT NOT NULL,
+    txn_device_id TEXT,
+    txn_id TEXT
+);
+CREATE INDEX syncapi_events_room ON syncapi_events (room_id, stream_pos);
+CREATE TABLE syncapi_current_state (
+    room_id TEXT NOT NULL, event_type TEXT NOT NULL, state_key TEXT NOT NULL,
+    event_id TEXT NOT NULL, stream_pos BIGINT NOT NULL,
+    PRIMARY KEY (room_id, event_type, state_key)
+);
+CREATE TABLE syncapi_state_log (
+    room_id TEXT NOT NULL, event_type TEXT NOT NULL, state_key TEXT NOT NULL, stream_pos BIGINT NOT NULL,
+    event_id TEXT,
+    PRIMARY KEY (room_id, event_type, state_key, stream_pos)
+);
+CREATE INDEX syncapi_state_log_pos ON syncapi_state_log (room_id, stream_pos);
+CREATE TABLE syncapi_memberships (
+    room_id TEXT NOT NULL, user_id TEXT NOT NULL, membership TEXT NOT NULL,
+    event_id TEXT, stream_pos BIGINT NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
+CREATE TABLE syncapi_membership_log (
+    user_id TEXT NOT NULL, room_id TEXT NOT NULL, stream_pos BIGINT NOT NULL, membership TEXT NOT NULL,
+    event_id TEXT,
+    PRIMARY KEY (user_id, room_id, stream_pos)
+);
+CREATE TABLE syncapi_filters (
+    filter_id BIGSERIAL PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    filter TEXT NOT NULL
+);
+"#,
+}];

@@ -1,0 +1,398 @@
+//! The sync API's read model: events in stream order, the state log (from
+//! which the state at any stream position is derived), current state,
+//! memberships with their history, and filters.
+//!
+//! Stream positions are assigned on first insert of an event id, so a
+//! redelivered output record is a no-op. Writes are serialized in this
+//! process so that positions become visible in increasing order; readers
+//! never look past the position the notifier published.
+
+mod migrations;
+
+use std::collections::BTreeSet;
+
+use myelin_roomserver::api::NewRoomEvent;
+use myelin_storage::{Db, WritePool, sqlx, with_db};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+pub use migrations::MIGRATIONS;
+
+use crate::SyncApiError;
+
+const MEMBER: &str = "m.room.member";
+
+/// An event as `/sync` and `/messages` read it back.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub pos: i64,
+    pub event_id: String,
+    pub pdu: Value,
+    /// `(device id, txn id)` of the local client that sent it.
+    pub txn: Option<(String, String)>,
+}
+
+/// A change of one user's membership in one room.
+#[derive(Debug, Clone)]
+pub struct MembershipChange {
+    pub room_id: String,
+    pub pos: i64,
+    pub membership: String,
+}
+
+/// What one stored output record changed.
+#[derive(Debug)]
+pub struct Applied {
+    pub pos: i64,
+    /// Users who may see something new: those joined after the event, and
+    /// those whose membership it changed.
+    pub users: BTreeSet<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("malformed event: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+type Row5 = (i64, String, String, Option<String>, Option<String>);
+
+pub struct Storage {
+    db: Db,
+    write_lock: Mutex<()>,
+}
+
+struct Fields {
+    event_type: String,
+    state_key: Option<String>,
+    sender: String,
+}
+
+fn fields(pdu: &Value) -> Result<Fields, ApplyError> {
+    let text = |key: &str| pdu.get(key).and_then(Value::as_str).map(str::to_owned);
+    let event_type = text("type").ok_or_else(|| ApplyError::Malformed("no type".to_owned()))?;
+    let sender = text("sender").ok_or_else(|| ApplyError::Malformed("no sender".to_owned()))?;
+    Ok(Fields { event_type, state_key: text("state_key"), sender })
+}
+
+fn membership_of(pdu: &Value) -> String {
+    pdu.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str).unwrap_or("leave").to_owned()
+}
+
+fn to_row((pos, event_id, pdu, device, txn): Row5) -> Result<EventRow, SyncApiError> {
+    let pdu = serde_json::from_str(&pdu).map_err(|e| SyncApiError::Corrupt(format!("event {event_id}: {e}")))?;
+    let txn = match (device, txn) {
+        (Some(device), Some(txn)) => Some((device, txn)),
+        _ => None,
+    };
+    Ok(EventRow { pos, event_id, pdu, txn })
+}
+
+impl Storage {
+    pub async fn open(db: Db) -> Result<Self, SyncApiError> {
+        db.migrate("syncapi", MIGRATIONS).await?;
+        Ok(Self { db, write_lock: Mutex::new(()) })
+    }
+
+    /// The highest stream position written so far (0 when empty).
+    pub async fn max_pos(&self) -> Result<i64, SyncApiError> {
+        let max: Option<i64> = with_db!(&self.db, pool => {
+            sqlx::query_scalar("SELECT MAX(stream_pos) FROM syncapi_events").fetch_one(pool).await?
+        });
+        Ok(max.unwrap_or(0))
+    }
+
+    /// Store one accepted event with its state change. `Ok(None)`: the event
+    /// was stored before (a redelivery), nothing changed.
+    pub async fn apply(&self, record: &NewRoomEvent) -> Result<Option<Applied>, ApplyError> {
+        let main = &record.event;
+        let room_id = main.room_id.as_str();
+        let main_fields = fields(&main.pdu)?;
+        let mut added = Vec::with_capacity(record.state_delta.added.len());
+        for event in &record.state_delta.added {
+            let f = fields(&event.pdu)?;
+            let Some(state_key) = f.state_key.clone() else {
+                return Err(ApplyError::Malformed(format!("state event {} has no state_key", event.event_id)));
+            };
+            added.push((event, f, state_key));
+        }
+        let main_pdu = main.pdu.to_string();
+        let (txn_device, txn_id) = match &record.txn {
+            Some(txn) => (Some(txn.device_id.clone()), Some(txn.txn_id.clone())),
+            None => (None, None),
+        };
+
+        let _guard = self.write_lock.lock().await;
+        with_db!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            let pos: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO syncapi_events (event_id, room_id, sender, event_type, state_key, pdu, timeline, \
+                 txn_device_id, txn_id) VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8) \
+                 ON CONFLICT (event_id) DO NOTHING RETURNING stream_pos",
+            )
+            .bind(main.event_id.as_str())
+            .bind(room_id)
+            .bind(&main_fields.sender)
+            .bind(&main_fields.event_type)
+            .bind(main_fields.state_key.as_deref())
+            .bind(&main_pdu)
+            .bind(txn_device.as_deref())
+            .bind(txn_id.as_deref())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(pos) = pos else {
+                return Ok(None);
+            };
+            let mut users = BTreeSet::new();
+            for (event, f, state_key) in &added {
+                if event.event_id != main.event_id {
+                    // State that arrived without its own timeline entry (state resolution).
+                    sqlx::query(
+                        "INSERT INTO syncapi_events (event_id, room_id, sender, event_type, state_key, pdu, timeline) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 0) ON CONFLICT (event_id) DO NOTHING",
+                    )
+                    .bind(event.event_id.as_str())
+                    .bind(room_id)
+                    .bind(&f.sender)
+                    .bind(&f.event_type)
+                    .bind(state_key)
+                    .bind(event.pdu.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "INSERT INTO syncapi_current_state (room_id, event_type, state_key, event_id, stream_pos) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id, event_type, state_key) \
+                     DO UPDATE SET event_id = excluded.event_id, stream_pos = excluded.stream_pos",
+                )
+                .bind(room_id)
+                .bind(&f.event_type)
+                .bind(state_key)
+                .bind(event.event_id.as_str())
+                .bind(pos)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO syncapi_state_log (room_id, event_type, state_key, stream_pos, event_id) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                )
+                .bind(room_id)
+                .bind(&f.event_type)
+                .bind(state_key)
+                .bind(pos)
+                .bind(event.event_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                if f.event_type == MEMBER {
+                    let membership = membership_of(&event.pdu);
+                    for sql in [
+                        "INSERT INTO syncapi_memberships (room_id, user_id, membership, event_id, stream_pos) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id, user_id) DO UPDATE SET \
+                         membership = excluded.membership, event_id = excluded.event_id, stream_pos = excluded.stream_pos",
+                        "INSERT INTO syncapi_membership_log (room_id, user_id, membership, event_id, stream_pos) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    ] {
+                        sqlx::query(sql)
+                            .bind(room_id)
+                            .bind(state_key)
+                            .bind(&membership)
+                            .bind(event.event_id.as_str())
+                            .bind(pos)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    users.insert(state_key.clone());
+                }
+            }
+            for (event_type, state_key) in &record.state_delta.removed {
+                sqlx::query("DELETE FROM syncapi_current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3")
+                    .bind(room_id)
+                    .bind(event_type)
+                    .bind(state_key)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO syncapi_state_log (room_id, event_type, state_key, stream_pos, event_id) \
+                     VALUES ($1, $2, $3, $4, NULL) ON CONFLICT DO NOTHING",
+                )
+                .bind(room_id)
+                .bind(event_type)
+                .bind(state_key)
+                .bind(pos)
+                .execute(&mut *tx)
+                .await?;
+                if event_type == MEMBER {
+                    for sql in [
+                        "UPDATE syncapi_memberships SET membership = 'leave', event_id = NULL, stream_pos = $3 \
+                         WHERE room_id = $1 AND user_id = $2",
+                        "INSERT INTO syncapi_membership_log (room_id, user_id, membership, event_id, stream_pos) \
+                         VALUES ($1, $2, 'leave', NULL, $3) ON CONFLICT DO NOTHING",
+                    ] {
+                        sqlx::query(sql).bind(room_id).bind(state_key).bind(pos).execute(&mut *tx).await?;
+                    }
+                    users.insert(state_key.clone());
+                }
+            }
+            let joined: Vec<String> = sqlx::query_scalar(
+                "SELECT user_id FROM syncapi_memberships WHERE room_id = $1 AND membership = 'join'",
+            )
+            .bind(room_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            users.extend(joined);
+            tx.commit().await?;
+            Ok(Some(Applied { pos, users }))
+        })
+    }
+
+    /// Every membership change of `user_id` up to `upto`, oldest first.
+    pub async fn membership_changes(
+        &self,
+        user_id: &str,
+        room_id: Option<&str>,
+        upto: i64,
+    ) -> Result<Vec<MembershipChange>, SyncApiError> {
+        let rows: Vec<(String, i64, String)> = with_db!(&self.db, pool => {
+            match room_id {
+                None => sqlx::query_as(
+                    "SELECT room_id, stream_pos, membership FROM syncapi_membership_log \
+                     WHERE user_id = $1 AND stream_pos <= $2 ORDER BY stream_pos",
+                )
+                .bind(user_id)
+                .bind(upto)
+                .fetch_all(pool)
+                .await?,
+                Some(room_id) => sqlx::query_as(
+                    "SELECT room_id, stream_pos, membership FROM syncapi_membership_log \
+                     WHERE user_id = $1 AND room_id = $2 AND stream_pos <= $3 ORDER BY stream_pos",
+                )
+                .bind(user_id)
+                .bind(room_id)
+                .bind(upto)
+                .fetch_all(pool)
+                .await?,
+            }
+        });
+        Ok(rows.into_iter().map(|(room_id, pos, membership)| MembershipChange { room_id, pos, membership }).collect())
+    }
+
+    /// Rooms with timeline events in `(after, upto]`.
+    pub async fn rooms_with_events(&self, after: i64, upto: i64) -> Result<BTreeSet<String>, SyncApiError> {
+        let rooms: Vec<String> = with_db!(&self.db, pool => {
+            sqlx::query_scalar(
+                "SELECT DISTINCT room_id FROM syncapi_events WHERE stream_pos > $1 AND stream_pos <= $2 AND timeline = 1",
+            )
+            .bind(after)
+            .bind(upto)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rooms.into_iter().collect())
+    }
+
+    /// Up to `limit` timeline events of a room in `(after, upto]`, newest
+    /// first when `backwards`, else oldest first.
+    pub async fn events_between(
+        &self,
+        room_id: &str,
+        after: i64,
+        upto: i64,
+        backwards: bool,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, SyncApiError> {
+        let rows: Vec<Row5> = with_db!(&self.db, pool => {
+            if backwards {
+                sqlx::query_as(
+                    "SELECT stream_pos, event_id, pdu, txn_device_id, txn_id FROM syncapi_events \
+                     WHERE room_id = $1 AND timeline = 1 AND stream_pos > $2 AND stream_pos <= $3 \
+                     ORDER BY stream_pos DESC LIMIT $4",
+                )
+                .bind(room_id)
+                .bind(after)
+                .bind(upto)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            } else {
+                sqlx::query_as(
+                    "SELECT stream_pos, event_id, pdu, txn_device_id, txn_id FROM syncapi_events \
+                     WHERE room_id = $1 AND timeline = 1 AND stream_pos > $2 AND stream_pos <= $3 \
+                     ORDER BY stream_pos ASC LIMIT $4",
+                )
+                .bind(room_id)
+                .bind(after)
+                .bind(upto)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+        });
+        rows.into_iter().map(to_row).collect()
+    }
+
+    /// The room's state after the event at `at` (and everything before it).
+    pub async fn state_at(&self, room_id: &str, at: i64) -> Result<Vec<EventRow>, SyncApiError> {
+        let rows: Vec<Row5> = with_db!(&self.db, pool => {
+            sqlx::query_as(
+                "SELECT e.stream_pos, e.event_id, e.pdu, e.txn_device_id, e.txn_id \
+                 FROM syncapi_state_log l JOIN syncapi_events e ON e.event_id = l.event_id \
+                 WHERE l.room_id = $1 AND l.stream_pos <= $2 AND l.stream_pos = (\
+                   SELECT MAX(m.stream_pos) FROM syncapi_state_log m WHERE m.room_id = l.room_id \
+                   AND m.event_type = l.event_type AND m.state_key = l.state_key AND m.stream_pos <= $2) \
+                 ORDER BY e.stream_pos",
+            )
+            .bind(room_id)
+            .bind(at)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter().map(to_row).collect()
+    }
+
+    /// `(type, state_key)` entries of the room's state that changed in `(after, upto]`.
+    pub async fn state_changed_between(
+        &self,
+        room_id: &str,
+        after: i64,
+        upto: i64,
+    ) -> Result<BTreeSet<(String, String)>, SyncApiError> {
+        let rows: Vec<(String, String)> = with_db!(&self.db, pool => {
+            sqlx::query_as(
+                "SELECT DISTINCT event_type, state_key FROM syncapi_state_log \
+                 WHERE room_id = $1 AND stream_pos > $2 AND stream_pos <= $3",
+            )
+            .bind(room_id)
+            .bind(after)
+            .bind(upto)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows.into_iter().collect())
+    }
+
+    pub async fn insert_filter(&self, user_id: &str, filter: &str) -> Result<i64, SyncApiError> {
+        let _guard = self.write_lock.lock().await;
+        let id: i64 = with_db!(&self.db, pool => {
+            sqlx::query_scalar("INSERT INTO syncapi_filters (user_id, filter) VALUES ($1, $2) RETURNING filter_id")
+                .bind(user_id)
+                .bind(filter)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(id)
+    }
+
+    pub async fn filter(&self, user_id: &str, filter_id: i64) -> Result<Option<Value>, SyncApiError> {
+        let text: Option<String> = with_db!(&self.db, pool => {
+            sqlx::query_scalar("SELECT filter FROM syncapi_filters WHERE user_id = $1 AND filter_id = $2")
+                .bind(user_id)
+                .bind(filter_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        text.map(|t| serde_json::from_str(&t).map_err(|e| SyncApiError::Corrupt(format!("filter {filter_id}: {e}"))))
+            .transpose()
+    }
+}

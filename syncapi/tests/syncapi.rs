@@ -1,0 +1,829 @@
+//! The sync API over a real embedded bus on SQLite and PostgreSQL, served on
+//! a loopback port and driven over HTTP. Room events are real
+//! `roomserver.output` records produced on the bus, as the room server
+//! emits them. Accounts, logins, logouts and token lookups come from the
+//! real client API service on the same bus (shared-secret registration).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use myelin_bus::{Bus, EmbeddedBackend, Shutdown, ShutdownTrigger};
+use myelin_roomserver::api::{NewRoomEvent, OUTPUT_TOPIC, OutputRecord, StateDelta, StoredEvent, TxnRef};
+use myelin_storage::Db;
+use myelin_testkit::TestDb;
+use myelin_types::SystemClock;
+use myelin_types::random::alphanumeric;
+use myelin_types::signing::ServerSigningKey;
+use serde_json::{Value, json};
+use sha1::Sha1;
+
+const WAIT: Duration = Duration::from_secs(15);
+const SHARED_SECRET: &str = "test shared secret";
+const PASSWORD: &str = "correct horse battery staple";
+
+struct Server {
+    name: &'static str,
+    base: String,
+    bus: Bus,
+    client_base: String,
+    http: reqwest::Client,
+    _trigger: ShutdownTrigger,
+    _db: TestDb,
+    _keys: tempfile::TempDir,
+}
+
+/// Sync and client API on each backend; room events are emitted by the test.
+async fn servers() -> Vec<Server> {
+    let mut out = Vec::new();
+    for db in TestDb::both().await {
+        out.push(Server::start(db, false).await);
+    }
+    out
+}
+
+/// Sync, client API and room server on each backend.
+async fn full_servers() -> Vec<Server> {
+    let mut out = Vec::new();
+    for db in TestDb::both().await {
+        out.push(Server::start(db, true).await);
+    }
+    out
+}
+
+impl Server {
+    async fn start(test_db: TestDb, with_roomserver: bool) -> Self {
+        let db = Db::connect(&test_db.url).await.unwrap();
+        let backend = EmbeddedBackend::open(db.clone(), 8).await.unwrap();
+        let bus = Bus::new(Arc::new(backend), Arc::new(SystemClock));
+        let (trigger, shutdown) = Shutdown::new();
+        let mut config = myelin_config::Config::default();
+        config.global.server_name = "localhost".to_owned();
+        config.client_api.registration_shared_secret = Some(SHARED_SECRET.to_owned());
+        let keys = tempfile::tempdir().unwrap();
+        config.global.signing_key_path = keys.path().join("signing.key");
+        std::fs::write(&config.global.signing_key_path, ServerSigningKey::generate_file_contents()).unwrap();
+        let config = Arc::new(config);
+        if with_roomserver {
+            myelin_roomserver::service::start(config.clone(), db.clone(), bus.clone(), shutdown.clone()).await.unwrap();
+        }
+        let clientapi =
+            myelin_clientapi::service::start(config.clone(), db.clone(), bus.clone(), shutdown.clone()).await.unwrap();
+        let started = myelin_syncapi::service::start(config, db, bus.clone(), shutdown).await.unwrap();
+        let base = serve(started.router).await;
+        let client_base = serve(clientapi.router).await;
+        Self {
+            name: test_db.name,
+            base,
+            bus,
+            client_base,
+            http: reqwest::Client::new(),
+            _trigger: trigger,
+            _db: test_db,
+            _keys: keys,
+        }
+    }
+
+    /// Register `localpart` through the client API's shared-secret endpoint; its access token.
+    async fn register(&self, localpart: &str) -> String {
+        let url = format!("{}/_synapse/admin/v1/register", self.client_base);
+        let nonce: Value = self.http.get(&url).send().await.unwrap().json().await.unwrap();
+        let nonce = nonce["nonce"].as_str().unwrap().to_owned();
+        let mut mac = Hmac::<Sha1>::new_from_slice(SHARED_SECRET.as_bytes()).unwrap();
+        mac.update(format!("{nonce}\0{localpart}\0{PASSWORD}\0notadmin").as_bytes());
+        let mac = hex::encode(mac.finalize().into_bytes());
+        let body = json!({"nonce": nonce, "username": localpart, "password": PASSWORD, "admin": false, "mac": mac});
+        let response = self.http.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "[{}] registering {localpart}", self.name);
+        let reply: Value = response.json().await.unwrap();
+        reply["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Log `localpart` in on another device; its access token.
+    async fn login(&self, localpart: &str, device_id: &str) -> String {
+        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart},
+            "password": PASSWORD, "device_id": device_id});
+        let response =
+            self.http.post(format!("{}/_matrix/client/v3/login", self.client_base)).json(&body).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "[{}] login {localpart}", self.name);
+        let reply: Value = response.json().await.unwrap();
+        assert_eq!(reply["device_id"], device_id);
+        reply["access_token"].as_str().unwrap().to_owned()
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).timeout(Duration::from_secs(60));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_owned());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, token, None).await
+    }
+
+    async fn sync(&self, token: &str, query: &str) -> Value {
+        let (status, body) = self.get(&format!("/_matrix/client/v3/sync?{query}"), Some(token)).await;
+        assert_eq!(status, 200, "[{}] sync {query}: {body}", self.name);
+        body
+    }
+
+    /// Emit one accepted event on `roomserver.output`, as the room server does.
+    async fn emit(&self, room: &str, sender: &str, kind: &str, state_key: Option<&str>, content: Value) -> String {
+        self.emit_with(room, sender, kind, state_key, content, None).await.0
+    }
+
+    async fn emit_with(
+        &self,
+        room: &str,
+        sender: &str,
+        kind: &str,
+        state_key: Option<&str>,
+        content: Value,
+        txn: Option<TxnRef>,
+    ) -> (String, OutputRecord) {
+        let event_id = format!("${}", alphanumeric(43));
+        let mut pdu = json!({
+            "type": kind, "sender": sender, "content": content, "room_id": room,
+            "origin_server_ts": 1_700_000_000_000u64, "depth": 1, "prev_events": [], "auth_events": [],
+            "hashes": {"sha256": "x"}, "signatures": {},
+        });
+        if let Some(state_key) = state_key {
+            pdu["state_key"] = json!(state_key);
+        }
+        let stored =
+            StoredEvent { event_id: event_id.as_str().try_into().unwrap(), room_id: room.try_into().unwrap(), pdu };
+        let state_delta =
+            StateDelta { added: if state_key.is_some() { vec![stored.clone()] } else { vec![] }, removed: vec![] };
+        let record =
+            OutputRecord::NewRoomEvent(NewRoomEvent { event: stored, room_version: "12".to_owned(), state_delta, txn });
+        self.bus.produce_json(OUTPUT_TOPIC, room, &record).await.unwrap();
+        (event_id, record)
+    }
+
+    async fn message(&self, room: &str, sender: &str, body: &str) -> String {
+        self.emit(room, sender, "m.room.message", None, json!({"msgtype": "m.text", "body": body})).await
+    }
+
+    async fn membership(&self, room: &str, sender: &str, target: &str, membership: &str) -> String {
+        self.emit(room, sender, "m.room.member", Some(target), json!({"membership": membership})).await
+    }
+
+    /// A room made by `creator` with the usual initial state; returns its id.
+    async fn create_room(&self, creator: &str) -> String {
+        let room = format!("!{}:localhost", alphanumeric(18));
+        self.emit(&room, creator, "m.room.create", Some(""), json!({"room_version": "12"})).await;
+        self.membership(&room, creator, creator, "join").await;
+        self.emit(&room, creator, "m.room.power_levels", Some(""), json!({"users": {creator: 100}})).await;
+        self.emit(&room, creator, "m.room.join_rules", Some(""), json!({"join_rule": "invite"})).await;
+        self.emit(&room, creator, "m.room.name", Some(""), json!({"name": "Test room"})).await;
+        room
+    }
+
+    /// Wait until `token`'s user sees `event_id` in an initial sync.
+    async fn settle(&self, token: &str, event_id: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let body = self
+                .sync(token, &format!("filter={}", enc(r#"{"room":{"timeline":{"limit":1000},"include_leave":true}}"#)))
+                .await;
+            if body.to_string().contains(event_id) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "[{}] event {event_id} never appeared", self.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn timeline<'a>(body: &'a Value, section: &str, room: &str) -> &'a Vec<Value> {
+    body["rooms"][section][room]["timeline"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {section} timeline for {room}: {body}"))
+}
+
+fn bodies(events: &[Value]) -> Vec<String> {
+    events.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
+}
+
+fn ids(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect()
+}
+
+fn types(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+}
+
+const ALICE: &str = "@alice:localhost";
+const BOB: &str = "@bob:localhost";
+
+#[tokio::test]
+async fn initial_then_incremental_sync() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let room = s.create_room(ALICE).await;
+        s.message(&room, ALICE, "one").await;
+        s.message(&room, ALICE, "two").await;
+        let last = s.message(&room, ALICE, "three").await;
+        s.settle(&alice, &last).await;
+
+        let initial = s.sync(&alice, "").await;
+        let joined = &initial["rooms"]["join"][&room];
+        let state_types = types(joined["state"]["events"].as_array().unwrap());
+        assert!(state_types.contains(&"m.room.create".to_owned()), "[{}] {joined}", s.name);
+        let tl = timeline(&initial, "join", &room);
+        assert_eq!(bodies(tl), ["one", "two", "three"], "[{}]", s.name);
+        assert_eq!(types(tl)[0], "m.room.member");
+        assert_eq!(tl[0]["state_key"], ALICE);
+        assert!(tl.iter().all(|e| e.get("room_id").is_none() && e.get("hashes").is_none()));
+        assert_eq!(joined["timeline"]["limited"], false);
+        for key in ["account_data", "presence", "to_device", "device_lists"] {
+            assert!(initial[key].is_object(), "[{}] {key} missing", s.name);
+        }
+        let since = initial["next_batch"].as_str().unwrap().to_owned();
+
+        // Nothing new: an incremental sync without timeout is empty.
+        let quiet = s.sync(&alice, &format!("since={since}")).await;
+        assert!(quiet["rooms"]["join"].as_object().unwrap().is_empty(), "[{}] {quiet}", s.name);
+
+        s.message(&room, ALICE, "four").await;
+        let last = s.message(&room, ALICE, "five").await;
+        s.settle(&alice, &last).await;
+        let incremental = s.sync(&alice, &format!("since={since}")).await;
+        let tl = timeline(&incremental, "join", &room);
+        assert_eq!(bodies(tl), ["four", "five"], "[{}]", s.name);
+        assert_eq!(tl.len(), 2);
+        assert!(incremental["rooms"]["join"][&room]["state"]["events"].as_array().unwrap().is_empty());
+        assert_ne!(incremental["next_batch"].as_str().unwrap(), since);
+    }
+}
+
+#[tokio::test]
+async fn hundred_messages_arrive_in_order_through_sync() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let room = s.create_room(ALICE).await;
+        s.membership(&room, ALICE, BOB, "invite").await;
+        let join = s.membership(&room, BOB, BOB, "join").await;
+        s.settle(&alice, &join).await;
+        let since = s.sync(&bob, "").await["next_batch"].as_str().unwrap().to_owned();
+
+        let sender = {
+            let s_bus = s.bus.clone();
+            let room = room.clone();
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    let event_id = format!("${}", alphanumeric(43));
+                    let pdu = json!({"type": "m.room.message", "sender": ALICE, "room_id": room,
+                        "content": {"msgtype": "m.text", "body": format!("m{i}")}, "origin_server_ts": 1});
+                    let record = OutputRecord::NewRoomEvent(NewRoomEvent {
+                        event: StoredEvent {
+                            event_id: event_id.as_str().try_into().unwrap(),
+                            room_id: room.as_str().try_into().unwrap(),
+                            pdu,
+                        },
+                        room_version: "12".to_owned(),
+                        state_delta: StateDelta::default(),
+                        txn: None,
+                    });
+                    s_bus.produce_json(OUTPUT_TOPIC, &room, &record).await.unwrap();
+                }
+            })
+        };
+        let got = bodies(&receive_messages(&s, &bob, &room, &since, 100).await);
+        sender.await.unwrap();
+        let want: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+        assert_eq!(got, want, "[{}]", s.name);
+    }
+}
+
+/// Follow `/sync` from `since` like a client until `n` messages of `room`
+/// arrived, filling gaps of limited timelines from `prev_batch` with
+/// `/messages`; the messages in the order received.
+async fn receive_messages(s: &Server, token: &str, room: &str, since: &str, n: usize) -> Vec<Value> {
+    let mut since = since.to_owned();
+    let mut seen = std::collections::HashSet::new();
+    let mut got: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < n {
+        assert!(Instant::now() < deadline, "[{}] only {} messages arrived", s.name, got.len());
+        let body = s.sync(token, &format!("since={since}&timeout=5000")).await;
+        since = body["next_batch"].as_str().unwrap().to_owned();
+        let Some(room_body) = body["rooms"]["join"].get(room) else { continue };
+        let mut batch = room_body["timeline"]["events"].as_array().unwrap().clone();
+        if room_body["timeline"]["limited"] == true {
+            // Fill the gap from prev_batch back to what we already have.
+            let mut from = room_body["timeline"]["prev_batch"].as_str().unwrap().to_owned();
+            let mut earlier = Vec::new();
+            'fill: loop {
+                let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=7&from={from}");
+                let (status, page) = s.get(&path, Some(token)).await;
+                assert_eq!(status, 200, "{page}");
+                for event in page["chunk"].as_array().unwrap() {
+                    if seen.contains(event["event_id"].as_str().unwrap()) {
+                        break 'fill;
+                    }
+                    earlier.push(event.clone());
+                }
+                match page["end"].as_str() {
+                    Some(end) => from = end.to_owned(),
+                    None => break,
+                }
+            }
+            earlier.reverse();
+            earlier.append(&mut batch);
+            batch = earlier;
+        }
+        for event in batch {
+            if seen.insert(event["event_id"].as_str().unwrap().to_owned()) && event["type"] == "m.room.message" {
+                got.push(event);
+            }
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_a_new_event() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let room = s.create_room(ALICE).await;
+        let last = s.message(&room, ALICE, "before").await;
+        s.settle(&alice, &last).await;
+        let since = s.sync(&alice, "").await["next_batch"].as_str().unwrap().to_owned();
+
+        let started = Instant::now();
+        let poll = {
+            let base = s.base.clone();
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                let url = format!("{base}/_matrix/client/v3/sync?since={since}&timeout=30000");
+                reqwest::Client::new().get(url).bearer_auth(alice).send().await.unwrap().json::<Value>().await.unwrap()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!poll.is_finished(), "[{}] long poll returned before any event", s.name);
+        let event = s.message(&room, ALICE, "wake up").await;
+        let body = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("long poll did not wake").unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(ids(timeline(&body, "join", &room)), [event], "[{}]", s.name);
+    }
+}
+
+#[tokio::test]
+async fn long_poll_times_out_empty_and_ignores_other_rooms() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let alice_room = s.create_room(ALICE).await;
+        let bob_room = s.create_room(BOB).await;
+        let last = s.message(&bob_room, BOB, "x").await;
+        s.settle(&bob, &last).await;
+        let since = s.sync(&alice, "").await["next_batch"].as_str().unwrap().to_owned();
+        let poll = {
+            let base = s.base.clone();
+            let alice = alice.clone();
+            let since = since.clone();
+            tokio::spawn(async move {
+                let url = format!("{base}/_matrix/client/v3/sync?since={since}&timeout=1500");
+                reqwest::Client::new().get(url).bearer_auth(alice).send().await.unwrap().json::<Value>().await.unwrap()
+            })
+        };
+        s.message(&bob_room, BOB, "not for alice").await;
+        let body = poll.await.unwrap();
+        assert!(body["rooms"]["join"].as_object().unwrap().is_empty(), "[{}] {body}", s.name);
+        assert!(body["rooms"]["join"].get(&alice_room).is_none());
+    }
+}
+
+#[tokio::test]
+async fn limited_timeline_then_messages_backwards() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let room = s.create_room(ALICE).await;
+        let mut last = String::new();
+        for i in 0..25 {
+            last = s.message(&room, ALICE, &format!("m{i}")).await;
+        }
+        s.settle(&alice, &last).await;
+        let initial = s.sync(&alice, "").await;
+        let joined = &initial["rooms"]["join"][&room];
+        assert_eq!(joined["timeline"]["limited"], true, "[{}]", s.name);
+        let tl = timeline(&initial, "join", &room);
+        assert_eq!(bodies(tl), (15..25).map(|i| format!("m{i}")).collect::<Vec<_>>());
+        // A limited timeline starts after the state: state holds the room's name and members.
+        let state_types = types(joined["state"]["events"].as_array().unwrap());
+        for t in ["m.room.create", "m.room.member", "m.room.name", "m.room.join_rules", "m.room.power_levels"] {
+            assert!(state_types.contains(&t.to_owned()), "[{}] {t} missing from {state_types:?}", s.name);
+        }
+
+        let mut from = joined["timeline"]["prev_batch"].as_str().unwrap().to_owned();
+        let mut earlier = Vec::new();
+        let mut pages = 0;
+        loop {
+            let (status, page) = s
+                .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from={from}&limit=10"), Some(&alice))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            assert_eq!(page["start"], from.as_str());
+            assert_eq!(page["state"], json!([]));
+            let chunk = page["chunk"].as_array().unwrap();
+            assert!(chunk.iter().all(|e| e["room_id"] == room.as_str()));
+            earlier.extend(chunk.iter().cloned());
+            pages += 1;
+            match page["end"].as_str() {
+                Some(end) => from = end.to_owned(),
+                None => break,
+            }
+            assert!(pages < 10);
+        }
+        earlier.reverse();
+        let mut expected: Vec<String> = vec![];
+        expected.extend((0..15).map(|i| format!("m{i}")));
+        assert_eq!(bodies(&earlier), expected, "[{}]", s.name);
+        // Alice sees from her own join on, and no further back.
+        assert_eq!(earlier[0]["type"], "m.room.member");
+        assert!(!types(&earlier).contains(&"m.room.create".to_owned()));
+
+        // Forwards from the start reaches the newest event and then stops.
+        let (status, page) =
+            s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=1000"), Some(&alice)).await;
+        assert_eq!(status, 200);
+        assert_eq!(bodies(page["chunk"].as_array().unwrap()).len(), 25);
+        assert!(page.get("end").is_none(), "{page}");
+        let (_, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=3"), Some(&alice)).await;
+        assert_eq!(page["chunk"].as_array().unwrap().len(), 3);
+        assert!(page["end"].is_string());
+        // r0 answers too.
+        let (status, _) = s.get(&format!("/_matrix/client/r0/rooms/{room}/messages?dir=b"), Some(&alice)).await;
+        assert_eq!(status, 200);
+    }
+}
+
+#[tokio::test]
+async fn invite_join_and_leave_sections() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let room = s.create_room(ALICE).await;
+        s.message(&room, ALICE, "before bob").await;
+        let bob_since = s.sync(&bob, "").await["next_batch"].as_str().unwrap().to_owned();
+        let invite = s.membership(&room, ALICE, BOB, "invite").await;
+        s.settle(&alice, &invite).await;
+
+        let body = s.sync(&bob, &format!("since={bob_since}&timeout=5000")).await;
+        let invite_state = body["rooms"]["invite"][&room]["invite_state"]["events"].as_array().unwrap();
+        let t = types(invite_state);
+        for want in ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.member"] {
+            assert!(t.contains(&want.to_owned()), "[{}] {want} not in {t:?}", s.name);
+        }
+        assert!(!t.contains(&"m.room.power_levels".to_owned()));
+        let member = invite_state.iter().find(|e| e["type"] == "m.room.member").unwrap();
+        assert_eq!(member["state_key"], BOB);
+        assert_eq!(member["content"]["membership"], "invite");
+        assert!(member.get("event_id").is_none(), "stripped state carries no event id");
+        assert!(body["rooms"]["join"].get(&room).is_none());
+        let bob_since = body["next_batch"].as_str().unwrap().to_owned();
+        // The invite appears once, not again on the next sync.
+        let again = s.sync(&bob, &format!("since={bob_since}")).await;
+        assert!(again["rooms"]["invite"].get(&room).is_none());
+
+        let join = s.membership(&room, BOB, BOB, "join").await;
+        let body = s.sync(&bob, &format!("since={bob_since}&timeout=5000")).await;
+        let joined = &body["rooms"]["join"][&room];
+        assert!(body["rooms"]["invite"].get(&room).is_none());
+        // His own invite (he could see it) and his join: nothing said before.
+        assert_eq!(
+            ids(joined["timeline"]["events"].as_array().unwrap()),
+            [invite.clone(), join.clone()],
+            "[{}] {body}",
+            s.name
+        );
+        let state_types = types(joined["state"]["events"].as_array().unwrap());
+        assert!(state_types.contains(&"m.room.create".to_owned()) && state_types.contains(&"m.room.name".to_owned()));
+        // Bob does not see what was said before he joined.
+        assert!(!body.to_string().contains("before bob"));
+        let bob_since = body["next_batch"].as_str().unwrap().to_owned();
+
+        s.message(&room, ALICE, "while bob is here").await;
+        let leave = s.membership(&room, BOB, BOB, "leave").await;
+        let after_leave = s.message(&room, ALICE, "after bob left").await;
+        s.settle(&alice, &after_leave).await;
+        let body = s.sync(&bob, &format!("since={bob_since}")).await;
+        assert!(body["rooms"]["join"].get(&room).is_none(), "[{}] {body}", s.name);
+        let tl = timeline(&body, "leave", &room);
+        assert_eq!(bodies(tl), ["while bob is here"]);
+        assert_eq!(ids(tl).last().unwrap(), &leave);
+        let bob_since = body["next_batch"].as_str().unwrap().to_owned();
+        let quiet = s.sync(&bob, &format!("since={bob_since}")).await;
+        assert!(quiet["rooms"]["leave"].get(&room).is_none() && quiet["rooms"]["join"].get(&room).is_none());
+
+        // /messages for Bob ends at his leave and starts at his join.
+        let (status, page) =
+            s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"), Some(&bob)).await;
+        assert_eq!(status, 200, "{page}");
+        let chunk = page["chunk"].as_array().unwrap();
+        assert_eq!(ids(chunk), [leave.clone(), ids(chunk)[1].clone(), join.clone(), invite.clone()]);
+        assert_eq!(bodies(chunk), ["while bob is here"]);
+        // Initial sync leaves left rooms out unless the filter asks.
+        let initial = s.sync(&bob, "").await;
+        assert!(initial["rooms"]["leave"].get(&room).is_none());
+        let with_leave = s.sync(&bob, &format!("filter={}", enc(r#"{"room":{"include_leave":true}}"#))).await;
+        assert_eq!(ids(timeline(&with_leave, "leave", &room)).last().unwrap(), &leave);
+
+        // Someone who never joined may not read the room.
+        let charlie = s.register("charlie").await;
+        let (status, err) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&charlie)).await;
+        assert_eq!((status, err["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "[{}]", s.name);
+    }
+}
+
+#[tokio::test]
+async fn transaction_id_only_for_the_sending_device() {
+    for s in servers().await {
+        s.register("alice").await;
+        let phone = s.login("alice", "PHONE").await;
+        let laptop = s.login("alice", "LAPTOP").await;
+        let bob = s.register("bob").await;
+        let room = s.create_room(ALICE).await;
+        s.membership(&room, ALICE, BOB, "invite").await;
+        s.membership(&room, BOB, BOB, "join").await;
+        let txn = TxnRef { device_id: "PHONE".to_owned(), txn_id: "txn-1".to_owned() };
+        let (event_id, _) = s
+            .emit_with(&room, ALICE, "m.room.message", None, json!({"msgtype": "m.text", "body": "hi"}), Some(txn))
+            .await;
+        s.settle(&phone, &event_id).await;
+        let find = |body: &Value| {
+            timeline(body, "join", &room).iter().find(|e| e["event_id"] == event_id.as_str()).cloned().unwrap()
+        };
+        let on_phone = find(&s.sync(&phone, "").await);
+        assert_eq!(on_phone["unsigned"]["transaction_id"], "txn-1", "[{}] {on_phone}", s.name);
+        let on_laptop = find(&s.sync(&laptop, "").await);
+        assert!(on_laptop["unsigned"].get("transaction_id").is_none(), "[{}] {on_laptop}", s.name);
+        let for_bob = find(&s.sync(&bob, "").await);
+        assert!(for_bob["unsigned"].get("transaction_id").is_none());
+        let (_, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"), Some(&phone)).await;
+        assert_eq!(page["chunk"][0]["unsigned"]["transaction_id"], "txn-1");
+    }
+}
+
+#[tokio::test]
+async fn redelivered_records_and_poison_do_no_harm() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let room = s.create_room(ALICE).await;
+        let (event_id, record) =
+            s.emit_with(&room, ALICE, "m.room.message", None, json!({"msgtype": "m.text", "body": "once"}), None).await;
+        s.settle(&alice, &event_id).await;
+        let since = s.sync(&alice, "").await["next_batch"].as_str().unwrap().to_owned();
+        // The same record again, an undecodable one, and a state event without a type.
+        s.bus.produce_json(OUTPUT_TOPIC, &room, &record).await.unwrap();
+        s.bus.produce(OUTPUT_TOPIC, &room, b"{not json".to_vec()).await.unwrap();
+        let after = s.message(&room, ALICE, "after").await;
+        s.settle(&alice, &after).await;
+        let body = s.sync(&alice, &format!("since={since}")).await;
+        assert_eq!(ids(timeline(&body, "join", &room)), [after], "[{}]", s.name);
+        let all = s.sync(&alice, "").await;
+        let count = ids(timeline(&all, "join", &room)).iter().filter(|id| **id == event_id).count();
+        assert_eq!(count, 1);
+    }
+}
+
+#[tokio::test]
+async fn filters_round_trip_and_apply() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let room = s.create_room(ALICE).await;
+        let mut last = String::new();
+        for i in 0..5 {
+            last = s.message(&room, ALICE, &format!("m{i}")).await;
+        }
+        s.settle(&alice, &last).await;
+        let filter =
+            json!({"room": {"timeline": {"limit": 2}, "state": {"types": ["m.room.name"]}}, "presence": {"types": []}});
+        let path = format!("/_matrix/client/v3/user/{ALICE}/filter");
+        let (status, created) = s.request(reqwest::Method::POST, &path, Some(&alice), Some(&filter.to_string())).await;
+        assert_eq!(status, 200, "[{}] {created}", s.name);
+        let filter_id = created["filter_id"].as_str().unwrap().to_owned();
+        let (status, fetched) = s.get(&format!("{path}/{filter_id}"), Some(&alice)).await;
+        assert_eq!(status, 200);
+        assert_eq!(fetched, filter);
+        let (status, _) = s.get(&format!("/_matrix/client/r0/user/{ALICE}/filter/{filter_id}"), Some(&alice)).await;
+        assert_eq!(status, 200);
+
+        let body = s.sync(&alice, &format!("filter={filter_id}")).await;
+        let joined = &body["rooms"]["join"][&room];
+        assert_eq!(bodies(timeline(&body, "join", &room)), ["m3", "m4"], "[{}]", s.name);
+        assert_eq!(joined["timeline"]["limited"], true);
+        assert_eq!(types(joined["state"]["events"].as_array().unwrap()), ["m.room.name"]);
+
+        let inline = enc(r#"{"room":{"timeline":{"limit":3,"types":["m.room.message"]}}}"#);
+        let body = s.sync(&alice, &format!("filter={inline}")).await;
+        assert_eq!(bodies(timeline(&body, "join", &room)), ["m2", "m3", "m4"]);
+        assert_eq!(types(timeline(&body, "join", &room)), ["m.room.message"; 3]);
+
+        let not_rooms = enc(&json!({"room": {"not_rooms": [room]}}).to_string());
+        let body = s.sync(&alice, &format!("filter={not_rooms}")).await;
+        assert!(body["rooms"]["join"].get(&room).is_none());
+    }
+}
+
+#[tokio::test]
+async fn requests_are_refused_with_the_right_errors() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let room = s.create_room(ALICE).await;
+        let expect = |what: &str, got: (u16, Value), status: u16, code: &str| {
+            assert_eq!((got.0, got.1["errcode"].as_str()), (status, Some(code)), "[{}] {what}: {}", s.name, got.1);
+        };
+        let v3 = "/_matrix/client/v3";
+        expect("no token", s.get(&format!("{v3}/sync"), None).await, 401, "M_MISSING_TOKEN");
+        expect("unknown token", s.get(&format!("{v3}/sync"), Some("nope")).await, 401, "M_UNKNOWN_TOKEN");
+        expect(
+            "no token on messages",
+            s.get(&format!("{v3}/rooms/{room}/messages?dir=b"), None).await,
+            401,
+            "M_MISSING_TOKEN",
+        );
+        expect("bad since", s.get(&format!("{v3}/sync?since=garbage"), Some(&alice)).await, 400, "M_INVALID_PARAM");
+        expect("bad timeout", s.get(&format!("{v3}/sync?timeout=soon"), Some(&alice)).await, 400, "M_INVALID_PARAM");
+        expect(
+            "unknown sync filter",
+            s.get(&format!("{v3}/sync?filter=999"), Some(&alice)).await,
+            400,
+            "M_INVALID_PARAM",
+        );
+        expect("bad inline filter", s.get(&format!("{v3}/sync?filter=%7Bnope"), Some(&alice)).await, 400, "M_NOT_JSON");
+        expect(
+            "bad dir",
+            s.get(&format!("{v3}/rooms/{room}/messages?dir=x"), Some(&alice)).await,
+            400,
+            "M_INVALID_PARAM",
+        );
+        expect("no dir", s.get(&format!("{v3}/rooms/{room}/messages"), Some(&alice)).await, 400, "M_INVALID_PARAM");
+        expect(
+            "bad from",
+            s.get(&format!("{v3}/rooms/{room}/messages?dir=b&from=zz"), Some(&alice)).await,
+            400,
+            "M_INVALID_PARAM",
+        );
+        expect("non-member", s.get(&format!("{v3}/rooms/{room}/messages?dir=b"), Some(&bob)).await, 403, "M_FORBIDDEN");
+
+        let filter_path = format!("{v3}/user/{ALICE}/filter");
+        let post = |token: &str, path: &str, body: &str| {
+            let (token, path, body) = (token.to_owned(), path.to_owned(), body.to_owned());
+            let s = &s;
+            async move { s.request(reqwest::Method::POST, &path, Some(&token), Some(&body)).await }
+        };
+        expect("filter for another user", post(&bob, &filter_path, "{}").await, 403, "M_FORBIDDEN");
+        expect("malformed filter", post(&alice, &filter_path, "{not json").await, 400, "M_NOT_JSON");
+        expect(
+            "filter of wrong shape",
+            post(&alice, &filter_path, r#"{"room": {"timeline": {"limit": "ten"}}}"#).await,
+            400,
+            "M_BAD_JSON",
+        );
+        expect("filter not an object", post(&alice, &filter_path, "[1]").await, 400, "M_BAD_JSON");
+        expect("unknown filter", s.get(&format!("{filter_path}/12345"), Some(&alice)).await, 404, "M_NOT_FOUND");
+        expect("non-numeric filter", s.get(&format!("{filter_path}/abc"), Some(&alice)).await, 404, "M_NOT_FOUND");
+        let (_, created) = post(&alice, &filter_path, "{}").await;
+        let id = created["filter_id"].as_str().unwrap();
+        expect("someone else's filter", s.get(&format!("{filter_path}/{id}"), Some(&bob)).await, 403, "M_FORBIDDEN");
+    }
+}
+
+#[tokio::test]
+async fn logged_out_tokens_stop_working() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let other = s.login("alice", "OTHER").await;
+        s.sync(&alice, "").await; // cached now
+        s.sync(&other, "").await;
+        let response = s
+            .http
+            .post(format!("{}/_matrix/client/v3/logout", s.client_base))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, body) = s.get("/_matrix/client/v3/sync", Some(&alice)).await;
+            if status == 401 {
+                assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN");
+                break;
+            }
+            assert!(Instant::now() < deadline, "[{}] logged-out token still accepted", s.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The other device's token still works.
+        s.sync(&other, "").await;
+    }
+}
+
+/// The whole path a client takes: accounts and room commands through the
+/// client API, events built by the room server, read back through `/sync`.
+#[tokio::test]
+async fn end_to_end_through_client_api_and_room_server() {
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let client = |method: reqwest::Method, path: String, token: &str, body: Value| {
+            let request = s.http.request(method, format!("{}/_matrix/client/v3{path}", s.client_base));
+            let request = request.bearer_auth(token).json(&body);
+            async move {
+                let response = request.send().await.unwrap();
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(status, 200, "[{}] {path}: {body}", s.name);
+                body
+            }
+        };
+        let created = client(
+            reqwest::Method::POST,
+            "/createRoom".to_owned(),
+            &alice,
+            json!({"preset": "private_chat", "name": "E2E"}),
+        )
+        .await;
+        let room = created["room_id"].as_str().unwrap().to_owned();
+        client(reqwest::Method::POST, format!("/rooms/{room}/invite"), &alice, json!({"user_id": BOB})).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let body = s.sync(&bob, "").await;
+            if body["rooms"]["invite"].get(&room).is_some() {
+                let t = types(body["rooms"]["invite"][&room]["invite_state"]["events"].as_array().unwrap());
+                assert!(t.contains(&"m.room.name".to_owned()) && t.contains(&"m.room.create".to_owned()), "{t:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "[{}] invite never reached sync", s.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        client(reqwest::Method::POST, format!("/rooms/{room}/join"), &bob, json!({})).await;
+        let since = loop {
+            let body = s.sync(&bob, "").await;
+            if body["rooms"]["join"].get(&room).is_some() {
+                break body["next_batch"].as_str().unwrap().to_owned();
+            }
+            assert!(Instant::now() < deadline, "[{}] join never reached sync", s.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+
+        let sending = {
+            let (http, base, alice, room) = (s.http.clone(), s.client_base.clone(), alice.clone(), room.clone());
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    let url = format!("{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/t{i}");
+                    let body = json!({"msgtype": "m.text", "body": format!("m{i}")});
+                    let response = http.put(url).bearer_auth(&alice).json(&body).send().await.unwrap();
+                    assert_eq!(response.status().as_u16(), 200);
+                }
+            })
+        };
+        let received = receive_messages(&s, &bob, &room, &since, 100).await;
+        sending.await.unwrap();
+        assert_eq!(bodies(&received), (0..100).map(|i| format!("m{i}")).collect::<Vec<_>>(), "[{}]", s.name);
+        assert!(received.iter().all(|e| e["unsigned"].get("transaction_id").is_none()));
+
+        // Alice's own device gets its transaction ids back.
+        let body = s.sync(&alice, &format!("filter={}", enc(r#"{"room":{"timeline":{"limit":3}}}"#))).await;
+        let tl = timeline(&body, "join", &room);
+        let txns: Vec<&str> = tl.iter().map(|e| e["unsigned"]["transaction_id"].as_str().unwrap_or("")).collect();
+        assert_eq!(txns, ["t97", "t98", "t99"], "[{}]", s.name);
+    }
+}
