@@ -1,1 +1,50 @@
-fn main() {}
+//! `myelin`: the homeserver binary. Parses the command line and hands off;
+//! the composition root is [`run`], the client listener [`http`].
+
+mod cli;
+mod generate;
+mod http;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run(args) => match run::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("myelin: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::GenerateConfig(args) => match generate::generate_config(&args) {
+            Ok(written) => {
+                for path in written {
+                    println!("wrote {}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("myelin generate-config: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::CheckConfig(args) => match cli::check_config(&args.config) {
+            Ok(()) => {
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for error in errors {
+                    eprintln!("{error}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,5 +1,15 @@
 //! The server's configuration: one YAML file with a section per component,
 //! any key overridable from the environment as `MYELIN_<SECTION>__<KEY>`.
+//!
+//! [`Config::load`] reads and overrides ([`load`]), [`Config::check`]
+//! validates meaning ([`check`]). Both report every problem at once: an
+//! operator fixing a config file should not have to restart once per typo.
+
+mod check;
+mod load;
+
+pub use check::check_server_name;
+pub use load::{ConfigErrors, ENV_PREFIX};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

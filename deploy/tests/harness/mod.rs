@@ -1,0 +1,200 @@
+//! Runs the real `myelin` binary for end-to-end tests.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+pub const SHARED_SECRET: &str = "end-to-end-shared-secret";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+}
+
+/// The interpreter with the test clients installed (see scripts/install-test-deps.sh).
+pub fn python() -> PathBuf {
+    std::env::var_os("MYELIN_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_path(".venv/bin/python"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Server {
+    dir: TempDir,
+    config: Option<PathBuf>,
+    client_port: u16,
+    federation_port: u16,
+    child: Option<Child>,
+    _db: Option<myelin_testkit::TestDb>,
+}
+
+impl Server {
+    /// A server from `myelin generate-config` on a fresh database.
+    pub async fn start(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(myelin_testkit::TestDb::postgres().await),
+        };
+        let federation_port = free_port();
+        let mut generate = std::process::Command::new(env!("CARGO_BIN_EXE_myelin"));
+        generate
+            .args(["generate-config", "--server-name", &format!("localhost:{federation_port}"), "--dir"])
+            .arg(dir.path());
+        if let Some(db) = &db {
+            generate.args(["--database-url", &db.url]);
+        }
+        let status = generate.status().expect("run generate-config");
+        assert!(status.success(), "generate-config failed");
+        let config = Some(dir.path().join("myelin.yaml"));
+        let mut server = Self { dir, config, client_port: free_port(), federation_port, child: None, _db: db };
+        server.spawn().await;
+        server
+    }
+
+    /// `myelin run` with no configuration, in an empty working directory.
+    pub async fn start_without_config() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server =
+            Self { dir, config: None, client_port: free_port(), federation_port: free_port(), child: None, _db: None };
+        server.spawn().await;
+        server
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("myelin-data")
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_myelin"));
+        command.arg("run");
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        command
+            .current_dir(self.dir.path())
+            // Ports are the only override: everything else comes from the config.
+            .env("MYELIN_CLIENT_API__LISTEN", format!("127.0.0.1:{}", self.client_port))
+            .env("MYELIN_FEDERATION_API__LISTEN", format!("127.0.0.1:{}", self.federation_port))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true);
+        if self.config.is_some() {
+            command.env("MYELIN_CLIENT_API__REGISTRATION_SHARED_SECRET", SHARED_SECRET);
+        }
+        self.child = Some(command.spawn().expect("start myelin"));
+        self.wait_until_ready().await;
+    }
+
+    async fn wait_until_ready(&mut self) {
+        let url = self.url("/_matrix/client/versions");
+        for _ in 0..600 {
+            if let Ok(response) = reqwest::get(&url).await
+                && response.status().is_success()
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("myelin exited with {status}:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("myelin did not serve /versions within 60 s:\n{}", self.log_tail());
+    }
+
+    /// Stop the process (SIGKILL: nothing gets a chance to flush) and start it again.
+    pub async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+        self.spawn().await;
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("myelin.log")
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let start = log.len().saturating_sub(8_000);
+        log[log.floor_char_boundary(start)..].to_owned()
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url())
+    }
+
+    /// Registers `localpart` through the shared-secret admin API; returns its access token.
+    pub async fn register(&self, localpart: &str) -> String {
+        let endpoint = self.url("/_synapse/admin/v1/register");
+        let nonce: Value = reqwest::get(&endpoint).await.unwrap().json().await.unwrap();
+        let nonce = nonce["nonce"].as_str().unwrap();
+        let password = "correct horse battery staple";
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(SHARED_SECRET.as_bytes()).unwrap();
+        mac.update(format!("{nonce}\0{localpart}\0{password}\0notadmin").as_bytes());
+        let body = json!({
+            "nonce": nonce, "username": localpart, "password": password, "admin": false,
+            "mac": hex::encode(mac.finalize().into_bytes()),
+        });
+        let (status, reply) = json_request(Method::POST, &endpoint, None, &body.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "register {localpart}: {reply}");
+        reply["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn create_room(&self, token: &str, body: Value) -> String {
+        let (status, reply) =
+            json_request(Method::POST, &self.url("/_matrix/client/v3/createRoom"), Some(token), &body.to_string())
+                .await;
+        assert_eq!(status, StatusCode::OK, "createRoom: {reply}");
+        reply["room_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn send_message(&self, token: &str, room_id: &str, txn_id: &str, body: &str) -> String {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn_id}");
+        let (status, reply) = self.put(token, &path, json!({"msgtype": "m.text", "body": body})).await;
+        assert_eq!(status, StatusCode::OK, "send: {reply}");
+        reply["event_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        json_request(Method::GET, &self.url(path), Some(token), "").await
+    }
+
+    pub async fn put(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        json_request(Method::PUT, &self.url(path), Some(token), &body.to_string()).await
+    }
+}
+
+/// One request with a raw body; the reply parsed as JSON (`null` if it is not).
+pub async fn json_request(method: Method, url: &str, token: Option<&str>, body: &str) -> (StatusCode, Value) {
+    let mut request = reqwest::Client::new().request(method.clone(), url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if method != Method::GET {
+        request = request.header("content-type", "application/json").body(body.to_owned());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}

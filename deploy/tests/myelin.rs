@@ -1,0 +1,158 @@
+//! End-to-end tests of the `myelin` binary: real processes, real HTTP, real
+//! databases (SQLite and PostgreSQL), and a real Matrix client (matrix-nio).
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Backend, Server, json_request};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn run_without_config_serves_the_client_api_from_a_fresh_directory() {
+    let server = Server::start_without_config().await;
+    let versions: Value = reqwest::get(server.url("/_matrix/client/versions")).await.unwrap().json().await.unwrap();
+    assert!(versions["versions"].as_array().unwrap().iter().any(|v| v == "v1.1"), "{versions}");
+    for file in ["myelin.db", "signing.key", "tls.crt", "tls.key"] {
+        assert!(server.data_dir().join(file).exists(), "{file} was not created");
+    }
+}
+
+#[tokio::test]
+async fn matrix_nio_receives_100_messages_in_order_on_sqlite() {
+    nio_flow(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn matrix_nio_receives_100_messages_in_order_on_postgres() {
+    nio_flow(Backend::Postgres).await;
+}
+
+async fn nio_flow(backend: Backend) {
+    let server = Server::start(backend).await;
+    let output = tokio::process::Command::new(harness::python())
+        .arg(harness::repo_path("tests/clients/nio_flow.py"))
+        .arg(server.base_url())
+        .arg(harness::SHARED_SECRET)
+        .arg("100")
+        .output()
+        .await
+        .expect("run the matrix-nio flow");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "nio flow failed on {backend:?}:\n{stdout}\n{stderr}\n{}", server.log_tail());
+    assert!(stdout.contains("received 100 messages in order"), "{stdout}");
+}
+
+#[tokio::test]
+async fn rooms_messages_and_tokens_survive_a_restart_and_txn_ids_stay_idempotent() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let mut server = Server::start(backend).await;
+        let alice = server.register("alice").await;
+        let room_id = server.create_room(&alice, json!({"name": "durable"})).await;
+        let first = server.send_message(&alice, &room_id, "txn-1", "before restart").await;
+
+        server.restart().await;
+
+        let whoami = server.get(&alice, "/_matrix/client/v3/account/whoami").await;
+        assert_eq!(whoami.0, StatusCode::OK, "{backend:?}: token survives: {}", whoami.1);
+        let again = server.send_message(&alice, &room_id, "txn-1", "before restart").await;
+        assert_eq!(again, first, "{backend:?}: a retried PUT /send returns the original event id");
+        let (status, name) =
+            server.get(&alice, &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name/")).await;
+        assert_eq!((status, name["name"].as_str()), (StatusCode::OK, Some("durable")), "{backend:?}");
+        let (status, joined) = server.get(&alice, "/_matrix/client/v3/joined_rooms").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(joined["joined_rooms"], json!([room_id]), "{backend:?}");
+        let (status, messages) =
+            server.get(&alice, &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=50")).await;
+        assert_eq!(status, StatusCode::OK, "{messages}");
+        let bodies: Vec<&str> = messages["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .filter_map(|e| e["content"]["body"].as_str())
+            .collect();
+        assert_eq!(bodies, ["before restart"], "{backend:?}: exactly one message, the original");
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_spec_errors() {
+    let server = Server::start(Backend::Sqlite).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room_id = server.create_room(&alice, json!({"preset": "private_chat"})).await;
+
+    let (status, body) = server.get("not-a-token", "/_matrix/client/v3/account/whoami").await;
+    assert_eq!((status, body["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN")));
+
+    let (status, body) =
+        json_request(reqwest::Method::POST, &server.url("/_matrix/client/v3/createRoom"), Some(&alice), "{not json")
+            .await;
+    assert_eq!((status, body["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_NOT_JSON")), "{body}");
+
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t1");
+    let (status, body) = server.put(&bob, &path, json!({"msgtype": "m.text", "body": "let me in"})).await;
+    assert_eq!((status, body["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "{body}");
+
+    let huge = "x".repeat(70_000);
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t2");
+    let (status, body) = server.put(&alice, &path, json!({"msgtype": "m.text", "body": huge})).await;
+    assert_eq!((status, body["errcode"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("M_TOO_LARGE")), "{body}");
+
+    let (status, body) = json_request(
+        reqwest::Method::POST,
+        &server.url("/_matrix/client/v3/register"),
+        None,
+        &json!({"username": "mallory", "password": "pw", "auth": {"type": "m.login.dummy"}}).to_string(),
+    )
+    .await;
+    assert_eq!((status, body["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "{body}");
+
+    let (status, body) = server.get(&alice, "/_matrix/client/v3/no/such/endpoint").await;
+    assert_eq!((status, body["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_UNRECOGNIZED")), "{body}");
+}
+
+#[tokio::test]
+async fn metrics_and_health_are_served() {
+    let server = Server::start(Backend::Sqlite).await;
+    let alice = server.register("alice").await;
+    server.create_room(&alice, json!({})).await;
+    let health = reqwest::get(server.url("/health")).await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("myelin_http_request_duration_seconds"), "per-route latency histogram");
+    assert!(metrics.contains("process_resident_memory_bytes"), "process metrics");
+    assert!(metrics.contains("myelin_bus_records_produced_total"), "bus metrics");
+    assert!(!metrics.contains(&alice), "no access token in metrics");
+    assert!(!server.log_tail().contains(&alice), "no access token in logs");
+}
+
+#[tokio::test]
+async fn sync_long_poll_wakes_on_a_new_message() {
+    let server = Server::start(Backend::Sqlite).await;
+    let alice = server.register("alice").await;
+    let room_id = server.create_room(&alice, json!({})).await;
+    let (_, initial) = server.get(&alice, "/_matrix/client/v3/sync").await;
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+
+    let poll = {
+        let url = server.url(&format!("/_matrix/client/v3/sync?since={since}&timeout=30000"));
+        let token = alice.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let body: Value =
+                reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+            (started.elapsed(), body)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.send_message(&alice, &room_id, "wake", "wake up").await;
+    let (elapsed, body) = poll.await.unwrap();
+    assert!(elapsed < Duration::from_secs(10), "long poll returned after {elapsed:?}, not on the event");
+    let events = body["rooms"]["join"][&room_id]["timeline"]["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["content"]["body"] == "wake up"), "{body}");
+}
