@@ -57,7 +57,9 @@ async fn main() -> Result<()> {
         Scenario::Send { senders, messages, shared_room } => {
             send(&http, &cli.url, &cli.shared_secret, &run_id, senders, messages, shared_room).await?
         }
-        Scenario::SyncLatency { samples } => sync_latency(&http, &cli.url, &cli.shared_secret, &run_id, samples).await?,
+        Scenario::SyncLatency { samples } => {
+            sync_latency(&http, &cli.url, &cli.shared_secret, &run_id, samples).await?
+        }
     };
     let mut result = result;
     result["label"] = json!(cli.label);

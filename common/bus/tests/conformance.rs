@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use myelin_bus::{Backend, Bus, BusError, EmbeddedBackend, HandleError, Handler, MemoryBackend, Record, Responder, RetryPolicy, Shutdown};
+use myelin_bus::{
+    Backend, Bus, BusError, EmbeddedBackend, HandleError, Handler, MemoryBackend, Record, Responder, RetryPolicy,
+    Shutdown,
+};
 use myelin_storage::Db;
 use myelin_testkit::TestDb;
 use myelin_types::SystemClock;
@@ -44,7 +47,9 @@ impl Subject {
     async fn open(&self) -> Bus {
         let backend: Arc<dyn Backend> = match self {
             Subject::Memory(memory) => Arc::new(memory.clone()),
-            Subject::Embedded(db) => Arc::new(EmbeddedBackend::open(Db::connect(&db.url).await.unwrap(), 4).await.unwrap()),
+            Subject::Embedded(db) => {
+                Arc::new(EmbeddedBackend::open(Db::connect(&db.url).await.unwrap(), 4).await.unwrap())
+            }
         };
         Bus::new(backend, Arc::new(SystemClock)).with_retry_policy(RetryPolicy {
             attempts: 3,
@@ -253,7 +258,8 @@ async fn poison_records_are_recorded_skipped_and_counted() {
         let picky = Arc::new(Picky::default());
         let (trigger, shutdown) = Shutdown::new();
         let task = bus.consume("picky", TOPIC, picky.clone(), shutdown);
-        eventually("the record after the poison ones", || picky.recorder.effects.lock().unwrap().contains("ok-3")).await;
+        eventually("the record after the poison ones", || picky.recorder.effects.lock().unwrap().contains("ok-3"))
+            .await;
         trigger.trigger();
         task.await.unwrap().unwrap();
 
@@ -297,7 +303,8 @@ async fn requests_get_their_own_replies_and_failures_surface() {
         let requests = (0..20).map(|n| {
             let bus = bus.clone();
             async move {
-                let reply = bus.request("echo.requests", &format!("k{n}"), format!("{n}").into_bytes(), WAIT).await.unwrap();
+                let reply =
+                    bus.request("echo.requests", &format!("k{n}"), format!("{n}").into_bytes(), WAIT).await.unwrap();
                 assert_eq!(reply, format!("echo:{n}").into_bytes());
             }
         });
