@@ -1,11 +1,13 @@
 //! What the client API publishes about accounts and devices, and the token
 //! lookup it answers, so that other components (sync, pusher) can
-//! authenticate requests without reading its tables.
+//! authenticate requests without reading its tables; also account data
+//! changes and the typing and receipt EDUs that clients send it.
 
 use std::time::Duration;
 
-use myelin_types::ruma::OwnedUserId;
+use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Logins and logouts. Key: user id.
 pub const DEVICES_TOPIC: &str = "clientapi.devices";
@@ -39,4 +41,45 @@ pub type QueryReply = Option<Identity>;
 pub struct Identity {
     pub user_id: OwnedUserId,
     pub device_id: String,
+}
+
+/// Account data changes. Key: user id.
+pub const ACCOUNT_DATA_TOPIC: &str = "clientapi.accountdata";
+/// Typing notifications. Key: room id.
+pub const TYPING_TOPIC: &str = "edu.typing";
+/// Read receipts. Key: room id.
+pub const RECEIPT_TOPIC: &str = "edu.receipt";
+
+/// A record on [`ACCOUNT_DATA_TOPIC`]: the new content of one account data
+/// entry, published after it is committed. Records carry the whole content
+/// (not a patch), so applying one twice changes nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountDataUpdate {
+    pub user_id: OwnedUserId,
+    /// `None` for global account data.
+    pub room_id: Option<OwnedRoomId>,
+    pub data_type: String,
+    pub content: Value,
+}
+
+/// A record on [`TYPING_TOPIC`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingUpdate {
+    pub room_id: OwnedRoomId,
+    pub user_id: OwnedUserId,
+    pub typing: bool,
+    /// When the typing state lapses, in bus clock milliseconds.
+    pub expires_ms: u64,
+}
+
+/// A record on [`RECEIPT_TOPIC`]: `user_id` has read up to `event_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptUpdate {
+    pub room_id: OwnedRoomId,
+    pub user_id: OwnedUserId,
+    /// `m.read` or `m.read.private` (seen only by its owner).
+    pub receipt_type: String,
+    pub event_id: OwnedEventId,
+    pub thread_id: Option<String>,
+    pub ts: u64,
 }

@@ -1,6 +1,7 @@
 //! The Client-Server API, except sync and push: accounts, devices and
 //! access tokens, registration (open, and Synapse's shared-secret admin
-//! API), login, and room commands forwarded to the room server.
+//! API), login, profiles, account data and tags, typing and receipts, and
+//! room commands forwarded to the room server.
 mod accounts;
 pub mod api;
 mod auth;

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use myelin_bus::{Bus, EmbeddedBackend, Shutdown, ShutdownTrigger};
-use myelin_clientapi::api::{DEVICES_TOPIC, DeviceEvent, Identity, QUERY_TOPIC, QueryReply, QueryRequest};
+use myelin_clientapi::api::{
+    ACCOUNT_DATA_TOPIC, AccountDataUpdate, DEVICES_TOPIC, DeviceEvent, Identity, QUERY_TOPIC, QueryReply, QueryRequest,
+    RECEIPT_TOPIC, ReceiptUpdate, TYPING_TOPIC, TypingUpdate,
+};
 use myelin_config::Config;
 use myelin_storage::Db;
 use myelin_testkit::TestDb;
@@ -107,6 +110,31 @@ impl Server {
 
     async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
         self.send(reqwest::Method::PUT, path, token, Some(&body)).await
+    }
+
+    /// A request whose body is sent as is (for malformed JSON).
+    async fn send_raw(&self, method: reqwest::Method, path: &str, token: &str, body: &'static str) -> Reply {
+        let request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token).body(body);
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body = response.json().await.unwrap();
+        Reply { status, body, context: format!("[{}] {path}", self.backend) }
+    }
+
+    /// The next `n` records on `topic` (read by a fresh consumer group), each with its key.
+    async fn records<T: serde::de::DeserializeOwned>(&self, group: &str, topic: &str, n: usize) -> Vec<(String, T)> {
+        let mut consumer = self.bus.backend().consumer(group, topic).await.unwrap();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let batch = tokio::time::timeout(Duration::from_secs(10), consumer.next_batch(100))
+                .await
+                .unwrap_or_else(|_| panic!("[{}] {n} records on {topic}", self.backend))
+                .unwrap();
+            for record in batch {
+                out.push((record.key.clone(), record.json::<T>().unwrap()));
+            }
+        }
+        out
     }
 
     async fn post_raw(&self, path: &str, body: &'static str) -> Reply {
@@ -635,6 +663,234 @@ async fn rooms_through_the_room_server() {
         s.post(&format!("/_matrix/client/r0/rooms/{}/join", urlencode(&second_id)), b, json!({})).await.ok();
         let rooms = s.get("/_matrix/client/r0/joined_rooms", b).await.ok();
         assert_eq!(rooms.body, json!({"joined_rooms": [second_id]}));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn account_data_and_tags() {
+    each_backend(Options::default, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let a = Some(alice.token.as_str());
+        let b = Some(bob.token.as_str());
+        let room_id = "!tea:test.local";
+        let global = format!("/_matrix/client/v3/user/{}/account_data", urlencode(&alice.user_id));
+        let in_room = format!("/_matrix/client/v3/user/{}/rooms/{}", urlencode(&alice.user_id), urlencode(room_id));
+
+        s.get(&format!("{global}/org.example.settings"), a).await.err(404, "M_NOT_FOUND");
+        s.put(&format!("{global}/org.example.settings"), a, json!({"theme": "dark"})).await.ok();
+        let got = s.get(&format!("{global}/org.example.settings"), a).await.ok();
+        assert_eq!(got.body, json!({"theme": "dark"}));
+        s.put(&format!("{global}/org.example.settings"), a, json!({"theme": "light"})).await.ok();
+        let got = s
+            .get(&format!("/_matrix/client/r0/user/{}/account_data/org.example.settings", alice.user_id), a)
+            .await
+            .ok();
+        assert_eq!(got.body, json!({"theme": "light"}));
+
+        s.put(&format!("{in_room}/account_data/org.example.draft"), a, json!({"text": "hi"})).await.ok();
+        let got = s.get(&format!("{in_room}/account_data/org.example.draft"), a).await.ok();
+        assert_eq!(got.body, json!({"text": "hi"}));
+        // Room and global account data are separate.
+        s.get(&format!("{global}/org.example.draft"), a).await.err(404, "M_NOT_FOUND");
+        s.get(&format!("{in_room}/account_data/org.example.settings"), a).await.err(404, "M_NOT_FOUND");
+
+        // Tags are the room account data entry `m.tag`.
+        let tags = s.get(&format!("{in_room}/tags"), a).await.ok();
+        assert_eq!(tags.body, json!({"tags": {}}));
+        s.put(&format!("{in_room}/tags/u.work"), a, json!({"order": 0.5})).await.ok();
+        s.put(&format!("{in_room}/tags/m.favourite"), a, json!({})).await.ok();
+        let tags = s.get(&format!("{in_room}/tags"), a).await.ok();
+        assert_eq!(tags.body, json!({"tags": {"u.work": {"order": 0.5}, "m.favourite": {}}}));
+        s.send(reqwest::Method::DELETE, &format!("{in_room}/tags/m.favourite"), a, None).await.ok();
+        let tag = s.get(&format!("{in_room}/account_data/m.tag"), a).await.ok();
+        assert_eq!(tag.body, json!({"tags": {"u.work": {"order": 0.5}}}));
+
+        // Refusals.
+        s.get(&format!("{global}/org.example.settings"), b).await.err(403, "M_FORBIDDEN");
+        s.put(&format!("{global}/org.example.settings"), b, json!({})).await.err(403, "M_FORBIDDEN");
+        s.get(&format!("{in_room}/account_data/org.example.draft"), b).await.err(403, "M_FORBIDDEN");
+        s.put(&format!("{in_room}/account_data/org.example.draft"), b, json!({})).await.err(403, "M_FORBIDDEN");
+        s.get(&format!("{in_room}/tags"), b).await.err(403, "M_FORBIDDEN");
+        s.put(&format!("{in_room}/tags/u.x"), b, json!({})).await.err(403, "M_FORBIDDEN");
+        s.send(reqwest::Method::DELETE, &format!("{in_room}/tags/u.work"), b, None).await.err(403, "M_FORBIDDEN");
+        s.put(&format!("{in_room}/account_data/m.fully_read"), a, json!({"event_id": "$x"}))
+            .await
+            .err(405, "M_BAD_JSON");
+        s.put(&format!("{global}/m.push_rules"), a, json!({})).await.err(405, "M_BAD_JSON");
+        s.put(&format!("{global}/org.example.settings"), a, json!(["not", "an", "object"]))
+            .await
+            .err(400, "M_BAD_JSON");
+        s.send_raw(reqwest::Method::PUT, &format!("{global}/org.example.settings"), &alice.token, "{nope")
+            .await
+            .err(400, "M_NOT_JSON");
+        s.put(&format!("{in_room}/tags/u.bad"), a, json!({"order": "first"})).await.err(400, "M_BAD_JSON");
+        let bad_room = format!("/_matrix/client/v3/user/{}/rooms/tea/account_data/x", urlencode(&alice.user_id));
+        s.put(&bad_room, a, json!({})).await.err(400, "M_INVALID_PARAM");
+        s.get(&format!("{global}/org.example.settings"), None).await.err(401, "M_MISSING_TOKEN");
+
+        // Every change went out on `clientapi.accountdata`, keyed by user, in order.
+        let records: Vec<(String, AccountDataUpdate)> = s.records("test.accountdata", ACCOUNT_DATA_TOPIC, 6).await;
+        assert!(records.iter().all(|(key, update)| *key == alice.user_id && update.user_id == alice.user_id));
+        let seen: Vec<(Option<String>, &str, &Value)> = records
+            .iter()
+            .map(|(_, u)| (u.room_id.as_ref().map(|r| r.to_string()), u.data_type.as_str(), &u.content))
+            .collect();
+        let room = Some(room_id.to_owned());
+        assert_eq!(
+            seen,
+            vec![
+                (None, "org.example.settings", &json!({"theme": "dark"})),
+                (None, "org.example.settings", &json!({"theme": "light"})),
+                (room.clone(), "org.example.draft", &json!({"text": "hi"})),
+                (room.clone(), "m.tag", &json!({"tags": {"u.work": {"order": 0.5}}})),
+                (room.clone(), "m.tag", &json!({"tags": {"u.work": {"order": 0.5}, "m.favourite": {}}})),
+                (room, "m.tag", &json!({"tags": {"u.work": {"order": 0.5}}})),
+            ]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn profiles_and_member_events() {
+    let options = || Options { roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let a = Some(alice.token.as_str());
+        let b = Some(bob.token.as_str());
+        let profile = |user: &str| format!("/_matrix/client/v3/profile/{}", urlencode(user));
+
+        let empty = s.get(&profile(&alice.user_id), None).await.ok();
+        assert_eq!(empty.body, json!({}));
+        s.get(&format!("{}/displayname", profile(&alice.user_id)), None).await.err(404, "M_NOT_FOUND");
+        s.get(&profile("@nobody:test.local"), None).await.err(404, "M_NOT_FOUND");
+        s.get(&format!("{}/avatar_url", profile("@nobody:test.local")), None).await.err(404, "M_NOT_FOUND");
+        s.get(&profile("@alice:elsewhere.example"), None).await.err(404, "M_NOT_FOUND");
+        s.get(&profile("alice"), None).await.err(400, "M_INVALID_PARAM");
+
+        let room_id =
+            s.post("/_matrix/client/v3/createRoom", a, json!({"preset": "public_chat"})).await.ok().body["room_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        let room = format!("/_matrix/client/v3/rooms/{}", urlencode(&room_id));
+
+        // Bob's profile travels with his join.
+        s.put(&format!("{}/displayname", profile(&bob.user_id)), b, json!({"displayname": "Bob"})).await.ok();
+        s.put(&format!("{}/avatar_url", profile(&bob.user_id)), b, json!({"avatar_url": "mxc://test.local/bob"}))
+            .await
+            .ok();
+        let got = s.get(&profile(&bob.user_id), None).await.ok();
+        assert_eq!(got.body, json!({"displayname": "Bob", "avatar_url": "mxc://test.local/bob"}));
+        let got = s.get(&format!("{}/displayname", profile(&bob.user_id)), None).await.ok();
+        assert_eq!(got.body, json!({"displayname": "Bob"}));
+        s.post(&format!("{room}/join"), b, json!({})).await.ok();
+        let member = s.get(&format!("{room}/state/m.room.member/{}", urlencode(&bob.user_id)), a).await.ok();
+        assert_eq!(
+            member.body,
+            json!({"membership": "join", "displayname": "Bob", "avatar_url": "mxc://test.local/bob"})
+        );
+
+        // A change reaches the member event of every joined room.
+        s.put(&format!("{}/displayname", profile(&alice.user_id)), a, json!({"displayname": "Alice"})).await.ok();
+        let member = s.get(&format!("{room}/state/m.room.member/{}", urlencode(&alice.user_id)), b).await.ok();
+        assert_eq!(member.body["displayname"], "Alice");
+        assert_eq!(member.body["membership"], "join");
+        s.put(&format!("{}/displayname", profile(&bob.user_id)), b, json!({"displayname": null})).await.ok();
+        let member = s.get(&format!("{room}/state/m.room.member/{}", urlencode(&bob.user_id)), a).await.ok();
+        assert_eq!(member.body, json!({"membership": "join", "avatar_url": "mxc://test.local/bob"}));
+        s.get(&format!("{}/displayname", profile(&bob.user_id)), None).await.err(404, "M_NOT_FOUND");
+
+        // Refusals.
+        s.put(&format!("{}/displayname", profile(&alice.user_id)), b, json!({"displayname": "Mallory"}))
+            .await
+            .err(403, "M_FORBIDDEN");
+        s.put(&format!("{}/avatar_url", profile(&alice.user_id)), b, json!({"avatar_url": "mxc://x/y"}))
+            .await
+            .err(403, "M_FORBIDDEN");
+        s.put(&format!("{}/displayname", profile(&alice.user_id)), a, json!({"displayname": 5}))
+            .await
+            .err(400, "M_BAD_JSON");
+        s.put(&format!("{}/displayname", profile(&alice.user_id)), a, json!({})).await.err(400, "M_BAD_JSON");
+        s.send_raw(reqwest::Method::PUT, &format!("{}/displayname", profile(&alice.user_id)), &alice.token, "x")
+            .await
+            .err(400, "M_NOT_JSON");
+        s.put(&format!("{}/displayname", profile(&alice.user_id)), None, json!({"displayname": "A"}))
+            .await
+            .err(401, "M_MISSING_TOKEN");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn typing_receipts_and_read_markers() {
+    let options = || Options { roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let a = Some(alice.token.as_str());
+        let b = Some(bob.token.as_str());
+        let room_id = s.post("/_matrix/client/v3/createRoom", a, json!({})).await.ok().body["room_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let room = format!("/_matrix/client/v3/rooms/{}", urlencode(&room_id));
+        let event_id =
+            s.put(&format!("{room}/send/m.room.message/t1"), a, json!({"body": "hi"})).await.ok().body["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        let typing = |user: &str| format!("{room}/typing/{}", urlencode(user));
+        let receipt = |kind: &str| format!("{room}/receipt/{kind}/{}", urlencode(&event_id));
+
+        s.put(&typing(&alice.user_id), a, json!({"typing": true, "timeout": 5000})).await.ok();
+        s.put(&typing(&alice.user_id), a, json!({"typing": false})).await.ok();
+        s.post(&receipt("m.read"), a, json!({})).await.ok();
+        s.post(&receipt("m.read.private"), a, json!({"thread_id": "main"})).await.ok();
+        s.post(&format!("{room}/read_markers"), a, json!({"m.fully_read": event_id, "m.read": event_id})).await.ok();
+        s.post(&receipt("m.fully_read"), a, json!({})).await.ok();
+        let marker = s
+            .get(
+                &format!(
+                    "/_matrix/client/v3/user/{}/rooms/{}/account_data/m.fully_read",
+                    urlencode(&alice.user_id),
+                    urlencode(&room_id)
+                ),
+                a,
+            )
+            .await
+            .ok();
+        assert_eq!(marker.body, json!({"event_id": event_id}));
+
+        // Refusals: someone else's typing, rooms the caller is not in, bad bodies.
+        s.put(&typing(&alice.user_id), b, json!({"typing": true})).await.err(403, "M_FORBIDDEN");
+        s.put(&typing(&bob.user_id), b, json!({"typing": true})).await.err(403, "M_FORBIDDEN");
+        s.post(&receipt("m.read"), b, json!({})).await.err(403, "M_FORBIDDEN");
+        s.post(&format!("{room}/read_markers"), b, json!({"m.read": event_id})).await.err(403, "M_FORBIDDEN");
+        s.put(&typing(&alice.user_id), a, json!({"typing": "yes"})).await.err(400, "M_BAD_JSON");
+        s.send_raw(reqwest::Method::PUT, &typing(&alice.user_id), &alice.token, "{").await.err(400, "M_NOT_JSON");
+        s.post(&receipt("m.seen"), a, json!({})).await.err(400, "M_INVALID_PARAM");
+        s.post(&receipt("m.read"), a, json!({"thread_id": ""})).await.err(400, "M_INVALID_PARAM");
+        s.post(&receipt("m.fully_read"), a, json!({"thread_id": "main"})).await.err(400, "M_INVALID_PARAM");
+        s.post(&format!("{room}/receipt/m.read/not-an-event"), a, json!({})).await.err(400, "M_INVALID_PARAM");
+        s.post(&format!("{room}/read_markers"), a, json!({"m.read": 5})).await.err(400, "M_BAD_JSON");
+        s.send_raw(reqwest::Method::POST, &format!("{room}/read_markers"), &alice.token, "[")
+            .await
+            .err(400, "M_NOT_JSON");
+
+        let typing: Vec<(String, TypingUpdate)> = s.records("test.typing", TYPING_TOPIC, 2).await;
+        assert!(typing.iter().all(|(key, u)| *key == room_id && u.user_id == alice.user_id));
+        assert_eq!(typing.iter().map(|(_, u)| u.typing).collect::<Vec<_>>(), vec![true, false]);
+        let receipts: Vec<(String, ReceiptUpdate)> = s.records("test.receipts", RECEIPT_TOPIC, 3).await;
+        assert!(
+            receipts.iter().all(|(key, r)| *key == room_id && r.user_id == alice.user_id && r.event_id == event_id)
+        );
+        let kinds: Vec<(&str, Option<&str>)> =
+            receipts.iter().map(|(_, r)| (r.receipt_type.as_str(), r.thread_id.as_deref())).collect();
+        assert_eq!(kinds, vec![("m.read", None), ("m.read.private", Some("main")), ("m.read", None)]);
     })
     .await;
 }

@@ -127,6 +127,21 @@ impl Filter {
     pub fn state(&self) -> Option<&RoomEventFilter> {
         self.room.as_ref().and_then(|r| r.state.as_ref())
     }
+
+    pub fn ephemeral(&self) -> Option<&RoomEventFilter> {
+        self.room.as_ref().and_then(|r| r.ephemeral.as_ref())
+    }
+
+    pub fn room_account_data(&self) -> Option<&RoomEventFilter> {
+        self.room.as_ref().and_then(|r| r.account_data.as_ref())
+    }
+
+    /// Whether global account data of this type appears.
+    pub fn account_data_allowed(&self, data_type: &str) -> bool {
+        self.account_data
+            .as_ref()
+            .is_none_or(|f| allowed(data_type, f.types.as_deref(), f.not_types.as_deref(), type_matches))
+    }
 }
 
 impl RoomEventFilter {

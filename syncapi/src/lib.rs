@@ -1,5 +1,7 @@
-//! The sync API: builds its own read model of rooms from `roomserver.output`
-//! and serves `/sync`, `/messages` and filters (ARCHITECTURE.md).
+//! The sync API: builds its own read model of rooms from `roomserver.output`,
+//! of account data from `clientapi.accountdata`, of receipts and typing from
+//! `edu.receipt` and `edu.typing`, and serves `/sync`, `/messages` and
+//! filters (ARCHITECTURE.md).
 
 mod auth;
 mod consumers;
@@ -10,5 +12,6 @@ mod routing;
 pub mod service;
 mod storage;
 pub mod token;
+mod typing;
 
 pub use error::SyncApiError;

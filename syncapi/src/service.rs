@@ -10,16 +10,27 @@ use tokio::task::JoinHandle;
 
 use crate::SyncApiError;
 use crate::auth::Authenticator;
+use crate::consumers::clientapi_accountdata::AccountDataConsumer;
 use crate::consumers::clientapi_devices::DevicesConsumer;
+use crate::consumers::edu_receipt::ReceiptConsumer;
+use crate::consumers::edu_typing::TypingConsumer;
 use crate::consumers::roomserver_output::OutputConsumer;
 use crate::notifier::Notifier;
 use crate::routing::{AppState, router};
 use crate::storage::Storage;
+use crate::token::SyncToken;
+use crate::typing::Typing;
 
 /// Consumer group of the room read model.
 pub const OUTPUT_GROUP: &str = "syncapi";
 /// Consumer group of the token cache eviction.
 pub const DEVICES_GROUP: &str = "syncapi.devices";
+/// Consumer group of the account data read model.
+pub const ACCOUNT_DATA_GROUP: &str = "syncapi.accountdata";
+/// Consumer group of the in-memory typing state.
+pub const TYPING_GROUP: &str = "syncapi.typing";
+/// Consumer group of the receipts read model.
+pub const RECEIPT_GROUP: &str = "syncapi.receipt";
 
 pub struct Started {
     pub router: axum::Router,
@@ -28,8 +39,16 @@ pub struct Started {
 
 pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -> Result<Started, SyncApiError> {
     let storage = Arc::new(Storage::open(db).await?);
-    let notifier = Arc::new(Notifier::new(storage.max_pos().await?));
+    let start = SyncToken {
+        events: storage.max_pos().await?,
+        account_data: storage.max_account_data_pos().await?,
+        typing: 0,
+        receipts: storage.max_receipt_pos().await?,
+    };
+    let notifier = Arc::new(Notifier::new(start));
     let auth = Arc::new(Authenticator::new(bus.clone()));
+    let typing = Arc::new(Typing::default());
+    let clock = bus.clock().clone();
     let tasks = vec![
         bus.consume(
             OUTPUT_GROUP,
@@ -41,8 +60,31 @@ pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -
             DEVICES_GROUP,
             myelin_clientapi::api::DEVICES_TOPIC,
             Arc::new(DevicesConsumer { auth: auth.clone() }),
+            shutdown.clone(),
+        ),
+        bus.consume(
+            ACCOUNT_DATA_GROUP,
+            myelin_clientapi::api::ACCOUNT_DATA_TOPIC,
+            Arc::new(AccountDataConsumer { storage: storage.clone(), notifier: notifier.clone() }),
+            shutdown.clone(),
+        ),
+        bus.consume(
+            TYPING_GROUP,
+            myelin_clientapi::api::TYPING_TOPIC,
+            Arc::new(TypingConsumer {
+                typing: typing.clone(),
+                storage: storage.clone(),
+                notifier: notifier.clone(),
+                clock: clock.clone(),
+            }),
+            shutdown.clone(),
+        ),
+        bus.consume(
+            RECEIPT_GROUP,
+            myelin_clientapi::api::RECEIPT_TOPIC,
+            Arc::new(ReceiptConsumer { storage: storage.clone(), notifier: notifier.clone() }),
             shutdown,
         ),
     ];
-    Ok(Started { router: router(AppState { storage, notifier, auth }), tasks })
+    Ok(Started { router: router(AppState { storage, notifier, auth, typing, clock }), tasks })
 }

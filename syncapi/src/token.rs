@@ -1,12 +1,19 @@
-//! Pagination and sync tokens. A token names a point *between* events of the
-//! sync API's stream: `s<N>` is "just after the event at stream position N".
-//! Clients treat them as opaque.
+//! Pagination and sync tokens. The sync API has four streams: room events
+//! (positions in its event table), account data, typing and receipts. A
+//! sync token `s<events>_<account data>_<typing>_<receipts>` names a point
+//! in all four; pagination tokens name a point *between* room events, `s<N>`
+//! being "just after the event at position N". The older single-stream
+//! form `s<N>` is still accepted as a sync token (the other streams then
+//! start from the beginning), and a sync token is accepted where a
+//! pagination token is expected (its event position counts). Clients treat
+//! them as opaque.
 
 use std::fmt;
 use std::str::FromStr;
 
 use myelin_types::MatrixError;
 
+/// A position in the room event stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StreamToken(pub i64);
 
@@ -20,11 +27,90 @@ impl FromStr for StreamToken {
     type Err = MatrixError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.strip_prefix('s')
-            .and_then(|n| n.parse::<i64>().ok())
-            .filter(|n| *n >= 0)
-            .map(StreamToken)
-            .ok_or_else(|| MatrixError::invalid_param(format!("Invalid stream token {s:?}")))
+        s.parse::<SyncToken>().map(|token| StreamToken(token.events))
+    }
+}
+
+/// The sync API's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Events,
+    AccountData,
+    Typing,
+    Receipts,
+}
+
+/// A position in every stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncToken {
+    pub events: i64,
+    pub account_data: i64,
+    pub typing: i64,
+    pub receipts: i64,
+}
+
+impl SyncToken {
+    pub fn get(&self, stream: Stream) -> i64 {
+        match stream {
+            Stream::Events => self.events,
+            Stream::AccountData => self.account_data,
+            Stream::Typing => self.typing,
+            Stream::Receipts => self.receipts,
+        }
+    }
+
+    pub fn get_mut(&mut self, stream: Stream) -> &mut i64 {
+        match stream {
+            Stream::Events => &mut self.events,
+            Stream::AccountData => &mut self.account_data,
+            Stream::Typing => &mut self.typing,
+            Stream::Receipts => &mut self.receipts,
+        }
+    }
+
+    /// Each position no later than `limit`'s: a token from before a restart
+    /// of the in-memory typing stream still works, as do stale ones.
+    pub fn min(self, limit: SyncToken) -> SyncToken {
+        SyncToken {
+            events: self.events.min(limit.events),
+            account_data: self.account_data.min(limit.account_data),
+            typing: self.typing.min(limit.typing),
+            receipts: self.receipts.min(limit.receipts),
+        }
+    }
+
+    /// Whether any stream of `self` is past `other`'s.
+    pub fn any_after(&self, other: &SyncToken) -> bool {
+        self.events > other.events
+            || self.account_data > other.account_data
+            || self.typing > other.typing
+            || self.receipts > other.receipts
+    }
+}
+
+impl fmt::Display for SyncToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}_{}_{}_{}", self.events, self.account_data, self.typing, self.receipts)
+    }
+}
+
+impl FromStr for SyncToken {
+    type Err = MatrixError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || MatrixError::invalid_param(format!("Invalid stream token {s:?}"));
+        let positions = s
+            .strip_prefix('s')
+            .ok_or_else(invalid)?
+            .split('_')
+            .map(|n| if n.bytes().all(|b| b.is_ascii_digit()) { n.parse::<i64>().ok() } else { None })
+            .collect::<Option<Vec<i64>>>()
+            .ok_or_else(invalid)?;
+        match positions[..] {
+            [events] => Ok(SyncToken { events, ..SyncToken::default() }),
+            [events, account_data, typing, receipts] => Ok(SyncToken { events, account_data, typing, receipts }),
+            _ => Err(invalid()),
+        }
     }
 }
 
@@ -36,8 +122,18 @@ mod tests {
     fn round_trip_and_rejects() {
         assert_eq!("s42".parse::<StreamToken>().unwrap(), StreamToken(42));
         assert_eq!(StreamToken(7).to_string(), "s7");
-        for bad in ["", "s", "42", "s-1", "sx", "t1"] {
+        for bad in ["", "s", "42", "s-1", "sx", "t1", "s1_2", "s1_2_3_4_5", "s1__3_4", "s1_2_3_-4", "s+1"] {
             assert!(bad.parse::<StreamToken>().is_err(), "{bad}");
+            assert!(bad.parse::<SyncToken>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sync_tokens_round_trip_and_accept_the_old_form() {
+        let token = SyncToken { events: 5, account_data: 2, typing: 9, receipts: 1 };
+        assert_eq!(token.to_string(), "s5_2_9_1");
+        assert_eq!("s5_2_9_1".parse::<SyncToken>().unwrap(), token);
+        assert_eq!("s5".parse::<SyncToken>().unwrap(), SyncToken { events: 5, ..SyncToken::default() });
+        assert_eq!("s5_2_9_1".parse::<StreamToken>().unwrap(), StreamToken(5));
     }
 }

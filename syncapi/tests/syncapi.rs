@@ -141,6 +141,46 @@ impl Server {
         body
     }
 
+    /// A client API request (under `/_matrix/client/v3`) that must succeed; its body.
+    async fn client(&self, method: reqwest::Method, path: &str, token: &str, body: Value) -> Value {
+        let url = format!("{}/_matrix/client/v3{path}", self.client_base);
+        let response = self.http.request(method, url).bearer_auth(token).json(&body).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "[{}] {path}: {body}", self.name);
+        body
+    }
+
+    /// Sync until `done` holds for the response.
+    async fn sync_until(&self, token: &str, query: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let body = self.sync(token, query).await;
+            if done(&body) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "[{}] sync {query} never got there: {body}", self.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A `/sync` long poll from `since`, running in the background.
+    fn long_poll(&self, token: &str, since: &str, timeout_ms: u64) -> tokio::task::JoinHandle<Value> {
+        let url = format!("{}/_matrix/client/v3/sync?since={since}&timeout={timeout_ms}", self.base);
+        let request = self.http.get(url).bearer_auth(token);
+        tokio::spawn(async move { request.send().await.unwrap().json::<Value>().await.unwrap() })
+    }
+
+    /// A room made through the client API by alice, joined by bob; its id and
+    /// a sync token of bob's from after his join.
+    async fn shared_room(&self, alice: &str, bob: &str) -> (String, String) {
+        let created = self.client(reqwest::Method::POST, "/createRoom", alice, json!({"preset": "public_chat"})).await;
+        let room = created["room_id"].as_str().unwrap().to_owned();
+        self.client(reqwest::Method::POST, &format!("/rooms/{room}/join"), bob, json!({})).await;
+        let body = self.sync_until(bob, "", |b| b["rooms"]["join"].get(&room).is_some()).await;
+        (room, next_batch(&body))
+    }
+
     /// Emit one accepted event on `roomserver.output`, as the room server does.
     async fn emit(&self, room: &str, sender: &str, kind: &str, state_key: Option<&str>, content: Value) -> String {
         self.emit_with(room, sender, kind, state_key, content, None).await.0
@@ -244,6 +284,32 @@ fn ids(events: &[Value]) -> Vec<String> {
 
 fn types(events: &[Value]) -> Vec<String> {
     events.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+}
+
+fn next_batch(body: &Value) -> String {
+    body["next_batch"].as_str().unwrap().to_owned()
+}
+
+fn global_account_data(body: &Value) -> &Vec<Value> {
+    body["account_data"]["events"].as_array().unwrap()
+}
+
+/// The joined room's events of one kind (`account_data`, `ephemeral`); empty when the room is absent.
+fn room_events(body: &Value, room: &str, kind: &str) -> Vec<Value> {
+    body["rooms"]["join"][room][kind]["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// The `m.typing` user ids in the joined room's ephemeral events, if any.
+fn typing_users(body: &Value, room: &str) -> Option<Vec<String>> {
+    room_events(body, room, "ephemeral")
+        .iter()
+        .find(|e| e["type"] == "m.typing")
+        .map(|e| e["content"]["user_ids"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_owned()).collect())
+}
+
+/// The `m.receipt` content in the joined room's ephemeral events, if any.
+fn receipts(body: &Value, room: &str) -> Option<Value> {
+    room_events(body, room, "ephemeral").into_iter().find(|e| e["type"] == "m.receipt").map(|e| e["content"].clone())
 }
 
 const ALICE: &str = "@alice:localhost";
@@ -825,5 +891,223 @@ async fn end_to_end_through_client_api_and_room_server() {
         let tl = timeline(&body, "join", &room);
         let txns: Vec<&str> = tl.iter().map(|e| e["unsigned"]["transaction_id"].as_str().unwrap_or("")).collect();
         assert_eq!(txns, ["t97", "t98", "t99"], "[{}]", s.name);
+    }
+}
+
+#[tokio::test]
+async fn account_data_in_initial_incremental_and_long_polled_sync() {
+    use reqwest::Method;
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let room = s.create_room(ALICE).await;
+        let last = s.message(&room, ALICE, "x").await;
+        s.settle(&alice, &last).await;
+        let since0 = next_batch(&s.sync(&alice, "").await);
+        let user = format!("/user/{ALICE}");
+
+        s.client(Method::PUT, &format!("{user}/account_data/org.example.a"), &alice, json!({"v": 1})).await;
+        s.client(Method::PUT, &format!("{user}/rooms/{room}/tags/u.work"), &alice, json!({"order": 1})).await;
+        let tag = json!([{"type": "m.tag", "content": {"tags": {"u.work": {"order": 1}}}}]);
+        let body = s.sync_until(&alice, "", |b| Value::Array(room_events(b, &room, "account_data")) == tag).await;
+        assert_eq!(global_account_data(&body), &vec![json!({"type": "org.example.a", "content": {"v": 1}})]);
+        let next = next_batch(&body);
+        assert!(next.starts_with('s') && next.split('_').count() == 4, "{next}");
+
+        // Incremental: what changed since the token, and nothing after.
+        let body = s.sync(&alice, &format!("since={since0}")).await;
+        assert_eq!(global_account_data(&body).len(), 1, "[{}] {body}", s.name);
+        assert_eq!(Value::Array(room_events(&body, &room, "account_data")), tag);
+        assert!(timeline(&body, "join", &room).is_empty());
+        let body = s.sync(&alice, &format!("since={next}")).await;
+        assert!(global_account_data(&body).is_empty(), "[{}] {body}", s.name);
+        assert!(body["rooms"]["join"].as_object().unwrap().is_empty(), "[{}] {body}", s.name);
+
+        // A change wakes a long poll, which gets only that change.
+        let poll = s.long_poll(&alice, &next, 30_000);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!poll.is_finished(), "[{}] long poll returned before any change", s.name);
+        s.client(Method::PUT, &format!("{user}/account_data/org.example.b"), &alice, json!({"v": 2})).await;
+        let body = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("long poll woke").unwrap();
+        assert_eq!(global_account_data(&body), &vec![json!({"type": "org.example.b", "content": {"v": 2}})]);
+        assert!(body["rooms"]["join"].as_object().unwrap().is_empty(), "[{}] {body}", s.name);
+
+        // Room account data alone brings the room into an incremental sync.
+        let next = next_batch(&body);
+        s.client(Method::PUT, &format!("{user}/rooms/{room}/account_data/org.example.r"), &alice, json!({"r": 1}))
+            .await;
+        let body = s.sync_until(&alice, &format!("since={next}"), |b| b["rooms"]["join"].get(&room).is_some()).await;
+        assert_eq!(
+            room_events(&body, &room, "account_data"),
+            vec![json!({"type": "org.example.r", "content": {"r": 1}})]
+        );
+        assert!(timeline(&body, "join", &room).is_empty());
+        assert!(global_account_data(&body).is_empty());
+
+        // The single-stream token form still works (account data from the start).
+        let events_pos = next.trim_start_matches('s').split('_').next().unwrap();
+        let body = s.sync(&alice, &format!("since=s{events_pos}")).await;
+        assert_eq!(global_account_data(&body).len(), 2, "[{}] {body}", s.name);
+        for bad in ["s1_2", "s1_2_3_4_5", "s1_x_0_0", "s1_-2_0_0"] {
+            let (status, body) = s.get(&format!("/_matrix/client/v3/sync?since={bad}"), Some(&alice)).await;
+            assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{bad}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn typing_in_sync_wakes_members_and_lapses() {
+    use reqwest::Method;
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let (room, since) = s.shared_room(&alice, &bob).await;
+        let typing = format!("/rooms/{room}/typing/{ALICE}");
+
+        let poll = s.long_poll(&bob, &since, 30_000);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!poll.is_finished(), "[{}] long poll returned before typing", s.name);
+        s.client(Method::PUT, &typing, &alice, json!({"typing": true, "timeout": 30_000})).await;
+        let body = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("long poll woke").unwrap();
+        assert_eq!(typing_users(&body, &room), Some(vec![ALICE.to_owned()]), "[{}] {body}", s.name);
+        let next = next_batch(&body);
+        assert_eq!(typing_users(&s.sync(&bob, "").await, &room), Some(vec![ALICE.to_owned()]));
+        let body = s.sync(&bob, &format!("since={next}")).await;
+        assert!(body["rooms"]["join"].get(&room).is_none(), "[{}] unchanged typing repeated: {body}", s.name);
+
+        s.client(Method::PUT, &typing, &alice, json!({"typing": false})).await;
+        let body = s.sync_until(&bob, &format!("since={next}"), |b| typing_users(b, &room).is_some()).await;
+        assert_eq!(typing_users(&body, &room), Some(vec![]));
+        assert!(typing_users(&s.sync(&bob, "").await, &room).is_none(), "nobody types: no m.typing initially");
+
+        // Typing lapses after its timeout, and that wakes the members too.
+        let next = next_batch(&body);
+        s.client(Method::PUT, &typing, &alice, json!({"typing": true, "timeout": 1500})).await;
+        let body = s.sync_until(&bob, &format!("since={next}"), |b| typing_users(b, &room).is_some()).await;
+        assert_eq!(typing_users(&body, &room), Some(vec![ALICE.to_owned()]));
+        let body = s.sync(&bob, &format!("since={}&timeout=10000", next_batch(&body))).await;
+        assert_eq!(typing_users(&body, &room), Some(vec![]), "[{}] {body}", s.name);
+
+        // A profile change reaches the room as a new member event of alice's.
+        let next = next_batch(&body);
+        s.client(Method::PUT, &format!("/profile/{ALICE}/displayname"), &alice, json!({"displayname": "Alice"})).await;
+        let is_member = |e: &Value| e["type"] == "m.room.member" && e["state_key"] == ALICE;
+        let body = s
+            .sync_until(&bob, &format!("since={next}"), |b| {
+                b["rooms"]["join"][&room]["timeline"]["events"].as_array().is_some_and(|t| t.iter().any(is_member))
+            })
+            .await;
+        let member = timeline(&body, "join", &room).iter().find(|e| is_member(e)).unwrap();
+        assert_eq!(member["content"]["displayname"], "Alice");
+        assert_eq!(member["content"]["membership"], "join");
+    }
+}
+
+#[tokio::test]
+async fn receipts_in_sync_with_private_ones_for_their_owner() {
+    use reqwest::Method;
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let (room, _) = s.shared_room(&alice, &bob).await;
+        let send = format!("/rooms/{room}/send/m.room.message/t1");
+        let sent = s.client(Method::PUT, &send, &alice, json!({"body": "hi"})).await;
+        let event_id = sent["event_id"].as_str().unwrap().to_owned();
+        s.settle(&alice, &event_id).await;
+        let since = next_batch(&s.sync(&alice, "").await);
+
+        let poll = s.long_poll(&alice, &since, 30_000);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!poll.is_finished(), "[{}] long poll returned before the receipt", s.name);
+        s.client(Method::POST, &format!("/rooms/{room}/receipt/m.read/{event_id}"), &bob, json!({})).await;
+        let body = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("long poll woke").unwrap();
+        let content = receipts(&body, &room).unwrap_or_else(|| panic!("[{}] no receipt: {body}", s.name));
+        assert!(content[&event_id]["m.read"][BOB]["ts"].is_u64(), "{content}");
+        let next = next_batch(&body);
+
+        s.client(
+            Method::POST,
+            &format!("/rooms/{room}/receipt/m.read.private/{event_id}"),
+            &bob,
+            json!({"thread_id": "main"}),
+        )
+        .await;
+        s.client(Method::POST, &format!("/rooms/{room}/read_markers"), &bob, json!({"m.fully_read": event_id})).await;
+        let body = s
+            .sync_until(&bob, "", |b| {
+                receipts(b, &room).is_some_and(|c| c[&event_id].get("m.read.private").is_some())
+                    && room_events(b, &room, "account_data").iter().any(|e| e["type"] == "m.fully_read")
+            })
+            .await;
+        let content = receipts(&body, &room).unwrap();
+        assert_eq!(content[&event_id]["m.read.private"][BOB]["thread_id"], "main");
+        assert!(content[&event_id]["m.read"][BOB].is_object());
+        let marker = room_events(&body, &room, "account_data");
+        assert_eq!(marker, vec![json!({"type": "m.fully_read", "content": {"event_id": event_id}})]);
+
+        // Alice never sees bob's private receipt, initial or incremental.
+        for query in [String::new(), format!("since={next}")] {
+            let body = s.sync(&alice, &query).await;
+            let content = receipts(&body, &room).unwrap_or_default();
+            assert!(content.get(&event_id).and_then(|e| e.get("m.read.private")).is_none(), "{body}");
+            assert!(room_events(&body, &room, "account_data").is_empty(), "{body}");
+        }
+        // Nothing new for alice after the public receipt.
+        let body = s.sync(&alice, &format!("since={next}")).await;
+        assert!(body["rooms"]["join"].get(&room).is_none(), "[{}] {body}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn redelivered_account_data_typing_and_receipts_change_nothing() {
+    use myelin_clientapi::api::{
+        ACCOUNT_DATA_TOPIC, AccountDataUpdate, RECEIPT_TOPIC, ReceiptUpdate, TYPING_TOPIC, TypingUpdate,
+    };
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let room = s.create_room(ALICE).await;
+        let event_id = s.message(&room, ALICE, "read me").await;
+        s.settle(&alice, &event_id).await;
+        let data = AccountDataUpdate {
+            user_id: ALICE.try_into().unwrap(),
+            room_id: None,
+            data_type: "org.example.once".to_owned(),
+            content: json!({"n": 1}),
+        };
+        let receipt = ReceiptUpdate {
+            room_id: room.as_str().try_into().unwrap(),
+            user_id: ALICE.try_into().unwrap(),
+            receipt_type: "m.read".to_owned(),
+            event_id: event_id.as_str().try_into().unwrap(),
+            thread_id: None,
+            ts: 1,
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let typing = TypingUpdate {
+            room_id: room.as_str().try_into().unwrap(),
+            user_id: ALICE.try_into().unwrap(),
+            typing: true,
+            expires_ms: now + 60_000,
+        };
+        let produce_all = async || {
+            s.bus.produce_json(ACCOUNT_DATA_TOPIC, ALICE, &data).await.unwrap();
+            s.bus.produce_json(RECEIPT_TOPIC, &room, &receipt).await.unwrap();
+            s.bus.produce_json(TYPING_TOPIC, &room, &typing).await.unwrap();
+        };
+        produce_all().await;
+        let body = s
+            .sync_until(&alice, "", |b| {
+                !global_account_data(b).is_empty() && receipts(b, &room).is_some() && typing_users(b, &room).is_some()
+            })
+            .await;
+        let since = next_batch(&body);
+
+        // The same records again, then a marker to know they were consumed.
+        produce_all().await;
+        s.bus.produce(ACCOUNT_DATA_TOPIC, ALICE, b"{not json".to_vec()).await.unwrap();
+        let marker = AccountDataUpdate { data_type: "org.example.marker".to_owned(), ..data.clone() };
+        s.bus.produce_json(ACCOUNT_DATA_TOPIC, ALICE, &marker).await.unwrap();
+        let body = s.sync_until(&alice, &format!("since={since}"), |b| !global_account_data(b).is_empty()).await;
+        assert_eq!(global_account_data(&body), &vec![json!({"type": "org.example.marker", "content": {"n": 1}})]);
+        assert!(body["rooms"]["join"].get(&room).is_none(), "[{}] redelivery showed again: {body}", s.name);
     }
 }

@@ -13,7 +13,8 @@ use crate::auth::AuthedUser;
 use crate::error::Result;
 use crate::json::{MatrixJson, MatrixPath, OptionalJson};
 use crate::producers::roomserver;
-use crate::routing::parse_room_id;
+use crate::routing::profile::{add_to_member_content, profile_of};
+use crate::routing::{parse_room_id, parse_user_id};
 use crate::service::AppState;
 
 #[derive(Deserialize, Default)]
@@ -37,6 +38,10 @@ async fn set_membership(
 ) -> Result<()> {
     let mut content = Map::new();
     content.insert("membership".to_owned(), Value::from(membership));
+    // A join shows the joiner's profile, as later profile changes will.
+    if membership == "join" && *target == sender {
+        add_to_member_content(&profile_of(state, &sender).await?, &mut content);
+    }
     if let Some(reason) = reason {
         content.insert("reason".to_owned(), Value::from(reason));
     }
@@ -50,10 +55,6 @@ async fn set_membership(
     };
     roomserver::send_event(&state.bus, request).await?;
     Ok(())
-}
-
-fn parse_user_id(user_id: &str) -> Result<OwnedUserId, MatrixError> {
-    OwnedUserId::try_from(user_id).map_err(|_| MatrixError::invalid_param(format!("Invalid user id: {user_id}")))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`

@@ -2,21 +2,28 @@
 //! under both `/_matrix/client/v3` and the legacy `/_matrix/client/r0`.
 
 mod account;
+mod account_data;
 mod admin_register;
 mod login;
 mod membership;
+mod profile;
+mod receipts;
 mod register;
 mod rooms;
 mod send;
 mod state;
+mod typing;
 mod versions;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
-use myelin_types::ruma::OwnedRoomId;
+use myelin_types::ruma::{OwnedRoomId, OwnedUserId};
 use myelin_types::{ErrorCode, MatrixError};
 
+use crate::auth::AuthedUser;
+use crate::error::Result;
+use crate::producers::roomserver;
 use crate::service::AppState;
 
 pub fn router(state: AppState) -> Router {
@@ -41,7 +48,23 @@ pub fn router(state: AppState) -> Router {
         .route("/rooms/{room_id}/state/{event_type}", get(state::get_state_empty_key).put(state::put_state_empty_key))
         .route("/rooms/{room_id}/state/{event_type}/", get(state::get_state_empty_key).put(state::put_state_empty_key))
         .route("/rooms/{room_id}/state/{event_type}/{state_key}", get(state::get_state_event).put(state::put_state))
-        .route("/rooms/{room_id}/members", get(state::members));
+        .route("/rooms/{room_id}/members", get(state::members))
+        .route("/rooms/{room_id}/typing/{user_id}", put(typing::typing))
+        .route("/rooms/{room_id}/receipt/{receipt_type}/{event_id}", post(receipts::receipt))
+        .route("/rooms/{room_id}/read_markers", post(receipts::read_markers))
+        .route("/user/{user_id}/account_data/{data_type}", get(account_data::get_global).put(account_data::put_global))
+        .route(
+            "/user/{user_id}/rooms/{room_id}/account_data/{data_type}",
+            get(account_data::get_room).put(account_data::put_room),
+        )
+        .route("/user/{user_id}/rooms/{room_id}/tags", get(account_data::get_tags))
+        .route(
+            "/user/{user_id}/rooms/{room_id}/tags/{tag}",
+            put(account_data::put_tag).delete(account_data::delete_tag),
+        )
+        .route("/profile/{user_id}", get(profile::get_profile))
+        .route("/profile/{user_id}/displayname", get(profile::get_displayname).put(profile::put_displayname))
+        .route("/profile/{user_id}/avatar_url", get(profile::get_avatar_url).put(profile::put_avatar_url));
     Router::new()
         .route("/_matrix/client/versions", get(versions::versions))
         .route("/_synapse/admin/v1/register", get(admin_register::nonce).post(admin_register::register))
@@ -59,4 +82,31 @@ async fn method_not_allowed() -> MatrixError {
 /// A room id from a path segment: `400 M_INVALID_PARAM` if malformed.
 pub(crate) fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, MatrixError> {
     OwnedRoomId::try_from(room_id).map_err(|_| MatrixError::invalid_param(format!("Invalid room id: {room_id}")))
+}
+
+/// A user id from a path segment or body: `400 M_INVALID_PARAM` if malformed.
+pub(crate) fn parse_user_id(user_id: &str) -> Result<OwnedUserId, MatrixError> {
+    OwnedUserId::try_from(user_id).map_err(|_| MatrixError::invalid_param(format!("Invalid user id: {user_id}")))
+}
+
+/// `403 M_FORBIDDEN` unless the path names the requester: these endpoints
+/// act only on the caller's own data.
+pub(crate) fn require_self(user: &AuthedUser, target: &str, what: &str) -> Result<(), MatrixError> {
+    if user.user_id.as_str() == target {
+        Ok(())
+    } else {
+        Err(MatrixError::forbidden(format!("Cannot {what} for another user")))
+    }
+}
+
+/// `403 M_FORBIDDEN` unless `user` is joined to the room now, as the room
+/// server sees it (it refuses the question outright for non-members).
+pub(crate) async fn require_joined(state: &AppState, room_id: &OwnedRoomId, user: &OwnedUserId) -> Result<()> {
+    let events = roomserver::room_state(&state.bus, room_id, user, Some("m.room.member"), Some(user.as_str())).await?;
+    let joined = events.iter().any(|e| {
+        e.pdu["type"] == "m.room.member"
+            && e.pdu["state_key"].as_str() == Some(user.as_str())
+            && e.pdu["content"]["membership"] == "join"
+    });
+    if joined { Ok(()) } else { Err(MatrixError::forbidden("You are not joined to this room").into()) }
 }

@@ -50,3 +50,35 @@ pub async fn password_hash(db: &Db, localpart: &str) -> Result<Option<Option<Str
             .await
     })
 }
+
+/// A local user's profile fields.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+/// `None`: no such account.
+pub async fn profile(db: &Db, localpart: &str) -> Result<Option<Profile>, sqlx::Error> {
+    let row: Option<(Option<String>, Option<String>)> = with_db!(db, pool => {
+        sqlx::query_as("SELECT displayname, avatar_url FROM clientapi_accounts WHERE localpart = $1")
+            .bind(localpart)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(row.map(|(displayname, avatar_url)| Profile { displayname, avatar_url }))
+}
+
+/// Store the profile; `false` when there is no such account.
+pub async fn set_profile(db: &Db, localpart: &str, profile: &Profile) -> Result<bool, sqlx::Error> {
+    let done = with_db!(db, pool => {
+        sqlx::query("UPDATE clientapi_accounts SET displayname = $2, avatar_url = $3 WHERE localpart = $1")
+            .bind(localpart)
+            .bind(profile.displayname.as_deref())
+            .bind(profile.avatar_url.as_deref())
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(done == 1)
+}

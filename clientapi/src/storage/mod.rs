@@ -1,6 +1,7 @@
-//! The client API's own tables (accounts, devices, access tokens,
-//! registration nonces and sessions), on SQLite and PostgreSQL.
+//! The client API's own tables (accounts with profiles, devices, access
+//! tokens, registration nonces and sessions, account data), on SQLite and PostgreSQL.
 
+pub mod account_data;
 pub mod accounts;
 pub mod devices;
 pub mod registration;
@@ -42,4 +43,21 @@ CREATE TABLE clientapi_uia_sessions (
 );
 ";
 
-pub const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE }];
+/// Profiles and account data (`room_id` is `''` for global account data,
+/// so that it can be part of the primary key).
+const V2: &str = "
+ALTER TABLE clientapi_accounts ADD COLUMN displayname TEXT;
+ALTER TABLE clientapi_accounts ADD COLUMN avatar_url TEXT;
+CREATE TABLE clientapi_account_data (
+    user_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    data_type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    PRIMARY KEY (user_id, room_id, data_type)
+);
+";
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE },
+    Migration { version: 2, sqlite: V2, postgres: V2 },
+];

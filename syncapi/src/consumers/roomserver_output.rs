@@ -9,6 +9,7 @@ use myelin_roomserver::api::OutputRecord;
 
 use crate::notifier::Notifier;
 use crate::storage::{ApplyError, Storage};
+use crate::token::Stream;
 
 pub struct OutputConsumer {
     pub storage: Arc<Storage>,
@@ -23,7 +24,7 @@ impl Handler for OutputConsumer {
         match output {
             OutputRecord::NewRoomEvent(new) => match self.storage.apply(&new).await {
                 Ok(Some(applied)) => {
-                    self.notifier.publish(applied.pos, &applied.users);
+                    self.notifier.publish(Stream::Events, applied.pos, &applied.users);
                     Ok(())
                 }
                 // Seen before: a redelivery changes nothing.

@@ -40,7 +40,7 @@ pub async fn messages(
         Some(text) => Some(serde_json::from_str(text).map_err(|e| MatrixError::bad_json(format!("filter: {e}")))?),
     };
 
-    let current = state.notifier.current();
+    let current = state.notifier.current().events;
     let changes = state.storage.membership_changes(identity.user_id.as_str(), Some(&room_id), current).await?;
     if !changes.iter().any(|c| c.membership == "join") {
         return Err(MatrixError::forbidden("You are not and have not been a member of this room").into());

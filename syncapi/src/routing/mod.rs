@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use axum::routing::{get, post};
 use myelin_clientapi::api::Identity;
 use myelin_types::MatrixError;
+use myelin_types::clock::SharedClock;
 use serde_json::{Map, Value};
 
 use crate::SyncApiError;
@@ -19,12 +20,15 @@ use crate::auth::Authenticator;
 use crate::notifier::Notifier;
 use crate::storage::{EventRow, MembershipChange, Storage};
 use crate::token::StreamToken;
+use crate::typing::Typing;
 
 #[derive(Clone)]
 pub struct AppState {
     pub storage: Arc<Storage>,
     pub notifier: Arc<Notifier>,
     pub auth: Arc<Authenticator>,
+    pub typing: Arc<Typing>,
+    pub clock: SharedClock,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -5,13 +5,13 @@ use axum::Json;
 use axum::extract::{Request, State};
 use myelin_clientapi::api::Identity;
 use myelin_types::MatrixError;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::{AppState, format_event, parse_token, query_params, visible_events, visible_ranges};
+use super::{AppState, format_event, query_params, visible_events, visible_ranges};
 use crate::SyncApiError;
 use crate::filter::{self, Filter};
 use crate::storage::{EventRow, MembershipChange};
-use crate::token::StreamToken;
+use crate::token::{StreamToken, SyncToken};
 
 /// The longest a client may make `/sync` wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(600);
@@ -28,7 +28,7 @@ const INVITE_STATE_TYPES: &[&str] = &[
 
 struct SyncRequest {
     identity: Identity,
-    since: Option<i64>,
+    since: Option<SyncToken>,
     full_state: bool,
     filter: Filter,
 }
@@ -39,7 +39,7 @@ pub async fn sync(State(state): State<AppState>, request: Request) -> Result<Jso
     let (parts, _) = request.into_parts();
     let identity = state.auth.authenticate(&parts).await?;
     let params = query_params(&parts);
-    let since = parse_token(params.get("since"))?.map(|t| t.0);
+    let since = params.get("since").map(|t| t.parse::<SyncToken>()).transpose()?;
     let timeout = match params.get("timeout") {
         None => Duration::ZERO,
         Some(ms) => Duration::from_millis(
@@ -83,62 +83,158 @@ pub async fn sync(State(state): State<AppState>, request: Request) -> Result<Jso
     }
 }
 
-/// The sync response at stream position `current`; `true` when it carries no rooms.
-async fn compute(state: &AppState, request: &SyncRequest, current: i64) -> Result<(Value, bool), SyncApiError> {
+/// What a joined room shows besides its timeline and state.
+#[derive(Default)]
+struct RoomExtras {
+    ephemeral: Vec<Value>,
+    account_data: Vec<Value>,
+}
+
+impl RoomExtras {
+    fn is_empty(&self) -> bool {
+        self.ephemeral.is_empty() && self.account_data.is_empty()
+    }
+}
+
+/// Account data and receipts that changed since the token (everything for
+/// an initial sync): the global account data events, and per room its
+/// account data events and its `m.receipt` content.
+struct Changes {
+    global_account_data: Vec<Value>,
+    room_account_data: BTreeMap<String, Vec<Value>>,
+    receipts: BTreeMap<String, Map<String, Value>>,
+}
+
+async fn changes(
+    state: &AppState,
+    request: &SyncRequest,
+    since: Option<SyncToken>,
+    current: SyncToken,
+) -> Result<Changes, SyncApiError> {
+    let user_id = request.identity.user_id.as_str();
+    let since = since.unwrap_or_default();
+    let mut global_account_data = Vec::new();
+    let mut room_account_data: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for row in state.storage.account_data_between(user_id, since.account_data, current.account_data).await? {
+        let event = json!({ "type": row.data_type, "content": row.content });
+        if row.room_id.is_empty() {
+            if request.filter.account_data_allowed(&row.data_type) {
+                global_account_data.push(event);
+            }
+        } else if filter::passes(request.filter.room_account_data(), &row.room_id, &event) {
+            room_account_data.entry(row.room_id).or_default().push(event);
+        }
+    }
+    let mut receipts: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for row in state.storage.receipts_between(user_id, since.receipts, current.receipts).await? {
+        let mut receipt = json!({ "ts": row.ts });
+        if let Some(thread_id) = row.thread_id {
+            receipt["thread_id"] = Value::String(thread_id);
+        }
+        let by_event = receipts.entry(row.room_id).or_default();
+        let by_type = by_event.entry(row.event_id).or_insert_with(|| json!({}));
+        by_type[row.receipt_type.as_str()][row.user_id.as_str()] = receipt;
+    }
+    Ok(Changes { global_account_data, room_account_data, receipts })
+}
+
+/// The joined room's ephemeral events and account data to send.
+fn room_extras(
+    state: &AppState,
+    request: &SyncRequest,
+    changes: &mut Changes,
+    room_id: &str,
+    since: Option<SyncToken>,
+    current: SyncToken,
+) -> RoomExtras {
+    let mut ephemeral = Vec::new();
+    let typing_after = since.map_or(0, |s| s.typing);
+    if let Some(user_ids) = state.typing.changed(room_id, typing_after, current.typing, state.clock.now_ms())
+        // An initial sync has no earlier typing to clear.
+        && (since.is_some() || !user_ids.is_empty())
+    {
+        ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": user_ids } }));
+    }
+    if let Some(content) = changes.receipts.remove(room_id) {
+        ephemeral.push(json!({ "type": "m.receipt", "content": content }));
+    }
+    ephemeral.retain(|event| filter::passes(request.filter.ephemeral(), room_id, event));
+    let account_data = changes.room_account_data.remove(room_id).unwrap_or_default();
+    RoomExtras { ephemeral, account_data }
+}
+
+/// The sync response at stream positions `current`; `true` when it carries nothing.
+async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) -> Result<(Value, bool), SyncApiError> {
     let storage = &state.storage;
     let user_id = request.identity.user_id.as_str();
-    let since = request.since.map(|s| s.min(current));
+    let since_token = request.since.map(|s| s.min(current));
+    let mut changes = changes(state, request, since_token, current).await?;
+    let since = since_token.map(|s| s.events);
+    let current_pos = current.events;
     let filter = &request.filter;
 
     let mut by_room: BTreeMap<String, Vec<MembershipChange>> = BTreeMap::new();
-    for change in storage.membership_changes(user_id, None, current).await? {
+    for change in storage.membership_changes(user_id, None, current_pos).await? {
         by_room.entry(change.room_id.clone()).or_default().push(change);
     }
     let active = match since {
-        Some(since) => Some(storage.rooms_with_events(since, current).await?),
+        Some(since) => Some(storage.rooms_with_events(since, current_pos).await?),
         None => None,
     };
 
     let mut join = serde_json::Map::new();
     let mut invite = serde_json::Map::new();
     let mut leave = serde_json::Map::new();
-    for (room_id, changes) in &by_room {
+    for (room_id, changes_of_room) in &by_room {
         if !filter.room_allowed(room_id) {
             continue;
         }
-        let last = changes.last().expect("grouped changes are never empty");
-        let membership_at = |pos: i64| changes.iter().rev().find(|c| c.pos <= pos).map(|c| c.membership.as_str());
+        let last = changes_of_room.last().expect("grouped changes are never empty");
+        let membership_at =
+            |pos: i64| changes_of_room.iter().rev().find(|c| c.pos <= pos).map(|c| c.membership.as_str());
         let changed_since = since.is_none_or(|s| last.pos > s);
         match last.membership.as_str() {
             "join" => {
                 let newly = since.is_none_or(|s| membership_at(s) != Some("join"));
                 let has_events = active.as_ref().is_none_or(|rooms| rooms.contains(room_id));
-                if !newly && !request.full_state && !has_events {
+                let extras = room_extras(state, request, &mut changes, room_id, since_token, current);
+                if !newly && !request.full_state && !has_events && extras.is_empty() {
                     continue;
                 }
                 let after = if newly { 0 } else { since.unwrap_or(0) };
-                let room = room_body(state, request, room_id, changes, after, current, newly).await?;
+                let room =
+                    room_body(state, request, room_id, changes_of_room, after, current_pos, newly, extras).await?;
                 if let Some(room) = room {
                     join.insert(room_id.clone(), room);
                 }
             }
             "invite" if changed_since => {
-                invite.insert(room_id.clone(), invite_body(state, user_id, room_id, current).await?);
+                invite.insert(room_id.clone(), invite_body(state, user_id, room_id, current_pos).await?);
             }
             "leave" | "ban" if changed_since && (since.is_some() || filter.include_leave()) => {
                 let after = since.unwrap_or(0);
-                let room = room_body(state, request, room_id, changes, after, last.pos, since.is_none()).await?;
+                let room = room_body(
+                    state,
+                    request,
+                    room_id,
+                    changes_of_room,
+                    after,
+                    last.pos,
+                    since.is_none(),
+                    RoomExtras::default(),
+                )
+                .await?;
                 leave.insert(room_id.clone(), room.unwrap_or_else(|| empty_room(last.pos)));
             }
             _ => {}
         }
     }
-    let empty = join.is_empty() && invite.is_empty() && leave.is_empty();
+    let empty = join.is_empty() && invite.is_empty() && leave.is_empty() && changes.global_account_data.is_empty();
     let body = json!({
-        "next_batch": StreamToken(current).to_string(),
+        "next_batch": current.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
         "presence": { "events": [] },
-        "account_data": { "events": [] },
+        "account_data": { "events": changes.global_account_data },
         "to_device": { "events": [] },
         "device_lists": { "changed": [], "left": [] },
         "device_one_time_keys_count": {},
@@ -157,7 +253,8 @@ fn empty_room(upto: i64) -> Value {
 /// A joined or left room: timeline events in `(after, upto]` the user may
 /// see, and the state before the timeline (all of it when `whole_state`,
 /// else only what changed since `after` and is not in the timeline).
-/// `None` when nothing passes the filter.
+/// `None` when nothing passes the filter and there are no extras.
+#[allow(clippy::too_many_arguments)]
 async fn room_body(
     state: &AppState,
     request: &SyncRequest,
@@ -166,6 +263,7 @@ async fn room_body(
     after: i64,
     upto: i64,
     whole_state: bool,
+    extras: RoomExtras,
 ) -> Result<Option<Value>, SyncApiError> {
     let storage = &state.storage;
     let filter = &request.filter;
@@ -196,7 +294,7 @@ async fn room_body(
     } else {
         Vec::new()
     };
-    if events.is_empty() && state_events.is_empty() && !whole_state {
+    if events.is_empty() && state_events.is_empty() && !whole_state && extras.is_empty() {
         return Ok(None);
     }
     let identity = &request.identity;
@@ -207,8 +305,8 @@ async fn room_body(
             "prev_batch": StreamToken(before_timeline).to_string(),
         },
         "state": { "events": state_events.iter().map(|e| format_event(e, None, identity)).collect::<Vec<_>>() },
-        "ephemeral": { "events": [] },
-        "account_data": { "events": [] },
+        "ephemeral": { "events": extras.ephemeral },
+        "account_data": { "events": extras.account_data },
         "unread_notifications": { "highlight_count": 0, "notification_count": 0 },
         "summary": {},
     })))

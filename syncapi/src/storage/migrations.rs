@@ -2,9 +2,10 @@
 
 use myelin_storage::Migration;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sqlite: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sqlite: r#"
 CREATE TABLE syncapi_events (
     stream_pos INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,
@@ -45,7 +46,7 @@ CREATE TABLE syncapi_filters (
     filter TEXT NOT NULL
 );
 "#,
-    postgres: r#"
+        postgres: r#"
 CREATE TABLE syncapi_events (
     stream_pos BIGSERIAL PRIMARY KEY,
     event_id TEXT NOT NULL UNIQUE,
@@ -86,4 +87,24 @@ CREATE TABLE syncapi_filters (
     filter TEXT NOT NULL
 );
 "#,
-}];
+    },
+    Migration { version: 2, sqlite: V2, postgres: V2 },
+];
+
+/// Account data and receipts: the latest value per key, each carrying the
+/// position in its stream at which it last changed (so `(since, upto]`
+/// finds what changed, and a record applied twice changes nothing).
+const V2: &str = r#"
+CREATE TABLE syncapi_account_data (
+    user_id TEXT NOT NULL, room_id TEXT NOT NULL, data_type TEXT NOT NULL,
+    content TEXT NOT NULL, stream_pos BIGINT NOT NULL,
+    PRIMARY KEY (user_id, room_id, data_type)
+);
+CREATE INDEX syncapi_account_data_pos ON syncapi_account_data (user_id, stream_pos);
+CREATE TABLE syncapi_receipts (
+    room_id TEXT NOT NULL, user_id TEXT NOT NULL, receipt_type TEXT NOT NULL, thread_id TEXT NOT NULL,
+    event_id TEXT NOT NULL, ts BIGINT NOT NULL, stream_pos BIGINT NOT NULL,
+    PRIMARY KEY (room_id, user_id, receipt_type, thread_id)
+);
+CREATE INDEX syncapi_receipts_pos ON syncapi_receipts (room_id, stream_pos);
+"#;

@@ -1,13 +1,15 @@
 //! The sync API's read model: events in stream order, the state log (from
 //! which the state at any stream position is derived), current state,
-//! memberships with their history, and filters.
+//! memberships with their history, filters, account data and receipts.
 //!
 //! Stream positions are assigned on first insert of an event id, so a
 //! redelivered output record is a no-op. Writes are serialized in this
 //! process so that positions become visible in increasing order; readers
 //! never look past the position the notifier published.
 
+mod account_data;
 mod migrations;
+mod receipts;
 
 use std::collections::BTreeSet;
 
