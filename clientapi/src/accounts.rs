@@ -18,23 +18,33 @@ use crate::storage::{accounts, devices};
 /// Longest password accepted (as Synapse): hashing is costly.
 pub const MAX_PASSWORD_LEN: usize = 512;
 
-/// The argon2id PHC string of `password` (default parameters), computed off
-/// the async threads.
+/// Runs one argon2 computation off the async threads. Each takes ~19 MiB,
+/// so at most one per core runs at once: a burst of logins queues instead
+/// of multiplying the server's memory.
+async fn with_hasher<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    static HASHERS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    let hashers = HASHERS
+        .get_or_init(|| tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
+    let _permit = hashers.acquire().await.expect("the hasher semaphore is never closed");
+    tokio::task::spawn_blocking(work).await?
+}
+
+/// The argon2id PHC string of `password` (default parameters).
 pub async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
+    with_hasher(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
             .map(|hash| hash.to_string())
             .map_err(|e| ClientApiError::PasswordHash(e.to_string()))
     })
-    .await?
+    .await
 }
 
 /// Whether `password` matches `stored`. Without a stored hash the password
 /// is still checked against a throwaway hash, so that unknown users take
 /// as long as known ones.
 pub async fn verify_password(password: String, stored: Option<String>) -> Result<bool> {
-    tokio::task::spawn_blocking(move || {
+    with_hasher(move || {
         let (phc, real) = match stored {
             Some(phc) => (phc, true),
             None => (decoy_hash().to_owned(), false),
@@ -43,7 +53,7 @@ pub async fn verify_password(password: String, stored: Option<String>) -> Result
         let matches = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
         Ok(real && matches)
     })
-    .await?
+    .await
 }
 
 fn decoy_hash() -> &'static str {
