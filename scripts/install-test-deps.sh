@@ -8,6 +8,12 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
+# A Kafka-protocol broker for the bus's Kafka backend; the conformance suite
+# starts it. Its default features have no storage engine.
+if ! command -v tansu >/dev/null 2>&1; then
+    cargo install tansu --features dynostore --locked
+fi
+
 # Python clients live in a project-local virtualenv.
 if [ ! -x .venv/bin/python ] || ! cmp -s tests/clients/requirements.txt .venv/.requirements; then
     python3 -m venv .venv

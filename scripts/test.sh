@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, and every test (unit, integration,
-# end-to-end with real clients) on SQLite and PostgreSQL.
+# end-to-end with real clients) on SQLite and PostgreSQL, and the bus on Kafka.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,4 +9,7 @@ export MYELIN_TEST_PYTHON="$PWD/.venv/bin/python"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo nextest run --workspace --locked --no-fail-fast
+# The Kafka backend is an opt-in feature (it builds librdkafka); lint and
+# test it too, against the tansu broker the suite starts.
+cargo clippy --workspace --all-targets --locked --features myelin-bus/kafka -- -D warnings
+cargo nextest run --workspace --locked --no-fail-fast --features myelin-bus/kafka

@@ -1,6 +1,7 @@
 //! The append-only log that components talk through (DESIGN.md §3).
 //!
-//! A [`Bus`] wraps one [`Backend`] (embedded table, memory, later Kafka) and
+//! A [`Bus`] wraps one [`Backend`] (embedded table, memory, or Kafka with the
+//! `kafka` feature) and
 //! adds what every backend shares: the consumer loop with its commit and
 //! poison-record policy ([`Bus::consume`]), and request/reply with a
 //! correlation id and a deadline ([`Bus::request`], [`Bus::serve`]).
@@ -24,6 +25,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use backend::embedded::EmbeddedBackend;
+#[cfg(feature = "kafka")]
+pub use backend::kafka::{KafkaBackend, KafkaOptions};
 pub use backend::memory::MemoryBackend;
 pub use backend::{Backend, Consumer};
 pub use record::{Headers, Offset, Partition, Record};
@@ -43,6 +46,12 @@ pub enum BusError {
     Codec(#[from] serde_json::Error),
     #[error("bus is shut down")]
     Closed,
+    #[cfg(feature = "kafka")]
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[cfg(feature = "kafka")]
+    #[error("kafka: creating topic {topic}: {code}")]
+    CreateTopic { topic: String, code: rdkafka::types::RDKafkaErrorCode },
 }
 
 /// Signals every consumer loop to stop after its current record.

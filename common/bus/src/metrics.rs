@@ -4,6 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{IntCounterVec, register_int_counter_vec};
+#[cfg(feature = "kafka")]
+use prometheus::{IntGaugeVec, register_int_gauge_vec};
 
 static PRODUCED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("myelin_bus_records_produced_total", "Records appended, by topic", &["topic"])
@@ -38,6 +40,26 @@ static EXPIRED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+#[cfg(feature = "kafka")]
+static REDELIVERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "myelin_bus_records_redelivered_total",
+        "Records handed to a consumer again after a rebalance rewound it, by topic",
+        &["topic"]
+    )
+    .expect("metric registers once")
+});
+
+#[cfg(feature = "kafka")]
+static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "myelin_bus_consumer_lag_records",
+        "Records not yet consumed by this process's members of a group, by group and topic",
+        &["group", "topic"]
+    )
+    .expect("metric registers once")
+});
+
 fn label(topic: &str) -> &str {
     if topic.starts_with(crate::reply::REPLY_TOPIC_PREFIX) { "reply" } else { topic }
 }
@@ -60,4 +82,15 @@ pub(crate) fn poisoned(topic: &str) {
 
 pub(crate) fn expired(topic: &str) {
     EXPIRED.with_label_values(&[label(topic)]).inc();
+}
+
+#[cfg(feature = "kafka")]
+pub(crate) fn redelivered(topic: &str) {
+    REDELIVERED.with_label_values(&[label(topic)]).inc();
+}
+
+/// Reply groups are named after their reply topics: folded the same way.
+#[cfg(feature = "kafka")]
+pub(crate) fn consumer_lag(group: &str, topic: &str, lag: i64) {
+    LAG.with_label_values(&[label(group), label(topic)]).set(lag);
 }

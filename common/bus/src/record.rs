@@ -1,7 +1,8 @@
 use serde::{Deserialize, Serialize};
 
 pub type Partition = u32;
-/// Position of a record within its partition; dense and increasing from 1.
+/// Position of a record within its partition, increasing. Where it starts is
+/// the backend's business (the embedded log at 1, Kafka at 0).
 pub type Offset = i64;
 
 /// Metadata that travels beside a payload. Only request/reply uses it today.

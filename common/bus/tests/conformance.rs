@@ -25,6 +25,8 @@ const WAIT: Duration = Duration::from_secs(20);
 enum Subject {
     Memory(MemoryBackend),
     Embedded(TestDb),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::Cluster),
 }
 
 impl Subject {
@@ -33,6 +35,8 @@ impl Subject {
         for db in TestDb::both().await {
             subjects.push(Subject::Embedded(db));
         }
+        #[cfg(feature = "kafka")]
+        subjects.push(Subject::Kafka(kafka::Cluster::start().await));
         subjects
     }
 
@@ -40,6 +44,18 @@ impl Subject {
         match self {
             Subject::Memory(_) => "memory",
             Subject::Embedded(db) => db.name,
+            #[cfg(feature = "kafka")]
+            Subject::Kafka(_) => "kafka",
+        }
+    }
+
+    /// `name` made unique to this test: a Kafka cluster may be shared by
+    /// tests and runs, while the other subjects are fresh per test.
+    fn scoped(&self, name: &str) -> String {
+        match self {
+            #[cfg(feature = "kafka")]
+            Subject::Kafka(cluster) => format!("{}{name}", cluster.prefix),
+            _ => name.to_owned(),
         }
     }
 
@@ -50,12 +66,67 @@ impl Subject {
             Subject::Embedded(db) => {
                 Arc::new(EmbeddedBackend::open(Db::connect(&db.url).await.unwrap(), 4).await.unwrap())
             }
+            #[cfg(feature = "kafka")]
+            Subject::Kafka(cluster) => Arc::new(cluster.connect()),
         };
         Bus::new(backend, Arc::new(SystemClock)).with_retry_policy(RetryPolicy {
             attempts: 3,
             first_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(20),
         })
+    }
+}
+
+#[cfg(feature = "kafka")]
+mod kafka {
+    use std::time::Duration;
+
+    use myelin_bus::{KafkaBackend, KafkaOptions};
+    use tokio::process::{Child, Command};
+
+    /// A Kafka-protocol cluster: `MYELIN_TEST_KAFKA` (bootstrap servers) if
+    /// set, else a tansu broker with in-memory storage on a free port, owned
+    /// by the test and killed when it ends (nextest runs each test in its own
+    /// process, so a broker per test is also a broker per process).
+    pub struct Cluster {
+        brokers: String,
+        pub prefix: String,
+        _broker: Option<Child>,
+    }
+
+    impl Cluster {
+        pub async fn start() -> Self {
+            let prefix = format!("t{}.", myelin_types::random::alphanumeric(10));
+            if let Ok(brokers) = std::env::var("MYELIN_TEST_KAFKA") {
+                return Self { brokers, prefix, _broker: None };
+            }
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let tansu = std::env::var("MYELIN_TEST_TANSU").unwrap_or_else(|_| "tansu".to_owned());
+            let broker = Command::new(&tansu)
+                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("starting `{tansu}` ({e}): run scripts/install-test-deps.sh or set MYELIN_TEST_KAFKA")
+                });
+            let brokers = format!("127.0.0.1:{port}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while tokio::net::TcpStream::connect(&brokers).await.is_err() {
+                assert!(tokio::time::Instant::now() < deadline, "tansu did not listen on {brokers}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Self { brokers, prefix, _broker: Some(broker) }
+        }
+
+        /// A new client, as a restarted process would have.
+        pub fn connect(&self) -> KafkaBackend {
+            let options =
+                KafkaOptions { partitions: 4, session_timeout: Duration::from_secs(6), ..KafkaOptions::default() };
+            KafkaBackend::connect(&self.brokers, options).unwrap()
+        }
     }
 }
 
@@ -98,14 +169,15 @@ impl Recorder {
 #[tokio::test]
 async fn records_of_a_key_arrive_in_order_and_none_is_lost() {
     for subject in Subject::all().await {
+        let topic = subject.scoped(TOPIC);
         let bus = subject.open().await;
         for seq in 0..300 {
             let key = format!("!room{}:example.org", seq % 10);
-            bus.produce(TOPIC, &key, format!("{key}#{seq:04}").into_bytes()).await.unwrap();
+            bus.produce(&topic, &key, format!("{key}#{seq:04}").into_bytes()).await.unwrap();
         }
         let recorder = Arc::new(Recorder::default());
         let (trigger, shutdown) = Shutdown::new();
-        let task = bus.consume("order", TOPIC, recorder.clone(), shutdown);
+        let task = bus.consume(&subject.scoped("order"), &topic, recorder.clone(), shutdown);
         eventually("300 deliveries", || recorder.delivered() >= 300).await;
         trigger.trigger();
         task.await.unwrap().unwrap();
@@ -150,9 +222,10 @@ impl Handler for DiesAfterEffect {
 #[tokio::test]
 async fn a_consumer_killed_between_effect_and_commit_loses_nothing_and_applies_nothing_twice() {
     for subject in Subject::all().await {
+        let topic = subject.scoped(TOPIC);
         let bus = subject.open().await;
         for n in 0..10 {
-            bus.produce(TOPIC, "one-key", format!("event-{n}").into_bytes()).await.unwrap();
+            bus.produce(&topic, "one-key", format!("event-{n}").into_bytes()).await.unwrap();
         }
         let (reached_tx, reached_rx) = oneshot::channel();
         let dying = Arc::new(DiesAfterEffect {
@@ -161,7 +234,7 @@ async fn a_consumer_killed_between_effect_and_commit_loses_nothing_and_applies_n
             reached: Mutex::new(Some(reached_tx)),
         });
         let (_trigger, shutdown) = Shutdown::new();
-        let task = bus.consume("crash", TOPIC, dying.clone(), shutdown);
+        let task = bus.consume(&subject.scoped("crash"), &topic, dying.clone(), shutdown);
         tokio::time::timeout(WAIT, reached_rx).await.unwrap().unwrap();
         task.abort();
         let _ = task.await;
@@ -173,7 +246,7 @@ async fn a_consumer_killed_between_effect_and_commit_loses_nothing_and_applies_n
         let recorder = Arc::new(Recorder::default());
         *recorder.effects.lock().unwrap() = dying.inner.effects.lock().unwrap().clone();
         let (trigger, shutdown) = Shutdown::new();
-        let task = restarted.consume("crash", TOPIC, recorder.clone(), shutdown);
+        let task = restarted.consume(&subject.scoped("crash"), &topic, recorder.clone(), shutdown);
         eventually("redelivery", || recorder.deliveries.lock().unwrap().iter().any(|(_, p)| p == "event-9")).await;
         trigger.trigger();
         task.await.unwrap().unwrap();
@@ -187,13 +260,14 @@ async fn a_consumer_killed_between_effect_and_commit_loses_nothing_and_applies_n
 #[tokio::test]
 async fn each_group_has_its_own_offsets_that_survive_a_restart() {
     for subject in Subject::all().await {
+        let topic = subject.scoped(TOPIC);
         let bus = subject.open().await;
         for n in 0..20 {
-            bus.produce(TOPIC, &format!("k{}", n % 3), format!("a{n}").into_bytes()).await.unwrap();
+            bus.produce(&topic, &format!("k{}", n % 3), format!("a{n}").into_bytes()).await.unwrap();
         }
         let first = Arc::new(Recorder::default());
         let (trigger, shutdown) = Shutdown::new();
-        let task = bus.consume("group-a", TOPIC, first.clone(), shutdown);
+        let task = bus.consume(&subject.scoped("group-a"), &topic, first.clone(), shutdown);
         eventually("group a", || first.delivered() >= 20).await;
         trigger.trigger();
         task.await.unwrap().unwrap();
@@ -201,7 +275,7 @@ async fn each_group_has_its_own_offsets_that_survive_a_restart() {
         // Another group starts from the beginning.
         let other = Arc::new(Recorder::default());
         let (other_trigger, shutdown) = Shutdown::new();
-        let other_task = bus.consume("group-b", TOPIC, other.clone(), shutdown);
+        let other_task = bus.consume(&subject.scoped("group-b"), &topic, other.clone(), shutdown);
         eventually("group b", || other.delivered() >= 20).await;
         other_trigger.trigger();
         other_task.await.unwrap().unwrap();
@@ -210,11 +284,11 @@ async fn each_group_has_its_own_offsets_that_survive_a_restart() {
         // Group a, restarted, resumes after its committed offsets.
         let restarted = subject.open().await;
         for n in 20..25 {
-            restarted.produce(TOPIC, &format!("k{}", n % 3), format!("a{n}").into_bytes()).await.unwrap();
+            restarted.produce(&topic, &format!("k{}", n % 3), format!("a{n}").into_bytes()).await.unwrap();
         }
         let resumed = Arc::new(Recorder::default());
         let (trigger, shutdown) = Shutdown::new();
-        let task = restarted.consume("group-a", TOPIC, resumed.clone(), shutdown);
+        let task = restarted.consume(&subject.scoped("group-a"), &topic, resumed.clone(), shutdown);
         eventually("group a resumed", || resumed.delivered() >= 5).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         trigger.trigger();
@@ -251,13 +325,14 @@ impl Handler for Picky {
 #[tokio::test]
 async fn poison_records_are_recorded_skipped_and_counted() {
     for subject in Subject::all().await {
+        let topic = subject.scoped(TOPIC);
         let bus = subject.open().await;
         for payload in ["ok-1", "poison", "ok-2", "stuck", "flaky", "panic", "ok-3"] {
-            bus.produce(TOPIC, "same-partition", payload.as_bytes().to_vec()).await.unwrap();
+            bus.produce(&topic, "same-partition", payload.as_bytes().to_vec()).await.unwrap();
         }
         let picky = Arc::new(Picky::default());
         let (trigger, shutdown) = Shutdown::new();
-        let task = bus.consume("picky", TOPIC, picky.clone(), shutdown);
+        let task = bus.consume(&subject.scoped("picky"), &topic, picky.clone(), shutdown);
         eventually("the record after the poison ones", || picky.recorder.effects.lock().unwrap().contains("ok-3"))
             .await;
         trigger.trigger();
@@ -267,9 +342,9 @@ async fn poison_records_are_recorded_skipped_and_counted() {
         let expected: HashSet<String> = ["ok-1", "ok-2", "flaky", "ok-3"].iter().map(|s| s.to_string()).collect();
         assert_eq!(handled, expected, "{}", subject.name());
         assert_eq!(picky.flaky_attempts.load(Ordering::SeqCst), 3, "{}: flaky retried until it worked", subject.name());
-        let poisoned = bus.backend().poison_count("picky", TOPIC).await.unwrap();
+        let poisoned = bus.backend().poison_count(&subject.scoped("picky"), &topic).await.unwrap();
         assert_eq!(poisoned, 3, "{}: poison, stuck and panic are recorded", subject.name());
-        assert_eq!(bus.backend().poison_count("other-group", TOPIC).await.unwrap(), 0);
+        assert_eq!(bus.backend().poison_count(&subject.scoped("other-group"), &topic).await.unwrap(), 0);
     }
 }
 
@@ -295,25 +370,26 @@ impl Responder for Echo {
 #[tokio::test]
 async fn requests_get_their_own_replies_and_failures_surface() {
     for subject in Subject::all().await {
+        let topic = subject.scoped("echo.requests");
         let bus = subject.open().await;
         let echo = Arc::new(Echo::default());
         let (trigger, shutdown) = Shutdown::new();
-        let server = bus.serve("echo", "echo.requests", echo.clone(), shutdown);
+        let server = bus.serve(&subject.scoped("echo"), &topic, echo.clone(), shutdown);
 
         let requests = (0..20).map(|n| {
-            let bus = bus.clone();
+            let (bus, topic) = (bus.clone(), topic.clone());
             async move {
-                let reply =
-                    bus.request("echo.requests", &format!("k{n}"), format!("{n}").into_bytes(), WAIT).await.unwrap();
+                let reply = bus.request(&topic, &format!("k{n}"), format!("{n}").into_bytes(), WAIT).await.unwrap();
                 assert_eq!(reply, format!("echo:{n}").into_bytes());
             }
         });
         futures::future::join_all(requests).await;
 
-        let refused = bus.request("echo.requests", "k", b"refuse".to_vec(), WAIT).await;
+        let refused = bus.request(&topic, "k", b"refuse".to_vec(), WAIT).await;
         assert!(matches!(refused, Err(BusError::Remote { .. })), "{}: {refused:?}", subject.name());
 
-        let unanswered = bus.request("nobody.listens", "k", b"x".to_vec(), Duration::from_millis(200)).await;
+        let unanswered =
+            bus.request(&subject.scoped("nobody.listens"), "k", b"x".to_vec(), Duration::from_millis(200)).await;
         assert!(matches!(unanswered, Err(BusError::Timeout { .. })), "{}: {unanswered:?}", subject.name());
 
         trigger.trigger();
@@ -324,15 +400,16 @@ async fn requests_get_their_own_replies_and_failures_surface() {
 #[tokio::test]
 async fn requests_past_their_deadline_are_skipped() {
     for subject in Subject::all().await {
+        let topic = subject.scoped("late.requests");
         let bus = subject.open().await;
         // Nobody serves yet: the request expires while queued.
-        let expired = bus.request("late.requests", "same-key", b"stale".to_vec(), Duration::from_millis(50)).await;
+        let expired = bus.request(&topic, "same-key", b"stale".to_vec(), Duration::from_millis(50)).await;
         assert!(matches!(expired, Err(BusError::Timeout { .. })));
 
         let echo = Arc::new(Echo::default());
         let (trigger, shutdown) = Shutdown::new();
-        let server = bus.serve("late", "late.requests", echo.clone(), shutdown);
-        let fresh = bus.request("late.requests", "same-key", b"fresh".to_vec(), WAIT).await.unwrap();
+        let server = bus.serve(&subject.scoped("late"), &topic, echo.clone(), shutdown);
+        let fresh = bus.request(&topic, "same-key", b"fresh".to_vec(), WAIT).await.unwrap();
         assert_eq!(fresh, b"echo:fresh");
         // Same key, same partition: the stale one came first and was skipped.
         assert_eq!(echo.answered.load(Ordering::SeqCst), 1, "{}", subject.name());

@@ -3,6 +3,8 @@
 //! else (ordering policy, retries, request/reply) is common code.
 
 pub mod embedded;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 
 use async_trait::async_trait;
