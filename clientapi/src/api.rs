@@ -2,6 +2,9 @@
 //! lookup it answers, so that other components (sync, pusher) can
 //! authenticate requests without reading its tables; also account data
 //! changes and the typing and receipt EDUs that clients send it.
+//! [`TokenResolver`] is the client side of the token lookup.
+
+mod token_resolver;
 
 use std::time::Duration;
 
@@ -13,6 +16,8 @@ use serde_json::Value;
 pub const DEVICES_TOPIC: &str = "clientapi.devices";
 /// Token lookups. Key: the token hash.
 pub const QUERY_TOPIC: &str = "clientapi.query";
+
+pub use token_resolver::{Caller, EvictRevokedTokens, ResolveError, TokenResolver};
 
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -101,7 +101,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tasks = Tasks::new();
 
     // Started in dependency order: the room server answers what the client
-    // API asks; the sync API reads what both produce.
+    // API asks; the sync API and the pusher read what both produce.
     let mut routers = Vec::new();
     if components.roomserver {
         let started = myelin_roomserver::service::start(config.clone(), db.clone(), bus.clone(), shutdown.clone())
@@ -133,7 +133,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         started.tasks.into_iter().for_each(|t| tasks.watch("federationapi", t));
     }
     if components.pusher {
-        tracing::info!("pusher: nothing to run yet (push arrives with the pusher work)");
+        let started = myelin_pusher::service::start(config.clone(), db.clone(), bus.clone(), shutdown.clone())
+            .await
+            .context("starting the pusher")?;
+        routers.push(started.router);
+        started.tasks.into_iter().for_each(|t| tasks.watch("pusher", t));
     }
 
     // Always served, even without client components, so every process of a

@@ -1,7 +1,20 @@
-//! Push notifications: push rules evaluation, notification counts,
-//! `/notifications` and delivery to push gateways (DESIGN.md invariants 8 and 9).
+//! Push: each user's push rules (`/pushrules`) and pushers (`/pushers`).
 //!
-//! Nothing here yet: push arrives with the pusher work. Until then
-//! `myelin run` accepts `pusher` in `--components` and logs that it has
-//! nothing to run, so deployment files can already name it; no endpoint
-//! answers as if push worked.
+//! This first slice manages them only. Push rules are stored per user
+//! (ruma's `Ruleset`, starting from the server-default rules) and published
+//! as `m.push_rules` account data on `clientapi.accountdata`, so `/sync`
+//! serves them; pushers are stored with the access token that set them and
+//! removed when that token is revoked. Nothing is evaluated or delivered
+//! yet: no notification counts, no `/notifications`, no request to any push
+//! gateway (DESIGN.md invariants 8 and 9 apply when delivery lands).
+
+pub mod api;
+mod consumers;
+mod error;
+mod producers;
+mod routing;
+mod rules;
+pub mod service;
+mod storage;
+
+pub use error::PusherError;

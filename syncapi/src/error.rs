@@ -19,6 +19,15 @@ pub enum SyncApiError {
     Corrupt(String),
 }
 
+impl From<myelin_clientapi::api::ResolveError> for SyncApiError {
+    fn from(error: myelin_clientapi::api::ResolveError) -> Self {
+        match error {
+            myelin_clientapi::api::ResolveError::Matrix(error) => Self::Matrix(error),
+            myelin_clientapi::api::ResolveError::Bus(error) => Self::Bus(error),
+        }
+    }
+}
+
 impl From<SyncApiError> for MatrixError {
     fn from(error: SyncApiError) -> Self {
         match error {

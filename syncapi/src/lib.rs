@@ -3,7 +3,6 @@
 //! `edu.receipt` and `edu.typing`, and serves `/sync`, `/messages` and
 //! filters (ARCHITECTURE.md).
 
-mod auth;
 mod consumers;
 mod error;
 pub mod filter;

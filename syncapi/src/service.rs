@@ -4,14 +4,13 @@
 use std::sync::Arc;
 
 use myelin_bus::{Bus, BusError, Shutdown};
+use myelin_clientapi::api::{EvictRevokedTokens, TokenResolver};
 use myelin_config::Config;
 use myelin_storage::Db;
 use tokio::task::JoinHandle;
 
 use crate::SyncApiError;
-use crate::auth::Authenticator;
 use crate::consumers::clientapi_accountdata::AccountDataConsumer;
-use crate::consumers::clientapi_devices::DevicesConsumer;
 use crate::consumers::edu_receipt::ReceiptConsumer;
 use crate::consumers::edu_typing::TypingConsumer;
 use crate::consumers::roomserver_output::OutputConsumer;
@@ -46,7 +45,7 @@ pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -
         receipts: storage.max_receipt_pos().await?,
     };
     let notifier = Arc::new(Notifier::new(start));
-    let auth = Arc::new(Authenticator::new(bus.clone()));
+    let auth = Arc::new(TokenResolver::new(bus.clone()));
     let typing = Arc::new(Typing::default());
     let clock = bus.clock().clone();
     let tasks = vec![
@@ -59,7 +58,7 @@ pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -
         bus.consume(
             DEVICES_GROUP,
             myelin_clientapi::api::DEVICES_TOPIC,
-            Arc::new(DevicesConsumer { auth: auth.clone() }),
+            Arc::new(EvictRevokedTokens(auth.clone())),
             shutdown.clone(),
         ),
         bus.consume(

@@ -10,13 +10,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
-use myelin_clientapi::api::Identity;
+use myelin_clientapi::api::{Identity, TokenResolver};
 use myelin_types::MatrixError;
 use myelin_types::clock::SharedClock;
 use serde_json::{Map, Value};
 
 use crate::SyncApiError;
-use crate::auth::Authenticator;
 use crate::notifier::Notifier;
 use crate::storage::{EventRow, MembershipChange, Storage};
 use crate::token::StreamToken;
@@ -26,7 +25,7 @@ use crate::typing::Typing;
 pub struct AppState {
     pub storage: Arc<Storage>,
     pub notifier: Arc<Notifier>,
-    pub auth: Arc<Authenticator>,
+    pub auth: Arc<TokenResolver>,
     pub typing: Arc<Typing>,
     pub clock: SharedClock,
 }

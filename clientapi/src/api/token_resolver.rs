@@ -1,0 +1,115 @@
+//! The client side of the token lookup on [`QUERY_TOPIC`], for components
+//! that serve client requests without reading the client API's tables:
+//! the access token's hash is asked over the bus, and positive answers are
+//! cached until the client API announces the token revoked on
+//! [`DEVICES_TOPIC`](super::DEVICES_TOPIC).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::http::request::Parts;
+use myelin_bus::{Bus, BusError, HandleError, Handler, Record};
+use myelin_types::MatrixError;
+use myelin_types::random::token_hash;
+
+use super::{DeviceEvent, Identity, QUERY_TOPIC, QueryReply, QueryRequest, REQUEST_TIMEOUT};
+
+/// Beyond this many cached tokens the cache starts over.
+const MAX_CACHED: usize = 100_000;
+
+/// Why a request could not be tied to a user.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// `M_MISSING_TOKEN` or `M_UNKNOWN_TOKEN`, for the client as is.
+    #[error(transparent)]
+    Matrix(#[from] MatrixError),
+    /// The client API did not answer.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// The caller of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub identity: Identity,
+    /// The hash of the access token the request carried (what
+    /// [`DeviceEvent::TokensRevoked`] names).
+    pub token_hash: String,
+}
+
+pub struct TokenResolver {
+    bus: Bus,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    identities: HashMap<String, Identity>,
+    /// Bumped on every revocation, so that a lookup that raced with one is not cached.
+    generation: u64,
+}
+
+impl TokenResolver {
+    pub fn new(bus: Bus) -> Self {
+        Self { bus, cache: Mutex::default() }
+    }
+
+    /// Who sent this request: `401 M_MISSING_TOKEN` without a token,
+    /// `401 M_UNKNOWN_TOKEN` for a token the client API does not know.
+    pub async fn authenticate(&self, parts: &Parts) -> Result<Identity, ResolveError> {
+        Ok(self.caller(parts).await?.identity)
+    }
+
+    /// Like [`Self::authenticate`], also giving the token's hash.
+    pub async fn caller(&self, parts: &Parts) -> Result<Caller, ResolveError> {
+        let token = myelin_types::auth::access_token(parts).ok_or_else(MatrixError::missing_token)?;
+        let hash = token_hash(&token);
+        let generation = {
+            let cache = self.cache.lock().expect("token cache lock");
+            if let Some(identity) = cache.identities.get(&hash) {
+                return Ok(Caller { identity: identity.clone(), token_hash: hash });
+            }
+            cache.generation
+        };
+        let reply: QueryReply = self
+            .bus
+            .request_json(QUERY_TOPIC, &hash, &QueryRequest::Whoami { token_hash: hash.clone() }, REQUEST_TIMEOUT)
+            .await?;
+        let identity = reply.ok_or_else(MatrixError::unknown_token)?;
+        let mut cache = self.cache.lock().expect("token cache lock");
+        if cache.generation == generation {
+            if cache.identities.len() >= MAX_CACHED {
+                cache.identities.clear();
+            }
+            cache.identities.insert(hash.clone(), identity.clone());
+        }
+        Ok(Caller { identity, token_hash: hash })
+    }
+
+    /// Forget these tokens: they stop working now.
+    pub fn revoke(&self, token_hashes: &[String]) {
+        let mut cache = self.cache.lock().expect("token cache lock");
+        cache.generation += 1;
+        for hash in token_hashes {
+            cache.identities.remove(hash);
+        }
+    }
+}
+
+/// A consumer of [`DEVICES_TOPIC`](super::DEVICES_TOPIC) that evicts revoked
+/// tokens from a resolver's cache, for components that need nothing else
+/// from that topic.
+pub struct EvictRevokedTokens(pub Arc<TokenResolver>);
+
+#[async_trait]
+impl Handler for EvictRevokedTokens {
+    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        let event: DeviceEvent =
+            record.json().map_err(|e| HandleError::Poison(format!("undecodable device event: {e}")))?;
+        if let DeviceEvent::TokensRevoked { token_hashes, .. } = event {
+            self.0.revoke(&token_hashes);
+        }
+        Ok(())
+    }
+}
