@@ -13,3 +13,4 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # test it too, against the tansu broker the suite starts.
 cargo clippy --workspace --all-targets --locked --features myelin-bus/kafka -- -D warnings
 cargo nextest run --workspace --locked --no-fail-fast --features myelin-bus/kafka
+if [ -n "${SYTEST_DIR:-}" ]; then sytest-compat/run.sh --whitelist; fi  # SyTest: see sytest-compat/README.md
