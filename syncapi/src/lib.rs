@@ -12,5 +12,6 @@ pub mod service;
 mod storage;
 pub mod token;
 mod typing;
+mod visibility;
 
 pub use error::SyncApiError;

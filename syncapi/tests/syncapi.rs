@@ -327,12 +327,12 @@ async fn initial_then_incremental_sync() {
 
         let initial = s.sync(&alice, "").await;
         let joined = &initial["rooms"]["join"][&room];
-        let state_types = types(joined["state"]["events"].as_array().unwrap());
-        assert!(state_types.contains(&"m.room.create".to_owned()), "[{}] {joined}", s.name);
+        // The whole room fits the timeline, from its creation: no state before it.
+        assert_eq!(joined["state"]["events"], json!([]), "[{}] {joined}", s.name);
         let tl = timeline(&initial, "join", &room);
         assert_eq!(bodies(tl), ["one", "two", "three"], "[{}]", s.name);
-        assert_eq!(types(tl)[0], "m.room.member");
-        assert_eq!(tl[0]["state_key"], ALICE);
+        assert_eq!(types(tl)[..2], ["m.room.create", "m.room.member"]);
+        assert_eq!(tl[1]["state_key"], ALICE);
         assert!(tl.iter().all(|e| e.get("room_id").is_none() && e.get("hashes").is_none()));
         assert_eq!(joined["timeline"]["limited"], false);
         for key in ["account_data", "presence", "to_device", "device_lists"] {
@@ -540,9 +540,8 @@ async fn limited_timeline_then_messages_backwards() {
         let mut expected: Vec<String> = vec![];
         expected.extend((0..15).map(|i| format!("m{i}")));
         assert_eq!(bodies(&earlier), expected, "[{}]", s.name);
-        // Alice sees from her own join on, and no further back.
-        assert_eq!(earlier[0]["type"], "m.room.member");
-        assert!(!types(&earlier).contains(&"m.room.create".to_owned()));
+        // History is `shared` by default: Alice reads back to the room's creation.
+        assert_eq!(types(&earlier)[..2], ["m.room.create", "m.room.member"], "[{}]", s.name);
 
         // Forwards from the start reaches the newest event and then stops.
         let (status, page) =
@@ -565,6 +564,8 @@ async fn invite_join_and_leave_sections() {
         let alice = s.register("alice").await;
         let bob = s.register("bob").await;
         let room = s.create_room(ALICE).await;
+        let hv = json!({"history_visibility": "joined"});
+        let hv = s.emit(&room, ALICE, "m.room.history_visibility", Some(""), hv).await;
         s.message(&room, ALICE, "before bob").await;
         let bob_since = s.sync(&bob, "").await["next_batch"].as_str().unwrap().to_owned();
         let invite = s.membership(&room, ALICE, BOB, "invite").await;
@@ -591,15 +592,12 @@ async fn invite_join_and_leave_sections() {
         let body = s.sync(&bob, &format!("since={bob_since}&timeout=5000")).await;
         let joined = &body["rooms"]["join"][&room];
         assert!(body["rooms"]["invite"].get(&room).is_none());
-        // His own invite (he could see it) and his join: nothing said before.
-        assert_eq!(
-            ids(joined["timeline"]["events"].as_array().unwrap()),
-            [invite.clone(), join.clone()],
-            "[{}] {body}",
-            s.name
-        );
-        let state_types = types(joined["state"]["events"].as_array().unwrap());
-        assert!(state_types.contains(&"m.room.create".to_owned()) && state_types.contains(&"m.room.name".to_owned()));
+        // The room's setup (`shared` before the visibility became `joined`),
+        // then his own invite (he could see it) and his join: nothing said before.
+        let tl = joined["timeline"]["events"].as_array().unwrap();
+        assert_eq!(types(tl)[0], "m.room.create", "[{}] {body}", s.name);
+        assert_eq!(ids(tl)[tl.len() - 3..], [hv.clone(), invite.clone(), join.clone()], "[{}] {body}", s.name);
+        assert_eq!(joined["state"]["events"], json!([]));
         // Bob does not see what was said before he joined.
         assert!(!body.to_string().contains("before bob"));
         let bob_since = body["next_batch"].as_str().unwrap().to_owned();
@@ -622,8 +620,9 @@ async fn invite_join_and_leave_sections() {
             s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"), Some(&bob)).await;
         assert_eq!(status, 200, "{page}");
         let chunk = page["chunk"].as_array().unwrap();
-        assert_eq!(ids(chunk), [leave.clone(), ids(chunk)[1].clone(), join.clone(), invite.clone()]);
+        assert_eq!(ids(chunk)[..5], [leave.clone(), ids(chunk)[1].clone(), join.clone(), invite.clone(), hv.clone()]);
         assert_eq!(bodies(chunk), ["while bob is here"]);
+        assert_eq!(chunk.last().unwrap()["type"], "m.room.create");
         // Initial sync leaves left rooms out unless the filter asks.
         let initial = s.sync(&bob, "").await;
         assert!(initial["rooms"]["leave"].get(&room).is_none());
@@ -819,6 +818,103 @@ async fn logged_out_tokens_stop_working() {
         }
         // The other device's token still works.
         s.sync(&other, "").await;
+    }
+}
+
+/// What a user joining later sees of a room's history, through `/sync` and
+/// `/messages`, under each `m.room.history_visibility`; and nothing after
+/// they leave.
+#[tokio::test]
+async fn history_visibility_decides_what_a_later_member_sees() {
+    let everything = r#"{"room":{"timeline":{"limit":1000},"include_leave":true}}"#;
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        for (visibility, expected) in [
+            ("shared", vec!["before invite", "after invite", "after join"]),
+            ("invited", vec!["after invite", "after join"]),
+            ("joined", vec!["after join"]),
+            ("world_readable", vec!["before invite", "after invite", "after join"]),
+        ] {
+            let room = s.create_room(ALICE).await;
+            let hv = json!({ "history_visibility": visibility });
+            s.emit(&room, ALICE, "m.room.history_visibility", Some(""), hv).await;
+            s.message(&room, ALICE, "before invite").await;
+            let invite = s.membership(&room, ALICE, BOB, "invite").await;
+            s.message(&room, ALICE, "after invite").await;
+            let join = s.membership(&room, BOB, BOB, "join").await;
+            let last = s.message(&room, ALICE, "after join").await;
+            s.settle(&bob, &last).await;
+            let name = format!("[{}] {visibility}", s.name);
+
+            let body = s.sync(&bob, &format!("filter={}", enc(everything))).await;
+            let tl = timeline(&body, "join", &room);
+            assert_eq!(bodies(tl), expected, "{name}");
+            // His own membership events, whatever the visibility.
+            assert!(ids(tl).contains(&invite) && ids(tl).contains(&join), "{name}");
+            // What came before the visibility was set was `shared` (the
+            // default), so he sees the room from its creation on, with no
+            // state before that.
+            assert_eq!(tl[0]["type"], "m.room.create", "{name}");
+            assert_eq!(body["rooms"]["join"][&room]["state"]["events"], json!([]), "{name}");
+            let (status, page) =
+                s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"), Some(&bob)).await;
+            assert_eq!(status, 200, "{name}: {page}");
+            let mut chunk = page["chunk"].as_array().unwrap().clone();
+            chunk.reverse();
+            assert_eq!(ids(&chunk), ids(tl), "{name}");
+
+            // After he leaves, nothing more.
+            let leave = s.membership(&room, BOB, BOB, "leave").await;
+            let after = s.message(&room, ALICE, "after leave").await;
+            s.settle(&alice, &after).await;
+            let body = s.sync(&bob, &format!("filter={}", enc(everything))).await;
+            let tl = timeline(&body, "leave", &room);
+            assert_eq!(ids(tl).last(), Some(&leave), "{name}");
+            assert_eq!(bodies(tl), expected, "{name}");
+            let (_, page) =
+                s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=100"), Some(&bob)).await;
+            let chunk = page["chunk"].as_array().unwrap();
+            assert_eq!(ids(chunk).last(), Some(&leave), "{name}");
+            assert_eq!(bodies(chunk), expected, "{name}");
+        }
+    }
+}
+
+/// Through the real client API and room server: a creator's timeline starts
+/// with the room's creation; a world-readable room can be read by anyone
+/// through `/messages`, a shared one not.
+#[tokio::test]
+async fn creation_first_and_world_readable_rooms_through_the_room_server() {
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let charlie = s.register("charlie").await;
+        let created = s.client(reqwest::Method::POST, "/createRoom", &alice, json!({"preset": "private_chat"})).await;
+        let room = created["room_id"].as_str().unwrap().to_owned();
+        let path = format!("/rooms/{room}/send/m.room.message/t1");
+        let sent = s.client(reqwest::Method::PUT, &path, &alice, json!({"msgtype": "m.text", "body": "hello"})).await;
+        s.settle(&alice, sent["event_id"].as_str().unwrap()).await;
+        let body = s.sync(&alice, &format!("filter={}", enc(r#"{"room":{"timeline":{"limit":100}}}"#))).await;
+        let tl = timeline(&body, "join", &room);
+        assert_eq!(tl[0]["type"], "m.room.create", "[{}] {body}", s.name);
+        assert_eq!(bodies(tl), ["hello"]);
+        assert_eq!(body["rooms"]["join"][&room]["state"]["events"], json!([]), "[{}]", s.name);
+
+        let messages = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100");
+        let (status, _) = s.get(&messages, Some(&charlie)).await;
+        assert_eq!(status, 403, "[{}] a shared room is not readable by non-members", s.name);
+        let path = format!("/rooms/{room}/state/m.room.history_visibility/");
+        let body = json!({"history_visibility": "world_readable"});
+        let changed = s.client(reqwest::Method::PUT, &path, &alice, body).await;
+        let path = format!("/rooms/{room}/send/m.room.message/t2");
+        let sent = s.client(reqwest::Method::PUT, &path, &alice, json!({"msgtype": "m.text", "body": "public"})).await;
+        s.settle(&alice, sent["event_id"].as_str().unwrap()).await;
+        let (status, page) = s.get(&messages, Some(&charlie)).await;
+        assert_eq!(status, 200, "[{}] {page}", s.name);
+        let chunk = page["chunk"].as_array().unwrap();
+        // From the change to world_readable on: what came before was only shared.
+        assert_eq!(ids(chunk).last().map(String::as_str), changed["event_id"].as_str(), "[{}]", s.name);
+        assert_eq!(bodies(chunk), ["public"]);
     }
 }
 

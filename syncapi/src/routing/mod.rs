@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::SyncApiError;
 use crate::notifier::Notifier;
-use crate::storage::{EventRow, MembershipChange, Storage};
+use crate::storage::{EventRow, Storage};
 use crate::token::StreamToken;
 use crate::typing::Typing;
 
@@ -69,27 +69,8 @@ fn format_event(row: &EventRow, room_id: Option<&str>, viewer: &Identity) -> Val
     event
 }
 
-/// Stream ranges `(after, upto]` of a room whose events a user may see:
-/// while joined (their join through their leave), plus their own other
-/// membership events (an invite they rejected, say).
-fn visible_ranges(changes: &[MembershipChange]) -> Vec<(i64, i64)> {
-    let mut ranges = Vec::new();
-    let mut open: Option<i64> = None;
-    for change in changes {
-        if change.membership == "join" {
-            open.get_or_insert(change.pos - 1);
-        } else {
-            let start = open.take().unwrap_or(change.pos - 1);
-            ranges.push((start, change.pos));
-        }
-    }
-    if let Some(start) = open {
-        ranges.push((start, i64::MAX));
-    }
-    ranges
-}
-
-/// Up to `limit` visible events in `(after, upto]` that pass `keep`, walking
+/// Up to `limit` events in `ranges` (visible ones, see [`crate::visibility`])
+/// and in `(after, upto]` that pass `keep`, walking
 /// backwards (newest first) or forwards; `true` when more such events exist.
 #[allow(clippy::too_many_arguments)]
 async fn visible_events(

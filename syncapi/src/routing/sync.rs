@@ -7,11 +7,12 @@ use myelin_clientapi::api::Identity;
 use myelin_types::MatrixError;
 use serde_json::{Map, Value, json};
 
-use super::{AppState, format_event, query_params, visible_events, visible_ranges};
+use super::{AppState, format_event, query_params, visible_events};
 use crate::SyncApiError;
 use crate::filter::{self, Filter};
 use crate::storage::{EventRow, MembershipChange};
 use crate::token::{StreamToken, SyncToken};
+use crate::visibility::RoomView;
 
 /// The longest a client may make `/sync` wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(600);
@@ -251,7 +252,7 @@ fn empty_room(upto: i64) -> Value {
 }
 
 /// A joined or left room: timeline events in `(after, upto]` the user may
-/// see, and the state before the timeline (all of it when `whole_state`,
+/// see (history visibility, [`crate::visibility`]), and the state before the timeline (all of it when `whole_state`,
 /// else only what changed since `after` and is not in the timeline).
 /// `None` when nothing passes the filter and there are no extras.
 #[allow(clippy::too_many_arguments)]
@@ -268,7 +269,7 @@ async fn room_body(
     let storage = &state.storage;
     let filter = &request.filter;
     let timeline_filter = filter.timeline();
-    let ranges = visible_ranges(changes);
+    let ranges = RoomView::load(storage, room_id, changes, upto).await?.visible_ranges();
     let (mut events, limited) =
         visible_events(storage, room_id, &ranges, after, upto, true, filter.timeline_limit(), |row| {
             filter::passes(timeline_filter, room_id, &row.pdu)

@@ -21,6 +21,7 @@ use tokio::sync::Mutex;
 pub use migrations::MIGRATIONS;
 
 use crate::SyncApiError;
+use crate::visibility::{HistoryChange, HistoryVisibility};
 
 const MEMBER: &str = "m.room.member";
 
@@ -351,6 +352,36 @@ impl Storage {
             .await?
         });
         rows.into_iter().map(to_row).collect()
+    }
+
+    /// Every change of the room's `m.room.history_visibility` up to `upto`, oldest first.
+    pub async fn history_visibility_changes(
+        &self,
+        room_id: &str,
+        upto: i64,
+    ) -> Result<Vec<HistoryChange>, SyncApiError> {
+        let rows: Vec<(i64, Option<String>)> = with_db!(&self.db, pool => {
+            sqlx::query_as(
+                "SELECT l.stream_pos, e.pdu FROM syncapi_state_log l \
+                 LEFT JOIN syncapi_events e ON e.event_id = l.event_id \
+                 WHERE l.room_id = $1 AND l.event_type = 'm.room.history_visibility' AND l.state_key = '' \
+                 AND l.stream_pos <= $2 ORDER BY l.stream_pos",
+            )
+            .bind(room_id)
+            .bind(upto)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(pos, pdu)| {
+                let pdu: Option<Value> = pdu
+                    .map(|text| serde_json::from_str(&text))
+                    .transpose()
+                    .map_err(|e| SyncApiError::Corrupt(format!("history visibility at {pos}: {e}")))?;
+                let visibility = HistoryVisibility::from_content(pdu.as_ref().map(|p| &p["content"]));
+                Ok(HistoryChange { pos, visibility })
+            })
+            .collect()
     }
 
     /// `(type, state_key)` entries of the room's state that changed in `(after, upto]`.
