@@ -28,6 +28,12 @@ if [ -z "$from" ]; then
     "$compat/run.sh" --results "$from"
 fi
 
+# The commit measured: taken before this script rewrites the whitelist.
+commit="$(git -C "$repo" rev-parse --short HEAD)"
+if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no)" ]; then
+    commit="$commit (with uncommitted changes)"
+fi
+
 if [ "$update_whitelist" = 1 ]; then
     {
         echo "# SyTest tests that pass against Myelin, one name a line, as run-tests.pl -W"
@@ -38,10 +44,6 @@ if [ "$update_whitelist" = 1 ]; then
     mv "$compat/whitelist.txt.new" "$compat/whitelist.txt"
 fi
 
-commit="$(git -C "$repo" rev-parse --short HEAD)"
-if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no)" ]; then
-    commit="$commit (with uncommitted changes)"
-fi
 sytest_commit="$(git -C "${SYTEST_DIR:-.}" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 whitelisted="$(grep -cv '^\s*\(#\|$\)' "$compat/whitelist.txt" || true)"
 
