@@ -10,4 +10,5 @@ pub use error::{ErrorCode, MatrixError};
 pub use ruma;
 pub mod auth;
 pub mod events;
+pub mod json;
 pub mod signing;

@@ -1,6 +1,6 @@
 use axum::Json;
 use axum::extract::{Path, Request, State};
-use myelin_types::{ErrorCode, MatrixError};
+use myelin_types::MatrixError;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -25,8 +25,7 @@ pub async fn create_filter(
     let bytes = axum::body::to_bytes(body, MAX_FILTER_BYTES)
         .await
         .map_err(|_| MatrixError::too_large("Filter body too large"))?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| MatrixError::new(ErrorCode::NotJson, format!("Invalid JSON: {e}")))?;
+    let value: Value = myelin_types::json::parse(&bytes)?;
     Filter::from_value(&value).map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")))?;
     let filter_id = state.storage.insert_filter(&user_id, &value.to_string()).await?;
     Ok(Json(json!({ "filter_id": filter_id.to_string() })))
