@@ -14,6 +14,12 @@ if ! command -v tansu >/dev/null 2>&1; then
     cargo install tansu --features dynostore --locked
 fi
 
+# The deployment's compose files are validated with `docker compose config`
+# (or Debian's docker-compose where the compose plugin is missing).
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+    apt-get install -y -q docker-compose
+fi
+
 # Python clients live in a project-local virtualenv.
 if [ ! -x .venv/bin/python ] || ! cmp -s tests/clients/requirements.txt .venv/.requirements; then
     python3 -m venv .venv

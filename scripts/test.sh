@@ -11,6 +11,6 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The Kafka backend is an opt-in feature (it builds librdkafka); lint and
 # test it too, against the tansu broker the suite starts.
-cargo clippy --workspace --all-targets --locked --features myelin-bus/kafka -- -D warnings
-cargo nextest run --workspace --locked --no-fail-fast --features myelin-bus/kafka
+cargo clippy --workspace --all-targets --locked --features myelin/kafka -- -D warnings
+cargo nextest run --workspace --locked --no-fail-fast --features myelin/kafka
 if [ -n "${SYTEST_DIR:-}" ]; then sytest-compat/run.sh --whitelist; fi  # SyTest: see sytest-compat/README.md

@@ -12,6 +12,12 @@ pub struct Client {
     token: String,
 }
 
+/// One reply: its JSON body and its size in bytes.
+pub struct Reply {
+    pub body: Value,
+    pub bytes: usize,
+}
+
 impl Client {
     /// Registers `localpart` through `/_synapse/admin/v1/register`.
     pub async fn register(http: &reqwest::Client, base: &str, secret: &str, localpart: &str) -> Result<Self> {
@@ -25,50 +31,90 @@ impl Client {
             "nonce": nonce, "username": localpart, "password": password, "admin": false,
             "mac": hex::encode(mac.finalize().into_bytes()),
         });
-        let reply: Value = http.post(&endpoint).json(&body).send().await?.error_for_status()?.json().await?;
+        let response = http.post(&endpoint).json(&body).send().await?;
+        let status = response.status();
+        let reply: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("register {localpart}: {status} {reply}");
+        }
         let token = reply["access_token"].as_str().context("no access token")?.to_owned();
         Ok(Self { http: http.clone(), base: base.to_owned(), token })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Result<Reply> {
+        let mut url = reqwest::Url::parse(&format!("{}{path}", self.base))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let mut request = self.http.request(method, url).bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await?;
+        let response = request.send().await.with_context(|| format!("{path}: request failed"))?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let bytes = response.bytes().await.with_context(|| format!("{path}: reading the body"))?;
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
             bail!("{path}: {status} {body}");
         }
-        Ok(body)
+        Ok(Reply { body, bytes: bytes.len() })
     }
 
     pub async fn create_room(&self, body: Value) -> Result<String> {
-        let reply = self.call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(body)).await?;
-        Ok(reply["room_id"].as_str().context("no room_id")?.to_owned())
+        let reply = self.call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", &[], Some(body)).await?;
+        Ok(reply.body["room_id"].as_str().context("no room_id")?.to_owned())
     }
 
     pub async fn join(&self, room_id: &str) -> Result<()> {
-        self.call(reqwest::Method::POST, &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(json!({}))).await?;
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/join");
+        self.call(reqwest::Method::POST, &path, &[], Some(json!({}))).await?;
         Ok(())
     }
 
     pub async fn send_text(&self, room_id: &str, txn_id: &str, body: &str) -> Result<String> {
         let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn_id}");
-        let reply = self.call(reqwest::Method::PUT, &path, Some(json!({"msgtype": "m.text", "body": body}))).await?;
-        Ok(reply["event_id"].as_str().context("no event_id")?.to_owned())
+        let reply =
+            self.call(reqwest::Method::PUT, &path, &[], Some(json!({"msgtype": "m.text", "body": body}))).await?;
+        Ok(reply.body["event_id"].as_str().context("no event_id")?.to_owned())
+    }
+
+    /// One `/sync` with an optional inline filter.
+    pub async fn sync_filtered(&self, since: Option<&str>, timeout_ms: u64, filter: Option<&str>) -> Result<Reply> {
+        let timeout = timeout_ms.to_string();
+        let mut query = vec![("timeout", timeout.as_str())];
+        if let Some(since) = since {
+            query.push(("since", since));
+        }
+        if let Some(filter) = filter {
+            query.push(("filter", filter));
+        }
+        let reply = self.call(reqwest::Method::GET, "/_matrix/client/v3/sync", &query, None).await?;
+        reply.body["next_batch"].as_str().context("no next_batch")?;
+        Ok(reply)
     }
 
     /// One `/sync`; returns `next_batch` and the response.
     pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Result<(String, Value)> {
-        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
-        if let Some(since) = since {
-            path.push_str(&format!("&since={since}"));
+        let reply = self.sync_filtered(since, timeout_ms, None).await?;
+        let next = reply.body["next_batch"].as_str().unwrap_or_default().to_owned();
+        Ok((next, reply.body))
+    }
+
+    /// One page of `/messages` backwards from `from` (or from the newest event).
+    pub async fn messages_back(&self, room_id: &str, from: Option<&str>, limit: usize) -> Result<Value> {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/messages");
+        let limit = limit.to_string();
+        let mut query = vec![("dir", "b"), ("limit", limit.as_str())];
+        if let Some(from) = from {
+            query.push(("from", from));
         }
-        let reply = self.call(reqwest::Method::GET, &path, None).await?;
-        let next = reply["next_batch"].as_str().context("no next_batch")?.to_owned();
-        Ok((next, reply))
+        Ok(self.call(reqwest::Method::GET, &path, &query, None).await?.body)
     }
 
     /// Long-polls from `since` until a timeline event with `body` arrives;

@@ -1,16 +1,25 @@
 //! Load generator: drives any homeserver by URL, registering its users
 //! through Synapse's shared-secret admin API, so the same scenario runs
 //! against Myelin and Synapse. Prints one JSON object per scenario.
+//!
+//! Every scenario sets up its users and rooms first, then runs a warm-up
+//! that is not measured, and only then starts its clock. Failed requests
+//! during the measurement are counted and reported, never dropped.
 
 mod client;
+mod history;
+mod initial_sync;
+mod latency;
+mod send;
+mod stats;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use client::Client;
-use hdrhistogram::Histogram;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -25,6 +34,9 @@ struct Cli {
     /// A label for the results (e.g. `myelin-sqlite`).
     #[arg(long, default_value = "target")]
     label: String,
+    /// Requests in flight at once while setting up (registrations, joins, history).
+    #[arg(long, default_value_t = 8)]
+    setup_concurrency: usize,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -35,33 +47,98 @@ enum Scenario {
     Send {
         #[arg(long, default_value_t = 1)]
         senders: usize,
-        /// Messages per sender.
+        /// Messages per sender (measured).
         #[arg(long, default_value_t = 500)]
         messages: usize,
         #[arg(long)]
         shared_room: bool,
+        /// Unmeasured messages per sender before the clock starts.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
     },
-    /// Time from a send request to the receiver's long-polling /sync returning the event.
+    /// Time from a send request to the receiver's long-polling /sync returning
+    /// the event, optionally while other senders load the server.
     SyncLatency {
         #[arg(long, default_value_t = 200)]
         samples: usize,
+        /// Unmeasured samples first (the load is already running during them).
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Senders that send continuously, each into its own room, during the samples.
+        #[arg(long, default_value_t = 0)]
+        load_senders: usize,
     },
+    /// Initial /sync (lazy-loaded members) of a user in `rooms` rooms of `members` members each.
+    InitialSync {
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// Measured initial syncs, after one unmeasured one.
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+    },
+    /// /messages backwards through a room of `events` messages.
+    Messages {
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+        /// Events per page (`limit`).
+        #[arg(long, default_value_t = 100)]
+        page: usize,
+    },
+}
+
+/// The server under test and this run's unique user names.
+pub struct Target {
+    http: reqwest::Client,
+    url: String,
+    secret: String,
+    run_id: String,
+    setup_concurrency: usize,
+}
+
+impl Target {
+    pub async fn register(&self, tag: &str) -> Result<Client> {
+        Client::register(&self.http, &self.url, &self.secret, &format!("b{}{tag}", self.run_id)).await
+    }
+
+    /// Registers `count` users, `setup_concurrency` at a time.
+    pub async fn register_many(&self, tag: &str, count: usize) -> Result<Vec<Arc<Client>>> {
+        futures::stream::iter(0..count)
+            .map(|n| async move { self.register(&format!("{tag}{n}")).await.map(Arc::new) })
+            .buffered(self.setup_concurrency.max(1))
+            .try_collect()
+            .await
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let run_id = format!("{}{}", now_ms() % 1_000_000_000, std::process::id());
-    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
-    let result = match cli.scenario {
-        Scenario::Send { senders, messages, shared_room } => {
-            send(&http, &cli.url, &cli.shared_secret, &run_id, senders, messages, shared_room).await?
-        }
-        Scenario::SyncLatency { samples } => {
-            sync_latency(&http, &cli.url, &cli.shared_secret, &run_id, samples).await?
-        }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        // Long polls last 30 s; anything much longer is a failure, not a sample.
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let target = Target {
+        http,
+        url: cli.url.trim_end_matches('/').to_owned(),
+        secret: cli.shared_secret,
+        run_id: format!("{}{}", now_ms() % 1_000_000_000, std::process::id()),
+        setup_concurrency: cli.setup_concurrency.max(1),
     };
-    let mut result = result;
+    let mut result = match cli.scenario {
+        Scenario::Send { senders, messages, shared_room, warmup } => {
+            send::run(&target, senders, messages, shared_room, warmup).await?
+        }
+        Scenario::SyncLatency { samples, warmup, load_senders } => {
+            latency::run(&target, samples, warmup, load_senders).await?
+        }
+        Scenario::InitialSync { rooms, members, samples } => {
+            initial_sync::run(&target, rooms, members, samples).await?
+        }
+        Scenario::Messages { events, page } => history::run(&target, events, page).await?,
+    };
     result["label"] = json!(cli.label);
     println!("{result}");
     Ok(())
@@ -69,99 +146,4 @@ async fn main() -> Result<()> {
 
 fn now_ms() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
-}
-
-async fn send(
-    http: &reqwest::Client,
-    url: &str,
-    secret: &str,
-    run_id: &str,
-    senders: usize,
-    messages: usize,
-    shared_room: bool,
-) -> Result<serde_json::Value> {
-    let mut clients = Vec::with_capacity(senders);
-    for n in 0..senders {
-        clients.push(Client::register(http, url, secret, &format!("send{run_id}s{n}")).await?);
-    }
-    let mut rooms = Vec::with_capacity(senders);
-    if shared_room {
-        let room = clients[0].create_room(json!({"preset": "public_chat"})).await?;
-        for client in &clients[1..] {
-            client.join(&room).await?;
-        }
-        rooms.resize(senders, room);
-    } else {
-        for client in &clients {
-            rooms.push(client.create_room(json!({})).await?);
-        }
-    }
-    let clients: Vec<Arc<Client>> = clients.into_iter().map(Arc::new).collect();
-    let started = Instant::now();
-    let tasks = clients.iter().zip(rooms).map(|(client, room)| {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let mut latencies = Histogram::<u64>::new(3).expect("histogram");
-            for m in 0..messages {
-                let sent = Instant::now();
-                client.send_text(&room, &format!("t{m}"), &format!("message {m}")).await?;
-                latencies.record(sent.elapsed().as_micros() as u64).ok();
-            }
-            anyhow::Ok(latencies)
-        })
-    });
-    let mut latencies = Histogram::<u64>::new(3)?;
-    for task in futures::future::join_all(tasks).await {
-        latencies.add(task.context("sender task")??)?;
-    }
-    let elapsed = started.elapsed();
-    let total = senders * messages;
-    Ok(json!({
-        "scenario": "send",
-        "senders": senders,
-        "shared_room": shared_room,
-        "messages": total,
-        "seconds": elapsed.as_secs_f64(),
-        "messages_per_second": total as f64 / elapsed.as_secs_f64(),
-        "send_latency_ms": percentiles(&latencies),
-    }))
-}
-
-async fn sync_latency(
-    http: &reqwest::Client,
-    url: &str,
-    secret: &str,
-    run_id: &str,
-    samples: usize,
-) -> Result<serde_json::Value> {
-    let sender = Client::register(http, url, secret, &format!("lat{run_id}a")).await?;
-    let receiver = Arc::new(Client::register(http, url, secret, &format!("lat{run_id}b")).await?);
-    let room = sender.create_room(json!({"preset": "public_chat"})).await?;
-    receiver.join(&room).await?;
-    let mut since = receiver.sync(None, 0).await?.0;
-    let mut latencies = Histogram::<u64>::new(3)?;
-    for n in 0..samples {
-        let poll = {
-            let receiver = receiver.clone();
-            let since = since.clone();
-            tokio::spawn(async move { receiver.sync_until_body(&since, &format!("ping {n}")).await })
-        };
-        // Let the long poll reach the server before the event exists.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let sent = Instant::now();
-        sender.send_text(&room, &format!("p{n}"), &format!("ping {n}")).await?;
-        let (next, arrived) = poll.await??;
-        latencies.record(arrived.saturating_duration_since(sent).as_micros() as u64).ok();
-        since = next;
-    }
-    Ok(json!({
-        "scenario": "sync_latency",
-        "samples": samples,
-        "wakeup_latency_ms": percentiles(&latencies),
-    }))
-}
-
-fn percentiles(histogram: &Histogram<u64>) -> serde_json::Value {
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    json!({"p50": ms(0.50), "p99": ms(0.99), "p999": ms(0.999), "max": histogram.max() as f64 / 1000.0})
 }

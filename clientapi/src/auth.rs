@@ -1,7 +1,7 @@
 //! The access-token extractor: `401 M_MISSING_TOKEN` without a token,
 //! `401 M_UNKNOWN_TOKEN` for one the tokens table does not know.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
 use myelin_types::MatrixError;
 use myelin_types::ruma::OwnedUserId;
@@ -29,5 +29,18 @@ impl FromRequestParts<AppState> for AuthedUser {
             MatrixError::internal()
         })?;
         Ok(Self { user_id, device_id })
+    }
+}
+
+/// `Option<AuthedUser>`: `None` without a token, for endpoints open to
+/// anonymous clients; a token that is sent must still be valid.
+impl OptionalFromRequestParts<AppState> for AuthedUser {
+    type Rejection = ClientApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Option<Self>, Self::Rejection> {
+        if myelin_types::auth::access_token(parts).is_none() {
+            return Ok(None);
+        }
+        <Self as FromRequestParts<AppState>>::from_request_parts(parts, state).await.map(Some)
     }
 }

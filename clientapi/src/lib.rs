@@ -1,16 +1,19 @@
-//! The Client-Server API, except sync and push: accounts, devices and
-//! access tokens, registration (open, and Synapse's shared-secret admin
-//! API), login, profiles, account data and tags, typing and receipts, and
-//! room commands forwarded to the room server.
+//! The Client-Server API, except sync and push: accounts (password changes,
+//! deactivation), devices and access tokens, registration (open, and
+//! Synapse's shared-secret admin API), login, capabilities, profiles,
+//! account data and tags, typing and receipts, and room commands forwarded
+//! to the room server.
 mod accounts;
 pub mod api;
 mod auth;
 mod consumers;
 mod error;
 mod json;
+mod power;
 mod producers;
 mod routing;
 pub mod service;
 mod storage;
+mod uia;
 
 pub use error::ClientApiError;

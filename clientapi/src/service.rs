@@ -1,5 +1,6 @@
 //! Lifecycle of the client API: migrate its tables, answer token queries
-//! on `clientapi.query`, and hand the HTTP router to the binary.
+//! on `clientapi.query`, keep the directory's room summaries from
+//! `roomserver.output`, and hand the HTTP router to the binary.
 
 use std::sync::Arc;
 
@@ -10,8 +11,12 @@ use tokio::task::JoinHandle;
 
 use crate::api::QUERY_TOPIC;
 use crate::consumers::query::QueryResponder;
+use crate::consumers::roomserver_output::DirectoryConsumer;
 use crate::error::ClientApiError;
 use crate::{routing, storage};
+
+/// Consumer group of the directory's room summaries.
+pub const DIRECTORY_GROUP: &str = "clientapi.directory";
 
 /// What the binary runs: the router (without fallback, metrics or body
 /// limit, which the binary adds) and the background tasks.
@@ -41,7 +46,14 @@ impl AppState {
 
 pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -> Result<Started, ClientApiError> {
     db.migrate(storage::COMPONENT, storage::MIGRATIONS).await?;
-    let query = bus.serve("clientapi.query", QUERY_TOPIC, Arc::new(QueryResponder { db: db.clone() }), shutdown);
+    let query =
+        bus.serve("clientapi.query", QUERY_TOPIC, Arc::new(QueryResponder { db: db.clone() }), shutdown.clone());
+    let directory = bus.consume(
+        DIRECTORY_GROUP,
+        myelin_roomserver::api::OUTPUT_TOPIC,
+        Arc::new(DirectoryConsumer { db: db.clone() }),
+        shutdown,
+    );
     let state = AppState { config, db, bus };
-    Ok(Started { router: routing::router(state), tasks: vec![query] })
+    Ok(Started { router: routing::router(state), tasks: vec![query, directory] })
 }

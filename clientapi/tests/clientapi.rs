@@ -38,11 +38,12 @@ struct Options {
     open_registration: bool,
     roomserver: bool,
     clock: Option<ManualClock>,
+    open_directory: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { secret: Some(SECRET), open_registration: false, roomserver: false, clock: None }
+        Self { secret: Some(SECRET), open_registration: false, roomserver: false, clock: None, open_directory: false }
     }
 }
 
@@ -53,6 +54,7 @@ impl Server {
         config.global.server_name = SERVER_NAME.to_owned();
         config.client_api.registration_shared_secret = options.secret.map(str::to_owned);
         config.client_api.open_registration = options.open_registration;
+        config.client_api.public_room_directory_without_auth = options.open_directory;
         std::fs::write(&config.global.signing_key_path, ServerSigningKey::generate_file_contents()).unwrap();
         let config = Arc::new(config);
 
@@ -110,6 +112,10 @@ impl Server {
 
     async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
         self.send(reqwest::Method::PUT, path, token, Some(&body)).await
+    }
+
+    async fn delete(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.send(reqwest::Method::DELETE, path, token, Some(&body)).await
     }
 
     /// A request whose body is sent as is (for malformed JSON).
@@ -897,4 +903,400 @@ async fn typing_receipts_and_read_markers() {
 
 fn urlencode(s: &str) -> String {
     s.replace('!', "%21").replace(':', "%3A").replace('#', "%23")
+}
+
+/// The `auth` object of a password stage for `user`.
+fn password_auth(session: &Value, user: &str, password: &str) -> Value {
+    json!({"type": "m.login.password", "session": session, "password": password,
+           "identifier": {"type": "m.id.user", "user": user}})
+}
+
+/// Start a user-interactive authentication: the `401` must offer the password stage.
+#[track_caller]
+fn uia_session(reply: Reply) -> Value {
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}: {}", reply.context, reply.body);
+    assert_eq!(reply.body["flows"], json!([{"stages": ["m.login.password"]}]), "{}", reply.context);
+    assert!(reply.body.get("errcode").is_none(), "{}: {}", reply.context, reply.body);
+    reply.body["session"].clone()
+}
+
+#[tokio::test]
+async fn devices_are_listed_renamed_and_deleted_behind_the_password() {
+    each_backend(Options::default, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let a = Some(alice.token.as_str());
+        let phone = s
+            .post(
+                "/_matrix/client/v3/login",
+                None,
+                json!({"type": "m.login.password", "user": "alice", "password": "wonderland",
+                       "device_id": "PHONE", "initial_device_display_name": "Phone"}),
+            )
+            .await
+            .ok();
+        let phone = Account::from_reply(&phone.body);
+
+        let list = s.get("/_matrix/client/v3/devices", a).await.ok();
+        let ids: Vec<&str> = list.body["devices"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 2, "{}", list.body);
+        assert!(ids.contains(&"PHONE") && ids.contains(&alice.device_id.as_str()), "{ids:?}");
+        let one = s.get("/_matrix/client/r0/devices/PHONE", a).await.ok();
+        assert_eq!(one.body, json!({"device_id": "PHONE", "display_name": "Phone"}));
+        s.put("/_matrix/client/v3/devices/PHONE", a, json!({"display_name": "Old phone"})).await.ok();
+        let one = s.get("/_matrix/client/v3/devices/PHONE", a).await.ok();
+        assert_eq!(one.body["display_name"], "Old phone");
+
+        // Unknown devices, and other users' devices, are not found.
+        s.get("/_matrix/client/v3/devices/NOPE", a).await.err(404, "M_NOT_FOUND");
+        s.put("/_matrix/client/v3/devices/NOPE", a, json!({"display_name": "x"})).await.err(404, "M_NOT_FOUND");
+        s.get("/_matrix/client/v3/devices/PHONE", Some(&bob.token)).await.err(404, "M_NOT_FOUND");
+        s.put("/_matrix/client/v3/devices/PHONE", Some(&bob.token), json!({"display_name": "mine"}))
+            .await
+            .err(404, "M_NOT_FOUND");
+        s.get("/_matrix/client/v3/devices", None).await.err(401, "M_MISSING_TOKEN");
+
+        // Deleting asks for the password first.
+        let path = "/_matrix/client/v3/devices/PHONE";
+        let session = uia_session(s.delete(path, a, json!({})).await);
+        let wrong = s.delete(path, a, json!({"auth": password_auth(&session, "alice", "nope")})).await;
+        let wrong = wrong.err(401, "M_FORBIDDEN");
+        assert_eq!(wrong.body["session"], session);
+        assert_eq!(wrong.body["flows"], json!([{"stages": ["m.login.password"]}]));
+        // Someone else's password does not prove alice's identity.
+        s.delete(path, a, json!({"auth": password_auth(&session, "bob", "builder")})).await.err(401, "M_FORBIDDEN");
+        s.delete(path, a, json!({"auth": password_auth(&json!("made-up"), "alice", "wonderland")}))
+            .await
+            .err(400, "M_UNKNOWN");
+        s.whoami(&phone.token).await.ok();
+        s.delete(path, a, json!({"auth": password_auth(&session, &alice.user_id, "wonderland")})).await.ok();
+        s.whoami(&phone.token).await.err(401, "M_UNKNOWN_TOKEN");
+        s.get(path, a).await.err(404, "M_NOT_FOUND");
+        // The session was spent.
+        s.delete(path, a, json!({"auth": password_auth(&session, "alice", "wonderland")})).await.err(400, "M_UNKNOWN");
+
+        // Bob "deleting" alice's device (with his own password) removes nothing.
+        let path = "/_matrix/client/v3/delete_devices";
+        let b = Some(bob.token.as_str());
+        let session = uia_session(s.post(path, b, json!({"devices": [alice.device_id]})).await);
+        s.post(path, b, json!({"devices": [alice.device_id], "auth": password_auth(&session, "bob", "builder")}))
+            .await
+            .ok();
+        s.whoami(&alice.token).await.ok();
+        s.whoami(&bob.token).await.ok();
+
+        // Alice deletes several at once, her current device included.
+        let laptop = s.login("alice", "wonderland").await;
+        let session = uia_session(s.post(path, a, json!({"devices": [laptop.device_id, alice.device_id]})).await);
+        let body = json!({"devices": [laptop.device_id, alice.device_id], "auth": password_auth(&session, "alice", "wonderland")});
+        s.post(path, a, body).await.ok();
+        s.whoami(&laptop.token).await.err(401, "M_UNKNOWN_TOKEN");
+        s.whoami(&alice.token).await.err(401, "M_UNKNOWN_TOKEN");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn password_changes_log_out_the_other_devices_unless_asked_not_to() {
+    each_backend(Options::default, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let other = s.login("alice", "wonderland").await;
+        let a = Some(alice.token.as_str());
+        let path = "/_matrix/client/v3/account/password";
+
+        s.post(path, a, json!({"new_password": ""})).await.err(400, "M_INVALID_PARAM");
+        s.post(path, a, json!({})).await.err(400, "M_BAD_JSON");
+        let session = uia_session(s.post(path, a, json!({"new_password": "looking-glass"})).await);
+        s.post(path, a, json!({"new_password": "looking-glass", "auth": password_auth(&session, "alice", "nope")}))
+            .await
+            .err(401, "M_FORBIDDEN");
+        s.post(
+            path,
+            a,
+            json!({"new_password": "looking-glass", "auth": password_auth(&session, "alice", "wonderland")}),
+        )
+        .await
+        .ok();
+        s.whoami(&alice.token).await.ok();
+        s.whoami(&other.token).await.err(401, "M_UNKNOWN_TOKEN");
+        s.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "user": "alice", "password": "wonderland"}),
+        )
+        .await
+        .err(403, "M_FORBIDDEN");
+        let kept = s.login("alice", "looking-glass").await;
+
+        // logout_devices: false keeps the other sessions.
+        let session = uia_session(s.post(path, a, json!({"new_password": "rabbit-hole"})).await);
+        let body = json!({"new_password": "rabbit-hole", "logout_devices": false,
+                          "auth": password_auth(&session, "alice", "looking-glass")});
+        s.post("/_matrix/client/r0/account/password", a, body).await.ok();
+        s.whoami(&kept.token).await.ok();
+        s.login("alice", "rabbit-hole").await;
+
+        // Logged-out devices are announced as revoked tokens (pushers and caches follow).
+        let records: Vec<(String, DeviceEvent)> = s.records("test.password", DEVICES_TOPIC, 3).await;
+        let revoked = records.iter().any(|(_, event)| {
+            matches!(event, DeviceEvent::TokensRevoked { token_hashes, .. }
+                if token_hashes.contains(&myelin_types::random::token_hash(&other.token)))
+        });
+        assert!(revoked, "{records:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deactivated_accounts_leave_their_rooms_and_cannot_log_in() {
+    let options = || Options { roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let a = Some(alice.token.as_str());
+        let b = Some(bob.token.as_str());
+        let created = s.post("/_matrix/client/v3/createRoom", a, json!({"preset": "public_chat"})).await.ok();
+        let room_id = created.body["room_id"].as_str().unwrap().to_owned();
+        let room = format!("/_matrix/client/v3/rooms/{}", urlencode(&room_id));
+        s.post(&format!("{room}/join"), b, json!({})).await.ok();
+
+        let path = "/_matrix/client/v3/account/deactivate";
+        let session = uia_session(s.post(path, b, json!({})).await);
+        s.post(path, b, json!({"auth": password_auth(&session, "bob", "nope")})).await.err(401, "M_FORBIDDEN");
+        s.whoami(&bob.token).await.ok();
+        let done = s.post(path, b, json!({"auth": password_auth(&session, "bob", "builder")})).await.ok();
+        assert_eq!(done.body["id_server_unbind_result"], "no-support");
+
+        s.whoami(&bob.token).await.err(401, "M_UNKNOWN_TOKEN");
+        s.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "user": "bob", "password": "builder"}),
+        )
+        .await
+        .err(403, "M_USER_DEACTIVATED");
+        let nonce = s.nonce().await;
+        s.post("/_synapse/admin/v1/register", None, admin_body(&nonce, "bob", "pw", SECRET))
+            .await
+            .err(400, "M_USER_IN_USE");
+        let member = s.get(&format!("{room}/state/m.room.member/{}", urlencode(&bob.user_id)), a).await.ok();
+        assert_eq!(member.body["membership"], "leave");
+        // Alice is untouched.
+        s.whoami(&alice.token).await.ok();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn third_party_ids_are_unsupported_and_capabilities_say_so() {
+    each_backend(Options::default, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let a = Some(alice.token.as_str());
+        let listed = s.get("/_matrix/client/v3/account/3pid", a).await.ok();
+        assert_eq!(listed.body, json!({"threepids": []}));
+        s.get("/_matrix/client/v3/account/3pid", None).await.err(401, "M_MISSING_TOKEN");
+        for path in ["/account/3pid/add", "/account/3pid/bind", "/account/3pid"] {
+            s.post(&format!("/_matrix/client/v3{path}"), a, json!({"sid": "x", "client_secret": "y"}))
+                .await
+                .err(403, "M_THREEPID_DENIED");
+        }
+        for path in [
+            "/account/3pid/email/requestToken",
+            "/account/3pid/msisdn/requestToken",
+            "/account/password/email/requestToken",
+            "/register/email/requestToken",
+        ] {
+            let body = json!({"client_secret": "s", "email": "a@example.org", "send_attempt": 1});
+            s.post(&format!("/_matrix/client/v3{path}"), None, body).await.err(403, "M_THREEPID_DENIED");
+        }
+        let removed = s
+            .post("/_matrix/client/v3/account/3pid/delete", a, json!({"medium": "email", "address": "a@example.org"}))
+            .await
+            .ok();
+        assert_eq!(removed.body["id_server_unbind_result"], "no-support");
+
+        s.get("/_matrix/client/v3/capabilities", None).await.err(401, "M_MISSING_TOKEN");
+        let caps = s.get("/_matrix/client/r0/capabilities", a).await.ok();
+        let caps = &caps.body["capabilities"];
+        assert_eq!(caps["m.change_password"]["enabled"], true);
+        assert_eq!(caps["m.set_displayname"]["enabled"], true);
+        assert_eq!(caps["m.set_avatar_url"]["enabled"], true);
+        assert_eq!(caps["m.3pid_changes"]["enabled"], false);
+        assert_eq!(caps["m.room_versions"]["default"], "12");
+        assert_eq!(caps["m.room_versions"]["available"]["12"], "stable");
+        assert_eq!(caps["m.room_versions"]["available"]["10"], "stable");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn aliases_point_to_rooms_and_guard_the_canonical_alias() {
+    let options = || Options { roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let a = Some(alice.token.as_str());
+        let b = Some(bob.token.as_str());
+        let tea = format!("#tea:{SERVER_NAME}");
+        let garden = format!("#garden:{SERVER_NAME}");
+        let dir = |alias: &str| format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));
+
+        let created = s
+            .post("/_matrix/client/v3/createRoom", a, json!({"preset": "public_chat", "room_alias_name": "tea"}))
+            .await
+            .ok();
+        let room_id = created.body["room_id"].as_str().unwrap().to_owned();
+        let room = format!("/_matrix/client/v3/rooms/{}", urlencode(&room_id));
+        let found = s.get(&dir(&tea), None).await.ok();
+        assert_eq!(found.body, json!({"room_id": room_id, "servers": [SERVER_NAME]}));
+        let canonical = s.get(&format!("{room}/state/m.room.canonical_alias/"), a).await.ok();
+        assert_eq!(canonical.body, json!({"alias": tea}));
+        s.post("/_matrix/client/v3/createRoom", a, json!({"room_alias_name": "tea"})).await.err(400, "M_ROOM_IN_USE");
+
+        s.put(&dir(&garden), a, json!({"room_id": room_id})).await.ok();
+        s.put(&dir(&garden), a, json!({"room_id": room_id})).await.err(409, "M_ROOM_IN_USE");
+        s.put(&dir("#x:elsewhere.example"), a, json!({"room_id": room_id})).await.err(400, "M_INVALID_PARAM");
+        s.put(&dir("garden"), a, json!({"room_id": room_id})).await.err(400, "M_INVALID_PARAM");
+        s.get(&dir(&format!("#nothing:{SERVER_NAME}")), None).await.err(404, "M_NOT_FOUND");
+        s.put(&dir(&format!("#bobs:{SERVER_NAME}")), b, json!({"room_id": room_id})).await.err(403, "M_FORBIDDEN");
+        s.put(&dir(&garden), None, json!({"room_id": room_id})).await.err(401, "M_MISSING_TOKEN");
+
+        // Only members list a room's aliases.
+        s.get(&format!("{room}/aliases"), b).await.err(403, "M_FORBIDDEN");
+        let aliases = s.get(&format!("{room}/aliases"), a).await.ok();
+        assert_eq!(aliases.body, json!({"aliases": [tea, garden]}));
+
+        // Joining by alias; unknown and remote aliases are not joined.
+        let joined = s.post(&format!("/_matrix/client/v3/join/{}", urlencode(&tea)), b, json!({})).await.ok();
+        assert_eq!(joined.body["room_id"], room_id);
+        s.get(&format!("/_matrix/client/r0/rooms/{}/aliases", urlencode(&room_id)), b).await.ok();
+        s.post(&format!("/_matrix/client/v3/join/{}", urlencode(&format!("#no:{SERVER_NAME}"))), b, json!({}))
+            .await
+            .err(404, "M_NOT_FOUND");
+        s.post(&format!("/_matrix/client/v3/join/{}", urlencode("#no:elsewhere.example")), b, json!({}))
+            .await
+            .err(400, "M_INVALID_PARAM");
+
+        // Bob (power 0) may not delete alice's alias; she may.
+        s.send(reqwest::Method::DELETE, &dir(&garden), b, None).await.err(403, "M_FORBIDDEN");
+        s.send(reqwest::Method::DELETE, &dir(&garden), a, None).await.ok();
+        s.get(&dir(&garden), None).await.err(404, "M_NOT_FOUND");
+        s.send(reqwest::Method::DELETE, &dir(&garden), a, None).await.err(404, "M_NOT_FOUND");
+        // Bob may delete the alias he created himself.
+        let bobs = format!("#bobs:{SERVER_NAME}");
+        s.put(&dir(&bobs), b, json!({"room_id": room_id})).await.ok();
+        s.send(reqwest::Method::DELETE, &dir(&bobs), b, None).await.ok();
+
+        // The canonical alias must point to the room.
+        let path = format!("{room}/state/m.room.canonical_alias");
+        s.put(&path, a, json!({"alias": format!("#nope:{SERVER_NAME}")})).await.err(400, "M_BAD_ALIAS");
+        s.put(&path, a, json!({"alias": tea, "alt_aliases": [garden]})).await.err(400, "M_BAD_ALIAS");
+        s.put(&path, a, json!({"alias": "tea"})).await.err(400, "M_INVALID_PARAM");
+        s.put(&path, a, json!({"alias": tea, "alt_aliases": []})).await.ok();
+        s.put(&path, a, json!({})).await.ok();
+    })
+    .await;
+}
+
+/// Poll `path` until `done` holds for its body, whatever the status until
+/// then (the directory's summaries come from the room server's output, a
+/// moment after the request).
+async fn eventually(s: &Server, path: &str, token: Option<&str>, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..200 {
+        let reply = s.get(path, token).await;
+        if done(&reply.body) {
+            return reply.body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("[{}] {path} never got there", s.backend);
+}
+
+#[tokio::test]
+async fn the_public_directory_lists_published_rooms_behind_authentication() {
+    let options = || Options { roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let a = Some(alice.token.as_str());
+        let b = Some(bob.token.as_str());
+        for (name, topic) in [("Apple pie", "Baking"), ("Banana split", "Desserts"), ("Cherry tart", "Fruit")] {
+            let body = json!({"visibility": "public", "preset": "public_chat", "name": name, "topic": topic});
+            s.post("/_matrix/client/v3/createRoom", a, body).await.ok();
+        }
+        let private = s.post("/_matrix/client/v3/createRoom", a, json!({"name": "Secret"})).await.ok();
+        let private = private.body["room_id"].as_str().unwrap().to_owned();
+
+        s.get("/_matrix/client/v3/publicRooms", None).await.err(401, "M_MISSING_TOKEN");
+        s.post("/_matrix/client/v3/publicRooms", None, json!({})).await.err(401, "M_MISSING_TOKEN");
+        let all = eventually(s, "/_matrix/client/v3/publicRooms", b, |body| {
+            body["chunk"].as_array().unwrap().iter().filter(|room| room["name"].is_string()).count() == 3
+        })
+        .await;
+        assert_eq!(all["total_room_count_estimate"], 3);
+
+        // Paging: two, then the last one, no room twice.
+        let first = s.get("/_matrix/client/v3/publicRooms?limit=2", b).await.ok();
+        assert_eq!(first.body["chunk"].as_array().unwrap().len(), 2);
+        assert!(first.body.get("prev_batch").is_none());
+        let next = first.body["next_batch"].as_str().unwrap();
+        let second = s.get(&format!("/_matrix/client/r0/publicRooms?limit=2&since={next}"), b).await.ok();
+        let rest = second.body["chunk"].as_array().unwrap();
+        assert_eq!(rest.len(), 1);
+        assert!(second.body.get("next_batch").is_none());
+        assert!(second.body["prev_batch"].is_string());
+        assert!(first.body["chunk"].as_array().unwrap().iter().all(|r| r["room_id"] != rest[0]["room_id"]));
+        s.get("/_matrix/client/v3/publicRooms?since=bogus", b).await.err(400, "M_INVALID_PARAM");
+        s.get("/_matrix/client/v3/publicRooms?server=elsewhere.example", b).await.err(400, "M_INVALID_PARAM");
+
+        // Searching the name, topic and canonical alias.
+        let found = s
+            .post("/_matrix/client/v3/publicRooms", b, json!({"filter": {"generic_search_term": "BANANA"}}))
+            .await
+            .ok();
+        assert_eq!(found.body["total_room_count_estimate"], 1);
+        let room = &found.body["chunk"][0];
+        assert_eq!(room["name"], "Banana split");
+        assert_eq!(room["topic"], "Desserts");
+        assert_eq!(room["num_joined_members"], 1);
+        assert_eq!(room["join_rule"], "public");
+        assert_eq!(room["world_readable"], false);
+        assert_eq!(room["guest_can_join"], false);
+        let none =
+            s.post("/_matrix/client/v3/publicRooms", b, json!({"filter": {"generic_search_term": "100%"}})).await;
+        assert_eq!(none.ok().body["chunk"], json!([]));
+
+        // Publishing: only a member with power over the canonical alias.
+        let list = format!("/_matrix/client/v3/directory/list/room/{}", urlencode(&private));
+        let visibility = eventually(s, &list, None, |body| body["visibility"].is_string()).await;
+        assert_eq!(visibility["visibility"], "private");
+        s.put(&list, b, json!({"visibility": "public"})).await.err(403, "M_FORBIDDEN");
+        s.put(&list, a, json!({"visibility": "sideways"})).await.err(400, "M_INVALID_PARAM");
+        s.put(&list, a, json!({"visibility": "public"})).await.ok();
+        assert_eq!(s.get(&list, None).await.ok().body["visibility"], "public");
+        let listed = s.get("/_matrix/client/v3/publicRooms", b).await.ok();
+        assert_eq!(listed.body["total_room_count_estimate"], 4);
+        s.put(&list, a, json!({"visibility": "private"})).await.ok();
+        assert_eq!(s.get(&list, None).await.ok().body["visibility"], "private");
+        s.get(&format!("/_matrix/client/v3/directory/list/room/{}", urlencode("!unknown:elsewhere.example")), None)
+            .await
+            .err(404, "M_NOT_FOUND");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_operator_can_open_the_directory_to_anonymous_clients() {
+    let options = || Options { roomserver: true, open_directory: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({"visibility": "public", "name": "Open"}))
+            .await
+            .ok();
+        let listed = s.get("/_matrix/client/v3/publicRooms", None).await.ok();
+        assert_eq!(listed.body["total_room_count_estimate"], 1);
+        // A token that is sent must still be valid.
+        s.get("/_matrix/client/v3/publicRooms", Some("nope")).await.err(401, "M_UNKNOWN_TOKEN");
+    })
+    .await;
 }

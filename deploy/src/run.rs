@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use myelin_bus::{Bus, EmbeddedBackend, Shutdown};
-use myelin_config::Config;
+use myelin_bus::{Backend, Bus, EmbeddedBackend, Shutdown};
+use myelin_config::{BusKind, Config, Global};
 use myelin_storage::Db;
 use myelin_types::SystemClock;
 use myelin_types::clock::SharedClock;
@@ -95,8 +95,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
 
     let db = Db::connect(&config.global.database_url).await.context("connecting to the database")?;
-    let backend = EmbeddedBackend::open(db.clone(), config.global.bus_partitions).await.context("opening the bus")?;
-    let bus = Bus::new(Arc::new(backend), clock.clone());
+    let bus = Bus::new(open_bus(&config.global, &db).await?, clock.clone());
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = Tasks::new();
 
@@ -126,9 +125,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if components.federationapi {
         let key_path = &config.global.signing_key_path;
         let key = ServerSigningKey::load(key_path).with_context(|| format!("loading {}", key_path.display()))?;
-        let started = myelin_federationapi::start(config.clone(), Arc::new(key), clock.clone(), shutdown.clone())
-            .await
-            .context("starting the federation API")?;
+        let started = myelin_federationapi::start(
+            config.clone(),
+            db.clone(),
+            bus.clone(),
+            Arc::new(key),
+            clock.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the federation API")?;
         println!("federation API listening on https://{}", started.local_addr);
         started.tasks.into_iter().for_each(|t| tasks.watch("federationapi", t));
     }
@@ -164,6 +170,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Wait for a stop signal or for any task to end. Every task runs until
 /// shutdown, so one that ends early means its component is dead.
+/// The log the configuration names: the embedded table in the server's own
+/// database, or a Kafka cluster shared by every process of the homeserver.
+async fn open_bus(global: &Global, db: &Db) -> anyhow::Result<Arc<dyn Backend>> {
+    match global.bus {
+        BusKind::Embedded => {
+            let backend = EmbeddedBackend::open(db.clone(), global.bus_partitions).await.context("opening the bus")?;
+            Ok(Arc::new(backend))
+        }
+        BusKind::Kafka => open_kafka(global),
+    }
+}
+
+#[cfg(feature = "kafka")]
+fn open_kafka(global: &Global) -> anyhow::Result<Arc<dyn Backend>> {
+    let options = myelin_bus::KafkaOptions {
+        partitions: global.bus_partitions,
+        replication: global.kafka_replication,
+        ..Default::default()
+    };
+    let backend = myelin_bus::KafkaBackend::connect(&global.kafka_brokers, options).context("connecting to Kafka")?;
+    Ok(Arc::new(backend))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn open_kafka(_: &Global) -> anyhow::Result<Arc<dyn Backend>> {
+    bail!("global.bus is kafka, but this binary was built without it: build with `--features kafka`")
+}
+
 async fn supervise(tasks: &mut Tasks, signal: impl Future<Output = ()>) -> Option<Ended> {
     tokio::select! {
         () = signal => {

@@ -174,3 +174,82 @@ async fn sync_long_poll_wakes_on_a_new_message() {
     let events = body["rooms"]["join"][&room_id]["timeline"]["events"].as_array().unwrap();
     assert!(events.iter().any(|e| e["content"]["body"] == "wake up"), "{body}");
 }
+
+/// The homeserver as separate processes over Kafka and PostgreSQL: two room
+/// servers sharing the rooms, and the client API, sync API, pusher and
+/// federation API each on their own. matrix-nio's flow runs through them
+/// while the room server that owns the room is killed: the other takes the
+/// room over, nothing is lost and the order holds.
+#[cfg(feature = "kafka")]
+#[tokio::test]
+async fn distributed_processes_over_kafka_survive_losing_a_room_server() {
+    use harness::distributed::{Broker, Distributed};
+
+    const INPUT: &str = "roomserver.input";
+    const MESSAGES: &str = "200";
+    let broker = Broker::start().await;
+    let mut homeserver =
+        Distributed::start(&broker, &["roomserver", "roomserver", "clientapi", "syncapi", "pusher", "federationapi"])
+            .await;
+    let flow = tokio::process::Command::new(harness::python())
+        .arg(harness::repo_path("tests/clients/nio_flow.py"))
+        .arg(homeserver.base_url())
+        .arg(harness::SHARED_SECRET)
+        .arg(MESSAGES)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the matrix-nio flow");
+
+    // Mid-stream: once the room's messages are flowing, the room server that
+    // handled most input owns the room's partition.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let (owner, survivor_before) = loop {
+        let counts = [homeserver.processes[0].handled(INPUT).await, homeserver.processes[1].handled(INPUT).await];
+        if counts[0] + counts[1] >= 60 {
+            let owner = usize::from(counts[1] > counts[0]);
+            break (owner, counts[1 - owner]);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no input reached the room servers:\n{}", homeserver.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    homeserver.processes[owner].kill().await;
+
+    let output = tokio::time::timeout(Duration::from_secs(240), flow.wait_with_output())
+        .await
+        .expect("the nio flow finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "nio flow failed:\n{stdout}\n{stderr}\n{}", homeserver.logs());
+    assert!(stdout.contains(&format!("received {MESSAGES} messages in order")), "{stdout}");
+    let survivor_after = homeserver.processes[1 - owner].handled(INPUT).await;
+    assert!(
+        survivor_after > survivor_before,
+        "the surviving room server handled nothing after the kill ({survivor_before} → {survivor_after})"
+    );
+}
+
+/// Both deployment shapes of `deploy/` are valid compose files.
+#[test]
+fn compose_files_are_valid() {
+    let docker_compose_v2 =
+        std::process::Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success());
+    for file in ["deploy/docker-compose.yml", "deploy/docker-compose.distributed.yml"] {
+        let mut command = if docker_compose_v2 {
+            let mut command = std::process::Command::new("docker");
+            command.arg("compose");
+            command
+        } else {
+            std::process::Command::new("docker-compose")
+        };
+        let output = command
+            .arg("-f")
+            .arg(harness::repo_path(file))
+            .args(["config", "-q"])
+            .output()
+            .expect("docker compose or docker-compose (scripts/install-test-deps.sh installs it)");
+        assert!(output.status.success(), "{file}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}

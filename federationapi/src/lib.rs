@@ -1,10 +1,17 @@
-//! The Server-Server API, inbound side: the TLS federation listener with the
-//! version and key endpoints. Transactions, joins, backfill, key fetching and
-//! the federation sender arrive with the federation work.
+//! The Server-Server API: the TLS federation listener (version, keys and
+//! notary, transactions), X-Matrix authentication both ways, the key store,
+//! the outbound client with server discovery, and the answers to the room
+//! server's `federationapi.query` requests.
 //!
 //! Entry point: [`service::start`].
 
+pub mod client;
+pub mod consumers;
+pub mod error;
+pub mod keys;
 pub mod routing;
 pub mod service;
+pub mod storage;
+pub mod xmatrix;
 
-pub use service::{FederationError, Started, install_crypto_provider, start};
+pub use service::{FederationError, Started, install_crypto_provider, start, start_with_client};

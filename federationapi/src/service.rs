@@ -1,5 +1,6 @@
-//! Lifecycle of the federation listener: load the TLS identity, bind, serve
-//! until shutdown.
+//! Lifecycle of the federation API: migrate its tables, build the key store
+//! and the outbound client, answer `federationapi.query`, and serve the TLS
+//! listener until shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,13 +9,19 @@ use std::time::Duration;
 
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
-use myelin_bus::Shutdown;
+use myelin_bus::{Bus, Shutdown};
 use myelin_config::Config;
+use myelin_roomserver::api::FEDERATION_QUERY_TOPIC;
+use myelin_storage::{Db, StorageError};
 use myelin_types::clock::SharedClock;
 use myelin_types::signing::ServerSigningKey;
 use tokio::task::JoinHandle;
 
+use crate::client::{ClientError, FederationClient};
+use crate::consumers::query::{self, QueryResponder};
+use crate::keys::KeyStore;
 use crate::routing::{FederationState, router};
+use crate::storage::{COMPONENT, MIGRATIONS};
 
 /// In-flight requests get this long to finish once shutdown is requested.
 const GRACE: Duration = Duration::from_secs(10);
@@ -25,15 +32,20 @@ pub enum FederationError {
     Tls { certificate: PathBuf, key: PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("migrating the federation API's tables: {0}")]
+    Migrate(#[from] StorageError),
+    #[error("setting up the federation client: {0}")]
+    Client(#[from] ClientError),
 }
 
-/// A running federation listener.
-#[derive(Debug)]
+/// A running federation API.
 pub struct Started {
     /// The bound address; differs from the configured one when its port is 0.
     pub local_addr: SocketAddr,
-    /// Ends when the listener has stopped (after shutdown and the grace period).
-    pub tasks: Vec<JoinHandle<()>>,
+    /// The listener and the query responder; they end after shutdown.
+    pub tasks: Vec<JoinHandle<Result<(), String>>>,
+    /// The outbound client, shared with whoever needs to reach other servers.
+    pub client: Arc<FederationClient>,
 }
 
 /// Install aws-lc-rs as the process's rustls provider. The workspace builds
@@ -44,19 +56,38 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-/// Serve the federation API over HTTPS on `config.federation_api.listen`
-/// with the PEM certificate chain and key named in the config.
+/// Start the federation API with the outbound client built from the
+/// configuration (system DNS and roots, `federation_api.ca_file`, the
+/// address policy).
 ///
-/// - `signing_key` signs the key response (and, later, requests and events);
-/// - `clock` dates the key response's `valid_until_ts` (invariant 12);
-/// - `shutdown` stops the listener gracefully.
+/// - `signing_key` signs key responses and outbound requests;
+/// - `clock` dates key validity (invariant 12);
+/// - `shutdown` stops the listener and the responder gracefully.
 ///
 /// Returns once the socket is bound, so a port of 0 is resolved in
 /// [`Started::local_addr`] and bind errors surface here, not in a task.
 pub async fn start(
     config: Arc<Config>,
+    db: Db,
+    bus: Bus,
     signing_key: Arc<ServerSigningKey>,
     clock: SharedClock,
+    shutdown: Shutdown,
+) -> Result<Started, FederationError> {
+    install_crypto_provider();
+    let client = Arc::new(FederationClient::from_config(&config, signing_key.clone(), clock.clone())?);
+    start_with_client(config, db, bus, signing_key, clock, client, shutdown).await
+}
+
+/// [`start`] with a given outbound client (tests give one with their own
+/// resolver).
+pub async fn start_with_client(
+    config: Arc<Config>,
+    db: Db,
+    bus: Bus,
+    signing_key: Arc<ServerSigningKey>,
+    clock: SharedClock,
+    client: Arc<FederationClient>,
     mut shutdown: Shutdown,
 ) -> Result<Started, FederationError> {
     install_crypto_provider();
@@ -68,6 +99,7 @@ pub async fn start(
             key: settings.tls_private_key_path.clone(),
             source,
         })?;
+    db.migrate(COMPONENT, MIGRATIONS).await?;
 
     let addr = settings.listen;
     let bind = |source| FederationError::Bind { addr, source };
@@ -75,22 +107,29 @@ pub async fn start(
     listener.set_nonblocking(true).map_err(bind)?;
     let local_addr = listener.local_addr().map_err(bind)?;
 
-    let state = FederationState { server_name: config.global.server_name.clone(), signing_key, clock };
-    let app = router(state);
+    let keys = Arc::new(KeyStore::new(&config, db.clone(), client.clone(), signing_key, clock.clone()));
+    let responder = Arc::new(QueryResponder { keys: keys.clone(), client: client.clone() });
+    let query = bus.serve(query::GROUP, FEDERATION_QUERY_TOPIC, responder, shutdown.clone());
+    let query = tokio::spawn(async move {
+        match query.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(join) => Err(join.to_string()),
+        }
+    });
+
+    let app = router(FederationState::new(keys, db, bus, clock));
     let handle = Handle::new();
     let server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
-
     let serve = tokio::spawn(async move {
         let stopper = tokio::spawn(async move {
             shutdown.wait().await;
             handle.graceful_shutdown(Some(GRACE));
         });
-        if let Err(e) = server.serve(app.into_make_service()).await {
-            tracing::error!(error = %e, "federation listener failed");
-        }
+        let result = server.serve(app.into_make_service()).await;
         stopper.abort();
         tracing::info!("federation listener stopped");
+        result.map_err(|e| format!("federation listener failed: {e}"))
     });
     tracing::info!(%local_addr, "federation API listening on https://{local_addr}");
-    Ok(Started { local_addr, tasks: vec![serve] })
+    Ok(Started { local_addr, tasks: vec![serve, query], client })
 }

@@ -1,79 +1,164 @@
-//! The federation listener over real TLS: version, signed key response,
-//! errors for unknown paths, and shutdown.
+//! The federation API over real TLS on loopback: federation API instances
+//! named `localhost:<port>` with certificates from one test CA, each with
+//! its own bus and database, fetching each other's keys, authenticating
+//! each other's requests, answering as notaries, and discovering each other.
 
-use std::net::SocketAddr;
-use std::path::Path;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use myelin_bus::{Shutdown, ShutdownTrigger};
+use async_trait::async_trait;
+use myelin_bus::{Bus, HandleError, MemoryBackend, Record, Responder, Shutdown, ShutdownTrigger};
 use myelin_config::Config;
+use myelin_federationapi::client::{
+    AddressPolicy, ClientError, ClientSettings, ConnectError, Dns, DnsError, FederationClient, FederationRequest,
+    HickoryDns, SrvRecord,
+};
+use myelin_federationapi::xmatrix::{XMatrix, signed_message};
+use myelin_roomserver::api::{
+    FEDERATION_QUERY_TOPIC, FederationQuery, FederationQueryOk, FederationQueryReply, INPUT_TOPIC, InputOk, InputReply,
+    InputRequest, PduOutcome, PduResult, VerifyKey,
+};
+use myelin_storage::Db;
+use myelin_testkit::TestDb;
 use myelin_types::ManualClock;
-use myelin_types::ruma::serde::Base64;
-use myelin_types::ruma::signatures::{PublicKeyMap, verify_json};
+use myelin_types::MatrixError;
+use myelin_types::clock::SharedClock;
+use myelin_types::ruma::signatures::{
+    SigningKeyAlgorithm, to_canonical_json_string_for_signing, verify_canonical_json_bytes,
+};
 use myelin_types::ruma::{CanonicalJsonObject, CanonicalJsonValue};
 use myelin_types::signing::ServerSigningKey;
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 
-const SERVER_NAME: &str = "localhost:8448";
 const NOW_MS: u64 = 1_700_000_000_000;
+const WEEK_MS: u64 = 7 * 24 * 3600 * 1000;
 
-struct Fixture {
-    _dir: TempDir,
-    addr: SocketAddr,
-    key: Arc<ServerSigningKey>,
-    client: reqwest::Client,
-    trigger: ShutdownTrigger,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+/// A CA and a leaf certificate for `localhost` and 127.0.0.1 that it signed.
+struct TestPki {
+    dir: TempDir,
+    ca_pem: String,
 }
 
-impl Fixture {
-    async fn start() -> Self {
+impl TestPki {
+    fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        write(dir.path(), "tls.crt", &cert.cert.pem());
-        write(dir.path(), "tls.key", &cert.signing_key.serialize_pem());
-
-        let mut config = Config::in_dir(dir.path().to_owned());
-        config.global.server_name = SERVER_NAME.to_owned();
-        config.federation_api.listen = "127.0.0.1:0".parse().unwrap();
-        let key = Arc::new(ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap());
-        let (trigger, shutdown) = Shutdown::new();
-        let clock = Arc::new(ManualClock::new(NOW_MS));
-        let started = myelin_federationapi::start(Arc::new(config), key.clone(), clock, shutdown)
-            .await
-            .expect("start federation");
-        assert_ne!(started.local_addr.port(), 0, "the bound port is exposed");
-
-        // Trust exactly the generated certificate, and reach it by its name.
-        let client = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap()])
-            .resolve("localhost", started.local_addr)
-            .build()
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Myelin test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
             .unwrap();
-        Self { _dir: dir, addr: started.local_addr, key, client, trigger, tasks: started.tasks }
+        write(dir.path(), "ca.pem", &ca.pem());
+        write(dir.path(), "tls.crt", &leaf.pem());
+        write(dir.path(), "tls.key", &leaf_key.serialize_pem());
+        Self { ca_pem: ca.pem(), dir }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn http_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()])
+            .build()
+            .unwrap()
+    }
+}
+
+fn write(dir: &Path, name: &str, contents: &str) {
+    std::fs::write(dir.join(name), contents).unwrap();
+}
+
+/// A loopback port that was free a moment ago: the server name must carry
+/// the port before the listener exists.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[derive(Default)]
+struct Options {
+    trusted: Vec<String>,
+    denylist: Vec<String>,
+}
+
+struct Instance {
+    name: String,
+    addr: SocketAddr,
+    key: Arc<ServerSigningKey>,
+    bus: Bus,
+    client: Arc<FederationClient>,
+    trigger: ShutdownTrigger,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+    _db: TestDb,
+}
+
+impl Instance {
+    async fn start(pki: &TestPki, db: TestDb, clock: &ManualClock, options: Options) -> Self {
+        let port = free_port();
+        let name = format!("localhost:{port}");
+        let mut config = Config::in_dir(pki.dir.path().to_owned());
+        config.global.server_name = name.clone();
+        config.federation_api.listen = SocketAddr::from(([127, 0, 0, 1], port));
+        config.federation_api.ca_file = Some(pki.ca_file());
+        config.federation_api.allow_loopback_peers = true;
+        config.federation_api.trusted_key_servers = options.trusted;
+        config.federation_api.key_denylist = options.denylist;
+        let key = Arc::new(ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap());
+        let shared: SharedClock = Arc::new(clock.clone());
+        let bus = Bus::new(Arc::new(MemoryBackend::new(4)), shared.clone());
+        let database = Db::connect(&db.url).await.unwrap();
+        let (trigger, shutdown) = Shutdown::new();
+        let started =
+            myelin_federationapi::start(Arc::new(config), database, bus.clone(), key.clone(), shared, shutdown)
+                .await
+                .expect("start federation API");
+        assert_eq!(started.local_addr.port(), port);
+        Self {
+            name,
+            addr: started.local_addr,
+            key,
+            bus,
+            client: started.client,
+            trigger,
+            tasks: started.tasks,
+            _db: db,
+        }
     }
 
     fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.addr.port())
     }
 
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.client.get(self.url(path)).send().await.expect("TLS request");
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+    async fn stop(&mut self) {
+        self.trigger.trigger();
+        for task in std::mem::take(&mut self.tasks) {
+            tokio::time::timeout(Duration::from_secs(15), task).await.expect("task stops").unwrap().unwrap();
+        }
     }
 
-    fn public_keys(&self) -> PublicKeyMap {
-        let set = [(self.key.key_id(), Base64::parse(self.key.public_key_base64()).unwrap())].into();
-        [(SERVER_NAME.to_owned(), set)].into()
+    /// Ask this instance's `federationapi.query` what the room server would ask.
+    async fn server_keys(&self, server: &str, key_ids: &[&str]) -> Vec<VerifyKey> {
+        let query = FederationQuery::ServerKeys {
+            server_name: server.try_into().unwrap(),
+            key_ids: key_ids.iter().map(|id| (*id).to_owned()).collect(),
+        };
+        let reply: FederationQueryReply =
+            self.bus.request_json(FEDERATION_QUERY_TOPIC, server, &query, Duration::from_secs(60)).await.unwrap();
+        match reply.unwrap() {
+            FederationQueryOk::ServerKeys { keys } => keys,
+            other => panic!("unexpected answer {other:?}"),
+        }
     }
-}
-
-fn write(dir: &Path, name: &str, contents: &str) {
-    std::fs::write(dir.join(name), contents).unwrap();
 }
 
 fn canonical(value: Value) -> CanonicalJsonObject {
@@ -83,79 +168,93 @@ fn canonical(value: Value) -> CanonicalJsonObject {
     }
 }
 
+/// Whether `entity` signed `object` with `key`.
+fn signed_by(object: &Value, entity: &str, key: &ServerSigningKey) -> bool {
+    let Some(signature) = object["signatures"][entity][key.key_id()].as_str() else { return false };
+    let message = to_canonical_json_string_for_signing(&canonical(object.clone())).unwrap();
+    let public = myelin_federationapi::xmatrix::decode(&key.public_key_base64()).unwrap();
+    let signature = myelin_federationapi::xmatrix::decode(signature).unwrap();
+    verify_canonical_json_bytes(&SigningKeyAlgorithm::Ed25519, &public, &signature, message.as_bytes()).is_ok()
+}
+
+fn x_matrix(key: &ServerSigningKey, key_id: &str, origin: &str, destination: &str, uri: &str, body: &Value) -> String {
+    let content = CanonicalJsonValue::try_from(body.clone()).unwrap();
+    let message = signed_message("PUT", uri, origin, destination, Some(&content)).unwrap();
+    let header = XMatrix {
+        origin: origin.to_owned(),
+        destination: Some(destination.to_owned()),
+        key_id: key_id.to_owned(),
+        signature: key.sign(message.as_bytes()),
+    };
+    header.to_header()
+}
+
+/// Stands in for the room server on an instance's bus: accepts PDUs, rejects
+/// those whose body is "bad", and answers an error for one whole room.
+struct FakeRoomServer {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Responder for FakeRoomServer {
+    async fn respond(&self, record: &Record) -> Result<Vec<u8>, HandleError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let InputRequest::InputPdus(input) = record.json().unwrap() else { panic!("only PDUs are sent") };
+        let reply: InputReply = if input.room_id.as_str().starts_with("!broken") {
+            Err(MatrixError::forbidden("room is broken"))
+        } else {
+            let results = input
+                .pdus
+                .iter()
+                .map(|pdu| PduResult {
+                    event_id: Some(pdu["event_id"].as_str().unwrap().try_into().unwrap()),
+                    outcome: if pdu["content"]["body"] == "bad" {
+                        PduOutcome::Rejected { reason: "bad body".to_owned() }
+                    } else {
+                        PduOutcome::Accepted
+                    },
+                })
+                .collect();
+            Ok(InputOk::PdusProcessed { results })
+        };
+        Ok(serde_json::to_vec(&reply).unwrap())
+    }
+}
+
 #[tokio::test]
-async fn version_names_the_server() {
-    let fixture = Fixture::start().await;
-    let (status, body) = fixture.get("/_matrix/federation/v1/version").await;
-    assert_eq!(status, StatusCode::OK);
+async fn version_and_own_key_response() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let instance = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let http = pki.http_client();
+
+    let body: Value =
+        http.get(instance.url("/_matrix/federation/v1/version")).send().await.unwrap().json().await.unwrap();
     assert_eq!(body["server"]["name"], "Myelin");
-    assert_eq!(body["server"]["version"], env!("CARGO_PKG_VERSION"));
-}
 
-#[tokio::test]
-async fn key_response_is_signed_by_the_key_it_publishes() {
-    let fixture = Fixture::start().await;
-    let (status, body) = fixture.get("/_matrix/key/v2/server").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let key_id = fixture.key.key_id();
-    assert_eq!(body["server_name"], SERVER_NAME);
-    assert_eq!(body["verify_keys"][&key_id]["key"], fixture.key.public_key_base64());
-    assert_eq!(body["old_verify_keys"], serde_json::json!({}));
-    assert_eq!(body["valid_until_ts"], NOW_MS + 7 * 24 * 3600 * 1000, "dated by the injected clock");
-    assert!(body["signatures"][SERVER_NAME][&key_id].is_string(), "{body}");
-
-    verify_json(&fixture.public_keys(), &canonical(body.clone())).expect("signature verifies");
-
-    // The deprecated form with a key id answers the same keys.
-    let (status, again) = fixture.get(&format!("/_matrix/key/v2/server/{key_id}")).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(again["verify_keys"], body["verify_keys"]);
-}
-
-#[tokio::test]
-async fn a_tampered_key_response_fails_verification() {
-    let fixture = Fixture::start().await;
-    let (_, mut body) = fixture.get("/_matrix/key/v2/server").await;
-    body["valid_until_ts"] = Value::from(NOW_MS + 365 * 24 * 3600 * 1000);
-    assert!(verify_json(&fixture.public_keys(), &canonical(body)).is_err(), "a changed field breaks the signature");
-
-    // A different key (same key id) must not verify the genuine response either.
-    let (_, body) = fixture.get("/_matrix/key/v2/server").await;
-    let impostor = ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap();
-    let set = [(fixture.key.key_id(), Base64::parse(impostor.public_key_base64()).unwrap())].into();
-    let keys: PublicKeyMap = [(SERVER_NAME.to_owned(), set)].into();
-    assert!(verify_json(&keys, &canonical(body)).is_err());
-}
-
-#[tokio::test]
-async fn unknown_paths_and_methods_are_unrecognized() {
-    let fixture = Fixture::start().await;
-    let (status, body) = fixture.get("/_matrix/federation/v1/nonsense").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(body["errcode"], "M_UNRECOGNIZED");
-
-    let response = fixture.client.post(fixture.url("/_matrix/federation/v1/version")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let response = http.get(instance.url("/_matrix/key/v2/server")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+    assert_eq!(body["server_name"], instance.name);
+    assert_eq!(body["verify_keys"][instance.key.key_id()]["key"], instance.key.public_key_base64());
+    assert_eq!(body["valid_until_ts"], NOW_MS + WEEK_MS, "dated by the injected clock");
+    assert!(signed_by(&body, &instance.name, &instance.key));
+    let mut tampered = body.clone();
+    tampered["valid_until_ts"] = json!(NOW_MS + 100 * WEEK_MS);
+    assert!(!signed_by(&tampered, &instance.name, &instance.key), "a changed field breaks the signature");
+
+    let response = http.get(instance.url("/_matrix/federation/v1/nonsense")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.json::<Value>().await.unwrap()["errcode"], "M_UNRECOGNIZED");
 }
 
 #[tokio::test]
 async fn plain_http_is_not_served() {
-    let fixture = Fixture::start().await;
-    let plain = reqwest::get(format!("http://127.0.0.1:{}/_matrix/federation/v1/version", fixture.addr.port())).await;
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let instance = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let plain = reqwest::get(format!("http://127.0.0.1:{}/_matrix/federation/v1/version", instance.addr.port())).await;
     assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true), "federation is TLS only");
-}
-
-#[tokio::test]
-async fn shutdown_stops_the_listener() {
-    let mut fixture = Fixture::start().await;
-    fixture.trigger.trigger();
-    for task in std::mem::take(&mut fixture.tasks) {
-        tokio::time::timeout(Duration::from_secs(15), task).await.expect("listener stops").unwrap();
-    }
-    let after = fixture.client.get(fixture.url("/_matrix/federation/v1/version")).send().await;
-    assert!(after.is_err(), "no longer accepting connections");
 }
 
 #[tokio::test]
@@ -164,8 +263,319 @@ async fn a_missing_certificate_is_a_start_error() {
     let mut config = Config::in_dir(dir.path().to_owned());
     config.federation_api.listen = "127.0.0.1:0".parse().unwrap();
     let key = Arc::new(ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap());
+    let clock: SharedClock = Arc::new(ManualClock::new(0));
+    let bus = Bus::new(Arc::new(MemoryBackend::new(1)), clock.clone());
+    let db = TestDb::sqlite();
+    let database = Db::connect(&db.url).await.unwrap();
     let (_trigger, shutdown) = Shutdown::new();
-    let error =
-        myelin_federationapi::start(Arc::new(config), key, Arc::new(ManualClock::new(0)), shutdown).await.unwrap_err();
+    let error = myelin_federationapi::start(Arc::new(config), database, bus, key, clock, shutdown).await.err().unwrap();
     assert!(matches!(error, myelin_federationapi::FederationError::Tls { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn instances_fetch_each_others_keys_and_keep_them() {
+    for (db_a, db_b) in [(TestDb::sqlite(), TestDb::sqlite()), (TestDb::postgres().await, TestDb::postgres().await)] {
+        let pki = TestPki::new();
+        let clock = ManualClock::new(NOW_MS);
+        let a = Instance::start(&pki, db_a, &clock, Options::default()).await;
+        let mut b = Instance::start(&pki, db_b, &clock, Options::default()).await;
+        let b_key_id = b.key.key_id();
+
+        let keys = a.server_keys(&b.name, &[&b_key_id]).await;
+        let expected = VerifyKey {
+            key_id: b_key_id.clone(),
+            public_key: b.key.public_key_base64(),
+            valid_until_ts: Some(NOW_MS + WEEK_MS),
+            expired_ts: None,
+        };
+        assert_eq!(keys, std::slice::from_ref(&expected));
+
+        // Stored: answered with B gone, and for a key B never had nothing is invented.
+        b.stop().await;
+        assert_eq!(a.server_keys(&b.name, &[&b_key_id]).await, std::slice::from_ref(&expected));
+        assert_eq!(a.server_keys(&b.name, &["ed25519:unknown"]).await, [expected]);
+
+        // The answer never trusts a key beyond 7 days after it was fetched.
+        clock.advance_ms(WEEK_MS + 1);
+        let keys = a.server_keys(&b.name, &[&b_key_id]).await;
+        assert_eq!(keys[0].valid_until_ts, Some(NOW_MS + WEEK_MS), "capped, and B cannot be refetched");
+        // Our own keys are answered without any fetch.
+        let own = a.server_keys(&a.name, &[]).await;
+        assert_eq!(own[0].public_key, a.key.public_key_base64());
+    }
+}
+
+#[tokio::test]
+async fn signed_requests_are_accepted_and_each_bad_variant_refused() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let (_stop, shutdown) = Shutdown::new();
+    let _room_server =
+        b.bus.serve("roomserver", INPUT_TOPIC, Arc::new(FakeRoomServer { calls: AtomicUsize::new(0) }), shutdown);
+
+    // Through A's client: signed, and B fetches A's key to check it.
+    let body = json!({"origin": a.name, "origin_server_ts": NOW_MS, "pdus": []});
+    let answer = a.client.send(FederationRequest::put(&b.name, "/_matrix/federation/v1/send/t1", body)).await.unwrap();
+    assert_eq!(answer, json!({"pdus": {}}));
+
+    let http = pki.http_client();
+    let uri = "/_matrix/federation/v1/send/t2";
+    let body = json!({"origin": a.name, "origin_server_ts": NOW_MS, "pdus": []});
+    let send = |auth: Option<String>, body: Value| {
+        let mut request = http.put(b.url(uri)).json(&body);
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let good = x_matrix(&a.key, &a.key.key_id(), &a.name, &b.name, uri, &body);
+    let (status, answer) = send(Some(good.clone()), body.clone()).await;
+    assert_eq!((status, answer), (StatusCode::OK, json!({"pdus": {}})));
+
+    let impostor = ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap();
+    let mut altered = body.clone();
+    altered["origin_server_ts"] = json!(NOW_MS + 1);
+    let cases = [
+        ("missing header", None, body.clone()),
+        ("not X-Matrix", Some("Bearer abc".to_owned()), body.clone()),
+        ("body changed after signing", Some(good.clone()), altered),
+        (
+            "wrong destination",
+            Some(x_matrix(&a.key, &a.key.key_id(), &a.name, "other.example", uri, &body)),
+            body.clone(),
+        ),
+        ("unknown key", Some(x_matrix(&a.key, "ed25519:unknown", &a.name, &b.name, uri, &body)), body.clone()),
+        (
+            "signed by another key",
+            Some(x_matrix(&impostor, &a.key.key_id(), &a.name, &b.name, uri, &body)),
+            body.clone(),
+        ),
+        (
+            "origin that is not a server name",
+            Some(x_matrix(&a.key, &a.key.key_id(), "bad name", &b.name, uri, &body)),
+            body.clone(),
+        ),
+    ];
+    for (case, auth, body) in cases {
+        let (status, answer) = send(auth, body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{case}: {answer}");
+        assert_eq!(answer["errcode"], "M_UNAUTHORIZED", "{case}");
+    }
+
+    // Correctly signed by A, but the transaction claims another origin.
+    let forged = json!({"origin": "evil.example", "origin_server_ts": NOW_MS, "pdus": []});
+    let auth = x_matrix(&a.key, &a.key.key_id(), &a.name, &b.name, uri, &forged);
+    let (status, answer) = send(Some(auth), forged).await;
+    assert_eq!((status, answer["errcode"].clone()), (StatusCode::FORBIDDEN, json!("M_FORBIDDEN")));
+
+    // Too many PDUs.
+    let crowded = json!({"origin": a.name, "origin_server_ts": NOW_MS, "pdus": vec![json!({}); 51]});
+    let auth = x_matrix(&a.key, &a.key.key_id(), &a.name, &b.name, uri, &crowded);
+    let (status, answer) = send(Some(auth), crowded).await;
+    assert_eq!((status, answer["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_TOO_LARGE")));
+}
+
+#[tokio::test]
+async fn send_gives_each_pdu_its_result_and_repeats_the_stored_answer() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let room_server = Arc::new(FakeRoomServer { calls: AtomicUsize::new(0) });
+    let (_stop, shutdown) = Shutdown::new();
+    let _serving = b.bus.serve("roomserver", INPUT_TOPIC, room_server.clone(), shutdown);
+
+    let pdu = |id: &str, room: Value, body: &str| json!({"event_id": id, "room_id": room, "type": "m.room.message", "content": {"body": body}});
+    let body = json!({
+        "origin": a.name,
+        "origin_server_ts": NOW_MS,
+        "pdus": [
+            pdu("$good:x", json!("!room:x"), "hello"),
+            pdu("$bad:x", json!("!room:x"), "bad"),
+            pdu("$other:x", json!("!other:x"), "hi"),
+            pdu("$broken:x", json!("!broken:x"), "hi"),
+            pdu("$noroom:x", Value::Null, "hi"),
+            pdu("$badroom:x", json!("not a room id"), "hi"),
+        ],
+        "edus": [{"edu_type": "m.typing", "content": {}}],
+    });
+    let request = FederationRequest::put(&b.name, "/_matrix/federation/v1/send/txn1", body.clone());
+    let answer = a.client.send(request.clone()).await.unwrap();
+    let pdus = &answer["pdus"];
+    assert_eq!(pdus["$good:x"], json!({}));
+    assert_eq!(pdus["$other:x"], json!({}));
+    assert_eq!(pdus["$bad:x"], json!({"error": "bad body"}));
+    assert_eq!(pdus["$broken:x"], json!({"error": "room is broken"}));
+    assert!(pdus["$noroom:x"]["error"].is_string(), "{answer}");
+    assert!(pdus["$badroom:x"]["error"].is_string(), "{answer}");
+    assert_eq!(pdus.as_object().unwrap().len(), 6);
+    assert_eq!(room_server.calls.load(Ordering::SeqCst), 3, "one request per valid room");
+
+    // The same transaction again: the stored answer, nothing reprocessed.
+    assert_eq!(a.client.send(request).await.unwrap(), answer);
+    assert_eq!(room_server.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_notary_answers_for_another_server() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let notary = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let mut b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let http = pki.http_client();
+
+    let query = json!({"server_keys": {b.name.clone(): {}}});
+    let response = http.post(notary.url("/_matrix/key/v2/query")).json(&query).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    let keys = &answer["server_keys"][0];
+    assert_eq!(keys["server_name"], b.name);
+    assert!(signed_by(keys, &b.name, &b.key), "still signed by B: {keys}");
+    assert!(signed_by(keys, &notary.name, &notary.key), "countersigned by the notary: {keys}");
+
+    let path = format!("/_matrix/key/v2/query/{}", b.name);
+    let answer: Value = http.get(notary.url(&path)).send().await.unwrap().json().await.unwrap();
+    assert!(signed_by(&answer["server_keys"][0], &notary.name, &notary.key));
+    let response = http.get(notary.url(&format!("{path}?minimum_valid_until_ts=soon"))).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.json::<Value>().await.unwrap()["errcode"], "M_INVALID_PARAM");
+
+    // B goes away; a server that trusts the notary still learns B's key,
+    // and one that bans that key does not.
+    b.stop().await;
+    let trusting = Options { trusted: vec![notary.name.clone()], ..Options::default() };
+    let c = Instance::start(&pki, TestDb::sqlite(), &clock, trusting).await;
+    let keys = c.server_keys(&b.name, &[&b.key.key_id()]).await;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].public_key, b.key.public_key_base64());
+
+    let banning = Options { trusted: vec![notary.name.clone()], denylist: vec![b.key.public_key_base64()] };
+    let d = Instance::start(&pki, TestDb::sqlite(), &clock, banning).await;
+    assert!(d.server_keys(&b.name, &[&b.key.key_id()]).await.is_empty(), "a denylisted key is never trusted");
+    // Without a notary nothing is known of a server that is gone.
+    let alone = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    assert!(alone.server_keys(&b.name, &[&b.key.key_id()]).await.is_empty());
+}
+
+/// Names for discovery tests without a DNS server.
+struct StaticDns {
+    addresses: HashMap<String, Vec<IpAddr>>,
+    srv: HashMap<String, Vec<SrvRecord>>,
+}
+
+#[async_trait]
+impl Dns for StaticDns {
+    async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        self.addresses.get(host).cloned().ok_or_else(|| DnsError { name: host.to_owned(), reason: "unknown".into() })
+    }
+
+    async fn lookup_srv(&self, name: &str) -> Result<Vec<SrvRecord>, DnsError> {
+        Ok(self.srv.get(name).cloned().unwrap_or_default())
+    }
+}
+
+fn client_with(pki: &TestPki, dns: Arc<dyn Dns>, well_known_port: u16, allow_loopback: bool) -> FederationClient {
+    FederationClient::new(ClientSettings {
+        server_name: "client.test".to_owned(),
+        signing_key: Arc::new(ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap()),
+        clock: Arc::new(ManualClock::new(NOW_MS)),
+        dns,
+        policy: AddressPolicy { allow_loopback, allow_private: false },
+        ca_file: Some(pki.ca_file()),
+        well_known_port,
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn discovery_follows_explicit_ports_well_known_and_srv() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+
+    // A `.well-known` server for `localhost`, delegating to B.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let delegated = b.name.clone();
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/.well-known/matrix/server",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let delegated = delegated.clone();
+            async move { axum::Json(json!({"m.server": delegated})) }
+        }),
+    );
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(
+        pki.dir.path().join("tls.crt"),
+        pki.dir.path().join("tls.key"),
+    )
+    .await
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let well_known_port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    tokio::spawn(axum_server::from_tcp_rustls(listener, tls).serve(app.into_make_service()));
+
+    let client = client_with(&pki, Arc::new(HickoryDns::from_system().unwrap()), well_known_port, true);
+
+    // An explicit port: the name's addresses, no delegation.
+    let target = client.resolve("localhost:1234").await.unwrap();
+    assert!(target.addrs.contains(&"127.0.0.1:1234".parse().unwrap()), "{target:?}");
+    assert_eq!((target.tls_name.as_str(), target.host.as_str()), ("localhost", "localhost:1234"));
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+
+    // No port: `.well-known` delegates to B, fetched once and cached.
+    let target = client.resolve("localhost").await.unwrap();
+    assert!(target.addrs.contains(&b.addr), "{target:?}");
+    assert_eq!((target.tls_name.as_str(), target.host.as_str()), ("localhost", b.name.as_str()));
+    let answer = client.send(FederationRequest::get("localhost", "/_matrix/key/v2/server").unsigned()).await.unwrap();
+    assert_eq!(answer["server_name"], b.name, "the request reached B through the delegation");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "cached after the first fetch");
+
+    // A key response must name the server asked about: B's, reached
+    // through `localhost`'s delegation, names B and is refused for `localhost`.
+    let store_db = TestDb::sqlite();
+    let db = Db::connect(&store_db.url).await.unwrap();
+    db.migrate(myelin_federationapi::storage::COMPONENT, myelin_federationapi::storage::MIGRATIONS).await.unwrap();
+    let mut config = Config::in_dir(pki.dir.path().to_owned());
+    config.global.server_name = "client.test".to_owned();
+    let signing_key = Arc::new(ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap());
+    let keys =
+        myelin_federationapi::keys::KeyStore::new(&config, db, Arc::new(client), signing_key, Arc::new(clock.clone()));
+    assert!(keys.server_keys("localhost", &[b.key.key_id()]).await.unwrap().is_empty(), "server_name mismatch");
+    let fetched = keys.server_keys(&b.name, &[b.key.key_id()]).await.unwrap();
+    assert_eq!(fetched.len(), 1, "the same response is accepted for the name it carries");
+
+    // Without permission, loopback peers are refused at connect time.
+    let closed = client_with(&pki, Arc::new(HickoryDns::from_system().unwrap()), well_known_port, false);
+    let error = closed.send(FederationRequest::get(&b.name, "/_matrix/key/v2/server").unsigned()).await.unwrap_err();
+    assert!(matches!(error, ClientError::Connect { source: ConnectError::Refused(_), .. }), "{error}");
+
+    // No `.well-known` (nothing listens): SRV, then the name on 8448.
+    let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+    let dns = StaticDns {
+        addresses: HashMap::from([
+            ("plain.test".to_owned(), vec![loopback]),
+            ("srv.test".to_owned(), vec![loopback]),
+            ("target.test".to_owned(), vec![loopback]),
+        ]),
+        srv: HashMap::from([(
+            "_matrix-fed._tcp.srv.test".to_owned(),
+            vec![SrvRecord { priority: 0, weight: 0, port: b.addr.port(), target: "target.test".to_owned() }],
+        )]),
+    };
+    let client = client_with(&pki, Arc::new(dns), free_port(), true);
+    let target = client.resolve("plain.test").await.unwrap();
+    assert_eq!(target.addrs, ["127.0.0.1:8448".parse().unwrap()]);
+    assert_eq!((target.tls_name.as_str(), target.host.as_str()), ("plain.test", "plain.test"));
+    let target = client.resolve("srv.test").await.unwrap();
+    assert_eq!(target.addrs, [b.addr], "the SRV target and port");
+    assert_eq!((target.tls_name.as_str(), target.host.as_str()), ("srv.test", "srv.test"), "never the SRV target");
+    let error = client.resolve("bad name").await.unwrap_err();
+    assert!(matches!(error, ClientError::Discovery { .. }), "{error}");
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use myelin_types::MatrixError;
-use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -28,6 +28,15 @@ pub enum InputRequest {
     /// Build, sign, auth-check and persist one local event. Membership
     /// changes (join, leave, invite, kick, ban) are `m.room.member` events.
     SendEvent(SendEvent),
+    /// PDUs another server sent (`/send`, `/backfill`, `/get_missing_events`,
+    /// `/event`, invites). Each goes through the validation pipeline alone
+    /// (DESIGN.md invariants 4 and 5); the reply is [`InputOk::PdusProcessed`].
+    InputPdus(InputPdus),
+    /// The result of joining a room through another server: the join event
+    /// this server signed and the `send_join` response. The room server
+    /// validates the state and auth chain and starts the room from them;
+    /// the reply is [`InputOk::EventSent`] with the join event's id.
+    JoinedRemoteRoom(JoinedRemoteRoom),
 }
 
 pub type InputReply = Result<InputOk, MatrixError>;
@@ -35,8 +44,82 @@ pub type InputReply = Result<InputOk, MatrixError>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum InputOk {
-    RoomCreated { room_id: OwnedRoomId },
-    EventSent { event_id: OwnedEventId },
+    RoomCreated {
+        room_id: OwnedRoomId,
+    },
+    EventSent {
+        event_id: OwnedEventId,
+    },
+    /// One result per PDU of an [`InputPdus`], in the order received.
+    PdusProcessed {
+        results: Vec<PduResult>,
+    },
+}
+
+/// PDUs received over federation, all claiming to be in `room_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputPdus {
+    /// The server that sent them (the X-Matrix origin), not necessarily their author.
+    pub origin: OwnedServerName,
+    pub room_id: OwnedRoomId,
+    /// On the wire as `pdu_kind`: `kind` is [`InputRequest`]'s own tag.
+    #[serde(rename = "pdu_kind")]
+    pub kind: PduKind,
+    /// The PDUs as received, in federation format.
+    pub pdus: Vec<Value>,
+}
+
+/// Where received PDUs sit in the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PduKind {
+    /// New events (`/send`, `/get_missing_events`): they may move the current state.
+    Timeline,
+    /// Old events (`/backfill`): stored and served, never current state, never pushed.
+    Backfill,
+    /// Events known only by themselves (auth chains, `/event`): not in the timeline.
+    Outlier,
+}
+
+/// What became of one received PDU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PduResult {
+    /// `None` when the PDU was too malformed to compute an id.
+    pub event_id: Option<OwnedEventId>,
+    pub outcome: PduOutcome,
+}
+
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#checks-performed-on-receipt-of-a-pdu>
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum PduOutcome {
+    Accepted,
+    /// Authorized by its own state but not by the current state: stored, not
+    /// in the timeline, not pushed, not a forward extremity.
+    SoftFailed {
+        reason: String,
+    },
+    Rejected {
+        reason: String,
+    },
+    /// Seen before; nothing changed.
+    AlreadyKnown,
+}
+
+/// A remote join, completed by the federation API.
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#joining-rooms>
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinedRemoteRoom {
+    pub room_id: OwnedRoomId,
+    pub room_version: String,
+    /// The server that answered `send_join`.
+    pub origin: OwnedServerName,
+    /// The join event as this server signed it (federation format).
+    pub join_event: Value,
+    /// `state` of the `send_join` response: the state before the join.
+    pub state: Vec<Value>,
+    pub auth_chain: Vec<Value>,
 }
 
 /// `POST /createRoom`, already validated for shape by the client API.
@@ -87,6 +170,59 @@ pub struct TxnRef {
     pub txn_id: String,
 }
 
+/// Questions the room server asks of the federation API (which answers
+/// them). Key: the server name concerned. Defined here, by the asker, so
+/// that the dependency between the two crates points one way.
+pub const FEDERATION_QUERY_TOPIC: &str = "federationapi.query";
+
+/// A request on [`FEDERATION_QUERY_TOPIC`]; the reply is a [`FederationQueryReply`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FederationQuery {
+    /// The verify keys of `server_name` with their validity, from the key
+    /// store, fetched (directly, then from trusted key servers) when one of
+    /// `key_ids` is missing or expired. Answered with [`FederationQueryOk::ServerKeys`].
+    ServerKeys { server_name: OwnedServerName, key_ids: Vec<String> },
+    /// Events missing between what the room server has and `latest`
+    /// (`/get_missing_events`), asked of `servers` in turn. Answered with
+    /// [`FederationQueryOk::Pdus`], unvalidated.
+    MissingEvents {
+        room_id: OwnedRoomId,
+        servers: Vec<OwnedServerName>,
+        earliest: Vec<OwnedEventId>,
+        latest: Vec<OwnedEventId>,
+        limit: u32,
+    },
+    /// Single events by id (`/event`), asked of `servers` in turn.
+    /// Answered with [`FederationQueryOk::Pdus`], unvalidated.
+    Events { room_id: OwnedRoomId, servers: Vec<OwnedServerName>, event_ids: Vec<OwnedEventId> },
+}
+
+pub type FederationQueryReply = Result<FederationQueryOk, MatrixError>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FederationQueryOk {
+    ServerKeys { keys: Vec<VerifyKey> },
+    Pdus { pdus: Vec<Value> },
+}
+
+/// One signing key of a server and when it may be trusted.
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#publishing-keys>
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyKey {
+    /// `ed25519:<version>`.
+    pub key_id: String,
+    /// Unpadded standard base64.
+    pub public_key: String,
+    /// Current keys: valid for signatures made up to this time (ms), already
+    /// capped at 7 days after it was fetched as the spec asks for room v5+.
+    pub valid_until_ts: Option<u64>,
+    /// Old keys: valid for signatures made before this time (ms).
+    pub expired_ts: Option<u64>,
+}
+
 /// A request on [`QUERY_TOPIC`]; the reply is a [`QueryReply`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -134,6 +270,11 @@ pub struct NewRoomEvent {
     /// Set when a local client sent it with a transaction id, so that sync
     /// can echo `unsigned.transaction_id` to that device.
     pub txn: Option<TxnRef>,
+    /// Backfilled history: placed before what consumers already have, so it
+    /// belongs in `/messages` but not in incremental `/sync`, and never pushes.
+    /// Rejected and soft-failed events never reach this topic.
+    #[serde(default)]
+    pub historical: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -144,3 +285,7 @@ pub struct StateDelta {
     /// `(type, state_key)` entries that left the current state entirely.
     pub removed: Vec<(String, String)>,
 }
+
+/// Room versions the room server creates and serves, as `GET /capabilities`
+/// advertises them (all stable).
+pub const ROOM_VERSIONS: &[&str] = &["10", "11", "12"];

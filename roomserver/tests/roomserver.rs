@@ -20,6 +20,8 @@ use ruma::{CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomVersionId};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+mod federation;
+
 const SERVER: &str = "test.example";
 
 fn user(name: &str) -> OwnedUserId {
@@ -206,8 +208,13 @@ impl Harness {
             BTreeMap::from([(self.key.key_id(), Base64::parse(self.key.public_key_base64()).unwrap())]),
         )]);
         assert_eq!(verify_event(&keys, &object, &rules).unwrap(), Verified::All);
-        let hash = reference_hash(&object, &rules).unwrap();
-        assert_eq!(event.event_id.as_str(), format!("${hash}"));
+        if rules.event_format.require_event_id {
+            assert_eq!(event.pdu["event_id"], event.event_id.as_str(), "v1 and v2 events carry their id");
+            assert!(event.event_id.as_str().ends_with(&format!(":{SERVER}")));
+        } else {
+            let hash = reference_hash(&object, &rules).unwrap();
+            assert_eq!(event.event_id.as_str(), format!("${hash}"));
+        }
     }
 }
 
@@ -330,7 +337,7 @@ async fn creates_rooms_in_versions_10_11_12() {
             assert!(h.joined_rooms(&alice).await.contains(&room_id));
         }
         assert_error(
-            h.create(CreateRoom { room_version: Some("9".into()), ..create_request(&alice) }).await,
+            h.create(CreateRoom { room_version: Some("0".into()), ..create_request(&alice) }).await,
             ErrorCode::UnsupportedRoomVersion,
             400,
         );
@@ -614,6 +621,61 @@ async fn state_storage_does_not_copy_state_per_event() {
         assert_eq!(entries, 20, "{}", h.name());
         let topic = h.state(&room_id, &alice, Some("m.room.topic"), Some("")).await.unwrap();
         assert_eq!(topic[0].pdu["content"]["topic"], "t219");
+    })
+    .await;
+}
+
+/// createRoom, a message and its redaction in every room version, with each
+/// version's event id format and `redacts` placement.
+#[tokio::test]
+async fn every_room_version_creates_sends_and_redacts() {
+    each_backend(|h| async move {
+        let alice = user("alice");
+        for n in 1..=12 {
+            let version = RoomVersionId::try_from(n.to_string()).unwrap();
+            let request = CreateRoom { room_version: Some(version.to_string()), ..public_room(&alice) };
+            let room_id = h.create(request).await.unwrap();
+            let message = h.message(&room_id, &alice, "regrettable").await.unwrap();
+            let content = json!({"redacts": message, "reason": "oops"});
+            let redaction = h.send(&room_id, &alice, "m.room.redaction", None, content, None).await.unwrap();
+            let outputs = h.outputs_until(&room_id, &redaction).await;
+            for output in &outputs {
+                h.verify(&output.event, &version);
+            }
+            let id = outputs.last().unwrap().event.event_id.as_str();
+            match n {
+                1 | 2 => assert!(id.contains(':'), "{id}"),
+                3 => assert!(!id.contains(':') && !id.contains('-') && !id.contains('_'), "{id}"),
+                _ => assert!(!id.contains(':') && !id.contains('+') && !id.contains('/'), "{id}"),
+            }
+            let pdu = &outputs.last().unwrap().event.pdu;
+            if n < 11 {
+                assert_eq!(pdu["redacts"], message.as_str(), "v{n}: redacts at the top level");
+                assert!(pdu["content"].get("redacts").is_none());
+            } else {
+                assert_eq!(pdu["content"]["redacts"], message.as_str(), "v{n}: redacts in content");
+                assert!(pdu.get("redacts").is_none());
+            }
+            assert_eq!(pdu["content"]["reason"], "oops");
+            if n <= 2 {
+                let prev = &pdu["prev_events"][0];
+                assert_eq!(prev[0], message.as_str(), "v{n} cites events with their hashes");
+                assert!(prev[1]["sha256"].as_str().is_some_and(|hash| !hash.is_empty()));
+            }
+        }
+        assert_error(
+            h.send(
+                &h.create(public_room(&alice)).await.unwrap(),
+                &alice,
+                "m.room.redaction",
+                None,
+                json!({"reason": "no target"}),
+                None,
+            )
+            .await,
+            ErrorCode::BadJson,
+            400,
+        );
     })
     .await;
 }

@@ -1,75 +1,27 @@
-//! Which events of a room a user may see: the history visibility rules
-//! (<https://spec.matrix.org/v1.16/client-server-api/#history-visibility>),
-//! in one place for `/sync`, `/messages` and, later, push.
-//!
-//! Whether an event is visible depends on the room's
-//! `m.room.history_visibility` at the event, the user's membership at it and
-//! whether the user joined at or after it. All of these change only at a few
-//! stream positions (history visibility changes and the user's own
-//! membership changes), so visibility is computed once per room as stream
-//! ranges between those positions, from the state log, instead of looking
-//! at the state of every event:
-//!
-//! - `world_readable`: everyone sees the event;
-//! - the user was joined at the event: they see it;
-//! - `shared` (the default): they see it if they joined the room at any point
-//!   after it was sent;
-//! - `invited`: they see it if they were invited at the event;
-//! - otherwise (`joined`, or an unknown value) they do not.
-//!
-//! A user always sees their own membership events, and nothing after they
-//! left or were banned. At a history visibility change the more permissive
-//! of the old and new value applies to the changing event itself.
+//! History visibility for `/sync` and `/messages`: the rules themselves are
+//! `myelin-visibility`, shared with push (DESIGN.md invariant 8); this
+//! module only feeds them from the sync API's own tables.
 
-use serde_json::Value;
+pub use myelin_visibility::{HistoryChange, HistoryVisibility};
 
 use crate::SyncApiError;
 use crate::storage::{MembershipChange, Storage};
 
-/// `m.room.history_visibility` values, least permissive first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum HistoryVisibility {
-    Joined,
-    Invited,
-    Shared,
-    WorldReadable,
-}
+impl myelin_visibility::MembershipChange for MembershipChange {
+    fn pos(&self) -> i64 {
+        self.pos
+    }
 
-impl HistoryVisibility {
-    /// The value an event's content sets: `shared` when the room has none
-    /// (`None`), `joined` (the strictest) when the value is not understood.
-    pub fn from_content(content: Option<&Value>) -> Self {
-        let Some(content) = content else {
-            return Self::Shared;
-        };
-        match content.get("history_visibility").and_then(Value::as_str) {
-            Some("world_readable") => Self::WorldReadable,
-            Some("shared") => Self::Shared,
-            Some("invited") => Self::Invited,
-            _ => Self::Joined,
-        }
+    fn membership(&self) -> &str {
+        &self.membership
     }
 }
 
-/// The room's history visibility from stream position `pos` on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryChange {
-    pub pos: i64,
-    pub visibility: HistoryVisibility,
-}
-
-/// How one user sees one room: the user's membership changes and the room's
-/// history visibility changes, both oldest first.
-pub struct RoomView<'a> {
-    memberships: &'a [MembershipChange],
-    history: Vec<HistoryChange>,
-}
+/// How one user sees one room, with the room's history visibility changes
+/// read from the state log.
+pub struct RoomView<'a>(myelin_visibility::RoomView<'a, MembershipChange>);
 
 impl<'a> RoomView<'a> {
-    pub fn new(memberships: &'a [MembershipChange], history: Vec<HistoryChange>) -> Self {
-        Self { memberships, history }
-    }
-
     /// Read the room's history visibility changes up to `upto` from the state log.
     pub async fn load(
         storage: &Storage,
@@ -78,140 +30,16 @@ impl<'a> RoomView<'a> {
         upto: i64,
     ) -> Result<Self, SyncApiError> {
         let history = storage.history_visibility_changes(room_id, upto).await?;
-        Ok(Self::new(memberships, history))
-    }
-
-    /// The history visibility after the event at `pos`.
-    fn visibility_at(&self, pos: i64) -> HistoryVisibility {
-        let n = self.history.partition_point(|c| c.pos <= pos);
-        n.checked_sub(1).map_or(HistoryVisibility::Shared, |i| self.history[i].visibility)
-    }
-
-    /// The user's membership after the event at `pos`.
-    fn membership_at(&self, pos: i64) -> Option<&str> {
-        let n = self.memberships.partition_point(|c| c.pos <= pos);
-        n.checked_sub(1).map(|i| self.memberships[i].membership.as_str())
-    }
-
-    /// Whether the user joined at `pos` or later.
-    fn joins_from(&self, pos: i64) -> bool {
-        self.memberships.iter().any(|c| c.pos >= pos && c.membership == "join")
+        Ok(Self(myelin_visibility::RoomView::new(memberships, history)))
     }
 
     /// The current history visibility (as far as loaded).
     pub fn current_visibility(&self) -> HistoryVisibility {
-        self.history.last().map_or(HistoryVisibility::Shared, |c| c.visibility)
-    }
-
-    /// Whether the user may see the event at `pos` (which is not their own
-    /// membership event) given the room's visibility and their membership there.
-    fn allowed(&self, visibility: HistoryVisibility, membership: Option<&str>, pos: i64) -> bool {
-        membership == Some("join")
-            || match visibility {
-                HistoryVisibility::WorldReadable => true,
-                HistoryVisibility::Shared => self.joins_from(pos),
-                HistoryVisibility::Invited => membership == Some("invite"),
-                HistoryVisibility::Joined => false,
-            }
+        self.0.current_visibility()
     }
 
     /// Stream ranges `(after, upto]` whose events the user may see, in order.
     pub fn visible_ranges(&self) -> Vec<(i64, i64)> {
-        let mut breakpoints: Vec<i64> =
-            self.memberships.iter().map(|c| c.pos).chain(self.history.iter().map(|c| c.pos)).collect();
-        breakpoints.sort_unstable();
-        breakpoints.dedup();
-        let mut ranges: Vec<(i64, i64)> = Vec::new();
-        let mut push = |after: i64, upto: i64| match ranges.last_mut() {
-            Some(last) if last.1 == after => last.1 = upto,
-            _ => ranges.push((after, upto)),
-        };
-        let mut prev = 0;
-        for &b in &breakpoints {
-            // Between breakpoints nothing changes: the state after `prev` holds.
-            if prev < b - 1 && self.allowed(self.visibility_at(prev), self.membership_at(prev), prev + 1) {
-                push(prev, b - 1);
-            }
-            let own = self.memberships.iter().any(|c| c.pos == b);
-            let visibility = self.visibility_at(b - 1).max(self.visibility_at(b));
-            if own
-                || self.allowed(visibility, self.membership_at(b - 1), b)
-                || self.allowed(visibility, self.membership_at(b), b)
-            {
-                push(b - 1, b);
-            }
-            prev = b;
-        }
-        if self.allowed(self.visibility_at(prev), self.membership_at(prev), prev + 1) {
-            push(prev, i64::MAX);
-        }
-        // Nothing after a leave or ban (their own leave included above).
-        if let Some(last) = self.memberships.last()
-            && matches!(last.membership.as_str(), "leave" | "ban")
-        {
-            ranges.retain_mut(|r| {
-                r.1 = r.1.min(last.pos);
-                r.0 < r.1
-            });
-        }
-        ranges
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use HistoryVisibility::*;
-
-    fn m(pos: i64, membership: &str) -> MembershipChange {
-        MembershipChange { room_id: "!r:x".to_owned(), pos, membership: membership.to_owned() }
-    }
-
-    fn h(pos: i64, visibility: HistoryVisibility) -> HistoryChange {
-        HistoryChange { pos, visibility }
-    }
-
-    fn ranges(memberships: &[MembershipChange], history: &[HistoryChange]) -> Vec<(i64, i64)> {
-        RoomView::new(memberships, history.to_vec()).visible_ranges()
-    }
-
-    #[test]
-    fn shared_shows_history_before_the_join() {
-        assert_eq!(ranges(&[m(10, "join")], &[]), [(0, i64::MAX)]);
-        assert_eq!(ranges(&[m(10, "join")], &[h(3, Shared)]), [(0, i64::MAX)]);
-        // Left: up to the leave.
-        assert_eq!(ranges(&[m(10, "join"), m(20, "leave")], &[]), [(0, 20)]);
-        // Never joined: only their own membership events.
-        assert_eq!(ranges(&[m(10, "invite"), m(12, "leave")], &[]), [(9, 10), (11, 12)]);
-    }
-
-    #[test]
-    fn joined_shows_only_while_joined() {
-        let history = [h(3, Joined)];
-        // The create event etc. before the change are shared and the user joins later.
-        assert_eq!(ranges(&[m(10, "join")], &history), [(0, 3), (9, i64::MAX)]);
-        assert_eq!(ranges(&[m(8, "invite"), m(10, "join"), m(15, "leave")], &history), [(0, 3), (7, 8), (9, 15)]);
-        // Leave and rejoin: the gap stays hidden.
-        assert_eq!(
-            ranges(&[m(10, "join"), m(15, "leave"), m(20, "join")], &history),
-            [(0, 3), (9, 15), (19, i64::MAX)]
-        );
-    }
-
-    #[test]
-    fn invited_shows_from_the_invite() {
-        let history = [h(3, Invited)];
-        assert_eq!(ranges(&[m(8, "invite"), m(10, "join")], &history), [(0, 3), (7, i64::MAX)]);
-    }
-
-    #[test]
-    fn world_readable_shows_everything_to_everyone_until_they_leave() {
-        // Before the change the default `shared` applies, and a non-member never joins.
-        assert_eq!(ranges(&[], &[h(3, WorldReadable)]), [(2, i64::MAX)]);
-        assert_eq!(ranges(&[m(10, "join"), m(15, "leave")], &[h(3, WorldReadable)]), [(0, 15)]);
-        // The change to world_readable is itself visible; the joined part before not.
-        assert_eq!(ranges(&[], &[h(3, Joined), h(6, WorldReadable)]), [(5, i64::MAX)]);
-        // The change away from world_readable too, nothing after.
-        assert_eq!(ranges(&[], &[h(3, WorldReadable), h(6, Joined)]), [(2, 6)]);
+        self.0.visible_ranges()
     }
 }

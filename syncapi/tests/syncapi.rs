@@ -208,8 +208,13 @@ impl Server {
             StoredEvent { event_id: event_id.as_str().try_into().unwrap(), room_id: room.try_into().unwrap(), pdu };
         let state_delta =
             StateDelta { added: if state_key.is_some() { vec![stored.clone()] } else { vec![] }, removed: vec![] };
-        let record =
-            OutputRecord::NewRoomEvent(NewRoomEvent { event: stored, room_version: "12".to_owned(), state_delta, txn });
+        let record = OutputRecord::NewRoomEvent(NewRoomEvent {
+            event: stored,
+            room_version: "12".to_owned(),
+            state_delta,
+            txn,
+            historical: false,
+        });
         self.bus.produce_json(OUTPUT_TOPIC, room, &record).await.unwrap();
         (event_id, record)
     }
@@ -384,6 +389,7 @@ async fn hundred_messages_arrive_in_order_through_sync() {
                         room_version: "12".to_owned(),
                         state_delta: StateDelta::default(),
                         txn: None,
+                        historical: false,
                     });
                     s_bus.produce_json(OUTPUT_TOPIC, &room, &record).await.unwrap();
                 }

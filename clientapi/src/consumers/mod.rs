@@ -1,3 +1,4 @@
 //! Topics the client API reads.
 
 pub mod query;
+pub mod roomserver_output;

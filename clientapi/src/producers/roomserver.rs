@@ -24,7 +24,7 @@ pub async fn create_room(bus: &Bus, request: CreateRoom) -> Result<OwnedRoomId> 
     let key = request.creator.to_string();
     match input(bus, &key, &InputRequest::CreateRoom(request)).await? {
         InputOk::RoomCreated { room_id } => Ok(room_id),
-        InputOk::EventSent { .. } => Err(ClientApiError::UnexpectedReply("roomserver.input")),
+        _ => Err(ClientApiError::UnexpectedReply("roomserver.input")),
     }
 }
 
@@ -32,7 +32,7 @@ pub async fn send_event(bus: &Bus, request: SendEvent) -> Result<OwnedEventId> {
     let key = request.room_id.to_string();
     match input(bus, &key, &InputRequest::SendEvent(request)).await? {
         InputOk::EventSent { event_id } => Ok(event_id),
-        InputOk::RoomCreated { .. } => Err(ClientApiError::UnexpectedReply("roomserver.input")),
+        _ => Err(ClientApiError::UnexpectedReply("roomserver.input")),
     }
 }
 

@@ -1,10 +1,96 @@
+//! The caller's account: who am I, password changes and deactivation (both
+//! behind the current password).
+
 use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use myelin_types::MatrixError;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::accounts::{self, MAX_PASSWORD_LEN};
 use crate::auth::AuthedUser;
+use crate::error::Result;
+use crate::json::{MatrixJson, OptionalJson};
+use crate::producers::{self, roomserver};
+use crate::routing::membership::set_membership;
+use crate::service::AppState;
+use crate::storage::{accounts as stored_accounts, devices};
+use crate::uia::{self, AuthData};
 
 /// `GET /_matrix/client/v3/account/whoami`
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3accountwhoami>
 pub async fn whoami(user: AuthedUser) -> Json<Value> {
     Json(json!({ "user_id": user.user_id, "device_id": user.device_id, "is_guest": false }))
+}
+
+#[derive(Deserialize)]
+pub struct PasswordBody {
+    new_password: String,
+    #[serde(default = "yes")]
+    logout_devices: bool,
+    auth: Option<AuthData>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /_matrix/client/v3/account/password`
+/// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3accountpassword>
+///
+/// Logging out the other devices revokes their tokens on `clientapi.devices`,
+/// which also removes the pushers they set.
+pub async fn change_password(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixJson(body): MatrixJson<PasswordBody>,
+) -> Result<Response> {
+    // Checked before authentication, so that a bad password costs no round trip.
+    if body.new_password.is_empty() || body.new_password.len() > MAX_PASSWORD_LEN {
+        return Err(MatrixError::invalid_param("new_password must be 1 to 512 bytes").into());
+    }
+    if let Some(challenge) = uia::require_password(&state, &user, body.auth).await? {
+        return Ok(challenge);
+    }
+    let hash = accounts::hash_password(body.new_password).await?;
+    if !stored_accounts::set_password_hash(&state.db, user.user_id.localpart(), &hash).await? {
+        return Err(MatrixError::forbidden("This account cannot change its password").into());
+    }
+    if body.logout_devices {
+        let revoked = devices::end_other_sessions(&state.db, user.user_id.as_str(), &user.device_id).await?;
+        producers::devices::tokens_revoked(&state.bus, &user.user_id, revoked).await?;
+    }
+    Ok(Json(json!({})).into_response())
+}
+
+#[derive(Deserialize, Default)]
+pub struct DeactivateBody {
+    auth: Option<AuthData>,
+}
+
+/// `POST /_matrix/client/v3/account/deactivate`
+/// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3accountdeactivate>
+///
+/// The account is locked first (no password, flagged), then every token is
+/// revoked and every joined room left; a room that refuses the leave is
+/// logged and skipped, the account stays deactivated. Identity servers are
+/// not supported, hence `no-support`.
+pub async fn deactivate(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    OptionalJson(body): OptionalJson<DeactivateBody>,
+) -> Result<Response> {
+    if let Some(challenge) = uia::require_password(&state, &user, body.auth).await? {
+        return Ok(challenge);
+    }
+    stored_accounts::deactivate(&state.db, user.user_id.localpart()).await?;
+    accounts::end_all_sessions(&state, &user.user_id).await?;
+    for room_id in roomserver::joined_rooms(&state.bus, &user.user_id).await? {
+        let left = set_membership(&state, user.user_id.clone(), room_id.clone(), &user.user_id, "leave", None).await;
+        if let Err(error) = left {
+            tracing::warn!(%room_id, %error, "a deactivated account could not leave a room");
+        }
+    }
+    Ok(Json(json!({ "id_server_unbind_result": "no-support" })).into_response())
 }

@@ -74,6 +74,9 @@ pub async fn post_login(State(state): State<AppState>, MatrixJson(body): MatrixJ
     if password.len() > MAX_PASSWORD_LEN {
         return Err(bad_login().into());
     }
+    if storage::accounts::is_deactivated(&state.db, &localpart).await? {
+        return Err(MatrixError::new(ErrorCode::UserDeactivated, "This account has been deactivated").into());
+    }
     let stored = storage::accounts::password_hash(&state.db, &localpart).await?.flatten();
     if !accounts::verify_password(password, stored).await? {
         return Err(bad_login().into());

@@ -4,7 +4,6 @@
 use axum::Json;
 use axum::extract::State;
 use myelin_roomserver::api::SendEvent;
-use myelin_types::MatrixError;
 use myelin_types::ruma::{OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -14,7 +13,7 @@ use crate::error::Result;
 use crate::json::{MatrixJson, MatrixPath, OptionalJson};
 use crate::producers::roomserver;
 use crate::routing::profile::{add_to_member_content, profile_of};
-use crate::routing::{parse_room_id, parse_user_id};
+use crate::routing::{directory, parse_room_id, parse_user_id};
 use crate::service::AppState;
 
 #[derive(Deserialize, Default)]
@@ -28,7 +27,7 @@ pub struct TargetBody {
     reason: Option<String>,
 }
 
-async fn set_membership(
+pub(crate) async fn set_membership(
     state: &AppState,
     sender: OwnedUserId,
     room_id: OwnedRoomId,
@@ -73,17 +72,16 @@ pub async fn join_room(
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3joinroomidoralias>
 ///
-/// Room ids only for now: aliases are not resolved yet, so they are not found.
+/// Aliases are resolved locally; those of other servers need federation,
+/// which is not served yet (`400 M_INVALID_PARAM`).
 pub async fn join_by_id_or_alias(
     State(state): State<AppState>,
     user: AuthedUser,
     MatrixPath(target): MatrixPath<String>,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> Result<Json<Value>> {
-    if target.starts_with('#') {
-        return Err(MatrixError::not_found(format!("Room alias {target} not found")).into());
-    }
-    let room_id = parse_room_id(&target)?;
+    let room_id =
+        if target.starts_with('#') { directory::resolve(&state, &target).await? } else { parse_room_id(&target)? };
     set_membership(&state, user.user_id.clone(), room_id.clone(), &user.user_id, "join", body.reason).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }

@@ -4,6 +4,9 @@
 mod account;
 mod account_data;
 mod admin_register;
+mod capabilities;
+mod devices;
+mod directory;
 mod login;
 mod membership;
 mod profile;
@@ -12,6 +15,7 @@ mod register;
 mod rooms;
 mod send;
 mod state;
+mod threepid;
 mod typing;
 mod versions;
 
@@ -32,10 +36,34 @@ pub fn router(state: AppState) -> Router {
         .route("/logout", post(login::logout))
         .route("/logout/all", post(login::logout_all))
         .route("/account/whoami", get(account::whoami))
+        .route("/account/password", post(account::change_password))
+        .route("/account/deactivate", post(account::deactivate))
+        .route("/account/3pid", get(threepid::list).post(threepid::add))
+        .route("/account/3pid/add", post(threepid::add))
+        .route("/account/3pid/bind", post(threepid::add))
+        .route("/account/3pid/delete", post(threepid::remove))
+        .route("/account/3pid/unbind", post(threepid::remove))
+        .route("/account/3pid/email/requestToken", post(threepid::request_token))
+        .route("/account/3pid/msisdn/requestToken", post(threepid::request_token))
+        .route("/account/password/email/requestToken", post(threepid::request_token))
+        .route("/account/password/msisdn/requestToken", post(threepid::request_token))
+        .route("/register/email/requestToken", post(threepid::request_token))
+        .route("/register/msisdn/requestToken", post(threepid::request_token))
+        .route("/capabilities", get(capabilities::capabilities))
+        .route("/devices", get(devices::list))
+        .route("/devices/{device_id}", get(devices::get).put(devices::rename).delete(devices::delete))
+        .route("/delete_devices", post(devices::delete_many))
         .route("/register", post(register::register))
         .route("/register/available", get(register::available))
         .route("/createRoom", post(rooms::create_room))
         .route("/joined_rooms", get(rooms::joined_rooms))
+        .route(
+            "/directory/room/{room_alias}",
+            get(directory::get_alias).put(directory::put_alias).delete(directory::delete_alias),
+        )
+        .route("/directory/list/room/{room_id}", get(directory::get_visibility).put(directory::put_visibility))
+        .route("/publicRooms", get(directory::get_public_rooms).post(directory::post_public_rooms))
+        .route("/rooms/{room_id}/aliases", get(directory::room_aliases))
         .route("/rooms/{room_id}/join", post(membership::join_room))
         .route("/join/{room_id_or_alias}", post(membership::join_by_id_or_alias))
         .route("/rooms/{room_id}/leave", post(membership::leave))

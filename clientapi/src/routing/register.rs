@@ -11,9 +11,7 @@ use crate::error::{ClientApiError, Result};
 use crate::json::{MatrixJson, MatrixQuery};
 use crate::service::AppState;
 use crate::storage;
-
-/// How long a user-interactive authentication session stays usable.
-const UIA_SESSION_LIFETIME_MS: i64 = 30 * 60 * 1000;
+use crate::uia::SESSION_LIFETIME_MS;
 
 #[derive(Deserialize)]
 pub struct RegisterQuery {
@@ -82,13 +80,13 @@ pub async fn register(
     let session = match body.auth {
         None => {
             let session = random::alphanumeric(24);
-            storage::registration::create_uia_session(&state.db, &session, now, now - UIA_SESSION_LIFETIME_MS).await?;
+            storage::registration::create_uia_session(&state.db, &session, now, now - SESSION_LIFETIME_MS).await?;
             return Ok(uia_challenge(&session));
         }
         Some(auth) => {
             if let Some(session) = &auth.session {
                 let created = storage::registration::uia_session(&state.db, session).await?;
-                if created.is_none_or(|created| created < now - UIA_SESSION_LIFETIME_MS) {
+                if created.is_none_or(|created| created < now - SESSION_LIFETIME_MS) {
                     return Err(MatrixError::new(ErrorCode::Unknown, "Unknown or expired session")
                         .with_status(StatusCode::BAD_REQUEST)
                         .into());

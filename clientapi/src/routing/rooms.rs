@@ -1,8 +1,8 @@
 use axum::Json;
 use axum::extract::State;
 use myelin_roomserver::api::{CreateRoom, StateEventSpec};
-use myelin_types::MatrixError;
 use myelin_types::ruma::OwnedUserId;
+use myelin_types::{ErrorCode, MatrixError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -10,7 +10,9 @@ use crate::auth::AuthedUser;
 use crate::error::Result;
 use crate::json::MatrixJson;
 use crate::producers::roomserver;
+use crate::routing::directory;
 use crate::service::AppState;
+use crate::storage;
 
 #[derive(Deserialize)]
 pub struct CreateRoomBody {
@@ -27,6 +29,7 @@ pub struct CreateRoomBody {
     power_level_content_override: Option<Map<String, Value>>,
     #[serde(default)]
     is_direct: bool,
+    room_alias_name: Option<String>,
 }
 
 /// `POST /_matrix/client/v3/createRoom`
@@ -61,8 +64,29 @@ pub async fn create_room(
             MatrixError::bad_json(format!("initial_state content of {} must be an object", bad.event_type)).into()
         );
     }
+    // The alias is checked before the room exists, and becomes its canonical alias.
+    let alias = match &body.room_alias_name {
+        Some(name) => {
+            let alias = directory::local_alias(&state, &format!("#{name}:{}", state.server_name()))?;
+            if storage::directory::alias(&state.db, &alias).await?.is_some() {
+                return Err(MatrixError::new(ErrorCode::RoomInUse, format!("Room alias {alias} already exists")).into());
+            }
+            Some(alias)
+        }
+        None => None,
+    };
+    let mut initial_state = body.initial_state;
+    if let Some(alias) = &alias {
+        initial_state.retain(|event| event.event_type != "m.room.canonical_alias");
+        initial_state.push(StateEventSpec {
+            event_type: "m.room.canonical_alias".to_owned(),
+            state_key: String::new(),
+            content: json!({ "alias": alias }),
+        });
+    }
+    let publish = body.visibility.as_deref() == Some("public");
     let request = CreateRoom {
-        creator: user.user_id,
+        creator: user.user_id.clone(),
         room_version: body.room_version,
         preset: body.preset,
         visibility: body.visibility,
@@ -70,11 +94,21 @@ pub async fn create_room(
         topic: body.topic,
         invite,
         is_direct: body.is_direct,
-        initial_state: body.initial_state,
+        initial_state,
         creation_content: body.creation_content,
         power_level_content_override: body.power_level_content_override,
     };
     let room_id = roomserver::create_room(&state.bus, request).await?;
+    if let Some(alias) = &alias {
+        let now = state.now_ms();
+        if !storage::directory::create_alias(&state.db, alias, room_id.as_str(), user.user_id.as_str(), now).await? {
+            // Taken between the check and now: the room exists, without the alias.
+            tracing::warn!(%alias, %room_id, "room alias taken while the room was created");
+        }
+    }
+    if publish {
+        storage::directory::set_published(&state.db, room_id.as_str(), true).await?;
+    }
     Ok(Json(json!({ "room_id": room_id })))
 }
 

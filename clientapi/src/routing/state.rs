@@ -1,8 +1,9 @@
 use axum::Json;
 use axum::extract::State;
 use myelin_roomserver::api::{SendEvent, StoredEvent};
-use myelin_types::MatrixError;
 use myelin_types::events::client_event;
+use myelin_types::ruma::{OwnedRoomId, RoomAliasId};
+use myelin_types::{ErrorCode, MatrixError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -10,8 +11,9 @@ use crate::auth::AuthedUser;
 use crate::error::Result;
 use crate::json::{MatrixJson, MatrixPath, MatrixQuery};
 use crate::producers::roomserver;
-use crate::routing::parse_room_id;
+use crate::routing::{directory, parse_room_id};
 use crate::service::AppState;
+use crate::storage;
 
 fn to_client(event: &StoredEvent) -> Value {
     client_event(&event.pdu, event.event_id.as_str(), event.room_id.as_str())
@@ -85,8 +87,12 @@ async fn send_state(
     state_key: String,
     content: Map<String, Value>,
 ) -> Result<Json<Value>> {
+    let room_id = parse_room_id(room_id)?;
+    if event_type == "m.room.canonical_alias" && state_key.is_empty() {
+        check_canonical_alias(state, &room_id, &content).await?;
+    }
     let request = SendEvent {
-        room_id: parse_room_id(room_id)?,
+        room_id,
         sender: user.user_id,
         event_type,
         state_key: Some(state_key),
@@ -95,6 +101,47 @@ async fn send_state(
     };
     let event_id = roomserver::send_event(&state.bus, request).await?;
     Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `400 M_BAD_ALIAS` unless every alias in `m.room.canonical_alias` content
+/// (`alias`, `alt_aliases`) points to the room; malformed ones are
+/// `400 M_INVALID_PARAM`. Aliases of other servers cannot be checked
+/// without federation, so they are refused too.
+async fn check_canonical_alias(state: &AppState, room_id: &OwnedRoomId, content: &Map<String, Value>) -> Result<()> {
+    let mut aliases = Vec::new();
+    match content.get("alias") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(alias)) => aliases.push(alias.as_str()),
+        Some(_) => return Err(MatrixError::invalid_param("alias must be a string").into()),
+    }
+    match content.get("alt_aliases") {
+        None => {}
+        Some(Value::Array(alt)) => {
+            for alias in alt {
+                aliases.push(alias.as_str().ok_or_else(|| MatrixError::invalid_param("alt_aliases must be strings"))?);
+            }
+        }
+        Some(_) => return Err(MatrixError::invalid_param("alt_aliases must be an array").into()),
+    }
+    for alias in aliases {
+        if <&RoomAliasId>::try_from(alias).is_err() {
+            return Err(MatrixError::invalid_param(format!("Invalid room alias: {alias}")).into());
+        }
+        let points_here = match directory::local_alias(state, alias) {
+            Ok(alias) => {
+                storage::directory::alias(&state.db, &alias).await?.is_some_and(|(room, _)| room == room_id.as_str())
+            }
+            Err(_) => false,
+        };
+        if !points_here {
+            return Err(MatrixError::new(
+                ErrorCode::BadAlias,
+                format!("Room alias {alias} does not point to this room"),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`

@@ -82,3 +82,38 @@ pub async fn set_profile(db: &Db, localpart: &str, profile: &Profile) -> Result<
     });
     Ok(done == 1)
 }
+
+/// Replace the password; `false` when there is no such account.
+pub async fn set_password_hash(db: &Db, localpart: &str, password_hash: &str) -> Result<bool, sqlx::Error> {
+    let done = with_db!(db, pool => {
+        sqlx::query("UPDATE clientapi_accounts SET password_hash = $2 WHERE localpart = $1 AND NOT deactivated")
+            .bind(localpart)
+            .bind(password_hash)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(done == 1)
+}
+
+/// Mark the account deactivated and forget its password, so that it can
+/// never log in again; its localpart stays taken.
+pub async fn deactivate(db: &Db, localpart: &str) -> Result<(), sqlx::Error> {
+    with_db!(db, pool => {
+        sqlx::query("UPDATE clientapi_accounts SET deactivated = TRUE, password_hash = NULL WHERE localpart = $1")
+            .bind(localpart)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
+}
+
+pub async fn is_deactivated(db: &Db, localpart: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<bool> = with_db!(db, pool => {
+        sqlx::query_scalar("SELECT deactivated FROM clientapi_accounts WHERE localpart = $1")
+            .bind(localpart)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(found.unwrap_or(false))
+}

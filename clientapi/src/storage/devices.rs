@@ -82,3 +82,75 @@ pub async fn end_all_sessions(db: &Db, user_id: &str) -> Result<Vec<String>, sql
         Ok(revoked)
     })
 }
+
+/// Delete every device of the user but `keep` and their tokens (a password
+/// change logging out the other sessions); returns the revoked token hashes.
+pub async fn end_other_sessions(db: &Db, user_id: &str, keep: &str) -> Result<Vec<String>, sqlx::Error> {
+    with_db!(db, pool => {
+        let mut tx = pool.begin_write().await?;
+        let revoked: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM clientapi_access_tokens WHERE user_id = $1 AND device_id <> $2 RETURNING token_hash",
+        )
+        .bind(user_id)
+        .bind(keep)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM clientapi_devices WHERE user_id = $1 AND device_id <> $2")
+            .bind(user_id)
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(revoked)
+    })
+}
+
+/// A device as `GET /devices` shows it.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub device_id: String,
+    pub display_name: Option<String>,
+}
+
+/// The user's devices, oldest first.
+pub async fn list(db: &Db, user_id: &str) -> Result<Vec<Device>, sqlx::Error> {
+    let rows: Vec<(String, Option<String>)> = with_db!(db, pool => {
+        sqlx::query_as(
+            "SELECT device_id, display_name FROM clientapi_devices WHERE user_id = $1 ORDER BY created_ms, device_id",
+        )
+        .bind(user_id)
+        .fetch_all(pool)
+        .await?
+    });
+    Ok(rows.into_iter().map(|(device_id, display_name)| Device { device_id, display_name }).collect())
+}
+
+pub async fn get(db: &Db, user_id: &str, device_id: &str) -> Result<Option<Device>, sqlx::Error> {
+    let row: Option<(String, Option<String>)> = with_db!(db, pool => {
+        sqlx::query_as("SELECT device_id, display_name FROM clientapi_devices WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(row.map(|(device_id, display_name)| Device { device_id, display_name }))
+}
+
+/// Rename the device; `false` when the user has no such device.
+pub async fn set_display_name(
+    db: &Db,
+    user_id: &str,
+    device_id: &str,
+    display_name: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let done = with_db!(db, pool => {
+        sqlx::query("UPDATE clientapi_devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(display_name)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(done == 1)
+}

@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod devices;
+pub mod directory;
 pub mod registration;
 pub mod tokens;
 
@@ -57,7 +58,45 @@ CREATE TABLE clientapi_account_data (
 );
 ";
 
+/// Deactivated accounts keep their row (the localpart stays taken).
+const V3: &str = "
+ALTER TABLE clientapi_accounts ADD COLUMN deactivated BOOLEAN NOT NULL DEFAULT FALSE;
+";
+
+/// Room aliases, the public directory and the room summaries it shows
+/// (a read model of `roomserver.output`).
+const V4: &str = "
+CREATE TABLE clientapi_room_aliases (
+    alias TEXT PRIMARY KEY NOT NULL,
+    room_id TEXT NOT NULL,
+    creator TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX clientapi_room_aliases_room ON clientapi_room_aliases (room_id);
+CREATE TABLE clientapi_published_rooms (
+    room_id TEXT PRIMARY KEY NOT NULL
+);
+CREATE TABLE clientapi_room_summaries (
+    room_id TEXT PRIMARY KEY NOT NULL,
+    name TEXT,
+    topic TEXT,
+    canonical_alias TEXT,
+    avatar_url TEXT,
+    join_rule TEXT,
+    history_visibility TEXT,
+    guest_access TEXT,
+    room_type TEXT
+);
+CREATE TABLE clientapi_directory_members (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE },
     Migration { version: 2, sqlite: V2, postgres: V2 },
+    Migration { version: 3, sqlite: V3, postgres: V3 },
+    Migration { version: 4, sqlite: V4, postgres: V4 },
 ];

@@ -20,8 +20,11 @@ impl Config {
         if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
             errors.push(format!("global.database_url: {url:?} must start with sqlite: or postgres:"));
         }
-        if global.bus == BusKind::Kafka {
-            errors.push("global.bus: kafka is not supported by this build yet; use embedded".to_owned());
+        if global.bus == BusKind::Kafka && global.kafka_brokers.trim().is_empty() {
+            errors.push("global.kafka_brokers: required when global.bus is kafka (host:port,…)".to_owned());
+        }
+        if global.kafka_replication == 0 || global.kafka_replication < -1 {
+            errors.push("global.kafka_replication: must be -1 (the cluster's default) or at least 1".to_owned());
         }
         if global.bus_partitions == 0 {
             errors.push("global.bus_partitions: must be at least 1".to_owned());
@@ -40,6 +43,16 @@ impl Config {
                 "roomserver.default_room_version: {version:?} is not one of {}",
                 DEFAULT_ROOM_VERSIONS.join(", ")
             ));
+        }
+        for name in &self.federation_api.trusted_key_servers {
+            if let Err(e) = check_server_name(name) {
+                errors.push(format!("federation_api.trusted_key_servers: {e}"));
+            }
+        }
+        for key_id in self.federation_api.old_verify_keys.keys() {
+            if !key_id.starts_with("ed25519:") {
+                errors.push(format!("federation_api.old_verify_keys: {key_id:?} is not an `ed25519:` key id"));
+            }
         }
         let (client, federation) = (self.client_api.listen, self.federation_api.listen);
         if client == federation && client.port() != 0 {
@@ -137,16 +150,18 @@ mod tests {
         config.global.server_name = "bad name".to_owned();
         config.global.database_url = "mysql://x".to_owned();
         config.global.bus = BusKind::Kafka;
+        config.global.kafka_replication = 0;
         config.global.bus_partitions = 0;
         config.roomserver.default_room_version = "9".to_owned();
         config.client_api.registration_shared_secret = Some(String::new());
         config.federation_api.listen = config.client_api.listen;
         let errors = config.check();
-        assert_eq!(errors.len(), 7, "{errors:#?}");
+        assert_eq!(errors.len(), 8, "{errors:#?}");
         for prefix in [
             "global.server_name",
             "global.database_url",
-            "global.bus",
+            "global.kafka_brokers",
+            "global.kafka_replication",
             "global.bus_partitions",
             "roomserver.default_room_version",
             "client_api.registration_shared_secret",
@@ -154,6 +169,20 @@ mod tests {
         ] {
             assert!(errors.iter().any(|e| e.starts_with(prefix)), "no {prefix} in {errors:#?}");
         }
+    }
+
+    #[test]
+    fn federation_lists_are_checked() {
+        let mut config = Config::default();
+        config.federation_api.trusted_key_servers = vec!["matrix.org".into(), "bad name".into()];
+        config
+            .federation_api
+            .old_verify_keys
+            .insert("rsa:1".into(), crate::OldVerifyKey { key: "abc".into(), expired_ts: 1 });
+        let errors = config.check();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(errors[0].starts_with("federation_api.trusted_key_servers"), "{errors:#?}");
+        assert!(errors[1].starts_with("federation_api.old_verify_keys"), "{errors:#?}");
     }
 
     #[test]

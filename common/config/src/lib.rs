@@ -11,6 +11,7 @@ mod load;
 pub use check::check_server_name;
 pub use load::{ConfigErrors, ENV_PREFIX};
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -42,13 +43,20 @@ pub struct Global {
     /// `sqlite://PATH` or `postgres://…`.
     pub database_url: String,
     pub bus: BusKind,
-    /// Partitions per topic of the embedded bus; bounds room-server parallelism.
+    /// Partitions per topic (embedded bus, and topics the Kafka bus creates);
+    /// bounds room-server parallelism and how many instances share the rooms.
     pub bus_partitions: u32,
+    /// Kafka bootstrap servers (`host:port,host:port`), for `bus: kafka`.
+    pub kafka_brokers: String,
+    /// Replication factor of topics the Kafka bus creates; -1 lets the
+    /// cluster's `default.replication.factor` decide.
+    pub kafka_replication: i32,
     /// Where generated files live (signing key, certificates, SQLite).
     pub data_dir: PathBuf,
     /// `ed25519 <version> <base64 seed>`, as Synapse writes it.
     pub signing_key_path: PathBuf,
-    /// A `tracing` filter such as `info` or `myelin_roomserver=debug,info`.
+    /// A `tracing` filter such as `info` or `myelin_roomserver=debug,info`. The
+    /// default quiets ruma's per-event auth traces.
     pub log_filter: String,
 }
 
@@ -60,6 +68,9 @@ pub struct ClientApi {
     pub registration_shared_secret: Option<String>,
     /// Lets anyone register with `m.login.dummy`. Off unless enabled.
     pub open_registration: bool,
+    /// Serves the public room directory (`/publicRooms`) to clients without
+    /// an access token. Off unless enabled (DESIGN.md invariant 11).
+    pub public_room_directory_without_auth: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +79,32 @@ pub struct FederationApi {
     pub listen: SocketAddr,
     pub tls_certificate_path: PathBuf,
     pub tls_private_key_path: PathBuf,
+    /// PEM certificates trusted for outbound federation besides the system
+    /// roots (a private CA, or SyTest's).
+    pub ca_file: Option<PathBuf>,
+    /// Lets outbound federation reach loopback addresses. Tests only: a
+    /// server name resolving to 127.0.0.1 is otherwise refused.
+    pub allow_loopback_peers: bool,
+    /// Lets outbound federation reach private ranges (10/8, 192.168/16,
+    /// fc00::/7, …), for homeservers federating on one private network.
+    pub allow_private_peers: bool,
+    /// Notary servers asked (`POST /_matrix/key/v2/query`) for a server's
+    /// keys when the server itself cannot be reached. Empty: none.
+    pub trusted_key_servers: Vec<String>,
+    /// Public keys (unpadded base64) never trusted, whoever publishes them.
+    pub key_denylist: Vec<String>,
+    /// Keys this server signed with before, published as `old_verify_keys`
+    /// so events they signed stay verifiable. Keyed by key id (`ed25519:…`).
+    pub old_verify_keys: BTreeMap<String, OldVerifyKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OldVerifyKey {
+    /// Unpadded base64 public key.
+    pub key: String,
+    /// When it stopped being used (ms since the epoch).
+    pub expired_ts: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,8 +138,10 @@ impl Global {
             database_url: format!("sqlite://{}", data_dir.join("myelin.db").display()),
             bus: BusKind::Embedded,
             bus_partitions: 8,
+            kafka_brokers: String::new(),
+            kafka_replication: -1,
             signing_key_path: data_dir.join("signing.key"),
-            log_filter: "info".to_owned(),
+            log_filter: "info,ruma_state_res=warn".to_owned(),
             data_dir,
         }
     }
@@ -110,7 +149,12 @@ impl Global {
 
 impl Default for ClientApi {
     fn default() -> Self {
-        Self { listen: ([127, 0, 0, 1], 8008).into(), registration_shared_secret: None, open_registration: false }
+        Self {
+            listen: ([127, 0, 0, 1], 8008).into(),
+            registration_shared_secret: None,
+            open_registration: false,
+            public_room_directory_without_auth: false,
+        }
     }
 }
 
@@ -126,6 +170,12 @@ impl FederationApi {
             listen: ([127, 0, 0, 1], 8448).into(),
             tls_certificate_path: data_dir.join("tls.crt"),
             tls_private_key_path: data_dir.join("tls.key"),
+            ca_file: None,
+            allow_loopback_peers: false,
+            allow_private_peers: false,
+            trusted_key_servers: Vec::new(),
+            key_denylist: Vec::new(),
+            old_verify_keys: BTreeMap::new(),
         }
     }
 }

@@ -220,11 +220,24 @@ fn read_env(name: &str, raw: &str, base: &BTreeMap<String, Mapping>, overlay: &m
 /// are strings by default stay verbatim, so a shared secret of `123` or
 /// `yes` is not turned into a number or a boolean. Optional fields (`null`
 /// by default) are strings too; an empty value, `~` or `null` unsets them.
+/// Lists take a YAML flow sequence (`[a, b]`) or comma-separated items
+/// (`a,b`; empty for none); maps take a YAML flow mapping (`{k: v}`).
 fn env_value(default: &Value, raw: &str) -> Value {
     match default {
         Value::String(_) => Value::String(raw.to_owned()),
         Value::Null if matches!(raw, "" | "~" | "null") => Value::Null,
         Value::Null => Value::String(raw.to_owned()),
+        Value::Sequence(_) => match serde_yaml_ng::from_str::<Value>(raw) {
+            Ok(value @ Value::Sequence(_)) => value,
+            _ => Value::Sequence(
+                raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_owned())).collect(),
+            ),
+        },
+        Value::Mapping(_) => match serde_yaml_ng::from_str::<Value>(raw) {
+            Ok(value @ Value::Mapping(_)) => value,
+            Ok(Value::Null) => Value::Mapping(Mapping::new()),
+            _ => Value::String(raw.to_owned()),
+        },
         _ => match serde_yaml_ng::from_str::<Value>(raw) {
             Ok(value @ (Value::Bool(_) | Value::Number(_) | Value::String(_))) => value,
             _ => Value::String(raw.to_owned()),
@@ -351,6 +364,31 @@ mod tests {
     }
 
     #[test]
+    fn lists_and_maps_are_overridden_from_the_environment() {
+        let config = Config::from_sources(
+            None,
+            env(&[
+                ("MYELIN_FEDERATION_API__TRUSTED_KEY_SERVERS", "matrix.org, example.org:8448"),
+                ("MYELIN_FEDERATION_API__KEY_DENYLIST", "[abc, def]"),
+                ("MYELIN_FEDERATION_API__OLD_VERIFY_KEYS", "{'ed25519:old': {key: abc, expired_ts: 5}}"),
+                ("MYELIN_FEDERATION_API__ALLOW_LOOPBACK_PEERS", "true"),
+                ("MYELIN_FEDERATION_API__CA_FILE", "/etc/ca.pem"),
+            ]),
+        )
+        .unwrap();
+        let federation = &config.federation_api;
+        assert_eq!(federation.trusted_key_servers, ["matrix.org", "example.org:8448"]);
+        assert_eq!(federation.key_denylist, ["abc", "def"]);
+        assert_eq!(federation.old_verify_keys["ed25519:old"], crate::OldVerifyKey { key: "abc".into(), expired_ts: 5 });
+        assert!(federation.allow_loopback_peers);
+        assert_eq!(federation.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        let empty = Config::from_sources(None, env(&[("MYELIN_FEDERATION_API__TRUSTED_KEY_SERVERS", "")])).unwrap();
+        assert!(empty.federation_api.trusted_key_servers.is_empty());
+        let errors = errors(None, &[("MYELIN_FEDERATION_API__OLD_VERIFY_KEYS", "nope")]);
+        assert!(errors[0].starts_with("MYELIN_FEDERATION_API__OLD_VERIFY_KEYS"), "{errors:?}");
+    }
+
+    #[test]
     fn an_empty_override_unsets_an_optional_value() {
         let yaml = "client_api:\n  registration_shared_secret: s3cret\n";
         let config =
@@ -428,11 +466,13 @@ extra: {}
     }
 
     #[test]
-    fn kafka_is_parsed_but_refused_by_the_checks() {
+    fn kafka_needs_its_brokers() {
         let errors = errors(Some("global:\n  bus: kafka\n"), &[]);
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].contains("kafka"), "{errors:?}");
-        let yaml: Config = serde_yaml_ng::from_str("global:\n  bus: kafka\n").unwrap();
-        assert_eq!(yaml.global.bus, BusKind::Kafka);
+        assert!(errors[0].starts_with("global.kafka_brokers"), "{errors:?}");
+        let yaml = "global:\n  bus: kafka\n  kafka_brokers: kafka:9092\n  database_url: postgres://db/myelin\n";
+        let config = Config::from_sources(Some(yaml), env(&[])).unwrap();
+        assert_eq!(config.global.bus, BusKind::Kafka);
+        assert_eq!(config.global.kafka_brokers, "kafka:9092");
     }
 }

@@ -90,15 +90,7 @@ impl Db {
     /// Apply the component's migrations that have not run yet, each in its
     /// own transaction. Components track their versions independently.
     pub async fn migrate(&self, component: &str, migrations: &[Migration]) -> Result<(), StorageError> {
-        with_db!(self, pool => {
-            sqlx::query(
-                "CREATE TABLE IF NOT EXISTS myelin_migrations (\
-                 component TEXT NOT NULL, version BIGINT NOT NULL, \
-                 PRIMARY KEY (component, version))",
-            )
-            .execute(pool)
-            .await?;
-        });
+        self.create_bookkeeping().await?;
         for migration in migrations {
             self.apply(component, migration).await.map_err(|source| StorageError::Migration {
                 component: component.to_owned(),
@@ -109,13 +101,43 @@ impl Db {
         Ok(())
     }
 
+    /// The processes of one homeserver may start together on one PostgreSQL
+    /// (two room servers migrate the same tables): a transaction-scoped
+    /// advisory lock lets one migrate at a time. SQLite's `BEGIN IMMEDIATE`
+    /// already serializes writers.
+    fn migration_lock(&self) -> &'static str {
+        match self.backend() {
+            Backend::Sqlite => "SELECT 1",
+            Backend::Postgres => "SELECT pg_advisory_xact_lock(4242424242)",
+        }
+    }
+
+    async fn create_bookkeeping(&self) -> Result<(), StorageError> {
+        let lock = self.migration_lock();
+        with_db!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(lock).execute(&mut *tx).await?;
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS myelin_migrations (\
+                 component TEXT NOT NULL, version BIGINT NOT NULL, \
+                 PRIMARY KEY (component, version))",
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     async fn apply(&self, component: &str, migration: &Migration) -> Result<(), sqlx::Error> {
         let ddl = match self.backend() {
             Backend::Sqlite => migration.sqlite,
             Backend::Postgres => migration.postgres,
         };
+        let lock = self.migration_lock();
         with_db!(self, pool => {
             let mut tx = pool.begin_write().await?;
+            sqlx::query(lock).execute(&mut *tx).await?;
             let done: Option<i64> = sqlx::query_scalar(
                 "SELECT version FROM myelin_migrations WHERE component = $1 AND version = $2",
             )

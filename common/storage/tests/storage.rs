@@ -44,6 +44,28 @@ async fn migrations_apply_once_and_components_are_independent() {
     }
 }
 
+/// Processes of one homeserver start together (two room servers migrate the
+/// same tables): every one of them must come up, and each step runs once.
+#[tokio::test]
+async fn concurrent_migrations_of_one_component_all_succeed() {
+    for test_db in TestDb::both().await {
+        let mut starts = Vec::new();
+        for _ in 0..4 {
+            let url = test_db.url.clone();
+            starts.push(tokio::spawn(async move {
+                let db = Db::connect(&url).await.unwrap();
+                db.migrate("alpha", MIGRATIONS).await
+            }));
+        }
+        for start in starts {
+            start.await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", test_db.name));
+        }
+        let db = Db::connect(&test_db.url).await.unwrap();
+        let count: i64 = with_db!(&db, p => sqlx::query_scalar("SELECT COUNT(*) FROM myelin_migrations").fetch_one(p).await.unwrap());
+        assert_eq!(count, 2, "{}", test_db.name);
+    }
+}
+
 #[tokio::test]
 async fn a_failing_migration_reports_component_and_version_and_is_not_recorded() {
     for test_db in TestDb::both().await {

@@ -14,6 +14,9 @@ pub enum ErrorCode {
     UnknownToken,
     #[serde(rename = "M_MISSING_TOKEN")]
     MissingToken,
+    /// Federation requests without valid X-Matrix authentication.
+    #[serde(rename = "M_UNAUTHORIZED")]
+    Unauthorized,
     #[serde(rename = "M_BAD_JSON")]
     BadJson,
     #[serde(rename = "M_NOT_JSON")]
@@ -46,14 +49,18 @@ pub enum ErrorCode {
     UserDeactivated,
     #[serde(rename = "M_INVALID_ROOM_STATE")]
     InvalidRoomState,
+    #[serde(rename = "M_BAD_ALIAS")]
+    BadAlias,
+    #[serde(rename = "M_THREEPID_DENIED")]
+    ThreepidDenied,
 }
 
 impl ErrorCode {
     /// The HTTP status the spec pairs with this code by default.
     pub fn default_status(self) -> StatusCode {
         match self {
-            Self::Forbidden | Self::UserDeactivated => StatusCode::FORBIDDEN,
-            Self::UnknownToken | Self::MissingToken => StatusCode::UNAUTHORIZED,
+            Self::Forbidden | Self::UserDeactivated | Self::ThreepidDenied => StatusCode::FORBIDDEN,
+            Self::UnknownToken | Self::MissingToken | Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound | Self::Unrecognized => StatusCode::NOT_FOUND,
             Self::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -67,7 +74,8 @@ impl ErrorCode {
             | Self::UnsupportedRoomVersion
             | Self::RoomInUse
             | Self::BadState
-            | Self::InvalidRoomState => StatusCode::BAD_REQUEST,
+            | Self::InvalidRoomState
+            | Self::BadAlias => StatusCode::BAD_REQUEST,
         }
     }
 }

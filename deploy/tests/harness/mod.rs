@@ -1,5 +1,8 @@
 //! Runs the real `myelin` binary for end-to-end tests.
 
+#[cfg(feature = "kafka")]
+pub mod distributed;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

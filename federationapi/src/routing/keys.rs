@@ -1,45 +1,63 @@
+use std::collections::BTreeMap;
+
 use axum::Json;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use myelin_types::MatrixError;
+use myelin_types::json::MatrixJson;
 use myelin_types::ruma::CanonicalJsonObject;
-use myelin_types::ruma::canonical_json::to_canonical_value;
-use myelin_types::ruma::signatures::sign_json;
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 use super::FederationState;
-
-/// How long other servers may cache our key response. Synapse and Dendrite
-/// advertise days, not hours, so a restart does not force refetches.
-const VALIDITY_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
 /// GET /_matrix/key/v2/server
 /// <https://spec.matrix.org/v1.16/server-server-api/#get_matrixkeyv2server>
 pub(super) async fn get_server_keys(
     State(state): State<FederationState>,
 ) -> Result<Json<CanonicalJsonObject>, MatrixError> {
-    server_keys(&state).map(Json)
+    Ok(Json(state.keys.own_response()?))
 }
 
-/// The key response, signed by the key it publishes (canonical JSON without
-/// `signatures` and `unsigned`, as the spec's signing algorithm says).
-pub fn server_keys(state: &FederationState) -> Result<CanonicalJsonObject, MatrixError> {
-    let key = &state.signing_key;
-    let response = json!({
-        "server_name": state.server_name,
-        "verify_keys": { key.key_id(): { "key": key.public_key_base64() } },
-        "old_verify_keys": {},
-        "valid_until_ts": state.clock.now_ms() + VALIDITY_MS,
-    });
-    let mut object = match to_canonical_value(response) {
-        Ok(myelin_types::ruma::CanonicalJsonValue::Object(object)) => object,
-        other => {
-            tracing::error!(?other, "key response is not a canonical JSON object");
-            return Err(MatrixError::internal());
-        }
-    };
-    sign_json(&state.server_name, &key.keypair, &mut object).map_err(|e| {
-        tracing::error!(error = %e, "signing the key response failed");
-        MatrixError::internal()
-    })?;
-    Ok(object)
+#[derive(Debug, Deserialize)]
+pub(super) struct QueryBody {
+    server_keys: BTreeMap<String, BTreeMap<String, KeyCriteria>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct KeyCriteria {
+    minimum_valid_until_ts: Option<u64>,
+}
+
+/// POST /_matrix/key/v2/query
+/// <https://spec.matrix.org/v1.16/server-server-api/#post_matrixkeyv2query>
+pub(super) async fn post_query(
+    State(state): State<FederationState>,
+    MatrixJson(body): MatrixJson<QueryBody>,
+) -> Result<Json<Value>, MatrixError> {
+    let mut responses = Vec::new();
+    for (server, criteria) in body.server_keys {
+        // The strictest criterion wins: one response must satisfy them all.
+        let minimum = criteria.values().filter_map(|c| c.minimum_valid_until_ts).max();
+        responses.extend(state.keys.notary_response(&server, minimum).await?);
+    }
+    Ok(Json(json!({ "server_keys": responses })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct QueryParams {
+    minimum_valid_until_ts: Option<u64>,
+}
+
+/// GET /_matrix/key/v2/query/{serverName}
+/// <https://spec.matrix.org/v1.16/server-server-api/#get_matrixkeyv2queryservername>
+pub(super) async fn get_query(
+    State(state): State<FederationState>,
+    Path(server): Path<String>,
+    params: Result<Query<QueryParams>, QueryRejection>,
+) -> Result<Json<Value>, MatrixError> {
+    let Query(params) = params.map_err(|e| MatrixError::invalid_param(e.body_text()))?;
+    let responses: Vec<_> =
+        state.keys.notary_response(&server, params.minimum_valid_until_ts).await?.into_iter().collect();
+    Ok(Json(json!({ "server_keys": responses })))
 }

@@ -1,23 +1,42 @@
 //! HTTP handlers of the federation listener, one file per endpoint family.
 
+pub mod auth;
 mod keys;
+mod send;
 mod version;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post, put};
+use myelin_bus::Bus;
+use myelin_storage::Db;
 use myelin_types::MatrixError;
 use myelin_types::clock::SharedClock;
-use myelin_types::signing::ServerSigningKey;
 
-/// What the handlers need: who we are, how we sign, what time it is.
+use crate::keys::KeyStore;
+
+/// What the handlers need.
 #[derive(Clone)]
 pub struct FederationState {
-    pub server_name: String,
-    pub signing_key: Arc<ServerSigningKey>,
+    pub keys: Arc<KeyStore>,
+    pub db: Db,
+    pub bus: Bus,
     pub clock: SharedClock,
+    /// One lock per origin server, so its transactions are handled one at a time.
+    transactions: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl FederationState {
+    pub fn new(keys: Arc<KeyStore>, db: Db, bus: Bus, clock: SharedClock) -> Self {
+        Self { keys, db, bus, clock, transactions: Arc::default() }
+    }
+
+    fn transaction_gate(&self, origin: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.transactions.lock().expect("transaction gate lock").entry(origin.to_owned()).or_default().clone()
+    }
 }
 
 /// The federation router. Unknown paths and wrong methods answer with
@@ -25,10 +44,13 @@ pub struct FederationState {
 pub fn router(state: FederationState) -> Router {
     Router::new()
         .route("/_matrix/federation/v1/version", get(version::get_version))
+        .route("/_matrix/federation/v1/send/{txn_id}", put(send::put_send))
         .route("/_matrix/key/v2/server", get(keys::get_server_keys))
         // Deprecated form with a key id, still requested by older servers;
         // the answer is the same (all current keys).
         .route("/_matrix/key/v2/server/{key_id}", get(keys::get_server_keys))
+        .route("/_matrix/key/v2/query", post(keys::post_query))
+        .route("/_matrix/key/v2/query/{server_name}", get(keys::get_query))
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized().with_status(StatusCode::METHOD_NOT_ALLOWED)
         })

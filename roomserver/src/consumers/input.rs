@@ -1,4 +1,5 @@
-//! Answers `roomserver.input`: creates rooms and appends local events.
+//! Answers `roomserver.input`: creates rooms, appends local events and
+//! takes in PDUs received over federation (`remote.rs`).
 //!
 //! Requests are idempotent under redelivery (DESIGN.md invariant 6): the
 //! reply and produced event ids are stored under the request's correlation
@@ -12,11 +13,15 @@ use myelin_bus::{Bus, HandleError, Record, Responder};
 use myelin_storage::Db;
 use ruma::{OwnedEventId, UserId};
 
+use serde::Deserialize;
+
 use crate::api::{CreateRoom, InputOk, InputReply, InputRequest, NewRoomEvent, SendEvent, StoredEvent};
 use crate::error::RequestError;
 use crate::events::{LocalEvent, Room, Signer, create_room};
 use crate::producers::output::{OutputProducer, new_room_event};
 use crate::storage::Tx;
+
+mod remote;
 
 pub struct InputConsumer {
     pub db: Db,
@@ -50,6 +55,8 @@ impl Responder for InputConsumer {
         let result = match request {
             InputRequest::CreateRoom(create) => self.create_room(&correlation_id, create).await,
             InputRequest::SendEvent(send) => self.send_event(&correlation_id, send).await,
+            InputRequest::InputPdus(input) => self.input_pdus(&correlation_id, input).await,
+            InputRequest::JoinedRemoteRoom(joined) => self.joined_remote_room(&correlation_id, joined).await,
         };
         match result {
             Ok(Outcome { reply, outputs }) => {
@@ -65,6 +72,16 @@ impl Responder for InputConsumer {
     }
 }
 
+/// What a handled request stored to replay its outputs: local events are
+/// rebuilt from their ids; received PDUs store their records whole, since
+/// their state deltas depend on the room at the time.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Produced {
+    EventIds(Vec<String>),
+    Outputs(Vec<NewRoomEvent>),
+}
+
 fn encode(reply: &InputReply) -> Vec<u8> {
     serde_json::to_vec(reply).expect("replies serialize")
 }
@@ -77,8 +94,11 @@ impl InputConsumer {
     /// The stored reply of a request seen before, and its output records.
     async fn replay(&self, correlation_id: &str) -> Result<Option<(Vec<u8>, Vec<NewRoomEvent>)>, RequestError> {
         let mut tx = Tx::read(&self.db).await?;
-        let Some((reply, event_ids)) = tx.request(correlation_id).await? else { return Ok(None) };
-        let event_ids: Vec<String> = serde_json::from_str(&event_ids)?;
+        let Some((reply, produced)) = tx.request(correlation_id).await? else { return Ok(None) };
+        let event_ids = match serde_json::from_str(&produced)? {
+            Produced::Outputs(outputs) => return Ok(Some((reply.into_bytes(), outputs))),
+            Produced::EventIds(event_ids) => event_ids,
+        };
         let mut outputs = Vec::with_capacity(event_ids.len());
         for event_id in event_ids {
             let row =

@@ -1,7 +1,10 @@
 //! Turning chosen fields into a signed PDU, and the format and size checks
 //! every PDU passes (DESIGN.md invariant 4).
 
-use ruma::room_version_rules::RoomVersionRules;
+use std::collections::HashMap;
+
+use myelin_types::random::alphanumeric;
+use ruma::room_version_rules::{EventsReferenceFormatVersion, RoomVersionRules};
 use ruma::signatures::{JsonError, hash_and_sign_event, reference_hash};
 use ruma::state_res::check_pdu_format;
 use ruma::{CanonicalJsonValue, EventId, OwnedEventId, RoomId, UserId};
@@ -26,6 +29,9 @@ pub struct Draft<'a> {
     pub content: &'a Value,
     pub prev_events: Vec<OwnedEventId>,
     pub auth_events: Vec<OwnedEventId>,
+    /// Reference hashes of the cited events, for room versions 1 and 2,
+    /// which cite events as `[id, {"sha256": hash}]`.
+    pub reference_hashes: HashMap<OwnedEventId, String>,
     pub depth: i64,
     pub origin_server_ts: u64,
 }
@@ -56,9 +62,39 @@ pub fn build(signer: &Signer, rules: &RoomVersionRules, draft: Draft<'_>) -> Res
     let mut fields = Map::new();
     fields.insert("type".into(), json!(draft.event_type));
     fields.insert("sender".into(), json!(draft.sender));
-    fields.insert("content".into(), draft.content.clone());
-    fields.insert("prev_events".into(), json!(draft.prev_events));
-    fields.insert("auth_events".into(), json!(draft.auth_events));
+    let mut content = draft.content.clone();
+    if draft.event_type == "m.room.redaction" {
+        let redacts = content.get("redacts").and_then(Value::as_str).and_then(|id| EventId::parse(id).ok());
+        let Some(redacts) = redacts else {
+            return Err(RequestError::BadJson("a redaction needs the event id it redacts".into()));
+        };
+        // Before room version 11 the redacted event is named at the top level.
+        // Spec: <https://spec.matrix.org/v1.16/rooms/v11/#moving-the-redacts-key>
+        if !rules.redaction.content_field_redacts {
+            content.as_object_mut().expect("checked above").remove("redacts");
+            fields.insert("redacts".into(), json!(redacts));
+        }
+    }
+    fields.insert("content".into(), content);
+    let cite = |ids: &[OwnedEventId]| -> Value {
+        if rules.events_reference_format == EventsReferenceFormatVersion::V1 {
+            let pairs = ids.iter().map(
+                |id| json!([id, {"sha256": draft.reference_hashes.get(id).map(String::as_str).unwrap_or_default()}]),
+            );
+            Value::Array(pairs.collect())
+        } else {
+            json!(ids)
+        }
+    };
+    fields.insert("prev_events".into(), cite(&draft.prev_events));
+    fields.insert("auth_events".into(), cite(&draft.auth_events));
+    // Room versions 1 and 2 carry a random id that names its server.
+    // Spec: <https://spec.matrix.org/v1.16/rooms/v1/#event-ids>
+    let carried_id =
+        rules.event_format.require_event_id.then(|| format!("${}:{}", alphanumeric(18), signer.server_name));
+    if let Some(id) = &carried_id {
+        fields.insert("event_id".into(), json!(id));
+    }
     fields.insert("depth".into(), json!(draft.depth));
     fields.insert("origin_server_ts".into(), json!(draft.origin_server_ts));
     if let Some(room_id) = draft.room_id {
@@ -83,8 +119,14 @@ pub fn build(signer: &Signer, rules: &RoomVersionRules, draft: Draft<'_>) -> Res
         return Err(RequestError::TooLarge(format!("event is larger than {MAX_PDU_BYTES} bytes")));
     }
     check_pdu_format(&object, &rules.event_format).map_err(RequestError::BadJson)?;
-    let hash = reference_hash(&object, rules).map_err(|error| too_large_or(error, "reference hash"))?;
-    let event_id = EventId::parse(format!("${hash}")).map_err(|e| RequestError::Internal(e.to_string()))?;
+    let event_id = match carried_id {
+        Some(id) => id,
+        None => {
+            let hash = reference_hash(&object, rules).map_err(|error| too_large_or(error, "reference hash"))?;
+            format!("${hash}")
+        }
+    };
+    let event_id = EventId::parse(event_id).map_err(|e| RequestError::Internal(e.to_string()))?;
     let pdu = Pdu::parse(event_id.clone(), &json).map_err(|e| RequestError::BadJson(e.to_string()))?;
     Ok(Built { event_id, json, pdu })
 }

@@ -8,8 +8,21 @@ use serde_json::{Map, Value, json};
 use crate::api::CreateRoom;
 use crate::error::RequestError;
 
-/// Room versions this server creates rooms in.
-pub const NEW_ROOM_VERSIONS: &[RoomVersionId] = &[RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+/// Room versions this server creates rooms in: every stable one.
+pub const NEW_ROOM_VERSIONS: &[RoomVersionId] = &[
+    RoomVersionId::V1,
+    RoomVersionId::V2,
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];
 
 /// One state event to send after the create event, always by the creator.
 #[derive(Debug, Clone, PartialEq)]

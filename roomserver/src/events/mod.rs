@@ -4,6 +4,9 @@
 mod build;
 pub mod create_room;
 mod pdu;
+pub mod receive;
+pub mod remote;
+mod resolve;
 mod room;
 
 use myelin_types::signing::ServerSigningKey;

@@ -3,7 +3,7 @@
 use ruma::events::TimelineEventType;
 use ruma::state_res::Event;
 use ruma::{EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 /// The fields of a PDU that the authorization rules read.
@@ -19,9 +19,34 @@ pub struct Pdu {
     pub event_type: TimelineEventType,
     pub state_key: Option<String>,
     pub content: Box<RawValue>,
+    #[serde(deserialize_with = "event_refs")]
     pub prev_events: Vec<OwnedEventId>,
+    #[serde(deserialize_with = "event_refs")]
     pub auth_events: Vec<OwnedEventId>,
     pub redacts: Option<OwnedEventId>,
+    /// Failed the checks on receipt: kept so that events citing it fail too.
+    #[serde(skip)]
+    pub rejected: bool,
+}
+
+/// `prev_events`/`auth_events` are `[id, {hashes}]` pairs in room versions 1
+/// and 2 and plain ids from version 3 on.
+///
+/// Spec: <https://spec.matrix.org/v1.16/rooms/v1/#event-format>
+fn event_refs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<OwnedEventId>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ref {
+        Id(OwnedEventId),
+        Pair(OwnedEventId, serde::de::IgnoredAny),
+    }
+    let refs = Vec::<Ref>::deserialize(deserializer)?;
+    Ok(refs
+        .into_iter()
+        .map(|r| match r {
+            Ref::Id(id) | Ref::Pair(id, _) => id,
+        })
+        .collect())
 }
 
 fn placeholder_id() -> OwnedEventId {
@@ -79,8 +104,7 @@ impl Event for Pdu {
         self.redacts.as_ref()
     }
 
-    /// Only accepted events are ever stored.
     fn rejected(&self) -> bool {
-        false
+        self.rejected
     }
 }

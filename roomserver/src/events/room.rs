@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 
 use ruma::events::{StateEventType, TimelineEventType};
-use ruma::room_version_rules::RoomVersionRules;
+use ruma::room_version_rules::{EventsReferenceFormatVersion, RoomVersionRules};
+use ruma::signatures::reference_hash;
 use ruma::state_res::{auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules};
-use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId};
+use ruma::{CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId};
 use serde_json::Value;
 use serde_json::value::to_raw_value;
 
@@ -15,7 +16,7 @@ use super::build::{Draft, build};
 use super::pdu::Pdu;
 use crate::api::StoredEvent;
 use crate::error::RequestError;
-use crate::storage::{NewEvent, StateMap, Tx, append_state};
+use crate::storage::{EventStatus, NewEvent, StateMap, Tx, append_state};
 
 /// At most this many `prev_events` per PDU.
 const MAX_PREV_EVENTS: i64 = 20;
@@ -73,6 +74,7 @@ impl Room {
             content,
             prev_events: Vec::new(),
             auth_events: Vec::new(),
+            reference_hashes: HashMap::new(),
             depth: 1,
             origin_server_ts,
         };
@@ -143,14 +145,26 @@ impl Room {
         let create =
             create.ok_or_else(|| RequestError::Internal(format!("room {} has no create event", self.room_id)))?;
         let depth = self.extremities.iter().map(|(_, depth)| *depth).max().unwrap_or(0) + 1;
+        let prev_events: Vec<OwnedEventId> = self.extremities.iter().map(|(id, _)| id.clone()).collect();
+        let mut reference_hashes = HashMap::new();
+        if self.rules.events_reference_format == EventsReferenceFormatVersion::V1 {
+            for id in prev_events.iter().chain(&auth_events) {
+                let json =
+                    tx.event_pdu(id.as_str()).await?.ok_or_else(|| RequestError::Internal(format!("{id} missing")))?;
+                let object: CanonicalJsonObject = serde_json::from_str(&json)?;
+                let hash = reference_hash(&object, &self.rules).map_err(|e| RequestError::Internal(e.to_string()))?;
+                reference_hashes.insert(id.clone(), hash);
+            }
+        }
         let draft = Draft {
             room_id: Some(&self.room_id),
             sender,
             event_type,
             state_key,
             content,
-            prev_events: self.extremities.iter().map(|(id, _)| id.clone()).collect(),
+            prev_events,
             auth_events,
+            reference_hashes,
             depth,
             origin_server_ts,
         };
@@ -209,18 +223,7 @@ impl Room {
     ) -> Result<Accepted, RequestError> {
         let room_id = self.room_id.as_str();
         let event_type = pdu.event_type.to_string();
-        tx.insert_event(&NewEvent {
-            event_id: event_id.as_str(),
-            room_id,
-            event_type: &event_type,
-            state_key: pdu.state_key.as_deref(),
-            depth,
-            state_before: self.snapshot,
-            pdu: &json,
-        })
-        .await?;
-        let prev_events: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
-        tx.advance_extremities(room_id, &prev_events, event_id.as_str()).await?;
+        let state_before = self.snapshot;
         let is_state = pdu.state_key.is_some();
         if let Some(state_key) = &pdu.state_key {
             let change = StateMap::from([((event_type.clone(), state_key.clone()), event_id.to_string())]);
@@ -236,6 +239,22 @@ impl Room {
                 tx.set_membership(room_id, state_key, &membership, event_id.as_str()).await?;
             }
             self.snapshot = Some(snapshot);
+        }
+        tx.insert_event(&NewEvent {
+            event_id: event_id.as_str(),
+            room_id,
+            event_type: &event_type,
+            state_key: pdu.state_key.as_deref(),
+            depth,
+            state_before,
+            state_after: self.snapshot,
+            status: EventStatus::Accepted,
+            pdu: &json,
+        })
+        .await?;
+        let prev_events: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
+        tx.advance_extremities(room_id, &prev_events, event_id.as_str()).await?;
+        if let Some(state_key) = &pdu.state_key {
             self.state.insert((event_type, state_key.clone()), Some(pdu));
         }
         self.extremities.retain(|(id, _)| !prev_events.iter().any(|prev| prev == id.as_str()));

@@ -9,7 +9,7 @@ use crate::api::{NewRoomEvent, OUTPUT_TOPIC, OutputRecord, StateDelta, StoredEve
 /// room linearly, so a state event is exactly what enters current state.
 pub fn new_room_event(event: StoredEvent, is_state: bool, room_version: String, txn: Option<TxnRef>) -> NewRoomEvent {
     let added = if is_state { vec![event.clone()] } else { Vec::new() };
-    NewRoomEvent { event, room_version, state_delta: StateDelta { added, removed: Vec::new() }, txn }
+    NewRoomEvent { event, room_version, state_delta: StateDelta { added, removed: Vec::new() }, txn, historical: false }
 }
 
 #[derive(Clone)]

@@ -16,7 +16,7 @@ use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -50,7 +50,10 @@ pub struct KafkaOptions {
 
 impl Default for KafkaOptions {
     fn default() -> Self {
-        Self { partitions: 8, replication: -1, session_timeout: Duration::from_secs(10) }
+        // Kafka's smallest allowed session (`group.min.session.timeout.ms`):
+        // a dead room server's rooms move to another instance within seconds.
+        // (tansu, the test broker, also fails to evict members with longer ones.)
+        Self { partitions: 8, replication: -1, session_timeout: Duration::from_secs(6) }
     }
 }
 
@@ -163,6 +166,11 @@ impl Backend for KafkaBackend {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", self.options.session_timeout.as_millis().to_string())
+            // Kafka answers a fetch as soon as records arrive; some
+            // Kafka-protocol brokers only at this deadline. A short one bounds
+            // each hop's latency there, at the cost of an idle fetch per
+            // consumer every 50 ms.
+            .set("fetch.wait.max.ms", "50")
             .set("statistics.interval.ms", "5000")
             .create_with_context(LagReporter { group: group.to_owned() })?;
         consumer.subscribe(&[topic])?;
@@ -256,7 +264,25 @@ impl ClientContext for LagReporter {
     }
 }
 
-impl ConsumerContext for LagReporter {}
+impl ConsumerContext for LagReporter {
+    /// Which partitions this process gained or lost: how an operator sees
+    /// room server instances share the rooms and take over from each other.
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(group = %self.group, partitions = ?partition_ids(list), "partitions assigned")
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(group = %self.group, partitions = ?partition_ids(list), "partitions revoked")
+            }
+            Rebalance::Error(error) => tracing::warn!(group = %self.group, %error, "rebalance failed"),
+        }
+    }
+}
+
+fn partition_ids(list: &TopicPartitionList) -> Vec<i32> {
+    list.elements().iter().map(|element| element.partition()).collect()
+}
 
 struct KafkaConsumer {
     consumer: Arc<StreamConsumer<LagReporter>>,

@@ -1,0 +1,3 @@
+//! Requests the federation API answers on the bus.
+
+pub mod query;

@@ -1,0 +1,104 @@
+//! Answers `federationapi.query`: the room server's questions about other
+//! servers (their keys, events it lacks).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use myelin_bus::{HandleError, Record, Responder};
+use myelin_roomserver::api::{FederationQuery, FederationQueryOk, FederationQueryReply};
+use myelin_types::MatrixError;
+use serde_json::{Value, json};
+
+use crate::client::{ClientError, FederationClient, FederationRequest};
+use crate::keys::KeyStore;
+
+pub const GROUP: &str = "federationapi.query";
+
+pub struct QueryResponder {
+    pub keys: Arc<KeyStore>,
+    pub client: Arc<FederationClient>,
+}
+
+#[async_trait]
+impl Responder for QueryResponder {
+    async fn respond(&self, record: &Record) -> Result<Vec<u8>, HandleError> {
+        let query: FederationQuery =
+            record.json().map_err(|e| HandleError::Poison(format!("undecodable federation query: {e}")))?;
+        let reply: FederationQueryReply = self.answer(query).await;
+        serde_json::to_vec(&reply).map_err(|e| HandleError::Poison(format!("unencodable reply: {e}")))
+    }
+}
+
+impl QueryResponder {
+    async fn answer(&self, query: FederationQuery) -> FederationQueryReply {
+        match query {
+            FederationQuery::ServerKeys { server_name, key_ids } => {
+                let keys = self.keys.server_keys(server_name.as_str(), &key_ids).await?;
+                Ok(FederationQueryOk::ServerKeys { keys })
+            }
+            FederationQuery::Events { room_id: _, servers, event_ids } => {
+                let mut pdus = Vec::new();
+                for event_id in event_ids {
+                    let path = format!("/_matrix/federation/v1/event/{}", encode(event_id.as_str()));
+                    if let Some(answer) =
+                        self.first_answer(&servers, |server| FederationRequest::get(server, path.clone())).await
+                    {
+                        pdus.extend(answer.get("pdus").and_then(Value::as_array).cloned().unwrap_or_default());
+                    }
+                }
+                Ok(FederationQueryOk::Pdus { pdus })
+            }
+            FederationQuery::MissingEvents { room_id, servers, earliest, latest, limit } => {
+                let path = format!("/_matrix/federation/v1/get_missing_events/{}", encode(room_id.as_str()));
+                let body = json!({ "earliest_events": earliest, "latest_events": latest, "limit": limit });
+                let answer = self
+                    .first_answer(&servers, |server| FederationRequest::post(server, path.clone(), body.clone()))
+                    .await
+                    .ok_or_else(|| MatrixError::not_found("No server returned the missing events"))?;
+                let pdus = answer.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+                Ok(FederationQueryOk::Pdus { pdus })
+            }
+        }
+    }
+
+    /// Ask each server in turn; the first successful answer wins. The
+    /// room server validates what comes back, so nothing is trusted here.
+    async fn first_answer(
+        &self,
+        servers: &[myelin_types::ruma::OwnedServerName],
+        request: impl Fn(&str) -> FederationRequest,
+    ) -> Option<Value> {
+        for server in servers {
+            match self.client.send(request(server.as_str())).await {
+                Ok(answer) => return Some(answer),
+                Err(error @ (ClientError::Status { .. } | ClientError::NotJson { .. })) => {
+                    tracing::debug!(%error, "server could not answer")
+                }
+                Err(error) => tracing::info!(%error, "server unreachable"),
+            }
+        }
+        None
+    }
+}
+
+/// Percent-encode a path segment (ids contain `$`, `!`, `:`, and in old
+/// rooms `/` or `+`).
+fn encode(segment: &str) -> String {
+    let mut encoded = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(super::encode("$a+b/c:d.e"), "%24a%2Bb%2Fc%3Ad.e");
+    }
+}

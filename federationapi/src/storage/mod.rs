@@ -1,0 +1,41 @@
+//! The federation API's own tables: remote server keys and received
+//! transactions. One SQL text for both databases; DDL per dialect.
+
+pub mod keys;
+pub mod transactions;
+
+use myelin_storage::Migration;
+
+pub const COMPONENT: &str = "federationapi";
+
+/// The same DDL suits both dialects (TEXT and BIGINT only).
+const V1: &str = "
+CREATE TABLE federationapi_server_keys (
+    server_name TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    -- Current keys: the valid_until_ts of the response that listed them.
+    valid_until_ts BIGINT,
+    -- Old keys: when they stopped being used.
+    expired_ts BIGINT,
+    fetched_ts BIGINT NOT NULL,
+    PRIMARY KEY (server_name, key_id)
+);
+-- The latest signed key response of each server, served again as a notary.
+CREATE TABLE federationapi_key_responses (
+    server_name TEXT NOT NULL PRIMARY KEY,
+    response TEXT NOT NULL,
+    valid_until_ts BIGINT NOT NULL,
+    fetched_ts BIGINT NOT NULL
+);
+-- Answered /send transactions, so a retried transaction gets the same answer.
+CREATE TABLE federationapi_transactions (
+    origin TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    response TEXT NOT NULL,
+    received_ts BIGINT NOT NULL,
+    PRIMARY KEY (origin, txn_id)
+);
+";
+
+pub const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: V1, postgres: V1 }];

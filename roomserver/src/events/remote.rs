@@ -1,0 +1,593 @@
+//! The checks on receipt of a PDU that need the room: auth against its auth
+//! events, against the state before it and against the current state, and
+//! what an accepted PDU does to the room (state snapshots, forward
+//! extremities, current state by state resolution when it is on a fork).
+//! Runs inside the request's transaction, after [`super::receive`].
+//!
+//! Spec: <https://spec.matrix.org/v1.16/server-server-api/#checks-performed-on-receipt-of-a-pdu>
+
+use std::collections::{HashMap, HashSet};
+
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::state_res::{auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules};
+use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
+use serde_json::Value;
+
+use super::pdu::Pdu;
+use super::receive::Received;
+pub use super::resolve::IdState;
+use super::resolve::resolve;
+use crate::api::{NewRoomEvent, PduKind, PduOutcome, StateDelta, StoredEvent};
+use crate::error::RequestError;
+use crate::storage::{EventStatus, NewEvent, StateMap, Tx, append_state, resolve_snapshot};
+
+/// Most forward extremities read when deciding whether an event is on a fork.
+const MAX_EXTREMITIES: i64 = 1000;
+
+/// Why a PDU is rejected, and whether to remember it: a rejection for
+/// something the PDU itself says is permanent, one for something this
+/// server could not find is not.
+struct Reject {
+    reason: String,
+    remember: bool,
+}
+
+impl Reject {
+    fn permanent(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), remember: true }
+    }
+
+    fn for_now(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), remember: false }
+    }
+}
+
+/// What the pipeline knows of a stored or rejected event besides its PDU.
+#[derive(Clone)]
+struct Meta {
+    /// `None`: rejected.
+    status: Option<EventStatus>,
+    state_before: Option<i64>,
+    state_after: Option<i64>,
+}
+
+/// The state before or after an event, and its snapshot when one is stored.
+struct State {
+    map: IdState,
+    snapshot: Option<i64>,
+}
+
+/// One room while its received PDUs are processed.
+pub struct RemoteRoom {
+    pub room_id: OwnedRoomId,
+    pub version: RoomVersionId,
+    rules: RoomVersionRules,
+    events: HashMap<OwnedEventId, Pdu>,
+    meta: HashMap<OwnedEventId, Meta>,
+}
+
+/// The result of one PDU, and its output record if it entered the timeline.
+pub struct Processed {
+    pub outcome: PduOutcome,
+    pub output: Option<NewRoomEvent>,
+}
+
+impl Processed {
+    fn outcome(outcome: PduOutcome) -> Self {
+        Self { outcome, output: None }
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> RequestError {
+    RequestError::Internal(error.to_string())
+}
+
+/// From room version 12 the room id is the create event's reference hash.
+///
+/// Spec: <https://spec.matrix.org/v1.16/rooms/v12/#room-ids>
+fn create_id_of(room_id: &RoomId) -> Result<OwnedEventId, ruma::IdParseError> {
+    EventId::parse(format!("${}", room_id.strip_sigil()))
+}
+
+fn to_id_state(map: StateMap) -> Result<IdState, RequestError> {
+    map.into_iter().map(|(key, id)| Ok((key, OwnedEventId::try_from(id).map_err(internal)?))).collect()
+}
+
+impl RemoteRoom {
+    /// A room this server stores, or `None`.
+    pub async fn load(tx: &mut Tx, room_id: &RoomId) -> Result<Option<Self>, RequestError> {
+        let Some(row) = tx.room(room_id.as_str()).await? else { return Ok(None) };
+        let version = RoomVersionId::try_from(row.version.as_str()).map_err(internal)?;
+        Ok(Some(Self::new(room_id.to_owned(), version)?))
+    }
+
+    /// A room with nothing loaded yet.
+    pub fn new(room_id: OwnedRoomId, version: RoomVersionId) -> Result<Self, RequestError> {
+        let rules = version.rules().ok_or_else(|| RequestError::UnsupportedRoomVersion(version.to_string()))?;
+        Ok(Self { room_id, version, rules, events: HashMap::new(), meta: HashMap::new() })
+    }
+
+    pub fn rules(&self) -> &RoomVersionRules {
+        &self.rules
+    }
+
+    /// Load a stored or rejected event into memory; `false` if unknown.
+    async fn load_event(&mut self, tx: &mut Tx, id: &EventId) -> Result<bool, RequestError> {
+        if self.events.contains_key(id) {
+            return Ok(true);
+        }
+        let (pdu, meta) = if let Some(known) = tx.known_event(id.as_str()).await? {
+            let meta =
+                Meta { status: Some(known.status), state_before: known.state_before, state_after: known.state_after };
+            (Pdu::parse(id.to_owned(), &known.pdu)?, meta)
+        } else if let Some(rejected) = tx.rejected_event(id.as_str()).await? {
+            let mut pdu = Pdu::parse(id.to_owned(), &rejected.pdu)?;
+            pdu.rejected = true;
+            (pdu, Meta { status: None, state_before: None, state_after: None })
+        } else {
+            return Ok(false);
+        };
+        self.events.insert(id.to_owned(), pdu);
+        self.meta.insert(id.to_owned(), meta);
+        Ok(true)
+    }
+
+    /// Load events and their whole auth chains.
+    async fn load_auth_closure(&mut self, tx: &mut Tx, roots: Vec<OwnedEventId>) -> Result<(), RequestError> {
+        let mut stack = roots;
+        let mut seen = HashSet::new();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id.clone()) || !self.load_event(tx, &id).await? {
+                continue;
+            }
+            stack.extend(self.events[&id].auth_events.iter().cloned());
+        }
+        Ok(())
+    }
+
+    /// The id of the room's create event, as this room version finds it.
+    async fn create_event_id(&mut self, tx: &mut Tx) -> Result<Option<OwnedEventId>, RequestError> {
+        if self.rules.authorization.room_create_event_id_as_room_id {
+            return Ok(Some(create_id_of(&self.room_id).map_err(internal)?));
+        }
+        let found = tx.current_state_event(self.room_id.as_str(), "m.room.create", "").await?;
+        found.map(|(id, _)| OwnedEventId::try_from(id)).transpose().map_err(internal)
+    }
+
+    /// Run every check on one PDU and store it as its outcome says.
+    pub async fn process(&mut self, tx: &mut Tx, received: Received, kind: PduKind) -> Result<Processed, RequestError> {
+        let id = received.event_id.clone();
+        if let Some(rejected) = tx.rejected_event(id.as_str()).await? {
+            return Ok(Processed::outcome(PduOutcome::Rejected { reason: rejected.reason }));
+        }
+        if tx.known_event(id.as_str()).await?.is_some() {
+            return Ok(Processed::outcome(PduOutcome::AlreadyKnown));
+        }
+        match self.check(tx, &received, kind).await? {
+            Ok(processed) => Ok(processed),
+            Err(Reject { reason, remember }) => {
+                if remember {
+                    tx.insert_rejected(id.as_str(), self.room_id.as_str(), &reason, &received.json).await?;
+                    let mut pdu = received.pdu;
+                    pdu.rejected = true;
+                    self.events.insert(id.clone(), pdu);
+                    self.meta.insert(id, Meta { status: None, state_before: None, state_after: None });
+                }
+                Ok(Processed::outcome(PduOutcome::Rejected { reason }))
+            }
+        }
+    }
+
+    async fn check(
+        &mut self,
+        tx: &mut Tx,
+        received: &Received,
+        kind: PduKind,
+    ) -> Result<Result<Processed, Reject>, RequestError> {
+        if let Err(reject) = self.check_auth_events(tx, &received.pdu).await? {
+            return Ok(Err(reject));
+        }
+        if kind == PduKind::Outlier {
+            self.store(tx, received, EventStatus::Outlier, None, None).await?;
+            return Ok(Ok(Processed::outcome(PduOutcome::Accepted)));
+        }
+        let before = match self.state_before(tx, &received.pdu).await? {
+            Err(reject) => return Ok(Err(reject)),
+            Ok(Some(before)) => before,
+            Ok(None) => return self.without_state(tx, received, kind).await.map(Ok),
+        };
+        if let Err(reason) = self.check_against(tx, &received.pdu, &before.map).await? {
+            return Ok(Err(Reject::permanent(format!("not allowed by the state before the event: {reason}"))));
+        }
+        let after = self.state_after(tx, &received.pdu, &before).await?;
+        if kind == PduKind::Backfill {
+            self.store(tx, received, EventStatus::Accepted, before.snapshot, after.snapshot).await?;
+            let output = self.output(received, StateDelta::default(), true)?;
+            return Ok(Ok(Processed { outcome: PduOutcome::Accepted, output: Some(output) }));
+        }
+        let current = self.current_state(tx).await?;
+        if let Err(reason) = self.check_against(tx, &received.pdu, &current.map).await? {
+            // Soft failure: kept with its state, so that events built on it
+            // can be checked, but never shown or built upon by this server.
+            self.store(tx, received, EventStatus::SoftFailed, before.snapshot, after.snapshot).await?;
+            let reason = format!("not allowed by the current state: {reason}");
+            return Ok(Ok(Processed::outcome(PduOutcome::SoftFailed { reason })));
+        }
+        self.store(tx, received, EventStatus::Accepted, before.snapshot, after.snapshot).await?;
+        let delta = self.advance(tx, &received.pdu, current, after).await?;
+        let output = self.output(received, delta, false)?;
+        Ok(Ok(Processed { outcome: PduOutcome::Accepted, output: Some(output) }))
+    }
+
+    /// The auth events exist, are from this room, were not rejected, and
+    /// allow the event; a create event must be this room's first and only.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#authorization-rules>
+    async fn check_auth_events(&mut self, tx: &mut Tx, pdu: &Pdu) -> Result<Result<(), Reject>, RequestError> {
+        if pdu.event_type == TimelineEventType::RoomCreate {
+            if let Some(existing) = self.create_event_id(tx).await?
+                && existing != pdu.event_id
+                && self.load_event(tx, &existing).await?
+            {
+                return Ok(Err(Reject::permanent("the room already has a create event")));
+            }
+            let content: Value = serde_json::from_str(pdu.content.get())?;
+            // Room version 1 rooms may omit it; a redacted create event loses it before v11.
+            let version = content.get("room_version").and_then(Value::as_str).unwrap_or("1");
+            if version != self.version.as_str() {
+                return Ok(Err(Reject::permanent(format!(
+                    "create event says room version {version}, the room is {}",
+                    self.version
+                ))));
+            }
+            let independent = check_state_independent_auth_rules(&self.rules.authorization, pdu, |_| None::<&Pdu>);
+            return Ok(independent.map_err(Reject::permanent));
+        }
+        for auth_id in &pdu.auth_events {
+            if !self.load_event(tx, auth_id).await? {
+                return Ok(Err(Reject::for_now(format!("auth event {auth_id} is unknown"))));
+            }
+        }
+        if let Some(create_id) = self.create_event_id(tx).await? {
+            self.load_event(tx, &create_id).await?;
+        }
+        let events = &self.events;
+        if let Err(reason) = check_state_independent_auth_rules(&self.rules.authorization, pdu, |id| events.get(id)) {
+            return Ok(Err(Reject::permanent(reason)));
+        }
+        let by_key: HashMap<(String, String), &Pdu> = pdu
+            .auth_events
+            .iter()
+            .filter_map(|id| events.get(id))
+            .chain(self.v12_create())
+            .filter_map(|auth| Some(((auth.event_type.to_string(), auth.state_key.clone()?), auth)))
+            .collect();
+        let dependent =
+            check_state_dependent_auth_rules(&self.rules.authorization, pdu, |kind: &StateEventType, key| {
+                by_key.get(&(kind.to_string(), key.to_owned())).copied()
+            });
+        Ok(dependent.map_err(|reason| Reject::permanent(format!("not allowed by its auth events: {reason}"))))
+    }
+
+    /// From room version 12 the create event is never an auth event, but
+    /// the rules still read it.
+    fn v12_create(&self) -> Option<&Pdu> {
+        if !self.rules.authorization.room_create_event_id_as_room_id {
+            return None;
+        }
+        self.events.get(&create_id_of(&self.room_id).ok()?)
+    }
+
+    /// Check `pdu` against `state` (the state before it, or the current state).
+    async fn check_against(
+        &mut self,
+        tx: &mut Tx,
+        pdu: &Pdu,
+        state: &IdState,
+    ) -> Result<Result<(), String>, RequestError> {
+        let auth_types = match auth_types_for_event(
+            &pdu.event_type,
+            &pdu.sender,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+            &self.rules.authorization,
+        ) {
+            Ok(types) => types,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let mut wanted: Vec<(String, String)> =
+            auth_types.into_iter().map(|(kind, key)| (kind.to_string(), key)).collect();
+        wanted.push(("m.room.create".to_owned(), String::new()));
+        for key in &wanted {
+            if let Some(id) = state.get(key) {
+                self.load_event(tx, id).await?;
+            }
+        }
+        if let Some(create_id) = self.create_event_id(tx).await? {
+            self.load_event(tx, &create_id).await?;
+        }
+        let events = &self.events;
+        let v12_create = self.v12_create();
+        Ok(check_state_dependent_auth_rules(&self.rules.authorization, pdu, |kind: &StateEventType, key| {
+            let key = (kind.to_string(), key.to_owned());
+            match state.get(&key).and_then(|id| events.get(id)) {
+                Some(event) => Some(event),
+                None if key.0 == "m.room.create" => v12_create,
+                None => None,
+            }
+        }))
+    }
+
+    /// The state after an event already stored, or `None` when this server
+    /// does not know it (an outlier).
+    async fn state_after_stored(&mut self, tx: &mut Tx, id: &OwnedEventId) -> Result<Option<State>, RequestError> {
+        let meta = self.meta[id].clone();
+        match meta.status {
+            None | Some(EventStatus::Outlier) => Ok(None),
+            Some(_) => {
+                if let Some(snapshot) = meta.state_after {
+                    let map = to_id_state(resolve_snapshot(tx, Some(snapshot)).await?)?;
+                    return Ok(Some(State { map, snapshot: Some(snapshot) }));
+                }
+                // Rows from before state_after was recorded: before + itself.
+                let mut map = to_id_state(resolve_snapshot(tx, meta.state_before).await?)?;
+                let pdu = &self.events[id];
+                if let Some(key) = &pdu.state_key {
+                    map.insert((pdu.event_type.to_string(), key.clone()), id.clone());
+                }
+                Ok(Some(State { map, snapshot: None }))
+            }
+        }
+    }
+
+    /// The state before `pdu`: the state after its one prev event, or the
+    /// resolution of the states after several. `Ok(None)` when a prev event
+    /// is missing or has no known state.
+    async fn state_before(&mut self, tx: &mut Tx, pdu: &Pdu) -> Result<Result<Option<State>, Reject>, RequestError> {
+        if pdu.prev_events.is_empty() {
+            // Only a create event has no prev events (checked by the auth rules).
+            return Ok(Ok(Some(State { map: IdState::new(), snapshot: None })));
+        }
+        let mut states = Vec::new();
+        for prev in &pdu.prev_events {
+            if !self.load_event(tx, prev).await? {
+                return Ok(Ok(None));
+            }
+            if self.events[prev].rejected {
+                return Ok(Err(Reject::permanent(format!("prev event {prev} was rejected"))));
+            }
+            match self.state_after_stored(tx, prev).await? {
+                Some(state) => states.push(state),
+                None => return Ok(Ok(None)),
+            }
+        }
+        let first = states.swap_remove(0);
+        let map = if states.iter().all(|state| state.map == first.map) {
+            if first.snapshot.is_some() {
+                return Ok(Ok(Some(first)));
+            }
+            first.map.clone()
+        } else {
+            let maps: Vec<IdState> =
+                std::iter::once(first.map.clone()).chain(states.into_iter().map(|s| s.map)).collect();
+            match self.resolve(tx, &maps).await? {
+                Ok(map) => map,
+                Err(reason) => return Ok(Err(Reject::for_now(reason))),
+            }
+        };
+        // Stored, because `None` would mean the empty state to later readers.
+        let snapshot = write_snapshot(tx, self.room_id.as_str(), &first, &map).await?;
+        Ok(Ok(Some(State { map, snapshot: Some(snapshot) })))
+    }
+
+    /// Resolve forks after loading every event resolution may read.
+    async fn resolve(&mut self, tx: &mut Tx, maps: &[IdState]) -> Result<Result<IdState, String>, RequestError> {
+        let roots: Vec<OwnedEventId> = maps.iter().flat_map(|map| map.values().cloned()).collect();
+        self.load_auth_closure(tx, roots).await?;
+        Ok(resolve(&self.rules, maps, &self.events).map_err(|e| e.to_string()))
+    }
+
+    /// The state after `pdu` given the state before it, with snapshots
+    /// stored for both.
+    async fn state_after(&mut self, tx: &mut Tx, pdu: &Pdu, before: &State) -> Result<State, RequestError> {
+        let Some(key) = &pdu.state_key else { return Ok(State { map: before.map.clone(), snapshot: before.snapshot }) };
+        let mut map = before.map.clone();
+        map.insert((pdu.event_type.to_string(), key.clone()), pdu.event_id.clone());
+        let change = StateMap::from([((pdu.event_type.to_string(), key.clone()), pdu.event_id.to_string())]);
+        let snapshot = append_state(tx, self.room_id.as_str(), before.snapshot, &change).await?;
+        Ok(State { map, snapshot: Some(snapshot) })
+    }
+
+    /// The room's current state and its snapshot.
+    async fn current_state(&mut self, tx: &mut Tx) -> Result<State, RequestError> {
+        let snapshot = tx.room(self.room_id.as_str()).await?.and_then(|row| row.current_snapshot);
+        let map = to_id_state(resolve_snapshot(tx, snapshot).await?)?;
+        Ok(State { map, snapshot })
+    }
+
+    /// A PDU whose prev events this server lacks. Its auth events allowed
+    /// it, but without the state before it nothing more can be checked, so
+    /// a timeline event is kept as an outlier and reported soft-failed (not
+    /// shown, not built upon); a backfilled one, which never touches the
+    /// current state, is accepted into history on its auth events alone.
+    async fn without_state(
+        &mut self,
+        tx: &mut Tx,
+        received: &Received,
+        kind: PduKind,
+    ) -> Result<Processed, RequestError> {
+        if kind == PduKind::Backfill {
+            self.store(tx, received, EventStatus::Accepted, None, None).await?;
+            let output = self.output(received, StateDelta::default(), true)?;
+            return Ok(Processed { outcome: PduOutcome::Accepted, output: Some(output) });
+        }
+        self.store(tx, received, EventStatus::Outlier, None, None).await?;
+        let reason = "the state before the event is unknown (missing prev events): kept as an outlier".to_owned();
+        Ok(Processed::outcome(PduOutcome::SoftFailed { reason }))
+    }
+
+    /// Store the event itself. A create event also fixes the room's create.
+    async fn store(
+        &mut self,
+        tx: &mut Tx,
+        received: &Received,
+        status: EventStatus,
+        state_before: Option<i64>,
+        state_after: Option<i64>,
+    ) -> Result<(), RequestError> {
+        let pdu = &received.pdu;
+        tx.insert_event(&NewEvent {
+            event_id: received.event_id.as_str(),
+            room_id: self.room_id.as_str(),
+            event_type: &pdu.event_type.to_string(),
+            state_key: pdu.state_key.as_deref(),
+            depth: received.depth,
+            state_before,
+            state_after,
+            status,
+            pdu: &received.json,
+        })
+        .await?;
+        self.events.insert(received.event_id.clone(), pdu.clone());
+        self.meta.insert(received.event_id.clone(), Meta { status: Some(status), state_before, state_after });
+        Ok(())
+    }
+
+    /// An accepted timeline event moves the forward extremities and the
+    /// current state: to the state after it when it extends every
+    /// extremity, to the resolution of both when it is on a fork.
+    async fn advance(
+        &mut self,
+        tx: &mut Tx,
+        pdu: &Pdu,
+        current: State,
+        after: State,
+    ) -> Result<StateDelta, RequestError> {
+        let room_id = self.room_id.clone();
+        let extremities = tx.forward_extremities(room_id.as_str(), MAX_EXTREMITIES).await?;
+        let extends_all = extremities.iter().all(|(id, _)| pdu.prev_events.iter().any(|prev| prev.as_str() == id));
+        let prev_events: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
+        tx.advance_extremities(room_id.as_str(), &prev_events, pdu.event_id.as_str()).await?;
+        let (new, snapshot) = if extends_all || current.map == after.map {
+            (after.map, after.snapshot)
+        } else {
+            match self.resolve(tx, &[current.map.clone(), after.map.clone()]).await? {
+                Ok(resolved) => (resolved, None),
+                Err(reason) => {
+                    // The event stays accepted; the current state keeps what it was.
+                    tracing::warn!(event_id = %pdu.event_id, %reason, "could not resolve forks");
+                    (current.map.clone(), current.snapshot)
+                }
+            }
+        };
+        let snapshot = match snapshot {
+            Some(snapshot) => snapshot,
+            None => write_snapshot(tx, room_id.as_str(), &current, &new).await?,
+        };
+        tx.set_current_snapshot(room_id.as_str(), snapshot).await?;
+        apply_delta(tx, &room_id, &current.map, &new).await
+    }
+
+    fn output(
+        &self,
+        received: &Received,
+        state_delta: StateDelta,
+        historical: bool,
+    ) -> Result<NewRoomEvent, RequestError> {
+        Ok(NewRoomEvent {
+            event: StoredEvent {
+                event_id: received.event_id.clone(),
+                room_id: self.room_id.clone(),
+                pdu: serde_json::from_str(&received.json)?,
+            },
+            room_version: self.version.to_string(),
+            state_delta,
+            txn: None,
+            historical,
+        })
+    }
+
+    /// Start a room joined through another server: `state` (the state
+    /// before the join, already stored as outliers) plus the join event.
+    pub async fn start_from_join(
+        &mut self,
+        tx: &mut Tx,
+        join: &Received,
+        state: IdState,
+    ) -> Result<Result<NewRoomEvent, String>, RequestError> {
+        if let Err(Reject { reason, .. }) = self.check_auth_events(tx, &join.pdu).await? {
+            return Ok(Err(reason));
+        }
+        if let Err(reason) = self.check_against(tx, &join.pdu, &state).await? {
+            return Ok(Err(format!("join not allowed by the room state: {reason}")));
+        }
+        let empty = State { map: IdState::new(), snapshot: None };
+        let snapshot = write_snapshot(tx, self.room_id.as_str(), &empty, &state).await?;
+        let before = State { map: state, snapshot: Some(snapshot) };
+        let after = self.state_after(tx, &join.pdu, &before).await?;
+        self.store(tx, join, EventStatus::Accepted, before.snapshot, after.snapshot).await?;
+        let delta = self.advance(tx, &join.pdu, empty, after).await?;
+        self.output(join, delta, false).map(Ok)
+    }
+}
+
+/// Store `new` as a snapshot: a delta on `parent` when it only adds or
+/// replaces entries, a full checkpoint when entries left.
+async fn write_snapshot(tx: &mut Tx, room_id: &str, parent: &State, new: &IdState) -> Result<i64, RequestError> {
+    let keeps_all = parent.map.keys().all(|key| new.contains_key(key));
+    let (base, changes): (Option<i64>, StateMap) = if keeps_all && parent.snapshot.is_some() {
+        let changed = new.iter().filter(|(key, id)| parent.map.get(*key) != Some(*id));
+        (parent.snapshot, changed.map(|(key, id)| (key.clone(), id.to_string())).collect())
+    } else {
+        (None, new.iter().map(|(key, id)| (key.clone(), id.to_string())).collect())
+    };
+    Ok(append_state(tx, room_id, base, &changes).await?)
+}
+
+/// Make the current state tables say `new` and report what changed.
+async fn apply_delta(tx: &mut Tx, room_id: &RoomId, old: &IdState, new: &IdState) -> Result<StateDelta, RequestError> {
+    let mut delta = StateDelta::default();
+    for ((kind, key), id) in new {
+        if old.get(&(kind.clone(), key.clone())) == Some(id) {
+            continue;
+        }
+        tx.set_current_state(room_id.as_str(), kind, key, id.as_str()).await?;
+        let json = tx.event_pdu(id.as_str()).await?.ok_or_else(|| internal(format!("state event {id} missing")))?;
+        let pdu: Value = serde_json::from_str(&json)?;
+        if kind == "m.room.member" {
+            let membership = pdu["content"]["membership"].as_str().unwrap_or("leave").to_owned();
+            tx.set_membership(room_id.as_str(), key, &membership, id.as_str()).await?;
+        }
+        delta.added.push(StoredEvent { event_id: id.clone(), room_id: room_id.to_owned(), pdu });
+    }
+    for (kind, key) in old.keys() {
+        if !new.contains_key(&(kind.clone(), key.clone())) {
+            tx.delete_current_state(room_id.as_str(), kind, key).await?;
+            if kind == "m.room.member" {
+                tx.delete_membership(room_id.as_str(), key).await?;
+            }
+            delta.removed.push((kind.clone(), key.clone()));
+        }
+    }
+    Ok(delta)
+}
+
+/// Order events so that each comes after the auth events it cites among
+/// them (then by depth), as an auth chain must be checked.
+pub fn auth_order(mut events: Vec<Received>) -> Vec<Received> {
+    events.sort_by_key(|event| event.depth);
+    let ids: HashSet<OwnedEventId> = events.iter().map(|event| event.event_id.clone()).collect();
+    let mut placed: HashSet<OwnedEventId> = HashSet::new();
+    let mut ordered = Vec::with_capacity(events.len());
+    while !events.is_empty() {
+        let ready = events
+            .iter()
+            .position(|event| event.pdu.auth_events.iter().all(|id| placed.contains(id) || !ids.contains(id)));
+        // A cycle cannot be authorized anyway; take the shallowest and let the checks fail it.
+        let next = events.remove(ready.unwrap_or(0));
+        placed.insert(next.event_id.clone());
+        ordered.push(next);
+    }
+    ordered
+}

@@ -1,0 +1,382 @@
+//! State resolution: ruma's algorithm over events already loaded in memory.
+//!
+//! Spec: <https://spec.matrix.org/v1.16/rooms/v2/#state-resolution> and, for
+//! room version 12, <https://spec.matrix.org/v1.16/rooms/v12/#state-resolution>.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use ruma::events::StateEventType;
+use ruma::room_version_rules::{RoomVersionRules, StateResolutionV2Rules};
+use ruma::state_res::{self, utils::event_id_set::EventIdSet};
+use ruma::{EventId, OwnedEventId};
+
+use super::pdu::Pdu;
+
+/// `(type, state_key)` → event id, as state resolution reads it.
+pub type IdState = BTreeMap<(String, String), OwnedEventId>;
+
+/// Why resolution could not finish: an event it needs was never loaded, or
+/// ruma found the inputs inconsistent.
+#[derive(Debug, thiserror::Error)]
+#[error("state resolution failed: {0}")]
+pub struct ResolveError(String);
+
+/// The rules to resolve with. ruma implements only the second algorithm;
+/// room version 1 uses it too (its own algorithm is retired by the spec and
+/// no longer implemented by ruma).
+fn v2_rules(rules: &RoomVersionRules) -> StateResolutionV2Rules {
+    rules.state_res.v2_rules().copied().unwrap_or(StateResolutionV2Rules::V2_0)
+}
+
+/// All events reachable from `roots` through `auth_events`, roots included
+/// only when `with_roots`.
+pub fn auth_chain<'a>(
+    roots: impl IntoIterator<Item = &'a OwnedEventId>,
+    events: &HashMap<OwnedEventId, Pdu>,
+    with_roots: bool,
+) -> HashSet<OwnedEventId> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<&OwnedEventId> = Vec::new();
+    for root in roots {
+        if with_roots {
+            seen.insert(root.clone());
+        }
+        stack.extend(events.get(root).into_iter().flat_map(|pdu| pdu.auth_events.iter()));
+    }
+    while let Some(id) = stack.pop() {
+        if seen.insert(id.clone()) {
+            stack.extend(events.get(id).into_iter().flat_map(|pdu| pdu.auth_events.iter()));
+        }
+    }
+    seen
+}
+
+/// Resolve `states` (each a fork's full state) with the room's rules.
+/// `events` must hold every event of every state and its whole auth chain.
+pub fn resolve(
+    rules: &RoomVersionRules,
+    states: &[IdState],
+    events: &HashMap<OwnedEventId, Pdu>,
+) -> Result<IdState, ResolveError> {
+    let maps: Vec<state_res::StateMap<OwnedEventId>> = states
+        .iter()
+        .map(|state| {
+            state
+                .iter()
+                .map(|((kind, key), id)| ((StateEventType::from(kind.as_str()), key.clone()), id.clone()))
+                .collect()
+        })
+        .collect();
+    let auth_chains: Vec<EventIdSet<OwnedEventId>> =
+        states.iter().map(|state| auth_chain(state.values(), events, false).into_iter().collect()).collect();
+    let fetch = |id: &EventId| events.get(id).cloned();
+    let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| {
+        Some(conflicted_subgraph(conflicted.values().flatten(), events).into_iter().collect())
+    };
+    let resolved =
+        state_res::resolve(&rules.authorization, &v2_rules(rules), maps.iter(), auth_chains, fetch, subgraph)
+            .map_err(|e| ResolveError(e.to_string()))?;
+    Ok(resolved.into_iter().map(|((kind, key), id)| ((kind.to_string(), key), id)).collect())
+}
+
+/// The conflicted state subgraph of room version 12: events that are reached
+/// from a conflicted event through `auth_events` and themselves reach one.
+///
+/// Spec: <https://spec.matrix.org/v1.16/rooms/v12/#state-resolution>
+fn conflicted_subgraph<'a>(
+    conflicted: impl Iterator<Item = &'a OwnedEventId>,
+    events: &HashMap<OwnedEventId, Pdu>,
+) -> HashSet<OwnedEventId> {
+    let conflicted: HashSet<&OwnedEventId> = conflicted.collect();
+    let ancestors = auth_chain(conflicted.iter().copied(), events, true);
+    // Whether each ancestor reaches a conflicted event, memoised.
+    let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
+    fn visit(
+        id: &OwnedEventId,
+        events: &HashMap<OwnedEventId, Pdu>,
+        conflicted: &HashSet<&OwnedEventId>,
+        reaches: &mut HashMap<OwnedEventId, bool>,
+    ) -> bool {
+        if let Some(known) = reaches.get(id) {
+            return *known;
+        }
+        // Auth chains are acyclic; marking first still ends a malformed cycle.
+        reaches.insert(id.clone(), false);
+        let mut found = false;
+        for parent in events.get(id).into_iter().flat_map(|pdu| pdu.auth_events.iter()) {
+            found |= conflicted.contains(parent) || visit(parent, events, conflicted, reaches);
+        }
+        reaches.insert(id.clone(), found);
+        found
+    }
+    ancestors.into_iter().filter(|id| conflicted.contains(id) || visit(id, events, &conflicted, &mut reaches)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Resolution over hand-built rooms: two forks off a common event, each
+    //! a random run of topic changes, bans and member updates.
+
+    use proptest::prelude::*;
+    use ruma::RoomVersionId;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const ROOM: &str = "!room:example.org";
+    const ALICE: &str = "@alice:example.org";
+
+    fn member(n: u8) -> String {
+        format!("@u{n}:example.org")
+    }
+
+    /// A room's events in memory and the state after its latest event.
+    #[derive(Clone)]
+    struct Fork {
+        state: IdState,
+        tip: OwnedEventId,
+        depth: i64,
+        ts: u64,
+    }
+
+    struct Room {
+        version: RoomVersionId,
+        events: HashMap<OwnedEventId, Pdu>,
+        next: u32,
+    }
+
+    impl Room {
+        /// Create, alice's join, power levels (alice 100), public join rules, members u0..u4.
+        fn new(version: RoomVersionId) -> (Self, Fork) {
+            let mut room = Self { version, events: HashMap::new(), next: 0 };
+            let mut fork = Fork { state: IdState::new(), tip: EventId::parse("$none").unwrap(), depth: 0, ts: 1 };
+            room.add(&mut fork, ALICE, "m.room.create", "", json!({"creator": ALICE, "room_version": room.version}));
+            room.add(&mut fork, ALICE, "m.room.member", ALICE, json!({"membership": "join"}));
+            room.add(&mut fork, ALICE, "m.room.power_levels", "", json!({"users": {ALICE: 100}}));
+            room.add(&mut fork, ALICE, "m.room.join_rules", "", json!({"join_rule": "public"}));
+            for n in 0..5 {
+                room.add(&mut fork, &member(n), "m.room.member", &member(n), json!({"membership": "join"}));
+            }
+            (room, fork)
+        }
+
+        /// Append a state event to `fork`, citing the auth events its state gives.
+        fn add(&mut self, fork: &mut Fork, sender: &str, kind: &str, key: &str, content: Value) -> OwnedEventId {
+            self.next += 1;
+            let id = EventId::parse(format!("${}", self.next)).unwrap();
+            let rules = self.version.rules().unwrap();
+            let wanted = auth_types_for(kind, sender, key, &content, &rules);
+            let auth: Vec<&OwnedEventId> = wanted.iter().filter_map(|k| fork.state.get(k)).collect();
+            let prev: Vec<&OwnedEventId> = if fork.depth == 0 { Vec::new() } else { vec![&fork.tip] };
+            fork.ts += 1;
+            let json = json!({
+                "room_id": ROOM, "sender": sender, "type": kind, "state_key": key, "content": content,
+                "prev_events": prev, "auth_events": auth, "origin_server_ts": fork.ts, "depth": fork.depth + 1,
+            });
+            let pdu = Pdu::parse(id.clone(), &json.to_string()).unwrap();
+            self.events.insert(id.clone(), pdu);
+            fork.state.insert((kind.to_owned(), key.to_owned()), id.clone());
+            fork.tip = id.clone();
+            fork.depth += 1;
+            id
+        }
+    }
+
+    fn auth_types_for(
+        kind: &str,
+        sender: &str,
+        key: &str,
+        content: &Value,
+        rules: &RoomVersionRules,
+    ) -> Vec<(String, String)> {
+        let raw = serde_json::value::to_raw_value(content).unwrap();
+        let sender = ruma::UserId::parse(sender).unwrap();
+        ruma::state_res::auth_types_for_event(&kind.into(), &sender, Some(key), &raw, &rules.authorization)
+            .unwrap()
+            .into_iter()
+            .map(|(kind, key)| (kind.to_string(), key))
+            .collect()
+    }
+
+    impl Room {
+        /// Whether the auth rules allow a state event on top of `fork`,
+        /// citing the auth events its state gives plus `extra_auth`.
+        fn allows(
+            &self,
+            fork: &Fork,
+            sender: &str,
+            kind: &str,
+            key: Option<&str>,
+            content: Value,
+            extra_auth: &[OwnedEventId],
+        ) -> Result<(), String> {
+            let rules = self.version.rules().unwrap();
+            let wanted = auth_types_for(kind, sender, key.unwrap_or(""), &content, &rules);
+            let mut auth: Vec<&OwnedEventId> = wanted.iter().filter_map(|k| fork.state.get(k)).collect();
+            auth.extend(extra_auth);
+            let mut json = json!({
+                "room_id": ROOM, "sender": sender, "type": kind, "content": content, "prev_events": [fork.tip],
+                "auth_events": auth, "origin_server_ts": fork.ts + 1, "depth": fork.depth + 1,
+            });
+            if let Some(key) = key {
+                json["state_key"] = json!(key);
+            }
+            let pdu = Pdu::parse(EventId::parse("$candidate").unwrap(), &json.to_string()).unwrap();
+            let events = &self.events;
+            ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| events.get(id))?;
+            ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |kind, key| {
+                fork.state.get(&(kind.to_string(), key.to_owned())).and_then(|id| events.get(id))
+            })
+        }
+    }
+
+    /// Each rule once allowing and once refusing, in every version up to 11.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#authorization-rules>
+    #[test]
+    fn auth_rules_allow_and_refuse_across_versions() {
+        let stranger = "@stranger:example.org";
+        for n in 1..=11 {
+            let version = RoomVersionId::try_from(n.to_string()).unwrap();
+            let (mut room, mut fork) = Room::new(version.clone());
+            let message = json!({"body": "hi"});
+            // Members may send messages; strangers may not.
+            assert!(room.allows(&fork, &member(0), "m.room.message", None, message.clone(), &[]).is_ok(), "v{n}");
+            assert!(room.allows(&fork, stranger, "m.room.message", None, message.clone(), &[]).is_err(), "v{n}");
+            // Power levels need power.
+            let grab = json!({"users": {member(0): 100}});
+            assert!(room.allows(&fork, ALICE, "m.room.power_levels", Some(""), grab.clone(), &[]).is_ok(), "v{n}");
+            assert!(room.allows(&fork, &member(0), "m.room.power_levels", Some(""), grab, &[]).is_err(), "v{n}");
+            // Auth events must be of the expected types, and not twice.
+            let rules_id = fork.state[&("m.room.join_rules".to_owned(), String::new())].clone();
+            let err = room.allows(&fork, &member(0), "m.room.message", None, message.clone(), &[rules_id]);
+            assert!(err.is_err(), "v{n}: an unexpected auth event");
+            let power_id = fork.state[&("m.room.power_levels".to_owned(), String::new())].clone();
+            let err = room.allows(&fork, &member(0), "m.room.message", None, message.clone(), &[power_id]);
+            assert!(err.is_err(), "v{n}: a duplicate auth event");
+            // Public rooms take joins; banned users and invite-only rooms do not.
+            let join = json!({"membership": "join"});
+            assert!(room.allows(&fork, stranger, "m.room.member", Some(stranger), join.clone(), &[]).is_ok(), "v{n}");
+            room.add(&mut fork, ALICE, "m.room.member", stranger, json!({"membership": "ban"}));
+            assert!(room.allows(&fork, stranger, "m.room.member", Some(stranger), join.clone(), &[]).is_err(), "v{n}");
+            room.add(&mut fork, ALICE, "m.room.join_rules", "", json!({"join_rule": "invite"}));
+            let newcomer = "@new:example.org";
+            assert!(room.allows(&fork, newcomer, "m.room.member", Some(newcomer), join.clone(), &[]).is_err(), "v{n}");
+            room.add(&mut fork, ALICE, "m.room.member", newcomer, json!({"membership": "invite"}));
+            assert!(room.allows(&fork, newcomer, "m.room.member", Some(newcomer), join, &[]).is_ok(), "v{n}");
+            // Only someone with power can kick; nobody can kick a higher level.
+            let kick = json!({"membership": "leave"});
+            assert!(room.allows(&fork, ALICE, "m.room.member", Some(&member(1)), kick.clone(), &[]).is_ok(), "v{n}");
+            assert!(room.allows(&fork, &member(0), "m.room.member", Some(&member(1)), kick.clone(), &[]).is_err());
+            assert!(room.allows(&fork, &member(0), "m.room.member", Some(ALICE), kick, &[]).is_err(), "v{n}");
+            // From v10 power levels must be integers, not strings.
+            let strings = json!({"users": {ALICE: "100"}});
+            let stringy = room.allows(&fork, ALICE, "m.room.power_levels", Some(""), strings, &[]);
+            assert_eq!(stringy.is_err(), n >= 10, "v{n}: {stringy:?}");
+            // Knocking exists from v7 on.
+            room.add(&mut fork, ALICE, "m.room.join_rules", "", json!({"join_rule": "knock"}));
+            let knocker = "@knocker:example.org";
+            let knock =
+                room.allows(&fork, knocker, "m.room.member", Some(knocker), json!({"membership": "knock"}), &[]);
+            assert_eq!(knock.is_ok(), n >= 7, "v{n}: {knock:?}");
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Topic,
+        Ban(u8),
+        Rename(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![Just(Op::Topic), (0u8..5).prop_map(Op::Ban), (0u8..5).prop_map(Op::Rename)]
+    }
+
+    fn apply(room: &mut Room, fork: &mut Fork, ops: &[Op], tag: &str) {
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                Op::Topic => {
+                    room.add(fork, ALICE, "m.room.topic", "", json!({"topic": format!("{tag}{i}")}));
+                }
+                Op::Ban(n) => {
+                    room.add(fork, ALICE, "m.room.member", &member(*n), json!({"membership": "ban"}));
+                }
+                Op::Rename(n) => {
+                    let key = ("m.room.member".to_owned(), member(*n));
+                    let banned =
+                        fork.state.get(&key).is_some_and(|id| room.events[id].content.get().contains("\"ban\""));
+                    if !banned {
+                        let content = json!({"membership": "join", "displayname": format!("{tag}{i}")});
+                        room.add(fork, &member(*n), "m.room.member", &member(*n), content);
+                    }
+                }
+            }
+        }
+    }
+
+    fn versions() -> impl Strategy<Value = RoomVersionId> {
+        prop_oneof![
+            Just(RoomVersionId::V2),
+            Just(RoomVersionId::V6),
+            Just(RoomVersionId::V10),
+            Just(RoomVersionId::V11)
+        ]
+    }
+
+    fn membership(room: &Room, state: &IdState, n: u8) -> String {
+        let id = &state[&("m.room.member".to_owned(), member(n))];
+        let content: Value = serde_json::from_str(room.events[id].content.get()).unwrap();
+        content["membership"].as_str().unwrap().to_owned()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// The result does not depend on the order the forks are given in,
+        /// and resolving a state with itself changes nothing.
+        #[test]
+        fn resolution_is_order_independent_and_idempotent(
+            version in versions(),
+            a in proptest::collection::vec(op(), 0..8),
+            b in proptest::collection::vec(op(), 0..8),
+        ) {
+            let (mut room, base) = Room::new(version.clone());
+            let (mut fork_a, mut fork_b) = (base.clone(), base.clone());
+            fork_b.ts += 1000;
+            apply(&mut room, &mut fork_a, &a, "a");
+            apply(&mut room, &mut fork_b, &b, "b");
+            let rules = version.rules().unwrap();
+            let ab = resolve(&rules, &[fork_a.state.clone(), fork_b.state.clone()], &room.events).unwrap();
+            let ba = resolve(&rules, &[fork_b.state.clone(), fork_a.state.clone()], &room.events).unwrap();
+            prop_assert_eq!(&ab, &ba);
+            prop_assert_eq!(resolve(&rules, &[ab.clone(), ab.clone()], &room.events).unwrap(), ab.clone());
+            prop_assert_eq!(resolve(&rules, &[fork_a.state.clone(), fork_a.state.clone()], &room.events).unwrap(), fork_a.state);
+        }
+
+        /// A ban on one fork survives whatever the banned user did on an
+        /// older fork.
+        #[test]
+        fn an_old_fork_never_undoes_a_ban(
+            version in versions(),
+            victim in 0u8..5,
+            before in proptest::collection::vec(op(), 0..4),
+            old in proptest::collection::vec(op(), 0..8),
+        ) {
+            let (mut room, mut base) = Room::new(version.clone());
+            // No bans before the fork, so the victim is joined at the fork point.
+            let before: Vec<Op> = before.into_iter().filter(|op| !matches!(op, Op::Ban(_))).collect();
+            apply(&mut room, &mut base, &before, "p");
+            let (mut banned, mut old_fork) = (base.clone(), base.clone());
+            room.add(&mut banned, ALICE, "m.room.member", &member(victim), json!({"membership": "ban"}));
+            // The old fork: the victim and others keep changing their member events.
+            let old: Vec<Op> = old.into_iter().filter(|op| !matches!(op, Op::Ban(_))).chain([Op::Rename(victim)]).collect();
+            apply(&mut room, &mut old_fork, &old, "o");
+            let rules = version.rules().unwrap();
+            for states in [[banned.state.clone(), old_fork.state.clone()], [old_fork.state.clone(), banned.state.clone()]] {
+                let resolved = resolve(&rules, &states, &room.events).unwrap();
+                prop_assert_eq!(membership(&room, &resolved, victim), "ban");
+            }
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! PDUs from another server through the validation pipeline: a fake
+//! "remote.test:8448" signs PDUs with its own key and serves that key by
+//! answering the room server's key queries on the bus.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use myelin_bus::{HandleError, Record, Responder, Shutdown, ShutdownTrigger};
+use myelin_roomserver::api::*;
+use myelin_types::signing::ServerSigningKey;
+use myelin_types::{ErrorCode, MatrixError};
+use ruma::signatures::{hash_and_sign_event, reference_hash};
+use ruma::{CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomVersionId};
+use serde_json::{Value, json};
+
+use super::{Harness, each_backend, public_room, user};
+
+const REMOTE: &str = "remote.test:8448";
+
+fn remote_user(name: &str) -> OwnedUserId {
+    format!("@{name}:{REMOTE}").try_into().unwrap()
+}
+
+/// The fake remote server's side of the bus: it answers key queries with
+/// its key, valid until whatever the test sets.
+struct Peer {
+    key: ServerSigningKey,
+    valid_until_ts: Mutex<u64>,
+    /// Events it serves to `/event` and `/get_missing_events`, by id.
+    events: Mutex<Vec<(String, Value)>>,
+}
+
+#[async_trait]
+impl Responder for Peer {
+    async fn respond(&self, record: &Record) -> Result<Vec<u8>, HandleError> {
+        let query: FederationQuery = record.json().map_err(|e| HandleError::Poison(e.to_string()))?;
+        let reply: FederationQueryReply = match query {
+            FederationQuery::ServerKeys { server_name, .. } if server_name.as_str() == REMOTE => {
+                Ok(FederationQueryOk::ServerKeys {
+                    keys: vec![VerifyKey {
+                        key_id: self.key.key_id(),
+                        public_key: self.key.public_key_base64(),
+                        valid_until_ts: Some(*self.valid_until_ts.lock().unwrap()),
+                        expired_ts: None,
+                    }],
+                })
+            }
+            FederationQuery::Events { event_ids, .. } => {
+                let events = self.events.lock().unwrap();
+                let pdus = events.iter().filter(|(id, _)| event_ids.iter().any(|e| e.as_str() == id));
+                Ok(FederationQueryOk::Pdus { pdus: pdus.map(|(_, pdu)| pdu.clone()).collect() })
+            }
+            FederationQuery::MissingEvents { .. } => {
+                let events = self.events.lock().unwrap();
+                Ok(FederationQueryOk::Pdus { pdus: events.iter().map(|(_, pdu)| pdu.clone()).collect() })
+            }
+            _ => Err(MatrixError::new(ErrorCode::NotFound, "unknown to the fake peer")),
+        };
+        Ok(serde_json::to_vec(&reply).unwrap())
+    }
+}
+
+/// A room as the remote server sees it: the ids it needs for auth events
+/// and the latest event to build on.
+struct RemoteView {
+    room_id: OwnedRoomId,
+    version: RoomVersionId,
+    peer: Arc<Peer>,
+    _stop: ShutdownTrigger,
+    /// Latest event id and its depth.
+    tip: (String, i64),
+    create: String,
+    power_levels: String,
+    join_rules: String,
+}
+
+impl RemoteView {
+    /// Serve the peer's keys and look at a local room's state.
+    async fn start(h: &Harness, room_id: &OwnedRoomId, version: RoomVersionId) -> Self {
+        let key = ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap();
+        let peer = Arc::new(Peer { key, valid_until_ts: Mutex::new(u64::MAX / 2), events: Mutex::default() });
+        let (stop, shutdown): (ShutdownTrigger, Shutdown) = Shutdown::new();
+        h.bus.serve(&format!("test.peer.{room_id}"), FEDERATION_QUERY_TOPIC, peer.clone(), shutdown);
+        let mut view = Self {
+            room_id: room_id.clone(),
+            version,
+            peer,
+            _stop: stop,
+            tip: (String::new(), 0),
+            create: String::new(),
+            power_levels: String::new(),
+            join_rules: String::new(),
+        };
+        view.refresh(h).await;
+        view
+    }
+
+    /// Follow the room's current state and its latest output event.
+    async fn refresh(&mut self, h: &Harness) {
+        let state = h.state(&self.room_id, &user("alice"), None, None).await.unwrap();
+        let id_of = |kind: &str| {
+            state.iter().find(|e| e.pdu["type"] == kind).map(|e| e.event_id.to_string()).unwrap_or_default()
+        };
+        self.create = id_of("m.room.create");
+        self.power_levels = id_of("m.room.power_levels");
+        self.join_rules = id_of("m.room.join_rules");
+        // The tip is the last output once every current state event has arrived.
+        let last = loop {
+            let outputs = h.room_outputs(&self.room_id);
+            let arrived = state.iter().all(|e| outputs.iter().any(|o| o.event.event_id == e.event_id));
+            if arrived && let Some(last) = outputs.last().cloned() {
+                break last;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        self.tip = (last.event.event_id.to_string(), last.event.pdu["depth"].as_i64().unwrap());
+    }
+
+    /// The create event as an auth event, where the room version lists it.
+    fn with_create(&self, mut auth: Vec<String>) -> Vec<String> {
+        if self.version != RoomVersionId::V12 {
+            auth.insert(0, self.create.clone());
+        }
+        auth
+    }
+
+    /// A signed PDU from `sender` on top of `prev` (the tip by default).
+    fn pdu(&self, fields: Value) -> (String, Value) {
+        let mut fields = fields;
+        let object = fields.as_object_mut().unwrap();
+        object.entry("room_id").or_insert(json!(self.room_id));
+        object.entry("prev_events").or_insert(json!([self.tip.0]));
+        object.entry("depth").or_insert(json!(self.tip.1 + 1));
+        object.entry("origin_server_ts").or_insert(json!(now()));
+        object.entry("content").or_insert(json!({}));
+        object.entry("origin").or_insert(json!(REMOTE));
+        sign(&self.peer.key, REMOTE, &self.version, fields)
+    }
+
+    fn message(&self, sender: &OwnedUserId, auth: Vec<String>, body: &str) -> (String, Value) {
+        self.pdu(json!({
+            "type": "m.room.message",
+            "sender": sender,
+            "content": {"msgtype": "m.text", "body": body},
+            "auth_events": self.with_create(auth),
+        }))
+    }
+
+    fn join(&self, joiner: &OwnedUserId) -> (String, Value) {
+        self.pdu(json!({
+            "type": "m.room.member",
+            "state_key": joiner,
+            "sender": joiner,
+            "content": {"membership": "join"},
+            "auth_events": self.with_create(vec![self.power_levels.clone(), self.join_rules.clone()]),
+        }))
+    }
+
+    async fn send(&self, h: &Harness, kind: PduKind, pdus: Vec<Value>) -> Vec<PduResult> {
+        let request = InputPdus { origin: REMOTE.try_into().unwrap(), room_id: self.room_id.clone(), kind, pdus };
+        match h.input(self.room_id.as_str(), InputRequest::InputPdus(request)).await.unwrap() {
+            InputOk::PdusProcessed { results } => results,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Hash and sign `fields` as `server` would, and compute the event id.
+fn sign(key: &ServerSigningKey, server: &str, version: &RoomVersionId, fields: Value) -> (String, Value) {
+    let rules = version.rules().unwrap();
+    let CanonicalJsonValue::Object(mut object) = CanonicalJsonValue::try_from(fields).unwrap() else { panic!() };
+    hash_and_sign_event(server, &key.keypair, &mut object, &rules.redaction).unwrap();
+    let id = format!("${}", reference_hash(&object, &rules).unwrap());
+    (id, serde_json::to_value(&object).unwrap())
+}
+
+fn accepted(results: &[PduResult], index: usize, id: &str) {
+    assert_eq!(results[index].event_id.as_ref().map(|e| e.as_str()), Some(id), "{results:?}");
+    assert_eq!(results[index].outcome, PduOutcome::Accepted, "{results:?}");
+}
+
+/// Rejected, for a reason that mentions `because`.
+fn rejected(results: &[PduResult], index: usize, because: &str) {
+    match &results[index].outcome {
+        PduOutcome::Rejected { reason } => assert!(reason.contains(because), "{because:?} not in {reason:?}"),
+        other => panic!("expected a rejection ({because}), got {other:?}"),
+    }
+}
+
+/// A public room of alice's with bob from the remote server joined.
+async fn joined_room(h: &Harness, version: RoomVersionId) -> (RemoteView, String) {
+    let alice = user("alice");
+    let request = CreateRoom { room_version: Some(version.to_string()), ..public_room(&alice) };
+    let room_id = h.create(request).await.unwrap();
+    let mut view = RemoteView::start(h, &room_id, version).await;
+    let bob = remote_user("bob");
+    let (join, pdu) = view.join(&bob);
+    let results = view.send(h, PduKind::Timeline, vec![pdu]).await;
+    accepted(&results, 0, &join);
+    let outputs = h.outputs_until(&room_id, &join).await;
+    let added: Vec<&str> = outputs.last().unwrap().state_delta.added.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(added, [join.as_str()], "the join enters the current state");
+    view.refresh(h).await;
+    (view, join)
+}
+
+#[tokio::test]
+async fn malformed_and_forged_pdus_fail_alone() {
+    each_backend(|h| async move {
+        let bob = remote_user("bob");
+        let (mut view, bob_join) = joined_room(&h, RoomVersionId::V10).await;
+        let mut count = 0;
+        // Each bad PDU travels with a valid message, which must get through.
+        let mut check = async |view: &mut RemoteView, bad: Value, what: &str| {
+            count += 1;
+            let (good, good_pdu) =
+                view.message(&bob, vec![view.power_levels.clone(), bob_join.clone()], &format!("ok {count}"));
+            let results = view.send(&h, PduKind::Timeline, vec![bad, good_pdu]).await;
+            rejected(&results, 0, what);
+            accepted(&results, 1, &good);
+            h.outputs_until(&view.room_id, &good).await;
+            view.refresh(&h).await;
+        };
+        let auth = vec![view.power_levels.clone(), bob_join.clone()];
+        let (_, base) = view.message(&bob, auth.clone(), "bad");
+
+        let fake_ids: Vec<String> = (0..21).map(|i| format!("${i:0>43}")).collect();
+        let (_, many_prev) = view.pdu(json!({"type": "m.room.message", "sender": bob, "prev_events": fake_ids,
+            "auth_events": view.with_create(auth.clone())}));
+        check(&mut view, many_prev, "prev_events").await;
+
+        let (_, many_auth) =
+            view.pdu(json!({"type": "m.room.message", "sender": bob, "auth_events": fake_ids[..11].to_vec()}));
+        check(&mut view, many_auth, "auth_events").await;
+
+        let mut deep = base.clone();
+        deep["depth"] = json!(1u64 << 53);
+        check(&mut view, deep, "canonical JSON").await;
+
+        let mut float = base.clone();
+        float["content"]["weight"] = json!(1.5);
+        check(&mut view, float, "canonical JSON").await;
+
+        let mut huge = base.clone();
+        huge["content"]["body"] = json!("");
+        let size = serde_json::to_string(&CanonicalJsonValue::try_from(huge.clone()).unwrap()).unwrap().len();
+        huge["content"]["body"] = json!("x".repeat(65_537 - size));
+        assert_eq!(serde_json::to_string(&CanonicalJsonValue::try_from(huge.clone()).unwrap()).unwrap().len(), 65_537);
+        check(&mut view, huge, "larger than 65536").await;
+
+        let (_, long_key) = view.pdu(json!({"type": "m.custom", "sender": bob, "state_key": "k".repeat(256),
+            "auth_events": view.with_create(auth.clone())}));
+        check(&mut view, long_key, "state_key is longer").await;
+
+        // Signed under the peer's key id with another key.
+        let seed = ServerSigningKey::generate_file_contents().split_whitespace().nth(2).unwrap().to_owned();
+        let version = view.peer.key.keypair.version().to_owned();
+        let impostor = ServerSigningKey::parse(&format!("ed25519 {version} {seed}")).unwrap();
+        let forged = sign(&impostor, REMOTE, &view.version, {
+            let mut unsigned = base.clone();
+            unsigned.as_object_mut().unwrap().remove("signatures");
+            unsigned.as_object_mut().unwrap().remove("hashes");
+            unsigned
+        })
+        .1;
+        check(&mut view, forged, "signature").await;
+
+        let mut elsewhere = base.clone();
+        elsewhere["room_id"] = json!(format!("!other:{REMOTE}"));
+        check(&mut view, elsewhere, "not in room").await;
+
+        // A content hash mismatch redacts: the create event below loses its
+        // room version (v10 keeps only `creator`) and cannot stand.
+        let (_, mut second_create) = view.pdu(json!({"type": "m.room.create", "state_key": "", "sender": bob,
+            "prev_events": [], "auth_events": [], "depth": 1, "content": {"creator": bob, "room_version": "10"}}));
+        second_create["content"]["extra"] = json!("tampered");
+        check(&mut view, second_create, "create event").await;
+        // The room's own create event, tampered, is the same event: already known.
+        let mut own_create =
+            h.state(&view.room_id, &user("alice"), Some("m.room.create"), Some("")).await.unwrap()[0].pdu.clone();
+        own_create["content"]["extra"] = json!("tampered");
+        let results = view.send(&h, PduKind::Timeline, vec![own_create]).await;
+        assert_eq!(results[0].outcome, PduOutcome::AlreadyKnown);
+        assert_eq!(results[0].event_id.as_ref().unwrap().as_str(), view.create);
+
+        // Auth events from another room.
+        let other_room = h.create(public_room(&user("alice"))).await.unwrap();
+        let other_power = h.state(&other_room, &user("alice"), Some("m.room.power_levels"), Some("")).await.unwrap()[0]
+            .event_id
+            .to_string();
+        let (_, foreign) = view.message(&bob, vec![other_power, bob_join.clone()], "foreign auth");
+        check(&mut view, foreign, "not in the same room").await;
+
+        // A power grab is rejected and remembered; what builds on it is rejected too.
+        let (grab, grab_pdu) = view.pdu(json!({"type": "m.room.power_levels", "state_key": "", "sender": bob,
+            "content": {"users": {bob.as_str(): 100}}, "auth_events": view.with_create(auth.clone())}));
+        check(&mut view, grab_pdu.clone(), "auth events").await;
+        let (_, child) = view.pdu(json!({"type": "m.room.message", "sender": bob, "prev_events": [grab],
+            "auth_events": view.with_create(auth.clone())}));
+        check(&mut view, child, "was rejected").await;
+        let again = view.send(&h, PduKind::Timeline, vec![grab_pdu]).await;
+        rejected(&again, 0, "auth events");
+
+        // Nothing bad reached the output topic.
+        let outputs = h.room_outputs(&view.room_id);
+        let bodies: Vec<&str> = outputs.iter().filter_map(|o| o.event.pdu["content"]["body"].as_str()).collect();
+        assert!(bodies.iter().all(|body| body.starts_with("ok ")), "{bodies:?}");
+        assert_eq!(bodies.len(), 12);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn key_validity_is_enforced_from_room_version_5() {
+    each_backend(|h| async move {
+        let bob = remote_user("bob");
+        for (version, enforced) in [(RoomVersionId::V4, false), (RoomVersionId::V5, true), (RoomVersionId::V10, true)] {
+            let (view, join) = joined_room(&h, version.clone()).await;
+            let valid_until = now() - 30_000;
+            *view.peer.valid_until_ts.lock().unwrap() = valid_until;
+            let auth = vec![view.power_levels.clone(), join.clone()];
+            let (early, early_pdu) = view.pdu(json!({"type": "m.room.message", "sender": bob,
+                "content": {"body": "early"}, "auth_events": view.with_create(auth.clone()),
+                "origin_server_ts": valid_until - 1}));
+            let (late, late_pdu) = view.message(&bob, auth, "late");
+            let results = view.send(&h, PduKind::Timeline, vec![early_pdu, late_pdu]).await;
+            accepted(&results, 0, &early);
+            if enforced {
+                rejected(&results, 1, "signature");
+                assert_eq!(results[1].event_id.as_ref().unwrap().as_str(), late);
+            } else {
+                accepted(&results, 1, &late);
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn soft_failure_and_forks() {
+    each_backend(|h| async move {
+        let (alice, bob, carol) = (user("alice"), remote_user("bob"), remote_user("carol"));
+        let (mut view, bob_join) = joined_room(&h, RoomVersionId::V11).await;
+        let (carol_join, pdu) = view.join(&carol);
+        accepted(&view.send(&h, PduKind::Timeline, vec![pdu]).await, 0, &carol_join);
+        let levels = json!({"users": {alice.as_str(): 100, carol.as_str(): 100}});
+        h.send(&view.room_id, &alice, "m.room.power_levels", Some(""), levels, None).await.unwrap();
+        view.refresh(&h).await;
+        let before_ban = view.tip.clone();
+
+        // Alice bans bob; bob, unaware, sends from the state before the ban.
+        let ban = h
+            .send(&view.room_id, &alice, "m.room.member", Some(bob.as_str()), json!({"membership": "ban"}), None)
+            .await
+            .unwrap();
+        h.outputs_until(&view.room_id, &ban).await;
+        let (late, late_pdu) = view.message(&bob, vec![view.power_levels.clone(), bob_join.clone()], "after ban");
+        let (fine, fine_pdu) = view.message(&carol, vec![view.power_levels.clone(), carol_join.clone()], "carol");
+        let results = view.send(&h, PduKind::Timeline, vec![late_pdu, fine_pdu]).await;
+        assert!(matches!(results[0].outcome, PduOutcome::SoftFailed { .. }), "{results:?}");
+        assert_eq!(results[0].event_id.as_ref().unwrap().as_str(), late);
+        accepted(&results, 1, &fine);
+        let outputs = h.outputs_until(&view.room_id, &fine).await;
+        assert!(outputs.iter().all(|o| o.event.event_id.as_str() != late), "soft-failed events are not emitted");
+        let next = h.message(&view.room_id, &alice, "next").await.unwrap();
+        let outputs = h.outputs_until(&view.room_id, &next).await;
+        assert!(
+            !outputs.last().unwrap().event.pdu["prev_events"].as_array().unwrap().iter().any(|p| p == late.as_str()),
+            "a soft-failed event is not a forward extremity"
+        );
+
+        // Carol changes the topic on an old fork from before the ban: her
+        // topic wins, the ban stays.
+        view.tip = before_ban;
+        let (topic, topic_pdu) = view.pdu(json!({"type": "m.room.topic", "state_key": "", "sender": carol,
+            "content": {"topic": "from the old fork"},
+            "auth_events": [view.create, view.power_levels, carol_join]}));
+        accepted(&view.send(&h, PduKind::Timeline, vec![topic_pdu]).await, 0, &topic);
+        let outputs = h.outputs_until(&view.room_id, &topic).await;
+        let delta = &outputs.last().unwrap().state_delta;
+        let added: Vec<&str> = delta.added.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(added, [topic.as_str()], "only the topic changes");
+        assert!(delta.removed.is_empty());
+        let member = h.state(&view.room_id, &alice, Some("m.room.member"), Some(bob.as_str())).await.unwrap();
+        assert_eq!(member[0].event_id.as_str(), ban, "the old fork does not undo the ban");
+        let current = h.state(&view.room_id, &alice, Some("m.room.topic"), Some("")).await.unwrap();
+        assert_eq!(current[0].pdu["content"]["topic"], "from the old fork");
+        // Both forks are extremities: the next local event joins them.
+        let merge = h.message(&view.room_id, &alice, "merge").await.unwrap();
+        let outputs = h.outputs_until(&view.room_id, &merge).await;
+        assert_eq!(outputs.last().unwrap().event.pdu["prev_events"].as_array().unwrap().len(), 2);
+
+        // Two concurrent topic changes: the later one wins whatever the arrival order.
+        view.refresh(&h).await;
+        let (t1, t1_pdu) = view.pdu(json!({"type": "m.room.topic", "state_key": "", "sender": carol,
+            "content": {"topic": "first"}, "origin_server_ts": now() - 1000,
+            "auth_events": [view.create, view.power_levels, carol_join]}));
+        let (t2, t2_pdu) = view.pdu(json!({"type": "m.room.topic", "state_key": "", "sender": carol,
+            "content": {"topic": "second"}, "origin_server_ts": now(),
+            "auth_events": [view.create, view.power_levels, carol_join]}));
+        accepted(&view.send(&h, PduKind::Timeline, vec![t2_pdu]).await, 0, &t2);
+        accepted(&view.send(&h, PduKind::Timeline, vec![t1_pdu]).await, 0, &t1);
+        let outputs = h.outputs_until(&view.room_id, &t1).await;
+        assert!(outputs.last().unwrap().state_delta.added.is_empty(), "the older topic does not win");
+        let current = h.state(&view.room_id, &alice, Some("m.room.topic"), Some("")).await.unwrap();
+        assert_eq!(current[0].event_id.as_str(), t2);
+
+        // A remote event merging both forks, and one on top of it: each is
+        // checked against the resolved state it stands on.
+        let auth = vec![view.power_levels.clone(), carol_join.clone()];
+        let (merged, merged_pdu) = view.pdu(json!({"type": "m.room.message", "sender": carol,
+            "content": {"body": "merged"}, "prev_events": [t1, t2], "auth_events": view.with_create(auth.clone())}));
+        view.tip = (merged.clone(), view.tip.1 + 2);
+        let (on_top, on_top_pdu) = view.message(&carol, auth, "on top");
+        let results = view.send(&h, PduKind::Timeline, vec![merged_pdu, on_top_pdu]).await;
+        accepted(&results, 0, &merged);
+        accepted(&results, 1, &on_top);
+        let next = h.message(&view.room_id, &alice, "after the merge").await.unwrap();
+        let outputs = h.outputs_until(&view.room_id, &next).await;
+        assert_eq!(outputs.last().unwrap().event.pdu["prev_events"], json!([on_top]));
+        let current = h.state(&view.room_id, &alice, Some("m.room.topic"), Some("")).await.unwrap();
+        assert_eq!(current[0].event_id.as_str(), t2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn missing_prev_events_are_fetched_or_the_event_kept_aside() {
+    each_backend(|h| async move {
+        let bob = remote_user("bob");
+        let (mut view, join) = joined_room(&h, RoomVersionId::V12).await;
+        let auth = vec![view.power_levels.clone(), join.clone()];
+        let (gap, gap_pdu) = view.message(&bob, auth.clone(), "in the gap");
+        view.tip = (gap.clone(), view.tip.1 + 1);
+        let (after, after_pdu) = view.message(&bob, auth.clone(), "after the gap");
+        // Without the peer's help the event cannot be placed: kept aside.
+        let results = view.send(&h, PduKind::Timeline, vec![after_pdu.clone()]).await;
+        assert!(matches!(results[0].outcome, PduOutcome::SoftFailed { .. }), "{results:?}");
+        assert_eq!(h.room_outputs(&view.room_id).iter().filter(|o| o.event.event_id.as_str() == after).count(), 0);
+
+        // With /get_missing_events answered, the gap is filled first.
+        view.peer.events.lock().unwrap().push((gap.clone(), gap_pdu));
+        view.tip = (gap.clone(), view.tip.1 + 1);
+        let (next, next_pdu) = view.message(&bob, auth, "next");
+        let results = view.send(&h, PduKind::Timeline, vec![next_pdu]).await;
+        accepted(&results, 0, &next);
+        let outputs = h.outputs_until(&view.room_id, &next).await;
+        let ids: Vec<&str> = outputs.iter().map(|o| o.event.event_id.as_str()).collect();
+        assert_eq!(&ids[ids.len() - 2..], [gap.as_str(), next.as_str()]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn backfilled_events_are_historical() {
+    each_backend(|h| async move {
+        let bob = remote_user("bob");
+        let (view, join) = joined_room(&h, RoomVersionId::V11).await;
+        let (old, old_pdu) = view.message(&bob, vec![view.power_levels.clone(), join.clone()], "history");
+        accepted(&view.send(&h, PduKind::Backfill, vec![old_pdu]).await, 0, &old);
+        let outputs = h.outputs_until(&view.room_id, &old).await;
+        assert!(outputs.last().unwrap().historical);
+        assert!(outputs.last().unwrap().state_delta.added.is_empty());
+        // An outlier is stored and never emitted.
+        let (outlier, outlier_pdu) = view.message(&bob, vec![view.power_levels.clone(), join], "outlier");
+        accepted(&view.send(&h, PduKind::Outlier, vec![outlier_pdu.clone()]).await, 0, &outlier);
+        let again = view.send(&h, PduKind::Outlier, vec![outlier_pdu]).await;
+        assert_eq!(again[0].outcome, PduOutcome::AlreadyKnown);
+        let marker = h.message(&view.room_id, &user("alice"), "marker").await.unwrap();
+        let outputs = h.outputs_until(&view.room_id, &marker).await;
+        assert!(outputs.iter().all(|o| o.event.event_id.as_str() != outlier));
+        let prevs = outputs.last().unwrap().event.pdu["prev_events"].clone();
+        assert!(!prevs.as_array().unwrap().iter().any(|p| p == outlier.as_str() || p == old.as_str()));
+    })
+    .await;
+}
+
+/// A room that only the remote server is in, and this server's join to it.
+fn remote_room(peer: &ServerSigningKey, version: &RoomVersionId, room_id: &str) -> (Vec<(String, Value)>, Value) {
+    let bob = remote_user("bob");
+    let v12 = *version == RoomVersionId::V12;
+    let mut events: Vec<(String, Value)> = Vec::new();
+    let mut create_content = json!({"room_version": version});
+    if !v12 {
+        create_content["creator"] = json!(bob);
+    }
+    let mut create = json!({"type": "m.room.create", "state_key": "", "sender": bob, "content": create_content,
+        "prev_events": [], "auth_events": [], "depth": 1, "origin_server_ts": now(), "origin": REMOTE});
+    if !v12 {
+        create["room_id"] = json!(room_id);
+    }
+    events.push(sign(peer, REMOTE, version, create));
+    let room_id = if v12 { format!("!{}", &events[0].0[1..]) } else { room_id.to_owned() };
+    let create_ref = if v12 { Vec::new() } else { vec![events[0].0.clone()] };
+    let add = |events: &mut Vec<(String, Value)>, fields: Value, auth: Vec<String>| {
+        let (prev, depth) = (events.last().unwrap().0.clone(), events.len() + 1);
+        let mut fields = fields;
+        let object = fields.as_object_mut().unwrap();
+        object.insert("room_id".into(), json!(room_id));
+        object.insert("prev_events".into(), json!([prev]));
+        object.insert("depth".into(), json!(depth));
+        object.insert("origin_server_ts".into(), json!(now()));
+        object.insert("origin".into(), json!(REMOTE));
+        object.insert("auth_events".into(), json!([create_ref.clone(), auth].concat()));
+        events.push(sign(peer, REMOTE, version, fields));
+    };
+    add(
+        &mut events,
+        json!({"type": "m.room.member", "state_key": bob, "sender": bob,
+        "content": {"membership": "join"}}),
+        vec![],
+    );
+    let bob_join = events[1].0.clone();
+    let mut users = json!({});
+    if !v12 {
+        users[bob.as_str()] = json!(100);
+    }
+    add(
+        &mut events,
+        json!({"type": "m.room.power_levels", "state_key": "", "sender": bob,
+        "content": {"users": users}}),
+        vec![bob_join.clone()],
+    );
+    let power = events[2].0.clone();
+    add(
+        &mut events,
+        json!({"type": "m.room.join_rules", "state_key": "", "sender": bob,
+        "content": {"join_rule": "public"}}),
+        vec![bob_join.clone(), power.clone()],
+    );
+    let rules = events[3].0.clone();
+    let join_auth = [create_ref, vec![power, rules.clone()]].concat();
+    let join = json!({"type": "m.room.member", "state_key": user("alice"), "sender": user("alice"),
+        "content": {"membership": "join"}, "room_id": room_id, "prev_events": [rules],
+        "depth": 5, "origin_server_ts": now(), "origin": super::SERVER,
+        "auth_events": join_auth});
+    (events, join)
+}
+
+#[tokio::test]
+async fn rooms_joined_through_another_server_start_from_its_state() {
+    each_backend(|h| async move {
+        let alice = user("alice");
+        for version in [RoomVersionId::V10, RoomVersionId::V12] {
+            // The peer only needs to serve keys here.
+            let local_room = h.create(public_room(&alice)).await.unwrap();
+            let view = RemoteView::start(&h, &local_room, version.clone()).await;
+            let (events, join) = remote_room(&view.peer.key, &version, &format!("!joined{version}:{REMOTE}"));
+            let (join_id, join) = sign(&h.key, super::SERVER, &version, join);
+            let room_id: OwnedRoomId = join["room_id"].as_str().unwrap().try_into().unwrap();
+            let state: Vec<Value> = events.iter().map(|(_, pdu)| pdu.clone()).collect();
+
+            // A state without its create event does not start a room.
+            let broken = JoinedRemoteRoom {
+                room_id: room_id.clone(),
+                room_version: version.to_string(),
+                origin: REMOTE.try_into().unwrap(),
+                join_event: join.clone(),
+                state: state[1..].to_vec(),
+                auth_chain: Vec::new(),
+            };
+            let error = h.input(room_id.as_str(), InputRequest::JoinedRemoteRoom(broken)).await.unwrap_err();
+            assert_eq!(error.errcode, ErrorCode::Forbidden, "{error:?}");
+
+            let joined = JoinedRemoteRoom {
+                room_id: room_id.clone(),
+                room_version: version.to_string(),
+                origin: REMOTE.try_into().unwrap(),
+                join_event: join,
+                state: state.clone(),
+                auth_chain: state,
+            };
+            let reply = h.input(room_id.as_str(), InputRequest::JoinedRemoteRoom(joined)).await.unwrap();
+            assert_eq!(reply, InputOk::EventSent { event_id: join_id.clone().try_into().unwrap() });
+            let outputs = h.outputs_until(&room_id, &join_id).await;
+            let mut added: Vec<String> =
+                outputs.last().unwrap().state_delta.added.iter().map(|e| e.event_id.to_string()).collect();
+            added.sort();
+            let mut expected: Vec<String> = events.iter().map(|(id, _)| id.clone()).chain([join_id.clone()]).collect();
+            expected.sort();
+            assert_eq!(added, expected, "the whole state enters with the join");
+            assert!(h.joined_rooms(&alice).await.contains(&room_id));
+            let members = h.state(&room_id, &alice, Some("m.room.member"), None).await.unwrap();
+            assert_eq!(members.len(), 2);
+        }
+    })
+    .await;
+}
