@@ -183,11 +183,12 @@ async fn sync_long_poll_wakes_on_a_new_message() {
 #[cfg(feature = "kafka")]
 #[tokio::test]
 async fn distributed_processes_over_kafka_survive_losing_a_room_server() {
-    use harness::distributed::{Broker, Distributed};
+    use harness::distributed::Distributed;
+    use myelin_testkit::KafkaBroker;
 
     const INPUT: &str = "roomserver.input";
     const MESSAGES: &str = "200";
-    let broker = Broker::start().await;
+    let broker = KafkaBroker::start().await;
     let mut homeserver =
         Distributed::start(&broker, &["roomserver", "roomserver", "clientapi", "syncapi", "pusher", "federationapi"])
             .await;

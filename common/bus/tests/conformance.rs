@@ -82,50 +82,25 @@ mod kafka {
     use std::time::Duration;
 
     use myelin_bus::{KafkaBackend, KafkaOptions};
-    use tokio::process::{Child, Command};
+    use myelin_testkit::KafkaBroker;
 
-    /// A Kafka-protocol cluster: `MYELIN_TEST_KAFKA` (bootstrap servers) if
-    /// set, else a tansu broker with in-memory storage on a free port, owned
-    /// by the test and killed when it ends (nextest runs each test in its own
-    /// process, so a broker per test is also a broker per process).
+    /// A Kafka-protocol cluster owned by the test, and a topic prefix of its own.
     pub struct Cluster {
-        brokers: String,
+        broker: KafkaBroker,
         pub prefix: String,
-        _broker: Option<Child>,
     }
 
     impl Cluster {
         pub async fn start() -> Self {
             let prefix = format!("t{}.", myelin_types::random::alphanumeric(10));
-            if let Ok(brokers) = std::env::var("MYELIN_TEST_KAFKA") {
-                return Self { brokers, prefix, _broker: None };
-            }
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let url = format!("tcp://127.0.0.1:{port}");
-            let tansu = std::env::var("MYELIN_TEST_TANSU").unwrap_or_else(|_| "tansu".to_owned());
-            let broker = Command::new(&tansu)
-                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-                .args(["--storage-engine", "memory://tansu/"])
-                .stdout(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("starting `{tansu}` ({e}): run scripts/install-test-deps.sh or set MYELIN_TEST_KAFKA")
-                });
-            let brokers = format!("127.0.0.1:{port}");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            while tokio::net::TcpStream::connect(&brokers).await.is_err() {
-                assert!(tokio::time::Instant::now() < deadline, "tansu did not listen on {brokers}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Self { brokers, prefix, _broker: Some(broker) }
+            Self { broker: KafkaBroker::start().await, prefix }
         }
 
         /// A new client, as a restarted process would have.
         pub fn connect(&self) -> KafkaBackend {
             let options =
                 KafkaOptions { partitions: 4, session_timeout: Duration::from_secs(6), ..KafkaOptions::default() };
-            KafkaBackend::connect(&self.brokers, options).unwrap()
+            KafkaBackend::connect(&self.broker.brokers, options).unwrap()
         }
     }
 }

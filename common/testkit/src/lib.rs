@@ -48,3 +48,39 @@ impl TestDb {
         vec![Self::sqlite(), Self::postgres().await]
     }
 }
+
+/// A Kafka-protocol broker for one test: `MYELIN_TEST_KAFKA` (bootstrap
+/// servers) if set, else a tansu broker with in-memory storage on a free
+/// port, killed when this value drops (nextest runs each test in its own
+/// process, so a broker per test is also a broker per process).
+pub struct KafkaBroker {
+    pub brokers: String,
+    _child: Option<tokio::process::Child>,
+}
+
+impl KafkaBroker {
+    pub async fn start() -> Self {
+        if let Ok(brokers) = std::env::var("MYELIN_TEST_KAFKA") {
+            return Self { brokers, _child: None };
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let tansu = std::env::var("MYELIN_TEST_TANSU").unwrap_or_else(|_| "tansu".to_owned());
+        let child = tokio::process::Command::new(&tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting `{tansu}` ({e}): run scripts/install-test-deps.sh or set MYELIN_TEST_KAFKA")
+            });
+        let brokers = format!("127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&brokers).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "tansu did not listen on {brokers}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Self { brokers, _child: Some(child) }
+    }
+}

@@ -15,39 +15,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
+use myelin_testkit::KafkaBroker;
+
 use super::{SHARED_SECRET, free_port};
-
-/// A Kafka-protocol broker: `MYELIN_TEST_KAFKA` if set, else a tansu broker
-/// with in-memory storage on a free port, killed with the test.
-pub struct Broker {
-    pub brokers: String,
-    _child: Option<Child>,
-}
-
-impl Broker {
-    pub async fn start() -> Self {
-        if let Ok(brokers) = std::env::var("MYELIN_TEST_KAFKA") {
-            return Self { brokers, _child: None };
-        }
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let tansu = std::env::var("MYELIN_TEST_TANSU").unwrap_or_else(|_| "tansu".to_owned());
-        let child = Command::new(&tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting `{tansu}` ({e}): run scripts/install-test-deps.sh"));
-        let brokers = format!("127.0.0.1:{port}");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(&brokers).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "tansu did not listen on {brokers}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self { brokers, _child: Some(child) }
-    }
-}
 
 /// One `myelin run --components …` process.
 pub struct Process {
@@ -97,7 +67,7 @@ impl Distributed {
     /// Generates one configuration on a fresh PostgreSQL database and starts
     /// a process per entry of `components` (each a `--components` value),
     /// one after the other, each ready before the next.
-    pub async fn start(broker: &Broker, components: &[&str]) -> Self {
+    pub async fn start(broker: &KafkaBroker, components: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = myelin_testkit::TestDb::postgres().await;
         let federation_port = free_port();
