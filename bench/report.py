@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turns a results file of bench/run.sh into tables and PERFORMANCE.md.
 
-    report.py meta [--synapse-version V] [--quick B] [--scales S]  one JSON line: machine and versions
+    report.py meta [--synapse-version V] [--quick B] [--scales S] [--suite all|shapes]
+                                                                   one JSON line: machine and versions
     report.py table RESULTS.jsonl                                  the Markdown table
     report.py markdown RESULTS.jsonl > PERFORMANCE.md              the whole document
 """
@@ -24,6 +25,8 @@ NOT_MEASURED = [
 LABELS = {
     "myelin-sqlite": "Myelin (SQLite)",
     "myelin-postgres": "Myelin (PostgreSQL)",
+    "myelin-distributed-1": "Myelin (Kafka, 1 room server)",
+    "myelin-distributed-2": "Myelin (Kafka, 2 room servers)",
     "synapse-postgres": "Synapse (PostgreSQL)",
 }
 
@@ -77,6 +80,7 @@ def meta(args):
         "postgres_version": run("psql", admin, "-tAc", "SHOW server_version"),
         "python": platform.python_version(),
         "quick": args.quick == "true",
+        "suite": args.suite,
         "scales": dict(item.split("=", 1) for item in args.scales.split()),
     }))
 
@@ -143,7 +147,8 @@ def table(rows):
             else:
                 line.append("–")
         lines.append("| " + " | ".join(line) + " |")
-    for case in NOT_MEASURED:
+    info = next((row for row in rows if row["scenario"] == "meta"), {})
+    for case in NOT_MEASURED if info.get("suite", "all") == "all" else []:
         lines.append("| " + " | ".join([case, "not measured yet (needs federation)"] + ["–"] * (len(header) - 2)) + " |")
     text = "\n".join(lines) + "\n"
     if ratios:
@@ -251,6 +256,8 @@ def main():
     meta_parser.add_argument("--synapse-version", default="")
     meta_parser.add_argument("--quick", default="false")
     meta_parser.add_argument("--scales", default="")
+    # `all` (bench/run.sh) or `shapes` (bench/distributed.sh).
+    meta_parser.add_argument("--suite", default="all")
     for name in ("table", "markdown"):
         commands.add_parser(name).add_argument("results")
     args = parser.parse_args()

@@ -52,73 +52,18 @@ if $quick; then
     messages=32 samples=20 senders=4 rooms=3 members=4 history=150 page=50
 fi
 
-myelin=target/release/myelin
-bench=target/release/myelin-bench
-pg_admin="${MYELIN_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
 synapse_venv=target/bench-synapse/venv
-secret="bench-shared-secret-$RANDOM$RANDOM"
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p bench/results
+source bench/lib.sh
 if $quick; then out="bench/results/quick-$stamp.jsonl"; else out="bench/results/$stamp.jsonl"; fi
 
 cargo build --release --locked -p myelin -p myelin-bench
 
-work=$(mktemp -d)
-server_pid=""
-databases=()
-cleanup() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
-    for db in "${databases[@]}"; do
-        psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-log() { echo "bench: $*" >&2; }
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Creates a fresh PostgreSQL database in the C locale (Synapse requires
-# it) and names it in $database.
-fresh_database() {
-    database=$(echo "bench_$1_$stamp" | tr 'A-Z-' 'a-z_')
-    psql "$pg_admin" -qc "CREATE DATABASE $database ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0" >/dev/null
-    databases+=("$database")
-}
-
-wait_for_server() {
-    local url="$1" log_file="$2"
-    for _ in $(seq 1 600); do
-        curl -fs "$url/_matrix/client/versions" >/dev/null && return 0
-        if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
-        sleep 0.1
-    done
-    log "server did not start; log:"
-    tail -50 "$log_file" >&2
-    exit 1
-}
-
 start_myelin() {
-    local backend="$1" dir="$work/myelin-$1" db_args=() federation_port
-    if [ "$backend" = postgres ]; then
-        fresh_database myelin
-        db_args=(--database-url "${pg_admin%/*}/$database")
-    fi
-    port=$(free_port)
-    federation_port=$(free_port)
-    "$myelin" generate-config --server-name localhost --dir "$dir" "${db_args[@]}" >/dev/null
-    MYELIN_CLIENT_API__LISTEN="127.0.0.1:$port" \
-    MYELIN_FEDERATION_API__LISTEN="127.0.0.1:$federation_port" \
-    MYELIN_CLIENT_API__REGISTRATION_SHARED_SECRET="$secret" \
-    MYELIN_GLOBAL__LOG_FILTER=warn \
-        "$myelin" run --config "$dir/myelin.yaml" >"$dir/server.log" 2>&1 &
-    server_pid=$!
+    local backend="$1" dir="$work/myelin-$1"
+    if [ "$backend" = postgres ]; then fresh_database myelin; else database=""; fi
+    myelin_config "$dir" "$database"
+    spawn_myelin "$dir" server
+    server_pid=$spawned
     wait_for_server "http://127.0.0.1:$port" "$dir/server.log"
 }
 
@@ -194,29 +139,6 @@ PY
         >"$dir/stdout.log" 2>&1 &
     server_pid=$!
     wait_for_server "http://127.0.0.1:$port" "$dir/stdout.log"
-}
-
-rss_kib() { awk -v key="$1:" '$1 == key {print $2}' "/proc/$server_pid/status"; }
-
-stop_server() {
-    kill "$server_pid"
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-}
-
-# Runs one scenario; a failure is recorded in the results, not skipped.
-scenario() {
-    local label="$1" stderr="$work/stderr"
-    shift
-    log "$label: $*"
-    if "$bench" --url "http://127.0.0.1:$port" --shared-secret "$secret" --label "$label" "$@" \
-        >"$work/result" 2>"$stderr"; then
-        cat "$work/result" >>"$out"
-    else
-        cat "$stderr" >&2
-        python3 -c 'import json, sys; print(json.dumps({"scenario": "failed", "case": " ".join(sys.argv[2:-1]), "label": sys.argv[1], "error": open(sys.argv[-1]).read()[-2000:]}))' \
-            "$label" "$@" "$stderr" >>"$out"
-    fi
 }
 
 # The whole suite against the server on "$port" (pid "$server_pid").

@@ -55,6 +55,23 @@ pub const TYPING_TOPIC: &str = "edu.typing";
 /// Read receipts. Key: room id.
 pub const RECEIPT_TOPIC: &str = "edu.receipt";
 
+/// To-device messages. Key: the recipient's user id.
+pub const TO_DEVICE_TOPIC: &str = "edu.todevice";
+
+/// A record on [`TO_DEVICE_TOPIC`]: one message for one device (`*` is
+/// expanded to the user's devices before publishing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToDeviceMessage {
+    pub sender: OwnedUserId,
+    pub event_type: String,
+    pub user_id: OwnedUserId,
+    pub device_id: String,
+    pub content: Value,
+    /// The same for a retried request (sender, sending device, transaction
+    /// id, recipient device), so consumers store a message once.
+    pub message_id: String,
+}
+
 /// A record on [`ACCOUNT_DATA_TOPIC`]: the new content of one account data
 /// entry, published after it is committed. Records carry the whole content
 /// (not a patch), so applying one twice changes nothing.

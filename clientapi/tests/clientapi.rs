@@ -640,6 +640,12 @@ async fn rooms_through_the_room_server() {
         who.sort();
         assert_eq!(who, vec![(alice.user_id.clone(), "join".to_owned()), (bob.user_id.clone(), "join".to_owned())]);
 
+        let joined = s.get(&format!("{room}/joined_members"), b).await.ok();
+        let mut joined_ids: Vec<&String> = joined.body["joined"].as_object().unwrap().keys().collect();
+        joined_ids.sort();
+        assert_eq!(joined_ids, [&alice.user_id, &bob.user_id]);
+        assert!(joined.body["joined"][&alice.user_id].is_object());
+
         let rooms = s.get("/_matrix/client/v3/joined_rooms", b).await.ok();
         assert_eq!(rooms.body, json!({"joined_rooms": [room_id]}));
 
@@ -648,6 +654,8 @@ async fn rooms_through_the_room_server() {
         let rooms = s.get("/_matrix/client/v3/joined_rooms", b).await.ok();
         assert_eq!(rooms.body, json!({"joined_rooms": []}));
         s.put(&format!("{room}/send/m.room.message/t2"), b, json!({"body": "?"})).await.err(403, "M_FORBIDDEN");
+        s.get(&format!("{room}/joined_members"), b).await.err(403, "M_FORBIDDEN");
+        s.put(&format!("{room}/redact/not-an-event-id/r1"), a, json!({})).await.err(400, "M_INVALID_PARAM");
 
         // Malformed requests.
         s.post("/_matrix/client/v3/join/%23alias:test.local", b, json!({})).await.err(404, "M_NOT_FOUND");

@@ -7,6 +7,7 @@ mod consumers;
 mod error;
 pub mod filter;
 mod notifier;
+mod redaction;
 mod routing;
 pub mod service;
 mod storage;

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::SyncApiError;
 use crate::consumers::clientapi_accountdata::AccountDataConsumer;
 use crate::consumers::edu_receipt::ReceiptConsumer;
+use crate::consumers::edu_todevice::ToDeviceConsumer;
 use crate::consumers::edu_typing::TypingConsumer;
 use crate::consumers::roomserver_output::OutputConsumer;
 use crate::notifier::Notifier;
@@ -30,6 +31,8 @@ pub const ACCOUNT_DATA_GROUP: &str = "syncapi.accountdata";
 pub const TYPING_GROUP: &str = "syncapi.typing";
 /// Consumer group of the receipts read model.
 pub const RECEIPT_GROUP: &str = "syncapi.receipt";
+/// Consumer group of the to-device inboxes.
+pub const TO_DEVICE_GROUP: &str = "syncapi.todevice";
 
 pub struct Started {
     pub router: axum::Router,
@@ -43,6 +46,7 @@ pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -
         account_data: storage.max_account_data_pos().await?,
         typing: 0,
         receipts: storage.max_receipt_pos().await?,
+        to_device: storage.max_to_device_pos().await?,
     };
     let notifier = Arc::new(Notifier::new(start));
     let auth = Arc::new(TokenResolver::new(bus.clone()));
@@ -82,6 +86,12 @@ pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -
             RECEIPT_GROUP,
             myelin_clientapi::api::RECEIPT_TOPIC,
             Arc::new(ReceiptConsumer { storage: storage.clone(), notifier: notifier.clone() }),
+            shutdown.clone(),
+        ),
+        bus.consume(
+            TO_DEVICE_GROUP,
+            myelin_clientapi::api::TO_DEVICE_TOPIC,
+            Arc::new(ToDeviceConsumer { storage: storage.clone(), notifier: notifier.clone() }),
             shutdown,
         ),
     ];

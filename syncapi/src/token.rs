@@ -1,10 +1,11 @@
-//! Pagination and sync tokens. The sync API has four streams: room events
-//! (positions in its event table), account data, typing and receipts. A
-//! sync token `s<events>_<account data>_<typing>_<receipts>` names a point
-//! in all four; pagination tokens name a point *between* room events, `s<N>`
-//! being "just after the event at position N". The older single-stream
-//! form `s<N>` is still accepted as a sync token (the other streams then
-//! start from the beginning), and a sync token is accepted where a
+//! Pagination and sync tokens. The sync API has five streams: room events
+//! (positions in its event table), account data, typing, receipts and
+//! to-device messages. A sync token
+//! `s<events>_<account data>_<typing>_<receipts>_<to-device>` names a point
+//! in all five; pagination tokens name a point *between* room events, `s<N>`
+//! being "just after the event at position N". The older forms `s<N>` and
+//! `s<events>_<account data>_<typing>_<receipts>` are still accepted as sync
+//! tokens (the missing streams then start from the beginning), and a sync token is accepted where a
 //! pagination token is expected (its event position counts). Clients treat
 //! them as opaque.
 
@@ -38,6 +39,7 @@ pub enum Stream {
     AccountData,
     Typing,
     Receipts,
+    ToDevice,
 }
 
 /// A position in every stream.
@@ -47,6 +49,7 @@ pub struct SyncToken {
     pub account_data: i64,
     pub typing: i64,
     pub receipts: i64,
+    pub to_device: i64,
 }
 
 impl SyncToken {
@@ -56,6 +59,7 @@ impl SyncToken {
             Stream::AccountData => self.account_data,
             Stream::Typing => self.typing,
             Stream::Receipts => self.receipts,
+            Stream::ToDevice => self.to_device,
         }
     }
 
@@ -65,6 +69,7 @@ impl SyncToken {
             Stream::AccountData => &mut self.account_data,
             Stream::Typing => &mut self.typing,
             Stream::Receipts => &mut self.receipts,
+            Stream::ToDevice => &mut self.to_device,
         }
     }
 
@@ -76,6 +81,7 @@ impl SyncToken {
             account_data: self.account_data.min(limit.account_data),
             typing: self.typing.min(limit.typing),
             receipts: self.receipts.min(limit.receipts),
+            to_device: self.to_device.min(limit.to_device),
         }
     }
 
@@ -85,12 +91,13 @@ impl SyncToken {
             || self.account_data > other.account_data
             || self.typing > other.typing
             || self.receipts > other.receipts
+            || self.to_device > other.to_device
     }
 }
 
 impl fmt::Display for SyncToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s{}_{}_{}_{}", self.events, self.account_data, self.typing, self.receipts)
+        write!(f, "s{}_{}_{}_{}_{}", self.events, self.account_data, self.typing, self.receipts, self.to_device)
     }
 }
 
@@ -108,7 +115,12 @@ impl FromStr for SyncToken {
             .ok_or_else(invalid)?;
         match positions[..] {
             [events] => Ok(SyncToken { events, ..SyncToken::default() }),
-            [events, account_data, typing, receipts] => Ok(SyncToken { events, account_data, typing, receipts }),
+            [events, account_data, typing, receipts] => {
+                Ok(SyncToken { events, account_data, typing, receipts, to_device: 0 })
+            }
+            [events, account_data, typing, receipts, to_device] => {
+                Ok(SyncToken { events, account_data, typing, receipts, to_device })
+            }
             _ => Err(invalid()),
         }
     }
@@ -122,7 +134,7 @@ mod tests {
     fn round_trip_and_rejects() {
         assert_eq!("s42".parse::<StreamToken>().unwrap(), StreamToken(42));
         assert_eq!(StreamToken(7).to_string(), "s7");
-        for bad in ["", "s", "42", "s-1", "sx", "t1", "s1_2", "s1_2_3_4_5", "s1__3_4", "s1_2_3_-4", "s+1"] {
+        for bad in ["", "s", "42", "s-1", "sx", "t1", "s1_2", "s1_2_3_4_5_6", "s1__3_4", "s1_2_3_-4", "s+1"] {
             assert!(bad.parse::<StreamToken>().is_err(), "{bad}");
             assert!(bad.parse::<SyncToken>().is_err(), "{bad}");
         }
@@ -130,9 +142,10 @@ mod tests {
 
     #[test]
     fn sync_tokens_round_trip_and_accept_the_old_form() {
-        let token = SyncToken { events: 5, account_data: 2, typing: 9, receipts: 1 };
-        assert_eq!(token.to_string(), "s5_2_9_1");
-        assert_eq!("s5_2_9_1".parse::<SyncToken>().unwrap(), token);
+        let token = SyncToken { events: 5, account_data: 2, typing: 9, receipts: 1, to_device: 3 };
+        assert_eq!(token.to_string(), "s5_2_9_1_3");
+        assert_eq!("s5_2_9_1_3".parse::<SyncToken>().unwrap(), token);
+        assert_eq!("s5_2_9_1".parse::<SyncToken>().unwrap(), SyncToken { to_device: 0, ..token });
         assert_eq!("s5".parse::<SyncToken>().unwrap(), SyncToken { events: 5, ..SyncToken::default() });
         assert_eq!("s5_2_9_1".parse::<StreamToken>().unwrap(), StreamToken(5));
     }

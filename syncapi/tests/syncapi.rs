@@ -1013,7 +1013,7 @@ async fn account_data_in_initial_incremental_and_long_polled_sync() {
         let body = s.sync_until(&alice, "", |b| Value::Array(room_events(b, &room, "account_data")) == tag).await;
         assert_eq!(global_account_data(&body), &vec![json!({"type": "org.example.a", "content": {"v": 1}})]);
         let next = next_batch(&body);
-        assert!(next.starts_with('s') && next.split('_').count() == 4, "{next}");
+        assert!(next.starts_with('s') && next.split('_').count() == 5, "{next}");
 
         // Incremental: what changed since the token, and nothing after.
         let body = s.sync(&alice, &format!("since={since0}")).await;
@@ -1049,7 +1049,7 @@ async fn account_data_in_initial_incremental_and_long_polled_sync() {
         let events_pos = next.trim_start_matches('s').split('_').next().unwrap();
         let body = s.sync(&alice, &format!("since=s{events_pos}")).await;
         assert_eq!(global_account_data(&body).len(), 2, "[{}] {body}", s.name);
-        for bad in ["s1_2", "s1_2_3_4_5", "s1_x_0_0", "s1_-2_0_0"] {
+        for bad in ["s1_2", "s1_2_3_4_5_6", "s1_x_0_0", "s1_-2_0_0"] {
             let (status, body) = s.get(&format!("/_matrix/client/v3/sync?since={bad}"), Some(&alice)).await;
             assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{bad}");
         }
@@ -1211,5 +1211,202 @@ async fn redelivered_account_data_typing_and_receipts_change_nothing() {
         let body = s.sync_until(&alice, &format!("since={since}"), |b| !global_account_data(b).is_empty()).await;
         assert_eq!(global_account_data(&body), &vec![json!({"type": "org.example.marker", "content": {"n": 1}})]);
         assert!(body["rooms"]["join"].get(&room).is_none(), "[{}] redelivery showed again: {body}", s.name);
+    }
+}
+
+impl Server {
+    /// A message sent through the client API; its event id.
+    async fn send_text(&self, token: &str, room: &str, txn: &str, body: &str) -> String {
+        let path = format!("/rooms/{room}/send/m.room.message/{txn}");
+        let sent = self.client(reqwest::Method::PUT, &path, token, json!({"msgtype": "m.text", "body": body})).await;
+        sent["event_id"].as_str().unwrap().to_owned()
+    }
+
+    /// A redaction sent through the client API; its event id.
+    async fn redact(&self, token: &str, room: &str, event_id: &str, txn: &str) -> String {
+        let path = format!("/rooms/{room}/redact/{}/{txn}", enc(event_id));
+        let sent = self.client(reqwest::Method::PUT, &path, token, json!({"reason": "test"})).await;
+        sent["event_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn event(&self, token: &str, room: &str, event_id: &str) -> (u16, Value) {
+        self.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(event_id)), Some(token)).await
+    }
+}
+
+#[tokio::test]
+async fn single_events_follow_history_visibility() {
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let carol = s.register("carol").await;
+        let body = json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}]});
+        let room =
+            s.client(reqwest::Method::POST, "/createRoom", &alice, body).await["room_id"].as_str().unwrap().to_owned();
+        let before = s.send_text(&alice, &room, "t1", "before bob").await;
+        s.client(reqwest::Method::POST, &format!("/rooms/{room}/join"), &bob, json!({})).await;
+        let after = s.send_text(&alice, &room, "t2", "after bob").await;
+        s.settle(&bob, &after).await;
+
+        let (status, event) = s.event(&bob, &room, &after).await;
+        assert_eq!(status, 200, "[{}] {event}", s.name);
+        assert_eq!(
+            (event["event_id"].as_str(), event["room_id"].as_str()),
+            (Some(after.as_str()), Some(room.as_str()))
+        );
+        assert_eq!(event["content"]["body"], "after bob");
+        assert!(event.get("hashes").is_none() && event.get("signatures").is_none(), "{event}");
+        // Before his join, never a member, or no such event: all look the same.
+        for (token, event_id) in [(&bob, before.as_str()), (&carol, after.as_str()), (&bob, "$nosuchevent")] {
+            let (status, body) = s.event(token, &room, event_id).await;
+            assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "[{}] {body}", s.name);
+        }
+        let (status, body) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(&after)), None).await;
+        assert_eq!((status, body["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")), "[{}]", s.name);
+    }
+}
+
+#[tokio::test]
+async fn context_pages_on_both_sides_with_state() {
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let created = s.client(reqwest::Method::POST, "/createRoom", &alice, json!({"name": "Context"})).await;
+        let room = created["room_id"].as_str().unwrap().to_owned();
+        let mut sent = Vec::new();
+        for i in 0..10 {
+            sent.push(s.send_text(&alice, &room, &format!("t{i}"), &format!("m{i}")).await);
+        }
+        s.settle(&alice, &sent[9]).await;
+
+        let path = format!("/_matrix/client/v3/rooms/{room}/context/{}?limit=4", enc(&sent[5]));
+        let (status, context) = s.get(&path, Some(&alice)).await;
+        assert_eq!(status, 200, "[{}] {context}", s.name);
+        assert_eq!(context["event"]["event_id"], sent[5]);
+        assert_eq!(bodies(context["events_before"].as_array().unwrap()), ["m4", "m3"]);
+        assert_eq!(bodies(context["events_after"].as_array().unwrap()), ["m6", "m7"]);
+        let state = types(context["state"].as_array().unwrap());
+        assert!(state.contains(&"m.room.create".to_owned()) && state.contains(&"m.room.name".to_owned()), "{state:?}");
+
+        // The tokens continue where the context stops, in each direction.
+        let start = context["start"].as_str().unwrap();
+        let (_, back) =
+            s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2&from={start}"), Some(&alice)).await;
+        assert_eq!(bodies(back["chunk"].as_array().unwrap()), ["m2", "m1"], "[{}] {back}", s.name);
+        let end = context["end"].as_str().unwrap();
+        let (_, forward) =
+            s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=2&from={end}"), Some(&alice)).await;
+        assert_eq!(bodies(forward["chunk"].as_array().unwrap()), ["m8", "m9"], "[{}] {forward}", s.name);
+
+        let filtered = format!("{path}&filter={}", enc(r#"{"lazy_load_members":true,"not_types":["m.room.message"]}"#));
+        let (status, context) = s.get(&filtered, Some(&alice)).await;
+        assert_eq!(status, 200, "[{}] {context}", s.name);
+        assert!(context["events_before"].as_array().unwrap().iter().all(|e| e["type"] != "m.room.message"));
+
+        for (query, code) in [("limit=x", "M_INVALID_PARAM"), ("filter=notjson", "M_BAD_JSON")] {
+            let path = format!("/_matrix/client/v3/rooms/{room}/context/{}?{query}", enc(&sent[5]));
+            let (status, body) = s.get(&path, Some(&alice)).await;
+            assert_eq!((status, body["errcode"].as_str()), (400, Some(code)), "[{}] {query}: {body}", s.name);
+        }
+        let (status, body) = s.get(&format!("/_matrix/client/v3/rooms/{room}/context/%24unknown"), Some(&alice)).await;
+        assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "[{}]", s.name);
+    }
+}
+
+#[tokio::test]
+async fn redactions_strip_events_their_sender_may_redact() {
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let (room, _) = s.shared_room(&alice, &bob).await;
+        let by_bob = s.send_text(&bob, &room, "b1", "bob's secret").await;
+        let by_alice = s.send_text(&alice, &room, "a1", "alice's words").await;
+        let own = s.send_text(&bob, &room, "b2", "bob regrets this").await;
+
+        // Bob (power 0) may not redact Alice's event; Alice (100) may redact his.
+        let refused = s.redact(&bob, &room, &by_alice, "r1").await;
+        let by_moderator = s.redact(&alice, &room, &by_bob, "r2").await;
+        let by_author = s.redact(&bob, &room, &own, "r3").await;
+        s.settle(&bob, &by_author).await;
+
+        let (_, kept) = s.event(&bob, &room, &by_alice).await;
+        assert_eq!(kept["content"]["body"], "alice's words", "[{}] {refused}", s.name);
+        for (event_id, because) in [(&by_bob, &by_moderator), (&own, &by_author)] {
+            let (status, stripped) = s.event(&alice, &room, event_id).await;
+            assert_eq!(status, 200, "[{}] {stripped}", s.name);
+            assert_eq!(stripped["content"], json!({}), "[{}] {stripped}", s.name);
+            assert_eq!(stripped["unsigned"]["redacted_because"]["event_id"], *because);
+            assert_eq!(stripped["unsigned"]["redacted_because"]["content"]["reason"], "test");
+        }
+        // Sync serves the stripped form too.
+        let body = s.sync(&bob, &format!("filter={}", enc(r#"{"room":{"timeline":{"limit":50}}}"#))).await;
+        let texts = bodies(timeline(&body, "join", &room));
+        assert!(texts.contains(&"alice's words".to_owned()), "[{}] {texts:?}", s.name);
+        assert!(!texts.iter().any(|t| t.starts_with("bob")), "[{}] {texts:?}", s.name);
+    }
+}
+
+/// The `to_device` events of a sync response.
+fn to_device_events(body: &Value) -> Vec<Value> {
+    body["to_device"]["events"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn to_device_messages_wait_for_their_device_until_acknowledged() {
+    for s in servers().await {
+        let alice_laptop = s.register("alice").await;
+        let alice_phone = s.login("alice", "PHONE").await;
+        let bob = s.register("bob").await;
+        let initial = s.sync(&alice_phone, "").await;
+        let since = next_batch(&initial);
+
+        let to_all = json!({"messages": {ALICE: {"*": {"n": 1}}}});
+        s.client(reqwest::Method::PUT, "/sendToDevice/m.test/t1", &bob, to_all.clone()).await;
+        // A retried request delivers nothing twice.
+        s.client(reqwest::Method::PUT, "/sendToDevice/m.test/t1", &bob, to_all).await;
+        let to_phone = json!({"messages": {ALICE: {"PHONE": {"n": 2}}}});
+        s.client(reqwest::Method::PUT, "/sendToDevice/m.test/t2", &bob, to_phone).await;
+
+        let phone = s.sync_until(&alice_phone, &format!("since={since}"), |b| to_device_events(b).len() >= 2).await;
+        let events = to_device_events(&phone);
+        assert_eq!(events.len(), 2, "[{}] {events:?}", s.name);
+        assert_eq!((events[0]["sender"].as_str(), events[0]["type"].as_str()), (Some(BOB), Some("m.test")));
+        assert_eq!((events[0]["content"]["n"].as_i64(), events[1]["content"]["n"].as_i64()), (Some(1), Some(2)));
+
+        // The laptop got only the message for every device; its inbox keeps it across initial syncs.
+        for _ in 0..2 {
+            let laptop = s.sync_until(&alice_laptop, "", |b| !to_device_events(b).is_empty()).await;
+            let contents: Vec<Value> = to_device_events(&laptop).iter().map(|e| e["content"].clone()).collect();
+            assert_eq!(contents, [json!({"n": 1})], "[{}]", s.name);
+        }
+
+        // Syncing from the token that carried them acknowledges them.
+        let after = s.sync(&alice_phone, &format!("since={}", next_batch(&phone))).await;
+        assert!(to_device_events(&after).is_empty(), "[{}] {after}", s.name);
+        // And a long poll wakes for a new one.
+        let poll = s.long_poll(&alice_phone, &next_batch(&after), 10_000);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.client(
+            reqwest::Method::PUT,
+            "/sendToDevice/m.test/t3",
+            &bob,
+            json!({"messages": {ALICE: {"PHONE": {"n": 3}}}}),
+        )
+        .await;
+        let woken = poll.await.unwrap();
+        assert_eq!(to_device_events(&woken)[0]["content"]["n"], 3, "[{}] {woken}", s.name);
+
+        for (body, code) in [
+            (json!({"messages": {"not-a-user": {"D": {}}}}), "M_INVALID_PARAM"),
+            (json!({"messages": {ALICE: ["D"]}}), "M_BAD_JSON"),
+            (json!({"messages": {ALICE: {"D": "text"}}}), "M_BAD_JSON"),
+            (json!({}), "M_BAD_JSON"),
+        ] {
+            let url = format!("{}/_matrix/client/v3/sendToDevice/m.test/bad", s.client_base);
+            let response = s.http.put(url).bearer_auth(&bob).json(&body).send().await.unwrap();
+            let status = response.status().as_u16();
+            let reply: Value = response.json().await.unwrap();
+            assert_eq!((status, reply["errcode"].as_str()), (400, Some(code)), "[{}] {body}", s.name);
+        }
     }
 }

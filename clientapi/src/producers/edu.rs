@@ -1,9 +1,12 @@
 //! Records on `clientapi.accountdata` (after the database commit),
-//! `edu.typing` and `edu.receipt`.
+//! `edu.typing`, `edu.receipt` and `edu.todevice`.
 
 use myelin_bus::{Bus, BusError};
 
-use crate::api::{ACCOUNT_DATA_TOPIC, AccountDataUpdate, RECEIPT_TOPIC, ReceiptUpdate, TYPING_TOPIC, TypingUpdate};
+use crate::api::{
+    ACCOUNT_DATA_TOPIC, AccountDataUpdate, RECEIPT_TOPIC, ReceiptUpdate, TO_DEVICE_TOPIC, TYPING_TOPIC,
+    ToDeviceMessage, TypingUpdate,
+};
 
 pub async fn account_data(bus: &Bus, update: &AccountDataUpdate) -> Result<(), BusError> {
     bus.produce_json(ACCOUNT_DATA_TOPIC, update.user_id.as_str(), update).await?;
@@ -17,5 +20,10 @@ pub async fn typing(bus: &Bus, update: &TypingUpdate) -> Result<(), BusError> {
 
 pub async fn receipt(bus: &Bus, update: &ReceiptUpdate) -> Result<(), BusError> {
     bus.produce_json(RECEIPT_TOPIC, update.room_id.as_str(), update).await?;
+    Ok(())
+}
+
+pub async fn to_device(bus: &Bus, message: &ToDeviceMessage) -> Result<(), BusError> {
+    bus.produce_json(TO_DEVICE_TOPIC, message.user_id.as_str(), message).await?;
     Ok(())
 }

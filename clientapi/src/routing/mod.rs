@@ -16,6 +16,7 @@ mod rooms;
 mod send;
 mod state;
 mod threepid;
+mod to_device;
 mod typing;
 mod versions;
 
@@ -72,12 +73,15 @@ pub fn router(state: AppState) -> Router {
         .route("/rooms/{room_id}/ban", post(membership::ban))
         .route("/rooms/{room_id}/unban", post(membership::unban))
         .route("/rooms/{room_id}/send/{event_type}/{txn_id}", put(send::send_message))
+        .route("/rooms/{room_id}/redact/{event_id}/{txn_id}", put(send::redact))
         .route("/rooms/{room_id}/state", get(state::get_state))
         .route("/rooms/{room_id}/state/{event_type}", get(state::get_state_empty_key).put(state::put_state_empty_key))
         .route("/rooms/{room_id}/state/{event_type}/", get(state::get_state_empty_key).put(state::put_state_empty_key))
         .route("/rooms/{room_id}/state/{event_type}/{state_key}", get(state::get_state_event).put(state::put_state))
         .route("/rooms/{room_id}/members", get(state::members))
+        .route("/rooms/{room_id}/joined_members", get(state::joined_members))
         .route("/rooms/{room_id}/typing/{user_id}", put(typing::typing))
+        .route("/sendToDevice/{event_type}/{txn_id}", put(to_device::send_to_device))
         .route("/rooms/{room_id}/receipt/{receipt_type}/{event_id}", post(receipts::receipt))
         .route("/rooms/{room_id}/read_markers", post(receipts::read_markers))
         .route("/user/{user_id}/account_data/{data_type}", get(account_data::get_global).put(account_data::put_global))

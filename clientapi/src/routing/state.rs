@@ -196,3 +196,35 @@ pub async fn members(
         .collect();
     Ok(Json(json!({ "chunk": chunk })))
 }
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`
+/// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3roomsroomidjoined_members>
+///
+/// Only for current members: someone who left gets `M_FORBIDDEN`.
+pub async fn joined_members(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixPath(room_id): MatrixPath<String>,
+) -> Result<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    let events = roomserver::room_state(&state.bus, &room_id, &user.user_id, Some("m.room.member"), None).await?;
+    let joined: Map<String, Value> = events
+        .iter()
+        .filter(|e| e.pdu["type"] == "m.room.member" && e.pdu["content"]["membership"] == "join")
+        .filter_map(|e| {
+            let user_id = e.pdu["state_key"].as_str()?;
+            let content = &e.pdu["content"];
+            let mut profile = Map::new();
+            for (ours, theirs) in [("display_name", "displayname"), ("avatar_url", "avatar_url")] {
+                if let Some(value) = content.get(theirs).filter(|v| v.is_string()) {
+                    profile.insert(ours.to_owned(), value.clone());
+                }
+            }
+            Some((user_id.to_owned(), Value::Object(profile)))
+        })
+        .collect();
+    if !joined.contains_key(user.user_id.as_str()) {
+        return Err(MatrixError::forbidden("You are not joined to this room").into());
+    }
+    Ok(Json(json!({ "joined": joined })))
+}

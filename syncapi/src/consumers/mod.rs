@@ -2,5 +2,6 @@
 
 pub mod clientapi_accountdata;
 pub mod edu_receipt;
+pub mod edu_todevice;
 pub mod edu_typing;
 pub mod roomserver_output;

@@ -3,11 +3,10 @@ use axum::extract::{Path, Request, State};
 use myelin_types::MatrixError;
 use serde_json::{Value, json};
 
-use super::{AppState, format_event, parse_token, query_params, visible_events};
+use super::{AppState, format_event, parse_token, query_params, readable_ranges, visible_events};
 use crate::SyncApiError;
 use crate::filter::{self, RoomEventFilter};
 use crate::token::StreamToken;
-use crate::visibility::{HistoryVisibility, RoomView};
 
 const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 1000;
@@ -42,13 +41,7 @@ pub async fn messages(
     };
 
     let current = state.notifier.current().events;
-    let changes = state.storage.membership_changes(identity.user_id.as_str(), Some(&room_id), current).await?;
-    let view = RoomView::load(&state.storage, &room_id, &changes, current).await?;
-    // Anyone may read a world-readable room; otherwise only those who have been in it.
-    if changes.is_empty() && view.current_visibility() != HistoryVisibility::WorldReadable {
-        return Err(MatrixError::forbidden("You are not and have not been a member of this room").into());
-    }
-    let ranges = view.visible_ranges();
+    let ranges = readable_ranges(&state, &identity, &room_id, current).await?;
     let (start, after, upto) = if backwards {
         let start = from.map_or(current, |t| t.0.min(current));
         (start, to.map_or(0, |t| t.0), start)

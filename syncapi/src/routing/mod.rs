@@ -2,6 +2,7 @@
 
 mod filter;
 mod messages;
+mod room_events;
 mod sync;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use crate::notifier::Notifier;
 use crate::storage::{EventRow, Storage};
 use crate::token::StreamToken;
 use crate::typing::Typing;
+use crate::visibility::{HistoryVisibility, RoomView};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -37,7 +39,9 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{prefix}/sync"), get(sync::sync))
             .route(&format!("{prefix}/user/{{userId}}/filter"), post(filter::create_filter))
             .route(&format!("{prefix}/user/{{userId}}/filter/{{filterId}}"), get(filter::get_filter))
-            .route(&format!("{prefix}/rooms/{{roomId}}/messages"), get(messages::messages));
+            .route(&format!("{prefix}/rooms/{{roomId}}/messages"), get(messages::messages))
+            .route(&format!("{prefix}/rooms/{{roomId}}/event/{{eventId}}"), get(room_events::event))
+            .route(&format!("{prefix}/rooms/{{roomId}}/context/{{eventId}}"), get(room_events::context));
     }
     router.with_state(state)
 }
@@ -67,6 +71,28 @@ fn format_event(row: &EventRow, room_id: Option<&str>, viewer: &Identity) -> Val
         unsigned.insert("transaction_id".to_owned(), Value::String(txn_id.clone()));
     }
     event
+}
+
+/// The stream ranges of `room_id` whose events `identity` may read, up to
+/// `current`; `M_FORBIDDEN` for someone who has never been in the room
+/// unless it is world-readable.
+async fn readable_ranges(
+    state: &AppState,
+    identity: &Identity,
+    room_id: &str,
+    current: i64,
+) -> Result<Vec<(i64, i64)>, SyncApiError> {
+    let changes = state.storage.membership_changes(identity.user_id.as_str(), Some(room_id), current).await?;
+    let view = RoomView::load(&state.storage, room_id, &changes, current).await?;
+    if changes.is_empty() && view.current_visibility() != HistoryVisibility::WorldReadable {
+        return Err(MatrixError::forbidden("You are not and have not been a member of this room").into());
+    }
+    Ok(view.visible_ranges())
+}
+
+/// Whether stream position `pos` lies in one of `ranges` (each `(after, upto]`).
+fn in_ranges(ranges: &[(i64, i64)], pos: i64) -> bool {
+    ranges.iter().any(|&(after, upto)| after < pos && pos <= upto)
 }
 
 /// Up to `limit` events in `ranges` (visible ones, see [`crate::visibility`])

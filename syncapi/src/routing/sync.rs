@@ -14,6 +14,9 @@ use crate::storage::{EventRow, MembershipChange};
 use crate::token::{StreamToken, SyncToken};
 use crate::visibility::RoomView;
 
+/// To-device messages per response; the rest follow in the next ones.
+const TO_DEVICE_LIMIT: i64 = 100;
+
 /// The longest a client may make `/sync` wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -230,17 +233,46 @@ async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) ->
             _ => {}
         }
     }
-    let empty = join.is_empty() && invite.is_empty() && leave.is_empty() && changes.global_account_data.is_empty();
+    let (to_device, next_batch) = to_device(state, &request.identity, since_token, current).await?;
+    let empty = join.is_empty()
+        && invite.is_empty()
+        && leave.is_empty()
+        && changes.global_account_data.is_empty()
+        && to_device.is_empty();
     let body = json!({
-        "next_batch": current.to_string(),
+        "next_batch": next_batch.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
         "presence": { "events": [] },
         "account_data": { "events": changes.global_account_data },
-        "to_device": { "events": [] },
+        "to_device": { "events": to_device },
         "device_lists": { "changed": [], "left": [] },
         "device_one_time_keys_count": {},
     });
     Ok((body, empty))
+}
+
+/// The device's to-device messages after `since` (those up to it are
+/// acknowledged and dropped), and the token that acknowledges what is sent:
+/// `current`, unless the inbox holds more than one response carries.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#extensions-to-sync-4>
+async fn to_device(
+    state: &AppState,
+    identity: &Identity,
+    since: Option<SyncToken>,
+    current: SyncToken,
+) -> Result<(Vec<Value>, SyncToken), SyncApiError> {
+    let after = since.map_or(0, |s| s.to_device);
+    let user_id = identity.user_id.as_str();
+    let rows =
+        state.storage.take_to_device(user_id, &identity.device_id, after, current.to_device, TO_DEVICE_LIMIT).await?;
+    let mut next_batch = current;
+    if rows.len() == TO_DEVICE_LIMIT as usize
+        && let Some((last, _)) = rows.last()
+    {
+        next_batch.to_device = *last;
+    }
+    Ok((rows.into_iter().map(|(_, event)| event).collect(), next_batch))
 }
 
 fn empty_room(upto: i64) -> Value {

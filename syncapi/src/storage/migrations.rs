@@ -89,6 +89,7 @@ CREATE TABLE syncapi_filters (
 "#,
     },
     Migration { version: 2, sqlite: V2, postgres: V2 },
+    Migration { version: 3, sqlite: V3_SQLITE, postgres: V3_POSTGRES },
 ];
 
 /// Account data and receipts: the latest value per key, each carrying the
@@ -107,4 +108,28 @@ CREATE TABLE syncapi_receipts (
     PRIMARY KEY (room_id, user_id, receipt_type, thread_id)
 );
 CREATE INDEX syncapi_receipts_pos ON syncapi_receipts (room_id, stream_pos);
+"#;
+
+/// To-device inboxes: a message waits for its device until a sync token past
+/// its position acknowledges it. Positions come from a sequence, never from
+/// `MAX`, since acknowledged messages are deleted and positions must not be
+/// reused under tokens clients hold. `message_id` makes a redelivered record
+/// a no-op.
+const V3_SQLITE: &str = r#"
+CREATE TABLE syncapi_to_device (
+    stream_pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL, device_id TEXT NOT NULL,
+    sender TEXT NOT NULL, event_type TEXT NOT NULL, content TEXT NOT NULL
+);
+CREATE INDEX syncapi_to_device_inbox ON syncapi_to_device (user_id, device_id, stream_pos);
+"#;
+const V3_POSTGRES: &str = r#"
+CREATE TABLE syncapi_to_device (
+    stream_pos BIGSERIAL PRIMARY KEY,
+    message_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL, device_id TEXT NOT NULL,
+    sender TEXT NOT NULL, event_type TEXT NOT NULL, content TEXT NOT NULL
+);
+CREATE INDEX syncapi_to_device_inbox ON syncapi_to_device (user_id, device_id, stream_pos);
 "#;

@@ -10,20 +10,24 @@
 mod account_data;
 mod migrations;
 mod receipts;
+mod to_device;
 
 use std::collections::BTreeSet;
 
 use myelin_roomserver::api::NewRoomEvent;
 use myelin_storage::{Db, WritePool, sqlx, with_db};
+use myelin_types::ruma::UserId;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
 pub use migrations::MIGRATIONS;
 
 use crate::SyncApiError;
+use crate::redaction;
 use crate::visibility::{HistoryChange, HistoryVisibility};
 
 const MEMBER: &str = "m.room.member";
+const REDACTION: &str = "m.room.redaction";
 
 /// An event as `/sync` and `/messages` read it back.
 #[derive(Debug, Clone)]
@@ -84,6 +88,32 @@ fn membership_of(pdu: &Value) -> String {
     pdu.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str).unwrap_or("leave").to_owned()
 }
 
+/// The stored event `pdu` by `author` as `record`'s redaction leaves it,
+/// or `None` when the redaction does not take effect (see [`redaction`]).
+/// `auth_state` holds the room's current create and power levels events.
+fn redact_stored(
+    record: &NewRoomEvent,
+    redactor: &str,
+    author: &str,
+    pdu: &str,
+    auth_state: &[Option<Value>],
+) -> Option<Value> {
+    let rules = redaction::rules_of(&record.room_version)?;
+    let room =
+        redaction::RoomAuth { rules: &rules, create: auth_state[0].as_ref(), power_levels: auth_state[1].as_ref() };
+    let (redactor, author) = (<&UserId>::try_from(redactor).ok()?, <&UserId>::try_from(author).ok()?);
+    if !redaction::may_redact(&room, redactor, author) {
+        return None;
+    }
+    let target: Value = serde_json::from_str(pdu).ok()?;
+    let because = myelin_types::events::client_event(
+        &record.event.pdu,
+        record.event.event_id.as_str(),
+        record.event.room_id.as_str(),
+    );
+    redaction::redacted(&target, &rules, because)
+}
+
 fn to_row((pos, event_id, pdu, device, txn): Row5) -> Result<EventRow, SyncApiError> {
     let pdu = serde_json::from_str(&pdu).map_err(|e| SyncApiError::Corrupt(format!("event {event_id}: {e}")))?;
     let txn = match (device, txn) {
@@ -122,6 +152,8 @@ impl Storage {
             added.push((event, f, state_key));
         }
         let main_pdu = main.pdu.to_string();
+        let redaction_target =
+            (main_fields.event_type == REDACTION).then(|| redaction::target_of(&main.pdu).map(str::to_owned)).flatten();
         let (txn_device, txn_id) = match &record.txn {
             Some(txn) => (Some(txn.device_id.clone()), Some(txn.txn_id.clone())),
             None => (None, None),
@@ -238,6 +270,35 @@ impl Storage {
                     users.insert(state_key.clone());
                 }
             }
+            if let Some(target) = redaction_target.as_deref() {
+                let found: Option<(String, String)> =
+                    sqlx::query_as("SELECT sender, pdu FROM syncapi_events WHERE event_id = $1 AND room_id = $2")
+                        .bind(target)
+                        .bind(room_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let mut auth_state = Vec::with_capacity(2);
+                for event_type in ["m.room.create", "m.room.power_levels"] {
+                    let pdu: Option<String> = sqlx::query_scalar(
+                        "SELECT e.pdu FROM syncapi_current_state c JOIN syncapi_events e ON e.event_id = c.event_id \
+                         WHERE c.room_id = $1 AND c.event_type = $2 AND c.state_key = ''",
+                    )
+                    .bind(room_id)
+                    .bind(event_type)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    auth_state.push(pdu.and_then(|text| serde_json::from_str::<Value>(&text).ok()));
+                }
+                if let Some((author, pdu)) = found
+                    && let Some(stripped) = redact_stored(record, &main_fields.sender, &author, &pdu, &auth_state)
+                {
+                    sqlx::query("UPDATE syncapi_events SET pdu = $1 WHERE event_id = $2")
+                        .bind(stripped.to_string())
+                        .bind(target)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
             let joined: Vec<String> = sqlx::query_scalar(
                 "SELECT user_id FROM syncapi_memberships WHERE room_id = $1 AND membership = 'join'",
             )
@@ -333,6 +394,21 @@ impl Storage {
             }
         });
         rows.into_iter().map(to_row).collect()
+    }
+
+    /// One event of a room by id, timeline or state.
+    pub async fn event(&self, room_id: &str, event_id: &str) -> Result<Option<EventRow>, SyncApiError> {
+        let row: Option<Row5> = with_db!(&self.db, pool => {
+            sqlx::query_as(
+                "SELECT stream_pos, event_id, pdu, txn_device_id, txn_id FROM syncapi_events \
+                 WHERE room_id = $1 AND event_id = $2",
+            )
+            .bind(room_id)
+            .bind(event_id)
+            .fetch_optional(pool)
+            .await?
+        });
+        row.map(to_row).transpose()
     }
 
     /// The room's state after the event at `at` (and everything before it).
