@@ -6,6 +6,7 @@
 
 mod token_resolver;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
@@ -54,6 +55,24 @@ pub const ACCOUNT_DATA_TOPIC: &str = "clientapi.accountdata";
 pub const TYPING_TOPIC: &str = "edu.typing";
 /// Read receipts. Key: room id.
 pub const RECEIPT_TOPIC: &str = "edu.receipt";
+
+/// End-to-end key changes of devices. Key: user id.
+pub const KEY_CHANGE_TOPIC: &str = "clientapi.keychange";
+
+/// A record on [`KEY_CHANGE_TOPIC`]: one device's key state after an
+/// upload or a claim, whole (not a delta), so applying it twice changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyChange {
+    pub user_id: OwnedUserId,
+    pub device_id: String,
+    /// Unclaimed one-time keys per algorithm.
+    pub one_time_key_counts: BTreeMap<String, u64>,
+    /// Algorithms whose fallback key has not been claimed.
+    pub unused_fallback_key_types: Vec<String>,
+    /// The device's identity keys changed, so users who share a room with
+    /// `user_id` must fetch them again (`device_lists.changed`).
+    pub device_keys_changed: bool,
+}
 
 /// To-device messages. Key: the recipient's user id.
 pub const TO_DEVICE_TOPIC: &str = "edu.todevice";

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::SyncApiError;
 use crate::consumers::clientapi_accountdata::AccountDataConsumer;
+use crate::consumers::clientapi_keychange::KeyChangeConsumer;
 use crate::consumers::edu_receipt::ReceiptConsumer;
 use crate::consumers::edu_todevice::ToDeviceConsumer;
 use crate::consumers::edu_typing::TypingConsumer;
@@ -33,6 +34,8 @@ pub const TYPING_GROUP: &str = "syncapi.typing";
 pub const RECEIPT_GROUP: &str = "syncapi.receipt";
 /// Consumer group of the to-device inboxes.
 pub const TO_DEVICE_GROUP: &str = "syncapi.todevice";
+/// Consumer group of key counts and device list changes.
+pub const KEY_CHANGE_GROUP: &str = "syncapi.keychange";
 
 pub struct Started {
     pub router: axum::Router,
@@ -47,6 +50,7 @@ pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -
         typing: 0,
         receipts: storage.max_receipt_pos().await?,
         to_device: storage.max_to_device_pos().await?,
+        device_lists: storage.max_device_list_pos().await?,
     };
     let notifier = Arc::new(Notifier::new(start));
     let auth = Arc::new(TokenResolver::new(bus.clone()));
@@ -92,6 +96,12 @@ pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -
             TO_DEVICE_GROUP,
             myelin_clientapi::api::TO_DEVICE_TOPIC,
             Arc::new(ToDeviceConsumer { storage: storage.clone(), notifier: notifier.clone() }),
+            shutdown.clone(),
+        ),
+        bus.consume(
+            KEY_CHANGE_GROUP,
+            myelin_clientapi::api::KEY_CHANGE_TOPIC,
+            Arc::new(KeyChangeConsumer { storage: storage.clone(), notifier: notifier.clone() }),
             shutdown,
         ),
     ];

@@ -1,10 +1,10 @@
-//! Pagination and sync tokens. The sync API has five streams: room events
-//! (positions in its event table), account data, typing, receipts and
-//! to-device messages. A sync token
-//! `s<events>_<account data>_<typing>_<receipts>_<to-device>` names a point
-//! in all five; pagination tokens name a point *between* room events, `s<N>`
-//! being "just after the event at position N". The older forms `s<N>` and
-//! `s<events>_<account data>_<typing>_<receipts>` are still accepted as sync
+//! Pagination and sync tokens. The sync API has six streams: room events
+//! (positions in its event table), account data, typing, receipts,
+//! to-device messages and device list changes. A sync token
+//! `s<events>_<account data>_<typing>_<receipts>_<to-device>_<device lists>`
+//! names a point in all six; pagination tokens name a point *between* room events, `s<N>`
+//! being "just after the event at position N". The older forms `s<N>`,
+//! `s<events>_<account data>_<typing>_<receipts>` and the five-stream one are still accepted as sync
 //! tokens (the missing streams then start from the beginning), and a sync token is accepted where a
 //! pagination token is expected (its event position counts). Clients treat
 //! them as opaque.
@@ -40,6 +40,7 @@ pub enum Stream {
     Typing,
     Receipts,
     ToDevice,
+    DeviceLists,
 }
 
 /// A position in every stream.
@@ -50,6 +51,7 @@ pub struct SyncToken {
     pub typing: i64,
     pub receipts: i64,
     pub to_device: i64,
+    pub device_lists: i64,
 }
 
 impl SyncToken {
@@ -60,6 +62,7 @@ impl SyncToken {
             Stream::Typing => self.typing,
             Stream::Receipts => self.receipts,
             Stream::ToDevice => self.to_device,
+            Stream::DeviceLists => self.device_lists,
         }
     }
 
@@ -70,6 +73,7 @@ impl SyncToken {
             Stream::Typing => &mut self.typing,
             Stream::Receipts => &mut self.receipts,
             Stream::ToDevice => &mut self.to_device,
+            Stream::DeviceLists => &mut self.device_lists,
         }
     }
 
@@ -82,6 +86,7 @@ impl SyncToken {
             typing: self.typing.min(limit.typing),
             receipts: self.receipts.min(limit.receipts),
             to_device: self.to_device.min(limit.to_device),
+            device_lists: self.device_lists.min(limit.device_lists),
         }
     }
 
@@ -92,12 +97,14 @@ impl SyncToken {
             || self.typing > other.typing
             || self.receipts > other.receipts
             || self.to_device > other.to_device
+            || self.device_lists > other.device_lists
     }
 }
 
 impl fmt::Display for SyncToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s{}_{}_{}_{}_{}", self.events, self.account_data, self.typing, self.receipts, self.to_device)
+        let SyncToken { events, account_data, typing, receipts, to_device, device_lists } = self;
+        write!(f, "s{events}_{account_data}_{typing}_{receipts}_{to_device}_{device_lists}")
     }
 }
 
@@ -116,10 +123,13 @@ impl FromStr for SyncToken {
         match positions[..] {
             [events] => Ok(SyncToken { events, ..SyncToken::default() }),
             [events, account_data, typing, receipts] => {
-                Ok(SyncToken { events, account_data, typing, receipts, to_device: 0 })
+                Ok(SyncToken { events, account_data, typing, receipts, ..SyncToken::default() })
             }
             [events, account_data, typing, receipts, to_device] => {
-                Ok(SyncToken { events, account_data, typing, receipts, to_device })
+                Ok(SyncToken { events, account_data, typing, receipts, to_device, device_lists: 0 })
+            }
+            [events, account_data, typing, receipts, to_device, device_lists] => {
+                Ok(SyncToken { events, account_data, typing, receipts, to_device, device_lists })
             }
             _ => Err(invalid()),
         }
@@ -134,7 +144,7 @@ mod tests {
     fn round_trip_and_rejects() {
         assert_eq!("s42".parse::<StreamToken>().unwrap(), StreamToken(42));
         assert_eq!(StreamToken(7).to_string(), "s7");
-        for bad in ["", "s", "42", "s-1", "sx", "t1", "s1_2", "s1_2_3_4_5_6", "s1__3_4", "s1_2_3_-4", "s+1"] {
+        for bad in ["", "s", "42", "s-1", "sx", "t1", "s1_2", "s1_2_3_4_5_6_7", "s1__3_4", "s1_2_3_-4", "s+1"] {
             assert!(bad.parse::<StreamToken>().is_err(), "{bad}");
             assert!(bad.parse::<SyncToken>().is_err(), "{bad}");
         }
@@ -142,10 +152,11 @@ mod tests {
 
     #[test]
     fn sync_tokens_round_trip_and_accept_the_old_form() {
-        let token = SyncToken { events: 5, account_data: 2, typing: 9, receipts: 1, to_device: 3 };
-        assert_eq!(token.to_string(), "s5_2_9_1_3");
-        assert_eq!("s5_2_9_1_3".parse::<SyncToken>().unwrap(), token);
-        assert_eq!("s5_2_9_1".parse::<SyncToken>().unwrap(), SyncToken { to_device: 0, ..token });
+        let token = SyncToken { events: 5, account_data: 2, typing: 9, receipts: 1, to_device: 3, device_lists: 4 };
+        assert_eq!(token.to_string(), "s5_2_9_1_3_4");
+        assert_eq!("s5_2_9_1_3_4".parse::<SyncToken>().unwrap(), token);
+        assert_eq!("s5_2_9_1_3".parse::<SyncToken>().unwrap(), SyncToken { device_lists: 0, ..token });
+        assert_eq!("s5_2_9_1".parse::<SyncToken>().unwrap(), SyncToken { to_device: 0, device_lists: 0, ..token });
         assert_eq!("s5".parse::<SyncToken>().unwrap(), SyncToken { events: 5, ..SyncToken::default() });
         assert_eq!("s5_2_9_1".parse::<StreamToken>().unwrap(), StreamToken(5));
     }

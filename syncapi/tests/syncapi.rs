@@ -1013,7 +1013,7 @@ async fn account_data_in_initial_incremental_and_long_polled_sync() {
         let body = s.sync_until(&alice, "", |b| Value::Array(room_events(b, &room, "account_data")) == tag).await;
         assert_eq!(global_account_data(&body), &vec![json!({"type": "org.example.a", "content": {"v": 1}})]);
         let next = next_batch(&body);
-        assert!(next.starts_with('s') && next.split('_').count() == 5, "{next}");
+        assert!(next.starts_with('s') && next.split('_').count() == 6, "{next}");
 
         // Incremental: what changed since the token, and nothing after.
         let body = s.sync(&alice, &format!("since={since0}")).await;
@@ -1049,7 +1049,7 @@ async fn account_data_in_initial_incremental_and_long_polled_sync() {
         let events_pos = next.trim_start_matches('s').split('_').next().unwrap();
         let body = s.sync(&alice, &format!("since=s{events_pos}")).await;
         assert_eq!(global_account_data(&body).len(), 2, "[{}] {body}", s.name);
-        for bad in ["s1_2", "s1_2_3_4_5_6", "s1_x_0_0", "s1_-2_0_0"] {
+        for bad in ["s1_2", "s1_2_3_4_5_6_7", "s1_x_0_0", "s1_-2_0_0"] {
             let (status, body) = s.get(&format!("/_matrix/client/v3/sync?since={bad}"), Some(&alice)).await;
             assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{bad}");
         }
@@ -1407,6 +1407,112 @@ async fn to_device_messages_wait_for_their_device_until_acknowledged() {
             let status = response.status().as_u16();
             let reply: Value = response.json().await.unwrap();
             assert_eq!((status, reply["errcode"].as_str()), (400, Some(code)), "[{}] {body}", s.name);
+        }
+    }
+}
+
+impl Server {
+    /// A client API request under `/_matrix/client/v3` whose status and body are returned as is.
+    async fn client_raw(&self, method: reqwest::Method, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let url = format!("{}/_matrix/client/v3{path}", self.client_base);
+        let response = self.http.request(method, url).bearer_auth(token).json(&body).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn device_keys_one_time_keys_and_device_list_changes() {
+    use reqwest::Method;
+    for s in servers().await {
+        let _alice_laptop = s.register("alice").await;
+        let alice_phone = s.login("alice", "PHONE").await;
+        let bob = s.register("bob").await;
+        let room = s.create_room(ALICE).await;
+        let joined = s.membership(&room, BOB, BOB, "join").await;
+        s.settle(&bob, &joined).await;
+        let before = next_batch(&s.sync(&bob, "").await);
+
+        let device_keys = json!({"user_id": ALICE, "device_id": "PHONE",
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2"], "keys": {"curve25519:PHONE": "c", "ed25519:PHONE": "e"},
+            "signatures": {ALICE: {"ed25519:PHONE": "sig"}}});
+        let otk = |n: u32| json!({"key": format!("k{n}"), "signatures": {ALICE: {"ed25519:PHONE": "s"}}});
+        let upload = json!({"device_keys": device_keys,
+            "one_time_keys": {"signed_curve25519:A1": otk(1), "signed_curve25519:A2": otk(2), "signed_curve25519:A3": otk(3)},
+            "fallback_keys": {"signed_curve25519:F1": otk(9)}});
+        let reply = s.client(Method::POST, "/keys/upload", &alice_phone, upload.clone()).await;
+        assert_eq!(reply["one_time_key_counts"], json!({"signed_curve25519": 3}), "[{}]", s.name);
+        // The same upload again changes nothing.
+        let reply = s.client(Method::POST, "/keys/upload", &alice_phone, upload).await;
+        assert_eq!(reply["one_time_key_counts"], json!({"signed_curve25519": 3}), "[{}]", s.name);
+
+        // Bob shares a room with Alice: her device list changed for him.
+        let body =
+            s.sync_until(&bob, &format!("since={before}"), |b| b["device_lists"]["changed"] == json!([ALICE])).await;
+        let after = next_batch(&body);
+        let (status, changes) =
+            s.get(&format!("/_matrix/client/v3/keys/changes?from={before}&to={after}"), Some(&bob)).await;
+        assert_eq!((status, changes["changed"].clone()), (200, json!([ALICE])), "[{}]", s.name);
+        let phone = s.sync_until(&alice_phone, "", |b| b["device_one_time_keys_count"]["signed_curve25519"] == 3).await;
+        assert_eq!(phone["device_unused_fallback_key_types"], json!(["signed_curve25519"]), "[{}]", s.name);
+
+        let query = json!({"device_keys": {ALICE: [], "@carol:elsewhere.example": []}});
+        let keys = s.client(Method::POST, "/keys/query", &bob, query).await;
+        let phone_keys = &keys["device_keys"][ALICE]["PHONE"];
+        assert_eq!(phone_keys["keys"]["curve25519:PHONE"], "c", "[{}] {keys}", s.name);
+        assert_eq!(keys["device_keys"][ALICE].as_object().unwrap().len(), 1, "only the device with keys");
+        assert!(keys["failures"].get("elsewhere.example").is_some(), "[{}] {keys}", s.name);
+
+        // Three one-time keys, then the fallback key, which stays claimable.
+        let mut claimed = Vec::new();
+        for _ in 0..5 {
+            let claim = json!({"one_time_keys": {ALICE: {"PHONE": "signed_curve25519"}}});
+            let reply = s.client(Method::POST, "/keys/claim", &bob, claim).await;
+            let keys = reply["one_time_keys"][ALICE]["PHONE"].as_object().unwrap().clone();
+            claimed.push(keys.keys().next().unwrap().clone());
+        }
+        assert_eq!(
+            claimed,
+            [
+                "signed_curve25519:A1",
+                "signed_curve25519:A2",
+                "signed_curve25519:A3",
+                "signed_curve25519:F1",
+                "signed_curve25519:F1"
+            ],
+            "[{}]",
+            s.name
+        );
+        let phone = s.sync_until(&alice_phone, "", |b| b["device_unused_fallback_key_types"] == json!([])).await;
+        assert_eq!(phone["device_one_time_keys_count"], json!({}), "[{}]", s.name);
+        let nothing = s
+            .client(Method::POST, "/keys/claim", &bob, json!({"one_time_keys": {BOB: {"NONE": "signed_curve25519"}}}))
+            .await;
+        assert_eq!(nothing["one_time_keys"], json!({}));
+
+        let wrong_device = json!({"device_keys": {"user_id": ALICE, "device_id": "LAPTOP", "algorithms": [], "keys": {}, "signatures": {}}});
+        let conflicting = json!({"one_time_keys": {"signed_curve25519:A9": otk(1)}});
+        s.client(Method::POST, "/keys/upload", &alice_phone, conflicting.clone()).await;
+        let conflicting_again = json!({"one_time_keys": {"signed_curve25519:A9": otk(2)}});
+        for (path, token, body, code) in [
+            ("/keys/upload", &alice_phone, wrong_device, "M_INVALID_PARAM"),
+            ("/keys/upload", &alice_phone, json!({"one_time_keys": {"nocolon": otk(1)}}), "M_INVALID_PARAM"),
+            ("/keys/upload", &alice_phone, conflicting_again, "M_INVALID_PARAM"),
+            (
+                "/keys/upload",
+                &alice_phone,
+                json!({"device_keys": {"user_id": ALICE, "device_id": "PHONE"}}),
+                "M_BAD_JSON",
+            ),
+            ("/keys/query", &bob, json!({"device_keys": {"not-a-user": []}}), "M_INVALID_PARAM"),
+            ("/keys/query", &bob, json!({}), "M_BAD_JSON"),
+            ("/keys/claim", &bob, json!({"one_time_keys": {"not-a-user": {}}}), "M_INVALID_PARAM"),
+        ] {
+            let (status, reply) = s.client_raw(Method::POST, path, token, body.clone()).await;
+            assert_eq!((status, reply["errcode"].as_str()), (400, Some(code)), "[{}] {path} {body}: {reply}", s.name);
+        }
+        for query in ["from=s1", "to=s1", "from=bad&to=s1"] {
+            let (status, reply) = s.get(&format!("/_matrix/client/v3/keys/changes?{query}"), Some(&bob)).await;
+            assert_eq!((status, reply["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "[{}] {query}", s.name);
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Records on `clientapi.accountdata` (after the database commit),
-//! `edu.typing`, `edu.receipt` and `edu.todevice`.
+//! `edu.typing`, `edu.receipt`, `edu.todevice` and `clientapi.keychange`
+//! (after the database commit).
 
 use myelin_bus::{Bus, BusError};
 
 use crate::api::{
-    ACCOUNT_DATA_TOPIC, AccountDataUpdate, RECEIPT_TOPIC, ReceiptUpdate, TO_DEVICE_TOPIC, TYPING_TOPIC,
-    ToDeviceMessage, TypingUpdate,
+    ACCOUNT_DATA_TOPIC, AccountDataUpdate, KEY_CHANGE_TOPIC, KeyChange, RECEIPT_TOPIC, ReceiptUpdate, TO_DEVICE_TOPIC,
+    TYPING_TOPIC, ToDeviceMessage, TypingUpdate,
 };
 
 pub async fn account_data(bus: &Bus, update: &AccountDataUpdate) -> Result<(), BusError> {
@@ -25,5 +26,10 @@ pub async fn receipt(bus: &Bus, update: &ReceiptUpdate) -> Result<(), BusError> 
 
 pub async fn to_device(bus: &Bus, message: &ToDeviceMessage) -> Result<(), BusError> {
     bus.produce_json(TO_DEVICE_TOPIC, message.user_id.as_str(), message).await?;
+    Ok(())
+}
+
+pub async fn key_change(bus: &Bus, change: &KeyChange) -> Result<(), BusError> {
+    bus.produce_json(KEY_CHANGE_TOPIC, change.user_id.as_str(), change).await?;
     Ok(())
 }

@@ -7,6 +7,7 @@ mod admin_register;
 mod capabilities;
 mod devices;
 mod directory;
+mod keys;
 mod login;
 mod membership;
 mod profile;
@@ -82,6 +83,9 @@ pub fn router(state: AppState) -> Router {
         .route("/rooms/{room_id}/joined_members", get(state::joined_members))
         .route("/rooms/{room_id}/typing/{user_id}", put(typing::typing))
         .route("/sendToDevice/{event_type}/{txn_id}", put(to_device::send_to_device))
+        .route("/keys/upload", post(keys::upload))
+        .route("/keys/query", post(keys::query))
+        .route("/keys/claim", post(keys::claim))
         .route("/rooms/{room_id}/receipt/{receipt_type}/{event_id}", post(receipts::receipt))
         .route("/rooms/{room_id}/read_markers", post(receipts::read_markers))
         .route("/user/{user_id}/account_data/{data_type}", get(account_data::get_global).put(account_data::put_global))

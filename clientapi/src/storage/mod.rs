@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod devices;
 pub mod directory;
+pub mod keys;
 pub mod registration;
 pub mod tokens;
 
@@ -94,9 +95,42 @@ CREATE TABLE clientapi_directory_members (
 );
 ";
 
+/// End-to-end encryption keys of devices: identity keys, one-time keys
+/// (deleted when claimed) and one fallback key per algorithm (marked used
+/// when claimed). A device's keys go with the device.
+const V5: &str = "
+CREATE TABLE clientapi_device_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id),
+    FOREIGN KEY (user_id, device_id) REFERENCES clientapi_devices (user_id, device_id) ON DELETE CASCADE
+);
+CREATE TABLE clientapi_one_time_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    key_json TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id, algorithm, key_id),
+    FOREIGN KEY (user_id, device_id) REFERENCES clientapi_devices (user_id, device_id) ON DELETE CASCADE
+);
+CREATE TABLE clientapi_fallback_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    key_json TEXT NOT NULL,
+    used BOOLEAN NOT NULL,
+    PRIMARY KEY (user_id, device_id, algorithm),
+    FOREIGN KEY (user_id, device_id) REFERENCES clientapi_devices (user_id, device_id) ON DELETE CASCADE
+);
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE },
     Migration { version: 2, sqlite: V2, postgres: V2 },
     Migration { version: 3, sqlite: V3, postgres: V3 },
     Migration { version: 4, sqlite: V4, postgres: V4 },
+    Migration { version: 5, sqlite: V5, postgres: V5 },
 ];

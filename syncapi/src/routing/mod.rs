@@ -1,6 +1,7 @@
 //! HTTP handlers, mounted under both `/_matrix/client/v3` and the legacy `r0`.
 
 mod filter;
+mod keys;
 mod messages;
 mod room_events;
 mod sync;
@@ -41,7 +42,8 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{prefix}/user/{{userId}}/filter/{{filterId}}"), get(filter::get_filter))
             .route(&format!("{prefix}/rooms/{{roomId}}/messages"), get(messages::messages))
             .route(&format!("{prefix}/rooms/{{roomId}}/event/{{eventId}}"), get(room_events::event))
-            .route(&format!("{prefix}/rooms/{{roomId}}/context/{{eventId}}"), get(room_events::context));
+            .route(&format!("{prefix}/rooms/{{roomId}}/context/{{eventId}}"), get(room_events::context))
+            .route(&format!("{prefix}/keys/changes"), get(keys::changes));
     }
     router.with_state(state)
 }

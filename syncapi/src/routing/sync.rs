@@ -234,19 +234,27 @@ async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) ->
         }
     }
     let (to_device, next_batch) = to_device(state, &request.identity, since_token, current).await?;
+    let device_lists_changed = match since_token {
+        Some(since) => storage.device_lists_changed(user_id, since.device_lists, current.device_lists).await?,
+        None => Vec::new(),
+    };
+    let (one_time_key_counts, unused_fallback_key_types) =
+        storage.key_counts(user_id, &request.identity.device_id).await?;
     let empty = join.is_empty()
         && invite.is_empty()
         && leave.is_empty()
         && changes.global_account_data.is_empty()
-        && to_device.is_empty();
+        && to_device.is_empty()
+        && device_lists_changed.is_empty();
     let body = json!({
         "next_batch": next_batch.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
         "presence": { "events": [] },
         "account_data": { "events": changes.global_account_data },
         "to_device": { "events": to_device },
-        "device_lists": { "changed": [], "left": [] },
-        "device_one_time_keys_count": {},
+        "device_lists": { "changed": device_lists_changed, "left": [] },
+        "device_one_time_keys_count": one_time_key_counts,
+        "device_unused_fallback_key_types": unused_fallback_key_types,
     });
     Ok((body, empty))
 }

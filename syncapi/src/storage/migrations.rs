@@ -90,6 +90,7 @@ CREATE TABLE syncapi_filters (
     },
     Migration { version: 2, sqlite: V2, postgres: V2 },
     Migration { version: 3, sqlite: V3_SQLITE, postgres: V3_POSTGRES },
+    Migration { version: 4, sqlite: V4_SQLITE, postgres: V4_POSTGRES },
 ];
 
 /// Account data and receipts: the latest value per key, each carrying the
@@ -132,4 +133,29 @@ CREATE TABLE syncapi_to_device (
     sender TEXT NOT NULL, event_type TEXT NOT NULL, content TEXT NOT NULL
 );
 CREATE INDEX syncapi_to_device_inbox ON syncapi_to_device (user_id, device_id, stream_pos);
+"#;
+
+/// End-to-end key state from `clientapi.keychange`: each device's key counts
+/// (latest record wins), and the stream of users whose device keys changed.
+const V4_SQLITE: &str = r#"
+CREATE TABLE syncapi_key_counts (
+    user_id TEXT NOT NULL, device_id TEXT NOT NULL,
+    one_time_key_counts TEXT NOT NULL, unused_fallback_key_types TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE TABLE syncapi_device_list_changes (
+    stream_pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL
+);
+"#;
+const V4_POSTGRES: &str = r#"
+CREATE TABLE syncapi_key_counts (
+    user_id TEXT NOT NULL, device_id TEXT NOT NULL,
+    one_time_key_counts TEXT NOT NULL, unused_fallback_key_types TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE TABLE syncapi_device_list_changes (
+    stream_pos BIGSERIAL PRIMARY KEY,
+    user_id TEXT NOT NULL
+);
 "#;
