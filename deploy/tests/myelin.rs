@@ -45,6 +45,24 @@ async fn nio_flow(backend: Backend) {
     assert!(stdout.contains("received 100 messages in order"), "{stdout}");
 }
 
+/// Issue acceptance: matrix-nio with its e2e extra, two users on two
+/// devices each, messages encrypted and decrypted on every other device.
+#[tokio::test]
+async fn matrix_nio_exchanges_encrypted_messages_between_four_devices() {
+    let server = Server::start(Backend::Sqlite).await;
+    let output = tokio::process::Command::new(harness::python())
+        .arg(harness::repo_path("tests/clients/nio_e2e.py"))
+        .arg(server.base_url())
+        .arg(harness::SHARED_SECRET)
+        .output()
+        .await
+        .expect("run the matrix-nio e2e flow");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "nio e2e flow failed:\n{stdout}\n{stderr}\n{}", server.log_tail());
+    assert!(stdout.contains("every device decrypted both messages"), "{stdout}");
+}
+
 #[tokio::test]
 async fn rooms_messages_and_tokens_survive_a_restart_and_txn_ids_stay_idempotent() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
