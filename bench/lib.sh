@@ -1,8 +1,8 @@
 # Shared by the benchmark scripts: sourced, not run. Expects $out (the
 # results file) to be set by the caller before `scenario` is used.
 
-myelin=target/release/myelin
-bench=target/release/myelin-bench
+myelin="${CARGO_TARGET_DIR:-target}/release/myelin"
+bench="${CARGO_TARGET_DIR:-target}/release/myelin-bench"
 pg_admin="${MYELIN_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
 secret="bench-shared-secret-$RANDOM$RANDOM"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
