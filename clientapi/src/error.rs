@@ -24,6 +24,8 @@ pub enum ClientApiError {
     Task(#[from] tokio::task::JoinError),
     #[error("unexpected reply from {0}")]
     UnexpectedReply(&'static str),
+    #[error("media store: {0}")]
+    MediaStore(#[from] std::io::Error),
 }
 
 impl From<ClientApiError> for MatrixError {

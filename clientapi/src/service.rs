@@ -13,6 +13,7 @@ use crate::api::QUERY_TOPIC;
 use crate::consumers::query::QueryResponder;
 use crate::consumers::roomserver_output::DirectoryConsumer;
 use crate::error::ClientApiError;
+use crate::media::MediaStore;
 use crate::{routing, storage};
 
 /// Consumer group of the directory's room summaries.
@@ -22,6 +23,9 @@ pub const DIRECTORY_GROUP: &str = "clientapi.directory";
 /// limit, which the binary adds) and the background tasks.
 pub struct Started {
     pub router: axum::Router,
+    /// The content repository's routes, which carry the upload limit as
+    /// their own body limit.
+    pub media_router: axum::Router,
     pub tasks: Vec<JoinHandle<Result<(), BusError>>>,
 }
 
@@ -31,6 +35,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: Db,
     pub bus: Bus,
+    pub media: Arc<MediaStore>,
 }
 
 impl AppState {
@@ -54,6 +59,11 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
         Arc::new(DirectoryConsumer { db: db.clone() }),
         shutdown,
     );
-    let state = AppState { config, db, bus };
-    Ok(Started { router: routing::router(state), tasks: vec![query, directory] })
+    let media = Arc::new(MediaStore::from_config(&config));
+    let state = AppState { config, db, bus, media };
+    Ok(Started {
+        router: routing::router(state.clone()),
+        media_router: routing::media::router(state),
+        tasks: vec![query, directory],
+    })
 }

@@ -22,6 +22,8 @@ use sha1::Sha1;
 
 const SECRET: &str = "test-shared-secret";
 const SERVER_NAME: &str = "test.local";
+/// The upload limit the tests configure.
+const MAX_UPLOAD: u64 = 64 * 1024;
 
 struct Server {
     base: String,
@@ -55,6 +57,7 @@ impl Server {
         config.client_api.registration_shared_secret = options.secret.map(str::to_owned);
         config.client_api.open_registration = options.open_registration;
         config.client_api.public_room_directory_without_auth = options.open_directory;
+        config.client_api.max_upload_size = MAX_UPLOAD;
         std::fs::write(&config.global.signing_key_path, ServerSigningKey::generate_file_contents()).unwrap();
         let config = Arc::new(config);
 
@@ -74,7 +77,8 @@ impl Server {
         let started = myelin_clientapi::service::start(config, db, bus.clone(), shutdown).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, started.router).await });
+        let router = started.router.merge(started.media_router);
+        tokio::spawn(async move { axum::serve(listener, router).await });
         Self {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
@@ -1305,6 +1309,105 @@ async fn the_operator_can_open_the_directory_to_anonymous_clients() {
         assert_eq!(listed.body["total_room_count_estimate"], 1);
         // A token that is sent must still be valid.
         s.get("/_matrix/client/v3/publicRooms", Some("nope")).await.err(401, "M_UNKNOWN_TOKEN");
+    })
+    .await;
+}
+
+impl Server {
+    /// Upload `bytes` as `content_type`; the reply.
+    async fn upload(&self, token: Option<&str>, content_type: &str, query: &str, bytes: Vec<u8>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload{query}", self.base))
+            .header("content-type", content_type)
+            .body(bytes);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn download(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn media_uploads_download_with_safe_headers() {
+    each_backend(Options::default, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let a = Some(alice.token.as_str());
+        let (status, reply) = s.upload(a, "text/plain", "?filename=hi.txt", b"hello".to_vec()).await;
+        assert_eq!(status, 200, "{reply}");
+        let uri = reply["content_uri"].as_str().unwrap();
+        let media_id = uri.strip_prefix(&format!("mxc://{SERVER_NAME}/")).expect("an mxc URI of this server");
+
+        let authenticated = format!("/_matrix/client/v1/media/download/{SERVER_NAME}/{media_id}");
+        let response = s.download(&authenticated, a).await;
+        assert_eq!(response.status().as_u16(), 200);
+        let headers = response.headers().clone();
+        assert_eq!(headers["content-type"], "text/plain");
+        assert_eq!(headers["content-disposition"], "inline; filename*=utf-8''hi.txt");
+        assert!(headers["content-security-policy"].to_str().unwrap().starts_with("sandbox"));
+        assert_eq!(response.bytes().await.unwrap().as_ref(), b"hello");
+        let response = s.download(&authenticated, None).await;
+        assert_eq!(response.status().as_u16(), 401);
+
+        // The legacy path needs no token; a name in the path wins.
+        let legacy = format!("/_matrix/media/v3/download/{SERVER_NAME}/{media_id}/other.txt");
+        let response = s.download(&legacy, None).await;
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(response.headers()["content-disposition"], "inline; filename*=utf-8''other.txt");
+
+        // Active content is never shown inline.
+        let (_, reply) = s.upload(a, "text/html", "", b"<script>alert(1)</script>".to_vec()).await;
+        let html_id = reply["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+        let response = s.download(&format!("/_matrix/media/r0/download/{SERVER_NAME}/{html_id}"), None).await;
+        assert_eq!(response.headers()["content-disposition"], "attachment");
+
+        let config = s.get("/_matrix/client/v1/media/config", a).await.ok();
+        assert_eq!(config.body["m.upload.size"], MAX_UPLOAD);
+
+        for path in [
+            format!("/_matrix/client/v1/media/download/{SERVER_NAME}/{}", "x".repeat(24)),
+            format!("/_matrix/client/v1/media/download/elsewhere.example/{media_id}"),
+            format!("/_matrix/client/v1/media/download/{SERVER_NAME}/..%2F..%2Fmyelin.db"),
+        ] {
+            s.get(&path, a).await.err(404, "M_NOT_FOUND");
+        }
+        // Thumbnails: an image scaled into the box, or cropped to fill it.
+        let mut png = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::new_rgb8(400, 200).write_to(&mut png, image::ImageFormat::Png).unwrap();
+        let (_, reply) = s.upload(a, "image/png", "", png.into_inner()).await;
+        let image_id = reply["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+        for (query, size) in
+            [("width=100&height=100&method=scale", (100, 50)), ("width=100&height=100&method=crop", (100, 100))]
+        {
+            let path = format!("/_matrix/client/v1/media/thumbnail/{SERVER_NAME}/{image_id}?{query}");
+            let response = s.download(&path, a).await;
+            assert_eq!(response.status().as_u16(), 200, "{query}");
+            assert_eq!(response.headers()["content-type"], "image/png");
+            let thumbnail = image::load_from_memory(&response.bytes().await.unwrap()).unwrap();
+            assert_eq!((thumbnail.width(), thumbnail.height()), size, "{query}");
+        }
+        let legacy = format!("/_matrix/media/v3/thumbnail/{SERVER_NAME}/{image_id}?width=32&height=32");
+        assert_eq!(s.download(&legacy, None).await.status().as_u16(), 200);
+        let thumbnail =
+            |id: &str, query: &str| format!("/_matrix/client/v1/media/thumbnail/{SERVER_NAME}/{id}?{query}");
+        s.get(&thumbnail(&image_id, "width=0&height=10"), a).await.err(400, "M_INVALID_PARAM");
+        s.get(&thumbnail(&image_id, "width=10"), a).await.err(400, "M_INVALID_PARAM");
+        s.get(&thumbnail(&image_id, "width=10&height=10&method=zoom"), a).await.err(400, "M_INVALID_PARAM");
+        s.get(&thumbnail(media_id, "width=10&height=10"), a).await.err(400, "M_UNKNOWN");
+
+        let (status, reply) = s.upload(None, "text/plain", "", b"anonymous".to_vec()).await;
+        assert_eq!((status, reply["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")));
+        let (status, _) = s.upload(a, "text/plain", "", vec![b'x'; MAX_UPLOAD as usize + 1]).await;
+        assert_eq!(status, 413);
     })
     .await;
 }

@@ -13,17 +13,23 @@ use tokio::task::JoinHandle;
 use tower_http::cors::CorsLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 
-/// Largest request body accepted. Media uploads will get their own limit
-/// with the media work; JSON bodies are far below this.
+/// Largest request body accepted by the JSON endpoints; media uploads
+/// carry their own, configured limit.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-/// Merge `parts` with the operational routes and add, outermost first:
-/// metrics and request logs (route only, never the query string, which may
-/// hold an access token), permissive CORS (the spec asks for it so browser
-/// clients work), Matrix JSON for bare 405/413 answers, and the body limit.
-pub fn client_router(parts: impl IntoIterator<Item = Router>) -> Router {
+/// Merge `parts` (each limited to [`BODY_LIMIT`]) and `own_limits` (routers
+/// that limit their bodies themselves, such as media uploads) with the
+/// operational routes and add, outermost first: metrics and request logs
+/// (route only, never the query string, which may hold an access token),
+/// permissive CORS (the spec asks for it so browser clients work), and
+/// Matrix JSON for bare 405/413 answers.
+pub fn client_router(parts: impl IntoIterator<Item = Router>, own_limits: impl IntoIterator<Item = Router>) -> Router {
     let mut router = myelin_observe::router();
     for part in parts {
+        router =
+            router.merge(part.layer(DefaultBodyLimit::max(BODY_LIMIT)).layer(RequestBodyLimitLayer::new(BODY_LIMIT)));
+    }
+    for part in own_limits {
         router = router.merge(part);
     }
     router
@@ -32,8 +38,6 @@ pub fn client_router(parts: impl IntoIterator<Item = Router>) -> Router {
             MatrixError::unrecognized().with_status(StatusCode::METHOD_NOT_ALLOWED)
         })
         .fallback(|| async { MatrixError::unrecognized() })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(axum::middleware::map_response(matrix_error_bodies))
         .layer(CorsLayer::permissive())
         .layer(myelin_observe::metrics_layer())
@@ -53,7 +57,7 @@ async fn matrix_error_bodies(response: Response) -> Response {
         return response;
     }
     let replacement = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => MatrixError::too_large(format!("Request body exceeds {BODY_LIMIT} bytes")),
+        StatusCode::PAYLOAD_TOO_LARGE => MatrixError::too_large("Request body is too large"),
         StatusCode::METHOD_NOT_ALLOWED => MatrixError::unrecognized().with_status(StatusCode::METHOD_NOT_ALLOWED),
         _ => return response,
     };
@@ -108,7 +112,20 @@ mod tests {
         let part = Router::new()
             .route("/_matrix/client/versions", get(|| async { axum::Json(serde_json::json!({"versions": []})) }))
             .route("/echo", post(|body: axum::body::Bytes| async move { body.len().to_string() }));
-        client_router([part])
+        let upload = Router::new()
+            .route("/upload", post(|body: axum::body::Bytes| async move { body.len().to_string() }))
+            .layer(DefaultBodyLimit::max(4 * BODY_LIMIT));
+        client_router([part], [upload])
+    }
+
+    #[tokio::test]
+    async fn routers_with_their_own_limit_keep_it() {
+        let big = vec![b'x'; 2 * BODY_LIMIT];
+        let (status, _, body) = send(Request::post("/upload").body(Body::from(big)).unwrap()).await;
+        assert_eq!((status, body), (StatusCode::OK, Value::from(2 * BODY_LIMIT)));
+        let too_big = vec![b'x'; 4 * BODY_LIMIT + 1];
+        let (status, _, body) = send(Request::post("/upload").body(Body::from(too_big)).unwrap()).await;
+        assert_eq!((status, body["errcode"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("M_TOO_LARGE")));
     }
 
     async fn send(request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {

@@ -102,6 +102,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Started in dependency order: the room server answers what the client
     // API asks; the sync API and the pusher read what both produce.
     let mut routers = Vec::new();
+    let mut own_limits = Vec::new();
     if components.roomserver {
         let started = myelin_roomserver::service::start(config.clone(), db.clone(), bus.clone(), shutdown.clone())
             .await
@@ -113,6 +114,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
             .context("starting the client API")?;
         routers.push(started.router);
+        own_limits.push(started.media_router);
         started.tasks.into_iter().for_each(|t| tasks.watch("clientapi", t));
     }
     if components.syncapi {
@@ -148,9 +150,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // Always served, even without client components, so every process of a
     // split deployment exposes /metrics and /health.
-    let (addr, listener) = http::serve(config.client_api.listen, http::client_router(routers), shutdown.clone())
-        .await
-        .context("starting the client listener")?;
+    let (addr, listener) =
+        http::serve(config.client_api.listen, http::client_router(routers, own_limits), shutdown.clone())
+            .await
+            .context("starting the client listener")?;
     println!("client API listening on http://{addr}");
     tracing::info!(%addr, "listening on http://{addr}");
     tasks.watch("client listener", listener);

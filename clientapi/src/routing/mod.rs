@@ -9,6 +9,7 @@ mod devices;
 mod directory;
 mod keys;
 mod login;
+pub mod media;
 mod membership;
 mod profile;
 mod receipts;

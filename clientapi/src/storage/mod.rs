@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod devices;
 pub mod directory;
 pub mod keys;
+pub mod media;
 pub mod registration;
 pub mod tokens;
 
@@ -127,10 +128,23 @@ CREATE TABLE clientapi_fallback_keys (
 );
 ";
 
+/// Media uploaded to this server; the bytes are files under the media path.
+const V6: &str = "
+CREATE TABLE clientapi_media (
+    media_id TEXT PRIMARY KEY NOT NULL,
+    content_type TEXT NOT NULL,
+    filename TEXT,
+    size BIGINT NOT NULL,
+    uploader TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE },
     Migration { version: 2, sqlite: V2, postgres: V2 },
     Migration { version: 3, sqlite: V3, postgres: V3 },
     Migration { version: 4, sqlite: V4, postgres: V4 },
     Migration { version: 5, sqlite: V5, postgres: V5 },
+    Migration { version: 6, sqlite: V6, postgres: V6 },
 ];

@@ -37,6 +37,9 @@ impl Config {
         {
             errors.push("client_api.registration_shared_secret: must not be empty (omit it to disable)".to_owned());
         }
+        if self.client_api.max_upload_size == 0 {
+            errors.push("client_api.max_upload_size: must be at least 1 byte".to_owned());
+        }
         let version = self.roomserver.default_room_version.as_str();
         if !DEFAULT_ROOM_VERSIONS.contains(&version) {
             errors.push(format!(
@@ -155,8 +158,9 @@ mod tests {
         config.roomserver.default_room_version = "9".to_owned();
         config.client_api.registration_shared_secret = Some(String::new());
         config.federation_api.listen = config.client_api.listen;
+        config.client_api.max_upload_size = 0;
         let errors = config.check();
-        assert_eq!(errors.len(), 8, "{errors:#?}");
+        assert_eq!(errors.len(), 9, "{errors:#?}");
         for prefix in [
             "global.server_name",
             "global.database_url",
@@ -165,6 +169,7 @@ mod tests {
             "global.bus_partitions",
             "roomserver.default_room_version",
             "client_api.registration_shared_secret",
+            "client_api.max_upload_size",
             "client_api.listen and federation_api.listen",
         ] {
             assert!(errors.iter().any(|e| e.starts_with(prefix)), "no {prefix} in {errors:#?}");

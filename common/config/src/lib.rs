@@ -71,6 +71,10 @@ pub struct ClientApi {
     /// Serves the public room directory (`/publicRooms`) to clients without
     /// an access token. Off unless enabled (DESIGN.md invariant 11).
     pub public_room_directory_without_auth: bool,
+    /// Largest media upload, in bytes (`m.upload.size`).
+    pub max_upload_size: u64,
+    /// Where uploaded media is stored; `None`: `media` under `global.data_dir`.
+    pub media_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,6 +158,8 @@ impl Default for ClientApi {
             registration_shared_secret: None,
             open_registration: false,
             public_room_directory_without_auth: false,
+            max_upload_size: 50 * 1024 * 1024,
+            media_path: None,
         }
     }
 }
