@@ -193,6 +193,87 @@ async fn sync_long_poll_wakes_on_a_new_message() {
     assert!(events.iter().any(|e| e["content"]["body"] == "wake up"), "{body}");
 }
 
+/// Two servers federating on loopback: a user of B joins A's public room by
+/// room id through `via`, each side sends 20 messages, and both see all 40
+/// in the same order through `/sync`.
+#[tokio::test]
+async fn two_servers_federate_a_room_both_ways() {
+    let (a, b, _ca) = Server::start_federated_pair(Backend::Sqlite).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room_id =
+        a.create_room(&alice, json!({"preset": "public_chat", "room_alias_name": "lobby", "name": "Lobby"})).await;
+
+    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
+    let (status, joined) = b.post(&bob, &via, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "join over federation: {joined}\n{}\n{}", b.log_tail(), a.log_tail());
+    assert_eq!(joined["room_id"], room_id.as_str());
+
+    // Joining again is an ordinary local join now that B has the room.
+    let (status, again) = b.post(&bob, &format!("/_matrix/client/v3/rooms/{room_id}/join"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+
+    let filter = r#"{"room":{"timeline":{"limit":100}}}"#;
+    let bodies = |server: &Server, token: &str| {
+        let url = server.url(&format!("/_matrix/client/v3/sync?filter={}", urlencode(filter)));
+        let token = token.to_owned();
+        let room_id = room_id.clone();
+        async move {
+            let (_, body) = json_request(reqwest::Method::GET, &url, Some(&token), "").await;
+            body["rooms"]["join"][&room_id]["timeline"]["events"]
+                .as_array()
+                .map(|events| {
+                    events
+                        .iter()
+                        .filter(|e| e["type"] == "m.room.message")
+                        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }
+    };
+    let wait_for = |server: &'static str, count: usize| format!("{server} to see {count} messages");
+
+    for i in 0..20 {
+        a.send_message(&alice, &room_id, &format!("a{i}"), &format!("from A {i}")).await;
+    }
+    let mut seen = Vec::new();
+    for _ in 0..300 {
+        seen = bodies(&b, &bob).await;
+        if seen.len() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.len(), 20, "{}: {seen:?}\n{}", wait_for("B", 20), a.log_tail());
+    for i in 0..20 {
+        b.send_message(&bob, &room_id, &format!("b{i}"), &format!("from B {i}")).await;
+    }
+    let expected: Vec<String> =
+        (0..20).map(|i| format!("from A {i}")).chain((0..20).map(|i| format!("from B {i}"))).collect();
+    let mut on_a = Vec::new();
+    for _ in 0..300 {
+        on_a = bodies(&a, &alice).await;
+        if on_a.len() >= 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(on_a, expected, "{}\n{}", wait_for("A", 40), b.log_tail());
+    assert_eq!(bodies(&b, &bob).await, expected, "B sees the same order");
+}
+
+/// Percent-encode a query value.
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
 /// The homeserver as separate processes over Kafka and PostgreSQL: two room
 /// servers sharing the rooms, and the client API, sync API, pusher and
 /// federation API each on their own. matrix-nio's flow runs through them

@@ -1,7 +1,8 @@
 //! The Server-Server API: the TLS federation listener (version, keys and
-//! notary, transactions), X-Matrix authentication both ways, the key store,
-//! the outbound client with server discovery, and the answers to the room
-//! server's `federationapi.query` requests.
+//! notary, transactions, joins), X-Matrix authentication both ways, the key
+//! store, the outbound client with server discovery, the answers to the
+//! room server's `federationapi.query` requests, joins through other
+//! servers for the client API (`federationapi.perform`), and the sender.
 //!
 //! Entry point: [`service::start`].
 
@@ -10,6 +11,7 @@ pub mod consumers;
 pub mod error;
 pub mod keys;
 pub mod routing;
+pub mod sender;
 pub mod service;
 pub mod storage;
 pub mod xmatrix;

@@ -1,6 +1,7 @@
 //! Lifecycle of the federation API: migrate its tables, build the key store
-//! and the outbound client, answer `federationapi.query`, and serve the TLS
-//! listener until shutdown.
+//! and the outbound client, answer `federationapi.query` and
+//! `federationapi.perform`, run the sender from `roomserver.output`, and
+//! serve the TLS listener until shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,16 +12,20 @@ use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use myelin_bus::{Bus, Shutdown};
 use myelin_config::Config;
-use myelin_roomserver::api::FEDERATION_QUERY_TOPIC;
+use myelin_roomserver::api::{FEDERATION_PERFORM_TOPIC, FEDERATION_QUERY_TOPIC, OUTPUT_TOPIC};
 use myelin_storage::{Db, StorageError};
 use myelin_types::clock::SharedClock;
+use myelin_types::ruma::OwnedServerName;
 use myelin_types::signing::ServerSigningKey;
 use tokio::task::JoinHandle;
 
 use crate::client::{ClientError, FederationClient};
+use crate::consumers::perform::{self, PerformResponder};
 use crate::consumers::query::{self, QueryResponder};
+use crate::consumers::roomserver_output::{self, OutputConsumer};
 use crate::keys::KeyStore;
 use crate::routing::{FederationState, router};
+use crate::sender::Sender;
 use crate::storage::{COMPONENT, MIGRATIONS};
 
 /// In-flight requests get this long to finish once shutdown is requested.
@@ -36,13 +41,17 @@ pub enum FederationError {
     Migrate(#[from] StorageError),
     #[error("setting up the federation client: {0}")]
     Client(#[from] ClientError),
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+    #[error("reading the send queue: {0}")]
+    Queue(#[from] myelin_storage::sqlx::Error),
 }
 
 /// A running federation API.
 pub struct Started {
     /// The bound address; differs from the configured one when its port is 0.
     pub local_addr: SocketAddr,
-    /// The listener and the query responder; they end after shutdown.
+    /// The listener, the responders and the sender's consumer; they end after shutdown.
     pub tasks: Vec<JoinHandle<Result<(), String>>>,
     /// The outbound client, shared with whoever needs to reach other servers.
     pub client: Arc<FederationClient>,
@@ -107,15 +116,23 @@ pub async fn start_with_client(
     listener.set_nonblocking(true).map_err(bind)?;
     let local_addr = listener.local_addr().map_err(bind)?;
 
-    let keys = Arc::new(KeyStore::new(&config, db.clone(), client.clone(), signing_key, clock.clone()));
+    let server_name = OwnedServerName::try_from(config.global.server_name.as_str())
+        .map_err(|_| FederationError::ServerName(config.global.server_name.clone()))?;
+    let keys = Arc::new(KeyStore::new(&config, db.clone(), client.clone(), signing_key.clone(), clock.clone()));
     let responder = Arc::new(QueryResponder { keys: keys.clone(), client: client.clone() });
-    let query = bus.serve(query::GROUP, FEDERATION_QUERY_TOPIC, responder, shutdown.clone());
-    let query = tokio::spawn(async move {
-        match query.await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(join) => Err(join.to_string()),
-        }
+    let query = watch(bus.serve(query::GROUP, FEDERATION_QUERY_TOPIC, responder, shutdown.clone()));
+    let performer = Arc::new(PerformResponder {
+        client: client.clone(),
+        bus: bus.clone(),
+        clock: clock.clone(),
+        server_name: server_name.clone(),
+        signing_key,
     });
+    let perform = watch(bus.serve(perform::GROUP, FEDERATION_PERFORM_TOPIC, performer, shutdown.clone()));
+    let sender = Sender::new(db.clone(), client.clone(), clock.clone(), server_name.to_string(), shutdown.clone());
+    sender.resume().await?;
+    let output = OutputConsumer { db: db.clone(), server_name: server_name.to_string(), sender };
+    let output = watch(bus.consume(roomserver_output::GROUP, OUTPUT_TOPIC, Arc::new(output), shutdown.clone()));
 
     let app = router(FederationState::new(keys, db, bus, clock));
     let handle = Handle::new();
@@ -131,5 +148,15 @@ pub async fn start_with_client(
         result.map_err(|e| format!("federation listener failed: {e}"))
     });
     tracing::info!(%local_addr, "federation API listening on https://{local_addr}");
-    Ok(Started { local_addr, tasks: vec![serve, query], client })
+    Ok(Started { local_addr, tasks: vec![serve, query, perform, output], client })
+}
+
+/// A bus task as the supervisor watches it: its error, or its panic, as text.
+fn watch(task: JoinHandle<Result<(), myelin_bus::BusError>>) -> JoinHandle<Result<(), String>> {
+    tokio::spawn(async move {
+        match task.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(join) => Err(join.to_string()),
+        }
+    })
 }

@@ -19,19 +19,21 @@ use myelin_federationapi::client::{
 };
 use myelin_federationapi::xmatrix::{XMatrix, signed_message};
 use myelin_roomserver::api::{
-    FEDERATION_QUERY_TOPIC, FederationQuery, FederationQueryOk, FederationQueryReply, INPUT_TOPIC, InputOk, InputReply,
-    InputRequest, PduOutcome, PduResult, VerifyKey,
+    CreateRoom, FEDERATION_PERFORM_TOPIC, FEDERATION_QUERY_TOPIC, FederationPerform, FederationPerformOk,
+    FederationPerformReply, FederationQuery, FederationQueryOk, FederationQueryReply, INPUT_TOPIC, InputOk, InputReply,
+    InputRequest, PduOutcome, PduResult, QUERY_TOPIC, QueryOk, QueryReply, QueryRequest, SendEvent, VerifyKey,
 };
 use myelin_storage::Db;
 use myelin_testkit::TestDb;
 use myelin_types::ManualClock;
-use myelin_types::MatrixError;
 use myelin_types::clock::SharedClock;
 use myelin_types::ruma::signatures::{
-    SigningKeyAlgorithm, to_canonical_json_string_for_signing, verify_canonical_json_bytes,
+    SigningKeyAlgorithm, hash_and_sign_event, reference_hash, to_canonical_json_string_for_signing,
+    verify_canonical_json_bytes,
 };
-use myelin_types::ruma::{CanonicalJsonObject, CanonicalJsonValue};
+use myelin_types::ruma::{CanonicalJsonObject, CanonicalJsonValue, RoomVersionId};
 use myelin_types::signing::ServerSigningKey;
+use myelin_types::{ErrorCode, MatrixError};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -89,6 +91,8 @@ fn free_port() -> u16 {
 struct Options {
     trusted: Vec<String>,
     denylist: Vec<String>,
+    /// Run the real room server on the instance's bus and database.
+    room_server: bool,
 }
 
 struct Instance {
@@ -100,6 +104,7 @@ struct Instance {
     trigger: ShutdownTrigger,
     tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
     _db: TestDb,
+    _key_dir: TempDir,
 }
 
 impl Instance {
@@ -113,16 +118,31 @@ impl Instance {
         config.federation_api.allow_loopback_peers = true;
         config.federation_api.trusted_key_servers = options.trusted;
         config.federation_api.key_denylist = options.denylist;
-        let key = Arc::new(ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap());
+        let key_file = ServerSigningKey::generate_file_contents();
+        let key = Arc::new(ServerSigningKey::parse(&key_file).unwrap());
+        let key_dir = tempfile::tempdir().unwrap();
+        write(key_dir.path(), "signing.key", &key_file);
+        config.global.signing_key_path = key_dir.path().join("signing.key");
+        let config = Arc::new(config);
         let shared: SharedClock = Arc::new(clock.clone());
         let bus = Bus::new(Arc::new(MemoryBackend::new(4)), shared.clone());
         let database = Db::connect(&db.url).await.unwrap();
         let (trigger, shutdown) = Shutdown::new();
-        let started =
-            myelin_federationapi::start(Arc::new(config), database, bus.clone(), key.clone(), shared, shutdown)
-                .await
-                .expect("start federation API");
+        let mut tasks = Vec::new();
+        if options.room_server {
+            let room_server =
+                myelin_roomserver::service::start(config.clone(), database.clone(), bus.clone(), shutdown.clone())
+                    .await
+                    .expect("start room server");
+            tasks.extend(room_server.tasks.into_iter().map(|task| {
+                tokio::spawn(async move { task.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string()) })
+            }));
+        }
+        let started = myelin_federationapi::start(config, database, bus.clone(), key.clone(), shared, shutdown)
+            .await
+            .expect("start federation API");
         assert_eq!(started.local_addr.port(), port);
+        tasks.extend(started.tasks);
         Self {
             name,
             addr: started.local_addr,
@@ -130,8 +150,9 @@ impl Instance {
             bus,
             client: started.client,
             trigger,
-            tasks: started.tasks,
+            tasks,
             _db: db,
+            _key_dir: key_dir,
         }
     }
 
@@ -454,7 +475,8 @@ async fn a_notary_answers_for_another_server() {
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].public_key, b.key.public_key_base64());
 
-    let banning = Options { trusted: vec![notary.name.clone()], denylist: vec![b.key.public_key_base64()] };
+    let banning =
+        Options { trusted: vec![notary.name.clone()], denylist: vec![b.key.public_key_base64()], ..Options::default() };
     let d = Instance::start(&pki, TestDb::sqlite(), &clock, banning).await;
     assert!(d.server_keys(&b.name, &[&b.key.key_id()]).await.is_empty(), "a denylisted key is never trusted");
     // Without a notary nothing is known of a server that is gone.
@@ -578,4 +600,225 @@ async fn discovery_follows_explicit_ports_well_known_and_srv() {
     assert_eq!((target.tls_name.as_str(), target.host.as_str()), ("srv.test", "srv.test"), "never the SRV target");
     let error = client.resolve("bad name").await.unwrap_err();
     assert!(matches!(error, ClientError::Discovery { .. }), "{error}");
+}
+
+// Joins over federation: two instances, each with the real room server.
+
+async fn create_public_room(server: &Instance, creator: &str) -> String {
+    let request = InputRequest::CreateRoom(CreateRoom {
+        creator: creator.try_into().unwrap(),
+        room_version: None,
+        preset: Some("public_chat".to_owned()),
+        visibility: None,
+        name: None,
+        topic: None,
+        invite: Vec::new(),
+        is_direct: false,
+        initial_state: Vec::new(),
+        creation_content: None,
+        power_level_content_override: None,
+    });
+    let reply: InputReply =
+        server.bus.request_json(INPUT_TOPIC, creator, &request, Duration::from_secs(60)).await.unwrap();
+    match reply.unwrap() {
+        InputOk::RoomCreated { room_id } => room_id.to_string(),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+async fn send_state(server: &Instance, room_id: &str, sender: &str, event_type: &str, key: &str, content: Value) {
+    let request = InputRequest::SendEvent(SendEvent {
+        room_id: room_id.try_into().unwrap(),
+        sender: sender.try_into().unwrap(),
+        event_type: event_type.to_owned(),
+        state_key: Some(key.to_owned()),
+        content,
+        txn: None,
+    });
+    let reply: InputReply =
+        server.bus.request_json(INPUT_TOPIC, room_id, &request, Duration::from_secs(60)).await.unwrap();
+    reply.unwrap();
+}
+
+/// The state event at `(event_type, state_key)` as `requester` sees it on `server`.
+async fn state_event(server: &Instance, room_id: &str, requester: &str, event_type: &str, key: &str) -> Option<Value> {
+    let request = QueryRequest::RoomState {
+        room_id: room_id.try_into().unwrap(),
+        requester: requester.try_into().unwrap(),
+        event_type: Some(event_type.to_owned()),
+        state_key: Some(key.to_owned()),
+    };
+    let reply: QueryReply =
+        server.bus.request_json(QUERY_TOPIC, room_id, &request, Duration::from_secs(60)).await.unwrap();
+    match reply {
+        Ok(QueryOk::State { events }) => events.into_iter().next().map(|event| event.pdu),
+        _ => None,
+    }
+}
+
+/// Poll until `check` holds (federation delivery is asynchronous).
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn join_through(joiner: &Instance, room_id: &str, user: &str, servers: &[&str]) -> FederationPerformReply {
+    let request = FederationPerform::JoinRoom {
+        room_id: room_id.try_into().unwrap(),
+        user_id: user.try_into().unwrap(),
+        servers: servers.iter().map(|s| (*s).try_into().unwrap()).collect(),
+        content: json!({"membership": "join", "displayname": "Bob"}),
+    };
+    joiner.bus.request_json(FEDERATION_PERFORM_TOPIC, room_id, &request, Duration::from_secs(120)).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_remote_user_joins_and_both_servers_send_each_other_events() {
+    for (db_a, db_b) in [(TestDb::sqlite(), TestDb::sqlite()), (TestDb::postgres().await, TestDb::postgres().await)] {
+        let pki = TestPki::new();
+        let clock = ManualClock::new(NOW_MS);
+        let with_room_server = || Options { room_server: true, ..Options::default() };
+        let a = Instance::start(&pki, db_a, &clock, with_room_server()).await;
+        let b = Instance::start(&pki, db_b, &clock, with_room_server()).await;
+        let alice = format!("@alice:{}", a.name);
+        let bob = format!("@bob:{}", b.name);
+        let room_id = create_public_room(&a, &alice).await;
+
+        // B has nobody to ask: the room id of a v12 room names no server.
+        let refused = join_through(&b, &room_id, &bob, &[]).await.unwrap_err();
+        assert_eq!(refused.errcode, ErrorCode::NotFound, "{refused:?}");
+
+        let joined = join_through(&b, &room_id, &bob, &["127.0.0.1:1", &a.name]).await.unwrap();
+        let FederationPerformOk::Joined { room_id: joined_room, event_id } = joined;
+        assert_eq!(joined_room.as_str(), room_id);
+        let on_b = state_event(&b, &room_id, &bob, "m.room.member", &bob).await.expect("B has the join");
+        assert_eq!(on_b["content"], json!({"membership": "join", "displayname": "Bob"}));
+        let on_a = state_event(&a, &room_id, &alice, "m.room.member", &bob).await.expect("A accepted the join");
+        assert_eq!(on_a, on_b, "the same event on both servers ({event_id})");
+        assert!(state_event(&b, &room_id, &bob, "m.room.member", &alice).await.is_some(), "B has the room state");
+
+        // A's sender delivers Alice's events to B, B's sender Bob's to A.
+        send_state(&a, &room_id, &alice, "m.room.topic", "", json!({"topic": "federated"})).await;
+        eventually("the topic on B", || async {
+            state_event(&b, &room_id, &bob, "m.room.topic", "")
+                .await
+                .is_some_and(|e| e["content"]["topic"] == "federated")
+        })
+        .await;
+        send_state(&b, &room_id, &bob, "m.room.member", &bob, json!({"membership": "join", "displayname": "Robert"}))
+            .await;
+        eventually("Bob's new name on A", || async {
+            state_event(&a, &room_id, &alice, "m.room.member", &bob)
+                .await
+                .is_some_and(|e| e["content"]["displayname"] == "Robert")
+        })
+        .await;
+    }
+}
+
+/// A join event for `user` from `answer` (a make_join answer), signed by `key` as `origin`.
+fn sign_template(answer: &Value, user: &str, origin: &str, key: &ServerSigningKey) -> (CanonicalJsonObject, String) {
+    let mut event = answer["event"].clone();
+    event["sender"] = json!(user);
+    event["state_key"] = json!(user);
+    event["origin_server_ts"] = json!(NOW_MS);
+    let mut object = canonical(event);
+    let rules = RoomVersionId::try_from(answer["room_version"].as_str().unwrap()).unwrap().rules().unwrap();
+    hash_and_sign_event(origin, &key.keypair, &mut object, &rules.redaction).unwrap();
+    let event_id = format!("${}", reference_hash(&object, &rules).unwrap());
+    (object, event_id)
+}
+
+fn status_of(result: Result<Value, ClientError>) -> (u16, Value) {
+    match result {
+        Ok(body) => (200, body),
+        Err(ClientError::Status { status, body, .. }) => (status, body),
+        Err(other) => panic!("no answer: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn make_join_and_send_join_refuse_what_the_spec_refuses() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, Options { room_server: true, ..Options::default() }).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let alice = format!("@alice:{}", a.name);
+    let bob = format!("@bob:{}", b.name);
+    let room_id = create_public_room(&a, &alice).await;
+    let encode = |s: &str| s.replace('!', "%21").replace('@', "%40").replace(':', "%3A").replace('$', "%24");
+    let make_join = |room: &str, user: &str, query: &str| {
+        let path = format!("/_matrix/federation/v1/make_join/{}/{}{query}", encode(room), encode(user));
+        b.client.send(FederationRequest::get(&a.name, path))
+    };
+
+    let (status, answer) = status_of(make_join(&room_id, &bob, "?ver=11&ver=12").await);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["room_version"], "12");
+    let template = &answer["event"];
+    assert_eq!(
+        (template["type"].as_str(), template["state_key"].as_str()),
+        (Some("m.room.member"), Some(bob.as_str()))
+    );
+    assert_eq!(template["content"], json!({"membership": "join"}));
+    assert!(template.get("signatures").is_none() && template.get("hashes").is_none(), "a template is not signed");
+    assert!(template["prev_events"].as_array().is_some_and(|p| !p.is_empty()), "{template}");
+
+    let (status, body) = status_of(make_join(&room_id, &format!("@carol:{}", a.name), "?ver=12").await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "only for the origin's users");
+    let (status, body) = status_of(make_join(&room_id, &bob, "?ver=10&ver=11").await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INCOMPATIBLE_ROOM_VERSION")));
+    let (status, body) = status_of(make_join(&room_id, &bob, "").await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INCOMPATIBLE_ROOM_VERSION")), "no ver means v1");
+    let (status, body) = status_of(make_join("!unknown:elsewhere", &bob, "?ver=12").await);
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+
+    let send_join = |room: &str, event_id: &str, event: &CanonicalJsonObject| {
+        let path = format!("/_matrix/federation/v2/send_join/{}/{}", encode(room), encode(event_id));
+        b.client.send(FederationRequest::put(&a.name, path, Value::from(CanonicalJsonValue::Object(event.clone()))))
+    };
+    let (join, join_id) = sign_template(&answer, &bob, &b.name, &b.key);
+
+    let (status, body) = status_of(send_join(&room_id, "$someotherevent", &join).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "event id mismatch: {body}");
+    // A v12 room id is the create event's hash: another room needs another time.
+    clock.advance_ms(1);
+    let other_room = create_public_room(&a, &alice).await;
+    let (status, body) = status_of(send_join(&other_room, &join_id, &join).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "room id mismatch: {body}");
+
+    let mut leave_answer = answer.clone();
+    leave_answer["event"]["content"]["membership"] = json!("leave");
+    let (leave, leave_id) = sign_template(&leave_answer, &bob, &b.name, &b.key);
+    let (status, body) = status_of(send_join(&room_id, &leave_id, &leave).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "not a join: {body}");
+
+    let (foreign, foreign_id) = sign_template(&answer, &format!("@dave:{}", a.name), &b.name, &b.key);
+    let (status, body) = status_of(send_join(&room_id, &foreign_id, &foreign).await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "another server's user: {body}");
+
+    let impostor = ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap();
+    let (forged, forged_id) = sign_template(&answer, &bob, &b.name, &impostor);
+    let (status, body) = status_of(send_join(&room_id, &forged_id, &forged).await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "bad signature: {body}");
+    assert!(state_event(&a, &room_id, &alice, "m.room.member", &bob).await.is_none(), "nothing refused got in");
+
+    // The real one, over v1: `[200, {state, auth_chain}]` with the state before the join.
+    let path = format!("/_matrix/federation/v1/send_join/{}/{}", encode(&room_id), encode(&join_id));
+    let (status, body) = status_of(
+        b.client.send(FederationRequest::put(&a.name, path, Value::from(CanonicalJsonValue::Object(join)))).await,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0], 200);
+    let state = body[1]["state"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{body}");
+    assert!(state.iter().any(|e| e["state_key"] == alice.as_str()));
+    assert!(!state.iter().any(|e| e["state_key"] == bob.as_str()), "the state before the join");
+    assert!(!body[1]["auth_chain"].as_array().unwrap().is_empty());
+    assert!(state_event(&a, &room_id, &alice, "m.room.member", &bob).await.is_some(), "joined");
 }

@@ -200,6 +200,46 @@ pub enum FederationQuery {
 
 pub type FederationQueryReply = Result<FederationQueryOk, MatrixError>;
 
+/// What the client API asks the federation API to do for local users. Key:
+/// the room id. A topic of its own, apart from [`FEDERATION_QUERY_TOPIC`],
+/// because a join waits on the room server, which itself asks
+/// `federationapi.query` for keys while it validates the join. Defined
+/// here, beside the room server's contract, so that neither the client API
+/// nor the federation API depends on the other.
+pub const FEDERATION_PERFORM_TOPIC: &str = "federationapi.perform";
+
+/// How long the client API waits for a remote join: discovery, make_join
+/// and send_join through several servers, then validating the room state.
+pub const PERFORM_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A request on [`FEDERATION_PERFORM_TOPIC`]; the reply is a [`FederationPerformReply`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FederationPerform {
+    /// Join a room this server is not in, through `servers` in turn
+    /// (`/make_join`, then `/send_join`), and hand the result to the room
+    /// server as [`InputRequest::JoinedRemoteRoom`]. Answered with
+    /// [`FederationPerformOk::Joined`].
+    JoinRoom {
+        room_id: OwnedRoomId,
+        /// A local user.
+        user_id: OwnedUserId,
+        /// Candidate resident servers, best first.
+        servers: Vec<OwnedServerName>,
+        /// The join event's content as this server chose it (membership,
+        /// profile, reason).
+        content: Value,
+    },
+}
+
+pub type FederationPerformReply = Result<FederationPerformOk, MatrixError>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FederationPerformOk {
+    Joined { room_id: OwnedRoomId, event_id: OwnedEventId },
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FederationQueryOk {
@@ -233,6 +273,20 @@ pub enum QueryRequest {
     RoomState { room_id: OwnedRoomId, requester: OwnedUserId, event_type: Option<String>, state_key: Option<String> },
     /// Rooms `user_id` is currently joined to.
     JoinedRooms { user_id: OwnedUserId },
+    /// The version of a room this server stores (`M_NOT_FOUND` otherwise).
+    /// Answered with [`QueryOk::RoomVersion`].
+    RoomVersion { room_id: OwnedRoomId },
+    /// An unsigned join event for remote user `user_id` built from the
+    /// current state (`/make_join`): prev events are the forward
+    /// extremities, auth events are chosen from the current state. Refused
+    /// with `M_NOT_FOUND` for an unknown room, `M_INCOMPATIBLE_ROOM_VERSION`
+    /// when the room's version is not among `supported_versions`, and
+    /// `M_FORBIDDEN` when the current state would not let the user join.
+    /// Answered with [`QueryOk::JoinTemplate`].
+    MakeJoin { room_id: OwnedRoomId, user_id: OwnedUserId, supported_versions: Vec<String> },
+    /// The state before `event_id` and the auth chain of that state and of
+    /// the event (`/send_join`, `/state`). Answered with [`QueryOk::StateAndAuthChain`].
+    StateAndAuthChain { room_id: OwnedRoomId, event_id: OwnedEventId },
 }
 
 pub type QueryReply = Result<QueryOk, MatrixError>;
@@ -240,8 +294,26 @@ pub type QueryReply = Result<QueryOk, MatrixError>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum QueryOk {
-    State { events: Vec<StoredEvent> },
-    JoinedRooms { room_ids: Vec<OwnedRoomId> },
+    State {
+        events: Vec<StoredEvent>,
+    },
+    JoinedRooms {
+        room_ids: Vec<OwnedRoomId>,
+    },
+    RoomVersion {
+        room_version: String,
+    },
+    /// `event` has no `origin`, `origin_server_ts`, hashes or signatures:
+    /// the joining server adds them and signs.
+    JoinTemplate {
+        room_version: String,
+        event: Value,
+    },
+    /// PDUs in federation format, each list in no particular order.
+    StateAndAuthChain {
+        state: Vec<Value>,
+        auth_chain: Vec<Value>,
+    },
 }
 
 /// A PDU as the room server stores it, with the ids it does not carry itself.

@@ -22,6 +22,9 @@ pub enum RoomServerError {
 pub enum RequestError {
     #[error("room version {0} is not supported for new rooms")]
     UnsupportedRoomVersion(String),
+    /// The room's version is not one the asking server supports.
+    #[error("room version {0} is not supported by the joining server")]
+    IncompatibleRoomVersion(String),
     #[error("{0}")]
     BadJson(String),
     #[error("{0}")]
@@ -45,6 +48,7 @@ impl RequestError {
         let (code, message) = match self {
             Self::Database(error) => return Err(HandleError::Transient(error.to_string())),
             Self::UnsupportedRoomVersion(_) => (ErrorCode::UnsupportedRoomVersion, self.to_string()),
+            Self::IncompatibleRoomVersion(_) => (ErrorCode::IncompatibleRoomVersion, self.to_string()),
             Self::BadJson(m) => (ErrorCode::BadJson, m),
             Self::InvalidParam(m) => (ErrorCode::InvalidParam, m),
             Self::TooLarge(m) => (ErrorCode::TooLarge, m),

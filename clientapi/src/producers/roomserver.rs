@@ -51,13 +51,13 @@ pub async fn room_state(
     };
     match query(bus, room_id.as_str(), &request).await? {
         QueryOk::State { events } => Ok(events),
-        QueryOk::JoinedRooms { .. } => Err(ClientApiError::UnexpectedReply("roomserver.query")),
+        _ => Err(ClientApiError::UnexpectedReply("roomserver.query")),
     }
 }
 
 pub async fn joined_rooms(bus: &Bus, user_id: &OwnedUserId) -> Result<Vec<OwnedRoomId>> {
     match query(bus, user_id.as_str(), &QueryRequest::JoinedRooms { user_id: user_id.clone() }).await? {
         QueryOk::JoinedRooms { room_ids } => Ok(room_ids),
-        QueryOk::State { .. } => Err(ClientApiError::UnexpectedReply("roomserver.query")),
+        _ => Err(ClientApiError::UnexpectedReply("roomserver.query")),
     }
 }

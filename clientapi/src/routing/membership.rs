@@ -2,16 +2,17 @@
 //! and auth-checks.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use myelin_roomserver::api::SendEvent;
-use myelin_types::ruma::{OwnedRoomId, OwnedUserId};
+use myelin_types::ruma::{OwnedRoomId, OwnedServerName, OwnedUserId};
+use myelin_types::{ErrorCode, MatrixError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::auth::AuthedUser;
-use crate::error::Result;
+use crate::error::{ClientApiError, Result};
 use crate::json::{MatrixJson, MatrixPath, OptionalJson};
-use crate::producers::roomserver;
+use crate::producers::{federation, roomserver};
 use crate::routing::profile::{add_to_member_content, profile_of};
 use crate::routing::{directory, parse_room_id, parse_user_id};
 use crate::service::AppState;
@@ -35,24 +36,62 @@ pub(crate) async fn set_membership(
     membership: &str,
     reason: Option<String>,
 ) -> Result<()> {
-    let mut content = Map::new();
-    content.insert("membership".to_owned(), Value::from(membership));
-    // A join shows the joiner's profile, as later profile changes will.
-    if membership == "join" && *target == sender {
-        add_to_member_content(&profile_of(state, &sender).await?, &mut content);
-    }
-    if let Some(reason) = reason {
-        content.insert("reason".to_owned(), Value::from(reason));
-    }
+    let content = member_content(state, &sender, target, membership, reason).await?;
     let request = SendEvent {
         room_id,
         sender,
         event_type: "m.room.member".to_owned(),
         state_key: Some(target.to_string()),
-        content: Value::Object(content),
+        content,
         txn: None,
     };
     roomserver::send_event(&state.bus, request).await?;
+    Ok(())
+}
+
+async fn member_content(
+    state: &AppState,
+    sender: &OwnedUserId,
+    target: &OwnedUserId,
+    membership: &str,
+    reason: Option<String>,
+) -> Result<Value> {
+    let mut content = Map::new();
+    content.insert("membership".to_owned(), Value::from(membership));
+    // A join shows the joiner's profile, as later profile changes will.
+    if membership == "join" && target == sender {
+        add_to_member_content(&profile_of(state, sender).await?, &mut content);
+    }
+    if let Some(reason) = reason {
+        content.insert("reason".to_owned(), Value::from(reason));
+    }
+    Ok(Value::Object(content))
+}
+
+/// Join `room_id`: locally when this server is in the room, else through
+/// the federation API, asking `servers` and then the server that created
+/// the room (when its id still names one).
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#joining-rooms>
+async fn join(
+    state: &AppState,
+    user: OwnedUserId,
+    room_id: OwnedRoomId,
+    mut servers: Vec<OwnedServerName>,
+    reason: Option<String>,
+) -> Result<()> {
+    let unknown = match set_membership(state, user.clone(), room_id.clone(), &user, "join", reason.clone()).await {
+        // The room server answers M_NOT_FOUND for a join to a room it does not have.
+        Err(ClientApiError::Matrix(error @ MatrixError { errcode: ErrorCode::NotFound, .. })) => error,
+        other => return other,
+    };
+    servers.extend(room_id.server_name().map(ToOwned::to_owned));
+    servers.retain(|server| server.as_str() != state.server_name());
+    if servers.is_empty() {
+        return Err(unknown.into());
+    }
+    let content = member_content(state, &user, &user, "join", reason).await?;
+    federation::join_room(&state.bus, room_id, user, servers, content).await?;
     Ok(())
 }
 
@@ -65,25 +104,67 @@ pub async fn join_room(
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> Result<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
-    set_membership(&state, user.user_id.clone(), room_id.clone(), &user.user_id, "join", body.reason).await?;
+    join(&state, user.user_id, room_id.clone(), Vec::new(), body.reason).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 
-/// `POST /_matrix/client/v3/join/{roomIdOrAlias}`
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}?server_name=…&via=…`
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3joinroomidoralias>
 ///
-/// Aliases are resolved locally; those of other servers need federation,
-/// which is not served yet (`400 M_INVALID_PARAM`).
+/// Aliases are resolved locally; those of other servers need federation
+/// directory queries, which are not served yet (`400 M_INVALID_PARAM`).
 pub async fn join_by_id_or_alias(
     State(state): State<AppState>,
     user: AuthedUser,
     MatrixPath(target): MatrixPath<String>,
+    RawQuery(query): RawQuery,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> Result<Json<Value>> {
     let room_id =
         if target.starts_with('#') { directory::resolve(&state, &target).await? } else { parse_room_id(&target)? };
-    set_membership(&state, user.user_id.clone(), room_id.clone(), &user.user_id, "join", body.reason).await?;
+    let servers = via_servers(query.as_deref().unwrap_or_default())?;
+    join(&state, user.user_id, room_id.clone(), servers, body.reason).await?;
     Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// The `via` (and deprecated `server_name`) query parameters, in order.
+fn via_servers(query: &str) -> Result<Vec<OwnedServerName>> {
+    let mut servers = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "via" && key != "server_name" {
+            continue;
+        }
+        let value = percent_decode(value);
+        let server = OwnedServerName::try_from(value.as_str())
+            .map_err(|_| MatrixError::invalid_param(format!("Invalid server name: {value}")))?;
+        servers.push(server);
+    }
+    Ok(servers)
+}
+
+/// Query values as clients encode them (`%3A` for `:`); invalid escapes stay as they are.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| value.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            None => {
+                decoded.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/leave`
@@ -153,4 +234,14 @@ pub async fn unban(
     let target = parse_user_id(&body.user_id)?;
     set_membership(&state, user.user_id, room_id, &target, "leave", body.reason).await?;
     Ok(Json(json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn via_servers_are_read_in_order_and_decoded() {
+        let servers = super::via_servers("via=b.example%3A8448&server_name=a.example&other=x").unwrap();
+        assert_eq!(servers, ["b.example:8448", "a.example"]);
+        assert!(super::via_servers("via=not%20a%20server").is_err());
+    }
 }

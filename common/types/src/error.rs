@@ -41,6 +41,9 @@ pub enum ErrorCode {
     TooLarge,
     #[serde(rename = "M_UNSUPPORTED_ROOM_VERSION")]
     UnsupportedRoomVersion,
+    /// Federation: the room's version is not one the joining server speaks.
+    #[serde(rename = "M_INCOMPATIBLE_ROOM_VERSION")]
+    IncompatibleRoomVersion,
     #[serde(rename = "M_ROOM_IN_USE")]
     RoomInUse,
     #[serde(rename = "M_BAD_STATE")]
@@ -72,6 +75,7 @@ impl ErrorCode {
             | Self::InvalidParam
             | Self::MissingParam
             | Self::UnsupportedRoomVersion
+            | Self::IncompatibleRoomVersion
             | Self::RoomInUse
             | Self::BadState
             | Self::InvalidRoomState

@@ -40,6 +40,8 @@ pub struct Server {
     config: Option<PathBuf>,
     client_port: u16,
     federation_port: u16,
+    /// Environment overrides beyond the ports.
+    env: Vec<(&'static str, String)>,
     child: Option<Child>,
     _db: Option<myelin_testkit::TestDb>,
 }
@@ -47,6 +49,44 @@ pub struct Server {
 impl Server {
     /// A server from `myelin generate-config` on a fresh database.
     pub async fn start(backend: Backend) -> Self {
+        let mut server = Self::generate(backend).await;
+        server.spawn().await;
+        server
+    }
+
+    /// Two servers on loopback that federate: their federation
+    /// certificates come from one test CA that both trust.
+    pub async fn start_federated_pair(backend: Backend) -> (Self, Self, TempDir) {
+        let ca_dir = tempfile::tempdir().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Myelin end-to-end CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let ca_file = ca_dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let mut pair = Vec::new();
+        for _ in 0..2 {
+            let mut server = Self::generate(backend).await;
+            let leaf_key = rcgen::KeyPair::generate().unwrap();
+            let leaf =
+                rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&leaf_key, &ca).unwrap();
+            std::fs::write(server.dir.path().join("tls.crt"), leaf.pem()).unwrap();
+            std::fs::write(server.dir.path().join("tls.key"), leaf_key.serialize_pem()).unwrap();
+            server.env.push(("MYELIN_FEDERATION_API__CA_FILE", ca_file.display().to_string()));
+            server.env.push(("MYELIN_FEDERATION_API__ALLOW_LOOPBACK_PEERS", "true".to_owned()));
+            server.spawn().await;
+            pair.push(server);
+        }
+        let b = pair.pop().unwrap();
+        let a = pair.pop().unwrap();
+        (a, b, ca_dir)
+    }
+
+    pub fn server_name(&self) -> String {
+        format!("localhost:{}", self.federation_port)
+    }
+
+    async fn generate(backend: Backend) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = match backend {
             Backend::Sqlite => None,
@@ -63,16 +103,21 @@ impl Server {
         let status = generate.status().expect("run generate-config");
         assert!(status.success(), "generate-config failed");
         let config = Some(dir.path().join("myelin.yaml"));
-        let mut server = Self { dir, config, client_port: free_port(), federation_port, child: None, _db: db };
-        server.spawn().await;
-        server
+        Self { dir, config, client_port: free_port(), federation_port, env: Vec::new(), child: None, _db: db }
     }
 
     /// `myelin run` with no configuration, in an empty working directory.
     pub async fn start_without_config() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut server =
-            Self { dir, config: None, client_port: free_port(), federation_port: free_port(), child: None, _db: None };
+        let mut server = Self {
+            dir,
+            config: None,
+            client_port: free_port(),
+            federation_port: free_port(),
+            env: Vec::new(),
+            child: None,
+            _db: None,
+        };
         server.spawn().await;
         server
     }
@@ -100,6 +145,7 @@ impl Server {
         if self.config.is_some() {
             command.env("MYELIN_CLIENT_API__REGISTRATION_SHARED_SECRET", SHARED_SECRET);
         }
+        command.envs(self.env.iter().map(|(key, value)| (key, value)));
         self.child = Some(command.spawn().expect("start myelin"));
         self.wait_until_ready().await;
     }
@@ -176,6 +222,10 @@ impl Server {
         let (status, reply) = self.put(token, &path, json!({"msgtype": "m.text", "body": body})).await;
         assert_eq!(status, StatusCode::OK, "send: {reply}");
         reply["event_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        json_request(Method::POST, &self.url(path), Some(token), &body.to_string()).await
     }
 
     pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {

@@ -9,6 +9,7 @@ use myelin_roomserver::api::{FederationQuery, FederationQueryOk, FederationQuery
 use myelin_types::MatrixError;
 use serde_json::{Value, json};
 
+use super::encode;
 use crate::client::{ClientError, FederationClient, FederationRequest};
 use crate::keys::KeyStore;
 
@@ -78,27 +79,5 @@ impl QueryResponder {
             }
         }
         None
-    }
-}
-
-/// Percent-encode a path segment (ids contain `$`, `!`, `:`, and in old
-/// rooms `/` or `+`).
-fn encode(segment: &str) -> String {
-    let mut encoded = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn path_segments_are_percent_encoded() {
-        assert_eq!(super::encode("$a+b/c:d.e"), "%24a%2Bb%2Fc%3Ad.e");
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP handlers of the federation listener, one file per endpoint family.
 
 pub mod auth;
+mod join;
 mod keys;
 mod send;
 mod version;
@@ -45,6 +46,9 @@ pub fn router(state: FederationState) -> Router {
     Router::new()
         .route("/_matrix/federation/v1/version", get(version::get_version))
         .route("/_matrix/federation/v1/send/{txn_id}", put(send::put_send))
+        .route("/_matrix/federation/v1/make_join/{room_id}/{user_id}", get(join::make_join))
+        .route("/_matrix/federation/v1/send_join/{room_id}/{event_id}", put(join::send_join_v1))
+        .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(join::send_join_v2))
         .route("/_matrix/key/v2/server", get(keys::get_server_keys))
         // Deprecated form with a key id, still requested by older servers;
         // the answer is the same (all current keys).

@@ -1,7 +1,10 @@
-//! The federation API's own tables: remote server keys and received
-//! transactions. One SQL text for both databases; DDL per dialect.
+//! The federation API's own tables: remote server keys, received
+//! transactions, and the sender's read model of joined servers and its
+//! queue of PDUs per destination. One SQL text for both databases; DDL per
+//! dialect.
 
 pub mod keys;
+pub mod sender;
 pub mod transactions;
 
 use myelin_storage::Migration;
@@ -38,4 +41,40 @@ CREATE TABLE federationapi_transactions (
 );
 ";
 
-pub const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: V1, postgres: V1 }];
+/// The sender: who is joined where (from `roomserver.output`), and the PDUs
+/// still to deliver to each destination, in the order they were queued.
+const V2_SQLITE: &str = "
+CREATE TABLE federationapi_joined_members (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    server_name TEXT NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
+CREATE TABLE federationapi_queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    pdu TEXT NOT NULL,
+    UNIQUE (destination, event_id)
+);
+";
+const V2_POSTGRES: &str = "
+CREATE TABLE federationapi_joined_members (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    server_name TEXT NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
+CREATE TABLE federationapi_queue (
+    seq BIGSERIAL PRIMARY KEY,
+    destination TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    pdu TEXT NOT NULL,
+    UNIQUE (destination, event_id)
+);
+";
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, sqlite: V1, postgres: V1 },
+    Migration { version: 2, sqlite: V2_SQLITE, postgres: V2_POSTGRES },
+];

@@ -3,11 +3,14 @@
 use async_trait::async_trait;
 use myelin_bus::{HandleError, Record, Responder};
 use myelin_storage::Db;
-use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
+use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 
 use crate::api::{QueryOk, QueryReply, QueryRequest, StoredEvent};
 use crate::error::RequestError;
-use crate::storage::{StateMap, Tx, resolve_snapshot};
+use crate::events::Room;
+use crate::events::chain::auth_chain;
+use crate::events::pdu::Pdu;
+use crate::storage::{EventStatus, StateMap, Tx, resolve_snapshot};
 
 pub struct QueryConsumer {
     pub db: Db,
@@ -23,6 +26,13 @@ impl Responder for QueryConsumer {
                 self.room_state(&room_id, &requester, event_type.as_deref(), state_key.as_deref()).await
             }
             QueryRequest::JoinedRooms { user_id } => self.joined_rooms(&user_id).await,
+            QueryRequest::RoomVersion { room_id } => self.room_version(&room_id).await,
+            QueryRequest::MakeJoin { room_id, user_id, supported_versions } => {
+                self.make_join(&room_id, &user_id, &supported_versions).await
+            }
+            QueryRequest::StateAndAuthChain { room_id, event_id } => {
+                self.state_and_auth_chain(&room_id, &event_id).await
+            }
         };
         let reply: QueryReply = match result {
             Ok(ok) => Ok(ok),
@@ -92,4 +102,60 @@ impl QueryConsumer {
             .collect::<Result<_, _>>()?;
         Ok(QueryOk::JoinedRooms { room_ids })
     }
+}
+
+impl QueryConsumer {
+    async fn room_version(&self, room_id: &RoomId) -> Result<QueryOk, RequestError> {
+        let mut tx = Tx::read(&self.db).await?;
+        let row = tx.room(room_id.as_str()).await?.ok_or_else(|| unknown_room(room_id))?;
+        Ok(QueryOk::RoomVersion { room_version: row.version })
+    }
+
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_joinroomiduserid>
+    async fn make_join(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        supported_versions: &[String],
+    ) -> Result<QueryOk, RequestError> {
+        let mut tx = Tx::read(&self.db).await?;
+        let mut room = Room::load(&mut tx, room_id).await?.ok_or_else(|| unknown_room(room_id))?;
+        let room_version = room.version.to_string();
+        if !supported_versions.contains(&room_version) {
+            return Err(RequestError::IncompatibleRoomVersion(room_version));
+        }
+        let event = room.join_template(&mut tx, user_id).await?;
+        Ok(QueryOk::JoinTemplate { room_version, event })
+    }
+
+    /// The state before an event and the auth chain of that state and the
+    /// event. Only events in the room's graph with a known state qualify.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#put_matrixfederationv2send_joinroomideventid>
+    async fn state_and_auth_chain(&self, room_id: &RoomId, event_id: &EventId) -> Result<QueryOk, RequestError> {
+        let mut tx = Tx::read(&self.db).await?;
+        let not_found = || RequestError::NotFound(format!("no event {event_id} with known state in {room_id}"));
+        let row = tx.event(event_id.as_str()).await?.ok_or_else(not_found)?;
+        if row.room_id != room_id.as_str() {
+            return Err(not_found());
+        }
+        let known = tx.known_event(event_id.as_str()).await?.ok_or_else(not_found)?;
+        if matches!(known.status, EventStatus::Outlier) {
+            return Err(not_found());
+        }
+        let mut roots = vec![Pdu::parse(event_id.to_owned(), &row.pdu)?];
+        let mut state = Vec::new();
+        for (_, id) in resolve_snapshot(&mut tx, row.state_before).await? {
+            let json = tx.event_pdu(&id).await?.ok_or_else(|| RequestError::Internal(format!("{id} missing")))?;
+            let id = OwnedEventId::try_from(id).map_err(|e| RequestError::Internal(e.to_string()))?;
+            roots.push(Pdu::parse(id, &json)?);
+            state.push(serde_json::from_str(&json)?);
+        }
+        let auth_chain = auth_chain(&mut tx, &roots).await?;
+        Ok(QueryOk::StateAndAuthChain { state, auth_chain })
+    }
+}
+
+fn unknown_room(room_id: &RoomId) -> RequestError {
+    RequestError::NotFound(format!("unknown room {room_id}"))
 }

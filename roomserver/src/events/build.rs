@@ -76,18 +76,8 @@ pub fn build(signer: &Signer, rules: &RoomVersionRules, draft: Draft<'_>) -> Res
         }
     }
     fields.insert("content".into(), content);
-    let cite = |ids: &[OwnedEventId]| -> Value {
-        if rules.events_reference_format == EventsReferenceFormatVersion::V1 {
-            let pairs = ids.iter().map(
-                |id| json!([id, {"sha256": draft.reference_hashes.get(id).map(String::as_str).unwrap_or_default()}]),
-            );
-            Value::Array(pairs.collect())
-        } else {
-            json!(ids)
-        }
-    };
-    fields.insert("prev_events".into(), cite(&draft.prev_events));
-    fields.insert("auth_events".into(), cite(&draft.auth_events));
+    fields.insert("prev_events".into(), cite(rules, &draft.prev_events, &draft.reference_hashes));
+    fields.insert("auth_events".into(), cite(rules, &draft.auth_events, &draft.reference_hashes));
     // Room versions 1 and 2 carry a random id that names its server.
     // Spec: <https://spec.matrix.org/v1.16/rooms/v1/#event-ids>
     let carried_id =
@@ -129,6 +119,18 @@ pub fn build(signer: &Signer, rules: &RoomVersionRules, draft: Draft<'_>) -> Res
     let event_id = EventId::parse(event_id).map_err(|e| RequestError::Internal(e.to_string()))?;
     let pdu = Pdu::parse(event_id.clone(), &json).map_err(|e| RequestError::BadJson(e.to_string()))?;
     Ok(Built { event_id, json, pdu })
+}
+
+/// `prev_events`/`auth_events` as the room version spells them: plain ids,
+/// or `[id, {"sha256": hash}]` pairs in room versions 1 and 2.
+pub(super) fn cite(rules: &RoomVersionRules, ids: &[OwnedEventId], hashes: &HashMap<OwnedEventId, String>) -> Value {
+    if rules.events_reference_format == EventsReferenceFormatVersion::V1 {
+        let pairs =
+            ids.iter().map(|id| json!([id, {"sha256": hashes.get(id).map(String::as_str).unwrap_or_default()}]));
+        Value::Array(pairs.collect())
+    } else {
+        json!(ids)
+    }
 }
 
 /// ruma refuses to hash or sign oversized PDUs; that is the sender's fault.

@@ -2,8 +2,9 @@
 //! recipe. Everything that decides whether an event enters a room lives here.
 
 mod build;
+pub mod chain;
 pub mod create_room;
-mod pdu;
+pub(crate) mod pdu;
 pub mod receive;
 pub mod remote;
 mod resolve;

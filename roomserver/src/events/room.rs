@@ -8,11 +8,11 @@ use ruma::room_version_rules::{EventsReferenceFormatVersion, RoomVersionRules};
 use ruma::signatures::reference_hash;
 use ruma::state_res::{auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules};
 use ruma::{CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId};
-use serde_json::Value;
 use serde_json::value::to_raw_value;
+use serde_json::{Value, json};
 
 use super::Signer;
-use super::build::{Draft, build};
+use super::build::{Draft, build, cite};
 use super::pdu::Pdu;
 use crate::api::StoredEvent;
 use crate::error::RequestError;
@@ -25,6 +25,15 @@ const MAX_PREV_EVENTS: i64 = 20;
 pub struct Accepted {
     pub event: StoredEvent,
     pub is_state: bool,
+}
+
+/// Where a new event goes in the room; see [`Room::position`].
+struct Position {
+    auth_events: Vec<OwnedEventId>,
+    create: Pdu,
+    depth: i64,
+    prev_events: Vec<OwnedEventId>,
+    reference_hashes: HashMap<OwnedEventId, String>,
 }
 
 /// What a local user asks to put into a room.
@@ -129,33 +138,8 @@ impl Room {
         origin_server_ts: u64,
     ) -> Result<Accepted, RequestError> {
         let LocalEvent { sender, event_type, state_key, content } = event;
-        let raw_content = to_raw_value(content)?;
-        let timeline_type = TimelineEventType::from(event_type);
-        let auth_types =
-            auth_types_for_event(&timeline_type, sender, state_key, &raw_content, &self.rules.authorization)
-                .map_err(RequestError::BadJson)?;
-        let mut auth_events = Vec::new();
-        for (kind, key) in &auth_types {
-            if let Some(pdu) = self.state_event(tx, &kind.to_string(), key).await? {
-                auth_events.push(pdu.event_id.clone());
-            }
-        }
-        // The create event is always needed by the state-dependent rules.
-        let create = self.state_event(tx, "m.room.create", "").await?.cloned();
-        let create =
-            create.ok_or_else(|| RequestError::Internal(format!("room {} has no create event", self.room_id)))?;
-        let depth = self.extremities.iter().map(|(_, depth)| *depth).max().unwrap_or(0) + 1;
-        let prev_events: Vec<OwnedEventId> = self.extremities.iter().map(|(id, _)| id.clone()).collect();
-        let mut reference_hashes = HashMap::new();
-        if self.rules.events_reference_format == EventsReferenceFormatVersion::V1 {
-            for id in prev_events.iter().chain(&auth_events) {
-                let json =
-                    tx.event_pdu(id.as_str()).await?.ok_or_else(|| RequestError::Internal(format!("{id} missing")))?;
-                let object: CanonicalJsonObject = serde_json::from_str(&json)?;
-                let hash = reference_hash(&object, &self.rules).map_err(|e| RequestError::Internal(e.to_string()))?;
-                reference_hashes.insert(id.clone(), hash);
-            }
-        }
+        let Position { auth_events, create, depth, prev_events, reference_hashes } =
+            self.position(tx, sender, event_type, state_key, content).await?;
         let draft = Draft {
             room_id: Some(&self.room_id),
             sender,
@@ -187,6 +171,81 @@ impl Room {
         .map_err(RequestError::Forbidden)?;
 
         self.persist(tx, built.event_id, built.json, built.pdu, depth).await
+    }
+
+    /// Where a new event would go: its auth events from the current state,
+    /// the create event, its depth and prev events (the forward
+    /// extremities), and the reference hashes rooms v1 and v2 cite them with.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#auth-events-selection>
+    async fn position(
+        &mut self,
+        tx: &mut Tx,
+        sender: &UserId,
+        event_type: &str,
+        state_key: Option<&str>,
+        content: &Value,
+    ) -> Result<Position, RequestError> {
+        let raw_content = to_raw_value(content)?;
+        let timeline_type = TimelineEventType::from(event_type);
+        let auth_types =
+            auth_types_for_event(&timeline_type, sender, state_key, &raw_content, &self.rules.authorization)
+                .map_err(RequestError::BadJson)?;
+        let mut auth_events = Vec::new();
+        for (kind, key) in &auth_types {
+            if let Some(pdu) = self.state_event(tx, &kind.to_string(), key).await? {
+                auth_events.push(pdu.event_id.clone());
+            }
+        }
+        // The create event is always needed by the state-dependent rules.
+        let create = self.state_event(tx, "m.room.create", "").await?.cloned();
+        let create =
+            create.ok_or_else(|| RequestError::Internal(format!("room {} has no create event", self.room_id)))?;
+        let depth = self.extremities.iter().map(|(_, depth)| *depth).max().unwrap_or(0) + 1;
+        let prev_events: Vec<OwnedEventId> = self.extremities.iter().map(|(id, _)| id.clone()).collect();
+        let mut reference_hashes = HashMap::new();
+        if self.rules.events_reference_format == EventsReferenceFormatVersion::V1 {
+            for id in prev_events.iter().chain(&auth_events) {
+                let json =
+                    tx.event_pdu(id.as_str()).await?.ok_or_else(|| RequestError::Internal(format!("{id} missing")))?;
+                let object: CanonicalJsonObject = serde_json::from_str(&json)?;
+                let hash = reference_hash(&object, &self.rules).map_err(|e| RequestError::Internal(e.to_string()))?;
+                reference_hashes.insert(id.clone(), hash);
+            }
+        }
+        Ok(Position { auth_events, create, depth, prev_events, reference_hashes })
+    }
+
+    /// The `/make_join` template for remote user `user`: every field this
+    /// server chooses, none that the joining server signs (origin, time,
+    /// hashes, signatures). Refused when the current state would not let
+    /// the user join, so that the joining server learns it before signing.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_joinroomiduserid>
+    pub async fn join_template(&mut self, tx: &mut Tx, user: &UserId) -> Result<Value, RequestError> {
+        let content = json!({ "membership": "join" });
+        let Position { auth_events, depth, prev_events, reference_hashes, .. } =
+            self.position(tx, user, "m.room.member", Some(user.as_str()), &content).await?;
+        let template = json!({
+            "type": "m.room.member",
+            "sender": user,
+            "state_key": user,
+            "room_id": self.room_id,
+            "content": content,
+            "prev_events": cite(&self.rules, &prev_events, &reference_hashes),
+            "auth_events": cite(&self.rules, &auth_events, &reference_hashes),
+            "depth": depth,
+        });
+        // The fields the auth rules read, with a stand-in id and time.
+        let mut probe = template.clone();
+        probe["origin_server_ts"] = json!(0);
+        let pdu = Pdu::parse(EventId::parse("$make_join").expect("valid event id"), &probe.to_string())?;
+        let state = &self.state;
+        check_state_dependent_auth_rules(&self.rules.authorization, &pdu, |kind: &StateEventType, key| {
+            state.get(&(kind.to_string(), key.to_owned())).and_then(Option::as_ref)
+        })
+        .map_err(|reason| RequestError::Forbidden(format!("{user} may not join {}: {reason}", self.room_id)))?;
+        Ok(template)
     }
 
     /// The current state event at `(event_type, state_key)`, read once per request.

@@ -1,0 +1,28 @@
+//! Requests to the federation API over the bus (`federationapi.perform`).
+
+use myelin_bus::Bus;
+use myelin_roomserver::api::{
+    FEDERATION_PERFORM_TOPIC, FederationPerform, FederationPerformOk, FederationPerformReply, PERFORM_TIMEOUT,
+};
+use myelin_types::ruma::{OwnedRoomId, OwnedServerName, OwnedUserId};
+use serde_json::Value;
+
+use crate::error::Result;
+
+/// Join a room this server is not in through `servers`; the room server
+/// has the room once this returns.
+pub async fn join_room(
+    bus: &Bus,
+    room_id: OwnedRoomId,
+    user_id: OwnedUserId,
+    servers: Vec<OwnedServerName>,
+    content: Value,
+) -> Result<OwnedRoomId> {
+    let key = room_id.to_string();
+    let request = FederationPerform::JoinRoom { room_id, user_id, servers, content };
+    let reply: FederationPerformReply =
+        bus.request_json(FEDERATION_PERFORM_TOPIC, &key, &request, PERFORM_TIMEOUT).await?;
+    match reply? {
+        FederationPerformOk::Joined { room_id, .. } => Ok(room_id),
+    }
+}

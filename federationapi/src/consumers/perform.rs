@@ -1,0 +1,275 @@
+//! Answers `federationapi.perform`: what the client API asks the federation
+//! API to do for local users. For now, joining a room through another
+//! server.
+//!
+//! Spec: <https://spec.matrix.org/v1.16/server-server-api/#joining-rooms>
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use myelin_bus::{Bus, HandleError, Record, Responder};
+use myelin_roomserver::api::{
+    FederationPerform, FederationPerformOk, FederationPerformReply, INPUT_TOPIC, InputOk, InputReply, InputRequest,
+    JoinedRemoteRoom, PERFORM_TIMEOUT,
+};
+use myelin_types::clock::SharedClock;
+use myelin_types::random::alphanumeric;
+use myelin_types::ruma::room_version_rules::RoomVersionRules;
+use myelin_types::ruma::signatures::{hash_and_sign_event, reference_hash};
+use myelin_types::ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId,
+};
+use myelin_types::signing::ServerSigningKey;
+use myelin_types::{ErrorCode, MatrixError};
+use serde_json::{Map, Value, json};
+
+use super::encode;
+use crate::client::{ClientError, FederationClient, FederationRequest};
+
+pub const GROUP: &str = "federationapi.perform";
+
+/// Room versions this server can join (the room server validates all of them).
+const JOINABLE_VERSIONS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
+
+/// Why a join through one server failed; the next server is tried.
+#[derive(Debug, thiserror::Error)]
+enum JoinError {
+    #[error(transparent)]
+    Remote(#[from] ClientError),
+    #[error("{server} offered an unusable join template: {reason}")]
+    BadTemplate { server: String, reason: String },
+    #[error("{server} answered send_join with something unusable: {reason}")]
+    BadResponse { server: String, reason: String },
+    #[error("signing the join event: {0}")]
+    Sign(String),
+}
+
+pub struct PerformResponder {
+    pub client: Arc<FederationClient>,
+    pub bus: Bus,
+    pub clock: SharedClock,
+    pub server_name: OwnedServerName,
+    pub signing_key: Arc<ServerSigningKey>,
+}
+
+#[async_trait]
+impl Responder for PerformResponder {
+    async fn respond(&self, record: &Record) -> Result<Vec<u8>, HandleError> {
+        let request: FederationPerform =
+            record.json().map_err(|e| HandleError::Poison(format!("undecodable perform request: {e}")))?;
+        let reply: FederationPerformReply = match request {
+            FederationPerform::JoinRoom { room_id, user_id, servers, content } => {
+                self.join(room_id, user_id, servers, content).await
+            }
+        };
+        serde_json::to_vec(&reply).map_err(|e| HandleError::Poison(format!("unencodable reply: {e}")))
+    }
+}
+
+/// A join event this server built and signed.
+struct SignedJoin {
+    room_version: RoomVersionId,
+    event_id: OwnedEventId,
+    event: CanonicalJsonObject,
+}
+
+impl PerformResponder {
+    /// Try each candidate server in turn; the first that lets the user in wins.
+    async fn join(
+        &self,
+        room_id: OwnedRoomId,
+        user_id: OwnedUserId,
+        servers: Vec<OwnedServerName>,
+        content: Value,
+    ) -> FederationPerformReply {
+        if user_id.server_name().as_str() != self.server_name.as_str() {
+            return Err(MatrixError::forbidden(format!("{user_id} is not a user of this server")));
+        }
+        if content.get("membership").and_then(Value::as_str) != Some("join") {
+            return Err(MatrixError::bad_json("A join event's membership must be join"));
+        }
+        let mut candidates: Vec<OwnedServerName> = Vec::new();
+        for server in servers {
+            if server != self.server_name && !candidates.contains(&server) {
+                candidates.push(server);
+            }
+        }
+        if candidates.is_empty() {
+            return Err(MatrixError::not_found(format!("No known server can let {user_id} into {room_id}")));
+        }
+        let mut refusal = None;
+        for server in &candidates {
+            let joined = match self.join_through(server, &room_id, &user_id, &content).await {
+                Ok(joined) => joined,
+                Err(error) => {
+                    tracing::info!(%server, %room_id, %error, "could not join through this server");
+                    refusal = Some(refusal_of(error));
+                    continue;
+                }
+            };
+            let Joined { event_id, signed, state, auth_chain } = joined;
+            let request = InputRequest::JoinedRemoteRoom(JoinedRemoteRoom {
+                room_id: room_id.clone(),
+                room_version: signed.room_version.to_string(),
+                origin: server.clone(),
+                join_event: CanonicalJsonValue::Object(signed.event).into(),
+                state,
+                auth_chain,
+            });
+            let reply: Result<InputReply, _> =
+                self.bus.request_json(INPUT_TOPIC, room_id.as_str(), &request, PERFORM_TIMEOUT).await;
+            match reply {
+                Ok(Ok(InputOk::EventSent { .. })) => return Ok(FederationPerformOk::Joined { room_id, event_id }),
+                Ok(Ok(other)) => {
+                    tracing::error!(?other, "room server answered JoinedRemoteRoom with another kind");
+                    return Err(MatrixError::internal());
+                }
+                // The state this server sent did not hold up: another may do better.
+                Ok(Err(error)) => {
+                    tracing::info!(%server, %room_id, %error, "the room server refused the joined room");
+                    refusal = Some(error);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "room server did not take the joined room");
+                    return Err(MatrixError::internal());
+                }
+            }
+        }
+        Err(refusal.unwrap_or_else(|| MatrixError::not_found("No server could be reached")))
+    }
+
+    /// `/make_join`, sign, `/send_join` through `server`.
+    async fn join_through(
+        &self,
+        server: &OwnedServerName,
+        room_id: &OwnedRoomId,
+        user_id: &OwnedUserId,
+        content: &Value,
+    ) -> Result<Joined, JoinError> {
+        let versions: String = JOINABLE_VERSIONS.iter().map(|v| format!("&ver={v}")).collect();
+        let path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{}",
+            encode(room_id.as_str()),
+            encode(user_id.as_str()),
+            &versions[1..]
+        );
+        let template = self.client.send(FederationRequest::get(server.as_str(), path)).await?;
+        let signed = self.sign_join(server, room_id, user_id, content, &template)?;
+        let event = Value::from(CanonicalJsonValue::Object(signed.event.clone()));
+        let tail = format!("{}/{}", encode(room_id.as_str()), encode(signed.event_id.as_str()));
+        let v2 =
+            FederationRequest::put(server.as_str(), format!("/_matrix/federation/v2/send_join/{tail}"), event.clone());
+        let response = match self.client.send(v2).await {
+            Ok(response) => response,
+            Err(ClientError::Status { status: 404 | 400, body, .. }) if body["errcode"] == "M_UNRECOGNIZED" => {
+                let v1 =
+                    FederationRequest::put(server.as_str(), format!("/_matrix/federation/v1/send_join/{tail}"), event);
+                // v1 answers `[200, {…}]`.
+                self.client.send(v1).await?.get_mut(1).map(Value::take).unwrap_or(Value::Null)
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let bad = |reason: &str| JoinError::BadResponse { server: server.to_string(), reason: reason.to_owned() };
+        let list = |name: &str| response.get(name).and_then(Value::as_array).cloned();
+        let state = list("state").ok_or_else(|| bad("no state"))?;
+        let auth_chain = list("auth_chain").ok_or_else(|| bad("no auth_chain"))?;
+        // Signatures and hashes of the state and chain are checked by the
+        // room server's pipeline, which every PDU goes through.
+        Ok(Joined { event_id: signed.event_id.clone(), signed, state, auth_chain })
+    }
+
+    /// The join event from the template: only the room's structure (room
+    /// id, prev and auth events, depth) comes from the remote server; the
+    /// rest is this server's own, so it signs nothing it did not choose
+    /// (DESIGN.md invariant 7).
+    fn sign_join(
+        &self,
+        server: &OwnedServerName,
+        room_id: &OwnedRoomId,
+        user_id: &OwnedUserId,
+        content: &Value,
+        answer: &Value,
+    ) -> Result<SignedJoin, JoinError> {
+        let bad = |reason: &str| JoinError::BadTemplate { server: server.to_string(), reason: reason.to_owned() };
+        // Servers that predate room versions omit it: then it is version 1.
+        let version = answer.get("room_version").and_then(Value::as_str).unwrap_or("1");
+        let room_version = RoomVersionId::try_from(version).map_err(|_| bad("invalid room_version"))?;
+        let rules: RoomVersionRules = room_version
+            .rules()
+            .filter(|_| JOINABLE_VERSIONS.contains(&version))
+            .ok_or_else(|| bad("room version not supported"))?;
+        let template = answer.get("event").and_then(Value::as_object).ok_or_else(|| bad("no event"))?;
+        let field = |name: &str| template.get(name).and_then(Value::as_str);
+        if field("type") != Some("m.room.member")
+            || field("sender") != Some(user_id.as_str())
+            || field("state_key") != Some(user_id.as_str())
+            || field("room_id") != Some(room_id.as_str())
+            || template.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) != Some("join")
+        {
+            return Err(bad("not a join of this user to this room"));
+        }
+        let refs = |name: &str| template.get(name).filter(|refs| refs.is_array()).cloned();
+        let prev_events = refs("prev_events").ok_or_else(|| bad("no prev_events"))?;
+        let auth_events = refs("auth_events").ok_or_else(|| bad("no auth_events"))?;
+        let depth = template.get("depth").and_then(Value::as_i64).filter(|d| *d > 0).ok_or_else(|| bad("no depth"))?;
+
+        let mut fields = Map::new();
+        fields.insert("type".into(), json!("m.room.member"));
+        fields.insert("sender".into(), json!(user_id));
+        fields.insert("state_key".into(), json!(user_id));
+        fields.insert("room_id".into(), json!(room_id));
+        fields.insert("content".into(), content.clone());
+        fields.insert("prev_events".into(), prev_events);
+        fields.insert("auth_events".into(), auth_events);
+        fields.insert("depth".into(), json!(depth));
+        fields.insert("origin_server_ts".into(), json!(self.clock.now_ms()));
+        // `origin` only means something where redaction keeps it (up to v10).
+        if rules.redaction.keep_origin_membership_prev_state {
+            fields.insert("origin".into(), json!(self.server_name));
+        }
+        // Room versions 1 and 2 carry a random id that names its server.
+        let carried_id =
+            rules.event_format.require_event_id.then(|| format!("${}:{}", alphanumeric(18), self.server_name));
+        if let Some(id) = &carried_id {
+            fields.insert("event_id".into(), json!(id));
+        }
+        let mut event = match CanonicalJsonValue::try_from(Value::Object(fields)) {
+            Ok(CanonicalJsonValue::Object(object)) => object,
+            _ => return Err(bad("not canonical JSON")),
+        };
+        hash_and_sign_event(self.server_name.as_str(), &self.signing_key.keypair, &mut event, &rules.redaction)
+            .map_err(|e| JoinError::Sign(e.to_string()))?;
+        let event_id = match carried_id {
+            Some(id) => id,
+            None => format!("${}", reference_hash(&event, &rules).map_err(|e| JoinError::Sign(e.to_string()))?),
+        };
+        let event_id = OwnedEventId::try_from(event_id).map_err(|e| JoinError::Sign(e.to_string()))?;
+        Ok(SignedJoin { room_version, event_id, event })
+    }
+}
+
+/// A `send_join` that went through.
+struct Joined {
+    event_id: OwnedEventId,
+    signed: SignedJoin,
+    state: Vec<Value>,
+    auth_chain: Vec<Value>,
+}
+
+/// What the user hears when no server let them in: the resident server's
+/// own refusal when there was one (403, 404, incompatible version), else
+/// that the room could not be reached.
+fn refusal_of(error: JoinError) -> MatrixError {
+    match error {
+        JoinError::Remote(ClientError::Status { status, body, .. }) => {
+            let message = body["error"].as_str().unwrap_or("The resident server refused the join").to_owned();
+            match body["errcode"].as_str() {
+                Some("M_FORBIDDEN") => MatrixError::forbidden(message),
+                Some("M_INCOMPATIBLE_ROOM_VERSION") => MatrixError::new(ErrorCode::IncompatibleRoomVersion, message),
+                _ if status == 404 => MatrixError::not_found(message),
+                _ => MatrixError::new(ErrorCode::Unknown, message).with_status(http::StatusCode::BAD_GATEWAY),
+            }
+        }
+        other => MatrixError::new(ErrorCode::Unknown, other.to_string()).with_status(http::StatusCode::BAD_GATEWAY),
+    }
+}

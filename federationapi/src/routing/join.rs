@@ -1,0 +1,202 @@
+//! Joining this server's rooms from other servers: `/make_join` hands out
+//! a template the room server built from the current state, `/send_join`
+//! takes the signed join through the one validation pipeline and answers
+//! with the state and auth chain before it.
+//!
+//! Spec: <https://spec.matrix.org/v1.16/server-server-api/#joining-rooms>
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use myelin_roomserver::api::{
+    INPUT_TOPIC, InputOk, InputPdus, InputReply, InputRequest, PduKind, PduOutcome, QUERY_TOPIC, QueryOk, QueryReply,
+    QueryRequest, REQUEST_TIMEOUT,
+};
+use myelin_types::MatrixError;
+use myelin_types::ruma::signatures::reference_hash;
+use myelin_types::ruma::{CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId};
+use serde_json::{Value, json};
+
+use super::FederationState;
+use super::auth::{Origin, Signed};
+
+/// GET /_matrix/federation/v1/make_join/{roomId}/{userId}
+/// <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_joinroomiduserid>
+pub(super) async fn make_join(
+    Origin(origin): Origin,
+    State(state): State<FederationState>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, MatrixError> {
+    let room_id = parse_room_id(&room_id)?;
+    let user_id = OwnedUserId::try_from(user_id.as_str())
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid user id: {user_id}")))?;
+    if user_id.server_name().as_str() != origin.as_str() {
+        return Err(MatrixError::forbidden(format!("{origin} cannot make a join event for {user_id}")));
+    }
+    // Without `ver` the joining server only speaks room version 1.
+    let mut supported_versions: Vec<String> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == "ver")
+        .map(|(_, version)| version.into_owned())
+        .collect();
+    if supported_versions.is_empty() {
+        supported_versions.push("1".to_owned());
+    }
+    let request = QueryRequest::MakeJoin { room_id: room_id.clone(), user_id, supported_versions };
+    match query_room_server(&state, &room_id, &request).await? {
+        QueryOk::JoinTemplate { room_version, event } => {
+            Ok(Json(json!({ "room_version": room_version, "event": event })))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}
+/// <https://spec.matrix.org/v1.16/server-server-api/#put_matrixfederationv2send_joinroomideventid>
+pub(super) async fn send_join_v2(
+    State(state): State<FederationState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    Signed { origin, body }: Signed<Value>,
+) -> Result<Json<Value>, MatrixError> {
+    let mut response = send_join(&state, origin, &room_id, &event_id, body).await?;
+    // The whole membership list is sent: partial joins are not offered.
+    response["members_omitted"] = json!(false);
+    Ok(Json(response))
+}
+
+/// PUT /_matrix/federation/v1/send_join/{roomId}/{eventId}
+/// <https://spec.matrix.org/v1.16/server-server-api/#put_matrixfederationv1send_joinroomideventid>
+///
+/// The same as v2 in the historical `[200, {…}]` shape.
+pub(super) async fn send_join_v1(
+    State(state): State<FederationState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    Signed { origin, body }: Signed<Value>,
+) -> Result<Json<Value>, MatrixError> {
+    let response = send_join(&state, origin, &room_id, &event_id, body).await?;
+    Ok(Json(json!([200, response])))
+}
+
+/// Check that `event` is the join of a user of `origin` at the ids in the
+/// path, run it through the room server's pipeline like any received PDU
+/// (DESIGN.md invariant 4), and answer with the state before it and its
+/// auth chain. The event is returned as received: this server adds no
+/// signature of its own (restricted joins, which need one, are not offered).
+async fn send_join(
+    state: &FederationState,
+    origin: OwnedServerName,
+    room_id: &str,
+    event_id: &str,
+    event: Value,
+) -> Result<Value, MatrixError> {
+    let room_id = parse_room_id(room_id)?;
+    let event_id = OwnedEventId::try_from(event_id)
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid event id: {event_id}")))?;
+    check_join(&event, &room_id, &origin)?;
+    let room_version =
+        match query_room_server(state, &room_id, &QueryRequest::RoomVersion { room_id: room_id.clone() }).await? {
+            QueryOk::RoomVersion { room_version } => room_version,
+            other => return Err(unexpected(other)),
+        };
+    if event_id_of(&event, &room_version)? != event_id {
+        return Err(MatrixError::bad_json("The event id in the path is not the event's id"));
+    }
+
+    let request = InputRequest::InputPdus(InputPdus {
+        origin: origin.clone(),
+        room_id: room_id.clone(),
+        kind: PduKind::Timeline,
+        pdus: vec![event.clone()],
+    });
+    let reply: InputReply =
+        state.bus.request_json(INPUT_TOPIC, room_id.as_str(), &request, REQUEST_TIMEOUT).await.map_err(bus_error)?;
+    let outcome = match reply? {
+        InputOk::PdusProcessed { results } if results.len() == 1 => results.into_iter().next().expect("one").outcome,
+        other => {
+            tracing::error!(?other, "room server answered InputPdus with something else");
+            return Err(MatrixError::internal());
+        }
+    };
+    match outcome {
+        PduOutcome::Accepted | PduOutcome::AlreadyKnown => {}
+        PduOutcome::Rejected { reason } | PduOutcome::SoftFailed { reason } => {
+            return Err(MatrixError::forbidden(format!("The join event was refused: {reason}")));
+        }
+    }
+
+    let request = QueryRequest::StateAndAuthChain { room_id: room_id.clone(), event_id };
+    match query_room_server(state, &room_id, &request).await? {
+        QueryOk::StateAndAuthChain { state: room_state, auth_chain } => Ok(json!({
+            "origin": state.keys.server_name(),
+            "state": room_state,
+            "auth_chain": auth_chain,
+            "event": event,
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The event claims to be `origin`'s user joining `room_id` by themselves.
+fn check_join(event: &Value, room_id: &OwnedRoomId, origin: &OwnedServerName) -> Result<(), MatrixError> {
+    let field = |name: &str| event.get(name).and_then(Value::as_str);
+    if field("room_id") != Some(room_id.as_str()) {
+        return Err(MatrixError::bad_json("The event's room_id is not the room in the path"));
+    }
+    let is_join = field("type") == Some("m.room.member")
+        && event.pointer("/content/membership").and_then(Value::as_str) == Some("join")
+        && field("state_key").is_some()
+        && field("state_key") == field("sender");
+    if !is_join {
+        return Err(MatrixError::bad_json("The event is not a user's join event"));
+    }
+    let sender = field("sender").and_then(|sender| OwnedUserId::try_from(sender).ok());
+    if sender.is_none_or(|sender| sender.server_name().as_str() != origin.as_str()) {
+        return Err(MatrixError::forbidden(format!("The joining user does not belong to {origin}")));
+    }
+    Ok(())
+}
+
+/// The id of `event` as its room version computes it: carried in rooms v1
+/// and v2, the reference hash from v3 on.
+fn event_id_of(event: &Value, room_version: &str) -> Result<OwnedEventId, MatrixError> {
+    let rules = RoomVersionId::try_from(room_version).ok().and_then(|version| version.rules()).ok_or_else(|| {
+        tracing::error!(%room_version, "the room server stores a room version without rules");
+        MatrixError::internal()
+    })?;
+    let invalid = || MatrixError::bad_json("The event has no valid event id");
+    if rules.event_format.require_event_id {
+        return event
+            .get("event_id")
+            .and_then(Value::as_str)
+            .and_then(|id| OwnedEventId::try_from(id).ok())
+            .ok_or_else(invalid);
+    }
+    let Ok(CanonicalJsonValue::Object(object)) = CanonicalJsonValue::try_from(event.clone()) else {
+        return Err(MatrixError::bad_json("The event is not a canonical JSON object"));
+    };
+    let hash = reference_hash(&object, &rules).map_err(|_| invalid())?;
+    OwnedEventId::try_from(format!("${hash}")).map_err(|_| invalid())
+}
+
+fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, MatrixError> {
+    OwnedRoomId::try_from(room_id).map_err(|_| MatrixError::invalid_param(format!("Invalid room id: {room_id}")))
+}
+
+async fn query_room_server(
+    state: &FederationState,
+    room_id: &OwnedRoomId,
+    request: &QueryRequest,
+) -> Result<QueryOk, MatrixError> {
+    let reply: QueryReply =
+        state.bus.request_json(QUERY_TOPIC, room_id.as_str(), request, REQUEST_TIMEOUT).await.map_err(bus_error)?;
+    reply
+}
+
+fn bus_error(error: myelin_bus::BusError) -> MatrixError {
+    tracing::warn!(%error, "the room server did not answer");
+    MatrixError::internal()
+}
+
+fn unexpected(other: QueryOk) -> MatrixError {
+    tracing::error!(?other, "the room server answered with another kind");
+    MatrixError::internal()
+}
