@@ -13,6 +13,7 @@ use crate::SyncApiError;
 use crate::consumers::clientapi_accountdata::AccountDataConsumer;
 use crate::consumers::edu_receipt::ReceiptConsumer;
 use crate::consumers::edu_typing::TypingConsumer;
+use crate::consumers::pusher_counts::CountsConsumer;
 use crate::consumers::roomserver_output::OutputConsumer;
 use crate::notifier::Notifier;
 use crate::routing::{AppState, router};
@@ -30,6 +31,8 @@ pub const ACCOUNT_DATA_GROUP: &str = "syncapi.accountdata";
 pub const TYPING_GROUP: &str = "syncapi.typing";
 /// Consumer group of the receipts read model.
 pub const RECEIPT_GROUP: &str = "syncapi.receipt";
+/// Consumer group of the notification counts.
+pub const COUNTS_GROUP: &str = "syncapi.counts";
 
 pub struct Started {
     pub router: axum::Router,
@@ -82,6 +85,12 @@ pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -
             RECEIPT_GROUP,
             myelin_clientapi::api::RECEIPT_TOPIC,
             Arc::new(ReceiptConsumer { storage: storage.clone(), notifier: notifier.clone() }),
+            shutdown.clone(),
+        ),
+        bus.consume(
+            COUNTS_GROUP,
+            myelin_pusher::api::COUNTS_TOPIC,
+            Arc::new(CountsConsumer { storage: storage.clone() }),
             shutdown,
         ),
     ];

@@ -3,4 +3,5 @@
 pub mod clientapi_accountdata;
 pub mod edu_receipt;
 pub mod edu_typing;
+pub mod pusher_counts;
 pub mod roomserver_output;

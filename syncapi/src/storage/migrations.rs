@@ -89,6 +89,7 @@ CREATE TABLE syncapi_filters (
 "#,
     },
     Migration { version: 2, sqlite: V2, postgres: V2 },
+    Migration { version: 3, sqlite: V3, postgres: V3 },
 ];
 
 /// Account data and receipts: the latest value per key, each carrying the
@@ -107,4 +108,13 @@ CREATE TABLE syncapi_receipts (
     PRIMARY KEY (room_id, user_id, receipt_type, thread_id)
 );
 CREATE INDEX syncapi_receipts_pos ON syncapi_receipts (room_id, stream_pos);
+"#;
+
+/// Notification counts from `pusher.counts`: the latest per (user, room).
+const V3: &str = r#"
+CREATE TABLE syncapi_notification_counts (
+    user_id TEXT NOT NULL, room_id TEXT NOT NULL,
+    notification_count BIGINT NOT NULL, highlight_count BIGINT NOT NULL, threads TEXT NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+);
 "#;
