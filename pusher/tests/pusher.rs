@@ -107,7 +107,7 @@ async fn servers() -> Vec<Server> {
 async fn servers_with(content: PushContent) -> Vec<Server> {
     let mut out = Vec::new();
     for db in TestDb::both().await {
-        out.push(Server::start(db, content).await);
+        out.push(Server::start(db, content, true).await);
     }
     out
 }
@@ -120,7 +120,7 @@ async fn serve(router: axum::Router) -> String {
 }
 
 impl Server {
-    async fn start(test_db: TestDb, content: PushContent) -> Self {
+    async fn start(test_db: TestDb, content: PushContent, allow_private_gateways: bool) -> Self {
         let db = Db::connect(&test_db.url).await.unwrap();
         let backend = EmbeddedBackend::open(db.clone(), 8).await.unwrap();
         let bus = Bus::new(Arc::new(backend), Arc::new(SystemClock));
@@ -129,7 +129,7 @@ impl Server {
         config.global.server_name = "localhost".to_owned();
         config.client_api.registration_shared_secret = Some(SHARED_SECRET.to_owned());
         config.pusher.content = content;
-        config.pusher.allow_private_gateways = true;
+        config.pusher.allow_private_gateways = allow_private_gateways;
         let keys = tempfile::tempdir().unwrap();
         config.global.signing_key_path = keys.path().join("signing.key");
         std::fs::write(&config.global.signing_key_path, ServerSigningKey::generate_file_contents()).unwrap();
@@ -275,8 +275,12 @@ impl Server {
 
     /// An http pusher at the recording gateway, keyed `pushkey`.
     async fn gateway_pusher(&self, token: &str, pushkey: &str, format: Option<&str>) {
+        self.pusher_at(token, pushkey, &self.gateway_url, format).await;
+    }
+
+    async fn pusher_at(&self, token: &str, pushkey: &str, url: &str, format: Option<&str>) {
         let mut body = http_pusher(pushkey, "App");
-        body["data"] = json!({ "url": self.gateway_url, "extra": "kept" });
+        body["data"] = json!({ "url": url, "extra": "kept" });
         if let Some(format) = format {
             body["data"]["format"] = json!(format);
         }
@@ -870,6 +874,26 @@ async fn counts_rise_in_sync_and_a_read_receipt_clears_them() {
         let counts = s.counts_until(&bob, &room, |c| c["notification_count"] == 0).await;
         assert_eq!(counts, json!({"notification_count": 0, "highlight_count": 0}), "[{at}]");
 
+        // Threads are counted apart too.
+        let thread = json!({"msgtype": "m.text", "body": "in thread",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": last}});
+        let in_thread = s.send(&alice, &room, thread).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let body = s.ok(Method::GET, "/sync", &bob, None).await;
+            let joined = &body["rooms"]["join"][&room];
+            if joined["unread_notifications"]["notification_count"] == 1 {
+                let threads = &joined["unread_thread_notifications"];
+                assert_eq!(threads, &json!({ &last: {"notification_count": 1, "highlight_count": 0}}), "[{at}]");
+                break;
+            }
+            assert!(Instant::now() < deadline, "[{at}] thread never counted: {joined}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let receipt = json!({"thread_id": last});
+        s.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/{in_thread}"), &bob, Some(receipt)).await;
+        s.counts_until(&bob, &room, |c| c["notification_count"] == 0).await;
+
         // A private receipt clears them as well.
         let again = s.send(&alice, &room, text("again")).await;
         s.counts_until(&bob, &room, |c| c["notification_count"] == 1).await;
@@ -952,5 +976,28 @@ async fn rejected_pushkeys_lose_their_pusher_and_failures_are_retried() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(s.gateway.events_to("flaky"), [first.clone(), second.clone()], "[{at}]");
         assert_eq!(s.gateway.events_to("stale"), [first], "[{at}] nothing more for the removed pusher");
+    }
+}
+
+/// Without `pusher.allow_private_gateways`, loopback gateways get nothing:
+/// neither by name (refused by the resolver) nor by address.
+#[tokio::test]
+async fn loopback_gateways_are_refused_unless_allowed() {
+    for db in TestDb::both().await {
+        let s = Server::start(db, PushContent::Full, false).await;
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let by_name = s.gateway_url.replace("127.0.0.1", "localhost");
+        s.pusher_at(&bob, "by-address", &s.gateway_url, None).await;
+        s.pusher_at(&bob, "by-name", &by_name, None).await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.join(&bob, &room).await;
+        s.send(&alice, &room, text("hello")).await;
+        // Recorded as a notification, so evaluated and queued ...
+        s.counts_until(&bob, &room, |c| c["notification_count"] == 1).await;
+        // ... but never delivered, first attempt and retries alike.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(s.gateway.attempts.load(Ordering::SeqCst), 0, "[{at}]");
     }
 }
