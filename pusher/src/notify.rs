@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use myelin_config::PushContent;
-use myelin_roomserver::api::NewRoomEvent;
+use myelin_roomserver::api::{NewRoomEvent, StateDelta};
 use myelin_types::events::client_event;
 use myelin_types::ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsSource};
 use myelin_types::ruma::push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx};
@@ -98,7 +98,9 @@ impl Notifier<'_> {
         let event = &new.event;
         let pdu = &event.pdu;
         let room_id = event.room_id.as_str();
-        let pos = room.last_pos + 1;
+        // Backfilled history sits before everything recorded: at position 0
+        // a receipt for it marks nothing read, and it moves no current state.
+        let pos = if new.historical { 0 } else { room.last_pos + 1 };
         let sender = text(pdu, "sender").unwrap_or_default();
         let event_type = text(pdu, "type").unwrap_or_default();
         let state_key = text(pdu, "state_key");
@@ -108,10 +110,11 @@ impl Notifier<'_> {
         let mut added = Vec::new();
         let mut memberships = Vec::new();
         let mut visibility = None;
-        for (t, k) in &new.state_delta.removed {
+        let delta = if new.historical { &StateDelta::default() } else { &new.state_delta };
+        for (t, k) in &delta.removed {
             room.state.remove(&(t.clone(), k.clone()));
         }
-        for state in &new.state_delta.added {
+        for state in &delta.added {
             let (Some(t), Some(k)) = (text(&state.pdu, "type"), text(&state.pdu, "state_key")) else { continue };
             let entry = StateEntry {
                 sender: text(&state.pdu, "sender").unwrap_or_default().to_owned(),
@@ -137,7 +140,7 @@ impl Notifier<'_> {
             ts: pdu.get("origin_server_ts").and_then(Value::as_i64).unwrap_or_default(),
             event: client,
             added,
-            removed: new.state_delta.removed.clone(),
+            removed: delta.removed.clone(),
             memberships,
             visibility,
             notifications: Vec::new(),

@@ -94,6 +94,7 @@ struct Server {
     http: reqwest::Client,
     gateway: Arc<Gateway>,
     gateway_url: String,
+    bus: Bus,
     txn: AtomicU64,
     _trigger: ShutdownTrigger,
     _db: TestDb,
@@ -139,7 +140,7 @@ impl Server {
             myelin_clientapi::service::start(config.clone(), db.clone(), bus.clone(), shutdown.clone()).await.unwrap();
         let syncapi =
             myelin_syncapi::service::start(config.clone(), db.clone(), bus.clone(), shutdown.clone()).await.unwrap();
-        let pusher = myelin_pusher::service::start(config, db, bus, shutdown).await.unwrap();
+        let pusher = myelin_pusher::service::start(config, db, bus.clone(), shutdown).await.unwrap();
         let base = serve(clientapi.router.merge(syncapi.router).merge(pusher.router)).await;
         let gateway = Arc::new(Gateway::default());
         let recorder = axum::Router::new()
@@ -152,6 +153,7 @@ impl Server {
             http: reqwest::Client::new(),
             gateway,
             gateway_url,
+            bus,
             txn: AtomicU64::new(0),
             _trigger: trigger,
             _db: test_db,
@@ -999,5 +1001,47 @@ async fn loopback_gateways_are_refused_unless_allowed() {
         // ... but never delivered, first attempt and retries alike.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(s.gateway.attempts.load(Ordering::SeqCst), 0, "[{at}]");
+    }
+}
+
+/// Backfilled events reach `roomserver.output` flagged historical: they
+/// are never pushed, counted or listed.
+#[tokio::test]
+async fn backfilled_history_never_pushes() {
+    use myelin_roomserver::api::{NewRoomEvent, OUTPUT_TOPIC, OutputRecord, StateDelta, StoredEvent};
+    for s in servers().await {
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        s.gateway_pusher(&bob, "bob", None).await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.join(&bob, &room).await;
+        let pdu = json!({"type": "m.room.message", "sender": "@alice:localhost", "room_id": room,
+            "content": text("old news"), "origin_server_ts": 1, "depth": 1});
+        let old = NewRoomEvent {
+            event: StoredEvent {
+                event_id: "$backfilled-event".try_into().unwrap(),
+                room_id: room.as_str().try_into().unwrap(),
+                pdu,
+            },
+            room_version: "12".to_owned(),
+            state_delta: StateDelta::default(),
+            txn: None,
+            historical: true,
+        };
+        // Keyed by room like the room server's own records, so handled before what follows.
+        s.bus.produce_json(OUTPUT_TOPIC, &room, &OutputRecord::NewRoomEvent(old)).await.unwrap();
+        let fresh = s.send(&alice, &room, text("news")).await;
+        s.gateway.wait_for("bob", &fresh).await;
+        assert_eq!(s.gateway.events_to("bob"), std::slice::from_ref(&fresh), "[{at}]");
+        let listed = s.ok(Method::GET, "/notifications", &bob, None).await;
+        let ids: Vec<&Value> =
+            listed["notifications"].as_array().unwrap().iter().map(|n| &n["event"]["event_id"]).collect();
+        assert_eq!(ids, [&json!(fresh)], "[{at}]");
+        // A receipt for the old event marks nothing read.
+        s.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/$backfilled-event"), &bob, Some(json!({}))).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let counts = s.counts_until(&bob, &room, |c| c.is_object()).await;
+        assert_eq!(counts["notification_count"], 1, "[{at}]");
     }
 }

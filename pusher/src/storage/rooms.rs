@@ -195,7 +195,8 @@ impl Storage {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            if inserted == 1 {
+            // Position 0 is backfilled history: it moves nothing.
+            if inserted == 1 && w.pos > 0 {
                 sqlx::query(
                     "INSERT INTO pusher_rooms (room_id, room_version, last_pos) VALUES ($1, $2, $3) \
                      ON CONFLICT (room_id) DO UPDATE SET last_pos = excluded.last_pos",
