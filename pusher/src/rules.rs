@@ -5,6 +5,7 @@
 //! this process makes and on every `m.push_rules` record it consumes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use myelin_bus::Bus;
@@ -29,11 +30,14 @@ pub struct PushRules {
     pub storage: Arc<Storage>,
     pub bus: Bus,
     cache: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    /// Bumped by every [`PushRules::forget`], so that a ruleset read before
+    /// a change is not cached after it.
+    generation: AtomicU64,
 }
 
 impl PushRules {
     pub fn new(storage: Arc<Storage>, bus: Bus) -> Self {
-        Self { storage, bus, cache: Mutex::default() }
+        Self { storage, bus, cache: Mutex::default(), generation: AtomicU64::new(0) }
     }
 
     /// The user's ruleset for evaluation, from the cache when possible.
@@ -41,8 +45,12 @@ impl PushRules {
         if let Some(ruleset) = self.cache.lock().expect("rules cache lock").get(user_id) {
             return Ok(ruleset.clone());
         }
+        let generation = self.generation.load(Ordering::SeqCst);
         let ruleset = Arc::new(self.get(user_id).await?);
         let mut cache = self.cache.lock().expect("rules cache lock");
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return Ok(ruleset);
+        }
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
         }
@@ -52,7 +60,9 @@ impl PushRules {
 
     /// Drop the cached ruleset: it changed.
     pub fn forget(&self, user_id: &UserId) {
-        self.cache.lock().expect("rules cache lock").remove(user_id);
+        let mut cache = self.cache.lock().expect("rules cache lock");
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        cache.remove(user_id);
     }
 
     pub async fn get(&self, user_id: &UserId) -> Result<Ruleset, PusherError> {

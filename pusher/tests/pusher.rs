@@ -1045,3 +1045,23 @@ async fn backfilled_history_never_pushes() {
         assert_eq!(counts["notification_count"], 1, "[{at}]");
     }
 }
+
+/// `@room` highlights only when the sender may notify the room (power
+/// levels, with the creator's own privilege in room version 12).
+#[tokio::test]
+async fn room_mentions_need_the_power_to_notify_the_room() {
+    for s in servers().await {
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let carol = s.register("carol").await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.join(&bob, &room).await;
+        s.join(&carol, &room).await;
+        let everyone = json!({"msgtype": "m.text", "body": "@room hi", "m.mentions": {"room": true}});
+        s.send(&alice, &room, everyone.clone()).await;
+        s.send(&bob, &room, everyone).await;
+        let counts = s.counts_until(&carol, &room, |c| c["notification_count"] == 2).await;
+        assert_eq!(counts["highlight_count"], 1, "[{at}] only the creator's @room highlights: {counts}");
+    }
+}
