@@ -1065,3 +1065,40 @@ async fn room_mentions_need_the_power_to_notify_the_room() {
         assert_eq!(counts["highlight_count"], 1, "[{at}] only the creator's @room highlights: {counts}");
     }
 }
+
+/// Deleting a device and changing the password (which logs the other
+/// devices out) revoke tokens, and with them the pushers those tokens set.
+#[tokio::test]
+async fn device_deletion_and_password_changes_remove_those_devices_pushers() {
+    for s in servers().await {
+        let at = s.name;
+        let laptop = s.register("alice").await;
+        let phone = s.login("alice", "PHONE").await;
+        let tablet = s.login("alice", "TABLET").await;
+        for (token, key) in [(&laptop, "laptop"), (&phone, "phone"), (&tablet, "tablet")] {
+            s.ok(Method::POST, "/pushers/set", token, Some(http_pusher(key, "App"))).await;
+        }
+        assert_eq!(s.pushers(&laptop).await.len(), 3, "[{at}]");
+        // Both go through user-interactive authentication with the password.
+        let with_password = |session: &Value, password: &str| {
+            json!({"type": "m.login.password", "session": session, "password": password,
+                "identifier": {"type": "m.id.user", "user": "alice"}})
+        };
+
+        let (status, reply) = s.call(Method::DELETE, "/devices/TABLET", Some(&laptop), Some("{}")).await;
+        assert_eq!(status, 401, "[{at}] {reply}");
+        let body = json!({"auth": with_password(&reply["session"], PASSWORD)});
+        s.ok(Method::DELETE, "/devices/TABLET", &laptop, Some(body)).await;
+        let left = s.pushers_until(&laptop, |p| p.len() == 2).await;
+        assert!(left.iter().all(|p| p["pushkey"] != "tablet"), "[{at}] {left:?}");
+
+        let change = json!({"new_password": "a new password"});
+        let (status, reply) = s.call(Method::POST, "/account/password", Some(&laptop), Some(&change.to_string())).await;
+        assert_eq!(status, 401, "[{at}] {reply}");
+        let body = json!({"new_password": "a new password", "auth": with_password(&reply["session"], PASSWORD)});
+        s.ok(Method::POST, "/account/password", &laptop, Some(body)).await;
+        let left = s.pushers_until(&laptop, |p| p.len() == 1).await;
+        assert_eq!(left[0]["pushkey"], "laptop", "[{at}] the device that changed it keeps its pusher");
+        s.fails(Method::GET, "/pushers", Some(&phone), "", 401, "M_UNKNOWN_TOKEN").await;
+    }
+}
