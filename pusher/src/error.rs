@@ -21,6 +21,9 @@ pub enum PusherError {
     Bus(#[from] BusError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The HTTP client for push gateways could not be built.
+    #[error("push gateway client: {0}")]
+    Http(String),
     /// Concurrent changes to one user's push rules kept winning the race.
     #[error("push rules of {0} changed concurrently too often")]
     Contended(String),

@@ -1,16 +1,23 @@
-//! Push: each user's push rules (`/pushrules`) and pushers (`/pushers`).
+//! Push: each user's push rules (`/pushrules`) and pushers (`/pushers`),
+//! evaluation of every new room event against them, notification counts
+//! (`pusher.counts`, served by `/sync`), `/notifications`, and delivery to
+//! push gateways.
 //!
-//! This first slice manages them only. Push rules are stored per user
-//! (ruma's `Ruleset`, starting from the server-default rules) and published
-//! as `m.push_rules` account data on `clientapi.accountdata`, so `/sync`
-//! serves them; pushers are stored with the access token that set them and
-//! removed when that token is revoked. Nothing is evaluated or delivered
-//! yet: no notification counts, no `/notifications`, no request to any push
-//! gateway (DESIGN.md invariants 8 and 9 apply when delivery lands).
+//! Push rules are stored per user (ruma's `Ruleset`, starting from the
+//! server-default rules) and published as `m.push_rules` account data on
+//! `clientapi.accountdata`, so `/sync` serves them; pushers are stored with
+//! the access token that set them and removed when that token is revoked.
+//! Who is notified is decided in `notify.rs` (DESIGN.md invariant 8), what
+//! a gateway receives in `gating.rs` (invariant 9), and where requests may
+//! go in `delivery/` (invariant 10).
 
 pub mod api;
 mod consumers;
+mod delivery;
 mod error;
+mod gating;
+mod metrics;
+mod notify;
 mod producers;
 mod routing;
 mod rules;

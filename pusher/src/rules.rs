@@ -1,8 +1,12 @@
 //! A user's push rules: read (the server defaults until the user changes
 //! something), changed (compare and swap on the stored version, retried),
 //! and published as `m.push_rules` account data after every change.
+//! Evaluation reads them through a per-user cache, dropped on every change
+//! this process makes and on every `m.push_rules` record it consumes.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use myelin_bus::Bus;
 use myelin_types::ruma::push::Ruleset;
@@ -19,12 +23,48 @@ const MAX_ATTEMPTS: usize = 8;
 /// The rule kinds of the `global` ruleset, in the order clients list them.
 pub const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
 
+/// Cached rulesets before the cache starts over, bounding its memory.
+const CACHE_CAPACITY: usize = 10_000;
+
 pub struct PushRules {
     pub storage: Arc<Storage>,
     pub bus: Bus,
+    cache: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    /// Bumped by every [`PushRules::forget`], so that a ruleset read before
+    /// a change is not cached after it.
+    generation: AtomicU64,
 }
 
 impl PushRules {
+    pub fn new(storage: Arc<Storage>, bus: Bus) -> Self {
+        Self { storage, bus, cache: Mutex::default(), generation: AtomicU64::new(0) }
+    }
+
+    /// The user's ruleset for evaluation, from the cache when possible.
+    pub async fn cached(&self, user_id: &UserId) -> Result<Arc<Ruleset>, PusherError> {
+        if let Some(ruleset) = self.cache.lock().expect("rules cache lock").get(user_id) {
+            return Ok(ruleset.clone());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let ruleset = Arc::new(self.get(user_id).await?);
+        let mut cache = self.cache.lock().expect("rules cache lock");
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return Ok(ruleset);
+        }
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(user_id.to_owned(), ruleset.clone());
+        Ok(ruleset)
+    }
+
+    /// Drop the cached ruleset: it changed.
+    pub fn forget(&self, user_id: &UserId) {
+        let mut cache = self.cache.lock().expect("rules cache lock");
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        cache.remove(user_id);
+    }
+
     pub async fn get(&self, user_id: &UserId) -> Result<Ruleset, PusherError> {
         Ok(match self.storage.rules(user_id.as_str()).await? {
             Some(stored) => stored.ruleset,
@@ -47,6 +87,7 @@ impl PushRules {
             };
             let out = change(&mut ruleset)?;
             if self.storage.swap_rules(user_id.as_str(), &ruleset, expected).await? {
+                self.forget(user_id);
                 self.publish(user_id).await?;
                 return Ok(out);
             }

@@ -1,17 +1,23 @@
 //! The pusher over a real embedded bus on SQLite and PostgreSQL, with the
-//! real client API (accounts through shared-secret registration, logins,
-//! logouts, token lookups) and the real sync API (which serves the
-//! `m.push_rules` account data the pusher publishes), all served on one
-//! loopback port and driven over HTTP.
+//! real room server, client API (accounts through shared-secret
+//! registration, logins, logouts, token lookups, rooms, receipts) and sync
+//! API (which serves the `m.push_rules` account data and the counts the
+//! pusher publishes), all served on one loopback port and driven over
+//! HTTP, and a recording push gateway on another loopback port.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::State;
 use hmac::{Hmac, KeyInit, Mac};
 use myelin_bus::{Bus, EmbeddedBackend, Shutdown, ShutdownTrigger};
+use myelin_config::PushContent;
 use myelin_storage::Db;
 use myelin_testkit::TestDb;
 use myelin_types::SystemClock;
+use myelin_types::signing::ServerSigningKey;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha1::Sha1;
@@ -21,24 +27,101 @@ const SHARED_SECRET: &str = "test shared secret";
 const PASSWORD: &str = "correct horse battery staple";
 const GATEWAY: &str = "https://push.example.org/_matrix/push/v1/notify";
 
+/// A push gateway that records every notification it accepts. Pushkeys in
+/// `fail_once` are answered 500 the first time, those in `reject` are
+/// reported back as rejected.
+#[derive(Default)]
+struct Gateway {
+    delivered: Mutex<Vec<Value>>,
+    attempts: AtomicU64,
+    fail_once: Mutex<HashSet<String>>,
+    reject: Mutex<HashSet<String>>,
+}
+
+async fn notify(State(gateway): State<Arc<Gateway>>, axum::Json(body): axum::Json<Value>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    gateway.attempts.fetch_add(1, Ordering::SeqCst);
+    let pushkey = body["notification"]["devices"][0]["pushkey"].as_str().unwrap_or_default().to_owned();
+    if gateway.fail_once.lock().unwrap().remove(&pushkey) {
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "try again").into_response();
+    }
+    gateway.delivered.lock().unwrap().push(body);
+    let rejected: Vec<String> = gateway.reject.lock().unwrap().get(&pushkey).cloned().into_iter().collect();
+    axum::Json(json!({ "rejected": rejected })).into_response()
+}
+
+impl Gateway {
+    /// Notifications delivered to `pushkey`, oldest first.
+    fn to(&self, pushkey: &str) -> Vec<Value> {
+        let delivered = self.delivered.lock().unwrap();
+        delivered.iter().filter(|b| b["notification"]["devices"][0]["pushkey"] == pushkey).cloned().collect()
+    }
+
+    /// Event ids delivered to `pushkey`, oldest first.
+    fn events_to(&self, pushkey: &str) -> Vec<String> {
+        self.to(pushkey).iter().map(|b| b["notification"]["event_id"].as_str().unwrap_or("").to_owned()).collect()
+    }
+
+    /// The `n`th notification (from 0) delivered to `pushkey`, once delivered.
+    async fn nth(&self, pushkey: &str, n: usize) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(body) = self.to(pushkey).into_iter().nth(n) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "push {n} never reached {pushkey}: {:?}", self.to(pushkey));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The notification of `event_id` to `pushkey`, once delivered.
+    async fn wait_for(&self, pushkey: &str, event_id: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self.to(pushkey).into_iter().find(|b| b["notification"]["event_id"] == event_id);
+            if let Some(body) = found {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{event_id} never pushed to {pushkey}: {:?}", self.events_to(pushkey));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 struct Server {
     name: &'static str,
     base: String,
     http: reqwest::Client,
+    gateway: Arc<Gateway>,
+    gateway_url: String,
+    bus: Bus,
+    txn: AtomicU64,
     _trigger: ShutdownTrigger,
     _db: TestDb,
+    _keys: tempfile::TempDir,
 }
 
 async fn servers() -> Vec<Server> {
+    servers_with(PushContent::Full).await
+}
+
+async fn servers_with(content: PushContent) -> Vec<Server> {
     let mut out = Vec::new();
     for db in TestDb::both().await {
-        out.push(Server::start(db).await);
+        out.push(Server::start(db, content, true).await);
     }
     out
 }
 
+async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
 impl Server {
-    async fn start(test_db: TestDb) -> Self {
+    async fn start(test_db: TestDb, content: PushContent, allow_private_gateways: bool) -> Self {
         let db = Db::connect(&test_db.url).await.unwrap();
         let backend = EmbeddedBackend::open(db.clone(), 8).await.unwrap();
         let bus = Bus::new(Arc::new(backend), Arc::new(SystemClock));
@@ -46,22 +129,35 @@ impl Server {
         let mut config = myelin_config::Config::default();
         config.global.server_name = "localhost".to_owned();
         config.client_api.registration_shared_secret = Some(SHARED_SECRET.to_owned());
+        config.pusher.content = content;
+        config.pusher.allow_private_gateways = allow_private_gateways;
+        let keys = tempfile::tempdir().unwrap();
+        config.global.signing_key_path = keys.path().join("signing.key");
+        std::fs::write(&config.global.signing_key_path, ServerSigningKey::generate_file_contents()).unwrap();
         let config = Arc::new(config);
+        myelin_roomserver::service::start(config.clone(), db.clone(), bus.clone(), shutdown.clone()).await.unwrap();
         let clientapi =
             myelin_clientapi::service::start(config.clone(), db.clone(), bus.clone(), shutdown.clone()).await.unwrap();
         let syncapi =
             myelin_syncapi::service::start(config.clone(), db.clone(), bus.clone(), shutdown.clone()).await.unwrap();
-        let pusher = myelin_pusher::service::start(config, db, bus, shutdown).await.unwrap();
-        let router = clientapi.router.merge(syncapi.router).merge(pusher.router);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let pusher = myelin_pusher::service::start(config, db, bus.clone(), shutdown).await.unwrap();
+        let base = serve(clientapi.router.merge(syncapi.router).merge(pusher.router)).await;
+        let gateway = Arc::new(Gateway::default());
+        let recorder = axum::Router::new()
+            .route("/_matrix/push/v1/notify", axum::routing::post(notify))
+            .with_state(gateway.clone());
+        let gateway_url = format!("{}/_matrix/push/v1/notify", serve(recorder).await);
         Self {
             name: test_db.name,
-            base: format!("http://{addr}"),
+            base,
             http: reqwest::Client::new(),
+            gateway,
+            gateway_url,
+            bus,
+            txn: AtomicU64::new(0),
             _trigger: trigger,
             _db: test_db,
+            _keys: keys,
         }
     }
 
@@ -156,6 +252,72 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+impl Server {
+    async fn create_room(&self, token: &str, body: Value) -> String {
+        let created = self.ok(Method::POST, "/createRoom", token, Some(body)).await;
+        created["room_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn join(&self, token: &str, room: &str) {
+        self.ok(Method::POST, &format!("/join/{room}"), token, Some(json!({}))).await;
+    }
+
+    /// Send a message event with `content`; its event id.
+    async fn send(&self, token: &str, room: &str, content: Value) -> String {
+        self.send_event(token, room, "m.room.message", content).await
+    }
+
+    async fn send_event(&self, token: &str, room: &str, event_type: &str, content: Value) -> String {
+        let txn = self.txn.fetch_add(1, Ordering::SeqCst);
+        let path = format!("/rooms/{room}/send/{event_type}/t{txn}");
+        self.ok(Method::PUT, &path, token, Some(content)).await["event_id"].as_str().unwrap().to_owned()
+    }
+
+    /// An http pusher at the recording gateway, keyed `pushkey`.
+    async fn gateway_pusher(&self, token: &str, pushkey: &str, format: Option<&str>) {
+        self.pusher_at(token, pushkey, &self.gateway_url, format).await;
+    }
+
+    async fn pusher_at(&self, token: &str, pushkey: &str, url: &str, format: Option<&str>) {
+        let mut body = http_pusher(pushkey, "App");
+        body["data"] = json!({ "url": url, "extra": "kept" });
+        if let Some(format) = format {
+            body["data"]["format"] = json!(format);
+        }
+        self.ok(Method::POST, "/pushers/set", token, Some(body)).await;
+    }
+
+    /// `unread_notifications` of a joined room in an initial `/sync`, once `done` holds for it.
+    async fn counts_until(&self, token: &str, room: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let body = self.ok(Method::GET, "/sync", token, None).await;
+            let counts = &body["rooms"]["join"][room]["unread_notifications"];
+            if done(counts) {
+                return counts.clone();
+            }
+            assert!(Instant::now() < deadline, "[{}] counts never got there: {counts}", self.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn text(body: &str) -> Value {
+    json!({ "msgtype": "m.text", "body": body })
+}
+
+fn keys(object: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = object.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    names.sort();
+    names
 }
 
 fn ids(rules: &Value) -> Vec<String> {
@@ -456,5 +618,487 @@ async fn pusher_requests_are_checked() {
         assert_eq!(s.pushers(&alice).await.len(), 1, "[{}]", s.name);
         s.fails(Method::GET, "/pushers", None, "", 401, "M_MISSING_TOKEN").await;
         s.fails(Method::POST, "/pushers/set", None, &set(&|_| {}), 401, "M_MISSING_TOKEN").await;
+    }
+}
+
+/// Exact notification keys per level (DESIGN.md invariant 9), for a plain
+/// room, a pusher asking for `event_id_only`, an encrypted room, and an
+/// invite (`user_is_target`).
+#[tokio::test]
+async fn gateways_receive_exactly_the_keys_their_level_allows() {
+    const FULL: &[&str] = &[
+        "event_id",
+        "room_id",
+        "type",
+        "sender",
+        "sender_display_name",
+        "room_name",
+        "content",
+        "counts",
+        "devices",
+        "prio",
+    ];
+    const METADATA: &[&str] =
+        &["event_id", "room_id", "type", "sender", "sender_display_name", "room_name", "counts", "devices", "prio"];
+    const EVENT_ID_ONLY: &[&str] = &["event_id", "room_id", "counts", "devices", "prio"];
+    const NONE: &[&str] = &["counts", "devices", "prio"];
+    let levels = [
+        (PushContent::Full, FULL),
+        (PushContent::Metadata, METADATA),
+        (PushContent::EventIdOnly, EVENT_ID_ONLY),
+        (PushContent::None, NONE),
+    ];
+    for (level, expected) in levels {
+        let encrypted_expected = if level == PushContent::None { NONE } else { EVENT_ID_ONLY };
+        for s in servers_with(level).await {
+            let at = format!("[{} {level:?}]", s.name);
+            let alice = s.register("alice").await;
+            let bob = s.register("bob").await;
+            let carol = s.register("carol").await;
+            let name = json!({"displayname": "Alice"});
+            s.ok(Method::PUT, "/profile/@alice:localhost/displayname", &alice, Some(name)).await;
+            s.gateway_pusher(&bob, "bob", None).await;
+            s.gateway_pusher(&carol, "carol", Some("event_id_only")).await;
+
+            let room = s.create_room(&bob, json!({"preset": "public_chat", "name": "Gated"})).await;
+            s.join(&alice, &room).await;
+            s.join(&carol, &room).await;
+            // Bob's pushes arrive in order: this message, the encrypted one, the invite.
+            let event = s.send(&alice, &room, text("hello")).await;
+            let body = s.gateway.nth("bob", 0).await;
+            assert_eq!(keys(&body), ["notification"], "{at} {body}");
+            let n = &body["notification"];
+            assert_eq!(keys(n), sorted(expected), "{at} {n}");
+            if level >= PushContent::EventIdOnly {
+                assert_eq!((&n["event_id"], &n["room_id"]), (&json!(event), &json!(room)), "{at}");
+            }
+            if level >= PushContent::Metadata {
+                assert_eq!(
+                    (&n["type"], &n["sender"], &n["sender_display_name"], &n["room_name"]),
+                    (&json!("m.room.message"), &json!("@alice:localhost"), &json!("Alice"), &json!("Gated")),
+                    "{at}"
+                );
+            }
+            if level == PushContent::Full {
+                assert_eq!(n["content"], text("hello"), "{at}");
+            }
+            assert_eq!(keys(&n["counts"]), ["unread"], "{at} {n}");
+            assert!(n["counts"]["unread"].as_u64().unwrap() >= 1, "{at} {n}");
+            let devices = n["devices"].as_array().unwrap();
+            assert_eq!(devices.len(), 1, "{at}");
+            assert_eq!(keys(&devices[0]), ["app_id", "data", "pushkey", "tweaks"], "{at} {n}");
+            assert_eq!(devices[0]["data"], json!({"extra": "kept"}), "{at} the URL stays home");
+            assert!(matches!(n["prio"].as_str(), Some("high" | "low")), "{at} {n}");
+
+            // The pusher's own format lowers the level, never raises it.
+            let body = s.gateway.nth("carol", 0).await;
+            let own = if level == PushContent::None { NONE } else { EVENT_ID_ONLY };
+            assert_eq!(keys(&body["notification"]), sorted(own), "{at} {body}");
+
+            // Encrypted rooms: event ids at most, whatever the server allows.
+            let encryption = json!([{"type": "m.room.encryption", "state_key": "",
+                "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]);
+            let secret_room = s
+                .create_room(&bob, json!({"preset": "public_chat", "name": "Secret", "initial_state": encryption}))
+                .await;
+            s.join(&alice, &secret_room).await;
+            let ciphertext = json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "opaque",
+                "sender_key": "k", "session_id": "s", "device_id": "D"});
+            let event = s.send_event(&alice, &secret_room, "m.room.encrypted", ciphertext).await;
+            let body = s.gateway.nth("bob", 1).await;
+            if level >= PushContent::EventIdOnly {
+                assert_eq!(body["notification"]["event_id"], event, "{at}");
+            }
+            assert_eq!(keys(&body["notification"]), sorted(encrypted_expected), "{at} {body}");
+            assert!(!body.to_string().contains("opaque"), "{at} {body}");
+
+            // Member events say whether the recipient is their target.
+            let other = s.create_room(&alice, json!({"preset": "private_chat", "name": "Other"})).await;
+            // The creator's first member event carries no display name; a change gives it one.
+            let name = json!({"displayname": "Alice B"});
+            s.ok(Method::PUT, "/profile/@alice:localhost/displayname", &alice, Some(name)).await;
+            s.ok(Method::POST, &format!("/rooms/{other}/invite"), &alice, Some(json!({"user_id": "@bob:localhost"})))
+                .await;
+            let invite = s.gateway.nth("bob", 2).await;
+            let n = &invite["notification"];
+            if level >= PushContent::Metadata {
+                let mut with_target = expected.to_vec();
+                with_target.push("user_is_target");
+                assert_eq!(keys(n), sorted(&with_target), "{at} {n}");
+                assert_eq!(n["user_is_target"], true, "{at}");
+                assert_eq!(n["prio"], "high", "{at}");
+            } else {
+                assert_eq!(keys(n), sorted(expected), "{at} {n}");
+            }
+        }
+    }
+}
+
+/// Each case sends an event that must not reach the subject, then one that
+/// must. The first is handled before the second: in the same room they are
+/// handled in order, and across rooms the second is sent only once the
+/// watcher (Carol, a member of every room) got the first. Each pusher's
+/// notifications are delivered in order, so the subject's gateway requests
+/// show whether the first was ever queued for them.
+#[tokio::test]
+async fn pushes_go_only_to_those_who_should_get_them() {
+    for s in servers().await {
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let carol = s.register("carol").await;
+        let dave = s.register("dave").await;
+        let erin = s.register("erin").await;
+        let frank = s.register("frank").await;
+        let gina = s.register("gina").await;
+        for (token, key) in [(&alice, "alice"), (&carol, "carol"), (&dave, "dave"), (&erin, "erin")] {
+            s.gateway_pusher(token, key, None).await;
+        }
+        s.gateway_pusher(&frank, "frank", None).await;
+        s.gateway_pusher(&gina, "gina", None).await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat", "name": "A"})).await;
+        for token in [&carol, &dave, &erin] {
+            s.join(token, &room).await;
+        }
+        let settle = |event: String| {
+            let s = &s;
+            async move { s.gateway.wait_for("carol", &event).await }
+        };
+        let pushes_until = |pushkey: &'static str, n: usize| {
+            let s = &s;
+            async move {
+                let deadline = Instant::now() + WAIT;
+                while s.gateway.to(pushkey).len() < n {
+                    assert!(Instant::now() < deadline, "[{}] {pushkey} never got {n} pushes", s.name);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                s.gateway.to(pushkey)
+            }
+        };
+
+        // A muted room (a room rule without actions).
+        let rule = format!("/pushrules/global/room/{room}");
+        s.ok(Method::PUT, &rule, &dave, Some(json!({"actions": []}))).await;
+        let muted = s.send(&alice, &room, text("muted")).await;
+        // Evaluated before the rule goes.
+        settle(muted.clone()).await;
+        s.ok(Method::DELETE, &rule, &dave, None).await;
+        let heard = s.send(&alice, &room, text("heard")).await;
+        s.gateway.wait_for("dave", &heard).await;
+        assert_eq!(s.gateway.events_to("dave"), std::slice::from_ref(&heard), "[{at}] muted room");
+        assert!(s.gateway.events_to("carol").contains(&muted), "[{at}] others still hear it");
+
+        // An override rule with `dont_notify`.
+        let quiet = json!({"conditions": [{"kind": "event_match", "key": "content.body", "pattern": "*secret*"}],
+            "actions": ["dont_notify"]});
+        s.ok(Method::PUT, "/pushrules/global/override/quiet", &dave, Some(quiet)).await;
+        s.send(&alice, &room, text("a secret")).await;
+        let loud = s.send(&alice, &room, text("loud")).await;
+        s.gateway.wait_for("dave", &loud).await;
+        assert_eq!(s.gateway.events_to("dave"), [heard.clone(), loud.clone()], "[{at}] dont_notify override");
+
+        // An ignored sender.
+        let ignore = json!({"ignored_users": {"@alice:localhost": {}}});
+        s.ok(Method::PUT, "/user/@dave:localhost/account_data/m.ignored_user_list", &dave, Some(ignore)).await;
+        // The ignore list travels on the bus; give the pusher's consumer time to store it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        s.send(&alice, &room, text("from alice")).await;
+        let from_erin = s.send(&erin, &room, text("from erin")).await;
+        s.gateway.wait_for("dave", &from_erin).await;
+        assert_eq!(s.gateway.events_to("dave"), [heard.clone(), loud.clone(), from_erin.clone()], "[{at}] ignored");
+
+        // The sender themself.
+        let by_dave = s.send(&dave, &room, text("by dave")).await;
+        let for_dave = s.send(&erin, &room, text("for dave")).await;
+        s.gateway.wait_for("dave", &for_dave).await;
+        assert!(!s.gateway.events_to("dave").contains(&by_dave), "[{at}] the sender themself");
+        assert!(!s.gateway.events_to("erin").contains(&for_dave), "[{at}] the sender themself");
+
+        // A member who left; then an invite elsewhere reaches them.
+        s.ok(Method::POST, &format!("/rooms/{room}/leave"), &erin, Some(json!({}))).await;
+        let after_leave = s.send(&alice, &room, text("after erin left")).await;
+        settle(after_leave.clone()).await;
+        let erin_before = s.gateway.to("erin").len();
+        let other = s.create_room(&frank, json!({"preset": "public_chat", "name": "B"})).await;
+        s.join(&carol, &other).await;
+        s.ok(Method::POST, &format!("/rooms/{other}/invite"), &frank, Some(json!({"user_id": "@erin:localhost"})))
+            .await;
+        let erin_saw = pushes_until("erin", erin_before + 1).await;
+        assert_eq!(erin_saw.last().unwrap()["notification"]["type"], "m.room.member", "[{at}]");
+        assert!(!s.gateway.events_to("erin").contains(&after_leave), "[{at}] a member who left");
+
+        // Another room's member, an invitee and a world-readable room's non-member.
+        s.ok(Method::POST, &format!("/rooms/{other}/invite"), &frank, Some(json!({"user_id": "@gina:localhost"})))
+            .await;
+        pushes_until("gina", 1).await;
+        let readable = json!([{"type": "m.room.history_visibility", "state_key": "",
+            "content": {"history_visibility": "world_readable"}}]);
+        let open = s.create_room(&alice, json!({"preset": "public_chat", "initial_state": readable})).await;
+        s.join(&carol, &open).await;
+        let in_a = s.send(&alice, &room, text("only room A")).await;
+        settle(in_a).await;
+        let in_open = s.send(&alice, &open, text("readable by all")).await;
+        settle(in_open).await;
+        let in_b = s.send(&frank, &other, text("room B")).await;
+        settle(in_b.clone()).await;
+        let for_frank = s.send(&carol, &other, text("for frank")).await;
+        s.gateway.wait_for("frank", &for_frank).await;
+        assert_eq!(s.gateway.events_to("frank"), [for_frank], "[{at}] other rooms and world-readable ones");
+        let third = s.create_room(&alice, json!({"preset": "private_chat", "name": "C"})).await;
+        s.ok(Method::POST, &format!("/rooms/{third}/invite"), &alice, Some(json!({"user_id": "@gina:localhost"})))
+            .await;
+        let gina_saw = pushes_until("gina", 2).await;
+        assert!(
+            gina_saw.iter().all(|b| b["notification"]["type"] == "m.room.member"),
+            "[{at}] an invitee gets invites only: {gina_saw:?}"
+        );
+        assert!(!s.gateway.events_to("gina").contains(&in_b), "[{at}]");
+    }
+}
+
+#[tokio::test]
+async fn counts_rise_in_sync_and_a_read_receipt_clears_them() {
+    for s in servers().await {
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.join(&bob, &room).await;
+        s.send(&alice, &room, text("one")).await;
+        let mention = json!({"msgtype": "m.text", "body": "hey bob", "m.mentions": {"user_ids": ["@bob:localhost"]}});
+        let last = s.send(&alice, &room, mention).await;
+        let counts = s.counts_until(&bob, &room, |c| c["notification_count"] == 2).await;
+        assert_eq!(counts, json!({"notification_count": 2, "highlight_count": 1}), "[{at}]");
+        // The sender is not notified of their own messages.
+        let own = s.counts_until(&alice, &room, |c| c.is_object()).await;
+        assert_eq!(own, json!({"notification_count": 0, "highlight_count": 0}), "[{at}]");
+
+        s.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/{last}"), &bob, Some(json!({}))).await;
+        let counts = s.counts_until(&bob, &room, |c| c["notification_count"] == 0).await;
+        assert_eq!(counts, json!({"notification_count": 0, "highlight_count": 0}), "[{at}]");
+
+        // Threads are counted apart too.
+        let thread = json!({"msgtype": "m.text", "body": "in thread",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": last}});
+        let in_thread = s.send(&alice, &room, thread).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let body = s.ok(Method::GET, "/sync", &bob, None).await;
+            let joined = &body["rooms"]["join"][&room];
+            if joined["unread_notifications"]["notification_count"] == 1 {
+                let threads = &joined["unread_thread_notifications"];
+                assert_eq!(threads, &json!({ &last: {"notification_count": 1, "highlight_count": 0}}), "[{at}]");
+                break;
+            }
+            assert!(Instant::now() < deadline, "[{at}] thread never counted: {joined}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let receipt = json!({"thread_id": last});
+        s.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/{in_thread}"), &bob, Some(receipt)).await;
+        s.counts_until(&bob, &room, |c| c["notification_count"] == 0).await;
+
+        // A private receipt clears them as well.
+        let again = s.send(&alice, &room, text("again")).await;
+        s.counts_until(&bob, &room, |c| c["notification_count"] == 1).await;
+        s.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read.private/{again}"), &bob, Some(json!({}))).await;
+        s.counts_until(&bob, &room, |c| c["notification_count"] == 0).await;
+    }
+}
+
+#[tokio::test]
+async fn notifications_are_listed_filtered_and_paginated() {
+    for s in servers().await {
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.join(&bob, &room).await;
+        let plain = s.send(&alice, &room, text("plain")).await;
+        let mention = json!({"msgtype": "m.text", "body": "hey bob", "m.mentions": {"user_ids": ["@bob:localhost"]}});
+        let highlight = s.send(&alice, &room, mention).await;
+        s.counts_until(&bob, &room, |c| c["notification_count"] == 2).await;
+
+        let all = s.ok(Method::GET, "/notifications", &bob, None).await;
+        let listed = all["notifications"].as_array().unwrap();
+        let ids: Vec<&Value> = listed.iter().map(|n| &n["event"]["event_id"]).collect();
+        assert_eq!(ids, [&json!(highlight), &json!(plain)], "[{at}] newest first");
+        let first = &listed[0];
+        assert_eq!(keys(first), ["actions", "event", "read", "room_id", "ts"], "[{at}] {first}");
+        assert_eq!((&first["room_id"], &first["read"]), (&json!(room), &json!(false)), "[{at}]");
+        assert_eq!(first["event"]["content"]["body"], "hey bob", "[{at}]");
+        assert!(all.get("next_token").is_none(), "[{at}] {all}");
+
+        let only = s.ok(Method::GET, "/notifications?only=highlight", &bob, None).await;
+        let only: Vec<&Value> =
+            only["notifications"].as_array().unwrap().iter().map(|n| &n["event"]["event_id"]).collect();
+        assert_eq!(only, [&json!(highlight)], "[{at}]");
+
+        let page = s.ok(Method::GET, "/notifications?limit=1", &bob, None).await;
+        assert_eq!(page["notifications"][0]["event"]["event_id"], highlight, "[{at}]");
+        let token = page["next_token"].as_str().unwrap().to_owned();
+        let next = s.ok(Method::GET, &format!("/notifications?limit=1&from={token}"), &bob, None).await;
+        assert_eq!(next["notifications"][0]["event"]["event_id"], plain, "[{at}]");
+
+        // Read receipts show in `read`.
+        s.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/{highlight}"), &bob, Some(json!({}))).await;
+        let deadline = Instant::now() + WAIT;
+        while s.ok(Method::GET, "/notifications", &bob, None).await["notifications"][0]["read"] != true {
+            assert!(Instant::now() < deadline, "[{at}] never read");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let t = Some(bob.as_str());
+        for bad in ["?limit=abc", "?limit=0", "?limit=-3", "?only=everything", "?from=abc", "?from=-1"] {
+            s.fails(Method::GET, &format!("/notifications{bad}"), t, "", 400, "M_INVALID_PARAM").await;
+        }
+        s.fails(Method::GET, "/notifications", None, "", 401, "M_MISSING_TOKEN").await;
+    }
+}
+
+#[tokio::test]
+async fn rejected_pushkeys_lose_their_pusher_and_failures_are_retried() {
+    for s in servers().await {
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        s.gateway.reject.lock().unwrap().insert("stale".to_owned());
+        s.gateway.fail_once.lock().unwrap().insert("flaky".to_owned());
+        s.gateway_pusher(&bob, "stale", None).await;
+        s.gateway_pusher(&bob, "flaky", None).await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.join(&bob, &room).await;
+        let first = s.send(&alice, &room, text("first")).await;
+
+        s.gateway.wait_for("stale", &first).await;
+        let left = s.pushers_until(&bob, |p| p.len() == 1).await;
+        assert_eq!(left[0]["pushkey"], "flaky", "[{at}] the rejected pushkey's pusher is gone");
+        let second = s.send(&alice, &room, text("second")).await;
+
+        // 500 first, then delivered once after the backoff, and in order.
+        s.gateway.wait_for("flaky", &second).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(s.gateway.events_to("flaky"), [first.clone(), second.clone()], "[{at}]");
+        assert_eq!(s.gateway.events_to("stale"), [first], "[{at}] nothing more for the removed pusher");
+    }
+}
+
+/// Without `pusher.allow_private_gateways`, loopback gateways get nothing:
+/// neither by name (refused by the resolver) nor by address.
+#[tokio::test]
+async fn loopback_gateways_are_refused_unless_allowed() {
+    for db in TestDb::both().await {
+        let s = Server::start(db, PushContent::Full, false).await;
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let by_name = s.gateway_url.replace("127.0.0.1", "localhost");
+        s.pusher_at(&bob, "by-address", &s.gateway_url, None).await;
+        s.pusher_at(&bob, "by-name", &by_name, None).await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.join(&bob, &room).await;
+        s.send(&alice, &room, text("hello")).await;
+        // Recorded as a notification, so evaluated and queued ...
+        s.counts_until(&bob, &room, |c| c["notification_count"] == 1).await;
+        // ... but never delivered, first attempt and retries alike.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(s.gateway.attempts.load(Ordering::SeqCst), 0, "[{at}]");
+    }
+}
+
+/// Backfilled events reach `roomserver.output` flagged historical: they
+/// are never pushed, counted or listed.
+#[tokio::test]
+async fn backfilled_history_never_pushes() {
+    use myelin_roomserver::api::{NewRoomEvent, OUTPUT_TOPIC, OutputRecord, StateDelta, StoredEvent};
+    for s in servers().await {
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        s.gateway_pusher(&bob, "bob", None).await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.join(&bob, &room).await;
+        let pdu = json!({"type": "m.room.message", "sender": "@alice:localhost", "room_id": room,
+            "content": text("old news"), "origin_server_ts": 1, "depth": 1});
+        let old = NewRoomEvent {
+            event: StoredEvent {
+                event_id: "$backfilled-event".try_into().unwrap(),
+                room_id: room.as_str().try_into().unwrap(),
+                pdu,
+            },
+            room_version: "12".to_owned(),
+            state_delta: StateDelta::default(),
+            txn: None,
+            historical: true,
+        };
+        // Keyed by room like the room server's own records, so handled before what follows.
+        s.bus.produce_json(OUTPUT_TOPIC, &room, &OutputRecord::NewRoomEvent(old)).await.unwrap();
+        let fresh = s.send(&alice, &room, text("news")).await;
+        s.gateway.wait_for("bob", &fresh).await;
+        assert_eq!(s.gateway.events_to("bob"), std::slice::from_ref(&fresh), "[{at}]");
+        let listed = s.ok(Method::GET, "/notifications", &bob, None).await;
+        let ids: Vec<&Value> =
+            listed["notifications"].as_array().unwrap().iter().map(|n| &n["event"]["event_id"]).collect();
+        assert_eq!(ids, [&json!(fresh)], "[{at}]");
+        // A receipt for the old event marks nothing read.
+        s.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/$backfilled-event"), &bob, Some(json!({}))).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let counts = s.counts_until(&bob, &room, |c| c.is_object()).await;
+        assert_eq!(counts["notification_count"], 1, "[{at}]");
+    }
+}
+
+/// `@room` highlights only when the sender may notify the room (power
+/// levels, with the creator's own privilege in room version 12).
+#[tokio::test]
+async fn room_mentions_need_the_power_to_notify_the_room() {
+    for s in servers().await {
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let carol = s.register("carol").await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.join(&bob, &room).await;
+        s.join(&carol, &room).await;
+        let everyone = json!({"msgtype": "m.text", "body": "@room hi", "m.mentions": {"room": true}});
+        s.send(&alice, &room, everyone.clone()).await;
+        s.send(&bob, &room, everyone).await;
+        let counts = s.counts_until(&carol, &room, |c| c["notification_count"] == 2).await;
+        assert_eq!(counts["highlight_count"], 1, "[{at}] only the creator's @room highlights: {counts}");
+    }
+}
+
+/// Deleting a device and changing the password (which logs the other
+/// devices out) revoke tokens, and with them the pushers those tokens set.
+#[tokio::test]
+async fn device_deletion_and_password_changes_remove_those_devices_pushers() {
+    for s in servers().await {
+        let at = s.name;
+        let laptop = s.register("alice").await;
+        let phone = s.login("alice", "PHONE").await;
+        let tablet = s.login("alice", "TABLET").await;
+        for (token, key) in [(&laptop, "laptop"), (&phone, "phone"), (&tablet, "tablet")] {
+            s.ok(Method::POST, "/pushers/set", token, Some(http_pusher(key, "App"))).await;
+        }
+        assert_eq!(s.pushers(&laptop).await.len(), 3, "[{at}]");
+        // Both go through user-interactive authentication with the password.
+        let with_password = |session: &Value, password: &str| {
+            json!({"type": "m.login.password", "session": session, "password": password,
+                "identifier": {"type": "m.id.user", "user": "alice"}})
+        };
+
+        let (status, reply) = s.call(Method::DELETE, "/devices/TABLET", Some(&laptop), Some("{}")).await;
+        assert_eq!(status, 401, "[{at}] {reply}");
+        let body = json!({"auth": with_password(&reply["session"], PASSWORD)});
+        s.ok(Method::DELETE, "/devices/TABLET", &laptop, Some(body)).await;
+        let left = s.pushers_until(&laptop, |p| p.len() == 2).await;
+        assert!(left.iter().all(|p| p["pushkey"] != "tablet"), "[{at}] {left:?}");
+
+        let change = json!({"new_password": "a new password"});
+        let (status, reply) = s.call(Method::POST, "/account/password", Some(&laptop), Some(&change.to_string())).await;
+        assert_eq!(status, 401, "[{at}] {reply}");
+        let body = json!({"new_password": "a new password", "auth": with_password(&reply["session"], PASSWORD)});
+        s.ok(Method::POST, "/account/password", &laptop, Some(body)).await;
+        let left = s.pushers_until(&laptop, |p| p.len() == 1).await;
+        assert_eq!(left[0]["pushkey"], "laptop", "[{at}] the device that changed it keeps its pusher");
+        s.fails(Method::GET, "/pushers", Some(&phone), "", 401, "M_UNKNOWN_TOKEN").await;
     }
 }

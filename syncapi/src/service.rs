@@ -15,6 +15,7 @@ use crate::consumers::clientapi_keychange::KeyChangeConsumer;
 use crate::consumers::edu_receipt::ReceiptConsumer;
 use crate::consumers::edu_todevice::ToDeviceConsumer;
 use crate::consumers::edu_typing::TypingConsumer;
+use crate::consumers::pusher_counts::CountsConsumer;
 use crate::consumers::roomserver_output::OutputConsumer;
 use crate::notifier::Notifier;
 use crate::routing::{AppState, router};
@@ -36,6 +37,8 @@ pub const RECEIPT_GROUP: &str = "syncapi.receipt";
 pub const TO_DEVICE_GROUP: &str = "syncapi.todevice";
 /// Consumer group of key counts and device list changes.
 pub const KEY_CHANGE_GROUP: &str = "syncapi.keychange";
+/// Consumer group of the notification counts.
+pub const COUNTS_GROUP: &str = "syncapi.counts";
 
 pub struct Started {
     pub router: axum::Router,
@@ -102,6 +105,12 @@ pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -
             KEY_CHANGE_GROUP,
             myelin_clientapi::api::KEY_CHANGE_TOPIC,
             Arc::new(KeyChangeConsumer { storage: storage.clone(), notifier: notifier.clone() }),
+            shutdown.clone(),
+        ),
+        bus.consume(
+            COUNTS_GROUP,
+            myelin_pusher::api::COUNTS_TOPIC,
+            Arc::new(CountsConsumer { storage: storage.clone() }),
             shutdown,
         ),
     ];

@@ -122,9 +122,35 @@ pub struct RoomServer {
 #[serde(default, deny_unknown_fields)]
 pub struct SyncApi {}
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Pusher {}
+pub struct Pusher {
+    /// The most a push gateway is told about an event (DESIGN.md invariant
+    /// 9); a pusher's own `format` and encrypted rooms can only lower it.
+    pub content: PushContent,
+    /// Lets push gateway requests reach loopback and private addresses.
+    /// Tests and single-network deployments only: gateway URLs come from
+    /// users, so by default they may not point inside the server's network.
+    pub allow_private_gateways: bool,
+    /// How long a notification is retried (with exponential backoff) before
+    /// it is dropped, in seconds; also the oldest an event may be and still
+    /// be pushed (older ones are only counted).
+    pub give_up_after_secs: u64,
+}
+
+/// How much of an event a push gateway receives, least first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushContent {
+    /// Only the counts (and devices, priority): the app wakes and fetches.
+    None,
+    /// The event and room ids besides the counts.
+    EventIdOnly,
+    /// Everything but the event's `content`.
+    Metadata,
+    /// The spec's whole notification, `content` included.
+    Full,
+}
 
 pub const DEFAULT_DATA_DIR: &str = "./myelin-data";
 
@@ -183,6 +209,12 @@ impl FederationApi {
             key_denylist: Vec::new(),
             old_verify_keys: BTreeMap::new(),
         }
+    }
+}
+
+impl Default for Pusher {
+    fn default() -> Self {
+        Self { content: PushContent::Full, allow_private_gateways: false, give_up_after_secs: 24 * 60 * 60 }
     }
 }
 

@@ -1,3 +1,4 @@
 //! Records the pusher publishes, after the change they describe is committed.
 
 pub mod account_data;
+pub mod counts;

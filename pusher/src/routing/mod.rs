@@ -1,6 +1,7 @@
 //! HTTP handlers, mounted under both `/_matrix/client/v3` and the legacy `r0`.
 
 mod extract;
+mod notifications;
 mod push_rules;
 mod pushers;
 
@@ -36,7 +37,8 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{rule}/enabled"), get(push_rules::get_enabled).put(push_rules::put_enabled))
             .route(&format!("{rule}/actions"), get(push_rules::get_actions).put(push_rules::put_actions))
             .route(&format!("{prefix}/pushers"), get(pushers::get_pushers))
-            .route(&format!("{prefix}/pushers/set"), post(pushers::set_pusher));
+            .route(&format!("{prefix}/pushers/set"), post(pushers::set_pusher))
+            .route(&format!("{prefix}/notifications"), get(notifications::get_notifications));
     }
     router.with_state(state)
 }

@@ -1,5 +1,6 @@
 //! Pushers: <https://spec.matrix.org/v1.16/client-server-api/#push-notifications>.
-//! Stored and listed only; nothing delivers to them yet (see the crate doc).
+//! `http` pushers receive notifications (`delivery/`); `email` pushers are
+//! stored and listed only.
 
 use axum::Json;
 use axum::extract::State;

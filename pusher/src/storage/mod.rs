@@ -1,14 +1,21 @@
 //! The pusher's own tables: each user's push ruleset (with a version for
-//! optimistic concurrency and whether it was ever published) and pushers.
+//! optimistic concurrency and whether it was ever published), pushers, the
+//! room read model, notifications and the delivery outbox.
 
 mod migrations;
+mod notifications;
+mod outbox;
 mod push_rules;
 mod pushers;
+mod rooms;
 
 use myelin_storage::Db;
 
 pub use migrations::MIGRATIONS;
+pub use notifications::ReceiptScope;
+pub use outbox::OutboxRow;
 pub use pushers::PusherRow;
+pub use rooms::{EventWrite, Membership, NewDelivery, NewNotification, RoomSnapshot, StateEntry};
 
 /// The name the pusher's migrations are recorded under.
 pub const COMPONENT: &str = "pusher";

@@ -5,4 +5,5 @@ pub mod clientapi_keychange;
 pub mod edu_receipt;
 pub mod edu_todevice;
 pub mod edu_typing;
+pub mod pusher_counts;
 pub mod roomserver_output;

@@ -339,6 +339,7 @@ async fn room_body(
         return Ok(None);
     }
     let identity = &request.identity;
+    let (unread, unread_threads) = storage.counts(identity.user_id.as_str(), room_id).await?;
     Ok(Some(json!({
         "timeline": {
             "events": events.iter().map(|e| format_event(e, None, identity)).collect::<Vec<_>>(),
@@ -348,7 +349,8 @@ async fn room_body(
         "state": { "events": state_events.iter().map(|e| format_event(e, None, identity)).collect::<Vec<_>>() },
         "ephemeral": { "events": extras.ephemeral },
         "account_data": { "events": extras.account_data },
-        "unread_notifications": { "highlight_count": 0, "notification_count": 0 },
+        "unread_notifications": unread,
+        "unread_thread_notifications": unread_threads,
         "summary": {},
     })))
 }

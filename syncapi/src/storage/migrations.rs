@@ -91,6 +91,7 @@ CREATE TABLE syncapi_filters (
     Migration { version: 2, sqlite: V2, postgres: V2 },
     Migration { version: 3, sqlite: V3_SQLITE, postgres: V3_POSTGRES },
     Migration { version: 4, sqlite: V4_SQLITE, postgres: V4_POSTGRES },
+    Migration { version: 5, sqlite: V5, postgres: V5 },
 ];
 
 /// Account data and receipts: the latest value per key, each carrying the
@@ -157,5 +158,14 @@ CREATE TABLE syncapi_key_counts (
 CREATE TABLE syncapi_device_list_changes (
     stream_pos BIGSERIAL PRIMARY KEY,
     user_id TEXT NOT NULL
+);
+"#;
+
+/// Notification counts from `pusher.counts`: the latest per (user, room).
+const V5: &str = r#"
+CREATE TABLE syncapi_notification_counts (
+    user_id TEXT NOT NULL, room_id TEXT NOT NULL,
+    notification_count BIGINT NOT NULL, highlight_count BIGINT NOT NULL, threads TEXT NOT NULL,
+    PRIMARY KEY (user_id, room_id)
 );
 "#;

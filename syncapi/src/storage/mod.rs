@@ -8,6 +8,7 @@
 //! never look past the position the notifier published.
 
 mod account_data;
+mod counts;
 mod keys;
 mod migrations;
 mod receipts;

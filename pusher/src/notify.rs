@@ -1,0 +1,269 @@
+//! Who is notified of an event and how (DESIGN.md invariant 8): local users
+//! joined to the room after the event (or the local invitee of an invite),
+//! except the sender and users ignoring the sender, who may see the event
+//! under history visibility (`myelin-visibility`, the rules `/sync` uses),
+//! and whose push rules (ruma's evaluation with the room's member count,
+//! their display name and the power levels) say `notify`. Historical
+//! events never get here; rejected and soft-failed ones never reach
+//! `roomserver.output` at all.
+
+use std::collections::{BTreeSet, HashMap};
+
+use myelin_config::PushContent;
+use myelin_roomserver::api::{NewRoomEvent, StateDelta};
+use myelin_types::events::client_event;
+use myelin_types::ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsSource};
+use myelin_types::ruma::push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx};
+use myelin_types::ruma::room_version_rules::RoomVersionRules;
+use myelin_types::ruma::serde::Raw;
+use myelin_types::ruma::{OwnedRoomId, OwnedUserId, RoomVersionId, ServerName, UInt};
+use myelin_visibility::{HistoryVisibility, RoomView};
+use serde_json::{Map, Value, json};
+
+use crate::PusherError;
+use crate::gating::{self, EventInfo};
+use crate::rules::PushRules;
+use crate::storage::{EventWrite, Membership, NewDelivery, NewNotification, RoomSnapshot, StateEntry, Storage};
+
+const MEMBER: &str = "m.room.member";
+
+pub struct Notifier<'a> {
+    pub storage: &'a Storage,
+    pub rules: &'a PushRules,
+    pub server_name: &'a ServerName,
+    pub content: PushContent,
+    /// Events older than this (by `origin_server_ts`) are counted but not
+    /// sent to gateways: a pusher reading `roomserver.output` from the
+    /// start (a new deployment of it) must not replay years of pushes.
+    pub max_push_age_ms: i64,
+}
+
+/// What recording an event produced: the write, and the users whose counts changed.
+pub struct Outcome<'a> {
+    pub write: EventWrite<'a>,
+    pub notified: BTreeSet<String>,
+}
+
+fn text<'v>(value: &'v Value, key: &str) -> Option<&'v str> {
+    value.get(key).and_then(Value::as_str)
+}
+
+/// The `set_tweak` actions as the tweaks object a gateway receives.
+fn tweaks(actions: &Value) -> Map<String, Value> {
+    let mut tweaks = Map::new();
+    for action in actions.as_array().into_iter().flatten() {
+        if let Some(name) = text(action, "set_tweak") {
+            tweaks.insert(name.to_owned(), action.get("value").cloned().unwrap_or(Value::Bool(true)));
+        }
+    }
+    tweaks
+}
+
+/// The thread an event belongs to (its root's id), `""` for the main timeline.
+fn thread_of(content: &Value) -> String {
+    let relates = content.get("m.relates_to");
+    match relates.and_then(|r| text(r, "rel_type")) {
+        Some("m.thread") => relates.and_then(|r| text(r, "event_id")).unwrap_or_default().to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// The power levels context ruma needs for `sender_notification_permission`.
+fn power_levels(room: &RoomSnapshot) -> PushConditionPowerLevelsCtx {
+    let version = room.room_version.as_deref().and_then(|v| RoomVersionId::try_from(v).ok());
+    // An unknown version is one the room server accepted anyway: assume the newest rules.
+    let authorization = version.and_then(|v| v.rules()).unwrap_or(RoomVersionRules::V12).authorization;
+    let mut creators = Vec::new();
+    if let Some(create) = room.get("m.room.create", "") {
+        creators.extend(OwnedUserId::try_from(create.sender.as_str()).ok());
+        let additional = create.content.get("additional_creators").and_then(Value::as_array);
+        creators.extend(additional.into_iter().flatten().filter_map(|u| u.as_str()?.try_into().ok()));
+    }
+    let source = match room.get("m.room.power_levels", "").map(|e| serde_json::from_value(e.content.clone())) {
+        Some(Ok(content)) => RoomPowerLevelsSource::Original(content),
+        _ => RoomPowerLevelsSource::None,
+    };
+    RoomPowerLevels::new(source, &authorization, creators).into()
+}
+
+impl Notifier<'_> {
+    /// Apply the event to the room read model and decide who is notified;
+    /// `room` is the state before the event.
+    pub async fn evaluate<'e>(
+        &self,
+        new: &'e NewRoomEvent,
+        mut room: RoomSnapshot,
+        now_ms: i64,
+    ) -> Result<Outcome<'e>, PusherError> {
+        let event = &new.event;
+        let pdu = &event.pdu;
+        let room_id = event.room_id.as_str();
+        // Backfilled history sits before everything recorded: at position 0
+        // a receipt for it marks nothing read, and it moves no current state.
+        let pos = if new.historical { 0 } else { room.last_pos + 1 };
+        let sender = text(pdu, "sender").unwrap_or_default();
+        let event_type = text(pdu, "type").unwrap_or_default();
+        let state_key = text(pdu, "state_key");
+        let content = pdu.get("content").cloned().unwrap_or_else(|| json!({}));
+
+        // The state after the event, and the changes the visibility rules read.
+        let mut added = Vec::new();
+        let mut memberships = Vec::new();
+        let mut visibility = None;
+        let delta = if new.historical { &StateDelta::default() } else { &new.state_delta };
+        for (t, k) in &delta.removed {
+            room.state.remove(&(t.clone(), k.clone()));
+        }
+        for state in &delta.added {
+            let (Some(t), Some(k)) = (text(&state.pdu, "type"), text(&state.pdu, "state_key")) else { continue };
+            let entry = StateEntry {
+                sender: text(&state.pdu, "sender").unwrap_or_default().to_owned(),
+                content: state.pdu.get("content").cloned().unwrap_or_else(|| json!({})),
+            };
+            if t == MEMBER {
+                let membership = text(&entry.content, "membership").unwrap_or("leave");
+                memberships.push((k.to_owned(), membership.to_owned()));
+            }
+            if t == "m.room.history_visibility" && k.is_empty() {
+                visibility = Some(HistoryVisibility::from_content(Some(&entry.content)));
+            }
+            room.state.insert((t.to_owned(), k.to_owned()), entry.clone());
+            added.push(((t.to_owned(), k.to_owned()), entry));
+        }
+
+        let client = client_event(pdu, event.event_id.as_str(), room_id);
+        let mut write = EventWrite {
+            room_id,
+            room_version: &new.room_version,
+            event_id: event.event_id.as_str(),
+            pos,
+            ts: pdu.get("origin_server_ts").and_then(Value::as_i64).unwrap_or_default(),
+            event: client,
+            added,
+            removed: delta.removed.clone(),
+            memberships,
+            visibility,
+            notifications: Vec::new(),
+            deliveries: Vec::new(),
+            now_ms,
+        };
+        let mut notified = BTreeSet::new();
+        if new.historical {
+            return Ok(Outcome { write, notified });
+        }
+
+        let joined: Vec<&str> = room.memberships().filter(|(_, m)| *m == "join").map(|(u, _)| u).collect();
+        let mut candidates: BTreeSet<&str> = joined.iter().copied().collect();
+        if event_type == MEMBER && text(&content, "membership") == Some("invite") {
+            candidates.extend(state_key);
+        }
+        let ignoring: BTreeSet<String> = self.storage.ignoring(sender).await?.into_iter().collect();
+        candidates.retain(|user| {
+            *user != sender
+                && !ignoring.contains(*user)
+                && OwnedUserId::try_from(*user).is_ok_and(|u| u.server_name() == self.server_name)
+        });
+        if candidates.is_empty() {
+            return Ok(Outcome { write, notified });
+        }
+
+        let mut log = self.storage.membership_log(room_id).await?;
+        for (user, membership) in &write.memberships {
+            log.entry(user.clone()).or_default().push(Membership { pos, membership: membership.clone() });
+        }
+        let mut history = self.storage.visibility_log(room_id).await?;
+        if let Some(visibility) = visibility {
+            history.push(myelin_visibility::HistoryChange { pos, visibility });
+        }
+        let member_count = UInt::try_from(joined.len() as u64).unwrap_or_default();
+        let power_levels = power_levels(&room);
+        let raw: Raw<Value> = Raw::new(pdu).map_err(|e| PusherError::Corrupt(e.to_string()))?;
+        let owned_room_id: OwnedRoomId = event.room_id.clone();
+        let display_name =
+            |user: &str| room.get(MEMBER, user).and_then(|m| text(&m.content, "displayname")).map(str::to_owned);
+        let encrypted = room.get("m.room.encryption", "").is_some();
+        let room_name = room.get("m.room.name", "").and_then(|e| text(&e.content, "name")).filter(|n| !n.is_empty());
+        let sender_name = display_name(sender);
+        let thread_id = thread_of(&content);
+        let no_changes = Vec::new();
+        let mut pushers_of: HashMap<String, Vec<crate::storage::PusherRow>> = HashMap::new();
+
+        for user in candidates {
+            let changes = log.get(user).unwrap_or(&no_changes);
+            if !RoomView::new(changes, history.clone()).can_see(pos) {
+                continue;
+            }
+            let user_id = OwnedUserId::try_from(user).map_err(|e| PusherError::Corrupt(e.to_string()))?;
+            let ctx = PushConditionRoomCtx::new(
+                owned_room_id.clone(),
+                member_count,
+                user_id.clone(),
+                display_name(user).unwrap_or_default(),
+            )
+            .with_power_levels(power_levels.clone());
+            let ruleset = self.rules.cached(&user_id).await?;
+            let actions = ruleset.get_actions(&raw, &ctx).await;
+            if !actions.iter().any(|a| a.should_notify()) {
+                continue;
+            }
+            let highlight = actions.iter().any(|a| a.is_highlight());
+            let actions = serde_json::to_value(actions).map_err(|e| PusherError::Corrupt(e.to_string()))?;
+            let tweaks = tweaks(&actions);
+            write.notifications.push(NewNotification {
+                user_id: user.to_owned(),
+                thread_id: thread_id.clone(),
+                highlight,
+                actions: actions.clone(),
+            });
+            notified.insert(user.to_owned());
+
+            if !pushers_of.contains_key(user) {
+                pushers_of.insert(user.to_owned(), self.storage.pushers(user).await?);
+            }
+            let pushers = &pushers_of[user];
+            if now_ms.saturating_sub(write.ts) > self.max_push_age_ms || !pushers.iter().any(|p| p.kind == "http") {
+                continue;
+            }
+            // This event's notification is not stored yet.
+            let unread = self.storage.unread_total(user).await? + 1;
+            let info = EventInfo {
+                event_id: event.event_id.as_str(),
+                room_id,
+                event_type,
+                sender,
+                sender_display_name: sender_name.as_deref(),
+                room_name,
+                content: &content,
+                user_is_target: (event_type == MEMBER).then(|| state_key == Some(user)),
+            };
+            let high = highlight || tweaks.contains_key("sound");
+            for pusher in pushers.iter().filter(|p| p.kind == "http") {
+                let Some(url) = text(&pusher.data, "url") else { continue };
+                let level = gating::effective(self.content, &pusher.data, encrypted);
+                let device = gating::device(&pusher.app_id, &pusher.pushkey, &pusher.data, &tweaks);
+                write.deliveries.push(NewDelivery {
+                    user_id: user.to_owned(),
+                    app_id: pusher.app_id.clone(),
+                    pushkey: pusher.pushkey.clone(),
+                    url: url.to_owned(),
+                    body: gating::body(level, &info, unread, device, high),
+                });
+            }
+        }
+        Ok(Outcome { write, notified })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_and_tweaks_are_read_from_json() {
+        assert_eq!(thread_of(&json!({"m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}})), "$root");
+        assert_eq!(thread_of(&json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": "$x"}})), "");
+        assert_eq!(thread_of(&json!({})), "");
+        let actions = json!(["notify", {"set_tweak": "sound", "value": "default"}, {"set_tweak": "highlight"}]);
+        assert_eq!(Value::Object(tweaks(&actions)), json!({"sound": "default", "highlight": true}));
+    }
+}

@@ -1,0 +1,24 @@
+//! `pusher.counts`: each user's notification counts per room, kept for
+//! `/sync`. A record is the whole value, so a redelivery changes nothing.
+//! No wake-up: counts change with events and receipts, which wake `/sync`
+//! themselves, and the next response carrying the room shows them.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use myelin_bus::{HandleError, Handler, Record};
+use myelin_pusher::api::RoomCounts;
+
+use crate::storage::Storage;
+
+pub struct CountsConsumer {
+    pub storage: Arc<Storage>,
+}
+
+#[async_trait]
+impl Handler for CountsConsumer {
+    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        let counts: RoomCounts = record.json().map_err(|e| HandleError::Poison(format!("undecodable counts: {e}")))?;
+        self.storage.put_counts(&counts).await.map_err(|e| HandleError::Transient(e.to_string()))
+    }
+}
