@@ -7,7 +7,6 @@ mod consumers;
 mod error;
 pub mod filter;
 mod notifier;
-mod redaction;
 mod routing;
 pub mod service;
 mod storage;

@@ -11,4 +11,5 @@ pub use ruma;
 pub mod auth;
 pub mod events;
 pub mod json;
+pub mod redaction;
 pub mod signing;

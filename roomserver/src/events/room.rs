@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use myelin_types::redaction::{RoomAuth, may_redact};
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::{EventsReferenceFormatVersion, RoomVersionRules};
 use ruma::signatures::reference_hash;
@@ -17,6 +18,11 @@ use super::pdu::Pdu;
 use crate::api::StoredEvent;
 use crate::error::RequestError;
 use crate::storage::{EventStatus, NewEvent, StateMap, Tx, append_state};
+
+/// The fields of a stored PDU that [`may_redact`] reads.
+fn pdu_json(pdu: &Pdu) -> Result<Value, RequestError> {
+    Ok(json!({ "sender": pdu.sender, "content": serde_json::from_str::<Value>(pdu.content.get())? }))
+}
 
 /// At most this many `prev_events` per PDU.
 const MAX_PREV_EVENTS: i64 = 20;
@@ -169,8 +175,40 @@ impl Room {
             state.get(&(kind.to_string(), key.to_owned())).and_then(Option::as_ref)
         })
         .map_err(RequestError::Forbidden)?;
+        if event_type == "m.room.redaction" {
+            self.check_redaction(tx, sender, content, &create).await?;
+        }
 
         self.persist(tx, built.event_id, built.json, built.pdu, depth).await
+    }
+
+    /// A local user may redact another user's event only with the power to:
+    /// from room version 3 on the auth rules accept any redaction, and
+    /// whether it takes effect is decided where it is applied. Redactions of
+    /// events this server does not have in the room are let through.
+    async fn check_redaction(
+        &mut self,
+        tx: &mut Tx,
+        sender: &UserId,
+        content: &Value,
+        create: &Pdu,
+    ) -> Result<(), RequestError> {
+        let Some(target) = content.get("redacts").and_then(Value::as_str) else { return Ok(()) };
+        let Some(json) = tx.event_pdu(target).await? else { return Ok(()) };
+        let target: Value = serde_json::from_str(&json)?;
+        let author = target["sender"].as_str().and_then(|id| <&UserId>::try_from(id).ok());
+        let Some(author) = author.filter(|_| target["room_id"] == self.room_id.as_str()) else { return Ok(()) };
+        let power_levels = match self.state_event(tx, "m.room.power_levels", "").await? {
+            Some(pdu) => Some(pdu_json(pdu)?),
+            None => None,
+        };
+        let create = pdu_json(create)?;
+        let room = RoomAuth { rules: &self.rules, create: Some(&create), power_levels: power_levels.as_ref() };
+        if may_redact(&room, sender, author) {
+            Ok(())
+        } else {
+            Err(RequestError::Forbidden("You may not redact other users' events in this room".into()))
+        }
     }
 
     /// Where a new event would go: its auth events from the current state,

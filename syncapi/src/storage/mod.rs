@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 
 use myelin_roomserver::api::NewRoomEvent;
 use myelin_storage::{Db, WritePool, sqlx, with_db};
+use myelin_types::redaction;
 use myelin_types::ruma::UserId;
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -25,7 +26,6 @@ use tokio::sync::Mutex;
 pub use migrations::MIGRATIONS;
 
 use crate::SyncApiError;
-use crate::redaction;
 use crate::visibility::{HistoryChange, HistoryVisibility};
 
 const MEMBER: &str = "m.room.member";

@@ -1,22 +1,23 @@
-//! Applying redactions to the events the sync API serves.
+//! Who may redact what, and what a redacted event keeps.
 //!
 //! The authorization rules accept any redaction from room version 3 on; who
-//! may actually redact what is decided where the redaction is applied.
-//! Here a redaction takes effect when its sender sent the event, or has the
-//! power to redact other users' events (the room's `redact` level, or a v12
+//! may actually redact what is decided where redactions are made and applied
+//! (the room server refuses a local user's redaction of another's event
+//! without the power; the sync API applies a redaction only when allowed).
+//! A redaction is allowed when its sender sent the event, or has the power
+//! to redact other users' events (the room's `redact` level, or a v12
 //! creator's unlimited power).
 //!
 //! Spec: <https://spec.matrix.org/v1.16/client-server-api/#redactions>
 
-use myelin_types::ruma::canonical_json::{RedactedBecause, redact};
-use myelin_types::ruma::events::room::power_levels::{
-    RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource,
-};
-use myelin_types::ruma::room_version_rules::RoomVersionRules;
-use myelin_types::ruma::{CanonicalJsonObject, OwnedUserId, RoomVersionId, UserId};
+use ruma::canonical_json::{RedactedBecause, redact};
+use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::{CanonicalJsonObject, OwnedUserId, RoomVersionId, UserId};
 use serde_json::Value;
 
-/// The room facts a redaction's authorization reads, from current state.
+/// The room facts a redaction's authorization reads, from current state:
+/// the create and power levels events (at least `sender` and `content`).
 pub struct RoomAuth<'a> {
     pub rules: &'a RoomVersionRules,
     pub create: Option<&'a Value>,
