@@ -21,6 +21,8 @@ pub enum PusherError {
     Bus(#[from] BusError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the configured server name {0:?} is not valid")]
+    ServerName(String),
     /// The HTTP client for push gateways could not be built.
     #[error("push gateway client: {0}")]
     Http(String),

@@ -38,7 +38,7 @@ pub struct Started {
 
 pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -> Result<Started, PusherError> {
     let server_name = OwnedServerName::try_from(config.global.server_name.as_str())
-        .map_err(|e| PusherError::Corrupt(format!("server name {:?}: {e}", config.global.server_name)))?;
+        .map_err(|_| PusherError::ServerName(config.global.server_name.clone()))?;
     let storage = Arc::new(Storage::open(db).await?);
     let auth = Arc::new(TokenResolver::new(bus.clone()));
     let rules = Arc::new(PushRules::new(storage.clone(), bus.clone()));

@@ -389,6 +389,21 @@ mod tests {
     }
 
     #[test]
+    fn push_settings_parse_and_bad_levels_are_refused() {
+        let yaml = "pusher:\n  content: event_id_only\n  give_up_after_secs: 60\n";
+        let config =
+            Config::from_sources(Some(yaml), env(&[("MYELIN_PUSHER__ALLOW_PRIVATE_GATEWAYS", "true")])).unwrap();
+        assert_eq!(config.pusher.content, crate::PushContent::EventIdOnly);
+        assert_eq!(config.pusher.give_up_after_secs, 60);
+        assert!(config.pusher.allow_private_gateways);
+        assert_eq!(Config::default().pusher.content, crate::PushContent::Full);
+        assert!(!Config::default().pusher.allow_private_gateways);
+        let refused = errors(Some("pusher:\n  content: everything\n"), &[]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].contains("content"), "{refused:?}");
+    }
+
+    #[test]
     fn an_empty_override_unsets_an_optional_value() {
         let yaml = "client_api:\n  registration_shared_secret: s3cret\n";
         let config =

@@ -34,6 +34,8 @@ const LEASE_MS: i64 = 120_000;
 /// The first retry's delay; each further one doubles it, up to [`MAX_BACKOFF_MS`].
 const FIRST_BACKOFF_MS: i64 = 1_000;
 const MAX_BACKOFF_MS: i64 = 3_600_000;
+/// Gateway requests in flight at once, at most; the rest wait for the next round.
+const MAX_IN_FLIGHT: i64 = 64;
 /// How often due retries are looked for when nothing new arrives.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -102,11 +104,13 @@ impl Delivery {
         self.clock.now_ms() as i64
     }
 
-    /// Send every pusher's oldest due row, concurrently.
+    /// Send every pusher's oldest due row (up to [`MAX_IN_FLIGHT`]), concurrently.
     async fn round(self: Arc<Self>) -> Result<(), PusherError> {
         let now = self.now_ms();
         let mut attempts = JoinSet::new();
-        for row in self.storage.due_deliveries(now).await? {
+        let due = self.storage.due_deliveries(now, MAX_IN_FLIGHT).await?;
+        let more = due.len() as i64 == MAX_IN_FLIGHT;
+        for row in due {
             if self.storage.claim_delivery(&row, now + LEASE_MS).await? {
                 attempts.spawn(self.clone().attempt(row));
             }
@@ -117,6 +121,10 @@ impl Delivery {
                 Err(error) => tracing::error!(%error, "push delivery task failed"),
                 Ok(Ok(())) => {}
             }
+        }
+        // A full round may have left due rows behind: go again at once.
+        if more {
+            self.wake();
         }
         Ok(())
     }

@@ -26,15 +26,17 @@ pub struct OutboxRow {
 type Row = (i64, String, String, String, String, String, i64, i64, i64);
 
 impl Storage {
-    /// The oldest waiting request of each pusher, if it is due at `now_ms`.
-    pub async fn due_deliveries(&self, now_ms: i64) -> Result<Vec<OutboxRow>, PusherError> {
+    /// The oldest waiting request of each pusher, if it is due at `now_ms`;
+    /// at most `limit` of them, oldest first.
+    pub async fn due_deliveries(&self, now_ms: i64, limit: i64) -> Result<Vec<OutboxRow>, PusherError> {
         let rows: Vec<Row> = with_db!(&self.db, pool => {
             sqlx::query_as(
                 "SELECT id, user_id, app_id, pushkey, url, body, created_ms, attempts, next_attempt_ms \
                  FROM pusher_outbox WHERE id IN (SELECT MIN(id) FROM pusher_outbox GROUP BY user_id, app_id, pushkey) \
-                 AND next_attempt_ms <= $1 ORDER BY id",
+                 AND next_attempt_ms <= $1 ORDER BY id LIMIT $2",
             )
             .bind(now_ms)
+            .bind(limit)
             .fetch_all(pool)
             .await?
         });
