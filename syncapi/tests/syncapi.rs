@@ -1518,3 +1518,77 @@ async fn device_keys_one_time_keys_and_device_list_changes() {
         }
     }
 }
+
+#[tokio::test]
+async fn search_finds_visible_messages_with_every_word() {
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let (room, _) = s.shared_room(&alice, &bob).await;
+        let created = s.client(reqwest::Method::POST, "/createRoom", &alice, json!({"name": "Alice only"})).await;
+        let private = created["room_id"].as_str().unwrap().to_owned();
+        s.send_text(&alice, &private, "p1", "the quick brown fox, privately").await;
+        for (i, text) in
+            ["The Quick brown fox", "a quick brown dog", "nothing here", "QUICK BROWN FOXES"].iter().enumerate()
+        {
+            s.send_text(&alice, &room, &format!("s{i}"), text).await;
+        }
+        let last = s.send_text(&bob, &room, "b1", "100% quick_brown").await;
+        s.settle(&bob, &last).await;
+
+        let search = |token: &str, body: Value, query: &str| {
+            let url = format!("{}/_matrix/client/v3/search{query}", s.base);
+            let request = s.http.post(url).bearer_auth(token.to_owned()).json(&body);
+            async move {
+                let response = request.send().await.unwrap();
+                (response.status().as_u16(), response.json::<Value>().await.unwrap())
+            }
+        };
+        let criteria = |term: &str, extra: Value| {
+            let mut room_events = json!({"search_term": term});
+            room_events.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            json!({"search_categories": {"room_events": room_events}})
+        };
+        let texts = |reply: &Value| -> Vec<String> {
+            reply["search_categories"]["room_events"]["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["result"]["content"]["body"].as_str().unwrap().to_owned())
+                .collect()
+        };
+
+        // Every word, any case, newest first; Bob never sees Alice's private room.
+        let (status, reply) = search(&bob, criteria("fox QUICK", json!({})), "").await;
+        assert_eq!(status, 200, "[{}] {reply}", s.name);
+        assert_eq!(texts(&reply), ["QUICK BROWN FOXES", "The Quick brown fox"], "[{}]", s.name);
+        assert_eq!(reply["search_categories"]["room_events"]["results"][0]["result"]["room_id"], room);
+        let (_, reply) = search(&alice, criteria("fox privately", json!({})), "").await;
+        assert_eq!(texts(&reply), ["the quick brown fox, privately"], "[{}]", s.name);
+        // LIKE wildcards in the term match only themselves.
+        let (_, reply) = search(&bob, criteria("100%", json!({})), "").await;
+        assert_eq!(texts(&reply), ["100% quick_brown"], "[{}]", s.name);
+
+        // Pages of two, then the rest.
+        let (_, first) = search(&bob, criteria("quick", json!({"filter": {"limit": 2}})), "").await;
+        assert_eq!(texts(&first), ["100% quick_brown", "QUICK BROWN FOXES"], "[{}]", s.name);
+        let next = first["search_categories"]["room_events"]["next_batch"].as_str().unwrap().to_owned();
+        let (_, second) =
+            search(&bob, criteria("quick", json!({"filter": {"limit": 2}})), &format!("?next_batch={next}")).await;
+        assert_eq!(texts(&second), ["a quick brown dog", "The Quick brown fox"], "[{}]", s.name);
+        let (_, senders) = search(&bob, criteria("quick", json!({"filter": {"senders": [BOB]}})), "").await;
+        assert_eq!(texts(&senders), ["100% quick_brown"], "[{}]", s.name);
+
+        for (body, query) in [
+            (criteria("quick", json!({"keys": ["content.nope"]})), ""),
+            (criteria("   ", json!({})), ""),
+            (criteria("quick", json!({"order_by": "alphabetical"})), ""),
+            (criteria("quick", json!({})), "?next_batch=abc"),
+        ] {
+            let (status, reply) = search(&bob, body.clone(), query).await;
+            assert_eq!((status, reply["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "[{}] {body}", s.name);
+        }
+        let (status, reply) = search(&bob, json!({"search_categories": "x"}), "").await;
+        assert_eq!((status, reply["errcode"].as_str()), (400, Some("M_BAD_JSON")), "[{}]", s.name);
+    }
+}

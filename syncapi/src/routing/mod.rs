@@ -4,6 +4,7 @@ mod filter;
 mod keys;
 mod messages;
 mod room_events;
+mod search;
 mod sync;
 
 use std::collections::HashMap;
@@ -43,7 +44,8 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{prefix}/rooms/{{roomId}}/messages"), get(messages::messages))
             .route(&format!("{prefix}/rooms/{{roomId}}/event/{{eventId}}"), get(room_events::event))
             .route(&format!("{prefix}/rooms/{{roomId}}/context/{{eventId}}"), get(room_events::context))
-            .route(&format!("{prefix}/keys/changes"), get(keys::changes));
+            .route(&format!("{prefix}/keys/changes"), get(keys::changes))
+            .route(&format!("{prefix}/search"), post(search::search));
     }
     router.with_state(state)
 }

@@ -398,6 +398,40 @@ impl Storage {
         rows.into_iter().map(to_row).collect()
     }
 
+    /// Up to `limit` searchable timeline events (messages, names, topics),
+    /// newest first, before stream position `before`, in rooms `user_id` is
+    /// joined to, whose JSON contains `needle` in any letter case (a coarse
+    /// filter: callers check the searched field itself).
+    pub async fn search_candidates(
+        &self,
+        user_id: &str,
+        needle: &str,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, EventRow)>, SyncApiError> {
+        let pattern =
+            format!("%{}%", needle.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        type Row = (String, i64, String, String, Option<String>, Option<String>);
+        let rows: Vec<Row> = with_db!(&self.db, pool => {
+            sqlx::query_as(
+                "SELECT room_id, stream_pos, event_id, pdu, txn_device_id, txn_id FROM syncapi_events \
+                 WHERE timeline = 1 AND stream_pos < $1 AND lower(pdu) LIKE $2 ESCAPE '\\' \
+                 AND event_type IN ('m.room.message', 'm.room.name', 'm.room.topic') \
+                 AND room_id IN (SELECT room_id FROM syncapi_memberships WHERE user_id = $3 AND membership = 'join') \
+                 ORDER BY stream_pos DESC LIMIT $4",
+            )
+            .bind(before)
+            .bind(&pattern)
+            .bind(user_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(room_id, pos, event_id, pdu, device, txn)| Ok((room_id, to_row((pos, event_id, pdu, device, txn))?)))
+            .collect()
+    }
+
     /// One event of a room by id, timeline or state.
     pub async fn event(&self, room_id: &str, event_id: &str) -> Result<Option<EventRow>, SyncApiError> {
         let row: Option<Row5> = with_db!(&self.db, pool => {
