@@ -1592,3 +1592,83 @@ async fn search_finds_visible_messages_with_every_word() {
         assert_eq!((status, reply["errcode"].as_str()), (400, Some("M_BAD_JSON")), "[{}]", s.name);
     }
 }
+
+#[tokio::test]
+async fn relations_and_threads_of_an_event() {
+    use reqwest::Method;
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let carol = s.register("carol").await;
+        let body = json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}]});
+        let room = s.client(Method::POST, "/createRoom", &alice, body).await["room_id"].as_str().unwrap().to_owned();
+        s.client(Method::POST, &format!("/rooms/{room}/join"), &bob, json!({})).await;
+        let root = s.send_text(&alice, &room, "r", "root").await;
+        let thread = |n: u32| {
+            json!({"msgtype": "m.text", "body": format!("in thread {n}"),
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root}})
+        };
+        let first = s.send_json(&alice, &room, "m.room.message", "t1", thread(1)).await;
+        let edit = s.send_json(&alice, &room, "m.room.message", "e1", json!({"msgtype": "m.text", "body": "* root",
+            "m.new_content": {"msgtype": "m.text", "body": "root"}, "m.relates_to": {"rel_type": "m.replace", "event_id": root}}))
+        .await;
+        let reaction = s
+            .send_json(
+                &alice,
+                &room,
+                "m.reaction",
+                "k1",
+                json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": "👍"}}),
+            )
+            .await;
+        let second = s.send_json(&alice, &room, "m.room.message", "t2", thread(2)).await;
+        s.settle(&bob, &second).await;
+
+        let v1 = |path: String| format!("/_matrix/client/v1/rooms/{room}/{path}");
+        let ids = |body: &Value| ids(body["chunk"].as_array().unwrap());
+        let (status, all) = s.get(&v1(format!("relations/{}", enc(&root))), Some(&bob)).await;
+        assert_eq!(status, 200, "[{}] {all}", s.name);
+        assert_eq!(ids(&all), [second.clone(), reaction.clone(), edit.clone(), first.clone()], "[{}]", s.name);
+        let (_, threaded) = s.get(&v1(format!("relations/{}/m.thread?dir=f", enc(&root))), Some(&bob)).await;
+        assert_eq!(ids(&threaded), [first.clone(), second.clone()], "[{}]", s.name);
+        let (_, reactions) = s.get(&v1(format!("relations/{}/m.annotation/m.reaction", enc(&root))), Some(&bob)).await;
+        assert_eq!(ids(&reactions), [reaction.clone()], "[{}]", s.name);
+
+        // Page by page.
+        let (_, page) = s.get(&v1(format!("relations/{}?limit=3", enc(&root))), Some(&bob)).await;
+        assert_eq!(ids(&page), [second.clone(), reaction.clone(), edit.clone()]);
+        let next = page["next_batch"].as_str().unwrap();
+        let (_, rest) = s.get(&v1(format!("relations/{}?limit=3&from={next}", enc(&root))), Some(&bob)).await;
+        assert_eq!(ids(&rest), [first.clone()]);
+        assert!(rest.get("next_batch").is_none(), "{rest}");
+
+        let (_, threads) = s.get(&v1("threads".to_owned()), Some(&bob)).await;
+        assert_eq!(ids(&threads), [root.clone()], "[{}]", s.name);
+        let (_, mine) = s.get(&v1("threads?include=participated".to_owned()), Some(&bob)).await;
+        assert!(ids(&mine).is_empty(), "[{}] {mine}", s.name);
+        let (_, mine) = s.get(&v1("threads?include=participated".to_owned()), Some(&alice)).await;
+        assert_eq!(ids(&mine), [root.clone()], "[{}]", s.name);
+
+        for (path, status, code) in [
+            (format!("relations/{}?dir=x", enc(&root)), 400, "M_INVALID_PARAM"),
+            (format!("relations/{}?limit=-1", enc(&root)), 400, "M_INVALID_PARAM"),
+            ("threads?include=some".to_owned(), 400, "M_INVALID_PARAM"),
+            ("relations/%24unknown".to_owned(), 404, "M_NOT_FOUND"),
+        ] {
+            let (got, body) = s.get(&v1(path.clone()), Some(&bob)).await;
+            assert_eq!((got, body["errcode"].as_str()), (status, Some(code)), "[{}] {path}: {body}", s.name);
+        }
+        // Carol was never in this room.
+        let (got, body) = s.get(&v1(format!("relations/{}", enc(&root))), Some(&carol)).await;
+        assert_eq!((got, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "[{}]", s.name);
+    }
+}
+
+impl Server {
+    /// An event of any type sent through the client API; its id.
+    async fn send_json(&self, token: &str, room: &str, event_type: &str, txn: &str, content: Value) -> String {
+        let path = format!("/rooms/{room}/send/{event_type}/{txn}");
+        self.client(reqwest::Method::PUT, &path, token, content).await["event_id"].as_str().unwrap().to_owned()
+    }
+}

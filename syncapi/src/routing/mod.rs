@@ -3,6 +3,7 @@
 mod filter;
 mod keys;
 mod messages;
+mod relations;
 mod room_events;
 mod search;
 mod sync;
@@ -47,7 +48,13 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{prefix}/keys/changes"), get(keys::changes))
             .route(&format!("{prefix}/search"), post(search::search));
     }
-    router.with_state(state)
+    let relations = "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}";
+    router
+        .route(relations, get(relations::relations))
+        .route(&format!("{relations}/{{relType}}"), get(relations::relations))
+        .route(&format!("{relations}/{{relType}}/{{eventType}}"), get(relations::relations))
+        .route("/_matrix/client/v1/rooms/{roomId}/threads", get(relations::threads))
+        .with_state(state)
 }
 
 /// The query string as a map (the last of repeated names wins).

@@ -92,6 +92,7 @@ CREATE TABLE syncapi_filters (
     Migration { version: 3, sqlite: V3_SQLITE, postgres: V3_POSTGRES },
     Migration { version: 4, sqlite: V4_SQLITE, postgres: V4_POSTGRES },
     Migration { version: 5, sqlite: V5, postgres: V5 },
+    Migration { version: 6, sqlite: V6, postgres: V6 },
 ];
 
 /// Account data and receipts: the latest value per key, each carrying the
@@ -168,4 +169,16 @@ CREATE TABLE syncapi_notification_counts (
     notification_count BIGINT NOT NULL, highlight_count BIGINT NOT NULL, threads TEXT NOT NULL,
     PRIMARY KEY (user_id, room_id)
 );
+"#;
+
+/// Relations (`m.relates_to` with an `event_id`): threads, edits,
+/// annotations and references, by the event they point at.
+const V6: &str = r#"
+CREATE TABLE syncapi_relations (
+    room_id TEXT NOT NULL, parent_id TEXT NOT NULL, rel_type TEXT NOT NULL,
+    child_id TEXT NOT NULL, child_type TEXT NOT NULL, child_sender TEXT NOT NULL, stream_pos BIGINT NOT NULL,
+    PRIMARY KEY (child_id)
+);
+CREATE INDEX syncapi_relations_parent ON syncapi_relations (room_id, parent_id, stream_pos);
+CREATE INDEX syncapi_relations_threads ON syncapi_relations (room_id, rel_type, stream_pos);
 "#;

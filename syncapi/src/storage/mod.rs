@@ -90,6 +90,13 @@ fn membership_of(pdu: &Value) -> String {
     pdu.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str).unwrap_or("leave").to_owned()
 }
 
+/// The event a PDU relates to and how (`content.m.relates_to`), for
+/// relation types that name one (not replies, which clients nest).
+fn relation_of(pdu: &Value) -> Option<(&str, &str)> {
+    let relates_to = pdu.get("content")?.get("m.relates_to")?;
+    Some((relates_to.get("event_id")?.as_str()?, relates_to.get("rel_type")?.as_str()?))
+}
+
 /// The stored event `pdu` by `author` as `record`'s redaction leaves it,
 /// or `None` when the redaction does not take effect (see [`redaction`]).
 /// `auth_state` holds the room's current create and power levels events.
@@ -272,6 +279,22 @@ impl Storage {
                     users.insert(state_key.clone());
                 }
             }
+            if let Some((parent, rel_type)) = relation_of(&main.pdu) {
+                sqlx::query(
+                    "INSERT INTO syncapi_relations \
+                     (room_id, parent_id, rel_type, child_id, child_type, child_sender, stream_pos) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (child_id) DO NOTHING",
+                )
+                .bind(room_id)
+                .bind(parent)
+                .bind(rel_type)
+                .bind(main.event_id.as_str())
+                .bind(&main_fields.event_type)
+                .bind(&main_fields.sender)
+                .bind(pos)
+                .execute(&mut *tx)
+                .await?;
+            }
             if let Some(target) = redaction_target.as_deref() {
                 let found: Option<(String, String)> =
                     sqlx::query_as("SELECT sender, pdu FROM syncapi_events WHERE event_id = $1 AND room_id = $2")
@@ -429,6 +452,83 @@ impl Storage {
         });
         rows.into_iter()
             .map(|(room_id, pos, event_id, pdu, device, txn)| Ok((room_id, to_row((pos, event_id, pdu, device, txn))?)))
+            .collect()
+    }
+
+    /// Up to `limit` events relating to `parent` in `(after, upto]`
+    /// (optionally of one relation type and event type), newest first when
+    /// `backwards`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn relations(
+        &self,
+        room_id: &str,
+        parent: &str,
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        after: i64,
+        upto: i64,
+        backwards: bool,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, SyncApiError> {
+        let sql = if backwards {
+            "SELECT e.stream_pos, e.event_id, e.pdu, e.txn_device_id, e.txn_id FROM syncapi_relations r \
+             JOIN syncapi_events e ON e.event_id = r.child_id \
+             WHERE r.room_id = $1 AND r.parent_id = $2 AND ($3 = '' OR r.rel_type = $3) \
+             AND ($4 = '' OR r.child_type = $4) AND r.stream_pos > $5 AND r.stream_pos <= $6 \
+             ORDER BY r.stream_pos DESC LIMIT $7"
+        } else {
+            "SELECT e.stream_pos, e.event_id, e.pdu, e.txn_device_id, e.txn_id FROM syncapi_relations r \
+             JOIN syncapi_events e ON e.event_id = r.child_id \
+             WHERE r.room_id = $1 AND r.parent_id = $2 AND ($3 = '' OR r.rel_type = $3) \
+             AND ($4 = '' OR r.child_type = $4) AND r.stream_pos > $5 AND r.stream_pos <= $6 \
+             ORDER BY r.stream_pos ASC LIMIT $7"
+        };
+        let rows: Vec<Row5> = with_db!(&self.db, pool => {
+            sqlx::query_as(sql)
+                .bind(room_id)
+                .bind(parent)
+                .bind(rel_type.unwrap_or_default())
+                .bind(event_type.unwrap_or_default())
+                .bind(after)
+                .bind(upto)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(to_row).collect()
+    }
+
+    /// Thread roots of the room with their latest reply's position, most
+    /// recently active first, active before `before`; `participant` keeps
+    /// only threads that user started or replied in.
+    pub async fn threads(
+        &self,
+        room_id: &str,
+        participant: Option<&str>,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<(EventRow, i64)>, SyncApiError> {
+        type Row = (i64, String, String, Option<String>, Option<String>, i64);
+        let rows: Vec<Row> = with_db!(&self.db, pool => {
+            sqlx::query_as(
+                "SELECT e.stream_pos, e.event_id, e.pdu, e.txn_device_id, e.txn_id, t.latest FROM \
+                 (SELECT parent_id, MAX(stream_pos) AS latest FROM syncapi_relations \
+                  WHERE room_id = $1 AND rel_type = 'm.thread' GROUP BY parent_id) t \
+                 JOIN syncapi_events e ON e.event_id = t.parent_id \
+                 WHERE t.latest < $2 AND ($3 = '' OR e.sender = $3 OR EXISTS (SELECT 1 FROM syncapi_relations p \
+                   WHERE p.room_id = $1 AND p.parent_id = t.parent_id AND p.rel_type = 'm.thread' \
+                   AND p.child_sender = $3)) \
+                 ORDER BY t.latest DESC LIMIT $4",
+            )
+            .bind(room_id)
+            .bind(before)
+            .bind(participant.unwrap_or_default())
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(pos, event_id, pdu, device, txn, latest)| Ok((to_row((pos, event_id, pdu, device, txn))?, latest)))
             .collect()
     }
 
