@@ -1633,22 +1633,22 @@ async fn relations_and_threads_of_an_event() {
         let (_, threaded) = s.get(&v1(format!("relations/{}/m.thread?dir=f", enc(&root))), Some(&bob)).await;
         assert_eq!(ids(&threaded), [first.clone(), second.clone()], "[{}]", s.name);
         let (_, reactions) = s.get(&v1(format!("relations/{}/m.annotation/m.reaction", enc(&root))), Some(&bob)).await;
-        assert_eq!(ids(&reactions), [reaction.clone()], "[{}]", s.name);
+        assert_eq!(ids(&reactions), [reaction.as_str()], "[{}]", s.name);
 
         // Page by page.
         let (_, page) = s.get(&v1(format!("relations/{}?limit=3", enc(&root))), Some(&bob)).await;
         assert_eq!(ids(&page), [second.clone(), reaction.clone(), edit.clone()]);
         let next = page["next_batch"].as_str().unwrap();
         let (_, rest) = s.get(&v1(format!("relations/{}?limit=3&from={next}", enc(&root))), Some(&bob)).await;
-        assert_eq!(ids(&rest), [first.clone()]);
+        assert_eq!(ids(&rest), [first.as_str()]);
         assert!(rest.get("next_batch").is_none(), "{rest}");
 
         let (_, threads) = s.get(&v1("threads".to_owned()), Some(&bob)).await;
-        assert_eq!(ids(&threads), [root.clone()], "[{}]", s.name);
+        assert_eq!(ids(&threads), [root.as_str()], "[{}]", s.name);
         let (_, mine) = s.get(&v1("threads?include=participated".to_owned()), Some(&bob)).await;
         assert!(ids(&mine).is_empty(), "[{}] {mine}", s.name);
         let (_, mine) = s.get(&v1("threads?include=participated".to_owned()), Some(&alice)).await;
-        assert_eq!(ids(&mine), [root.clone()], "[{}]", s.name);
+        assert_eq!(ids(&mine), [root.as_str()], "[{}]", s.name);
 
         for (path, status, code) in [
             (format!("relations/{}?dir=x", enc(&root)), 400, "M_INVALID_PARAM"),
