@@ -175,9 +175,9 @@ async fn sync_long_poll_wakes_on_a_new_message() {
     assert!(events.iter().any(|e| e["content"]["body"] == "wake up"), "{body}");
 }
 
-/// Two servers federating on loopback: a user of B joins A's public room by
-/// room id through `via`, each side sends 20 messages, and both see all 40
-/// in the same order through `/sync`.
+/// Two servers federating on loopback: users of B join A's public room by
+/// room id through `via` and by A's alias, each side sends 20 messages, and
+/// both see all 40 in the same order through `/sync`.
 #[tokio::test]
 async fn two_servers_federate_a_room_both_ways() {
     let (a, b, _ca) = Server::start_federated_pair(Backend::Sqlite).await;
@@ -194,6 +194,14 @@ async fn two_servers_federate_a_room_both_ways() {
     // Joining again is an ordinary local join now that B has the room.
     let (status, again) = b.post(&bob, &format!("/_matrix/client/v3/rooms/{room_id}/join"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{again}");
+    // A's alias, resolved by A over federation; A's answer says where to join.
+    let carol = b.register("carol").await;
+    let alias = urlencode(&format!("#lobby:{}", a.server_name()));
+    let (status, joined) = b.post(&carol, &format!("/_matrix/client/v3/join/{alias}"), json!({})).await;
+    assert_eq!((status, joined["room_id"].as_str()), (StatusCode::OK, Some(room_id.as_str())), "{joined}");
+    let unknown = urlencode(&format!("#nothing:{}", a.server_name()));
+    let (status, refused) = b.post(&carol, &format!("/_matrix/client/v3/join/{unknown}"), json!({})).await;
+    assert_eq!((status, refused["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")), "{refused}");
 
     let filter = r#"{"room":{"timeline":{"limit":100}}}"#;
     let bodies = |server: &Server, token: &str| {

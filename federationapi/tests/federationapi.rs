@@ -694,7 +694,9 @@ async fn a_remote_user_joins_and_both_servers_send_each_other_events() {
         assert_eq!(refused.errcode, ErrorCode::NotFound, "{refused:?}");
 
         let joined = join_through(&b, &room_id, &bob, &["127.0.0.1:1", &a.name]).await.unwrap();
-        let FederationPerformOk::Joined { room_id: joined_room, event_id } = joined;
+        let FederationPerformOk::Joined { room_id: joined_room, event_id } = joined else {
+            panic!("unexpected answer {joined:?}")
+        };
         assert_eq!(joined_room.as_str(), room_id);
         let on_b = state_event(&b, &room_id, &bob, "m.room.member", &bob).await.expect("B has the join");
         assert_eq!(on_b["content"], json!({"membership": "join", "displayname": "Bob"}));
@@ -743,7 +745,7 @@ fn status_of(result: Result<Value, ClientError>) -> (u16, Value) {
 }
 
 #[tokio::test]
-async fn make_join_and_send_join_refuse_what_the_spec_refuses() {
+async fn make_join_send_join_and_directory_refuse_what_the_spec_refuses() {
     let pki = TestPki::new();
     let clock = ManualClock::new(NOW_MS);
     let a = Instance::start(&pki, TestDb::sqlite(), &clock, Options { room_server: true, ..Options::default() }).await;
@@ -777,6 +779,17 @@ async fn make_join_and_send_join_refuse_what_the_spec_refuses() {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INCOMPATIBLE_ROOM_VERSION")), "no ver means v1");
     let (status, body) = status_of(make_join("!unknown:elsewhere", &bob, "?ver=12").await);
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+
+    // The directory answers only for this server's aliases.
+    let query = |query: &str| {
+        b.client.send(FederationRequest::get(&a.name, format!("/_matrix/federation/v1/query/directory{query}")))
+    };
+    let (status, body) = status_of(query("?room_alias=%23lobby%3Aelsewhere.example").await);
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+    let (status, body) = status_of(query("").await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{body}");
+    let (status, body) = status_of(query("?room_alias=lobby").await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
 
     let send_join = |room: &str, event_id: &str, event: &CanonicalJsonObject| {
         let path = format!("/_matrix/federation/v2/send_join/{}/{}", encode(room), encode(event_id));

@@ -1,6 +1,6 @@
 //! Answers `federationapi.perform`: what the client API asks the federation
-//! API to do for local users. For now, joining a room through another
-//! server.
+//! API to do for local users: join a room through another server, resolve
+//! another server's alias.
 //!
 //! Spec: <https://spec.matrix.org/v1.16/server-server-api/#joining-rooms>
 
@@ -17,7 +17,8 @@ use myelin_types::random::alphanumeric;
 use myelin_types::ruma::room_version_rules::RoomVersionRules;
 use myelin_types::ruma::signatures::{hash_and_sign_event, reference_hash};
 use myelin_types::ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId,
+    RoomVersionId,
 };
 use myelin_types::signing::ServerSigningKey;
 use myelin_types::{ErrorCode, MatrixError};
@@ -61,6 +62,7 @@ impl Responder for PerformResponder {
             FederationPerform::JoinRoom { room_id, user_id, servers, content } => {
                 self.join(room_id, user_id, servers, content).await
             }
+            FederationPerform::ResolveAlias { alias } => self.resolve_alias(&alias).await,
         };
         serde_json::to_vec(&reply).map_err(|e| HandleError::Poison(format!("unencodable reply: {e}")))
     }
@@ -136,6 +138,35 @@ impl PerformResponder {
             }
         }
         Err(refusal.unwrap_or_else(|| MatrixError::not_found("No server could be reached")))
+    }
+
+    /// Ask the alias's own server which room it names.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1querydirectory>
+    async fn resolve_alias(&self, alias: &OwnedRoomAliasId) -> FederationPerformReply {
+        let server = alias.server_name();
+        let path = format!("/_matrix/federation/v1/query/directory?room_alias={}", encode(alias.as_str()));
+        let answer = match self.client.send(FederationRequest::get(server.as_str(), path)).await {
+            Ok(answer) => answer,
+            Err(ClientError::Status { status: 404, .. }) => {
+                return Err(MatrixError::not_found(format!("Room alias {alias} not found")));
+            }
+            Err(error) => {
+                tracing::info!(%alias, %error, "alias query failed");
+                return Err(refusal_of(JoinError::Remote(error)));
+            }
+        };
+        let room_id = answer
+            .get("room_id")
+            .and_then(Value::as_str)
+            .and_then(|id| OwnedRoomId::try_from(id).ok())
+            .ok_or_else(|| MatrixError::not_found(format!("{server} gave no valid room for {alias}")))?;
+        // The alias's own server first: it answered, so it is in the room.
+        let mut servers = vec![server.to_owned()];
+        let listed = answer.get("servers").and_then(Value::as_array).into_iter().flatten();
+        servers.extend(listed.filter_map(Value::as_str).filter_map(|s| OwnedServerName::try_from(s).ok()));
+        servers.dedup();
+        Ok(FederationPerformOk::Alias { room_id, servers })
     }
 
     /// `/make_join`, sign, `/send_join` through `server`.
