@@ -18,7 +18,7 @@ use myelin_types::ruma::room_version_rules::RoomVersionRules;
 use myelin_types::ruma::signatures::{hash_and_sign_event, reference_hash};
 use myelin_types::ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId,
-    RoomVersionId,
+    RoomId, RoomVersionId, UserId,
 };
 use myelin_types::signing::ServerSigningKey;
 use myelin_types::{ErrorCode, MatrixError};
@@ -221,29 +221,8 @@ impl PerformResponder {
         content: &Value,
         answer: &Value,
     ) -> Result<SignedJoin, JoinError> {
-        let bad = |reason: &str| JoinError::BadTemplate { server: server.to_string(), reason: reason.to_owned() };
-        // Servers that predate room versions omit it: then it is version 1.
-        let version = answer.get("room_version").and_then(Value::as_str).unwrap_or("1");
-        let room_version = RoomVersionId::try_from(version).map_err(|_| bad("invalid room_version"))?;
-        let rules: RoomVersionRules = room_version
-            .rules()
-            .filter(|_| JOINABLE_VERSIONS.contains(&version))
-            .ok_or_else(|| bad("room version not supported"))?;
-        let template = answer.get("event").and_then(Value::as_object).ok_or_else(|| bad("no event"))?;
-        let field = |name: &str| template.get(name).and_then(Value::as_str);
-        if field("type") != Some("m.room.member")
-            || field("sender") != Some(user_id.as_str())
-            || field("state_key") != Some(user_id.as_str())
-            || field("room_id") != Some(room_id.as_str())
-            || template.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) != Some("join")
-        {
-            return Err(bad("not a join of this user to this room"));
-        }
-        let refs = |name: &str| template.get(name).filter(|refs| refs.is_array()).cloned();
-        let prev_events = refs("prev_events").ok_or_else(|| bad("no prev_events"))?;
-        let auth_events = refs("auth_events").ok_or_else(|| bad("no auth_events"))?;
-        let depth = template.get("depth").and_then(Value::as_i64).filter(|d| *d > 0).ok_or_else(|| bad("no depth"))?;
-
+        let Template { room_version, rules, prev_events, auth_events, depth } = read_template(answer, room_id, user_id)
+            .map_err(|reason| JoinError::BadTemplate { server: server.to_string(), reason: reason.to_owned() })?;
         let mut fields = Map::new();
         fields.insert("type".into(), json!("m.room.member"));
         fields.insert("sender".into(), json!(user_id));
@@ -266,7 +245,9 @@ impl PerformResponder {
         }
         let mut event = match CanonicalJsonValue::try_from(Value::Object(fields)) {
             Ok(CanonicalJsonValue::Object(object)) => object,
-            _ => return Err(bad("not canonical JSON")),
+            _ => {
+                return Err(JoinError::BadTemplate { server: server.to_string(), reason: "not canonical JSON".into() });
+            }
         };
         hash_and_sign_event(self.server_name.as_str(), &self.signing_key.keypair, &mut event, &rules.redaction)
             .map_err(|e| JoinError::Sign(e.to_string()))?;
@@ -277,6 +258,43 @@ impl PerformResponder {
         let event_id = OwnedEventId::try_from(event_id).map_err(|e| JoinError::Sign(e.to_string()))?;
         Ok(SignedJoin { room_version, event_id, event })
     }
+}
+
+/// What this server takes from a `/make_join` answer: the room's version
+/// and structure, nothing that would be signed as the remote chose it.
+struct Template {
+    room_version: RoomVersionId,
+    rules: RoomVersionRules,
+    prev_events: Value,
+    auth_events: Value,
+    depth: i64,
+}
+
+/// Check that a `/make_join` answer is a join of `user_id` to `room_id` in
+/// a room version this server can join, and take its structure.
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_joinroomiduserid>
+fn read_template(answer: &Value, room_id: &RoomId, user_id: &UserId) -> Result<Template, &'static str> {
+    // Servers that predate room versions omit it: then it is version 1.
+    let version = answer.get("room_version").and_then(Value::as_str).unwrap_or("1");
+    let room_version = RoomVersionId::try_from(version).map_err(|_| "invalid room_version")?;
+    let rules =
+        room_version.rules().filter(|_| JOINABLE_VERSIONS.contains(&version)).ok_or("room version not supported")?;
+    let template = answer.get("event").and_then(Value::as_object).ok_or("no event")?;
+    let field = |name: &str| template.get(name).and_then(Value::as_str);
+    if field("type") != Some("m.room.member")
+        || field("sender") != Some(user_id.as_str())
+        || field("state_key") != Some(user_id.as_str())
+        || field("room_id") != Some(room_id.as_str())
+        || template.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) != Some("join")
+    {
+        return Err("not a join of this user to this room");
+    }
+    let refs = |name: &str| template.get(name).filter(|refs| refs.is_array()).cloned();
+    let prev_events = refs("prev_events").ok_or("no prev_events")?;
+    let auth_events = refs("auth_events").ok_or("no auth_events")?;
+    let depth = template.get("depth").and_then(Value::as_i64).filter(|d| *d > 0).ok_or("no depth")?;
+    Ok(Template { room_version, rules, prev_events, auth_events, depth })
 }
 
 /// A `send_join` that went through.
@@ -302,5 +320,64 @@ fn refusal_of(error: JoinError) -> MatrixError {
             }
         }
         other => MatrixError::new(ErrorCode::Unknown, other.to_string()).with_status(http::StatusCode::BAD_GATEWAY),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use myelin_types::ruma::{RoomId, UserId};
+    use serde_json::{Value, json};
+
+    use super::read_template;
+
+    fn answer() -> Value {
+        json!({
+            "room_version": "12",
+            "event": {
+                "type": "m.room.member",
+                "sender": "@bob:b.example",
+                "state_key": "@bob:b.example",
+                "room_id": "!room:a.example",
+                "content": {"membership": "join"},
+                "prev_events": ["$prev"],
+                "auth_events": ["$auth"],
+                "depth": 7,
+            },
+        })
+    }
+
+    fn read(answer: &Value) -> Result<i64, &'static str> {
+        let room = <&RoomId>::try_from("!room:a.example").unwrap();
+        let user = <&UserId>::try_from("@bob:b.example").unwrap();
+        read_template(answer, room, user).map(|template| template.depth)
+    }
+
+    #[test]
+    fn a_join_template_gives_its_structure() {
+        assert_eq!(read(&answer()), Ok(7));
+        let mut v1 = answer();
+        v1.as_object_mut().unwrap().remove("room_version");
+        assert_eq!(read(&v1), Ok(7), "no room_version means version 1");
+    }
+
+    #[test]
+    fn every_unusable_template_is_refused() {
+        let cases: [(&str, Value); 9] = [
+            ("/room_version", json!("99")),
+            ("/event/type", json!("m.room.message")),
+            ("/event/sender", json!("@mallory:b.example")),
+            ("/event/state_key", json!("@mallory:b.example")),
+            ("/event/room_id", json!("!other:a.example")),
+            ("/event/content/membership", json!("leave")),
+            ("/event/prev_events", json!("$prev")),
+            ("/event/auth_events", Value::Null),
+            ("/event/depth", json!(0)),
+        ];
+        for (pointer, value) in cases {
+            let mut bad = answer();
+            *bad.pointer_mut(pointer).unwrap() = value;
+            assert!(read(&bad).is_err(), "{pointer} accepted");
+        }
+        assert!(read(&json!({"room_version": "12"})).is_err(), "no event");
     }
 }
