@@ -253,6 +253,40 @@ async fn two_servers_federate_a_room_both_ways() {
     assert_eq!(bodies(&b, &bob).await, expected, "B sees the same order");
 }
 
+/// The sender's queue is a table: what A queued for B while B was down is
+/// delivered once B is back, even though A was killed in between.
+#[tokio::test]
+async fn pdus_queued_for_a_server_that_is_down_survive_a_restart_and_arrive() {
+    let (mut a, mut b, _ca) = Server::start_federated_pair(Backend::Sqlite).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room_id = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
+    let (status, joined) = b.post(&bob, &via, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+
+    b.stop().await;
+    a.send_message(&alice, &room_id, "down", "sent while B was down").await;
+    // Give the sender time to fail once and back off.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.restart().await;
+    b.run().await;
+
+    let url = b.url(&format!("/_matrix/client/v3/sync?filter={}", urlencode(r#"{"room":{"timeline":{"limit":50}}}"#)));
+    for _ in 0..300 {
+        let (_, body) = json_request(reqwest::Method::GET, &url, Some(&bob), "").await;
+        let timeline = &body["rooms"]["join"][&room_id]["timeline"]["events"];
+        if timeline
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["content"]["body"] == "sent while B was down"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the queued message never reached B:\n{}\n{}", a.log_tail(), b.log_tail());
+}
+
 /// Percent-encode a query value.
 fn urlencode(value: &str) -> String {
     value
