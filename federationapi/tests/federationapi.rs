@@ -605,10 +605,14 @@ async fn discovery_follows_explicit_ports_well_known_and_srv() {
 // Joins over federation: two instances, each with the real room server.
 
 async fn create_public_room(server: &Instance, creator: &str) -> String {
+    create_room(server, creator, "public_chat").await
+}
+
+async fn create_room(server: &Instance, creator: &str, preset: &str) -> String {
     let request = InputRequest::CreateRoom(CreateRoom {
         creator: creator.try_into().unwrap(),
         room_version: None,
-        preset: Some("public_chat".to_owned()),
+        preset: Some(preset.to_owned()),
         visibility: None,
         name: None,
         topic: None,
@@ -779,6 +783,10 @@ async fn make_join_send_join_and_directory_refuse_what_the_spec_refuses() {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INCOMPATIBLE_ROOM_VERSION")), "no ver means v1");
     let (status, body) = status_of(make_join("!unknown:elsewhere", &bob, "?ver=12").await);
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+    clock.advance_ms(1);
+    let private = create_room(&a, &alice, "private_chat").await;
+    let (status, body) = status_of(make_join(&private, &bob, "?ver=12").await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "invite only: {body}");
 
     // The directory answers only for this server's aliases.
     let query = |query: &str| {
@@ -797,6 +805,8 @@ async fn make_join_send_join_and_directory_refuse_what_the_spec_refuses() {
     };
     let (join, join_id) = sign_template(&answer, &bob, &b.name, &b.key);
 
+    let (status, body) = status_of(send_join("!unknown:elsewhere", &join_id, &join).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "room id mismatch first: {body}");
     let (status, body) = status_of(send_join(&room_id, "$someotherevent", &join).await);
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "event id mismatch: {body}");
     // A v12 room id is the create event's hash: another room needs another time.
