@@ -109,7 +109,8 @@ impl PerformResponder {
                     continue;
                 }
             };
-            let Joined { event_id, signed, state, auth_chain } = joined;
+            let Joined { signed, state, auth_chain } = joined;
+            let event_id = signed.event_id.clone();
             let request = InputRequest::JoinedRemoteRoom(JoinedRemoteRoom {
                 room_id: room_id.clone(),
                 room_version: signed.room_version.to_string(),
@@ -126,7 +127,7 @@ impl PerformResponder {
                     tracing::error!(?other, "room server answered JoinedRemoteRoom with another kind");
                     return Err(MatrixError::internal());
                 }
-                // The state this server sent did not hold up: another may do better.
+                // The state that server sent did not hold up: another may do better.
                 Ok(Err(error)) => {
                     tracing::info!(%server, %room_id, %error, "the room server refused the joined room");
                     refusal = Some(error);
@@ -206,7 +207,7 @@ impl PerformResponder {
         let auth_chain = list("auth_chain").ok_or_else(|| bad("no auth_chain"))?;
         // Signatures and hashes of the state and chain are checked by the
         // room server's pipeline, which every PDU goes through.
-        Ok(Joined { event_id: signed.event_id.clone(), signed, state, auth_chain })
+        Ok(Joined { signed, state, auth_chain })
     }
 
     /// The join event from the template: only the room's structure (room
@@ -299,7 +300,6 @@ fn read_template(answer: &Value, room_id: &RoomId, user_id: &UserId) -> Result<T
 
 /// A `send_join` that went through.
 struct Joined {
-    event_id: OwnedEventId,
     signed: SignedJoin,
     state: Vec<Value>,
     auth_chain: Vec<Value>,
