@@ -175,12 +175,21 @@ async fn sync_long_poll_wakes_on_a_new_message() {
     assert!(events.iter().any(|e| e["content"]["body"] == "wake up"), "{body}");
 }
 
+#[tokio::test]
+async fn two_servers_federate_a_room_both_ways_on_sqlite() {
+    federate_a_room_both_ways(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn two_servers_federate_a_room_both_ways_on_postgres() {
+    federate_a_room_both_ways(Backend::Postgres).await;
+}
+
 /// Two servers federating on loopback: users of B join A's public room by
 /// room id through `via` and by A's alias, each side sends 20 messages, and
 /// both see all 40 in the same order through `/sync`.
-#[tokio::test]
-async fn two_servers_federate_a_room_both_ways() {
-    let (a, b, _ca) = Server::start_federated_pair(Backend::Sqlite).await;
+async fn federate_a_room_both_ways(backend: Backend) {
+    let (a, b, _ca) = Server::start_federated_pair(backend).await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room_id =
