@@ -49,6 +49,20 @@ pub struct Identity {
     pub device_id: String,
 }
 
+/// Which room a local alias names, for the federation API's
+/// `/query/directory`. Key: the alias. The reply is an [`AliasReply`].
+pub const ALIAS_QUERY_TOPIC: &str = "clientapi.aliases";
+
+/// A request on [`ALIAS_QUERY_TOPIC`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasQuery {
+    /// An alias of this server.
+    pub alias: String,
+}
+
+/// The room the alias names, `None` if it names none.
+pub type AliasReply = Option<OwnedRoomId>;
+
 /// Account data changes. Key: user id.
 pub const ACCOUNT_DATA_TOPIC: &str = "clientapi.accountdata";
 /// Typing notifications. Key: room id.

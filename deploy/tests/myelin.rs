@@ -193,12 +193,21 @@ async fn sync_long_poll_wakes_on_a_new_message() {
     assert!(events.iter().any(|e| e["content"]["body"] == "wake up"), "{body}");
 }
 
-/// Two servers federating on loopback: a user of B joins A's public room by
-/// room id through `via`, each side sends 20 messages, and both see all 40
-/// in the same order through `/sync`.
 #[tokio::test]
-async fn two_servers_federate_a_room_both_ways() {
-    let (a, b, _ca) = Server::start_federated_pair(Backend::Sqlite).await;
+async fn two_servers_federate_a_room_both_ways_on_sqlite() {
+    federate_a_room_both_ways(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn two_servers_federate_a_room_both_ways_on_postgres() {
+    federate_a_room_both_ways(Backend::Postgres).await;
+}
+
+/// Two servers federating on loopback: users of B join A's public room by
+/// room id through `via` and by A's alias, each side sends 20 messages, and
+/// both see all 40 in the same order through `/sync`.
+async fn federate_a_room_both_ways(backend: Backend) {
+    let (a, b, _ca) = Server::start_federated_pair(backend).await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room_id =
@@ -212,6 +221,14 @@ async fn two_servers_federate_a_room_both_ways() {
     // Joining again is an ordinary local join now that B has the room.
     let (status, again) = b.post(&bob, &format!("/_matrix/client/v3/rooms/{room_id}/join"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{again}");
+    // A's alias, resolved by A over federation; A's answer says where to join.
+    let carol = b.register("carol").await;
+    let alias = urlencode(&format!("#lobby:{}", a.server_name()));
+    let (status, joined) = b.post(&carol, &format!("/_matrix/client/v3/join/{alias}"), json!({})).await;
+    assert_eq!((status, joined["room_id"].as_str()), (StatusCode::OK, Some(room_id.as_str())), "{joined}");
+    let unknown = urlencode(&format!("#nothing:{}", a.server_name()));
+    let (status, refused) = b.post(&carol, &format!("/_matrix/client/v3/join/{unknown}"), json!({})).await;
+    assert_eq!((status, refused["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")), "{refused}");
 
     let filter = r#"{"room":{"timeline":{"limit":100}}}"#;
     let bodies = |server: &Server, token: &str| {
@@ -261,6 +278,40 @@ async fn two_servers_federate_a_room_both_ways() {
     }
     assert_eq!(on_a, expected, "{}\n{}", wait_for("A", 40), b.log_tail());
     assert_eq!(bodies(&b, &bob).await, expected, "B sees the same order");
+}
+
+/// The sender's queue is a table: what A queued for B while B was down is
+/// delivered once B is back, even though A was killed in between.
+#[tokio::test]
+async fn pdus_queued_for_a_server_that_is_down_survive_a_restart_and_arrive() {
+    let (mut a, mut b, _ca) = Server::start_federated_pair(Backend::Sqlite).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room_id = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
+    let (status, joined) = b.post(&bob, &via, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+
+    b.stop().await;
+    a.send_message(&alice, &room_id, "down", "sent while B was down").await;
+    // Give the sender time to fail once and back off.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.restart().await;
+    b.run().await;
+
+    let url = b.url(&format!("/_matrix/client/v3/sync?filter={}", urlencode(r#"{"room":{"timeline":{"limit":50}}}"#)));
+    for _ in 0..300 {
+        let (_, body) = json_request(reqwest::Method::GET, &url, Some(&bob), "").await;
+        let timeline = &body["rooms"]["join"][&room_id]["timeline"]["events"];
+        if timeline
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["content"]["body"] == "sent while B was down"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the queued message never reached B:\n{}\n{}", a.log_tail(), b.log_tail());
 }
 
 /// Percent-encode a query value.

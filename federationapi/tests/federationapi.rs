@@ -605,10 +605,14 @@ async fn discovery_follows_explicit_ports_well_known_and_srv() {
 // Joins over federation: two instances, each with the real room server.
 
 async fn create_public_room(server: &Instance, creator: &str) -> String {
+    create_room(server, creator, "public_chat").await
+}
+
+async fn create_room(server: &Instance, creator: &str, preset: &str) -> String {
     let request = InputRequest::CreateRoom(CreateRoom {
         creator: creator.try_into().unwrap(),
         room_version: None,
-        preset: Some("public_chat".to_owned()),
+        preset: Some(preset.to_owned()),
         visibility: None,
         name: None,
         topic: None,
@@ -694,7 +698,9 @@ async fn a_remote_user_joins_and_both_servers_send_each_other_events() {
         assert_eq!(refused.errcode, ErrorCode::NotFound, "{refused:?}");
 
         let joined = join_through(&b, &room_id, &bob, &["127.0.0.1:1", &a.name]).await.unwrap();
-        let FederationPerformOk::Joined { room_id: joined_room, event_id } = joined;
+        let FederationPerformOk::Joined { room_id: joined_room, event_id } = joined else {
+            panic!("unexpected answer {joined:?}")
+        };
         assert_eq!(joined_room.as_str(), room_id);
         let on_b = state_event(&b, &room_id, &bob, "m.room.member", &bob).await.expect("B has the join");
         assert_eq!(on_b["content"], json!({"membership": "join", "displayname": "Bob"}));
@@ -743,7 +749,7 @@ fn status_of(result: Result<Value, ClientError>) -> (u16, Value) {
 }
 
 #[tokio::test]
-async fn make_join_and_send_join_refuse_what_the_spec_refuses() {
+async fn make_join_send_join_and_directory_refuse_what_the_spec_refuses() {
     let pki = TestPki::new();
     let clock = ManualClock::new(NOW_MS);
     let a = Instance::start(&pki, TestDb::sqlite(), &clock, Options { room_server: true, ..Options::default() }).await;
@@ -777,6 +783,21 @@ async fn make_join_and_send_join_refuse_what_the_spec_refuses() {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INCOMPATIBLE_ROOM_VERSION")), "no ver means v1");
     let (status, body) = status_of(make_join("!unknown:elsewhere", &bob, "?ver=12").await);
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+    clock.advance_ms(1);
+    let private = create_room(&a, &alice, "private_chat").await;
+    let (status, body) = status_of(make_join(&private, &bob, "?ver=12").await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "invite only: {body}");
+
+    // The directory answers only for this server's aliases.
+    let query = |query: &str| {
+        b.client.send(FederationRequest::get(&a.name, format!("/_matrix/federation/v1/query/directory{query}")))
+    };
+    let (status, body) = status_of(query("?room_alias=%23lobby%3Aelsewhere.example").await);
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+    let (status, body) = status_of(query("").await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{body}");
+    let (status, body) = status_of(query("?room_alias=lobby").await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
 
     let send_join = |room: &str, event_id: &str, event: &CanonicalJsonObject| {
         let path = format!("/_matrix/federation/v2/send_join/{}/{}", encode(room), encode(event_id));
@@ -784,6 +805,8 @@ async fn make_join_and_send_join_refuse_what_the_spec_refuses() {
     };
     let (join, join_id) = sign_template(&answer, &bob, &b.name, &b.key);
 
+    let (status, body) = status_of(send_join("!unknown:elsewhere", &join_id, &join).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "room id mismatch first: {body}");
     let (status, body) = status_of(send_join(&room_id, "$someotherevent", &join).await);
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "event id mismatch: {body}");
     // A v12 room id is the create event's hash: another room needs another time.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use myelin_types::MatrixError;
-use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId};
+use myelin_types::ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -201,7 +201,7 @@ pub enum FederationQuery {
 pub type FederationQueryReply = Result<FederationQueryOk, MatrixError>;
 
 /// What the client API asks the federation API to do for local users. Key:
-/// the room id. A topic of its own, apart from [`FEDERATION_QUERY_TOPIC`],
+/// the room id (the alias for [`FederationPerform::ResolveAlias`]). A topic of its own, apart from [`FEDERATION_QUERY_TOPIC`],
 /// because a join waits on the room server, which itself asks
 /// `federationapi.query` for keys while it validates the join. Defined
 /// here, beside the room server's contract, so that neither the client API
@@ -230,6 +230,10 @@ pub enum FederationPerform {
         /// profile, reason).
         content: Value,
     },
+    /// The room an alias of another server names and servers to join it
+    /// through (`/query/directory` on the alias's server). Answered with
+    /// [`FederationPerformOk::Alias`]; `M_NOT_FOUND` if it names none.
+    ResolveAlias { alias: OwnedRoomAliasId },
 }
 
 pub type FederationPerformReply = Result<FederationPerformOk, MatrixError>;
@@ -238,6 +242,7 @@ pub type FederationPerformReply = Result<FederationPerformOk, MatrixError>;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FederationPerformOk {
     Joined { room_id: OwnedRoomId, event_id: OwnedEventId },
+    Alias { room_id: OwnedRoomId, servers: Vec<OwnedServerName> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,4 +1,5 @@
 //! Topics the client API reads.
 
+pub mod aliases;
 pub mod query;
 pub mod roomserver_output;

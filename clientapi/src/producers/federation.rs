@@ -1,13 +1,14 @@
-//! Requests to the federation API over the bus (`federationapi.perform`).
+//! Requests to the federation API over the bus (`federationapi.perform`):
+//! joins through other servers and their aliases.
 
 use myelin_bus::Bus;
 use myelin_roomserver::api::{
     FEDERATION_PERFORM_TOPIC, FederationPerform, FederationPerformOk, FederationPerformReply, PERFORM_TIMEOUT,
 };
-use myelin_types::ruma::{OwnedRoomId, OwnedServerName, OwnedUserId};
+use myelin_types::ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{ClientApiError, Result};
 
 /// Join a room this server is not in through `servers`; the room server
 /// has the room once this returns.
@@ -24,5 +25,18 @@ pub async fn join_room(
         bus.request_json(FEDERATION_PERFORM_TOPIC, &key, &request, PERFORM_TIMEOUT).await?;
     match reply? {
         FederationPerformOk::Joined { room_id, .. } => Ok(room_id),
+        FederationPerformOk::Alias { .. } => Err(ClientApiError::UnexpectedReply("federationapi.perform")),
+    }
+}
+
+/// The room an alias of another server names, and servers to join it through.
+pub async fn resolve_alias(bus: &Bus, alias: OwnedRoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+    let key = alias.to_string();
+    let request = FederationPerform::ResolveAlias { alias };
+    let reply: FederationPerformReply =
+        bus.request_json(FEDERATION_PERFORM_TOPIC, &key, &request, PERFORM_TIMEOUT).await?;
+    match reply? {
+        FederationPerformOk::Alias { room_id, servers } => Ok((room_id, servers)),
+        FederationPerformOk::Joined { .. } => Err(ClientApiError::UnexpectedReply("federationapi.perform")),
     }
 }

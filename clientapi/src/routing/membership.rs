@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use myelin_roomserver::api::SendEvent;
-use myelin_types::ruma::{OwnedRoomId, OwnedServerName, OwnedUserId};
+use myelin_types::ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use myelin_types::{ErrorCode, MatrixError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -111,8 +111,8 @@ pub async fn join_room(
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}?server_name=…&via=…`
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3joinroomidoralias>
 ///
-/// Aliases are resolved locally; those of other servers need federation
-/// directory queries, which are not served yet (`400 M_INVALID_PARAM`).
+/// Local aliases are resolved from our table, those of other servers by
+/// their server (`/query/directory`), whose answer also says where to join.
 pub async fn join_by_id_or_alias(
     State(state): State<AppState>,
     user: AuthedUser,
@@ -120,9 +120,18 @@ pub async fn join_by_id_or_alias(
     RawQuery(query): RawQuery,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> Result<Json<Value>> {
-    let room_id =
-        if target.starts_with('#') { directory::resolve(&state, &target).await? } else { parse_room_id(&target)? };
-    let servers = via_servers(query.as_deref().unwrap_or_default())?;
+    let (room_id, mut servers) = if target.starts_with('#') {
+        let alias = OwnedRoomAliasId::try_from(target.as_str())
+            .map_err(|_| MatrixError::invalid_param(format!("Invalid room alias: {target}")))?;
+        if alias.server_name().as_str() == state.server_name() {
+            (directory::resolve(&state, &target).await?, Vec::new())
+        } else {
+            federation::resolve_alias(&state.bus, alias).await?
+        }
+    } else {
+        (parse_room_id(&target)?, Vec::new())
+    };
+    servers.extend(via_servers(query.as_deref().unwrap_or_default())?);
     join(&state, user.user_id, room_id.clone(), servers, body.reason).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }

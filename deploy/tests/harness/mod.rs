@@ -168,9 +168,19 @@ impl Server {
 
     /// Stop the process (SIGKILL: nothing gets a chance to flush) and start it again.
     pub async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn().await;
+    }
+
+    /// Kill the process (SIGKILL), keeping its data for [`Server::run`].
+    pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.unwrap();
         }
+    }
+
+    /// Start the stopped process again.
+    pub async fn run(&mut self) {
         self.spawn().await;
     }
 

@@ -1,6 +1,6 @@
 //! Answers `federationapi.perform`: what the client API asks the federation
-//! API to do for local users. For now, joining a room through another
-//! server.
+//! API to do for local users: join a room through another server, resolve
+//! another server's alias.
 //!
 //! Spec: <https://spec.matrix.org/v1.16/server-server-api/#joining-rooms>
 
@@ -17,7 +17,8 @@ use myelin_types::random::alphanumeric;
 use myelin_types::ruma::room_version_rules::RoomVersionRules;
 use myelin_types::ruma::signatures::{hash_and_sign_event, reference_hash};
 use myelin_types::ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId,
+    RoomId, RoomVersionId, UserId,
 };
 use myelin_types::signing::ServerSigningKey;
 use myelin_types::{ErrorCode, MatrixError};
@@ -61,6 +62,7 @@ impl Responder for PerformResponder {
             FederationPerform::JoinRoom { room_id, user_id, servers, content } => {
                 self.join(room_id, user_id, servers, content).await
             }
+            FederationPerform::ResolveAlias { alias } => self.resolve_alias(&alias).await,
         };
         serde_json::to_vec(&reply).map_err(|e| HandleError::Poison(format!("unencodable reply: {e}")))
     }
@@ -107,7 +109,8 @@ impl PerformResponder {
                     continue;
                 }
             };
-            let Joined { event_id, signed, state, auth_chain } = joined;
+            let Joined { signed, state, auth_chain } = joined;
+            let event_id = signed.event_id.clone();
             let request = InputRequest::JoinedRemoteRoom(JoinedRemoteRoom {
                 room_id: room_id.clone(),
                 room_version: signed.room_version.to_string(),
@@ -124,7 +127,7 @@ impl PerformResponder {
                     tracing::error!(?other, "room server answered JoinedRemoteRoom with another kind");
                     return Err(MatrixError::internal());
                 }
-                // The state this server sent did not hold up: another may do better.
+                // The state that server sent did not hold up: another may do better.
                 Ok(Err(error)) => {
                     tracing::info!(%server, %room_id, %error, "the room server refused the joined room");
                     refusal = Some(error);
@@ -136,6 +139,35 @@ impl PerformResponder {
             }
         }
         Err(refusal.unwrap_or_else(|| MatrixError::not_found("No server could be reached")))
+    }
+
+    /// Ask the alias's own server which room it names.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1querydirectory>
+    async fn resolve_alias(&self, alias: &OwnedRoomAliasId) -> FederationPerformReply {
+        let server = alias.server_name();
+        let path = format!("/_matrix/federation/v1/query/directory?room_alias={}", encode(alias.as_str()));
+        let answer = match self.client.send(FederationRequest::get(server.as_str(), path)).await {
+            Ok(answer) => answer,
+            Err(ClientError::Status { status: 404, .. }) => {
+                return Err(MatrixError::not_found(format!("Room alias {alias} not found")));
+            }
+            Err(error) => {
+                tracing::info!(%alias, %error, "alias query failed");
+                return Err(refusal_of(JoinError::Remote(error)));
+            }
+        };
+        let room_id = answer
+            .get("room_id")
+            .and_then(Value::as_str)
+            .and_then(|id| OwnedRoomId::try_from(id).ok())
+            .ok_or_else(|| MatrixError::not_found(format!("{server} gave no valid room for {alias}")))?;
+        // The alias's own server first: it answered, so it is in the room.
+        let mut servers = vec![server.to_owned()];
+        let listed = answer.get("servers").and_then(Value::as_array).into_iter().flatten();
+        servers.extend(listed.filter_map(Value::as_str).filter_map(|s| OwnedServerName::try_from(s).ok()));
+        servers.dedup();
+        Ok(FederationPerformOk::Alias { room_id, servers })
     }
 
     /// `/make_join`, sign, `/send_join` through `server`.
@@ -175,7 +207,7 @@ impl PerformResponder {
         let auth_chain = list("auth_chain").ok_or_else(|| bad("no auth_chain"))?;
         // Signatures and hashes of the state and chain are checked by the
         // room server's pipeline, which every PDU goes through.
-        Ok(Joined { event_id: signed.event_id.clone(), signed, state, auth_chain })
+        Ok(Joined { signed, state, auth_chain })
     }
 
     /// The join event from the template: only the room's structure (room
@@ -190,29 +222,8 @@ impl PerformResponder {
         content: &Value,
         answer: &Value,
     ) -> Result<SignedJoin, JoinError> {
-        let bad = |reason: &str| JoinError::BadTemplate { server: server.to_string(), reason: reason.to_owned() };
-        // Servers that predate room versions omit it: then it is version 1.
-        let version = answer.get("room_version").and_then(Value::as_str).unwrap_or("1");
-        let room_version = RoomVersionId::try_from(version).map_err(|_| bad("invalid room_version"))?;
-        let rules: RoomVersionRules = room_version
-            .rules()
-            .filter(|_| JOINABLE_VERSIONS.contains(&version))
-            .ok_or_else(|| bad("room version not supported"))?;
-        let template = answer.get("event").and_then(Value::as_object).ok_or_else(|| bad("no event"))?;
-        let field = |name: &str| template.get(name).and_then(Value::as_str);
-        if field("type") != Some("m.room.member")
-            || field("sender") != Some(user_id.as_str())
-            || field("state_key") != Some(user_id.as_str())
-            || field("room_id") != Some(room_id.as_str())
-            || template.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) != Some("join")
-        {
-            return Err(bad("not a join of this user to this room"));
-        }
-        let refs = |name: &str| template.get(name).filter(|refs| refs.is_array()).cloned();
-        let prev_events = refs("prev_events").ok_or_else(|| bad("no prev_events"))?;
-        let auth_events = refs("auth_events").ok_or_else(|| bad("no auth_events"))?;
-        let depth = template.get("depth").and_then(Value::as_i64).filter(|d| *d > 0).ok_or_else(|| bad("no depth"))?;
-
+        let Template { room_version, rules, prev_events, auth_events, depth } = read_template(answer, room_id, user_id)
+            .map_err(|reason| JoinError::BadTemplate { server: server.to_string(), reason: reason.to_owned() })?;
         let mut fields = Map::new();
         fields.insert("type".into(), json!("m.room.member"));
         fields.insert("sender".into(), json!(user_id));
@@ -235,7 +246,9 @@ impl PerformResponder {
         }
         let mut event = match CanonicalJsonValue::try_from(Value::Object(fields)) {
             Ok(CanonicalJsonValue::Object(object)) => object,
-            _ => return Err(bad("not canonical JSON")),
+            _ => {
+                return Err(JoinError::BadTemplate { server: server.to_string(), reason: "not canonical JSON".into() });
+            }
         };
         hash_and_sign_event(self.server_name.as_str(), &self.signing_key.keypair, &mut event, &rules.redaction)
             .map_err(|e| JoinError::Sign(e.to_string()))?;
@@ -248,9 +261,45 @@ impl PerformResponder {
     }
 }
 
+/// What this server takes from a `/make_join` answer: the room's version
+/// and structure, nothing that would be signed as the remote chose it.
+struct Template {
+    room_version: RoomVersionId,
+    rules: RoomVersionRules,
+    prev_events: Value,
+    auth_events: Value,
+    depth: i64,
+}
+
+/// Check that a `/make_join` answer is a join of `user_id` to `room_id` in
+/// a room version this server can join, and take its structure.
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_joinroomiduserid>
+fn read_template(answer: &Value, room_id: &RoomId, user_id: &UserId) -> Result<Template, &'static str> {
+    // Servers that predate room versions omit it: then it is version 1.
+    let version = answer.get("room_version").and_then(Value::as_str).unwrap_or("1");
+    let room_version = RoomVersionId::try_from(version).map_err(|_| "invalid room_version")?;
+    let rules =
+        room_version.rules().filter(|_| JOINABLE_VERSIONS.contains(&version)).ok_or("room version not supported")?;
+    let template = answer.get("event").and_then(Value::as_object).ok_or("no event")?;
+    let field = |name: &str| template.get(name).and_then(Value::as_str);
+    if field("type") != Some("m.room.member")
+        || field("sender") != Some(user_id.as_str())
+        || field("state_key") != Some(user_id.as_str())
+        || field("room_id") != Some(room_id.as_str())
+        || template.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) != Some("join")
+    {
+        return Err("not a join of this user to this room");
+    }
+    let refs = |name: &str| template.get(name).filter(|refs| refs.is_array()).cloned();
+    let prev_events = refs("prev_events").ok_or("no prev_events")?;
+    let auth_events = refs("auth_events").ok_or("no auth_events")?;
+    let depth = template.get("depth").and_then(Value::as_i64).filter(|d| *d > 0).ok_or("no depth")?;
+    Ok(Template { room_version, rules, prev_events, auth_events, depth })
+}
+
 /// A `send_join` that went through.
 struct Joined {
-    event_id: OwnedEventId,
     signed: SignedJoin,
     state: Vec<Value>,
     auth_chain: Vec<Value>,
@@ -271,5 +320,64 @@ fn refusal_of(error: JoinError) -> MatrixError {
             }
         }
         other => MatrixError::new(ErrorCode::Unknown, other.to_string()).with_status(http::StatusCode::BAD_GATEWAY),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use myelin_types::ruma::{RoomId, UserId};
+    use serde_json::{Value, json};
+
+    use super::read_template;
+
+    fn answer() -> Value {
+        json!({
+            "room_version": "12",
+            "event": {
+                "type": "m.room.member",
+                "sender": "@bob:b.example",
+                "state_key": "@bob:b.example",
+                "room_id": "!room:a.example",
+                "content": {"membership": "join"},
+                "prev_events": ["$prev"],
+                "auth_events": ["$auth"],
+                "depth": 7,
+            },
+        })
+    }
+
+    fn read(answer: &Value) -> Result<i64, &'static str> {
+        let room = <&RoomId>::try_from("!room:a.example").unwrap();
+        let user = <&UserId>::try_from("@bob:b.example").unwrap();
+        read_template(answer, room, user).map(|template| template.depth)
+    }
+
+    #[test]
+    fn a_join_template_gives_its_structure() {
+        assert_eq!(read(&answer()), Ok(7));
+        let mut v1 = answer();
+        v1.as_object_mut().unwrap().remove("room_version");
+        assert_eq!(read(&v1), Ok(7), "no room_version means version 1");
+    }
+
+    #[test]
+    fn every_unusable_template_is_refused() {
+        let cases: [(&str, Value); 9] = [
+            ("/room_version", json!("99")),
+            ("/event/type", json!("m.room.message")),
+            ("/event/sender", json!("@mallory:b.example")),
+            ("/event/state_key", json!("@mallory:b.example")),
+            ("/event/room_id", json!("!other:a.example")),
+            ("/event/content/membership", json!("leave")),
+            ("/event/prev_events", json!("$prev")),
+            ("/event/auth_events", Value::Null),
+            ("/event/depth", json!(0)),
+        ];
+        for (pointer, value) in cases {
+            let mut bad = answer();
+            *bad.pointer_mut(pointer).unwrap() = value;
+            assert!(read(&bad).is_err(), "{pointer} accepted");
+        }
+        assert!(read(&json!({"room_version": "12"})).is_err(), "no event");
     }
 }

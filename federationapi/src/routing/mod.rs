@@ -1,6 +1,7 @@
 //! HTTP handlers of the federation listener, one file per endpoint family.
 
 pub mod auth;
+mod directory;
 mod join;
 mod keys;
 mod send;
@@ -49,6 +50,7 @@ pub fn router(state: FederationState) -> Router {
         .route("/_matrix/federation/v1/make_join/{room_id}/{user_id}", get(join::make_join))
         .route("/_matrix/federation/v1/send_join/{room_id}/{event_id}", put(join::send_join_v1))
         .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(join::send_join_v2))
+        .route("/_matrix/federation/v1/query/directory", get(directory::query_directory))
         .route("/_matrix/key/v2/server", get(keys::get_server_keys))
         // Deprecated form with a key id, still requested by older servers;
         // the answer is the same (all current keys).
