@@ -13,7 +13,8 @@ use myelin_roomserver::service::{self, Started};
 use myelin_storage::{Db, sqlx, with_db};
 use myelin_testkit::TestDb;
 use myelin_types::signing::ServerSigningKey;
-use myelin_types::{ErrorCode, MatrixError, SystemClock};
+use myelin_types::clock::SharedClock;
+use myelin_types::{ErrorCode, ManualClock, MatrixError, SystemClock};
 use ruma::serde::Base64;
 use ruma::signatures::{Verified, reference_hash, verify_event};
 use ruma::{CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomVersionId};
@@ -50,28 +51,33 @@ struct Harness {
     started: Started,
     outputs: Arc<Collector>,
     collector: tokio::task::JoinHandle<Result<(), BusError>>,
+    clock: SharedClock,
 }
 
 impl Harness {
     async fn start(test_db: TestDb) -> Self {
+        Self::start_with_clock(test_db, Arc::new(SystemClock)).await
+    }
+
+    async fn start_with_clock(test_db: TestDb, clock: SharedClock) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key_file = ServerSigningKey::generate_file_contents();
         std::fs::write(dir.path().join("signing.key"), &key_file).unwrap();
         let key = ServerSigningKey::parse(&key_file).unwrap();
-        Self::boot(test_db, dir, key).await
+        Self::boot(test_db, dir, key, clock).await
     }
 
-    async fn boot(test_db: TestDb, dir: TempDir, key: ServerSigningKey) -> Self {
+    async fn boot(test_db: TestDb, dir: TempDir, key: ServerSigningKey, clock: SharedClock) -> Self {
         let mut config = Config::in_dir(dir.path().to_owned());
         config.global.server_name = SERVER.to_owned();
         let db = Db::connect(&test_db.url).await.unwrap();
         let backend = EmbeddedBackend::open(db.clone(), 8).await.unwrap();
-        let bus = Bus::new(Arc::new(backend), Arc::new(SystemClock));
+        let bus = Bus::new(Arc::new(backend), clock.clone());
         let (trigger, shutdown) = Shutdown::new();
         let started = service::start(Arc::new(config), db.clone(), bus.clone(), shutdown.clone()).await.unwrap();
         let outputs = Arc::new(Collector::default());
         let collector = bus.consume("test.output", OUTPUT_TOPIC, outputs.clone(), shutdown);
-        Self { test_db, dir, key, bus, db, trigger, started, outputs, collector }
+        Self { test_db, dir, key, bus, db, trigger, started, outputs, collector, clock }
     }
 
     /// Stop everything and start again on the same database and key.
@@ -82,7 +88,7 @@ impl Harness {
         }
         self.collector.await.unwrap().unwrap();
         self.db.close().await;
-        Self::boot(self.test_db, self.dir, self.key).await
+        Self::boot(self.test_db, self.dir, self.key, self.clock).await
     }
 
     fn name(&self) -> &'static str {
@@ -678,4 +684,18 @@ async fn every_room_version_creates_sends_and_redacts() {
         );
     })
     .await;
+}
+
+/// From room version 12 a room's id is its create event's hash: the same
+/// request twice in one millisecond must still make two rooms.
+#[tokio::test]
+async fn identical_v12_rooms_in_the_same_millisecond_get_their_own_ids() {
+    for test_db in TestDb::both().await {
+        let h = Harness::start_with_clock(test_db, Arc::new(ManualClock::new(1_700_000_000_000))).await;
+        let alice = user("alice");
+        let request = CreateRoom { room_version: Some("12".into()), ..create_request(&alice) };
+        let first = h.create(request.clone()).await.unwrap();
+        let second = h.create(request).await.unwrap();
+        assert_ne!(first, second, "[{}]", h.name());
+    }
 }

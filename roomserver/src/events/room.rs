@@ -81,22 +81,33 @@ impl Room {
         let rules = rules_of(&version)?;
         let random_id =
             (!rules.authorization.room_create_event_id_as_room_id).then(|| RoomId::new_v1(&signer.server_name));
-        let draft = Draft {
-            room_id: random_id.as_deref(),
-            sender: creator,
-            event_type: "m.room.create",
-            state_key: Some(""),
-            content,
-            prev_events: Vec::new(),
-            auth_events: Vec::new(),
-            reference_hashes: HashMap::new(),
-            depth: 1,
-            origin_server_ts,
-        };
-        let built = build(signer, &rules, draft)?;
-        let room_id = match random_id {
-            Some(room_id) => room_id,
-            None => RoomId::new_v2(built.event_id.localpart()).map_err(|e| RequestError::Internal(e.to_string()))?,
+        let mut origin_server_ts = origin_server_ts;
+        let (built, room_id) = loop {
+            let draft = Draft {
+                room_id: random_id.as_deref(),
+                sender: creator,
+                event_type: "m.room.create",
+                state_key: Some(""),
+                content,
+                prev_events: Vec::new(),
+                auth_events: Vec::new(),
+                reference_hashes: HashMap::new(),
+                depth: 1,
+                origin_server_ts,
+            };
+            let built = build(signer, &rules, draft)?;
+            let room_id = match &random_id {
+                Some(room_id) => room_id.clone(),
+                None => {
+                    RoomId::new_v2(built.event_id.localpart()).map_err(|e| RequestError::Internal(e.to_string()))?
+                }
+            };
+            // From v12 the id is the create event's hash: the same creator and
+            // content in the same millisecond would make the same room again.
+            if tx.room(room_id.as_str()).await?.is_none() {
+                break (built, room_id);
+            }
+            origin_server_ts += 1;
         };
         check_state_independent_auth_rules(&rules.authorization, &built.pdu, |_| None::<&Pdu>)
             .map_err(RequestError::Forbidden)?;
