@@ -22,7 +22,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sha1::Sha1;
 
-const WAIT: Duration = Duration::from_secs(15);
+const WAIT: Duration = Duration::from_secs(30);
 const SHARED_SECRET: &str = "test shared secret";
 const PASSWORD: &str = "correct horse battery staple";
 const GATEWAY: &str = "https://push.example.org/_matrix/push/v1/notify";
