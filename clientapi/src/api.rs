@@ -74,7 +74,9 @@ pub const RECEIPT_TOPIC: &str = "edu.receipt";
 pub const KEY_CHANGE_TOPIC: &str = "clientapi.keychange";
 
 /// A record on [`KEY_CHANGE_TOPIC`]: one device's key state after an
-/// upload or a claim, whole (not a delta), so applying it twice changes nothing.
+/// upload or a claim, whole (not a delta), so applying it twice changes
+/// nothing. An empty `device_id` is a change of the user's keys as a whole
+/// (cross-signing keys, signatures), with no counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyChange {
     pub user_id: OwnedUserId,

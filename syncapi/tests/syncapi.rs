@@ -1672,3 +1672,95 @@ impl Server {
         self.client(reqwest::Method::PUT, &path, token, content).await["event_id"].as_str().unwrap().to_owned()
     }
 }
+
+#[tokio::test]
+async fn cross_signing_keys_and_signatures() {
+    use reqwest::Method;
+    for s in servers().await {
+        let alice = s.login_after_register("alice", "PHONE").await;
+        let bob = s.register("bob").await;
+        let room = s.create_room(ALICE).await;
+        let joined = s.membership(&room, BOB, BOB, "join").await;
+        s.settle(&bob, &joined).await;
+        let before = next_batch(&s.sync(&bob, "").await);
+
+        let key = |usage: &str, public: &str| json!({"user_id": ALICE, "usage": [usage], "keys": {format!("ed25519:{public}"): public}});
+        let device_keys = json!({"user_id": ALICE, "device_id": "PHONE", "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+            "keys": {"ed25519:PHONE": "dev"}, "signatures": {ALICE: {"ed25519:PHONE": "self"}}});
+        s.client(Method::POST, "/keys/upload", &alice, json!({"device_keys": device_keys})).await;
+        let upload = json!({"master_key": key("master", "MASTER"), "self_signing_key": key("self_signing", "SELF"),
+            "user_signing_key": key("user_signing", "USER")});
+        // The first upload needs no password, nor does the same upload again.
+        s.client(Method::POST, "/keys/device_signing/upload", &alice, upload.clone()).await;
+        s.client(Method::POST, "/keys/device_signing/upload", &alice, upload).await;
+        s.sync_until(&bob, &format!("since={before}"), |b| b["device_lists"]["changed"] == json!([ALICE])).await;
+
+        // Replacing the master key asks for the password.
+        let replace = json!({"master_key": key("master", "MASTER2")});
+        let (status, challenge) =
+            s.client_raw(Method::POST, "/keys/device_signing/upload", &alice, replace.clone()).await;
+        assert_eq!(status, 401, "[{}] {challenge}", s.name);
+        let session = challenge["session"].as_str().unwrap();
+        let auth = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+            "password": PASSWORD, "session": session});
+        let mut with_auth = replace;
+        with_auth["auth"] = auth;
+        s.client(Method::POST, "/keys/device_signing/upload", &alice, with_auth).await;
+
+        // Alice signs her device with her self-signing key; Bob signs her master key.
+        let mut signed_device = device_keys_of(&s, &alice).await;
+        signed_device["signatures"][ALICE]["ed25519:SELF"] = json!("by-self-signing");
+        let reply =
+            s.client(Method::POST, "/keys/signatures/upload", &alice, json!({ALICE: {"PHONE": signed_device}})).await;
+        assert_eq!(reply["failures"], json!({}), "[{}]", s.name);
+        let master = json!({"user_id": ALICE, "usage": ["master"], "keys": {"ed25519:MASTER2": "MASTER2"},
+            "signatures": {BOB: {"ed25519:BOBUSER": "by-bob"}}});
+        let unsigned = json!({"user_id": ALICE, "usage": ["master"], "keys": {"ed25519:MASTER2": "MASTER2"}});
+        let reply = s
+            .client(
+                Method::POST,
+                "/keys/signatures/upload",
+                &bob,
+                json!({ALICE: {"MASTER2": master, "OTHER": unsigned}}),
+            )
+            .await;
+        assert_eq!(reply["failures"][ALICE]["OTHER"]["errcode"], "M_INVALID_SIGNATURE", "[{}] {reply}", s.name);
+
+        let by_bob = s.client(Method::POST, "/keys/query", &bob, json!({"device_keys": {ALICE: []}})).await;
+        assert_eq!(by_bob["master_keys"][ALICE]["keys"], json!({"ed25519:MASTER2": "MASTER2"}), "[{}]", s.name);
+        assert_eq!(by_bob["master_keys"][ALICE]["signatures"][BOB]["ed25519:BOBUSER"], "by-bob");
+        assert_eq!(by_bob["self_signing_keys"][ALICE]["keys"], json!({"ed25519:SELF": "SELF"}));
+        assert!(by_bob["user_signing_keys"].get(ALICE).is_none(), "only Alice sees her user-signing key");
+        assert_eq!(by_bob["device_keys"][ALICE]["PHONE"]["signatures"][ALICE]["ed25519:SELF"], "by-self-signing");
+        let by_alice = s.client(Method::POST, "/keys/query", &alice, json!({"device_keys": {ALICE: []}})).await;
+        assert_eq!(by_alice["user_signing_keys"][ALICE]["keys"], json!({"ed25519:USER": "USER"}), "[{}]", s.name);
+
+        for body in [
+            json!({"master_key": {"user_id": BOB, "usage": ["master"], "keys": {"ed25519:X": "X"}}}),
+            json!({"self_signing_key": key("master", "X")}),
+            json!({"master_key": {"user_id": ALICE, "usage": ["master"], "keys": {"ed25519:X": "X", "ed25519:Y": "Y"}}}),
+            json!({"master_key": {"user_id": ALICE, "usage": ["master"], "keys": {"curve25519:X": "X"}}}),
+        ] {
+            let (status, reply) = s.client_raw(Method::POST, "/keys/device_signing/upload", &alice, body.clone()).await;
+            assert_eq!((status, reply["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "[{}] {body}", s.name);
+        }
+        let (status, reply) = s.client_raw(Method::POST, "/keys/signatures/upload", &bob, json!({ALICE: "x"})).await;
+        assert_eq!((status, reply["errcode"].as_str()), (400, Some("M_BAD_JSON")), "[{}]", s.name);
+    }
+}
+
+/// The device keys `token`'s device published, as `/keys/query` returns them.
+async fn device_keys_of(s: &Server, token: &str) -> Value {
+    let keys = s.client(reqwest::Method::POST, "/keys/query", token, json!({"device_keys": {ALICE: ["PHONE"]}})).await;
+    let mut device = keys["device_keys"][ALICE]["PHONE"].clone();
+    device.as_object_mut().unwrap().remove("unsigned");
+    device
+}
+
+impl Server {
+    /// Register `localpart`, then log in on `device_id`; that device's token.
+    async fn login_after_register(&self, localpart: &str, device_id: &str) -> String {
+        self.register(localpart).await;
+        self.login(localpart, device_id).await
+    }
+}

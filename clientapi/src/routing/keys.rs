@@ -1,11 +1,13 @@
-//! End-to-end encryption keys of this server's devices: upload, query and
-//! claim. Each change is published on `clientapi.keychange`, from which the
+//! End-to-end encryption keys of this server's users: device keys (upload,
+//! query, claim), cross-signing keys and the signatures users make over
+//! keys. Each change is published on `clientapi.keychange`, from which the
 //! sync API reports key counts and device list changes.
 
 use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use myelin_types::MatrixError;
 use myelin_types::ruma::OwnedUserId;
 use serde::Deserialize;
@@ -17,7 +19,12 @@ use crate::error::Result;
 use crate::json::MatrixJson;
 use crate::producers;
 use crate::service::AppState;
-use crate::storage::keys::{self, NewKey, Stored};
+use crate::storage::keys::{self, NewKey, Signature, Stored};
+use crate::uia::{self, AuthData};
+
+/// Cross-signing keys: the request field and the stored (and `usage`) name.
+const CROSS_SIGNING: [(&str, &str); 3] =
+    [("master_key", "master"), ("self_signing_key", "self_signing"), ("user_signing_key", "user_signing")];
 
 #[derive(Deserialize)]
 pub struct UploadBody {
@@ -49,6 +56,20 @@ fn check_device_keys(keys: &Value, user: &AuthedUser) -> Result<(), MatrixError>
     if !keys["algorithms"].is_array() || !keys["keys"].is_object() || !keys["signatures"].is_object() {
         return Err(MatrixError::bad_json("device_keys needs algorithms, keys and signatures"));
     }
+    Ok(())
+}
+
+/// Tell those who share a room with `user_id` that the user's keys changed
+/// (a cross-signing key, or a signature over one of their keys).
+async fn publish_user_change(state: &AppState, user_id: &OwnedUserId) -> Result<()> {
+    let change = KeyChange {
+        user_id: user_id.clone(),
+        device_id: String::new(),
+        one_time_key_counts: BTreeMap::new(),
+        unused_fallback_key_types: Vec::new(),
+        device_keys_changed: true,
+    };
+    producers::edu::key_change(&state.bus, &change).await?;
     Ok(())
 }
 
@@ -118,11 +139,12 @@ fn remote_failure() -> Value {
 /// An empty device list asks for every device of the user.
 pub async fn query(
     State(state): State<AppState>,
-    _user: AuthedUser,
+    user: AuthedUser,
     MatrixJson(body): MatrixJson<QueryBody>,
 ) -> Result<Json<Value>> {
     let mut device_keys = Map::new();
     let mut failures = Map::new();
+    let mut cross_signing: [Map<String, Value>; 3] = Default::default();
     for (user_id, devices) in &body.device_keys {
         let user_id = parse_user(user_id)?;
         if user_id.server_name() != state.server_name() {
@@ -134,16 +156,30 @@ pub async fn query(
             if let Some(name) = display_name {
                 keys["unsigned"]["device_display_name"] = Value::String(name);
             }
+            keys::merge_signatures(&state.db, user_id.as_str(), &device_id, &mut keys).await?;
             by_device.insert(device_id, keys);
         }
         device_keys.insert(user_id.to_string(), Value::Object(by_device));
+        for (slot, (_, key_type)) in cross_signing.iter_mut().zip(CROSS_SIGNING) {
+            // A user's user-signing key is theirs alone to see.
+            if key_type == "user_signing" && user_id != user.user_id {
+                continue;
+            }
+            if let Some(mut key) = keys::cross_signing_key(&state.db, user_id.as_str(), key_type).await? {
+                if let Some(public) = public_key_of(&key) {
+                    keys::merge_signatures(&state.db, user_id.as_str(), &public, &mut key).await?;
+                }
+                slot.insert(user_id.to_string(), key);
+            }
+        }
     }
+    let [master_keys, self_signing_keys, user_signing_keys] = cross_signing;
     Ok(Json(json!({
         "device_keys": device_keys,
         "failures": failures,
-        "master_keys": {},
-        "self_signing_keys": {},
-        "user_signing_keys": {},
+        "master_keys": master_keys,
+        "self_signing_keys": self_signing_keys,
+        "user_signing_keys": user_signing_keys,
     })))
 }
 
@@ -179,4 +215,115 @@ pub async fn claim(
         }
     }
     Ok(Json(json!({ "one_time_keys": claimed, "failures": failures })))
+}
+
+/// The public key of a cross-signing key (its one `keys` entry), which
+/// names it in signature uploads.
+fn public_key_of(key: &Value) -> Option<String> {
+    key["keys"].as_object()?.values().next()?.as_str().map(str::to_owned)
+}
+
+/// A cross-signing key must be the caller's, for `usage`, with one ed25519 key.
+fn check_cross_signing_key(key: &Value, user: &AuthedUser, usage: &str) -> Result<(), MatrixError> {
+    let invalid = |why: &str| MatrixError::invalid_param(format!("Invalid {usage} key: {why}"));
+    if key["user_id"] != user.user_id.as_str() {
+        return Err(invalid("user_id must be the uploader"));
+    }
+    if !key["usage"].as_array().is_some_and(|usages| usages.iter().any(|u| u == usage)) {
+        return Err(invalid("usage must include it"));
+    }
+    match key["keys"].as_object() {
+        Some(keys) if keys.len() == 1 && keys.iter().all(|(id, k)| id.starts_with("ed25519:") && k.is_string()) => {
+            Ok(())
+        }
+        _ => Err(invalid("keys must hold exactly one ed25519 key")),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DeviceSigningBody {
+    master_key: Option<Value>,
+    self_signing_key: Option<Value>,
+    user_signing_key: Option<Value>,
+    auth: Option<AuthData>,
+}
+
+/// `POST /_matrix/client/v3/keys/device_signing/upload`
+/// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3keysdevice_signingupload>
+///
+/// The first upload needs no password (as clients set up cross-signing
+/// right after registering); replacing keys the user already has does.
+/// Signatures inside the keys are stored as uploaded, not verified.
+pub async fn upload_cross_signing(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixJson(body): MatrixJson<DeviceSigningBody>,
+) -> Result<Response> {
+    let given = [&body.master_key, &body.self_signing_key, &body.user_signing_key];
+    let mut uploads = Vec::new();
+    for (key, (_, key_type)) in given.into_iter().zip(CROSS_SIGNING) {
+        if let Some(key) = key {
+            check_cross_signing_key(key, &user, key_type)?;
+            uploads.push((key_type, key));
+        }
+    }
+    let mut replaces = false;
+    for (key_type, key) in &uploads {
+        let stored = keys::cross_signing_key(&state.db, user.user_id.as_str(), key_type).await?;
+        replaces |= stored.is_some_and(|stored| stored != **key);
+    }
+    if replaces && let Some(challenge) = uia::require_password(&state, &user, body.auth).await? {
+        return Ok(challenge);
+    }
+    keys::put_cross_signing_keys(&state.db, user.user_id.as_str(), &uploads).await?;
+    publish_user_change(&state, &user.user_id).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+/// `POST /_matrix/client/v3/keys/signatures/upload`
+/// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3keyssignaturesupload>
+///
+/// Each entry is a key (a device's, by device id, or a cross-signing key,
+/// by its public key) carrying the caller's signatures; those are stored
+/// and appear in `/keys/query`. An entry without them is reported in
+/// `failures`. Signatures are stored as uploaded, not verified.
+pub async fn upload_signatures(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixJson(body): MatrixJson<Map<String, Value>>,
+) -> Result<Json<Value>> {
+    let mut signatures: Vec<Signature> = Vec::new();
+    let mut failures = Map::new();
+    let mut targets = Vec::new();
+    for (target_user, signed_keys) in &body {
+        let target = parse_user(target_user)?;
+        let signed_keys =
+            signed_keys.as_object().ok_or_else(|| MatrixError::bad_json(format!("{target_user} must map keys")))?;
+        for (target_key, signed) in signed_keys {
+            let mine = signed["signatures"][user.user_id.as_str()].as_object().filter(|s| !s.is_empty());
+            let Some(mine) = mine else {
+                let failure = json!({ "errcode": "M_INVALID_SIGNATURE", "error": "No signature by the uploader" });
+                failures.entry(target_user.clone()).or_insert_with(|| json!({}))[target_key] = failure;
+                continue;
+            };
+            for (key_id, signature) in mine {
+                let signature =
+                    signature.as_str().ok_or_else(|| MatrixError::bad_json("signatures must be strings"))?;
+                signatures.push((
+                    target_user.clone(),
+                    target_key.clone(),
+                    user.user_id.to_string(),
+                    key_id.clone(),
+                    signature.to_owned(),
+                ));
+            }
+            targets.push(target.clone());
+        }
+    }
+    keys::put_signatures(&state.db, &signatures).await?;
+    targets.dedup();
+    for target in targets.iter().filter(|t| t.server_name() == state.server_name()) {
+        publish_user_change(&state, target).await?;
+    }
+    Ok(Json(json!({ "failures": failures })))
 }

@@ -87,6 +87,8 @@ pub fn router(state: AppState) -> Router {
         .route("/keys/upload", post(keys::upload))
         .route("/keys/query", post(keys::query))
         .route("/keys/claim", post(keys::claim))
+        .route("/keys/device_signing/upload", post(keys::upload_cross_signing))
+        .route("/keys/signatures/upload", post(keys::upload_signatures))
         .route("/rooms/{room_id}/receipt/{receipt_type}/{event_id}", post(receipts::receipt))
         .route("/rooms/{room_id}/read_markers", post(receipts::read_markers))
         .route("/user/{user_id}/account_data/{data_type}", get(account_data::get_global).put(account_data::put_global))

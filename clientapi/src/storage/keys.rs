@@ -213,3 +213,84 @@ pub async fn claim(
         claimed.map(|(key_id, json)| Ok((format!("{algorithm}:{key_id}"), decode(&json)?))).transpose()
     })
 }
+
+/// The user's cross-signing key of `key_type` (`master`, `self_signing`, `user_signing`).
+pub async fn cross_signing_key(db: &Db, user_id: &str, key_type: &str) -> Result<Option<Value>, sqlx::Error> {
+    let text: Option<String> = with_db!(db, pool => {
+        sqlx::query_scalar("SELECT key_json FROM clientapi_cross_signing_keys WHERE user_id = $1 AND key_type = $2")
+            .bind(user_id)
+            .bind(key_type)
+            .fetch_optional(pool)
+            .await?
+    });
+    text.map(|t| decode(&t)).transpose()
+}
+
+/// Replace the user's cross-signing keys given, in one transaction.
+pub async fn put_cross_signing_keys(db: &Db, user_id: &str, keys: &[(&str, &Value)]) -> Result<(), sqlx::Error> {
+    with_db!(db, pool => {
+        let mut tx = pool.begin_write().await?;
+        for (key_type, json) in keys {
+            sqlx::query(
+                "INSERT INTO clientapi_cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3) \
+                 ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
+            )
+            .bind(user_id)
+            .bind(*key_type)
+            .bind(json.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    })
+}
+
+/// One signature over a key: `(target user, target key, signer, signer key id, signature)`.
+pub type Signature = (String, String, String, String, String);
+
+pub async fn put_signatures(db: &Db, signatures: &[Signature]) -> Result<(), sqlx::Error> {
+    with_db!(db, pool => {
+        let mut tx = pool.begin_write().await?;
+        for (target_user, target_key, signer, signer_key_id, signature) in signatures {
+            sqlx::query(
+                "INSERT INTO clientapi_key_signatures (target_user, target_key, signer_user, signer_key_id, signature) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (target_user, target_key, signer_user, signer_key_id) \
+                 DO UPDATE SET signature = excluded.signature",
+            )
+            .bind(target_user)
+            .bind(target_key)
+            .bind(signer)
+            .bind(signer_key_id)
+            .bind(signature)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    })
+}
+
+/// Uploaded signatures over `target_key` of `target_user`, merged into the
+/// key's own `signatures` object.
+pub async fn merge_signatures(
+    db: &Db,
+    target_user: &str,
+    target_key: &str,
+    key: &mut Value,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<(String, String, String)> = with_db!(db, pool => {
+        sqlx::query_as(
+            "SELECT signer_user, signer_key_id, signature FROM clientapi_key_signatures \
+             WHERE target_user = $1 AND target_key = $2",
+        )
+        .bind(target_user)
+        .bind(target_key)
+        .fetch_all(pool)
+        .await?
+    });
+    for (signer, key_id, signature) in rows {
+        key["signatures"][signer.as_str()][key_id.as_str()] = Value::String(signature);
+    }
+    Ok(())
+}

@@ -140,6 +140,26 @@ CREATE TABLE clientapi_media (
 );
 ";
 
+/// Cross-signing keys (`master`, `self_signing`, `user_signing`) and the
+/// signatures users upload for keys (a device id or a cross-signing public
+/// key names the key signed).
+const V7: &str = "
+CREATE TABLE clientapi_cross_signing_keys (
+    user_id TEXT NOT NULL,
+    key_type TEXT NOT NULL,
+    key_json TEXT NOT NULL,
+    PRIMARY KEY (user_id, key_type)
+);
+CREATE TABLE clientapi_key_signatures (
+    target_user TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    signer_user TEXT NOT NULL,
+    signer_key_id TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (target_user, target_key, signer_user, signer_key_id)
+);
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE },
     Migration { version: 2, sqlite: V2, postgres: V2 },
@@ -147,4 +167,5 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, sqlite: V4, postgres: V4 },
     Migration { version: 5, sqlite: V5, postgres: V5 },
     Migration { version: 6, sqlite: V6, postgres: V6 },
+    Migration { version: 7, sqlite: V7, postgres: V7 },
 ];

@@ -18,6 +18,7 @@ impl Storage {
         let _guard = self.write_lock.lock().await;
         with_db!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
+            if !change.device_id.is_empty() {
             sqlx::query(
                 "INSERT INTO syncapi_key_counts (user_id, device_id, one_time_key_counts, unused_fallback_key_types) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, device_id) DO UPDATE SET \
@@ -30,6 +31,7 @@ impl Storage {
             .bind(&fallback)
             .execute(&mut *tx)
             .await?;
+            }
             let pos: Option<i64> = if change.device_keys_changed {
                 Some(
                     sqlx::query_scalar(
