@@ -1409,3 +1409,72 @@ async fn media_uploads_download_with_safe_headers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn key_backups_keep_the_better_copy_per_session() {
+    each_backend(Options::default, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let (a, b) = (Some(alice.token.as_str()), Some(bob.token.as_str()));
+        let base = "/_matrix/client/v3/room_keys";
+        let key = |verified: bool, index: u64, forwards: u64| {
+            json!({"is_verified": verified, "first_message_index": index, "forwarded_count": forwards,
+                   "session_data": {"ciphertext": format!("{verified}{index}{forwards}")}})
+        };
+        s.get(&format!("{base}/version"), a).await.err(404, "M_NOT_FOUND");
+        let algorithm = "m.megolm_backup.v1.curve25519-aes-sha2";
+        let created = s
+            .post(&format!("{base}/version"), a, json!({"algorithm": algorithm, "auth_data": {"public_key": "k1"}}))
+            .await
+            .ok();
+        assert_eq!(created.body["version"], "1");
+        let current = s.get(&format!("{base}/version"), a).await.ok();
+        assert_eq!((current.body["count"].as_i64(), current.body["etag"].as_str()), (Some(0), Some("0")));
+
+        let session = format!("{base}/keys/!r:test.local/s1?version=1");
+        let put = s.put(&session, a, key(false, 5, 1)).await.ok();
+        assert_eq!((put.body["count"].as_i64(), put.body["etag"].as_str()), (Some(1), Some("1")));
+        // A worse copy changes nothing; a verified one replaces it.
+        let put = s.put(&session, a, key(false, 9, 0)).await.ok();
+        assert_eq!(put.body["etag"], "1");
+        assert_eq!(s.get(&session, a).await.ok().body["first_message_index"], 5);
+        let put = s.put(&session, a, key(true, 9, 9)).await.ok();
+        assert_eq!(put.body["etag"], "2");
+        assert_eq!(s.get(&session, a).await.ok().body["is_verified"], true);
+        let all = json!({"rooms": {"!r2:test.local": {"sessions": {"s2": key(false, 0, 0)}}}});
+        assert_eq!(s.put(&format!("{base}/keys?version=1"), a, all).await.ok().body["count"], 2);
+        let everything = s.get(&format!("{base}/keys?version=1"), a).await.ok();
+        assert_eq!(everything.body["rooms"].as_object().unwrap().len(), 2);
+        let room = s.get(&format!("{base}/keys/!r2:test.local?version=1"), a).await.ok();
+        assert!(room.body["sessions"]["s2"].is_object(), "{}", room.body);
+
+        // A newer version becomes the one to write to; the old one can still be read.
+        let second = s.post(&format!("{base}/version"), a, json!({"algorithm": algorithm, "auth_data": {}})).await.ok();
+        assert_eq!(second.body["version"], "2");
+        s.put(&session, a, key(true, 0, 0)).await.err(403, "M_WRONG_ROOM_KEYS_VERSION");
+        s.get(&session, a).await.ok();
+        s.put(&format!("{base}/version/2"), a, json!({"algorithm": "other", "auth_data": {}}))
+            .await
+            .err(400, "M_INVALID_PARAM");
+        s.put(&format!("{base}/version/2"), a, json!({"algorithm": algorithm, "auth_data": {"public_key": "k2"}}))
+            .await
+            .ok();
+        assert_eq!(s.get(&format!("{base}/version/2"), a).await.ok().body["auth_data"]["public_key"], "k2");
+
+        let deleted =
+            s.send(reqwest::Method::DELETE, &format!("{base}/keys/!r2:test.local?version=1"), a, None).await.ok();
+        assert_eq!(deleted.body["count"], 1);
+        s.send(reqwest::Method::DELETE, &format!("{base}/version/1"), a, None).await.ok();
+        s.get(&format!("{base}/version/1"), a).await.err(404, "M_NOT_FOUND");
+        s.send(reqwest::Method::DELETE, &format!("{base}/version/1"), a, None).await.err(404, "M_NOT_FOUND");
+
+        s.get(&format!("{base}/keys"), a).await.err(400, "M_MISSING_PARAM");
+        s.put(&format!("{base}/keys/!r:test.local/s9?version=2"), a, json!({"session_data": {}}))
+            .await
+            .err(400, "M_BAD_JSON");
+        s.get(&format!("{base}/version/x"), a).await.err(404, "M_NOT_FOUND");
+        // Backups are per user.
+        s.get(&format!("{base}/version"), b).await.err(404, "M_NOT_FOUND");
+    })
+    .await;
+}

@@ -4,6 +4,7 @@
 mod account;
 mod account_data;
 mod admin_register;
+mod backup;
 mod capabilities;
 mod devices;
 mod directory;
@@ -88,6 +89,17 @@ pub fn router(state: AppState) -> Router {
         .route("/keys/query", post(keys::query))
         .route("/keys/claim", post(keys::claim))
         .route("/keys/device_signing/upload", post(keys::upload_cross_signing))
+        .route("/room_keys/version", get(backup::current_version).post(backup::create_version))
+        .route(
+            "/room_keys/version/{version}",
+            get(backup::version).put(backup::update_version).delete(backup::delete_version),
+        )
+        .route("/room_keys/keys", get(backup::get_all).put(backup::put_all).delete(backup::delete_all))
+        .route("/room_keys/keys/{room_id}", get(backup::get_room).put(backup::put_room).delete(backup::delete_room))
+        .route(
+            "/room_keys/keys/{room_id}/{session_id}",
+            get(backup::get_session).put(backup::put_session).delete(backup::delete_session),
+        )
         .route("/keys/signatures/upload", post(keys::upload_signatures))
         .route("/rooms/{room_id}/receipt/{receipt_type}/{event_id}", post(receipts::receipt))
         .route("/rooms/{room_id}/read_markers", post(receipts::read_markers))

@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod backup;
 pub mod devices;
 pub mod directory;
 pub mod keys;
@@ -160,6 +161,28 @@ CREATE TABLE clientapi_key_signatures (
 );
 ";
 
+/// Server-side key backups: versions per user (deleted ones keep their
+/// number, so numbers are never reused) and the backed-up room keys.
+const V8: &str = "
+CREATE TABLE clientapi_backup_versions (
+    user_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    algorithm TEXT NOT NULL,
+    auth_data TEXT NOT NULL,
+    etag BIGINT NOT NULL,
+    deleted BOOLEAN NOT NULL,
+    PRIMARY KEY (user_id, version)
+);
+CREATE TABLE clientapi_backup_keys (
+    user_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    room_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    key_data TEXT NOT NULL,
+    PRIMARY KEY (user_id, version, room_id, session_id)
+);
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE },
     Migration { version: 2, sqlite: V2, postgres: V2 },
@@ -168,4 +191,5 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 5, sqlite: V5, postgres: V5 },
     Migration { version: 6, sqlite: V6, postgres: V6 },
     Migration { version: 7, sqlite: V7, postgres: V7 },
+    Migration { version: 8, sqlite: V8, postgres: V8 },
 ];

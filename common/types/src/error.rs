@@ -56,13 +56,17 @@ pub enum ErrorCode {
     BadAlias,
     #[serde(rename = "M_THREEPID_DENIED")]
     ThreepidDenied,
+    #[serde(rename = "M_WRONG_ROOM_KEYS_VERSION")]
+    WrongRoomKeysVersion,
 }
 
 impl ErrorCode {
     /// The HTTP status the spec pairs with this code by default.
     pub fn default_status(self) -> StatusCode {
         match self {
-            Self::Forbidden | Self::UserDeactivated | Self::ThreepidDenied => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::UserDeactivated | Self::ThreepidDenied | Self::WrongRoomKeysVersion => {
+                StatusCode::FORBIDDEN
+            }
             Self::UnknownToken | Self::MissingToken | Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound | Self::Unrecognized => StatusCode::NOT_FOUND,
             Self::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
