@@ -2,7 +2,7 @@
 //! PostgreSQL. Room endpoints run against the real room server.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
 use myelin_bus::{Bus, EmbeddedBackend, Shutdown, ShutdownTrigger};
@@ -1477,4 +1477,64 @@ async fn key_backups_keep_the_better_copy_per_session() {
         s.get(&format!("{base}/version"), b).await.err(404, "M_NOT_FOUND");
     })
     .await;
+}
+
+#[tokio::test]
+async fn user_directory_finds_only_users_sharing_a_room_or_in_public_rooms() {
+    let options = || Options { roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let carol = s.admin_register("carol", "singer").await;
+        let dave = s.admin_register("dave", "diver").await;
+        let (a, b) = (Some(alice.token.as_str()), Some(bob.token.as_str()));
+        s.put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id),
+            a,
+            json!({"displayname": "Alice Liddell"}),
+        )
+        .await
+        .ok();
+        let shared = s.post("/_matrix/client/v3/createRoom", a, json!({"invite": [bob.user_id]})).await.ok();
+        let shared = shared.body["room_id"].as_str().unwrap().to_owned();
+        s.post(&format!("/_matrix/client/v3/join/{}", urlencode(&shared)), b, json!({})).await.ok();
+        s.post("/_matrix/client/v3/createRoom", Some(&carol.token), json!({"preset": "public_chat"})).await.ok();
+        s.post("/_matrix/client/v3/createRoom", Some(&dave.token), json!({})).await.ok();
+
+        let ids = |reply: &Reply| -> Vec<String> {
+            reply.body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["user_id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        // The directory follows the rooms as the room server reports them.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while ids(&s.user_search(b, json!({"search_term": "liddell"})).await.ok()) != [alice.user_id.clone()] {
+            assert!(Instant::now() < deadline, "[{}] alice never found by display name", s.backend);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let found = s.user_search(b, json!({"search_term": "liddell"})).await.ok();
+        assert_eq!(found.body["results"][0]["display_name"], "Alice Liddell");
+        assert_eq!(ids(&s.user_search(a, json!({"search_term": "BOB"})).await.ok()), [bob.user_id.clone()]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while ids(&s.user_search(a, json!({"search_term": "carol"})).await.ok()) != [carol.user_id.clone()] {
+            assert!(Instant::now() < deadline, "[{}] a public room's member is never found", s.backend);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Dave shares no room with Alice and is in no public room.
+        assert!(ids(&s.user_search(a, json!({"search_term": "dave"})).await.ok()).is_empty());
+        let limited = s.user_search(a, json!({"search_term": SERVER_NAME, "limit": 1})).await.ok();
+        assert_eq!((ids(&limited).len(), limited.body["limited"].as_bool()), (1, Some(true)));
+        s.user_search(a, json!({"search_term": "  "})).await.err(400, "M_INVALID_PARAM");
+        s.user_search(a, json!({"limit": 5})).await.err(400, "M_BAD_JSON");
+    })
+    .await;
+}
+
+impl Server {
+    async fn user_search(&self, token: Option<&str>, body: Value) -> Reply {
+        self.post("/_matrix/client/v3/user_directory/search", token, body).await
+    }
 }

@@ -21,6 +21,7 @@ mod state;
 mod threepid;
 mod to_device;
 mod typing;
+mod user_directory;
 mod versions;
 
 use axum::Router;
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .route("/rooms/{room_id}/joined_members", get(state::joined_members))
         .route("/rooms/{room_id}/typing/{user_id}", put(typing::typing))
         .route("/sendToDevice/{event_type}/{txn_id}", put(to_device::send_to_device))
+        .route("/user_directory/search", post(user_directory::search))
         .route("/keys/upload", post(keys::upload))
         .route("/keys/query", post(keys::query))
         .route("/keys/claim", post(keys::claim))

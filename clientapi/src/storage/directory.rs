@@ -300,3 +300,37 @@ pub async fn published(
         .collect();
     Ok((summaries, total))
 }
+
+/// A user the user directory found: id, display name and avatar.
+pub type FoundUser = (String, Option<String>, Option<String>);
+
+/// Users who share a room with `requester` or are in a public room, whose
+/// id or display name contains `term` (any letter case), by id, at most
+/// `limit`. Profiles are those of this server's users; deactivated
+/// accounts are left out.
+pub async fn search_users(
+    db: &Db,
+    requester: &str,
+    server_name: &str,
+    term: &str,
+    limit: i64,
+) -> Result<Vec<FoundUser>, sqlx::Error> {
+    let pattern = format!("%{}%", term.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+    with_db!(db, pool => {
+        sqlx::query_as(
+            "SELECT DISTINCT m.user_id, a.displayname, a.avatar_url FROM clientapi_directory_members m \
+             LEFT JOIN clientapi_accounts a ON '@' || a.localpart || ':' || $2 = m.user_id \
+             WHERE (m.room_id IN (SELECT room_id FROM clientapi_directory_members WHERE user_id = $1) \
+                    OR m.room_id IN (SELECT room_id FROM clientapi_room_summaries WHERE join_rule = 'public')) \
+             AND (a.deactivated IS NULL OR NOT a.deactivated) \
+             AND (lower(m.user_id) LIKE $3 ESCAPE '\\' OR lower(COALESCE(a.displayname, '')) LIKE $3 ESCAPE '\\') \
+             ORDER BY m.user_id LIMIT $4",
+        )
+        .bind(requester)
+        .bind(server_name)
+        .bind(&pattern)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+    })
+}
