@@ -1511,15 +1511,15 @@ async fn user_directory_finds_only_users_sharing_a_room_or_in_public_rooms() {
         };
         // The directory follows the rooms as the room server reports them.
         let deadline = Instant::now() + Duration::from_secs(15);
-        while ids(&s.user_search(b, json!({"search_term": "liddell"})).await.ok()) != [alice.user_id.clone()] {
+        while ids(&s.user_search(b, json!({"search_term": "liddell"})).await.ok()) != [alice.user_id.as_str()] {
             assert!(Instant::now() < deadline, "[{}] alice never found by display name", s.backend);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let found = s.user_search(b, json!({"search_term": "liddell"})).await.ok();
         assert_eq!(found.body["results"][0]["display_name"], "Alice Liddell");
-        assert_eq!(ids(&s.user_search(a, json!({"search_term": "BOB"})).await.ok()), [bob.user_id.clone()]);
+        assert_eq!(ids(&s.user_search(a, json!({"search_term": "BOB"})).await.ok()), [bob.user_id.as_str()]);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while ids(&s.user_search(a, json!({"search_term": "carol"})).await.ok()) != [carol.user_id.clone()] {
+        while ids(&s.user_search(a, json!({"search_term": "carol"})).await.ok()) != [carol.user_id.as_str()] {
             assert!(Instant::now() < deadline, "[{}] a public room's member is never found", s.backend);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
