@@ -136,6 +136,16 @@ impl Filter {
         self.room.as_ref().and_then(|r| r.account_data.as_ref())
     }
 
+    /// Whether a presence event (type `m.presence`, its user as `sender`) appears.
+    pub fn presence_allowed(&self, event: &Value) -> bool {
+        let event_type = event.get("type").and_then(Value::as_str).unwrap_or_default();
+        let sender = event.get("sender").and_then(Value::as_str).unwrap_or_default();
+        self.presence.as_ref().is_none_or(|f| {
+            allowed(event_type, f.types.as_deref(), f.not_types.as_deref(), type_matches)
+                && allowed(sender, f.senders.as_deref(), f.not_senders.as_deref(), |a, b| a == b)
+        })
+    }
+
     /// Whether global account data of this type appears.
     pub fn account_data_allowed(&self, data_type: &str) -> bool {
         self.account_data

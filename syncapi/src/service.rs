@@ -54,6 +54,7 @@ pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -
         receipts: storage.max_receipt_pos().await?,
         to_device: storage.max_to_device_pos().await?,
         device_lists: storage.max_device_list_pos().await?,
+        presence: storage.max_presence_pos().await?,
     };
     let notifier = Arc::new(Notifier::new(start));
     let auth = Arc::new(TokenResolver::new(bus.clone()));

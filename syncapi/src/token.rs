@@ -1,10 +1,10 @@
-//! Pagination and sync tokens. The sync API has six streams: room events
+//! Pagination and sync tokens. The sync API has seven streams: room events
 //! (positions in its event table), account data, typing, receipts,
-//! to-device messages and device list changes. A sync token
-//! `s<events>_<account data>_<typing>_<receipts>_<to-device>_<device lists>`
-//! names a point in all six; pagination tokens name a point *between* room events, `s<N>`
+//! to-device messages, device list changes and presence. A sync token
+//! `s<events>_<account data>_<typing>_<receipts>_<to-device>_<device lists>_<presence>`
+//! names a point in all seven; pagination tokens name a point *between* room events, `s<N>`
 //! being "just after the event at position N". The older forms `s<N>`,
-//! `s<events>_<account data>_<typing>_<receipts>` and the five-stream one are still accepted as sync
+//! `s<events>_<account data>_<typing>_<receipts>` and the five- and six-stream ones are still accepted as sync
 //! tokens (the missing streams then start from the beginning), and a sync token is accepted where a
 //! pagination token is expected (its event position counts). Clients treat
 //! them as opaque.
@@ -41,6 +41,7 @@ pub enum Stream {
     Receipts,
     ToDevice,
     DeviceLists,
+    Presence,
 }
 
 /// A position in every stream.
@@ -52,6 +53,7 @@ pub struct SyncToken {
     pub receipts: i64,
     pub to_device: i64,
     pub device_lists: i64,
+    pub presence: i64,
 }
 
 impl SyncToken {
@@ -63,6 +65,7 @@ impl SyncToken {
             Stream::Receipts => self.receipts,
             Stream::ToDevice => self.to_device,
             Stream::DeviceLists => self.device_lists,
+            Stream::Presence => self.presence,
         }
     }
 
@@ -74,6 +77,7 @@ impl SyncToken {
             Stream::Receipts => &mut self.receipts,
             Stream::ToDevice => &mut self.to_device,
             Stream::DeviceLists => &mut self.device_lists,
+            Stream::Presence => &mut self.presence,
         }
     }
 
@@ -87,6 +91,7 @@ impl SyncToken {
             receipts: self.receipts.min(limit.receipts),
             to_device: self.to_device.min(limit.to_device),
             device_lists: self.device_lists.min(limit.device_lists),
+            presence: self.presence.min(limit.presence),
         }
     }
 
@@ -98,13 +103,14 @@ impl SyncToken {
             || self.receipts > other.receipts
             || self.to_device > other.to_device
             || self.device_lists > other.device_lists
+            || self.presence > other.presence
     }
 }
 
 impl fmt::Display for SyncToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let SyncToken { events, account_data, typing, receipts, to_device, device_lists } = self;
-        write!(f, "s{events}_{account_data}_{typing}_{receipts}_{to_device}_{device_lists}")
+        let SyncToken { events, account_data, typing, receipts, to_device, device_lists, presence } = self;
+        write!(f, "s{events}_{account_data}_{typing}_{receipts}_{to_device}_{device_lists}_{presence}")
     }
 }
 
@@ -126,10 +132,13 @@ impl FromStr for SyncToken {
                 Ok(SyncToken { events, account_data, typing, receipts, ..SyncToken::default() })
             }
             [events, account_data, typing, receipts, to_device] => {
-                Ok(SyncToken { events, account_data, typing, receipts, to_device, device_lists: 0 })
+                Ok(SyncToken { events, account_data, typing, receipts, to_device, ..SyncToken::default() })
             }
             [events, account_data, typing, receipts, to_device, device_lists] => {
-                Ok(SyncToken { events, account_data, typing, receipts, to_device, device_lists })
+                Ok(SyncToken { events, account_data, typing, receipts, to_device, device_lists, presence: 0 })
+            }
+            [events, account_data, typing, receipts, to_device, device_lists, presence] => {
+                Ok(SyncToken { events, account_data, typing, receipts, to_device, device_lists, presence })
             }
             _ => Err(invalid()),
         }
@@ -144,7 +153,7 @@ mod tests {
     fn round_trip_and_rejects() {
         assert_eq!("s42".parse::<StreamToken>().unwrap(), StreamToken(42));
         assert_eq!(StreamToken(7).to_string(), "s7");
-        for bad in ["", "s", "42", "s-1", "sx", "t1", "s1_2", "s1_2_3_4_5_6_7", "s1__3_4", "s1_2_3_-4", "s+1"] {
+        for bad in ["", "s", "42", "s-1", "sx", "t1", "s1_2", "s1_2_3_4_5_6_7_8", "s1__3_4", "s1_2_3_-4", "s+1"] {
             assert!(bad.parse::<StreamToken>().is_err(), "{bad}");
             assert!(bad.parse::<SyncToken>().is_err(), "{bad}");
         }
@@ -152,11 +161,21 @@ mod tests {
 
     #[test]
     fn sync_tokens_round_trip_and_accept_the_old_form() {
-        let token = SyncToken { events: 5, account_data: 2, typing: 9, receipts: 1, to_device: 3, device_lists: 4 };
-        assert_eq!(token.to_string(), "s5_2_9_1_3_4");
-        assert_eq!("s5_2_9_1_3_4".parse::<SyncToken>().unwrap(), token);
-        assert_eq!("s5_2_9_1_3".parse::<SyncToken>().unwrap(), SyncToken { device_lists: 0, ..token });
-        assert_eq!("s5_2_9_1".parse::<SyncToken>().unwrap(), SyncToken { to_device: 0, device_lists: 0, ..token });
+        let token = SyncToken {
+            events: 5,
+            account_data: 2,
+            typing: 9,
+            receipts: 1,
+            to_device: 3,
+            device_lists: 4,
+            presence: 6,
+        };
+        assert_eq!(token.to_string(), "s5_2_9_1_3_4_6");
+        assert_eq!("s5_2_9_1_3_4_6".parse::<SyncToken>().unwrap(), token);
+        assert_eq!("s5_2_9_1_3_4".parse::<SyncToken>().unwrap(), SyncToken { presence: 0, ..token });
+        assert_eq!("s5_2_9_1_3".parse::<SyncToken>().unwrap(), SyncToken { device_lists: 0, presence: 0, ..token });
+        let old = SyncToken { to_device: 0, device_lists: 0, presence: 0, ..token };
+        assert_eq!("s5_2_9_1".parse::<SyncToken>().unwrap(), old);
         assert_eq!("s5".parse::<SyncToken>().unwrap(), SyncToken { events: 5, ..SyncToken::default() });
         assert_eq!("s5_2_9_1".parse::<StreamToken>().unwrap(), StreamToken(5));
     }

@@ -1013,7 +1013,7 @@ async fn account_data_in_initial_incremental_and_long_polled_sync() {
         let body = s.sync_until(&alice, "", |b| Value::Array(room_events(b, &room, "account_data")) == tag).await;
         assert_eq!(global_account_data(&body), &vec![json!({"type": "org.example.a", "content": {"v": 1}})]);
         let next = next_batch(&body);
-        assert!(next.starts_with('s') && next.split('_').count() == 6, "{next}");
+        assert!(next.starts_with('s') && next.split('_').count() == 7, "{next}");
 
         // Incremental: what changed since the token, and nothing after.
         let body = s.sync(&alice, &format!("since={since0}")).await;
@@ -1049,7 +1049,7 @@ async fn account_data_in_initial_incremental_and_long_polled_sync() {
         let events_pos = next.trim_start_matches('s').split('_').next().unwrap();
         let body = s.sync(&alice, &format!("since=s{events_pos}")).await;
         assert_eq!(global_account_data(&body).len(), 2, "[{}] {body}", s.name);
-        for bad in ["s1_2", "s1_2_3_4_5_6_7", "s1_x_0_0", "s1_-2_0_0"] {
+        for bad in ["s1_2", "s1_2_3_4_5_6_7_8", "s1_x_0_0", "s1_-2_0_0"] {
             let (status, body) = s.get(&format!("/_matrix/client/v3/sync?since={bad}"), Some(&alice)).await;
             assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{bad}");
         }
@@ -1762,5 +1762,64 @@ impl Server {
     async fn login_after_register(&self, localpart: &str, device_id: &str) -> String {
         self.register(localpart).await;
         self.login(localpart, device_id).await
+    }
+}
+
+/// The `m.presence` events of a sync response, by user.
+fn presence_of(body: &Value, user_id: &str) -> Option<Value> {
+    body["presence"]["events"].as_array()?.iter().rev().find(|e| e["sender"] == user_id).map(|e| e["content"].clone())
+}
+
+#[tokio::test]
+async fn presence_reaches_those_who_share_a_room() {
+    use reqwest::Method;
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let carol = s.register("carol").await;
+        let room = s.create_room(ALICE).await;
+        let joined = s.membership(&room, BOB, BOB, "join").await;
+        s.settle(&bob, &joined).await;
+        let since = next_batch(&s.sync(&bob, "set_presence=offline").await);
+
+        let status = |user: &str| format!("/_matrix/client/v3/presence/{user}/status");
+        let (code, _) = s
+            .request(Method::PUT, &status(ALICE), Some(&alice), Some(r#"{"presence":"online","status_msg":"busy"}"#))
+            .await;
+        assert_eq!(code, 200, "[{}]", s.name);
+        let body = s
+            .sync_until(&bob, &format!("since={since}&set_presence=offline"), |b| presence_of(b, ALICE).is_some())
+            .await;
+        let seen = presence_of(&body, ALICE).unwrap();
+        assert_eq!(
+            (seen["presence"].as_str(), seen["status_msg"].as_str()),
+            (Some("online"), Some("busy")),
+            "[{}]",
+            s.name
+        );
+        let (code, got) = s.get(&status(ALICE), Some(&bob)).await;
+        assert_eq!(
+            (code, got["presence"].as_str(), got["currently_active"].as_bool()),
+            (200, Some("online"), Some(true))
+        );
+
+        // A long poll wakes when a room mate's presence changes, and a sync's set_presence counts too.
+        let poll = s.long_poll(&alice, &next_batch(&s.sync(&alice, "set_presence=offline").await), 10_000);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.sync(&bob, "set_presence=unavailable").await;
+        let woken = poll.await.unwrap();
+        assert_eq!(presence_of(&woken, BOB).unwrap()["presence"], "unavailable", "[{}] {woken}", s.name);
+
+        // Carol shares no room with Alice.
+        let (code, body) = s.get(&status(ALICE), Some(&carol)).await;
+        assert_eq!((code, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "[{}]", s.name);
+        let (code, body) = s.request(Method::PUT, &status(BOB), Some(&alice), Some(r#"{"presence":"online"}"#)).await;
+        assert_eq!((code, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "[{}]", s.name);
+        let (code, body) = s.request(Method::PUT, &status(ALICE), Some(&alice), Some(r#"{"presence":"asleep"}"#)).await;
+        assert_eq!((code, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "[{}]", s.name);
+        let (code, body) = s.get("/_matrix/client/v3/sync?set_presence=asleep", Some(&alice)).await;
+        assert_eq!((code, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "[{}]", s.name);
+        let (code, body) = s.get(&status("@carol:localhost"), Some(&carol)).await;
+        assert_eq!((code, body["presence"].as_str()), (200, Some("offline")), "[{}] never set", s.name);
     }
 }

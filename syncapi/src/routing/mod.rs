@@ -3,6 +3,7 @@
 mod filter;
 mod keys;
 mod messages;
+pub mod presence;
 mod relations;
 mod room_events;
 mod search;
@@ -46,7 +47,11 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{prefix}/rooms/{{roomId}}/event/{{eventId}}"), get(room_events::event))
             .route(&format!("{prefix}/rooms/{{roomId}}/context/{{eventId}}"), get(room_events::context))
             .route(&format!("{prefix}/keys/changes"), get(keys::changes))
-            .route(&format!("{prefix}/search"), post(search::search));
+            .route(&format!("{prefix}/search"), post(search::search))
+            .route(
+                &format!("{prefix}/presence/{{userId}}/status"),
+                get(presence::get_status).put(presence::put_status),
+            );
     }
     let relations = "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}";
     router

@@ -56,7 +56,7 @@ pub async fn sync(State(state): State<AppState>, request: Request) -> Result<Jso
         Some("true") => true,
         Some(_) => return Err(MatrixError::invalid_param("full_state must be true or false").into()),
     };
-    // `set_presence` is accepted; presence is not tracked yet.
+    super::presence::on_sync(&state, &identity, params.get("set_presence").map(String::as_str)).await?;
     let filter = match params.get("filter") {
         None => Filter::default(),
         Some(text) if text.trim_start().starts_with('{') => {
@@ -240,16 +240,25 @@ async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) ->
     };
     let (one_time_key_counts, unused_fallback_key_types) =
         storage.key_counts(user_id, &request.identity.device_id).await?;
+    let now = i64::try_from(state.clock.now_ms()).unwrap_or(i64::MAX);
+    let presence: Vec<Value> = storage
+        .presence_between(user_id, since_token.map_or(0, |s| s.presence), current.presence)
+        .await?
+        .iter()
+        .map(|p| super::presence::event(p, now))
+        .filter(|event| request.filter.presence_allowed(event))
+        .collect();
     let empty = join.is_empty()
         && invite.is_empty()
         && leave.is_empty()
         && changes.global_account_data.is_empty()
         && to_device.is_empty()
-        && device_lists_changed.is_empty();
+        && device_lists_changed.is_empty()
+        && presence.is_empty();
     let body = json!({
         "next_batch": next_batch.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
-        "presence": { "events": [] },
+        "presence": { "events": presence },
         "account_data": { "events": changes.global_account_data },
         "to_device": { "events": to_device },
         "device_lists": { "changed": device_lists_changed, "left": [] },

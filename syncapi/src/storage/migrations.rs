@@ -93,6 +93,7 @@ CREATE TABLE syncapi_filters (
     Migration { version: 4, sqlite: V4_SQLITE, postgres: V4_POSTGRES },
     Migration { version: 5, sqlite: V5, postgres: V5 },
     Migration { version: 6, sqlite: V6, postgres: V6 },
+    Migration { version: 7, sqlite: V7, postgres: V7 },
 ];
 
 /// Account data and receipts: the latest value per key, each carrying the
@@ -181,4 +182,14 @@ CREATE TABLE syncapi_relations (
 );
 CREATE INDEX syncapi_relations_parent ON syncapi_relations (room_id, parent_id, stream_pos);
 CREATE INDEX syncapi_relations_threads ON syncapi_relations (room_id, rel_type, stream_pos);
+"#;
+
+/// Presence: each user's latest, with the position in the presence stream
+/// at which it last changed.
+const V7: &str = r#"
+CREATE TABLE syncapi_presence (
+    user_id TEXT PRIMARY KEY NOT NULL, presence TEXT NOT NULL, status_msg TEXT,
+    last_active_ts BIGINT NOT NULL, stream_pos BIGINT NOT NULL
+);
+CREATE INDEX syncapi_presence_pos ON syncapi_presence (stream_pos);
 "#;

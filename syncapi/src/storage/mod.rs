@@ -11,6 +11,7 @@ mod account_data;
 mod counts;
 mod keys;
 mod migrations;
+mod presence;
 mod receipts;
 mod to_device;
 
@@ -24,6 +25,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 pub use migrations::MIGRATIONS;
+pub use presence::Presence;
 
 use crate::SyncApiError;
 use crate::visibility::{HistoryChange, HistoryVisibility};
