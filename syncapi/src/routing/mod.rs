@@ -62,6 +62,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A JSON request body of shape `T`: `M_NOT_JSON` when it is not JSON,
+/// `M_BAD_JSON` when it has the wrong shape.
+async fn json_body<T: serde::de::DeserializeOwned>(body: axum::body::Body) -> Result<T, SyncApiError> {
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| MatrixError::bad_json(e.to_string()))?;
+    let value: Value = myelin_types::json::parse(&bytes)?;
+    Ok(serde_json::from_value(value).map_err(|e| MatrixError::bad_json(e.to_string()))?)
+}
+
 /// The query string as a map (the last of repeated names wins).
 fn query_params(parts: &Parts) -> HashMap<String, String> {
     parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()

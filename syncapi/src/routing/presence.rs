@@ -91,9 +91,7 @@ pub async fn put_status(
     if identity.user_id.as_str() != user_id {
         return Err(MatrixError::forbidden("Cannot set the presence of another user").into());
     }
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| MatrixError::bad_json(e.to_string()))?;
-    let value: Value = myelin_types::json::parse(&bytes)?;
-    let body: PresenceBody = serde_json::from_value(value).map_err(|e| MatrixError::bad_json(e.to_string()))?;
+    let body: PresenceBody = super::json_body(body).await?;
     check_state(&body.presence)?;
     set(&state, &user_id, &body.presence, body.status_msg.as_deref(), false).await?;
     Ok(Json(json!({})))

@@ -53,9 +53,7 @@ struct RoomEventsCriteria {
 pub async fn search(State(state): State<AppState>, request: Request) -> Result<Json<Value>, SyncApiError> {
     let (parts, body) = request.into_parts();
     let identity = state.auth.authenticate(&parts).await?;
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| MatrixError::bad_json(e.to_string()))?;
-    let value: Value = myelin_types::json::parse(&bytes)?;
-    let body: SearchBody = serde_json::from_value(value).map_err(|e| MatrixError::bad_json(e.to_string()))?;
+    let body: SearchBody = super::json_body(body).await?;
     let Some(criteria) = body.search_categories.room_events else {
         return Ok(Json(json!({ "search_categories": {} })));
     };
