@@ -64,7 +64,8 @@ myelin_config() {
 }
 
 # Starts `myelin run` with the configuration in "$1" and any further
-# arguments, on $port and $federation_port; its pid goes in $spawned.
+# arguments, on $port and $federation_port; its pid goes in $spawned. Push
+# gateways may be on loopback: the push scenario serves its own.
 spawn_myelin() {
     local dir="$1" name="$2"
     shift 2
@@ -72,6 +73,7 @@ spawn_myelin() {
     MYELIN_FEDERATION_API__LISTEN="127.0.0.1:$federation_port" \
     MYELIN_CLIENT_API__REGISTRATION_SHARED_SECRET="$secret" \
     MYELIN_GLOBAL__LOG_FILTER=warn \
+    MYELIN_PUSHER__ALLOW_PRIVATE_GATEWAYS=true \
         "$myelin" run --config "$dir/myelin.yaml" "$@" >"$dir/$name.log" 2>&1 &
     spawned=$!
 }

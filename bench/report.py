@@ -225,6 +225,15 @@ Latencies are recorded in HDR histograms (three significant figures).
   (8 at a time), pages back through the whole room with
   `/messages?dir=b&limit={s.get('page', '?')}` once unmeasured, then once measured.
   Figures: events per second over the whole pass, and per-page latency.
+- **push**: one user creates a public room, {s.get('push_members', '?')} members
+  in all join it and every other member sets one http pusher at a push
+  gateway sink the load generator serves on loopback (it counts POSTs to
+  `/_matrix/push/v1/notify` and answers 200). After one unmeasured message
+  has reached every pusher, the first member sends {s.get('push_events', '?')}
+  messages one request at a time; the clock runs until the sink has
+  received a notification of every message for every other member.
+  Figures: messages per second through rule evaluation and delivery, and
+  notifications delivered per second.
 - **resident memory**: VmRSS of the server process from `/proc/<pid>/status`
   two seconds after it answers `/_matrix/client/versions` (idle), VmRSS after
   the whole suite, and VmHWM (peak). Synapse runs as one process (no

@@ -8,6 +8,7 @@
 #
 #   bench/run.sh [--synapse] [--quick] [--messages N] [--samples N]
 #                [--senders N] [--rooms N] [--members N] [--history N]
+#                [--push-members N] [--push-events N]
 #
 #   --synapse      also run against Synapse (installed into
 #                  target/bench-synapse/venv on first use)
@@ -19,6 +20,9 @@
 #   --senders N    senders in the multi-sender scenarios and the latency load
 #   --rooms N, --members N   initial /sync: rooms, and members per room
 #   --history N    events in the room /messages pages back through
+#   --push-members N, --push-events N   pushes: members of the room (one
+#                  pusher each, at a sink the load generator serves) and
+#                  messages sent into it
 #
 # Environment: MYELIN_TEST_POSTGRES (an admin connection URL, default
 # postgres://postgres@127.0.0.1:5432/postgres), SYNAPSE_SPEC (the pip
@@ -33,6 +37,8 @@ rooms=100
 members=100
 history=5000
 page=100
+push_members=1000
+push_events=100
 synapse=false
 quick=false
 while [ $# -gt 0 ]; do
@@ -43,13 +49,15 @@ while [ $# -gt 0 ]; do
         --rooms) rooms="$2"; shift 2 ;;
         --members) members="$2"; shift 2 ;;
         --history) history="$2"; shift 2 ;;
+        --push-members) push_members="$2"; shift 2 ;;
+        --push-events) push_events="$2"; shift 2 ;;
         --synapse) synapse=true; shift ;;
         --quick) quick=true; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
 if $quick; then
-    messages=32 samples=20 senders=4 rooms=3 members=4 history=150 page=50
+    messages=32 samples=20 senders=4 rooms=3 members=4 history=150 page=50 push_members=10 push_events=10
 fi
 
 synapse_venv=target/bench-synapse/venv
@@ -153,6 +161,7 @@ suite() {
     scenario "$label" sync-latency --samples "$samples" --load-senders "$senders"
     scenario "$label" initial-sync --rooms "$rooms" --members "$members"
     scenario "$label" messages --events "$history" --page "$page"
+    scenario "$label" push --members "$push_members" --events "$push_events"
     python3 -c 'import json, sys
 label, idle, loaded, peak = sys.argv[1], *map(int, sys.argv[2:])
 mib = lambda kib: round(kib / 1024, 1)
@@ -170,7 +179,7 @@ if $synapse; then
     synapse_v=$(synapse_version)
 fi
 python3 bench/report.py meta --synapse-version "$synapse_v" --quick "$quick" \
-    --scales "messages=$messages samples=$samples senders=$senders rooms=$rooms members=$members history=$history page=$page" \
+    --scales "messages=$messages samples=$samples senders=$senders rooms=$rooms members=$members history=$history page=$page push_members=$push_members push_events=$push_events" \
     >"$out"
 
 for backend in sqlite postgres; do

@@ -77,6 +77,14 @@ impl Client {
         Ok(())
     }
 
+    /// An http pusher keyed `pushkey` at the push gateway `url`.
+    pub async fn set_http_pusher(&self, pushkey: &str, url: &str) -> Result<()> {
+        let body = json!({"kind": "http", "app_id": "org.example.bench", "pushkey": pushkey,
+            "app_display_name": "bench", "device_display_name": "bench", "lang": "en", "data": {"url": url}});
+        self.call(reqwest::Method::POST, "/_matrix/client/v3/pushers/set", &[], Some(body)).await?;
+        Ok(())
+    }
+
     pub async fn send_text(&self, room_id: &str, txn_id: &str, body: &str) -> Result<String> {
         let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn_id}");
         let reply =

@@ -10,6 +10,7 @@ mod client;
 mod history;
 mod initial_sync;
 mod latency;
+mod push;
 mod send;
 mod stats;
 
@@ -86,6 +87,19 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         page: usize,
     },
+    /// Pushes: one room of `members` members, each with an http pusher at a
+    /// sink on 127.0.0.1:`gateway_port` that this process serves; one sends
+    /// `events` messages, timed until every notification reached the sink.
+    /// The server must allow push gateways on loopback.
+    Push {
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        #[arg(long, default_value_t = 100)]
+        events: usize,
+        /// 0: any free port.
+        #[arg(long, default_value_t = 0)]
+        gateway_port: u16,
+    },
 }
 
 /// The server under test and this run's unique user names.
@@ -138,6 +152,7 @@ async fn main() -> Result<()> {
             initial_sync::run(&target, rooms, members, samples).await?
         }
         Scenario::Messages { events, page } => history::run(&target, events, page).await?,
+        Scenario::Push { members, events, gateway_port } => push::run(&target, members, events, gateway_port).await?,
     };
     result["label"] = json!(cli.label);
     println!("{result}");

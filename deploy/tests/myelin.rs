@@ -3,11 +3,14 @@
 
 mod harness;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::{Backend, Server, json_request};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::sync::{Notify, oneshot};
 
 #[tokio::test]
 async fn run_without_config_serves_the_client_api_from_a_fresh_directory() {
@@ -312,6 +315,115 @@ async fn pdus_queued_for_a_server_that_is_down_survive_a_restart_and_arrive() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the queued message never reached B:\n{}\n{}", a.log_tail(), b.log_tail());
+}
+
+/// A push gateway that records the event id of every notification it
+/// receives. It holds its first request: it tells the test, which kills the
+/// server, and only then answers 200, so the server never learns that
+/// notification arrived.
+struct CrashingGateway {
+    received: Mutex<Vec<String>>,
+    first: Mutex<Option<oneshot::Sender<()>>>,
+    killed: Notify,
+}
+
+async fn crash_on_first_push(
+    axum::extract::State(gateway): axum::extract::State<Arc<CrashingGateway>>,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::Json<Value> {
+    let event_id = body["notification"]["event_id"].as_str().unwrap_or_default().to_owned();
+    gateway.received.lock().unwrap().push(event_id);
+    let first = gateway.first.lock().unwrap().take();
+    if let Some(first) = first {
+        let _ = first.send(());
+        gateway.killed.notified().await;
+    }
+    axum::Json(json!({"rejected": []}))
+}
+
+impl CrashingGateway {
+    /// Serve on loopback; the gateway, its notify URL and the signal of its first request.
+    async fn start() -> (Arc<Self>, String, oneshot::Receiver<()>) {
+        let (first, first_received) = oneshot::channel();
+        let gateway =
+            Arc::new(Self { received: Mutex::default(), first: Mutex::new(Some(first)), killed: Notify::new() });
+        let router = axum::Router::new()
+            .route("/_matrix/push/v1/notify", axum::routing::post(crash_on_first_push))
+            .with_state(gateway.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/_matrix/push/v1/notify", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (gateway, url, first_received)
+    }
+
+    /// How many times each event id was pushed.
+    fn pushes(&self) -> HashMap<String, usize> {
+        let mut pushes = HashMap::new();
+        for event_id in self.received.lock().unwrap().iter() {
+            *pushes.entry(event_id.clone()).or_default() += 1;
+        }
+        pushes
+    }
+}
+
+/// Issue acceptance: the server is killed after the gateway got a
+/// notification but before the server recorded the gateway's 200. After a
+/// restart every message is pushed, at least once and at most twice, and
+/// only the interrupted one twice.
+#[tokio::test]
+async fn a_server_killed_mid_push_loses_no_push_and_repeats_at_most_one() {
+    let (gateway, gateway_url, first_push) = CrashingGateway::start().await;
+    // A short gateway timeout keeps the interrupted request's lease, and so
+    // the wait after the restart, short.
+    let overrides = [("MYELIN_PUSHER__ALLOW_PRIVATE_GATEWAYS", "true"), ("MYELIN_PUSHER__GATEWAY_TIMEOUT_SECS", "3")];
+    let mut server = Server::start_with_env(Backend::Sqlite, &overrides).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room_id = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let (status, joined) = server.post(&bob, &format!("/_matrix/client/v3/join/{room_id}"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let pusher = json!({"kind": "http", "app_id": "org.example.app", "pushkey": "bob-phone",
+        "app_display_name": "App", "device_display_name": "phone", "lang": "en", "data": {"url": gateway_url}});
+    let (status, set) = server.post(&bob, "/_matrix/client/v3/pushers/set", pusher).await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+
+    // Sent before the first push arrives: the later ones wait behind it in
+    // bob's outbox, or on the bus, when the server dies.
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(server.send_message(&alice, &room_id, &format!("before-{i}"), &format!("before {i}")).await);
+    }
+    tokio::time::timeout(Duration::from_secs(15), first_push)
+        .await
+        .unwrap_or_else(|_| panic!("no push reached the gateway:\n{}", server.log_tail()))
+        .unwrap();
+    server.stop().await;
+    gateway.killed.notify_one();
+    server.run().await;
+    for i in 0..3 {
+        sent.push(server.send_message(&alice, &room_id, &format!("after-{i}"), &format!("after {i}")).await);
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !sent.iter().all(|event_id| gateway.pushes().contains_key(event_id)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every message was pushed: {:?} of {sent:?}\n{}",
+            gateway.pushes(),
+            server.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pushes = gateway.pushes();
+    // The interrupted notification went out again: the kill hit the window.
+    let interrupted = gateway.received.lock().unwrap()[0].clone();
+    assert_eq!(pushes[&interrupted], 2, "{interrupted} was not pushed again: {pushes:?}");
+    for event_id in &sent {
+        assert!(pushes[event_id] <= 2, "{event_id} pushed {} times: {pushes:?}", pushes[event_id]);
+    }
+    let repeated = sent.iter().filter(|event_id| pushes[*event_id] == 2).count();
+    assert!(repeated <= 1, "{repeated} messages pushed twice: {pushes:?}");
+    assert!(pushes.keys().all(|event_id| sent.contains(event_id)), "only messages notify bob: {pushes:?}");
 }
 
 /// Percent-encode a query value.

@@ -1102,3 +1102,49 @@ async fn device_deletion_and_password_changes_remove_those_devices_pushers() {
         s.fails(Method::GET, "/pushers", Some(&phone), "", 401, "M_UNKNOWN_TOKEN").await;
     }
 }
+
+/// A pusher whose device logged out, and every pusher of a deactivated
+/// user, receives nothing afterwards. As in the other negative cases, a
+/// watcher (Carol) receiving a later event shows the earlier one was
+/// handled; the subjects' gateway requests then show what reached them.
+#[tokio::test]
+async fn logged_out_devices_and_deactivated_users_are_pushed_nothing_more() {
+    for s in servers().await {
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let carol = s.register("carol").await;
+        let laptop = s.register("bob").await;
+        let phone = s.login("bob", "PHONE").await;
+        let dave = s.register("dave").await;
+        s.gateway_pusher(&carol, "carol", None).await;
+        s.gateway_pusher(&laptop, "bob-laptop", None).await;
+        s.gateway_pusher(&phone, "bob-phone", None).await;
+        s.gateway_pusher(&dave, "dave", None).await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        for token in [&carol, &laptop, &dave] {
+            s.join(token, &room).await;
+        }
+        let first = s.send(&alice, &room, text("everyone")).await;
+        for pushkey in ["carol", "bob-laptop", "bob-phone", "dave"] {
+            s.gateway.wait_for(pushkey, &first).await;
+        }
+
+        s.ok(Method::POST, "/logout", &phone, Some(json!({}))).await;
+        s.pushers_until(&laptop, |p| p.len() == 1).await;
+        let with_password = json!({"auth": {"type": "m.login.password", "password": PASSWORD,
+            "identifier": {"type": "m.id.user", "user": "dave"}}});
+        let (status, reply) = s.call(Method::POST, "/account/deactivate", Some(&dave), Some("{}")).await;
+        assert_eq!(status, 401, "[{at}] {reply}");
+        let mut body = with_password;
+        body["auth"]["session"] = reply["session"].clone();
+        s.ok(Method::POST, "/account/deactivate", &dave, Some(body)).await;
+
+        let after = s.send(&alice, &room, text("after")).await;
+        let last = s.send(&alice, &room, text("last")).await;
+        s.gateway.wait_for("carol", &last).await;
+        s.gateway.wait_for("bob-laptop", &last).await;
+        assert_eq!(s.gateway.events_to("bob-laptop"), [first.clone(), after, last], "[{at}] the device still in");
+        assert_eq!(s.gateway.events_to("bob-phone"), std::slice::from_ref(&first), "[{at}] the logged-out device");
+        assert_eq!(s.gateway.events_to("dave"), std::slice::from_ref(&first), "[{at}] the deactivated user");
+    }
+}

@@ -136,6 +136,11 @@ pub struct Pusher {
     /// it is dropped, in seconds; also the oldest an event may be and still
     /// be pushed (older ones are only counted).
     pub give_up_after_secs: u64,
+    /// How long one push gateway request may take before it counts as
+    /// failed, in seconds. A request in flight holds its notification for
+    /// twice this long, so after a crash that notification waits that long
+    /// before it is sent again.
+    pub gateway_timeout_secs: u64,
 }
 
 /// How much of an event a push gateway receives, least first.
@@ -214,7 +219,12 @@ impl FederationApi {
 
 impl Default for Pusher {
     fn default() -> Self {
-        Self { content: PushContent::Full, allow_private_gateways: false, give_up_after_secs: 24 * 60 * 60 }
+        Self {
+            content: PushContent::Full,
+            allow_private_gateways: false,
+            give_up_after_secs: 24 * 60 * 60,
+            gateway_timeout_secs: 30,
+        }
     }
 }
 

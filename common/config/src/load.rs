@@ -390,11 +390,12 @@ mod tests {
 
     #[test]
     fn push_settings_parse_and_bad_levels_are_refused() {
-        let yaml = "pusher:\n  content: event_id_only\n  give_up_after_secs: 60\n";
+        let yaml = "pusher:\n  content: event_id_only\n  give_up_after_secs: 60\n  gateway_timeout_secs: 5\n";
         let config =
             Config::from_sources(Some(yaml), env(&[("MYELIN_PUSHER__ALLOW_PRIVATE_GATEWAYS", "true")])).unwrap();
         assert_eq!(config.pusher.content, crate::PushContent::EventIdOnly);
         assert_eq!(config.pusher.give_up_after_secs, 60);
+        assert_eq!(config.pusher.gateway_timeout_secs, 5);
         assert!(config.pusher.allow_private_gateways);
         assert_eq!(Config::default().pusher.content, crate::PushContent::Full);
         assert!(!Config::default().pusher.allow_private_gateways);

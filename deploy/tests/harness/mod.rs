@@ -54,6 +54,15 @@ impl Server {
         server
     }
 
+    /// A server like [`Server::start`] with configuration overrides
+    /// (`MYELIN_<SECTION>__<KEY>` variables) that also hold across restarts.
+    pub async fn start_with_env(backend: Backend, env: &[(&'static str, &str)]) -> Self {
+        let mut server = Self::generate(backend).await;
+        server.env.extend(env.iter().map(|(key, value)| (*key, (*value).to_owned())));
+        server.spawn().await;
+        server
+    }
+
     /// Two servers on loopback that federate: their federation
     /// certificates come from one test CA that both trust.
     pub async fn start_federated_pair(backend: Backend) -> (Self, Self, TempDir) {

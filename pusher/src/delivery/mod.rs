@@ -26,11 +26,6 @@ use crate::PusherError;
 use crate::metrics;
 use crate::storage::{OutboxRow, Storage};
 
-/// How long one attempt may take before the gateway counts as failed.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a claimed row stays claimed: past it, another instance (or this
-/// one after a crash) may send it again.
-const LEASE_MS: i64 = 120_000;
 /// The first retry's delay; each further one doubles it, up to [`MAX_BACKOFF_MS`].
 const FIRST_BACKOFF_MS: i64 = 1_000;
 const MAX_BACKOFF_MS: i64 = 3_600_000;
@@ -62,6 +57,10 @@ pub struct Delivery {
     policy: GatewayResolver,
     clock: SharedClock,
     give_up_ms: i64,
+    /// How long a claimed row stays claimed: past it, another instance (or
+    /// this one after a crash) may send it again. Twice the request timeout,
+    /// so that an attempt ends, and is recorded, well before its lease does.
+    lease_ms: i64,
     wake: Notify,
 }
 
@@ -72,11 +71,12 @@ impl Delivery {
             .dns_resolver(Arc::new(policy))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(Duration::from_secs(config.gateway_timeout_secs))
             .build()
             .map_err(|e| PusherError::Http(e.to_string()))?;
         let give_up_ms = i64::try_from(config.give_up_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        Ok(Self { storage, http, policy, clock, give_up_ms, wake: Notify::new() })
+        let lease_ms = i64::try_from(config.gateway_timeout_secs.saturating_mul(2000)).unwrap_or(i64::MAX);
+        Ok(Self { storage, http, policy, clock, give_up_ms, lease_ms, wake: Notify::new() })
     }
 
     /// Something new is in the outbox.
@@ -111,7 +111,7 @@ impl Delivery {
         let due = self.storage.due_deliveries(now, MAX_IN_FLIGHT).await?;
         let more = due.len() as i64 == MAX_IN_FLIGHT;
         for row in due {
-            if self.storage.claim_delivery(&row, now + LEASE_MS).await? {
+            if self.storage.claim_delivery(&row, now.saturating_add(self.lease_ms)).await? {
                 attempts.spawn(self.clone().attempt(row));
             }
         }
