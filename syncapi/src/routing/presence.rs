@@ -70,6 +70,13 @@ pub async fn on_sync(state: &AppState, identity: &Identity, set_presence: Option
     if presence == "offline" {
         return Ok(());
     }
+    // Every sync passes here: write only when the state changes or the last
+    // activity would soon stop counting as current.
+    let now = i64::try_from(state.clock.now_ms()).unwrap_or(i64::MAX);
+    let stored = state.storage.presence(identity.user_id.as_str()).await?;
+    if stored.is_some_and(|p| p.presence == presence && now - p.last_active_ts < CURRENTLY_ACTIVE_MS / 2) {
+        return Ok(());
+    }
     set(state, identity.user_id.as_str(), presence, None, true).await
 }
 
