@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates CONFORMANCE.md at the repository root: SyTest pass counts per
-# area, with the date and commit they were measured at.
+# area, with the date and commit they were measured at, and the summary of
+# the last schemathesis run (target/schemathesis/summary.txt) when there is one.
 #
 #   SYTEST_DIR=/path/to/sytest sytest-compat/conformance.sh           run SyTest, then write
 #   sytest-compat/conformance.sh --from RESULTS_DIR                   write from an earlier run.sh run
@@ -11,6 +12,8 @@ set -euo pipefail
 
 compat="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$compat/.." && pwd)"
+# Written by the schemathesis end-to-end test (tests/conformance).
+schemathesis="$repo/target/schemathesis"
 
 from=""
 update_whitelist=0
@@ -63,5 +66,19 @@ whitelisted="$(grep -cv '^\s*\(#\|$\)' "$compat/whitelist.txt" || true)"
     echo "\"skip\" is a test SyTest did not run, mostly for a missing fixture or a"
     echo "server capability it detected as absent. Run with"
     echo "\`sytest-compat/summarize.py RESULTS_DIR --failing\` for the failing tests."
+    if [ -f "$schemathesis/summary.txt" ]; then
+        echo
+        echo "## Schema checks"
+        echo
+        echo "schemathesis over \`client-server.json\` and \`server-server.json\` (checks"
+        echo "\`not_a_server_error\` and \`response_schema_conformance\`), from the end-to-end"
+        echo "test \`schemathesis_finds_no_server_error_and_no_schema_violation\`, last run"
+        echo "$(date -u -r "$schemathesis/summary.txt" +%Y-%m-%d). Federation requests are"
+        echo "unsigned, so authenticated federation endpoints are checked only for clean"
+        echo "refusals. Accepted spec gaps, each with its reason:"
+        echo "\`tests/conformance/schemathesis-baseline.json\`."
+        echo
+        sed 's/^/- /' "$schemathesis/summary.txt"
+    fi
 } >"$repo/CONFORMANCE.md"
 echo "wrote $repo/CONFORMANCE.md" >&2

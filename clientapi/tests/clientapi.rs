@@ -953,6 +953,9 @@ async fn devices_are_listed_renamed_and_deleted_behind_the_password() {
         let ids: Vec<&str> = list.body["devices"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap()).collect();
         assert_eq!(ids.len(), 2, "{}", list.body);
         assert!(ids.contains(&"PHONE") && ids.contains(&alice.device_id.as_str()), "{ids:?}");
+        // A device without a name has no `display_name` at all (never null).
+        let unnamed = s.get(&format!("/_matrix/client/v3/devices/{}", alice.device_id), a).await.ok();
+        assert_eq!(unnamed.body, json!({"device_id": alice.device_id}));
         let one = s.get("/_matrix/client/r0/devices/PHONE", a).await.ok();
         assert_eq!(one.body, json!({"device_id": "PHONE", "display_name": "Phone"}));
         s.put("/_matrix/client/v3/devices/PHONE", a, json!({"display_name": "Old phone"})).await.ok();
@@ -1430,6 +1433,9 @@ async fn key_backups_keep_the_better_copy_per_session() {
         assert_eq!(created.body["version"], "1");
         let current = s.get(&format!("{base}/version"), a).await.ok();
         assert_eq!((current.body["count"].as_i64(), current.body["etag"].as_str()), (Some(0), Some("0")));
+        s.post(&format!("{base}/version"), a, json!({"algorithm": "AAA", "auth_data": {}}))
+            .await
+            .err(400, "M_INVALID_PARAM");
 
         let session = format!("{base}/keys/!r:test.local/s1?version=1");
         let put = s.put(&session, a, key(false, 5, 1)).await.ok();

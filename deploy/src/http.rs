@@ -4,11 +4,13 @@
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use myelin_bus::Shutdown;
 use myelin_types::MatrixError;
+use myelin_types::body::read_body_first;
 use tokio::task::JoinHandle;
 use tower_http::cors::CorsLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -26,18 +28,22 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub fn client_router(parts: impl IntoIterator<Item = Router>, own_limits: impl IntoIterator<Item = Router>) -> Router {
     let mut router = myelin_observe::router();
     for part in parts {
-        router =
-            router.merge(part.layer(DefaultBodyLimit::max(BODY_LIMIT)).layer(RequestBodyLimitLayer::new(BODY_LIMIT)));
+        router = router.merge(
+            part.layer(axum::middleware::from_fn_with_state(BODY_LIMIT, read_body_first))
+                .layer(DefaultBodyLimit::max(BODY_LIMIT))
+                .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
+        );
     }
     for part in own_limits {
         router = router.merge(part);
     }
     router
         // After the merges: it applies to the routes registered so far.
-        .method_not_allowed_fallback(|| async {
+        // The fallbacks read the body too (see `read_body_first`).
+        .method_not_allowed_fallback(|_: Bytes| async {
             MatrixError::unrecognized().with_status(StatusCode::METHOD_NOT_ALLOWED)
         })
-        .fallback(|| async { MatrixError::unrecognized() })
+        .fallback(|_: Bytes| async { MatrixError::unrecognized() })
         .layer(axum::middleware::map_response(matrix_error_bodies))
         .layer(CorsLayer::permissive())
         .layer(myelin_observe::metrics_layer())
@@ -174,6 +180,35 @@ mod tests {
         chunks: Vec<Result<Vec<u8>, std::io::Error>>,
     ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
         futures::stream::iter(chunks)
+    }
+
+    /// A body that records whether it was read to its end.
+    fn watched_body() -> (Body, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let chunks = futures::StreamExt::chain(
+            futures::stream::iter([Ok::<_, std::io::Error>(vec![b'x'; 100])]),
+            futures::stream::poll_fn(move |_| {
+                flag.store(true, Ordering::SeqCst);
+                std::task::Poll::Ready(None)
+            }),
+        );
+        (Body::from_stream(chunks), done)
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_even_when_the_request_is_refused_unread() {
+        // An unknown path, a wrong method, and a handler that never reads.
+        let refuse = Router::new().route("/refuse", post(|| async { StatusCode::UNAUTHORIZED }));
+        let app = client_router([refuse], []);
+        for (method, path) in [(Method::POST, "/nope"), (Method::PATCH, "/refuse"), (Method::POST, "/refuse")] {
+            let (body, done) = watched_body();
+            let request = Request::builder().method(method.clone()).uri(path).body(body).unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert!(response.status().is_client_error(), "{method} {path}");
+            assert!(done.load(std::sync::atomic::Ordering::SeqCst), "{method} {path}: body left unread");
+        }
     }
 
     #[tokio::test]

@@ -66,6 +66,38 @@ async fn matrix_nio_exchanges_encrypted_messages_between_four_devices() {
     assert!(stdout.contains("every device decrypted both messages"), "{stdout}");
 }
 
+/// Issue acceptance: schemathesis over the spec's client-server and
+/// server-server definitions finds no server error and no response that
+/// breaks the schema (beyond the explained baseline beside the script).
+/// Its reports stay in `target/schemathesis` for `CONFORMANCE.md`.
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
+    let server = Server::start(Backend::Sqlite).await;
+    let spec_dir = std::env::var_os("MYELIN_SPEC_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| harness::repo_path("../shared/spec"));
+    assert!(spec_dir.join("client-server.json").exists(), "no spec at {}; set MYELIN_SPEC_DIR", spec_dir.display());
+    let out = harness::repo_path("target/schemathesis");
+    let _ = std::fs::remove_dir_all(&out);
+    let output = tokio::process::Command::new(harness::python())
+        .arg(harness::repo_path("tests/conformance/schemathesis_run.py"))
+        .arg(server.base_url())
+        .arg(server.federation_url())
+        .arg(harness::SHARED_SECRET)
+        .arg(&spec_dir)
+        .arg(&out)
+        .output()
+        .await
+        .expect("run schemathesis");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "schemathesis found failures:\n{stdout}\n{stderr}\n{}", server.log_tail());
+    for definition in ["client-server", "server-server"] {
+        let line = stdout.lines().find(|l| l.starts_with(&format!("schemathesis {definition}:"))).unwrap_or_default();
+        assert!(line.contains(" 0 failing, 0 errors"), "{definition}: {line}\n{stdout}");
+    }
+}
+
 #[tokio::test]
 async fn rooms_messages_and_tokens_survive_a_restart_and_txn_ids_stay_idempotent() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
@@ -135,6 +167,11 @@ async fn bad_requests_get_the_spec_errors() {
 
     let (status, body) = server.get(&alice, "/_matrix/client/v3/no/such/endpoint").await;
     assert_eq!((status, body["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_UNRECOGNIZED")), "{body}");
+
+    // A room whose only server cannot be reached is not found; no 5xx.
+    let path = "/_matrix/client/v3/join/%21nowhere%3Aunreachable.invalid?via=unreachable.invalid";
+    let (status, body) = server.post(&alice, path, json!({})).await;
+    assert_eq!((status, body["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")), "{body}");
 }
 
 #[tokio::test]

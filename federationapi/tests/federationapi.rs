@@ -462,6 +462,10 @@ async fn a_notary_answers_for_another_server() {
     let path = format!("/_matrix/key/v2/query/{}", b.name);
     let answer: Value = http.get(notary.url(&path)).send().await.unwrap().json().await.unwrap();
     assert!(signed_by(&answer["server_keys"][0], &notary.name, &notary.key));
+    // The deprecated form with a key id answers the same.
+    let with_key_id = format!("{path}/{}", b.key.key_id());
+    let answer: Value = http.get(notary.url(&with_key_id)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["server_keys"][0]["server_name"], b.name);
     let response = http.get(notary.url(&format!("{path}?minimum_valid_until_ts=soon"))).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(response.json::<Value>().await.unwrap()["errcode"], "M_INVALID_PARAM");

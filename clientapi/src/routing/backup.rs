@@ -26,6 +26,10 @@ pub struct VersionQuery {
     version: Option<String>,
 }
 
+/// The one backup algorithm the spec defines; a backup of another kind
+/// could not be described in `GET /room_keys/version` as the spec requires.
+const BACKUP_ALGORITHM: &str = "m.megolm_backup.v1.curve25519-aes-sha2";
+
 fn no_backup() -> MatrixError {
     MatrixError::not_found("No backup version found")
 }
@@ -53,6 +57,9 @@ pub async fn create_version(
 ) -> Result<Json<Value>> {
     if !body.auth_data.is_object() {
         return Err(MatrixError::bad_json("auth_data must be an object").into());
+    }
+    if body.algorithm != BACKUP_ALGORITHM {
+        return Err(MatrixError::invalid_param(format!("Unsupported backup algorithm; use {BACKUP_ALGORITHM}")).into());
     }
     let version = backup::create_version(&state.db, user.user_id.as_str(), &body.algorithm, &body.auth_data).await?;
     Ok(Json(json!({ "version": version.to_string() })))

@@ -16,8 +16,13 @@ use crate::service::AppState;
 use crate::storage::devices::{self, Device};
 use crate::uia::{self, AuthData};
 
+/// `display_name` is absent, not null, when the device has none (the spec's schema).
 fn to_json(device: &Device) -> Value {
-    json!({ "device_id": device.device_id, "display_name": device.display_name })
+    let mut json = json!({ "device_id": device.device_id });
+    if let Some(name) = &device.display_name {
+        json["display_name"] = json!(name);
+    }
+    json
 }
 
 /// `GET /_matrix/client/v3/devices`

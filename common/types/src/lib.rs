@@ -9,6 +9,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorCode, MatrixError};
 pub use ruma;
 pub mod auth;
+pub mod body;
 pub mod events;
 pub mod json;
 pub mod redaction;

@@ -207,6 +207,11 @@ impl Server {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The federation listener (TLS, with the server's own certificate).
+    pub fn federation_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.federation_port)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url())
     }

@@ -306,8 +306,10 @@ struct Joined {
 }
 
 /// What the user hears when no server let them in: the resident server's
-/// own refusal when there was one (403, 404, incompatible version), else
-/// that the room could not be reached.
+/// own refusal when there was one (403, 404, incompatible version); 404
+/// when no server could be reached at all (from here the room does not
+/// exist, and the request was not at fault); else that the room's servers
+/// misbehaved (502).
 fn refusal_of(error: JoinError) -> MatrixError {
     match error {
         JoinError::Remote(ClientError::Status { status, body, .. }) => {
@@ -319,6 +321,9 @@ fn refusal_of(error: JoinError) -> MatrixError {
                 _ => MatrixError::new(ErrorCode::Unknown, message).with_status(http::StatusCode::BAD_GATEWAY),
             }
         }
+        JoinError::Remote(
+            unreachable @ (ClientError::Discovery { .. } | ClientError::Connect { .. } | ClientError::Timeout { .. }),
+        ) => MatrixError::not_found(format!("No server of the room could be reached: {unreachable}")),
         other => MatrixError::new(ErrorCode::Unknown, other.to_string()).with_status(http::StatusCode::BAD_GATEWAY),
     }
 }

@@ -61,3 +61,15 @@ pub(super) async fn get_query(
         state.keys.notary_response(&server, params.minimum_valid_until_ts).await?.into_iter().collect();
     Ok(Json(json!({ "server_keys": responses })))
 }
+
+/// GET /_matrix/key/v2/query/{serverName}/{keyId}
+///
+/// The deprecated form with a key id, still sent by older servers (and
+/// SyTest); the answer is the same: every key the notary knows for the server.
+pub(super) async fn get_query_key(
+    state: State<FederationState>,
+    Path((server, _key_id)): Path<(String, String)>,
+    params: Result<Query<QueryParams>, QueryRejection>,
+) -> Result<Json<Value>, MatrixError> {
+    get_query(state, Path(server), params).await
+}

@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use myelin_bus::Bus;
 use myelin_storage::Db;
 use myelin_types::MatrixError;
+use myelin_types::body::read_body_first;
 use myelin_types::clock::SharedClock;
 
 use crate::keys::KeyStore;
@@ -43,6 +45,10 @@ impl FederationState {
 
 /// The federation router. Unknown paths and wrong methods answer with
 /// `M_UNRECOGNIZED` JSON, as the spec asks of every Matrix endpoint.
+/// Largest request body: a full transaction (50 PDUs of at most 64 KiB,
+/// 100 EDUs) with room to spare.
+const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
 pub fn router(state: FederationState) -> Router {
     Router::new()
         .route("/_matrix/federation/v1/version", get(version::get_version))
@@ -57,10 +63,13 @@ pub fn router(state: FederationState) -> Router {
         .route("/_matrix/key/v2/server/{key_id}", get(keys::get_server_keys))
         .route("/_matrix/key/v2/query", post(keys::post_query))
         .route("/_matrix/key/v2/query/{server_name}", get(keys::get_query))
+        .route("/_matrix/key/v2/query/{server_name}/{key_id}", get(keys::get_query_key))
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized().with_status(StatusCode::METHOD_NOT_ALLOWED)
         })
         .fallback(|| async { MatrixError::unrecognized() })
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(BODY_LIMIT, read_body_first))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(myelin_observe::metrics_layer())
 }

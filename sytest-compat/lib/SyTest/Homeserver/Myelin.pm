@@ -13,6 +13,7 @@ package SyTest::Homeserver::Myelin;
 use base qw( SyTest::Homeserver SyTest::Homeserver::ProcessManager );
 
 use Carp;
+use Cwd qw( abs_path );
 use File::Path qw( remove_tree make_path );
 use Future;
 
@@ -113,6 +114,10 @@ sub start
       MYELIN_FEDERATION_API__TLS_CERTIFICATE_PATH   => $cert,
       MYELIN_FEDERATION_API__TLS_PRIVATE_KEY_PATH   => $key,
       MYELIN_ROOMSERVER__DEFAULT_ROOM_VERSION       => $self->{room_version},
+      # SyTest's own federation peers listen on loopback, with certificates
+      # from its CA.
+      MYELIN_FEDERATION_API__ALLOW_LOOPBACK_PEERS   => "true",
+      MYELIN_FEDERATION_API__CA_FILE                => abs_path( "keys/ca.crt" ),
    );
    $env{MYELIN_GLOBAL__LOG_FILTER} = $ENV{MYELIN_SYTEST_LOG}
       if defined $ENV{MYELIN_SYTEST_LOG};
