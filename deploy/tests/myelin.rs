@@ -320,6 +320,90 @@ async fn federate_a_room_both_ways(backend: Backend) {
     assert_eq!(bodies(&b, &bob).await, expected, "B sees the same order");
 }
 
+/// Typing notices and public read receipts cross servers as EDUs, both
+/// ways; a private receipt never leaves its server.
+#[tokio::test]
+async fn typing_and_receipts_reach_the_other_server() {
+    let (a, b, _ca) = Server::start_federated_pair(Backend::Sqlite).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room_id = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
+    let (status, joined) = b.post(&bob, &via, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "join over federation: {joined}");
+    let alice_id = format!("@alice:{}", a.server_name());
+    let bob_id = format!("@bob:{}", b.server_name());
+
+    let typing_users = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["type"] == "m.typing")
+            .flat_map(|e| e["content"]["user_ids"].as_array().cloned().unwrap_or_default())
+            .filter_map(|u| u.as_str().map(str::to_owned))
+            .collect()
+    };
+    let reader_of = |events: &[Value], event_id: &str, user: &str| {
+        events.iter().any(|e| e["type"] == "m.receipt" && !e["content"][event_id]["m.read"][user].is_null())
+    };
+
+    let typing = json!({"typing": true, "timeout": 20000});
+    let (status, _) = a.put(&alice, &format!("/_matrix/client/v3/rooms/{room_id}/typing/{alice_id}"), typing).await;
+    assert_eq!(status, StatusCode::OK);
+    ephemeral_until(&b, &bob, &room_id, |events| typing_users(events).contains(&alice_id)).await;
+    let typing = json!({"typing": true, "timeout": 20000});
+    let (status, _) = b.put(&bob, &format!("/_matrix/client/v3/rooms/{room_id}/typing/{bob_id}"), typing).await;
+    assert_eq!(status, StatusCode::OK);
+    ephemeral_until(&a, &alice, &room_id, |events| typing_users(events).contains(&bob_id)).await;
+    let stop = json!({"typing": false});
+    b.put(&bob, &format!("/_matrix/client/v3/rooms/{room_id}/typing/{bob_id}"), stop).await;
+    ephemeral_until(&a, &alice, &room_id, |events| !typing_users(events).contains(&bob_id)).await;
+
+    // A private receipt, then a public one on a later event: only the public one arrives.
+    let first = a.send_message(&alice, &room_id, "r1", "first").await;
+    let second = a.send_message(&alice, &room_id, "r2", "second").await;
+    let private = format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read.private/{first}");
+    let mut status = StatusCode::NOT_FOUND;
+    // B may not have received the event yet.
+    for _ in 0..300 {
+        (status, _) = b.post(&bob, &private, json!({})).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+    let mut public = StatusCode::NOT_FOUND;
+    for _ in 0..300 {
+        (public, _) =
+            b.post(&bob, &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{second}"), json!({})).await;
+        if public == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(public, StatusCode::OK);
+    let events = ephemeral_until(&a, &alice, &room_id, |events| reader_of(events, &second, &bob_id)).await;
+    assert!(!reader_of(&events, &first, &bob_id), "a private receipt left its server: {events:?}");
+    // And A's own receipt reaches B.
+    a.post(&alice, &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{second}"), json!({})).await;
+    ephemeral_until(&b, &bob, &room_id, |events| reader_of(events, &second, &alice_id)).await;
+}
+
+/// The room's ephemeral events as `server` shows them to `token`, once `found` holds.
+async fn ephemeral_until(server: &Server, token: &str, room_id: &str, found: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let url = server.url("/_matrix/client/v3/sync?timeout=0");
+    let mut events = Vec::new();
+    for _ in 0..300 {
+        let (_, body) = json_request(reqwest::Method::GET, &url, Some(token), "").await;
+        events = body["rooms"]["join"][room_id]["ephemeral"]["events"].as_array().cloned().unwrap_or_default();
+        if found(&events) {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never found in {events:?}\n{}", server.log_tail());
+}
+
 /// The sender's queue is a table: what A queued for B while B was down is
 /// delivered once B is back, even though A was killed in between.
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Lifecycle of the federation API: migrate its tables, build the key store
 //! and the outbound client, answer `federationapi.query` and
-//! `federationapi.perform`, run the sender from `roomserver.output`, and
+//! `federationapi.perform`, run the sender from `roomserver.output`,
+//! `edu.typing` and `edu.receipt`, and
 //! serve the TLS listener until shutdown.
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use myelin_bus::{Bus, Shutdown};
+use myelin_clientapi::api::{RECEIPT_TOPIC, TYPING_TOPIC};
 use myelin_config::Config;
 use myelin_roomserver::api::{FEDERATION_PERFORM_TOPIC, FEDERATION_QUERY_TOPIC, OUTPUT_TOPIC};
 use myelin_storage::{Db, StorageError};
@@ -20,6 +22,7 @@ use myelin_types::signing::ServerSigningKey;
 use tokio::task::JoinHandle;
 
 use crate::client::{ClientError, FederationClient};
+use crate::consumers::edus::{self, EduConsumer, ReceiptConsumer, TypingConsumer};
 use crate::consumers::perform::{self, PerformResponder};
 use crate::consumers::query::{self, QueryResponder};
 use crate::consumers::roomserver_output::{self, OutputConsumer};
@@ -131,6 +134,11 @@ pub async fn start_with_client(
     let perform = watch(bus.serve(perform::GROUP, FEDERATION_PERFORM_TOPIC, performer, shutdown.clone()));
     let sender = Sender::new(db.clone(), client.clone(), clock.clone(), server_name.to_string(), shutdown.clone());
     sender.resume().await?;
+    let edus = Arc::new(EduConsumer { db: db.clone(), server_name: server_name.to_string(), sender: sender.clone() });
+    let typing = TypingConsumer(edus.clone());
+    let typing = watch(bus.consume(edus::TYPING_GROUP, TYPING_TOPIC, Arc::new(typing), shutdown.clone()));
+    let receipts = ReceiptConsumer(edus);
+    let receipts = watch(bus.consume(edus::RECEIPT_GROUP, RECEIPT_TOPIC, Arc::new(receipts), shutdown.clone()));
     let output = OutputConsumer { db: db.clone(), server_name: server_name.to_string(), sender };
     let output = watch(bus.consume(roomserver_output::GROUP, OUTPUT_TOPIC, Arc::new(output), shutdown.clone()));
 
@@ -148,7 +156,7 @@ pub async fn start_with_client(
         result.map_err(|e| format!("federation listener failed: {e}"))
     });
     tracing::info!(%local_addr, "federation API listening on https://{local_addr}");
-    Ok(Started { local_addr, tasks: vec![serve, query, perform, output], client })
+    Ok(Started { local_addr, tasks: vec![serve, query, perform, typing, receipts, output], client })
 }
 
 /// A bus task as the supervisor watches it: its error, or its panic, as text.

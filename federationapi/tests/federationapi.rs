@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use myelin_bus::{Bus, HandleError, MemoryBackend, Record, Responder, Shutdown, ShutdownTrigger};
+use myelin_clientapi::api::{RECEIPT_TOPIC, TYPING_TOPIC};
 use myelin_config::Config;
 use myelin_federationapi::client::{
     AddressPolicy, ClientError, ClientSettings, ConnectError, Dns, DnsError, FederationClient, FederationRequest,
@@ -729,6 +730,60 @@ async fn a_remote_user_joins_and_both_servers_send_each_other_events() {
         })
         .await;
     }
+}
+
+/// Typing notices and receipts in `/send` reach the bus only for the
+/// origin's own users who are joined to the room.
+#[tokio::test]
+async fn inbound_edus_are_published_only_for_the_origins_joined_users() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let with_room_server = || Options { room_server: true, ..Options::default() };
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, with_room_server()).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, with_room_server()).await;
+    let alice = format!("@alice:{}", a.name);
+    let bob = format!("@bob:{}", b.name);
+    let room_id = create_public_room(&b, &bob).await;
+    join_through(&a, &room_id, &alice, &[&b.name]).await.unwrap();
+
+    let typing =
+        |user: &str| json!({"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": user, "typing": true}});
+    let receipt = |user: &str| json!({"edu_type": "m.receipt", "content": {room_id.clone(): {"m.read": {user: {"event_ids": ["$read"], "data": {"ts": 7}}}}}});
+    let carol = format!("@carol:{}", a.name);
+    let mut typing_records = b.bus.backend().consumer("test.typing", TYPING_TOPIC).await.unwrap();
+    let mut receipt_records = b.bus.backend().consumer("test.receipts", RECEIPT_TOPIC).await.unwrap();
+    let send = |txn: String, edus: Value| {
+        let body = json!({"origin": a.name, "origin_server_ts": NOW_MS, "pdus": [], "edus": edus});
+        let request = FederationRequest::put(&b.name, format!("/_matrix/federation/v1/send/{txn}"), body);
+        let client = &a.client;
+        async move { assert_eq!(client.send(request).await.unwrap(), json!({"pdus": {}})) }
+    };
+    // Another server's user, a user not in the room, a malformed notice;
+    // then Alice's, until her join has reached B's membership table.
+    let refused = json!([
+        typing("@mallory:evil.example"), receipt("@mallory:evil.example"), typing(&carol), receipt(&carol),
+        {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": alice}},
+    ]);
+    send("refused".to_owned(), refused).await;
+    let mut typed: Vec<Value> = Vec::new();
+    for attempt in 0..100 {
+        send(format!("alice-{attempt}"), json!([typing(&alice)])).await;
+        if let Ok(batch) = tokio::time::timeout(Duration::from_millis(300), typing_records.next_batch(10)).await {
+            typed.extend(batch.unwrap().iter().map(|r| r.json::<Value>().unwrap()));
+        }
+        if !typed.is_empty() {
+            break;
+        }
+    }
+    assert!(!typed.is_empty(), "Alice's typing never arrived");
+    assert!(typed.iter().all(|t| t["user_id"] == alice.as_str() && t["typing"] == true), "{typed:?}");
+
+    send("receipts".to_owned(), json!([receipt("@mallory:evil.example"), receipt(&carol), receipt(&alice)])).await;
+    let batch = tokio::time::timeout(Duration::from_secs(10), receipt_records.next_batch(10)).await.unwrap().unwrap();
+    let read: Vec<Value> = batch.iter().map(|r| r.json::<Value>().unwrap()).collect();
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert_eq!(read[0]["user_id"], alice.as_str());
+    assert_eq!((read[0]["event_id"].as_str(), read[0]["ts"].as_u64()), (Some("$read"), Some(7)));
 }
 
 /// A join event for `user` from `answer` (a make_join answer), signed by `key` as `origin`.

@@ -1,6 +1,7 @@
-//! What the federation API takes from the bus: the requests it answers
-//! and the room server's output, which feeds the sender.
+//! What the federation API takes from the bus: the requests it answers,
+//! and the room server's output and local users' EDUs, which feed the sender.
 
+pub mod edus;
 pub mod perform;
 pub mod query;
 pub mod roomserver_output;

@@ -2,6 +2,7 @@
 
 pub mod auth;
 mod directory;
+mod edus;
 mod join;
 mod keys;
 mod send;

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::FederationState;
 use super::auth::Signed;
+use super::edus;
 use crate::storage::transactions;
 
 /// The spec's limits on one transaction.
@@ -34,8 +35,8 @@ pub(super) struct Transaction {
 ///
 /// PDUs go to the room server grouped by room, each group keyed by its
 /// room id so rooms proceed in parallel and each PDU gets its own result
-/// (DESIGN.md invariants 4 and 5). EDUs are accepted and dropped for now:
-/// typing, receipts, presence and to-device over federation come later.
+/// (DESIGN.md invariants 4 and 5). Then the EDUs (`edus.rs`): after the
+/// PDUs, so a receipt can name an event of the same transaction.
 pub(super) async fn put_send(
     State(state): State<FederationState>,
     Path(txn_id): Path<String>,
@@ -66,6 +67,7 @@ pub(super) async fn put_send(
         return Ok(Json(stored));
     }
     let results = process_pdus(&state, &origin, body.pdus).await;
+    edus::process_edus(&state, &origin, body.edus).await;
     let response = json!({ "pdus": results });
     transactions::store(&state.db, origin.as_str(), &txn_id, &response.to_string(), state.clock.now_ms())
         .await

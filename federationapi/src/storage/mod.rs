@@ -74,7 +74,12 @@ CREATE TABLE federationapi_queue (
 );
 ";
 
+/// EDUs share the queue with PDUs (one transaction carries both, in queue
+/// order): `kind` says which a row holds.
+const V3: &str = "ALTER TABLE federationapi_queue ADD COLUMN kind TEXT NOT NULL DEFAULT 'pdu';";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1, postgres: V1 },
     Migration { version: 2, sqlite: V2_SQLITE, postgres: V2_POSTGRES },
+    Migration { version: 3, sqlite: V3, postgres: V3 },
 ];
