@@ -1,9 +1,11 @@
 //! End-to-end tests of the `myelin` binary: real processes, real HTTP, real
-//! databases (SQLite and PostgreSQL), and a real Matrix client (matrix-nio).
+//! databases (SQLite and PostgreSQL), and real Matrix clients (matrix-nio,
+//! matrix-js-sdk, and hydrogen-view-sdk in headless Chromium).
 
 mod harness;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +66,65 @@ async fn matrix_nio_exchanges_encrypted_messages_between_four_devices() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "nio e2e flow failed:\n{stdout}\n{stderr}\n{}", server.log_tail());
     assert!(stdout.contains("every device decrypted both messages"), "{stdout}");
+}
+
+/// Issue acceptance: matrix-js-sdk drives a full session between two users
+/// (profile and avatar, alias, invite, join, message, reaction, thread,
+/// typing, receipt, edit, redaction, search, leave), each step checked in
+/// the other user's synced client state.
+#[tokio::test]
+async fn matrix_js_sdk_drives_a_full_session_between_two_users() {
+    let server = Server::start(Backend::Sqlite).await;
+    let script = harness::repo_path("tests/clients/js/session.mjs");
+    let base_url = server.base_url();
+    let args = [script.as_os_str(), OsStr::new(&base_url), OsStr::new(harness::SHARED_SECRET)];
+    harness::run_client(&server, harness::node(), &args, "js-sdk session complete").await;
+}
+
+/// The same session as the matrix-js-sdk one, driven by matrix-nio, on PostgreSQL.
+#[tokio::test]
+async fn matrix_nio_drives_a_full_session_between_two_users() {
+    let server = Server::start(Backend::Postgres).await;
+    let script = harness::repo_path("tests/clients/nio_session.py");
+    let base_url = server.base_url();
+    let args = [script.as_os_str(), OsStr::new(&base_url), OsStr::new(harness::SHARED_SECRET)];
+    harness::run_client(&server, harness::python(), &args, "nio session complete").await;
+}
+
+/// Issue acceptance: hydrogen-view-sdk in headless Chromium logs in as the
+/// viewer and renders the messages another user sent; the screenshot goes
+/// to the target directory's test output.
+#[tokio::test]
+async fn hydrogen_renders_a_timeline_of_messages_another_user_sent() {
+    let server = Server::start(Backend::Sqlite).await;
+    let sender = server.register("sender").await;
+    let viewer = server.register("viewer").await;
+    let viewer_id = format!("@viewer:{}", server.server_name());
+    let room_id = server.create_room(&sender, json!({"name": "Gallery", "invite": [viewer_id]})).await;
+    let (status, joined) = server.post(&viewer, &format!("/_matrix/client/v3/join/{room_id}"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let texts = ["First light over the harbour", "Gulls on the breakwater", "Rain by noon"];
+    for (n, text) in texts.iter().enumerate() {
+        server.send_message(&sender, &room_id, &format!("gallery-{n}"), text).await;
+    }
+
+    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hydrogen-timeline");
+    let screenshot = out_dir.join("timeline.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let script = harness::repo_path("tests/clients/js/hydrogen.mjs");
+    let base_url = server.base_url();
+    let mut args = vec![
+        script.as_os_str(),
+        OsStr::new(&base_url),
+        OsStr::new("viewer"),
+        OsStr::new(harness::PASSWORD),
+        OsStr::new(&room_id),
+        out_dir.as_os_str(),
+    ];
+    args.extend(texts.iter().map(OsStr::new));
+    harness::run_client(&server, harness::node(), &args, "screenshot:").await;
+    let png = std::fs::read(&screenshot).expect("the screenshot was saved");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "the screenshot is not a PNG");
 }
 
 #[tokio::test]
