@@ -27,6 +27,19 @@ if [ ! -x .venv/bin/python ] || ! cmp -s tests/clients/requirements.txt .venv/.r
     cp tests/clients/requirements.txt .venv/.requirements
 fi
 
+# JavaScript clients (matrix-js-sdk, hydrogen-view-sdk, vite, playwright-core)
+# from the committed lockfile; reinstalled when the lockfile changes.
+js=tests/clients/js
+if [ ! -d "$js/node_modules" ] || ! cmp -s "$js/package-lock.json" "$js/node_modules/.package-lock.installed"; then
+    (cd "$js" && npm ci --no-audit --no-fund)
+    cp "$js/package-lock.json" "$js/node_modules/.package-lock.installed"
+fi
+
+# Headless Chromium for the hydrogen-view-sdk test (Debian's package).
+if [ ! -x /usr/bin/chromium ]; then
+    apt-get install -y -q chromium
+fi
+
 # The suite runs every storage test on PostgreSQL too.
 pg_url="${MYELIN_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
 if command -v psql >/dev/null 2>&1 && ! psql "$pg_url" -qtAc 'SELECT 1' >/dev/null 2>&1; then

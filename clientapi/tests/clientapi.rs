@@ -843,6 +843,38 @@ async fn profiles_and_member_events() {
     .await;
 }
 
+/// Clients set a profile before creating rooms: the creator's first member
+/// event must carry it, as a join does (and nothing when the profile is empty).
+#[tokio::test]
+async fn a_new_room_starts_with_the_creators_profile() {
+    let options = || Options { roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let a = Some(alice.token.as_str());
+        let b = Some(bob.token.as_str());
+        let profile = format!("/_matrix/client/v3/profile/{}", urlencode(&alice.user_id));
+        s.put(&format!("{profile}/displayname"), a, json!({"displayname": "Alice"})).await.ok();
+        s.put(&format!("{profile}/avatar_url"), a, json!({"avatar_url": "mxc://test.local/alice"})).await.ok();
+
+        let create = |token| async move {
+            let created = s.post("/_matrix/client/v3/createRoom", token, json!({"preset": "public_chat"})).await.ok();
+            format!("/_matrix/client/v3/rooms/{}", urlencode(created.body["room_id"].as_str().unwrap()))
+        };
+        let room = create(a).await;
+        let member = s.get(&format!("{room}/state/m.room.member/{}", urlencode(&alice.user_id)), a).await.ok();
+        assert_eq!(
+            member.body,
+            json!({"membership": "join", "displayname": "Alice", "avatar_url": "mxc://test.local/alice"})
+        );
+
+        let room = create(b).await;
+        let member = s.get(&format!("{room}/state/m.room.member/{}", urlencode(&bob.user_id)), b).await.ok();
+        assert_eq!(member.body, json!({"membership": "join"}));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn typing_receipts_and_read_markers() {
     let options = || Options { roomserver: true, ..Options::default() };

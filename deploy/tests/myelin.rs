@@ -1,9 +1,11 @@
 //! End-to-end tests of the `myelin` binary: real processes, real HTTP, real
-//! databases (SQLite and PostgreSQL), and a real Matrix client (matrix-nio).
+//! databases (SQLite and PostgreSQL), and real Matrix clients (matrix-nio,
+//! matrix-js-sdk, and hydrogen-view-sdk in headless Chromium).
 
 mod harness;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,18 +36,10 @@ async fn matrix_nio_receives_100_messages_in_order_on_postgres() {
 
 async fn nio_flow(backend: Backend) {
     let server = Server::start(backend).await;
-    let output = tokio::process::Command::new(harness::python())
-        .arg(harness::repo_path("tests/clients/nio_flow.py"))
-        .arg(server.base_url())
-        .arg(harness::SHARED_SECRET)
-        .arg("100")
-        .output()
-        .await
-        .expect("run the matrix-nio flow");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "nio flow failed on {backend:?}:\n{stdout}\n{stderr}\n{}", server.log_tail());
-    assert!(stdout.contains("received 100 messages in order"), "{stdout}");
+    let script = harness::repo_path("tests/clients/nio_flow.py");
+    let base_url = server.base_url();
+    let args = [script.as_os_str(), OsStr::new(&base_url), OsStr::new(harness::SHARED_SECRET), OsStr::new("100")];
+    harness::run_client(&server, harness::python(), &args, "received 100 messages in order").await;
 }
 
 /// Issue acceptance: matrix-nio with its e2e extra, two users on two
@@ -53,17 +47,10 @@ async fn nio_flow(backend: Backend) {
 #[tokio::test]
 async fn matrix_nio_exchanges_encrypted_messages_between_four_devices() {
     let server = Server::start(Backend::Sqlite).await;
-    let output = tokio::process::Command::new(harness::python())
-        .arg(harness::repo_path("tests/clients/nio_e2e.py"))
-        .arg(server.base_url())
-        .arg(harness::SHARED_SECRET)
-        .output()
-        .await
-        .expect("run the matrix-nio e2e flow");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "nio e2e flow failed:\n{stdout}\n{stderr}\n{}", server.log_tail());
-    assert!(stdout.contains("every device decrypted both messages"), "{stdout}");
+    let script = harness::repo_path("tests/clients/nio_e2e.py");
+    let base_url = server.base_url();
+    let args = [script.as_os_str(), OsStr::new(&base_url), OsStr::new(harness::SHARED_SECRET)];
+    harness::run_client(&server, harness::python(), &args, "every device decrypted both messages").await;
 }
 
 /// Issue acceptance: schemathesis over the spec's client-server and
@@ -79,23 +66,81 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     assert!(spec_dir.join("client-server.json").exists(), "no spec at {}; set MYELIN_SPEC_DIR", spec_dir.display());
     let out = harness::repo_path("target/schemathesis");
     let _ = std::fs::remove_dir_all(&out);
-    let output = tokio::process::Command::new(harness::python())
-        .arg(harness::repo_path("tests/conformance/schemathesis_run.py"))
-        .arg(server.base_url())
-        .arg(server.federation_url())
-        .arg(harness::SHARED_SECRET)
-        .arg(&spec_dir)
-        .arg(&out)
-        .output()
-        .await
-        .expect("run schemathesis");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "schemathesis found failures:\n{stdout}\n{stderr}\n{}", server.log_tail());
+    let script = harness::repo_path("tests/conformance/schemathesis_run.py");
+    let (base_url, federation_url) = (server.base_url(), server.federation_url());
+    let args = [
+        script.as_os_str(),
+        OsStr::new(&base_url),
+        OsStr::new(&federation_url),
+        OsStr::new(harness::SHARED_SECRET),
+        spec_dir.as_os_str(),
+        out.as_os_str(),
+    ];
+    // The script fails on any failure; the summary lines say what ran.
+    let stdout = harness::run_client(&server, harness::python(), &args, "schemathesis server-server:").await;
     for definition in ["client-server", "server-server"] {
         let line = stdout.lines().find(|l| l.starts_with(&format!("schemathesis {definition}:"))).unwrap_or_default();
         assert!(line.contains(" 0 failing, 0 errors"), "{definition}: {line}\n{stdout}");
     }
+}
+
+/// Issue acceptance: matrix-js-sdk drives a full session between two users
+/// (profile and avatar, alias, invite, join, message, reaction, thread,
+/// typing, receipt, edit, redaction, search, leave), each step checked in
+/// the other user's synced client state.
+#[tokio::test]
+async fn matrix_js_sdk_drives_a_full_session_between_two_users() {
+    let server = Server::start(Backend::Sqlite).await;
+    let script = harness::repo_path("tests/clients/js/session.mjs");
+    let base_url = server.base_url();
+    let args = [script.as_os_str(), OsStr::new(&base_url), OsStr::new(harness::SHARED_SECRET)];
+    harness::run_client(&server, harness::node(), &args, "js-sdk session complete").await;
+}
+
+/// The same session as the matrix-js-sdk one, driven by matrix-nio, on PostgreSQL.
+#[tokio::test]
+async fn matrix_nio_drives_a_full_session_between_two_users() {
+    let server = Server::start(Backend::Postgres).await;
+    let script = harness::repo_path("tests/clients/nio_session.py");
+    let base_url = server.base_url();
+    let args = [script.as_os_str(), OsStr::new(&base_url), OsStr::new(harness::SHARED_SECRET)];
+    harness::run_client(&server, harness::python(), &args, "nio session complete").await;
+}
+
+/// Issue acceptance: hydrogen-view-sdk in headless Chromium logs in as the
+/// viewer and renders the messages another user sent; the screenshot goes
+/// to the target directory's test output.
+#[tokio::test]
+async fn hydrogen_renders_a_timeline_of_messages_another_user_sent() {
+    let server = Server::start(Backend::Sqlite).await;
+    let sender = server.register("sender").await;
+    let viewer = server.register("viewer").await;
+    let viewer_id = format!("@viewer:{}", server.server_name());
+    let room_id = server.create_room(&sender, json!({"name": "Gallery", "invite": [viewer_id]})).await;
+    let (status, joined) = server.post(&viewer, &format!("/_matrix/client/v3/join/{room_id}"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let texts = ["First light over the harbour", "Gulls on the breakwater", "Rain by noon"];
+    for (n, text) in texts.iter().enumerate() {
+        server.send_message(&sender, &room_id, &format!("gallery-{n}"), text).await;
+    }
+
+    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hydrogen-timeline");
+    let screenshot = out_dir.join("timeline.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let script = harness::repo_path("tests/clients/js/hydrogen.mjs");
+    let base_url = server.base_url();
+    let mut args = vec![
+        script.as_os_str(),
+        OsStr::new(&base_url),
+        OsStr::new("viewer"),
+        OsStr::new(harness::PASSWORD),
+        OsStr::new(&room_id),
+        out_dir.as_os_str(),
+    ];
+    args.extend(texts.iter().map(OsStr::new));
+    harness::run_client(&server, harness::node(), &args, "screenshot:").await;
+    let png = std::fs::read(&screenshot).expect("the screenshot was saved");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "the screenshot is not a PNG");
 }
 
 #[tokio::test]

@@ -616,6 +616,7 @@ async fn create_public_room(server: &Instance, creator: &str) -> String {
 async fn create_room(server: &Instance, creator: &str, preset: &str) -> String {
     let request = InputRequest::CreateRoom(CreateRoom {
         creator: creator.try_into().unwrap(),
+        creator_profile: Default::default(),
         room_version: None,
         preset: Some(preset.to_owned()),
         visibility: None,

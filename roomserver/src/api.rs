@@ -126,6 +126,10 @@ pub struct JoinedRemoteRoom {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateRoom {
     pub creator: OwnedUserId,
+    /// The creator's profile (`displayname`, `avatar_url`) for their join
+    /// event, so that members see it from the room's first event on.
+    #[serde(default)]
+    pub creator_profile: Map<String, Value>,
     /// `None`: the server's default version.
     pub room_version: Option<String>,
     /// `private_chat`, `trusted_private_chat` or `public_chat`; `None` picks

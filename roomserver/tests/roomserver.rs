@@ -227,6 +227,7 @@ impl Harness {
 fn create_request(creator: &OwnedUserId) -> CreateRoom {
     CreateRoom {
         creator: creator.clone(),
+        creator_profile: Default::default(),
         room_version: None,
         preset: None,
         visibility: None,

@@ -1345,6 +1345,14 @@ async fn redactions_strip_events_their_sender_may_redact() {
         let texts = bodies(timeline(&body, "join", &room));
         assert!(texts.contains(&"alice's words".to_owned()), "[{}] {texts:?}", s.name);
         assert!(!texts.iter().any(|t| t.starts_with("bob")), "[{}] {texts:?}", s.name);
+        // Clients read a redaction's target at the top level, in v11+ rooms too
+        // (where the PDU has it only in its content); other events have none.
+        let targets: Vec<(&Value, &Value)> =
+            timeline(&body, "join", &room).iter().map(|e| (&e["event_id"], &e["redacts"])).collect();
+        for (redaction, target) in [(&by_moderator, &by_bob), (&by_author, &own)] {
+            assert!(targets.contains(&(&json!(redaction), &json!(target))), "[{}] {targets:?}", s.name);
+        }
+        assert_eq!(targets.iter().filter(|(_, target)| !target.is_null()).count(), 2, "[{}] {targets:?}", s.name);
     }
 }
 

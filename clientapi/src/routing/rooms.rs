@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::json::MatrixJson;
 use crate::producers::roomserver;
 use crate::routing::directory;
+use crate::routing::profile::{add_to_member_content, profile_of};
 use crate::service::AppState;
 use crate::storage;
 
@@ -85,8 +86,11 @@ pub async fn create_room(
         });
     }
     let publish = body.visibility.as_deref() == Some("public");
+    let mut creator_profile = Map::new();
+    add_to_member_content(&profile_of(&state, &user.user_id).await?, &mut creator_profile);
     let request = CreateRoom {
         creator: user.user_id.clone(),
+        creator_profile,
         room_version: body.room_version,
         preset: body.preset,
         visibility: body.visibility,

@@ -20,9 +20,24 @@ pub fn client_event(pdu: &Value, event_id: &str, room_id: &str) -> Value {
             }
         }
     }
+    copy_redacts_to_the_top_level(&mut event);
     event.insert("event_id".to_owned(), Value::String(event_id.to_owned()));
     event.insert("room_id".to_owned(), Value::String(room_id.to_owned()));
     Value::Object(event)
+}
+
+/// From room version 11 a redaction names its target in `content.redacts`
+/// only; clients written before (matrix-js-sdk among them) read the top-level
+/// key, which servers should therefore add when serving the event.
+/// <https://spec.matrix.org/v1.16/rooms/v11/#moving-the-redacts-key>
+fn copy_redacts_to_the_top_level(event: &mut Map<String, Value>) {
+    if event.get("type").and_then(Value::as_str) != Some("m.room.redaction") || event.contains_key("redacts") {
+        return;
+    }
+    if let Some(redacts @ Value::String(_)) = event.get("content").and_then(|content| content.get("redacts")) {
+        let redacts = redacts.clone();
+        event.insert("redacts".to_owned(), redacts);
+    }
 }
 
 /// The client event without `room_id`, as `/sync` nests events under rooms.
@@ -57,6 +72,22 @@ mod tests {
         let nested = sync_event(&pdu, "$e");
         assert!(nested.get("room_id").is_none());
         assert_eq!(nested["event_id"], "$e");
+    }
+
+    #[test]
+    fn v11_redactions_also_name_their_target_at_the_top_level() {
+        let redaction = json!({"type": "m.room.redaction", "sender": "@a:x", "content": {"redacts": "$target"}});
+        assert_eq!(client_event(&redaction, "$r", "!r:x")["redacts"], "$target");
+        assert_eq!(sync_event(&redaction, "$r")["redacts"], "$target");
+
+        // Before v11 the top-level key is the PDU's own, and wins.
+        let old = json!({"type": "m.room.redaction", "redacts": "$old", "content": {"redacts": "$other"}});
+        assert_eq!(client_event(&old, "$r", "!r:x")["redacts"], "$old");
+        // Only redactions get the key, and only from a string.
+        let message = json!({"type": "m.room.message", "content": {"redacts": "$target"}});
+        assert!(client_event(&message, "$m", "!r:x").get("redacts").is_none());
+        let odd = json!({"type": "m.room.redaction", "content": {"redacts": 5}});
+        assert!(client_event(&odd, "$r", "!r:x").get("redacts").is_none());
     }
 
     #[test]

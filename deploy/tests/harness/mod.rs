@@ -3,6 +3,7 @@
 #[cfg(feature = "kafka")]
 pub mod distributed;
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,6 +16,8 @@ use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
 pub const SHARED_SECRET: &str = "end-to-end-shared-secret";
+/// The password [`Server::register`] gives every account.
+pub const PASSWORD: &str = "correct horse battery staple";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -29,6 +32,33 @@ pub fn repo_path(relative: &str) -> PathBuf {
 /// The interpreter with the test clients installed (see scripts/install-test-deps.sh).
 pub fn python() -> PathBuf {
     std::env::var_os("MYELIN_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_path(".venv/bin/python"))
+}
+
+/// Node.js, which runs the JavaScript clients under `tests/clients/js`.
+pub fn node() -> PathBuf {
+    std::env::var_os("MYELIN_TEST_NODE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("node"))
+}
+
+/// Runs one client script to its end; panics with its output and the
+/// server's log unless it exits with success and prints `done`.
+pub async fn run_client(server: &Server, program: PathBuf, args: &[&OsStr], done: &str) -> String {
+    let output = Command::new(&program)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|error| panic!("run {}: {error}", program.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(done),
+        "{} {args:?} failed ({}):\n{stdout}\n{stderr}\n{}",
+        program.display(),
+        output.status,
+        server.log_tail()
+    );
+    stdout.into_owned()
 }
 
 fn free_port() -> u16 {
@@ -221,7 +251,7 @@ impl Server {
         let endpoint = self.url("/_synapse/admin/v1/register");
         let nonce: Value = reqwest::get(&endpoint).await.unwrap().json().await.unwrap();
         let nonce = nonce["nonce"].as_str().unwrap();
-        let password = "correct horse battery staple";
+        let password = PASSWORD;
         let mut mac = Hmac::<sha1::Sha1>::new_from_slice(SHARED_SECRET.as_bytes()).unwrap();
         mac.update(format!("{nonce}\0{localpart}\0{password}\0notadmin").as_bytes());
         let body = json!({

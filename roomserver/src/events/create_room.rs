@@ -142,8 +142,10 @@ pub fn plan(request: &CreateRoom, default_version: &str) -> Result<Plan, Request
         levels.extend(overrides.clone());
     }
 
+    let mut creator_join = request.creator_profile.clone();
+    creator_join.insert("membership".into(), json!("join"));
     let mut events = vec![
-        PlannedEvent::new("m.room.member", creator.as_str(), json!({"membership": "join"})),
+        PlannedEvent::new("m.room.member", creator.as_str(), Value::Object(creator_join)),
         PlannedEvent::new("m.room.power_levels", "", power_levels),
     ];
     // initial_state wins over what the preset would set.
