@@ -204,16 +204,17 @@ async fn guest_to_upgrade(state: &AppState, token: &str, username: Option<&str>)
     let Some(username) = username else {
         return Err(MatrixError::new(ErrorCode::MissingParam, "Upgrading a guest needs its username").into());
     };
-    let localpart = OwnedUserId::try_from(owner.user_id.as_str()).map_err(|_| MatrixError::internal())?;
-    if localpart.localpart() != username {
+    let guest_id = OwnedUserId::try_from(owner.user_id.as_str()).map_err(|_| MatrixError::internal())?;
+    if guest_id.localpart() != username {
         return Err(MatrixError::forbidden("A guest may only upgrade to its own username").into());
     }
     Ok(owner)
 }
 
 /// Make the guest a full user with `password`. It keeps its user id and
-/// device, which gets a new access token: the guest's token stops working,
-/// since other components cache whether a token is a guest's.
+/// device, which gets a new access token (`device_id` and `inhibit_login`
+/// do not apply): the guest's token stops working, since other components
+/// cache whether a token is a guest's.
 async fn upgrade_guest(
     state: &AppState,
     guest: tokens::Owner,
