@@ -1720,3 +1720,44 @@ async fn guests_upgrade_to_full_accounts() {
     })
     .await;
 }
+
+/// Guest tokens issued while guests were allowed stop working when the
+/// operator turns guest access off: a second client API over the same
+/// database, with guests off, refuses them even on the guest endpoints.
+#[tokio::test]
+async fn guest_tokens_are_refused_once_guest_access_is_off() {
+    let options = || Options { guests: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let guest = s.register_guest().await;
+        let alice = s.admin_register("alice", "wonderland").await;
+        s.whoami(&guest.token).await.ok();
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::in_dir(dir.path().to_owned());
+        config.global.server_name = SERVER_NAME.to_owned();
+        std::fs::write(&config.global.signing_key_path, ServerSigningKey::generate_file_contents()).unwrap();
+        let db = Db::connect(&s._db.url).await.unwrap();
+        let bus = Bus::new(Arc::new(myelin_bus::MemoryBackend::new(8)), Arc::new(SystemClock));
+        let (_trigger, shutdown) = Shutdown::new();
+        let started = myelin_clientapi::service::start(Arc::new(config), db, bus, shutdown).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, started.router).await });
+        let call = async |method: reqwest::Method, path: &str, token: Option<&str>| {
+            let mut request = s.http.request(method, format!("{base}{path}")).json(&json!({}));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            Reply { status, body: response.json().await.unwrap(), context: format!("[{}] off: {path}", s.backend) }
+        };
+        let (get, post) = (reqwest::Method::GET, reqwest::Method::POST);
+        let whoami = "/_matrix/client/v3/account/whoami";
+        call(get.clone(), whoami, Some(&guest.token)).await.err(403, "M_GUEST_ACCESS_FORBIDDEN");
+        call(get.clone(), "/_matrix/client/v3/devices", Some(&guest.token)).await.err(403, "M_GUEST_ACCESS_FORBIDDEN");
+        call(post, "/_matrix/client/v3/register?kind=guest", None).await.err(403, "M_GUEST_ACCESS_FORBIDDEN");
+        call(get, whoami, Some(&alice.token)).await.ok();
+    })
+    .await;
+}
