@@ -134,6 +134,7 @@ pub struct Registration {
     pub password: Option<String>,
     pub admin: bool,
     pub user_type: Option<String>,
+    pub is_guest: bool,
     /// `None`: `inhibit_login`; else the device id and display name asked for.
     pub login: Option<(Option<String>, Option<String>)>,
 }
@@ -153,6 +154,7 @@ pub async fn register(state: &AppState, registration: Registration) -> Result<(O
             password_hash: password_hash.as_deref(),
             is_admin: registration.admin,
             user_type: registration.user_type.as_deref(),
+            is_guest: registration.is_guest,
             created_ms: state.now_ms(),
         },
     )

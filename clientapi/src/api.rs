@@ -47,6 +47,10 @@ pub type QueryReply = Option<Identity>;
 pub struct Identity {
     pub user_id: OwnedUserId,
     pub device_id: String,
+    /// A guest account: it may call only the endpoints the spec opens to
+    /// guests (<https://spec.matrix.org/v1.16/client-server-api/#guest-access>).
+    #[serde(default)]
+    pub is_guest: bool,
 }
 
 /// Which room a local alias names, for the federation API's

@@ -1,5 +1,9 @@
-//! The access-token extractor: `401 M_MISSING_TOKEN` without a token,
-//! `401 M_UNKNOWN_TOKEN` for one the tokens table does not know.
+//! The access-token extractors: `401 M_MISSING_TOKEN` without a token,
+//! `401 M_UNKNOWN_TOKEN` for one the tokens table does not know, and
+//! `403 M_GUEST_ACCESS_FORBIDDEN` for a guest, except on the endpoints the
+//! spec opens to guests, which take [`GuestOk`] instead.
+//!
+//! Spec: <https://spec.matrix.org/v1.16/client-server-api/#guest-access>
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
@@ -15,25 +19,38 @@ use crate::storage::tokens;
 pub struct AuthedUser {
     pub user_id: OwnedUserId,
     pub device_id: String,
+    /// Only ever `true` behind [`GuestOk`].
+    pub is_guest: bool,
+}
+
+impl AuthedUser {
+    /// The token's owner, guest or not.
+    async fn resolve(parts: &Parts, state: &AppState) -> Result<Self, ClientApiError> {
+        let token = myelin_types::auth::access_token(parts).ok_or_else(MatrixError::missing_token)?;
+        let hash = myelin_types::random::token_hash(&token);
+        let owner = tokens::lookup(&state.db, &hash).await?.ok_or_else(MatrixError::unknown_token)?;
+        let user_id = OwnedUserId::try_from(owner.user_id).map_err(|_| {
+            tracing::error!("stored access token has an invalid user id");
+            MatrixError::internal()
+        })?;
+        Ok(Self { user_id, device_id: owner.device_id, is_guest: owner.is_guest })
+    }
 }
 
 impl FromRequestParts<AppState> for AuthedUser {
     type Rejection = ClientApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = myelin_types::auth::access_token(parts).ok_or_else(MatrixError::missing_token)?;
-        let hash = myelin_types::random::token_hash(&token);
-        let (user_id, device_id) = tokens::lookup(&state.db, &hash).await?.ok_or_else(MatrixError::unknown_token)?;
-        let user_id = OwnedUserId::try_from(user_id).map_err(|_| {
-            tracing::error!("stored access token has an invalid user id");
-            MatrixError::internal()
-        })?;
-        Ok(Self { user_id, device_id })
+        let user = Self::resolve(parts, state).await?;
+        if user.is_guest {
+            return Err(MatrixError::guest_access_forbidden().into());
+        }
+        Ok(user)
     }
 }
 
 /// `Option<AuthedUser>`: `None` without a token, for endpoints open to
-/// anonymous clients; a token that is sent must still be valid.
+/// anonymous clients; a token that is sent must still be valid (and not a guest's).
 impl OptionalFromRequestParts<AppState> for AuthedUser {
     type Rejection = ClientApiError;
 
@@ -42,5 +59,23 @@ impl OptionalFromRequestParts<AppState> for AuthedUser {
             return Ok(None);
         }
         <Self as FromRequestParts<AppState>>::from_request_parts(parts, state).await.map(Some)
+    }
+}
+
+/// The caller of an endpoint the spec opens to guests: a user, or a guest
+/// while the server allows guests (a guest token kept from before the
+/// operator turned guest access off is refused everywhere).
+#[derive(Debug, Clone)]
+pub struct GuestOk(pub AuthedUser);
+
+impl FromRequestParts<AppState> for GuestOk {
+    type Rejection = ClientApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let user = AuthedUser::resolve(parts, state).await?;
+        if user.is_guest && !state.config.client_api.allow_guest_access {
+            return Err(MatrixError::guest_access_forbidden().into());
+        }
+        Ok(Self(user))
     }
 }

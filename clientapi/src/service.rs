@@ -1,6 +1,7 @@
 //! Lifecycle of the client API: migrate its tables, answer token queries
 //! on `clientapi.query` and local alias lookups on `clientapi.aliases`, keep the directory's room summaries from
-//! `roomserver.output`, and hand the HTTP router to the binary.
+//! `roomserver.output` (and make guests leave rooms that stop admitting
+//! them), and hand the HTTP router to the binary.
 
 use std::sync::Arc;
 
@@ -59,7 +60,11 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
     let directory = bus.consume(
         DIRECTORY_GROUP,
         myelin_roomserver::api::OUTPUT_TOPIC,
-        Arc::new(DirectoryConsumer { db: db.clone() }),
+        Arc::new(DirectoryConsumer {
+            db: db.clone(),
+            bus: bus.clone(),
+            server_name: config.global.server_name.clone(),
+        }),
         shutdown,
     );
     let media = Arc::new(MediaStore::from_config(&config));

@@ -41,11 +41,19 @@ struct Options {
     roomserver: bool,
     clock: Option<ManualClock>,
     open_directory: bool,
+    guests: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { secret: Some(SECRET), open_registration: false, roomserver: false, clock: None, open_directory: false }
+        Self {
+            secret: Some(SECRET),
+            open_registration: false,
+            roomserver: false,
+            clock: None,
+            open_directory: false,
+            guests: false,
+        }
     }
 }
 
@@ -56,6 +64,7 @@ impl Server {
         config.global.server_name = SERVER_NAME.to_owned();
         config.client_api.registration_shared_secret = options.secret.map(str::to_owned);
         config.client_api.open_registration = options.open_registration;
+        config.client_api.allow_guest_access = options.guests;
         config.client_api.public_room_directory_without_auth = options.open_directory;
         config.client_api.max_upload_size = MAX_UPLOAD;
         std::fs::write(&config.global.signing_key_path, ServerSigningKey::generate_file_contents()).unwrap();
@@ -175,6 +184,12 @@ impl Server {
 
     async fn whoami(&self, token: &str) -> Reply {
         self.get("/_matrix/client/v3/account/whoami", Some(token)).await
+    }
+
+    /// `POST /register?kind=guest`.
+    async fn register_guest(&self) -> Account {
+        let reply = self.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await.ok();
+        Account::from_reply(&reply.body)
     }
 
     async fn bus_whoami(&self, token: &str) -> QueryReply {
@@ -493,7 +508,7 @@ async fn open_registration_uses_the_dummy_stage() {
         s.post(path, None, json!({"username": "d@ra", "password": "x"})).await.err(400, "M_INVALID_USERNAME");
         s.post(path, None, json!({"username": "_reserved", "password": "x"})).await.err(400, "M_INVALID_USERNAME");
         s.get("/_matrix/client/v3/register/available?username=d%20ra", None).await.err(400, "M_INVALID_USERNAME");
-        s.post(&format!("{path}?kind=guest"), None, json!({})).await.err(403, "M_FORBIDDEN");
+        s.post(&format!("{path}?kind=guest"), None, json!({})).await.err(403, "M_GUEST_ACCESS_FORBIDDEN");
 
         // Dummy auth without a session; inhibit_login returns no token.
         let quiet = s
@@ -528,7 +543,11 @@ async fn whoami_bus_query_and_device_records() {
         let second = s.login("alice", "wonderland").await;
         assert_eq!(
             s.bus_whoami(&alice.token).await,
-            Some(Identity { user_id: alice.user_id.as_str().try_into().unwrap(), device_id: alice.device_id.clone() })
+            Some(Identity {
+                user_id: alice.user_id.as_str().try_into().unwrap(),
+                device_id: alice.device_id.clone(),
+                is_guest: false
+            })
         );
         assert_eq!(s.bus_whoami("unknown").await, None);
 
@@ -1575,4 +1594,208 @@ impl Server {
     async fn user_search(&self, token: Option<&str>, body: Value) -> Reply {
         self.post("/_matrix/client/v3/user_directory/search", token, body).await
     }
+}
+
+#[tokio::test]
+async fn guest_registration_is_off_by_default() {
+    each_backend(Options::default, async |s| {
+        s.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await.err(403, "M_GUEST_ACCESS_FORBIDDEN");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn guests_call_only_the_endpoints_open_to_guests() {
+    let options = || Options { guests: true, roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let guest = s.register_guest().await;
+        assert!(guest.user_id.ends_with(&format!(":{SERVER_NAME}")), "{}", guest.user_id);
+        let g = Some(guest.token.as_str());
+
+        // Open to guests: account maintenance and end-to-end keys.
+        let me = s.whoami(&guest.token).await.ok();
+        assert_eq!(me.body, json!({"user_id": guest.user_id, "device_id": guest.device_id, "is_guest": true}));
+        s.get("/_matrix/client/v3/devices", g).await.ok();
+        s.get(&format!("/_matrix/client/v3/devices/{}", guest.device_id), g).await.ok();
+        s.put(&format!("/_matrix/client/v3/devices/{}", guest.device_id), g, json!({"display_name": "Kiosk"}))
+            .await
+            .ok();
+        s.put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", urlencode(&guest.user_id)),
+            g,
+            json!({"displayname": "Visitor"}),
+        )
+        .await
+        .ok();
+        s.post("/_matrix/client/v3/keys/query", g, json!({"device_keys": {}})).await.ok();
+
+        // Closed to guests.
+        for (method, path, body) in [
+            (reqwest::Method::POST, "/_matrix/client/v3/createRoom".to_owned(), json!({})),
+            (reqwest::Method::GET, "/_matrix/client/v3/joined_rooms".to_owned(), json!({})),
+            (reqwest::Method::POST, "/_matrix/client/v3/logout".to_owned(), json!({})),
+            (reqwest::Method::POST, "/_matrix/client/v3/account/password".to_owned(), json!({"new_password": "x"})),
+            (
+                reqwest::Method::PUT,
+                format!("/_matrix/client/v3/profile/{}/avatar_url", urlencode(&guest.user_id)),
+                json!({"avatar_url": "mxc://x/y"}),
+            ),
+            (
+                reqwest::Method::PUT,
+                format!("/_matrix/client/v3/user/{}/account_data/org.example", urlencode(&guest.user_id)),
+                json!({}),
+            ),
+            (reqwest::Method::POST, "/_matrix/client/v3/join/%23anything%3Atest.local".to_owned(), json!({})),
+        ] {
+            s.send(method, &path, g, Some(&body)).await.err(403, "M_GUEST_ACCESS_FORBIDDEN");
+        }
+
+        // The token lookup other components use says it is a guest's.
+        let identity = s.bus_whoami(&guest.token).await.unwrap();
+        assert!(identity.is_guest);
+        let alice = s.admin_register("alice", "wonderland").await;
+        assert!(!s.bus_whoami(&alice.token).await.unwrap().is_guest);
+        assert_eq!(s.whoami(&alice.token).await.ok().body["is_guest"], false);
+    })
+    .await;
+}
+
+/// `alice`'s view of `user`'s membership in `room` (`None`: never a member).
+async fn membership_of(s: &Server, room: &str, token: &str, user: &str) -> Option<String> {
+    let members = s.get(&format!("{room}/members"), Some(token)).await.ok();
+    members.body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["state_key"] == user)
+        .map(|e| e["content"]["membership"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn guests_join_only_rooms_that_admit_them_and_leave_when_they_stop() {
+    let options = || Options { guests: true, roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let a = Some(alice.token.as_str());
+        let guest = s.register_guest().await;
+        let g = Some(guest.token.as_str());
+
+        // A public room forbids guests by its preset.
+        let created = s.post("/_matrix/client/v3/createRoom", a, json!({"preset": "public_chat"})).await.ok();
+        let room_id = created.body["room_id"].as_str().unwrap().to_owned();
+        let room = format!("/_matrix/client/v3/rooms/{}", urlencode(&room_id));
+        s.post(&format!("{room}/join"), g, json!({})).await.err(403, "M_FORBIDDEN");
+        // Nor does a hand-made join event get around it.
+        let own_member = format!("{room}/state/m.room.member/{}", urlencode(&guest.user_id));
+        s.put(&own_member, g, json!({"membership": "join"})).await.err(403, "M_FORBIDDEN");
+        // A room this server is not in cannot be checked: refused, not joined over federation.
+        s.post("/_matrix/client/v3/rooms/%21elsewhere%3Aremote.example/join", g, json!({}))
+            .await
+            .err(403, "M_FORBIDDEN");
+        assert_eq!(membership_of(s, &room, &alice.token, &guest.user_id).await, None);
+
+        s.put(&format!("{room}/state/m.room.guest_access"), a, json!({"guest_access": "can_join"})).await.ok();
+        s.post(&format!("{room}/join"), g, json!({})).await.ok();
+        s.put(&format!("{room}/send/m.room.message/g1"), g, json!({"msgtype": "m.text", "body": "hello"})).await.ok();
+        s.get(&format!("{room}/state"), g).await.ok();
+        s.get(&format!("{room}/state/m.room.guest_access/"), g).await.ok();
+        assert_eq!(membership_of(s, &room, &guest.token, &guest.user_id).await.as_deref(), Some("join"));
+
+        // Guest access ends: the server makes the guest leave, and it cannot come back.
+        s.put(&format!("{room}/state/m.room.guest_access"), a, json!({"guest_access": "forbidden"})).await.ok();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while membership_of(s, &room, &alice.token, &guest.user_id).await.as_deref() != Some("leave") {
+            assert!(Instant::now() < deadline, "[{}] the guest never left", s.backend);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s.put(&format!("{room}/send/m.room.message/g2"), g, json!({"body": "?"})).await.err(403, "M_FORBIDDEN");
+        s.post(&format!("{room}/join"), g, json!({})).await.err(403, "M_FORBIDDEN");
+        // Users are not guests: bob still joins.
+        s.post(&format!("{room}/join"), Some(&bob.token), json!({})).await.ok();
+        assert_eq!(membership_of(s, &room, &alice.token, &bob.user_id).await.as_deref(), Some("join"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn guests_upgrade_to_full_accounts() {
+    let options = || Options { guests: true, open_registration: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let path = "/_matrix/client/v3/register";
+        let guest = s.register_guest().await;
+        let localpart = guest.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+        let dummy = json!({"type": "m.login.dummy"});
+
+        // Only the guest's own localpart, and only with a guest's token.
+        let body = json!({"guest_access_token": guest.token, "password": "pw", "auth": dummy});
+        s.post(path, None, body).await.err(400, "M_MISSING_PARAM");
+        let body =
+            json!({"guest_access_token": guest.token, "username": "someoneelse", "password": "pw", "auth": dummy});
+        s.post(path, None, body).await.err(403, "M_FORBIDDEN");
+        let alice = s.admin_register("alice", "wonderland").await;
+        let body = json!({"guest_access_token": alice.token, "username": "alice", "password": "pw", "auth": dummy});
+        s.post(path, None, body).await.err(403, "M_FORBIDDEN");
+        let body = json!({"guest_access_token": "made-up", "username": localpart, "password": "pw", "auth": dummy});
+        s.post(path, None, body).await.err(401, "M_UNKNOWN_TOKEN");
+
+        // The dummy stage first, as for any registration.
+        let body = json!({"guest_access_token": guest.token, "username": localpart, "password": "new password"});
+        let challenge = s.post(path, None, body.clone()).await;
+        assert_eq!(challenge.status, StatusCode::UNAUTHORIZED, "{}", challenge.body);
+        let mut body = body;
+        body["auth"] = dummy.clone();
+        let upgraded = Account::from_reply(&s.post(path, None, body.clone()).await.ok().body);
+        assert_eq!(upgraded.user_id, guest.user_id);
+        assert_eq!(upgraded.device_id, guest.device_id);
+        assert_eq!(s.whoami(&upgraded.token).await.ok().body["is_guest"], false);
+        s.whoami(&guest.token).await.err(401, "M_UNKNOWN_TOKEN");
+        s.get("/_matrix/client/v3/account/3pid", Some(&upgraded.token)).await.ok();
+        s.login(&localpart, "new password").await;
+        // Once only.
+        body["guest_access_token"] = Value::from(upgraded.token);
+        s.post(path, None, body).await.err(403, "M_FORBIDDEN");
+    })
+    .await;
+}
+
+/// Guest tokens issued while guests were allowed stop working when the
+/// operator turns guest access off: a second client API over the same
+/// database, with guests off, refuses them even on the guest endpoints.
+#[tokio::test]
+async fn guest_tokens_are_refused_once_guest_access_is_off() {
+    let options = || Options { guests: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let guest = s.register_guest().await;
+        let alice = s.admin_register("alice", "wonderland").await;
+        s.whoami(&guest.token).await.ok();
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::in_dir(dir.path().to_owned());
+        config.global.server_name = SERVER_NAME.to_owned();
+        std::fs::write(&config.global.signing_key_path, ServerSigningKey::generate_file_contents()).unwrap();
+        let db = Db::connect(&s._db.url).await.unwrap();
+        let bus = Bus::new(Arc::new(myelin_bus::MemoryBackend::new(8)), Arc::new(SystemClock));
+        let (_trigger, shutdown) = Shutdown::new();
+        let started = myelin_clientapi::service::start(Arc::new(config), db, bus, shutdown).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, started.router).await });
+        let call = async |method: reqwest::Method, path: &str, token: Option<&str>| {
+            let mut request = s.http.request(method, format!("{base}{path}")).json(&json!({}));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            Reply { status, body: response.json().await.unwrap(), context: format!("[{}] off: {path}", s.backend) }
+        };
+        let (get, post) = (reqwest::Method::GET, reqwest::Method::POST);
+        let whoami = "/_matrix/client/v3/account/whoami";
+        call(get.clone(), whoami, Some(&guest.token)).await.err(403, "M_GUEST_ACCESS_FORBIDDEN");
+        call(get.clone(), "/_matrix/client/v3/devices", Some(&guest.token)).await.err(403, "M_GUEST_ACCESS_FORBIDDEN");
+        call(post, "/_matrix/client/v3/register?kind=guest", None).await.err(403, "M_GUEST_ACCESS_FORBIDDEN");
+        call(get, whoami, Some(&alice.token)).await.ok();
+    })
+    .await;
 }

@@ -644,6 +644,7 @@ async fn send_state(server: &Instance, room_id: &str, sender: &str, event_type: 
         state_key: Some(key.to_owned()),
         content,
         txn: None,
+        sender_is_guest: false,
     });
     let reply: InputReply =
         server.bus.request_json(INPUT_TOPIC, room_id, &request, Duration::from_secs(60)).await.unwrap();

@@ -122,6 +122,11 @@ async fn serve(router: axum::Router) -> String {
 
 impl Server {
     async fn start(test_db: TestDb, content: PushContent, allow_private_gateways: bool) -> Self {
+        // Delivery warnings in the output of a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("myelin_pusher=debug,warn"))
+            .try_init();
         let db = Db::connect(&test_db.url).await.unwrap();
         let backend = EmbeddedBackend::open(db.clone(), 8).await.unwrap();
         let bus = Bus::new(Arc::new(backend), Arc::new(SystemClock));
@@ -129,6 +134,7 @@ impl Server {
         let mut config = myelin_config::Config::default();
         config.global.server_name = "localhost".to_owned();
         config.client_api.registration_shared_secret = Some(SHARED_SECRET.to_owned());
+        config.client_api.allow_guest_access = true;
         config.pusher.content = content;
         config.pusher.allow_private_gateways = allow_private_gateways;
         let keys = tempfile::tempdir().unwrap();
@@ -1146,5 +1152,246 @@ async fn logged_out_devices_and_deactivated_users_are_pushed_nothing_more() {
         assert_eq!(s.gateway.events_to("bob-laptop"), [first.clone(), after, last], "[{at}] the device still in");
         assert_eq!(s.gateway.events_to("bob-phone"), std::slice::from_ref(&first), "[{at}] the logged-out device");
         assert_eq!(s.gateway.events_to("dave"), std::slice::from_ref(&first), "[{at}] the deactivated user");
+    }
+}
+
+/// Guests may not set pushers (the spec opens no push endpoint to them), so
+/// a guest, joined or not, is never pushed; the members are.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#guest-access>
+#[tokio::test]
+async fn guests_can_have_no_pushers() {
+    for s in servers().await {
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        s.gateway_pusher(&bob, "bob", None).await;
+        let (status, reply) = s.call(Method::POST, "/register?kind=guest", None, Some("{}")).await;
+        assert_eq!(status, 200, "[{at}] {reply}");
+        let guest = reply["access_token"].as_str().unwrap().to_owned();
+        let mut pusher = http_pusher("guest", "App");
+        pusher["data"] = json!({ "url": s.gateway_url });
+        let pusher = pusher.to_string();
+        s.fails(Method::POST, "/pushers/set", Some(&guest), &pusher, 403, "M_GUEST_ACCESS_FORBIDDEN").await;
+        s.fails(Method::GET, "/pushers", Some(&guest), "", 403, "M_GUEST_ACCESS_FORBIDDEN").await;
+        s.fails(Method::GET, "/pushrules/", Some(&guest), "", 403, "M_GUEST_ACCESS_FORBIDDEN").await;
+        s.fails(Method::GET, "/notifications", Some(&guest), "", 403, "M_GUEST_ACCESS_FORBIDDEN").await;
+
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.join(&bob, &room).await;
+        let unjoined = s.send(&alice, &room, text("before the guest joins")).await;
+        s.gateway.wait_for("bob", &unjoined).await;
+        let guest_access = json!({"guest_access": "can_join"});
+        s.ok(Method::PUT, &format!("/rooms/{room}/state/m.room.guest_access"), &alice, Some(guest_access)).await;
+        s.ok(Method::POST, &format!("/rooms/{room}/join"), &guest, Some(json!({}))).await;
+        let joined = s.send(&alice, &room, text("after the guest joined")).await;
+        s.gateway.wait_for("bob", &joined).await;
+        assert!(s.gateway.to("guest").is_empty(), "[{at}] a guest was pushed");
+    }
+}
+
+/// PDUs from another server, through the room server's pipeline as the
+/// federation API hands them over (`InputPdus` on `roomserver.input`): a
+/// fake "remote.test:8448" signs them and answers the room server's key
+/// queries with its key, as the federation API would after fetching it.
+mod remote {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use myelin_bus::{HandleError, Record, Responder, Shutdown, ShutdownTrigger};
+    use myelin_roomserver::api::{
+        FEDERATION_QUERY_TOPIC, FederationQuery, FederationQueryOk, FederationQueryReply, INPUT_TOPIC, InputOk,
+        InputPdus, InputReply, InputRequest, PduKind, PduOutcome, QUERY_TOPIC, QueryOk, QueryReply, QueryRequest,
+        REQUEST_TIMEOUT, StoredEvent, VerifyKey,
+    };
+    use myelin_types::ruma::signatures::{hash_and_sign_event, reference_hash};
+    use myelin_types::ruma::{CanonicalJsonValue, RoomVersionId};
+    use myelin_types::signing::ServerSigningKey;
+    use myelin_types::{ErrorCode, MatrixError};
+    use serde_json::{Value, json};
+
+    use super::Server;
+
+    pub const REMOTE: &str = "remote.test:8448";
+
+    pub struct Peer {
+        key: ServerSigningKey,
+    }
+
+    #[async_trait]
+    impl Responder for Peer {
+        async fn respond(&self, record: &Record) -> Result<Vec<u8>, HandleError> {
+            let query: FederationQuery = record.json().map_err(|e| HandleError::Poison(e.to_string()))?;
+            let reply: FederationQueryReply = match query {
+                FederationQuery::ServerKeys { server_name, .. } if server_name.as_str() == REMOTE => {
+                    Ok(FederationQueryOk::ServerKeys {
+                        keys: vec![VerifyKey {
+                            key_id: self.key.key_id(),
+                            public_key: self.key.public_key_base64(),
+                            valid_until_ts: Some(u64::MAX / 2),
+                            expired_ts: None,
+                        }],
+                    })
+                }
+                _ => Err(MatrixError::new(ErrorCode::NotFound, "unknown to the fake peer")),
+            };
+            Ok(serde_json::to_vec(&reply).unwrap())
+        }
+    }
+
+    /// The remote server's view of one local room.
+    pub struct Remote {
+        pub room_id: String,
+        version: RoomVersionId,
+        peer: Arc<Peer>,
+        _stop: ShutdownTrigger,
+    }
+
+    impl Remote {
+        pub async fn start(s: &Server, room_id: &str) -> Self {
+            let key = ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap();
+            let peer = Arc::new(Peer { key });
+            let (stop, shutdown): (ShutdownTrigger, Shutdown) = Shutdown::new();
+            s.bus.serve("test.peer", FEDERATION_QUERY_TOPIC, peer.clone(), shutdown);
+            let create = Self::state_of(s, room_id, "m.room.create", "").await;
+            let version = create.pdu["content"]["room_version"].as_str().unwrap_or("1").try_into().unwrap();
+            Self { room_id: room_id.to_owned(), version, peer, _stop: stop }
+        }
+
+        /// The current state event at `(event_type, state_key)`, as alice may see it.
+        pub async fn state_of(s: &Server, room_id: &str, event_type: &str, state_key: &str) -> StoredEvent {
+            let request = QueryRequest::RoomState {
+                room_id: room_id.try_into().unwrap(),
+                requester: "@alice:localhost".try_into().unwrap(),
+                event_type: Some(event_type.to_owned()),
+                state_key: Some(state_key.to_owned()),
+            };
+            let reply: QueryReply = s.bus.request_json(QUERY_TOPIC, room_id, &request, REQUEST_TIMEOUT).await.unwrap();
+            match reply.unwrap() {
+                QueryOk::State { mut events } => events.pop().unwrap_or_else(|| panic!("no {event_type} in the room")),
+                other => panic!("unexpected reply {other:?}"),
+            }
+        }
+
+        /// A signed PDU on top of `prev` (an event id with its depth), citing
+        /// `auth` (the create event is added where the room version lists it).
+        pub async fn pdu(&self, s: &Server, fields: Value, prev: &StoredEvent, auth: &[&str]) -> (String, Value) {
+            let mut auth: Vec<String> = auth.iter().map(|id| (*id).to_owned()).collect();
+            if self.version != RoomVersionId::V12 {
+                auth.insert(0, Self::state_of(s, &self.room_id, "m.room.create", "").await.event_id.to_string());
+            }
+            let mut fields = fields;
+            let object = fields.as_object_mut().unwrap();
+            object.insert("room_id".to_owned(), json!(self.room_id));
+            object.insert("prev_events".to_owned(), json!([prev.event_id]));
+            object.insert("depth".to_owned(), json!(prev.pdu["depth"].as_i64().unwrap() + 1));
+            object.insert("auth_events".to_owned(), json!(auth));
+            object.insert("origin_server_ts".to_owned(), json!(now()));
+            object.insert("origin".to_owned(), json!(REMOTE));
+            let rules = self.version.rules().unwrap();
+            let CanonicalJsonValue::Object(mut object) = CanonicalJsonValue::try_from(fields).unwrap() else {
+                panic!()
+            };
+            hash_and_sign_event(REMOTE, &self.peer.key.keypair, &mut object, &rules.redaction).unwrap();
+            let id = format!("${}", reference_hash(&object, &rules).unwrap());
+            (id, serde_json::to_value(&object).unwrap())
+        }
+
+        /// Hand PDUs to the room server as the federation API does; their outcomes.
+        pub async fn send(&self, s: &Server, pdus: Vec<Value>) -> Vec<PduOutcome> {
+            let request = InputRequest::InputPdus(InputPdus {
+                origin: REMOTE.try_into().unwrap(),
+                room_id: self.room_id.as_str().try_into().unwrap(),
+                kind: PduKind::Timeline,
+                pdus,
+            });
+            let reply: InputReply =
+                s.bus.request_json(INPUT_TOPIC, &self.room_id, &request, REQUEST_TIMEOUT).await.unwrap();
+            match reply.unwrap() {
+                InputOk::PdusProcessed { results } => results.into_iter().map(|r| r.outcome).collect(),
+                other => panic!("unexpected reply {other:?}"),
+            }
+        }
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    }
+}
+
+/// Rejected and soft-failed PDUs from another server never push, and a
+/// remote member is never pushed by this server (no notification, hence no
+/// counts for them), while what the remote member sends pushes the locals.
+#[tokio::test]
+async fn remote_users_and_rejected_or_soft_failed_events_never_push() {
+    use myelin_pusher::api::{COUNTS_TOPIC, RoomCounts};
+    use myelin_roomserver::api::PduOutcome;
+    use remote::{REMOTE, Remote};
+    for s in servers().await {
+        let at = s.name;
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        s.gateway_pusher(&alice, "alice", None).await;
+        s.gateway_pusher(&bob, "bob", None).await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.join(&bob, &room).await;
+        let remote = Remote::start(&s, &room).await;
+        let rob = format!("@rob:{REMOTE}");
+        let power_levels = Remote::state_of(&s, &room, "m.room.power_levels", "").await.event_id.to_string();
+        let join_rules = Remote::state_of(&s, &room, "m.room.join_rules", "").await.event_id.to_string();
+
+        // Rob of the remote server joins.
+        let bob_join = Remote::state_of(&s, &room, "m.room.member", "@bob:localhost").await;
+        let join = json!({"type": "m.room.member", "state_key": rob, "sender": rob, "content": {"membership": "join"}});
+        let (rob_join_id, rob_join) = remote.pdu(&s, join, &bob_join, &[&power_levels, &join_rules]).await;
+        assert_eq!(remote.send(&s, vec![rob_join]).await, [PduOutcome::Accepted], "[{at}]");
+        let rob_join = Remote::state_of(&s, &room, "m.room.member", &rob).await;
+        assert_eq!(rob_join.event_id.as_str(), rob_join_id, "[{at}]");
+
+        // Rejected: a message from someone who never joined. Then rob's, which pushes.
+        let stranger = format!("@stranger:{REMOTE}");
+        let message =
+            |sender: &str, body: &str| json!({"type": "m.room.message", "sender": sender, "content": text(body)});
+        let (rejected, rejected_pdu) =
+            remote.pdu(&s, message(&stranger, "not a member"), &rob_join, &[&power_levels]).await;
+        let (from_rob, from_rob_pdu) =
+            remote.pdu(&s, message(&rob, "hello from afar"), &rob_join, &[&power_levels, &rob_join_id]).await;
+        let outcomes = remote.send(&s, vec![rejected_pdu, from_rob_pdu]).await;
+        assert!(matches!(outcomes[0], PduOutcome::Rejected { .. }), "[{at}] {outcomes:?}");
+        assert_eq!(outcomes[1], PduOutcome::Accepted, "[{at}]");
+        s.gateway.wait_for("bob", &from_rob).await;
+        s.gateway.wait_for("alice", &from_rob).await;
+        assert_eq!(s.gateway.events_to("bob"), std::slice::from_ref(&from_rob), "[{at}] a rejected event");
+
+        // Soft-failed: alice bans rob, who sends from the state before the ban.
+        let ban = json!({"membership": "ban"});
+        s.ok(Method::PUT, &format!("/rooms/{room}/state/m.room.member/{rob}"), &alice, Some(ban)).await;
+        let (soft_failed, soft_failed_pdu) =
+            remote.pdu(&s, message(&rob, "after the ban"), &rob_join, &[&power_levels, &rob_join_id]).await;
+        let outcomes = remote.send(&s, vec![soft_failed_pdu]).await;
+        assert!(matches!(outcomes[0], PduOutcome::SoftFailed { .. }), "[{at}] {outcomes:?}");
+        let after = s.send(&alice, &room, text("after the soft failure")).await;
+        s.gateway.wait_for("bob", &after).await;
+        assert_eq!(s.gateway.events_to("bob"), [from_rob.clone(), after.clone()], "[{at}] a soft-failed event");
+        assert!(!s.gateway.events_to("alice").contains(&rejected), "[{at}]");
+        assert!(!s.gateway.events_to("alice").contains(&soft_failed), "[{at}]");
+
+        // A remote member: bob's counts follow every push, rob has none, ever.
+        // The pusher handles the room's events in order, so once bob's count
+        // for the last one is published, anything for rob before it was too.
+        let mut consumer = s.bus.backend().consumer("test.counts", COUNTS_TOPIC).await.unwrap();
+        let mut counted = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while !counted.iter().any(|c: &RoomCounts| c.user_id.as_str() == "@bob:localhost" && c.notification_count == 2)
+        {
+            assert!(Instant::now() < deadline, "[{at}] bob's counts never reached 2: {counted:?}");
+            if let Ok(batch) = tokio::time::timeout(Duration::from_millis(200), consumer.next_batch(100)).await {
+                counted.extend(batch.unwrap().iter().map(|r| r.json::<RoomCounts>().unwrap()));
+            }
+        }
+        while let Ok(batch) = tokio::time::timeout(Duration::from_millis(500), consumer.next_batch(100)).await {
+            counted.extend(batch.unwrap().iter().map(|r| r.json::<RoomCounts>().unwrap()));
+        }
+        assert!(counted.iter().all(|c| c.user_id.server_name() == "localhost"), "[{at}] {counted:?}");
     }
 }

@@ -165,6 +165,13 @@ pub struct SendEvent {
     pub content: Value,
     /// Client transaction: a repeat with the same one returns the first event id.
     pub txn: Option<TxnRef>,
+    /// The sender is a guest account of this server: its join is refused
+    /// (`403 M_FORBIDDEN`) unless the room's `m.room.guest_access` is
+    /// `can_join`, checked here against the state the join is built on.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#guest-access>
+    #[serde(default)]
+    pub sender_is_guest: bool,
 }
 
 /// Identifies a client's `PUT …/{txnId}`; unique per (user, device, txn id).

@@ -127,6 +127,7 @@ impl Harness {
             state_key: state_key.map(str::to_owned),
             content,
             txn,
+            sender_is_guest: false,
         };
         match self.input(room_id.as_str(), InputRequest::SendEvent(request)).await? {
             InputOk::EventSent { event_id } => Ok(event_id.to_string()),
@@ -527,6 +528,7 @@ async fn redelivered_requests_produce_one_event() {
             state_key: None,
             content: json!({"msgtype": "m.text", "body": "delivered twice"}),
             txn: None,
+            sender_is_guest: false,
         });
         let headers = Headers {
             correlation_id: Some("same-correlation-id".into()),

@@ -45,7 +45,7 @@ pub struct Started {
     pub tasks: Vec<JoinHandle<Result<(), BusError>>>,
 }
 
-pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -> Result<Started, SyncApiError> {
+pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -> Result<Started, SyncApiError> {
     let storage = Arc::new(Storage::open(db).await?);
     let start = SyncToken {
         events: storage.max_pos().await?,
@@ -57,7 +57,7 @@ pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -
         presence: storage.max_presence_pos().await?,
     };
     let notifier = Arc::new(Notifier::new(start));
-    let auth = Arc::new(TokenResolver::new(bus.clone()));
+    let auth = Arc::new(TokenResolver::with_guests(bus.clone(), config.client_api.allow_guest_access));
     let typing = Arc::new(Typing::default());
     let clock = bus.clock().clone();
     let tasks = vec![

@@ -60,6 +60,7 @@ impl Server {
         let mut config = myelin_config::Config::default();
         config.global.server_name = "localhost".to_owned();
         config.client_api.registration_shared_secret = Some(SHARED_SECRET.to_owned());
+        config.client_api.allow_guest_access = true;
         let keys = tempfile::tempdir().unwrap();
         config.global.signing_key_path = keys.path().join("signing.key");
         std::fs::write(&config.global.signing_key_path, ServerSigningKey::generate_file_contents()).unwrap();
@@ -1829,5 +1830,72 @@ async fn presence_reaches_those_who_share_a_room() {
         assert_eq!((code, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "[{}]", s.name);
         let (code, body) = s.get(&status("@carol:localhost"), Some(&carol)).await;
         assert_eq!((code, body["presence"].as_str()), (200, Some("offline")), "[{}] never set", s.name);
+    }
+}
+
+/// Guests read through `/sync`, `/messages`, `/event` and `/context` (a
+/// world-readable room without joining it), and nothing else of this API.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#guest-access>
+#[tokio::test]
+async fn guests_read_what_the_spec_opens_to_them_and_nothing_else() {
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let url = format!("{}/_matrix/client/v3/register?kind=guest", s.client_base);
+        let reply: Value = s.http.post(url).json(&json!({})).send().await.unwrap().json().await.unwrap();
+        let guest = reply["access_token"].as_str().unwrap().to_owned();
+
+        let created = s.client(reqwest::Method::POST, "/createRoom", &alice, json!({"preset": "public_chat"})).await;
+        let room = created["room_id"].as_str().unwrap().to_owned();
+
+        // Not world-readable yet: the guest, never a member, reads nothing.
+        let (status, body) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&guest)).await;
+        assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "[{}] {body}", s.name);
+        let visibility = json!({"history_visibility": "world_readable"});
+        s.client(reqwest::Method::PUT, &format!("/rooms/{room}/state/m.room.history_visibility"), &alice, visibility)
+            .await;
+        // Readable from the change on, without joining.
+        let sent = s
+            .client(
+                reqwest::Method::PUT,
+                &format!("/rooms/{room}/send/m.room.message/t1"),
+                &alice,
+                json!({"body": "hi"}),
+            )
+            .await;
+        let event_id = sent["event_id"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, body) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&guest)).await;
+            let chunk = body["chunk"].as_array().cloned().unwrap_or_default();
+            if status == 200 && chunk.iter().any(|e| e["event_id"] == event_id.as_str()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "[{}] the guest never read the room: {status} {body}", s.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (status, body) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{event_id}"), Some(&guest)).await;
+        assert_eq!(status, 200, "[{}] {body}", s.name);
+        let (status, body) = s.get(&format!("/_matrix/client/v3/rooms/{room}/context/{event_id}"), Some(&guest)).await;
+        assert_eq!(status, 200, "[{}] {body}", s.name);
+        s.sync(&guest, "").await;
+
+        // Closed to guests.
+        for path in [
+            "/_matrix/client/v3/keys/changes?from=s0&to=s1".to_owned(),
+            format!("/_matrix/client/v1/rooms/{room}/threads"),
+            "/_matrix/client/v3/presence/%40alice%3Alocalhost/status".to_owned(),
+        ] {
+            let (status, body) = s.get(&path, Some(&guest)).await;
+            assert_eq!(
+                (status, body["errcode"].as_str()),
+                (403, Some("M_GUEST_ACCESS_FORBIDDEN")),
+                "[{}] {path}: {body}",
+                s.name
+            );
+        }
+        let (status, body) =
+            s.request(reqwest::Method::POST, "/_matrix/client/v3/search", Some(&guest), Some("{}")).await;
+        assert_eq!((status, body["errcode"].as_str()), (403, Some("M_GUEST_ACCESS_FORBIDDEN")), "[{}] {body}", s.name);
     }
 }

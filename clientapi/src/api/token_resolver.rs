@@ -2,7 +2,10 @@
 //! that serve client requests without reading the client API's tables:
 //! the access token's hash is asked over the bus, and positive answers are
 //! cached until the client API announces the token revoked on
-//! [`DEVICES_TOPIC`](super::DEVICES_TOPIC).
+//! [`DEVICES_TOPIC`](super::DEVICES_TOPIC). Guests are refused
+//! (`403 M_GUEST_ACCESS_FORBIDDEN`) except by
+//! [`TokenResolver::authenticate_guest_ok`], for the endpoints the spec
+//! opens to them (<https://spec.matrix.org/v1.16/client-server-api/#guest-access>).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,9 @@ pub struct Caller {
 
 pub struct TokenResolver {
     bus: Bus,
+    /// `client_api.allow_guest_access`: without it, guest tokens kept from
+    /// before are refused everywhere.
+    guests_allowed: bool,
     cache: Mutex<Cache>,
 }
 
@@ -51,18 +57,45 @@ struct Cache {
 }
 
 impl TokenResolver {
+    /// A resolver for a component that serves no endpoint to guests.
     pub fn new(bus: Bus) -> Self {
-        Self { bus, cache: Mutex::default() }
+        Self { bus, guests_allowed: false, cache: Mutex::default() }
+    }
+
+    /// A resolver whose [`Self::authenticate_guest_ok`] lets guests through
+    /// when `guests_allowed` (`client_api.allow_guest_access`).
+    pub fn with_guests(bus: Bus, guests_allowed: bool) -> Self {
+        Self { guests_allowed, ..Self::new(bus) }
     }
 
     /// Who sent this request: `401 M_MISSING_TOKEN` without a token,
-    /// `401 M_UNKNOWN_TOKEN` for a token the client API does not know.
+    /// `401 M_UNKNOWN_TOKEN` for a token the client API does not know,
+    /// `403 M_GUEST_ACCESS_FORBIDDEN` for a guest.
     pub async fn authenticate(&self, parts: &Parts) -> Result<Identity, ResolveError> {
         Ok(self.caller(parts).await?.identity)
     }
 
+    /// Like [`Self::authenticate`], for the endpoints the spec opens to
+    /// guests: a guest passes while the server allows guests.
+    pub async fn authenticate_guest_ok(&self, parts: &Parts) -> Result<Identity, ResolveError> {
+        let identity = self.lookup(parts).await?.identity;
+        if identity.is_guest && !self.guests_allowed {
+            return Err(MatrixError::guest_access_forbidden().into());
+        }
+        Ok(identity)
+    }
+
     /// Like [`Self::authenticate`], also giving the token's hash.
     pub async fn caller(&self, parts: &Parts) -> Result<Caller, ResolveError> {
+        let caller = self.lookup(parts).await?;
+        if caller.identity.is_guest {
+            return Err(MatrixError::guest_access_forbidden().into());
+        }
+        Ok(caller)
+    }
+
+    /// The token's owner, guest or not.
+    async fn lookup(&self, parts: &Parts) -> Result<Caller, ResolveError> {
         let token = myelin_types::auth::access_token(parts).ok_or_else(MatrixError::missing_token)?;
         let hash = token_hash(&token);
         let generation = {

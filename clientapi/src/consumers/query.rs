@@ -21,8 +21,12 @@ impl Responder for QueryResponder {
             QueryRequest::Whoami { token_hash } => {
                 let found =
                     tokens::lookup(&self.db, &token_hash).await.map_err(|e| HandleError::Transient(e.to_string()))?;
-                found.and_then(|(user_id, device_id)| {
-                    OwnedUserId::try_from(user_id).ok().map(|user_id| Identity { user_id, device_id })
+                found.and_then(|owner| {
+                    OwnedUserId::try_from(owner.user_id).ok().map(|user_id| Identity {
+                        user_id,
+                        device_id: owner.device_id,
+                        is_guest: owner.is_guest,
+                    })
                 })
             }
         };

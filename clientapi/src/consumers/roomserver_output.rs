@@ -1,18 +1,25 @@
 //! `roomserver.output` (group `clientapi.directory`): the room summaries
 //! the public directory shows (name, topic, canonical alias, avatar, join
 //! rule, history visibility, guest access, room type, joined members),
-//! taken from each event's change to the current state.
+//! taken from each event's change to the current state; and the guests
+//! of this server leave a room whose guest access stops being `can_join`.
 
 use async_trait::async_trait;
-use myelin_bus::{HandleError, Handler, Record};
-use myelin_roomserver::api::{NewRoomEvent, OutputRecord};
+use myelin_bus::{Bus, HandleError, Handler, Record};
+use myelin_roomserver::api::{NewRoomEvent, OutputRecord, SendEvent};
 use myelin_storage::Db;
-use serde_json::Value;
+use myelin_types::ruma::OwnedUserId;
+use serde_json::{Value, json};
 
+use crate::error::ClientApiError;
+use crate::producers::roomserver;
+use crate::storage::accounts;
 use crate::storage::directory::{self, Field, SummaryChange};
 
 pub struct DirectoryConsumer {
     pub db: Db,
+    pub bus: Bus,
+    pub server_name: String,
 }
 
 /// The summary field an `(event type, state key)` sets, and the content key holding it.
@@ -31,6 +38,19 @@ fn field_of(event_type: &str, state_key: &str) -> Option<(Field, &'static str)> 
         "m.room.create" => (Field::RoomType, "type"),
         _ => return None,
     })
+}
+
+/// Whether the record ends guest access: `m.room.guest_access` set to
+/// anything but `can_join`, or removed.
+fn ends_guest_access(record: &NewRoomEvent) -> bool {
+    let is_guest_access =
+        |event_type: &str, state_key: &str| event_type == "m.room.guest_access" && state_key.is_empty();
+    let set_off = record.state_delta.added.iter().any(|event| {
+        let text = |key: &str| event.pdu.get(key).and_then(Value::as_str).unwrap_or_default();
+        is_guest_access(text("type"), text("state_key"))
+            && event.pdu["content"].get("guest_access").and_then(Value::as_str) != Some("can_join")
+    });
+    set_off || record.state_delta.removed.iter().any(|(event_type, state_key)| is_guest_access(event_type, state_key))
 }
 
 /// What one record changes in the room's summary.
@@ -71,7 +91,49 @@ impl Handler for DirectoryConsumer {
         }
         directory::apply(&self.db, new.event.room_id.as_str(), &changes)
             .await
-            .map_err(|e| HandleError::Transient(e.to_string()))
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        if ends_guest_access(&new) {
+            self.guests_leave(&new).await?;
+        }
+        Ok(())
+    }
+}
+
+impl DirectoryConsumer {
+    /// Make this server's guests leave the room: the members read model is
+    /// current up to this record, and the room server refuses any guest
+    /// join after it. A redelivered record finds them gone already (or the
+    /// room server refuses a second leave, which is skipped).
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#guest-access>
+    async fn guests_leave(&self, record: &NewRoomEvent) -> Result<(), HandleError> {
+        let transient = |e: myelin_storage::sqlx::Error| HandleError::Transient(e.to_string());
+        let room_id = &record.event.room_id;
+        let members =
+            directory::joined_local_members(&self.db, room_id.as_str(), &self.server_name).await.map_err(transient)?;
+        for member in members {
+            let Ok(user_id) = OwnedUserId::try_from(member) else { continue };
+            if !accounts::is_guest(&self.db, user_id.localpart()).await.map_err(transient)? {
+                continue;
+            }
+            let request = SendEvent {
+                room_id: room_id.clone(),
+                sender: user_id.clone(),
+                event_type: "m.room.member".to_owned(),
+                state_key: Some(user_id.to_string()),
+                content: json!({ "membership": "leave" }),
+                txn: None,
+                sender_is_guest: true,
+            };
+            match roomserver::send_event(&self.bus, request).await {
+                Ok(_) => {}
+                Err(ClientApiError::Matrix(error)) => {
+                    tracing::warn!(%room_id, %user_id, %error, "a guest could not be made to leave");
+                }
+                Err(other) => return Err(HandleError::Transient(other.to_string())),
+            }
+        }
+        Ok(())
     }
 }
 

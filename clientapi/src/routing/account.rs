@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::accounts::{self, MAX_PASSWORD_LEN};
-use crate::auth::AuthedUser;
+use crate::auth::{AuthedUser, GuestOk};
 use crate::error::Result;
 use crate::json::{MatrixJson, OptionalJson};
 use crate::producers::{self, roomserver};
@@ -20,8 +20,8 @@ use crate::uia::{self, AuthData};
 
 /// `GET /_matrix/client/v3/account/whoami`
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3accountwhoami>
-pub async fn whoami(user: AuthedUser) -> Json<Value> {
-    Json(json!({ "user_id": user.user_id, "device_id": user.device_id, "is_guest": false }))
+pub async fn whoami(GuestOk(user): GuestOk) -> Json<Value> {
+    Json(json!({ "user_id": user.user_id, "device_id": user.device_id, "is_guest": user.is_guest }))
 }
 
 #[derive(Deserialize)]

@@ -102,6 +102,7 @@ pub async fn register(
         password: Some(body.password),
         admin: body.admin,
         user_type: body.user_type,
+        is_guest: false,
         login: Some((None, None)),
     };
     let (user_id, session) = accounts::register(&state, registration).await?;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::accounts;
-use crate::auth::AuthedUser;
+use crate::auth::{AuthedUser, GuestOk};
 use crate::error::Result;
 use crate::json::{MatrixJson, MatrixPath, OptionalJson};
 use crate::service::AppState;
@@ -27,7 +27,7 @@ fn to_json(device: &Device) -> Value {
 
 /// `GET /_matrix/client/v3/devices`
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3devices>
-pub async fn list(State(state): State<AppState>, user: AuthedUser) -> Result<Json<Value>> {
+pub async fn list(State(state): State<AppState>, GuestOk(user): GuestOk) -> Result<Json<Value>> {
     let devices = devices::list(&state.db, user.user_id.as_str()).await?;
     Ok(Json(json!({ "devices": devices.iter().map(to_json).collect::<Vec<_>>() })))
 }
@@ -36,7 +36,7 @@ pub async fn list(State(state): State<AppState>, user: AuthedUser) -> Result<Jso
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3devicesdeviceid>
 pub async fn get(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath(device_id): MatrixPath<String>,
 ) -> Result<Json<Value>> {
     let device = devices::get(&state.db, user.user_id.as_str(), &device_id).await?.ok_or_else(no_such_device)?;
@@ -58,7 +58,7 @@ pub struct RenameBody {
 /// Without `display_name` nothing changes; devices are created only by logins.
 pub async fn rename(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath(device_id): MatrixPath<String>,
     MatrixJson(body): MatrixJson<RenameBody>,
 ) -> Result<Json<Value>> {

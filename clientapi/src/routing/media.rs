@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::auth::AuthedUser;
+use crate::auth::{AuthedUser, GuestOk};
 use crate::error::Result;
 use crate::json::{MatrixPath, MatrixQuery};
 use crate::media::{MEDIA_ID_LEN, MediaStore};
@@ -118,7 +118,7 @@ async fn upload(
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv1mediadownloadservernamemediaid>
 async fn download_authenticated(
     State(state): State<AppState>,
-    _user: AuthedUser,
+    GuestOk(_user): GuestOk,
     MatrixPath((server_name, media_id)): MatrixPath<(String, String)>,
 ) -> Result<Response> {
     download(&state, &server_name, &media_id, None).await
@@ -128,7 +128,7 @@ async fn download_authenticated(
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv1mediadownloadservernamemediaidfilename>
 async fn download_authenticated_as(
     State(state): State<AppState>,
-    _user: AuthedUser,
+    GuestOk(_user): GuestOk,
     MatrixPath((server_name, media_id, file_name)): MatrixPath<(String, String, String)>,
 ) -> Result<Response> {
     download(&state, &server_name, &media_id, Some(&file_name)).await
@@ -196,7 +196,7 @@ struct ThumbnailQuery {
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv1mediathumbnailservernamemediaid>
 async fn thumbnail_authenticated(
     State(state): State<AppState>,
-    _user: AuthedUser,
+    GuestOk(_user): GuestOk,
     MatrixPath((server_name, media_id)): MatrixPath<(String, String)>,
     MatrixQuery(query): MatrixQuery<ThumbnailQuery>,
 ) -> Result<Response> {

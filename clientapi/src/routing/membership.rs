@@ -9,7 +9,7 @@ use myelin_types::{ErrorCode, MatrixError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::auth::AuthedUser;
+use crate::auth::{AuthedUser, GuestOk};
 use crate::error::{ClientApiError, Result};
 use crate::json::{MatrixJson, MatrixPath, OptionalJson};
 use crate::producers::{federation, roomserver};
@@ -44,6 +44,7 @@ pub(crate) async fn set_membership(
         state_key: Some(target.to_string()),
         content,
         txn: None,
+        sender_is_guest: false,
     };
     roomserver::send_event(&state.bus, request).await?;
     Ok(())
@@ -70,28 +71,43 @@ async fn member_content(
 
 /// Join `room_id`: locally when this server is in the room, else through
 /// the federation API, asking `servers` and then the server that created
-/// the room (when its id still names one).
+/// the room (when its id still names one). A guest joins only rooms this
+/// server is in, where the room server can check `m.room.guest_access`
+/// before the join.
 ///
-/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#joining-rooms>
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#joining-rooms> and
+/// <https://spec.matrix.org/v1.16/client-server-api/#guest-access>
 async fn join(
     state: &AppState,
-    user: OwnedUserId,
+    user: AuthedUser,
     room_id: OwnedRoomId,
     mut servers: Vec<OwnedServerName>,
     reason: Option<String>,
 ) -> Result<()> {
-    let unknown = match set_membership(state, user.clone(), room_id.clone(), &user, "join", reason.clone()).await {
+    let content = member_content(state, &user.user_id, &user.user_id, "join", reason).await?;
+    let request = SendEvent {
+        room_id: room_id.clone(),
+        sender: user.user_id.clone(),
+        event_type: "m.room.member".to_owned(),
+        state_key: Some(user.user_id.to_string()),
+        content: content.clone(),
+        txn: None,
+        sender_is_guest: user.is_guest,
+    };
+    let unknown = match roomserver::send_event(&state.bus, request).await {
         // The room server answers M_NOT_FOUND for a join to a room it does not have.
         Err(ClientApiError::Matrix(error @ MatrixError { errcode: ErrorCode::NotFound, .. })) => error,
-        other => return other,
+        other => return other.map(drop),
     };
+    if user.is_guest {
+        return Err(MatrixError::forbidden("Guests may only join rooms this server is in").into());
+    }
     servers.extend(room_id.server_name().map(ToOwned::to_owned));
     servers.retain(|server| server.as_str() != state.server_name());
     if servers.is_empty() {
         return Err(unknown.into());
     }
-    let content = member_content(state, &user, &user, "join", reason).await?;
-    federation::join_room(&state.bus, room_id, user, servers, content).await?;
+    federation::join_room(&state.bus, room_id, user.user_id, servers, content).await?;
     Ok(())
 }
 
@@ -99,12 +115,12 @@ async fn join(
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3roomsroomidjoin>
 pub async fn join_room(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath(room_id): MatrixPath<String>,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> Result<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
-    join(&state, user.user_id, room_id.clone(), Vec::new(), body.reason).await?;
+    join(&state, user, room_id.clone(), Vec::new(), body.reason).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 
@@ -132,7 +148,7 @@ pub async fn join_by_id_or_alias(
         (parse_room_id(&target)?, Vec::new())
     };
     servers.extend(via_servers(query.as_deref().unwrap_or_default())?);
-    join(&state, user.user_id, room_id.clone(), servers, body.reason).await?;
+    join(&state, user, room_id.clone(), servers, body.reason).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 
@@ -180,7 +196,7 @@ fn percent_decode(value: &str) -> String {
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3roomsroomidleave>
 pub async fn leave(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath(room_id): MatrixPath<String>,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> Result<Json<Value>> {

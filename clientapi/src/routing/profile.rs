@@ -9,7 +9,7 @@ use myelin_types::MatrixError;
 use myelin_types::ruma::OwnedUserId;
 use serde_json::{Map, Value, json};
 
-use crate::auth::AuthedUser;
+use crate::auth::{AuthedUser, GuestOk};
 use crate::error::Result;
 use crate::json::{MatrixJson, MatrixPath};
 use crate::producers::roomserver;
@@ -99,14 +99,15 @@ async fn put_field(
     if !accounts::set_profile(&state.db, user.user_id.localpart(), &profile).await? {
         return Err(MatrixError::not_found("Profile not found").into());
     }
-    update_member_events(state, &user.user_id, &profile).await?;
+    update_member_events(state, user, &profile).await?;
     Ok(Json(json!({})))
 }
 
 /// Send a new `m.room.member` event carrying `profile` in each joined room.
 /// A room that refuses is logged and skipped: the profile itself is saved,
 /// and one room must not keep the others stale.
-async fn update_member_events(state: &AppState, user_id: &OwnedUserId, profile: &Profile) -> Result<()> {
+async fn update_member_events(state: &AppState, user: &AuthedUser, profile: &Profile) -> Result<()> {
+    let user_id = &user.user_id;
     for room_id in roomserver::joined_rooms(&state.bus, user_id).await? {
         let update = async {
             let events =
@@ -128,6 +129,7 @@ async fn update_member_events(state: &AppState, user_id: &OwnedUserId, profile: 
                 state_key: Some(user_id.to_string()),
                 content: Value::Object(content),
                 txn: None,
+                sender_is_guest: user.is_guest,
             };
             roomserver::send_event(&state.bus, request).await.map(drop)
         };
@@ -142,7 +144,7 @@ async fn update_member_events(state: &AppState, user_id: &OwnedUserId, profile: 
 /// <https://spec.matrix.org/v1.16/client-server-api/#put_matrixclientv3profileuseriddisplayname>
 pub async fn put_displayname(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath(target): MatrixPath<String>,
     MatrixJson(body): MatrixJson<Map<String, Value>>,
 ) -> Result<Json<Value>> {

@@ -2,6 +2,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use myelin_types::ruma::OwnedUserId;
 use myelin_types::{ErrorCode, MatrixError, random};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -10,7 +11,7 @@ use crate::accounts::{self, MAX_PASSWORD_LEN, Registration};
 use crate::error::{ClientApiError, Result};
 use crate::json::{MatrixJson, MatrixQuery};
 use crate::service::AppState;
-use crate::storage;
+use crate::storage::{self, tokens};
 use crate::uia::SESSION_LIFETIME_MS;
 
 #[derive(Deserialize)]
@@ -27,6 +28,8 @@ pub struct RegisterBody {
     #[serde(default)]
     inhibit_login: bool,
     auth: Option<AuthData>,
+    /// A guest upgrading its own account (with `username` its localpart).
+    guest_access_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -49,8 +52,9 @@ fn uia_challenge(session: &str) -> Response {
 /// `POST /_matrix/client/v3/register`
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3register>
 ///
-/// Closed unless `client_api.open_registration`; then one flow, `m.login.dummy`.
-/// Guests are not supported.
+/// Closed unless `client_api.open_registration`; then one flow, `m.login.dummy`,
+/// which also upgrades a guest (`guest_access_token`). Guests register
+/// (`kind=guest`) while `client_api.allow_guest_access`.
 pub async fn register(
     State(state): State<AppState>,
     MatrixQuery(query): MatrixQuery<RegisterQuery>,
@@ -58,7 +62,7 @@ pub async fn register(
 ) -> Result<Response> {
     match query.kind.as_deref() {
         None | Some("user") => {}
-        Some("guest") => return Err(MatrixError::forbidden("Guest access is disabled").into()),
+        Some("guest") => return register_guest(&state, body).await,
         Some(_) => return Err(MatrixError::invalid_param("Invalid kind").into()),
     }
     if !state.config.client_api.open_registration {
@@ -66,7 +70,13 @@ pub async fn register(
     }
     // Check what can be checked before authentication, as clients expect.
     let username = body.username.map(|u| u.to_lowercase());
-    if let Some(username) = &username {
+    let guest = match &body.guest_access_token {
+        Some(token) => Some(guest_to_upgrade(&state, token, username.as_deref()).await?),
+        None => None,
+    };
+    if let Some(username) = &username
+        && guest.is_none()
+    {
         accounts::new_user_id(username, state.server_name())?;
         if storage::accounts::exists(&state.db, username).await? {
             return Err(accounts::user_in_use().into());
@@ -112,15 +122,20 @@ pub async fn register(
     };
 
     let login = (!body.inhibit_login).then_some((body.device_id, body.initial_device_display_name));
-    let (user_id, login_session) = match username {
-        Some(localpart) => {
-            accounts::register(
-                &state,
-                Registration { localpart, password: body.password, admin: false, user_type: None, login },
-            )
-            .await?
+    let (user_id, login_session) = match (guest, username) {
+        (Some(guest), _) => upgrade_guest(&state, guest, body.password).await?,
+        (None, Some(localpart)) => {
+            let registration = Registration {
+                localpart,
+                password: body.password,
+                admin: false,
+                user_type: None,
+                is_guest: false,
+                login,
+            };
+            accounts::register(&state, registration).await?
         }
-        None => register_generated(&state, body.password, login).await?,
+        (None, None) => register_generated(&state, body.password, login, false).await?,
     };
     if let Some(session) = session {
         storage::registration::delete_uia_session(&state.db, &session).await?;
@@ -138,17 +153,83 @@ async fn register_generated(
     state: &AppState,
     password: Option<String>,
     login: Option<(Option<String>, Option<String>)>,
-) -> Result<(myelin_types::ruma::OwnedUserId, Option<accounts::Session>)> {
+    is_guest: bool,
+) -> Result<(OwnedUserId, Option<accounts::Session>)> {
     for _ in 0..5 {
         let localpart = random::alphanumeric(12).to_lowercase();
-        let registration =
-            Registration { localpart, password: password.clone(), admin: false, user_type: None, login: login.clone() };
+        let registration = Registration {
+            localpart,
+            password: password.clone(),
+            admin: false,
+            user_type: None,
+            is_guest,
+            login: login.clone(),
+        };
         match accounts::register(state, registration).await {
             Err(ClientApiError::Matrix(e)) if e.errcode == ErrorCode::UserInUse => continue,
             other => return other,
         }
     }
     Err(MatrixError::internal().into())
+}
+
+/// `POST /register?kind=guest`: a guest account, with a generated user id
+/// and no password, logged in at once. No interactive authentication: the
+/// operator opted into anonymous guests.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#guest-access>
+async fn register_guest(state: &AppState, body: RegisterBody) -> Result<Response> {
+    if !state.config.client_api.allow_guest_access {
+        return Err(MatrixError::guest_access_forbidden().into());
+    }
+    let login = Some((body.device_id, body.initial_device_display_name));
+    let (user_id, session) = register_generated(state, None, login, true).await?;
+    let session = session.ok_or_else(MatrixError::internal)?;
+    let reply = json!({
+        "user_id": user_id,
+        "home_server": state.server_name(),
+        "access_token": session.access_token,
+        "device_id": session.device_id,
+    });
+    Ok(Json(reply).into_response())
+}
+
+/// The guest behind `guest_access_token`, which may upgrade only to its
+/// own localpart, named as `username` (as the spec requires).
+async fn guest_to_upgrade(state: &AppState, token: &str, username: Option<&str>) -> Result<tokens::Owner> {
+    let owner = tokens::lookup(&state.db, &random::token_hash(token)).await?.ok_or_else(MatrixError::unknown_token)?;
+    if !owner.is_guest {
+        return Err(MatrixError::forbidden("guest_access_token is not a guest's").into());
+    }
+    let Some(username) = username else {
+        return Err(MatrixError::new(ErrorCode::MissingParam, "Upgrading a guest needs its username").into());
+    };
+    let guest_id = OwnedUserId::try_from(owner.user_id.as_str()).map_err(|_| MatrixError::internal())?;
+    if guest_id.localpart() != username {
+        return Err(MatrixError::forbidden("A guest may only upgrade to its own username").into());
+    }
+    Ok(owner)
+}
+
+/// Make the guest a full user with `password`. It keeps its user id and
+/// device, which gets a new access token (`device_id` and `inhibit_login`
+/// do not apply): the guest's token stops working, since other components
+/// cache whether a token is a guest's.
+async fn upgrade_guest(
+    state: &AppState,
+    guest: tokens::Owner,
+    password: Option<String>,
+) -> Result<(OwnedUserId, Option<accounts::Session>)> {
+    let user_id = OwnedUserId::try_from(guest.user_id).map_err(|_| MatrixError::internal())?;
+    let password_hash = match password {
+        Some(password) => Some(accounts::hash_password(password).await?),
+        None => None,
+    };
+    if !storage::accounts::upgrade_guest(&state.db, user_id.localpart(), password_hash.as_deref()).await? {
+        return Err(MatrixError::forbidden("This account is no longer a guest").into());
+    }
+    let session = accounts::start_session(state, &user_id, Some(guest.device_id), None).await?;
+    Ok((user_id, Some(session)))
 }
 
 #[derive(Deserialize)]

@@ -6,7 +6,7 @@ use myelin_types::ruma::OwnedEventId;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::auth::AuthedUser;
+use crate::auth::{AuthedUser, GuestOk};
 use crate::error::Result;
 use crate::json::{MatrixJson, MatrixPath};
 use crate::producers::roomserver;
@@ -19,7 +19,7 @@ use crate::service::AppState;
 /// The room server keeps the transaction ids: a retry gets the first event id.
 pub async fn send_message(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath((room_id, event_type, txn_id)): MatrixPath<(String, String, String)>,
     MatrixJson(content): MatrixJson<Map<String, Value>>,
 ) -> Result<Json<Value>> {
@@ -30,6 +30,7 @@ pub async fn send_message(
         state_key: None,
         content: Value::Object(content),
         txn: Some(TxnRef { device_id: user.device_id, txn_id }),
+        sender_is_guest: user.is_guest,
     };
     let event_id = roomserver::send_event(&state.bus, request).await?;
     Ok(Json(json!({ "event_id": event_id })))
@@ -65,6 +66,7 @@ pub async fn redact(
         state_key: None,
         content,
         txn: Some(TxnRef { device_id: user.device_id, txn_id }),
+        sender_is_guest: false,
     };
     let event_id = roomserver::send_event(&state.bus, request).await?;
     Ok(Json(json!({ "event_id": event_id })))

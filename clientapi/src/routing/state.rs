@@ -7,7 +7,7 @@ use myelin_types::{ErrorCode, MatrixError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::auth::AuthedUser;
+use crate::auth::{AuthedUser, GuestOk};
 use crate::error::Result;
 use crate::json::{MatrixJson, MatrixPath, MatrixQuery};
 use crate::producers::roomserver;
@@ -23,7 +23,7 @@ fn to_client(event: &StoredEvent) -> Value {
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3roomsroomidstate>
 pub async fn get_state(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath(room_id): MatrixPath<String>,
 ) -> Result<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
@@ -61,7 +61,7 @@ async fn state_event(
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3roomsroomidstateeventtypestatekey>
 pub async fn get_state_event(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath((room_id, event_type, state_key)): MatrixPath<(String, String, String)>,
     MatrixQuery(query): MatrixQuery<StateEventQuery>,
 ) -> Result<Json<Value>> {
@@ -72,7 +72,7 @@ pub async fn get_state_event(
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3roomsroomidstateeventtypestatekey>
 pub async fn get_state_empty_key(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath((room_id, event_type)): MatrixPath<(String, String)>,
     MatrixQuery(query): MatrixQuery<StateEventQuery>,
 ) -> Result<Json<Value>> {
@@ -98,6 +98,7 @@ async fn send_state(
         state_key: Some(state_key),
         content: Value::Object(content),
         txn: None,
+        sender_is_guest: user.is_guest,
     };
     let event_id = roomserver::send_event(&state.bus, request).await?;
     Ok(Json(json!({ "event_id": event_id })))
@@ -148,7 +149,7 @@ async fn check_canonical_alias(state: &AppState, room_id: &OwnedRoomId, content:
 /// <https://spec.matrix.org/v1.16/client-server-api/#put_matrixclientv3roomsroomidstateeventtypestatekey>
 pub async fn put_state(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath((room_id, event_type, state_key)): MatrixPath<(String, String, String)>,
     MatrixJson(content): MatrixJson<Map<String, Value>>,
 ) -> Result<Json<Value>> {
@@ -159,7 +160,7 @@ pub async fn put_state(
 /// <https://spec.matrix.org/v1.16/client-server-api/#put_matrixclientv3roomsroomidstateeventtypestatekey>
 pub async fn put_state_empty_key(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath((room_id, event_type)): MatrixPath<(String, String)>,
     MatrixJson(content): MatrixJson<Map<String, Value>>,
 ) -> Result<Json<Value>> {
@@ -178,7 +179,7 @@ pub struct MembersQuery {
 /// The members at the current state (or at the requester's leave); `at` is not supported yet.
 pub async fn members(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath(room_id): MatrixPath<String>,
     MatrixQuery(query): MatrixQuery<MembersQuery>,
 ) -> Result<Json<Value>> {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::api::ToDeviceMessage;
-use crate::auth::AuthedUser;
+use crate::auth::GuestOk;
 use crate::error::Result;
 use crate::json::{MatrixJson, MatrixPath};
 use crate::producers;
@@ -32,7 +32,7 @@ pub struct SendToDeviceBody {
 /// yet (no federation sender).
 pub async fn send_to_device(
     State(state): State<AppState>,
-    user: AuthedUser,
+    GuestOk(user): GuestOk,
     MatrixPath((event_type, txn_id)): MatrixPath<(String, String)>,
     MatrixJson(body): MatrixJson<SendToDeviceBody>,
 ) -> Result<Json<Value>> {

@@ -9,6 +9,7 @@ pub struct NewAccount<'a> {
     pub password_hash: Option<&'a str>,
     pub is_admin: bool,
     pub user_type: Option<&'a str>,
+    pub is_guest: bool,
     pub created_ms: i64,
 }
 
@@ -16,13 +17,14 @@ pub struct NewAccount<'a> {
 pub async fn create(db: &Db, account: &NewAccount<'_>) -> Result<bool, sqlx::Error> {
     let done = with_db!(db, pool => {
         sqlx::query(
-            "INSERT INTO clientapi_accounts (localpart, password_hash, is_admin, user_type, created_ms) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (localpart) DO NOTHING",
+            "INSERT INTO clientapi_accounts (localpart, password_hash, is_admin, user_type, is_guest, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (localpart) DO NOTHING",
         )
         .bind(account.localpart)
         .bind(account.password_hash)
         .bind(account.is_admin)
         .bind(account.user_type)
+        .bind(account.is_guest)
         .bind(account.created_ms)
         .execute(pool)
         .await?
@@ -116,4 +118,32 @@ pub async fn is_deactivated(db: &Db, localpart: &str) -> Result<bool, sqlx::Erro
             .await?
     });
     Ok(found.unwrap_or(false))
+}
+
+/// Whether the account is a guest's (`false` for no such account).
+pub async fn is_guest(db: &Db, localpart: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<bool> = with_db!(db, pool => {
+        sqlx::query_scalar("SELECT is_guest FROM clientapi_accounts WHERE localpart = $1")
+            .bind(localpart)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(found.unwrap_or(false))
+}
+
+/// Turn a guest account into a full one with this password; `false` when
+/// the account is not (or no longer) a guest's, so an upgrade happens once.
+pub async fn upgrade_guest(db: &Db, localpart: &str, password_hash: Option<&str>) -> Result<bool, sqlx::Error> {
+    let done = with_db!(db, pool => {
+        sqlx::query(
+            "UPDATE clientapi_accounts SET is_guest = FALSE, password_hash = $2 \
+             WHERE localpart = $1 AND is_guest AND NOT deactivated",
+        )
+        .bind(localpart)
+        .bind(password_hash)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    Ok(done == 1)
 }

@@ -181,6 +181,19 @@ pub async fn apply(db: &Db, room_id: &str, changes: &[SummaryChange]) -> Result<
     Ok(())
 }
 
+/// The users of `server_name` joined to the room.
+pub async fn joined_local_members(db: &Db, room_id: &str, server_name: &str) -> Result<Vec<String>, sqlx::Error> {
+    // Server names hold no `%` or `_`, so the pattern matches them literally.
+    let pattern = format!("%:{server_name}");
+    with_db!(db, pool => {
+        sqlx::query_scalar("SELECT user_id FROM clientapi_directory_members WHERE room_id = $1 AND user_id LIKE $2")
+            .bind(room_id)
+            .bind(&pattern)
+            .fetch_all(pool)
+            .await
+    })
+}
+
 /// A published room as the directory lists it.
 #[derive(Debug, Clone)]
 pub struct Summary {

@@ -183,6 +183,11 @@ CREATE TABLE clientapi_backup_keys (
 );
 ";
 
+/// Guest accounts (`POST /register?kind=guest`), until they upgrade.
+const V9: &str = "
+ALTER TABLE clientapi_accounts ADD COLUMN is_guest BOOLEAN NOT NULL DEFAULT FALSE;
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE },
     Migration { version: 2, sqlite: V2, postgres: V2 },
@@ -192,4 +197,5 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, sqlite: V6, postgres: V6 },
     Migration { version: 7, sqlite: V7, postgres: V7 },
     Migration { version: 8, sqlite: V8, postgres: V8 },
+    Migration { version: 9, sqlite: V9, postgres: V9 },
 ];

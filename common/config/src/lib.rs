@@ -68,6 +68,10 @@ pub struct ClientApi {
     pub registration_shared_secret: Option<String>,
     /// Lets anyone register with `m.login.dummy`. Off unless enabled.
     pub open_registration: bool,
+    /// Lets anyone register a guest account (`POST /register?kind=guest`),
+    /// which may call only the endpoints the spec opens to guests and join
+    /// only rooms whose `m.room.guest_access` is `can_join`. Off unless enabled.
+    pub allow_guest_access: bool,
     /// Serves the public room directory (`/publicRooms`) to clients without
     /// an access token. Off unless enabled (DESIGN.md invariant 11).
     pub public_room_directory_without_auth: bool,
@@ -188,6 +192,7 @@ impl Default for ClientApi {
             listen: ([127, 0, 0, 1], 8008).into(),
             registration_shared_secret: None,
             open_registration: false,
+            allow_guest_access: false,
             public_room_directory_without_auth: false,
             max_upload_size: 50 * 1024 * 1024,
             media_path: None,

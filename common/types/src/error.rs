@@ -58,15 +58,20 @@ pub enum ErrorCode {
     ThreepidDenied,
     #[serde(rename = "M_WRONG_ROOM_KEYS_VERSION")]
     WrongRoomKeysVersion,
+    /// A guest account called an endpoint the spec does not open to guests.
+    #[serde(rename = "M_GUEST_ACCESS_FORBIDDEN")]
+    GuestAccessForbidden,
 }
 
 impl ErrorCode {
     /// The HTTP status the spec pairs with this code by default.
     pub fn default_status(self) -> StatusCode {
         match self {
-            Self::Forbidden | Self::UserDeactivated | Self::ThreepidDenied | Self::WrongRoomKeysVersion => {
-                StatusCode::FORBIDDEN
-            }
+            Self::Forbidden
+            | Self::UserDeactivated
+            | Self::ThreepidDenied
+            | Self::WrongRoomKeysVersion
+            | Self::GuestAccessForbidden => StatusCode::FORBIDDEN,
             Self::UnknownToken | Self::MissingToken | Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound | Self::Unrecognized => StatusCode::NOT_FOUND,
             Self::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
@@ -111,6 +116,13 @@ impl MatrixError {
 
     pub fn forbidden(error: impl Into<String>) -> Self {
         Self::new(ErrorCode::Forbidden, error)
+    }
+
+    /// `403 M_GUEST_ACCESS_FORBIDDEN`: what a guest gets from an endpoint
+    /// the spec does not open to guests, and from every endpoint while the
+    /// server does not allow guests.
+    pub fn guest_access_forbidden() -> Self {
+        Self::new(ErrorCode::GuestAccessForbidden, "Guest access is not allowed here")
     }
 
     pub fn not_found(error: impl Into<String>) -> Self {

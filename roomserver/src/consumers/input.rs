@@ -14,6 +14,7 @@ use myelin_storage::Db;
 use ruma::{OwnedEventId, UserId};
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::api::{CreateRoom, InputOk, InputReply, InputRequest, NewRoomEvent, SendEvent, StoredEvent};
 use crate::error::RequestError;
@@ -198,6 +199,11 @@ impl InputConsumer {
                 RequestError::Forbidden(message)
             });
         };
+        let joins = request.event_type == "m.room.member"
+            && request.content.get("membership").and_then(Value::as_str) == Some("join");
+        if request.sender_is_guest && joins {
+            room.check_guest_join(&mut tx).await?;
+        }
         let now = self.bus.clock().now_ms();
         let accepted = room
             .append(

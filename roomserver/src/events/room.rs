@@ -193,6 +193,24 @@ impl Room {
         self.persist(tx, built.event_id, built.json, built.pdu, depth).await
     }
 
+    /// A guest account of this server may join only while the room's
+    /// `m.room.guest_access` is `can_join`. Not an auth rule (other servers
+    /// do not know who is a guest): each server enforces it for its own
+    /// guests, here against the state the join is built on, so a change of
+    /// guest access and a join cannot race.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#guest-access>
+    pub async fn check_guest_join(&mut self, tx: &mut Tx) -> Result<(), RequestError> {
+        let can_join = match self.state_event(tx, "m.room.guest_access", "").await? {
+            Some(pdu) => {
+                let content: Value = serde_json::from_str(pdu.content.get())?;
+                content.get("guest_access").and_then(Value::as_str) == Some("can_join")
+            }
+            None => false,
+        };
+        if can_join { Ok(()) } else { Err(RequestError::Forbidden("Guests may not join this room".into())) }
+    }
+
     /// A local user may redact another user's event only with the power to:
     /// from room version 3 on the auth rules accept any redaction, and
     /// whether it takes effect is decided where it is applied. Redactions of
