@@ -94,8 +94,16 @@ pub struct KeyChange {
     pub device_keys_changed: bool,
 }
 
-/// To-device messages. Key: the recipient's user id.
+/// To-device messages. Key: the recipient's user id. A message for a
+/// user of another server names the device as its sender gave it (`*`
+/// included): the federation API sends it on; local users' sync ignores it.
 pub const TO_DEVICE_TOPIC: &str = "edu.todevice";
+
+/// To-device messages that arrived over federation for local users, a
+/// [`ToDeviceMessage`] each, `device_id` possibly `*`: the client API,
+/// which knows the devices, expands them onto [`TO_DEVICE_TOPIC`]. Key:
+/// the recipient's user id.
+pub const REMOTE_TO_DEVICE_TOPIC: &str = "federationapi.todevice";
 
 /// A record on [`TO_DEVICE_TOPIC`]: one message for one device (`*` is
 /// expanded to the user's devices before publishing).

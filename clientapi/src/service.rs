@@ -10,9 +10,10 @@ use myelin_config::Config;
 use myelin_storage::Db;
 use tokio::task::JoinHandle;
 
-use crate::api::{ALIAS_QUERY_TOPIC, QUERY_TOPIC};
+use crate::api::{ALIAS_QUERY_TOPIC, QUERY_TOPIC, REMOTE_TO_DEVICE_TOPIC};
 use crate::consumers::aliases::{self, AliasResponder};
 use crate::consumers::query::QueryResponder;
+use crate::consumers::remote_todevice::{self, RemoteToDeviceConsumer};
 use crate::consumers::roomserver_output::DirectoryConsumer;
 use crate::error::ClientApiError;
 use crate::media::MediaStore;
@@ -65,6 +66,12 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
             bus: bus.clone(),
             server_name: config.global.server_name.clone(),
         }),
+        shutdown.clone(),
+    );
+    let remote_to_device = bus.consume(
+        remote_todevice::GROUP,
+        REMOTE_TO_DEVICE_TOPIC,
+        Arc::new(RemoteToDeviceConsumer { db: db.clone(), bus: bus.clone() }),
         shutdown,
     );
     let media = Arc::new(MediaStore::from_config(&config));
@@ -72,6 +79,6 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
     Ok(Started {
         router: routing::router(state.clone()),
         media_router: routing::media::router(state),
-        tasks: vec![query, aliases, directory],
+        tasks: vec![query, aliases, directory, remote_to_device],
     })
 }

@@ -365,10 +365,10 @@ async fn federate_a_room_both_ways(backend: Backend) {
     assert_eq!(bodies(&b, &bob).await, expected, "B sees the same order");
 }
 
-/// Typing notices and public read receipts cross servers as EDUs, both
-/// ways; a private receipt never leaves its server.
+/// Typing notices, public read receipts and to-device messages cross
+/// servers as EDUs; a private receipt never leaves its server.
 #[tokio::test]
-async fn typing_and_receipts_reach_the_other_server() {
+async fn typing_receipts_and_to_device_messages_reach_the_other_server() {
     let (a, b, _ca) = Server::start_federated_pair(Backend::Sqlite).await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
@@ -432,6 +432,29 @@ async fn typing_and_receipts_reach_the_other_server() {
     // And A's own receipt reaches B.
     a.post(&alice, &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{second}"), json!({})).await;
     ephemeral_until(&b, &bob, &room_id, |events| reader_of(events, &second, &alice_id)).await;
+
+    // To-device messages: to one named device, and to every device (`*`,
+    // which only the recipient's server can expand).
+    let (_, whoami) = b.get(&bob, "/_matrix/client/v3/account/whoami").await;
+    let bob_device = whoami["device_id"].as_str().unwrap().to_owned();
+    let named = json!({"messages": {bob_id.clone(): {bob_device.clone(): {"n": 1}}}});
+    let (status, _) = a.put(&alice, "/_matrix/client/v3/sendToDevice/m.test/t1", named).await;
+    assert_eq!(status, StatusCode::OK);
+    let everywhere = json!({"messages": {bob_id.clone(): {"*": {"n": 2}}}});
+    a.put(&alice, "/_matrix/client/v3/sendToDevice/m.test/t2", everywhere).await;
+    let url = b.url("/_matrix/client/v3/sync?timeout=0");
+    let mut received = Vec::new();
+    for _ in 0..300 {
+        let (_, body) = json_request(reqwest::Method::GET, &url, Some(&bob), "").await;
+        received = body["to_device"]["events"].as_array().cloned().unwrap_or_default();
+        if received.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen: Vec<(Value, Value, Value)> =
+        received.iter().map(|e| (e["sender"].clone(), e["type"].clone(), e["content"]["n"].clone())).collect();
+    assert_eq!(seen, [(json!(alice_id), json!("m.test"), json!(1)), (json!(alice_id), json!("m.test"), json!(2))]);
 }
 
 /// The room's ephemeral events as `server` shows them to `token`, once `found` holds.

@@ -1,7 +1,7 @@
 //! Lifecycle of the federation API: migrate its tables, build the key store
 //! and the outbound client, answer `federationapi.query` and
 //! `federationapi.perform`, run the sender from `roomserver.output`,
-//! `edu.typing` and `edu.receipt`, and
+//! `edu.typing`, `edu.receipt` and `edu.todevice`, and
 //! serve the TLS listener until shutdown.
 
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use myelin_bus::{Bus, Shutdown};
-use myelin_clientapi::api::{RECEIPT_TOPIC, TYPING_TOPIC};
+use myelin_clientapi::api::{RECEIPT_TOPIC, TO_DEVICE_TOPIC, TYPING_TOPIC};
 use myelin_config::Config;
 use myelin_roomserver::api::{FEDERATION_PERFORM_TOPIC, FEDERATION_QUERY_TOPIC, OUTPUT_TOPIC};
 use myelin_storage::{Db, StorageError};
@@ -22,7 +22,7 @@ use myelin_types::signing::ServerSigningKey;
 use tokio::task::JoinHandle;
 
 use crate::client::{ClientError, FederationClient};
-use crate::consumers::edus::{self, EduConsumer, ReceiptConsumer, TypingConsumer};
+use crate::consumers::edus::{self, EduConsumer, ReceiptConsumer, ToDeviceConsumer, TypingConsumer};
 use crate::consumers::perform::{self, PerformResponder};
 use crate::consumers::query::{self, QueryResponder};
 use crate::consumers::roomserver_output::{self, OutputConsumer};
@@ -137,8 +137,10 @@ pub async fn start_with_client(
     let edus = Arc::new(EduConsumer { db: db.clone(), server_name: server_name.to_string(), sender: sender.clone() });
     let typing = TypingConsumer(edus.clone());
     let typing = watch(bus.consume(edus::TYPING_GROUP, TYPING_TOPIC, Arc::new(typing), shutdown.clone()));
-    let receipts = ReceiptConsumer(edus);
+    let receipts = ReceiptConsumer(edus.clone());
     let receipts = watch(bus.consume(edus::RECEIPT_GROUP, RECEIPT_TOPIC, Arc::new(receipts), shutdown.clone()));
+    let to_device = ToDeviceConsumer(edus);
+    let to_device = watch(bus.consume(edus::TO_DEVICE_GROUP, TO_DEVICE_TOPIC, Arc::new(to_device), shutdown.clone()));
     let output = OutputConsumer { db: db.clone(), server_name: server_name.to_string(), sender };
     let output = watch(bus.consume(roomserver_output::GROUP, OUTPUT_TOPIC, Arc::new(output), shutdown.clone()));
 
@@ -156,7 +158,7 @@ pub async fn start_with_client(
         result.map_err(|e| format!("federation listener failed: {e}"))
     });
     tracing::info!(%local_addr, "federation API listening on https://{local_addr}");
-    Ok(Started { local_addr, tasks: vec![serve, query, perform, typing, receipts, output], client })
+    Ok(Started { local_addr, tasks: vec![serve, query, perform, typing, receipts, to_device, output], client })
 }
 
 /// A bus task as the supervisor watches it: its error, or its panic, as text.

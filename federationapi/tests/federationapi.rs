@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use myelin_bus::{Bus, HandleError, MemoryBackend, Record, Responder, Shutdown, ShutdownTrigger};
-use myelin_clientapi::api::{RECEIPT_TOPIC, TYPING_TOPIC};
+use myelin_clientapi::api::{RECEIPT_TOPIC, REMOTE_TO_DEVICE_TOPIC, TYPING_TOPIC};
 use myelin_config::Config;
 use myelin_federationapi::client::{
     AddressPolicy, ClientError, ClientSettings, ConnectError, Dns, DnsError, FederationClient, FederationRequest,
@@ -735,7 +735,8 @@ async fn a_remote_user_joins_and_both_servers_send_each_other_events() {
 }
 
 /// Typing notices and receipts in `/send` reach the bus only for the
-/// origin's own users who are joined to the room.
+/// origin's own users who are joined to the room; to-device messages only
+/// from the origin's users to ours.
 #[tokio::test]
 async fn inbound_edus_are_published_only_for_the_origins_joined_users() {
     let pki = TestPki::new();
@@ -786,6 +787,27 @@ async fn inbound_edus_are_published_only_for_the_origins_joined_users() {
     assert_eq!(read.len(), 1, "{read:?}");
     assert_eq!(read[0]["user_id"], alice.as_str());
     assert_eq!((read[0]["event_id"].as_str(), read[0]["ts"].as_u64()), (Some("$read"), Some(7)));
+
+    // To-device messages: only from the origin's users, only to ours.
+    let mut to_device_records = b.bus.backend().consumer("test.todevice", REMOTE_TO_DEVICE_TOPIC).await.unwrap();
+    let direct = |sender: &str, recipient: &str, id: &str| {
+        json!({"edu_type": "m.direct_to_device", "content": {"sender": sender, "type": "m.test", "message_id": id,
+            "messages": {recipient: {"DEVICE": {"secret": id}}}}})
+    };
+    let edus = json!([
+        direct("@mallory:evil.example", &bob, "forged"),
+        direct(&alice, "@someone:evil.example", "elsewhere"),
+        direct(&alice, &bob, "good"),
+    ]);
+    send("to-device".to_owned(), edus).await;
+    let batch = tokio::time::timeout(Duration::from_secs(10), to_device_records.next_batch(10)).await.unwrap().unwrap();
+    let messages: Vec<Value> = batch.iter().map(|r| r.json::<Value>().unwrap()).collect();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(
+        (messages[0]["user_id"].as_str(), messages[0]["device_id"].as_str()),
+        (Some(bob.as_str()), Some("DEVICE"))
+    );
+    assert_eq!(messages[0]["content"], json!({"secret": "good"}));
 }
 
 /// A join event for `user` from `answer` (a make_join answer), signed by `key` as `origin`.

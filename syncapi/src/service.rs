@@ -99,7 +99,11 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
         bus.consume(
             TO_DEVICE_GROUP,
             myelin_clientapi::api::TO_DEVICE_TOPIC,
-            Arc::new(ToDeviceConsumer { storage: storage.clone(), notifier: notifier.clone() }),
+            Arc::new(ToDeviceConsumer {
+                storage: storage.clone(),
+                notifier: notifier.clone(),
+                server_name: config.global.server_name.clone(),
+            }),
             shutdown.clone(),
         ),
         bus.consume(

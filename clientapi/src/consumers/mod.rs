@@ -2,4 +2,5 @@
 
 pub mod aliases;
 pub mod query;
+pub mod remote_todevice;
 pub mod roomserver_output;

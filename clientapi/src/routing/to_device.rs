@@ -28,8 +28,8 @@ pub struct SendToDeviceBody {
 /// <https://spec.matrix.org/v1.16/client-server-api/#put_matrixclientv3sendtodeviceeventtypetxnid>
 ///
 /// A retry with the same transaction id yields the same message ids, which
-/// the sync API stores once. Recipients on other servers are not reached
-/// yet (no federation sender).
+/// the sync API stores once. Messages for other servers' users go on the
+/// same topic, for the federation API to send.
 pub async fn send_to_device(
     State(state): State<AppState>,
     GuestOk(user): GuestOk,
@@ -53,11 +53,11 @@ pub async fn send_to_device(
         }
     }
     for (recipient, device_id, content) in outgoing {
-        if recipient.server_name() != state.server_name() {
-            tracing::debug!(%recipient, "to-device message for another server dropped: no federation sender yet");
-            continue;
-        }
-        let devices = if device_id == ALL_DEVICES {
+        // Another server's devices are its to expand: `*` goes as it is.
+        let remote = recipient.server_name() != state.server_name();
+        let devices = if remote {
+            vec![device_id.clone()]
+        } else if device_id == ALL_DEVICES {
             storage::devices::list(&state.db, recipient.as_str()).await?.into_iter().map(|d| d.device_id).collect()
         } else {
             vec![device_id.clone()]

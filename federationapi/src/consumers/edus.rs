@@ -1,15 +1,17 @@
-//! `edu.typing` and `edu.receipt` (group `federationapi.edus`): a local
-//! user's typing notice or public read receipt is queued as an EDU for
-//! every other server with a member in the room. Remote users' updates
-//! (which arrive over federation and are published on the same topics)
-//! and private receipts stay here.
+//! `edu.typing`, `edu.receipt` and `edu.todevice`: a local user's typing
+//! notice or public read receipt is queued as an EDU for every other server
+//! with a member in the room, and a to-device message for another server's
+//! user for that server. Remote users' updates (which arrive over
+//! federation and are published on the same topics) and private receipts
+//! stay here.
 //!
 //! Spec: <https://spec.matrix.org/v1.16/server-server-api/#typing-notifications>,
-//! <https://spec.matrix.org/v1.16/server-server-api/#receipts>
+//! <https://spec.matrix.org/v1.16/server-server-api/#receipts>,
+//! <https://spec.matrix.org/v1.16/server-server-api/#send-to-device-messaging>
 
 use async_trait::async_trait;
 use myelin_bus::{HandleError, Handler, Record};
-use myelin_clientapi::api::{ReceiptUpdate, TypingUpdate};
+use myelin_clientapi::api::{ReceiptUpdate, ToDeviceMessage, TypingUpdate};
 use myelin_storage::Db;
 use myelin_types::ruma::{RoomId, UserId};
 use serde_json::{Value, json};
@@ -19,6 +21,7 @@ use crate::storage::sender::{self as store, Kind};
 
 pub const TYPING_GROUP: &str = "federationapi.typing";
 pub const RECEIPT_GROUP: &str = "federationapi.receipts";
+pub const TO_DEVICE_GROUP: &str = "federationapi.todevice";
 
 /// Queues local users' typing notices and public receipts for other servers.
 pub struct EduConsumer {
@@ -29,6 +32,7 @@ pub struct EduConsumer {
 
 pub struct TypingConsumer(pub std::sync::Arc<EduConsumer>);
 pub struct ReceiptConsumer(pub std::sync::Arc<EduConsumer>);
+pub struct ToDeviceConsumer(pub std::sync::Arc<EduConsumer>);
 
 fn undecodable(error: impl std::fmt::Display) -> HandleError {
     HandleError::Poison(format!("undecodable EDU record: {error}"))
@@ -68,6 +72,31 @@ impl Handler for ReceiptConsumer {
         let thread = update.thread_id.as_deref().unwrap_or("");
         let key = format!("receipt {} {} {} {thread}", update.room_id, update.user_id, update.event_id);
         self.0.queue(&update.room_id, &update.user_id, Kind::Edu, &key, &edu).await
+    }
+}
+
+#[async_trait]
+impl Handler for ToDeviceConsumer {
+    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        let message: ToDeviceMessage = record.json().map_err(undecodable)?;
+        let destination = message.user_id.server_name().as_str();
+        if destination == self.0.server_name || message.sender.server_name().as_str() != self.0.server_name {
+            return Ok(());
+        }
+        let edu = json!({
+            "edu_type": "m.direct_to_device",
+            "content": {
+                "sender": message.sender,
+                "type": message.event_type,
+                "message_id": message.message_id,
+                "messages": { message.user_id.as_str(): { message.device_id.as_str(): message.content } },
+            },
+        });
+        let key = format!("todevice {}", message.message_id);
+        let transient = |e: myelin_storage::sqlx::Error| HandleError::Transient(e.to_string());
+        store::enqueue_edu(&self.0.db, destination, Kind::Edu, &key, &edu.to_string()).await.map_err(transient)?;
+        self.0.sender.wake(destination);
+        Ok(())
     }
 }
 

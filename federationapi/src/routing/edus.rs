@@ -1,12 +1,16 @@
 //! The EDUs of an inbound `/send` transaction: typing notices and read
 //! receipts of the origin's own users, in rooms where the federation API
 //! knows them joined, go on the bus as local ones do (`edu.typing`,
-//! `edu.receipt`) for the sync API and the pusher. Anything else is
-//! dropped: EDUs have no per-item result to report.
+//! `edu.receipt`) for the sync API and the pusher; to-device messages from
+//! the origin's users to ours go to the client API, which knows our
+//! devices (`federationapi.todevice`). Anything else is dropped: EDUs have
+//! no per-item result to report.
 //!
 //! Spec: <https://spec.matrix.org/v1.16/server-server-api/#edus>
 
-use myelin_clientapi::api::{RECEIPT_TOPIC, ReceiptUpdate, TYPING_TOPIC, TypingUpdate};
+use myelin_clientapi::api::{
+    RECEIPT_TOPIC, REMOTE_TO_DEVICE_TOPIC, ReceiptUpdate, TYPING_TOPIC, ToDeviceMessage, TypingUpdate,
+};
 use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, ServerName};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -23,6 +27,15 @@ struct Typing {
     room_id: OwnedRoomId,
     user_id: OwnedUserId,
     typing: bool,
+}
+
+#[derive(Deserialize)]
+struct DirectToDevice {
+    sender: OwnedUserId,
+    #[serde(rename = "type")]
+    event_type: String,
+    message_id: String,
+    messages: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -45,6 +58,10 @@ pub(super) async fn process_edus(state: &FederationState, origin: &ServerName, e
             Some("m.typing") => match serde_json::from_value::<Typing>(content) {
                 Ok(typing) => typing_notice(state, origin, typing).await,
                 Err(error) => tracing::debug!(%origin, %error, "dropping a malformed typing EDU"),
+            },
+            Some("m.direct_to_device") => match serde_json::from_value::<DirectToDevice>(content) {
+                Ok(messages) => to_device(state, origin, messages).await,
+                Err(error) => tracing::debug!(%origin, %error, "dropping a malformed to-device EDU"),
             },
             Some("m.receipt") => match content {
                 Value::Object(rooms) => receipts(state, origin, rooms).await,
@@ -118,6 +135,35 @@ async fn receipts(state: &FederationState, origin: &ServerName, rooms: Map<Strin
             };
             if let Err(error) = state.bus.produce_json(RECEIPT_TOPIC, room_id.as_str(), &update).await {
                 tracing::warn!(%error, "publishing a remote receipt failed");
+            }
+        }
+    }
+}
+
+/// `{sender, type, message_id, messages: {user_id: {device_id or "*": content}}}`,
+/// for our users only, from the origin's own user.
+async fn to_device(state: &FederationState, origin: &ServerName, edu: DirectToDevice) {
+    if edu.sender.server_name() != origin {
+        tracing::info!(%origin, sender = %edu.sender, "dropping a to-device EDU from another server's user");
+        return;
+    }
+    for (user_id, by_device) in edu.messages {
+        let Ok(user_id) = OwnedUserId::try_from(user_id.as_str()) else { continue };
+        let Value::Object(by_device) = by_device else { continue };
+        if user_id.server_name().as_str() != state.keys.server_name() {
+            continue;
+        }
+        for (device_id, content) in by_device.into_iter().filter(|(_, content)| content.is_object()) {
+            let message = ToDeviceMessage {
+                sender: edu.sender.clone(),
+                event_type: edu.event_type.clone(),
+                message_id: serde_json::json!([origin.as_str(), edu.message_id, user_id, device_id]).to_string(),
+                user_id: user_id.clone(),
+                device_id,
+                content,
+            };
+            if let Err(error) = state.bus.produce_json(REMOTE_TO_DEVICE_TOPIC, user_id.as_str(), &message).await {
+                tracing::warn!(%error, "publishing a remote to-device message failed");
             }
         }
     }

@@ -1,4 +1,5 @@
 //! `edu.todevice`: messages into their device's inbox, then wake the owner.
+//! Messages for other servers' users are the federation API's to send.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use crate::token::Stream;
 pub struct ToDeviceConsumer {
     pub storage: Arc<Storage>,
     pub notifier: Arc<Notifier>,
+    pub server_name: String,
 }
 
 #[async_trait]
@@ -20,6 +22,9 @@ impl Handler for ToDeviceConsumer {
     async fn handle(&self, record: &Record) -> Result<(), HandleError> {
         let message: ToDeviceMessage =
             record.json().map_err(|e| HandleError::Poison(format!("undecodable to-device message: {e}")))?;
+        if message.user_id.server_name().as_str() != self.server_name {
+            return Ok(());
+        }
         let stored = self.storage.put_to_device(&message).await.map_err(|e| HandleError::Transient(e.to_string()))?;
         if let Some(pos) = stored {
             self.notifier.publish(Stream::ToDevice, pos, [&message.user_id.to_string()]);
