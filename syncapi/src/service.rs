@@ -115,5 +115,5 @@ pub async fn start(_config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -
             shutdown,
         ),
     ];
-    Ok(Started { router: router(AppState { storage, notifier, auth, typing, clock }), tasks })
+    Ok(Started { router: router(AppState { storage, notifier, auth, typing, clock, bus }), tasks })
 }
