@@ -65,7 +65,12 @@ pub async fn messages(
     let (mut events, mut more) = page().await?;
     // The start of what this server has: older history may be on the
     // servers it joined the room through.
-    if backwards && !more && to.is_none() && backfill(&state, &room_id, limit).await {
+    if backwards
+        && !more
+        && to.is_none()
+        && !state.storage.has_whole_history(&room_id).await?
+        && backfill(&state, &room_id, limit).await
+    {
         (events, more) = page().await?;
     }
     let mut body = json!({

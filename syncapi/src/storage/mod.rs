@@ -379,6 +379,22 @@ impl Storage {
         })
     }
 
+    /// Whether the room's earliest timeline event here is its create event:
+    /// then it has all the room's history (a room joined over federation
+    /// starts at the join).
+    pub async fn has_whole_history(&self, room_id: &str) -> Result<bool, SyncApiError> {
+        let first: Option<String> = with_db!(&self.db, pool => {
+            sqlx::query_scalar(
+                "SELECT event_type FROM syncapi_events WHERE room_id = $1 AND timeline = 1 \
+                 ORDER BY stream_pos LIMIT 1",
+            )
+            .bind(room_id)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(first.as_deref() == Some("m.room.create"))
+    }
+
     pub async fn membership_changes(
         &self,
         user_id: &str,
