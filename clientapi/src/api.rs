@@ -67,6 +67,26 @@ pub struct AliasQuery {
 /// The room the alias names, `None` if it names none.
 pub type AliasReply = Option<OwnedRoomId>;
 
+/// A local user's public profile, for the federation API's
+/// `/query/profile`. Key: the user id. The reply is a [`ProfileReply`].
+pub const PROFILE_QUERY_TOPIC: &str = "clientapi.profiles";
+
+/// A request on [`PROFILE_QUERY_TOPIC`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileQuery {
+    /// A user of this server.
+    pub user_id: OwnedUserId,
+}
+
+/// The user's profile fields, `None` when there is no such account.
+pub type ProfileReply = Option<PublicProfile>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicProfile {
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
 /// Account data changes. Key: user id.
 pub const ACCOUNT_DATA_TOPIC: &str = "clientapi.accountdata";
 /// Typing notifications. Key: room id.

@@ -1,7 +1,9 @@
 //! Lifecycle of the client API: migrate its tables, answer token queries
-//! on `clientapi.query` and local alias lookups on `clientapi.aliases`, keep the directory's room summaries from
+//! on `clientapi.query`, local alias lookups on `clientapi.aliases` and profiles on
+//! `clientapi.profiles`, keep the directory's room summaries from
 //! `roomserver.output` (and make guests leave rooms that stop admitting
-//! them), and hand the HTTP router to the binary.
+//! them), expand to-device messages from other servers
+//! (`federationapi.todevice`), and hand the HTTP router to the binary.
 
 use std::sync::Arc;
 
@@ -10,8 +12,9 @@ use myelin_config::Config;
 use myelin_storage::Db;
 use tokio::task::JoinHandle;
 
-use crate::api::{ALIAS_QUERY_TOPIC, QUERY_TOPIC, REMOTE_TO_DEVICE_TOPIC};
+use crate::api::{ALIAS_QUERY_TOPIC, PROFILE_QUERY_TOPIC, QUERY_TOPIC, REMOTE_TO_DEVICE_TOPIC};
 use crate::consumers::aliases::{self, AliasResponder};
+use crate::consumers::profiles::{self, ProfileResponder};
 use crate::consumers::query::QueryResponder;
 use crate::consumers::remote_todevice::{self, RemoteToDeviceConsumer};
 use crate::consumers::roomserver_output::DirectoryConsumer;
@@ -58,6 +61,12 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
         bus.serve("clientapi.query", QUERY_TOPIC, Arc::new(QueryResponder { db: db.clone() }), shutdown.clone());
     let aliases =
         bus.serve(aliases::GROUP, ALIAS_QUERY_TOPIC, Arc::new(AliasResponder { db: db.clone() }), shutdown.clone());
+    let profiles = bus.serve(
+        profiles::GROUP,
+        PROFILE_QUERY_TOPIC,
+        Arc::new(ProfileResponder { db: db.clone() }),
+        shutdown.clone(),
+    );
     let directory = bus.consume(
         DIRECTORY_GROUP,
         myelin_roomserver::api::OUTPUT_TOPIC,
@@ -79,6 +88,6 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
     Ok(Started {
         router: routing::router(state.clone()),
         media_router: routing::media::router(state),
-        tasks: vec![query, aliases, directory, remote_to_device],
+        tasks: vec![query, aliases, profiles, directory, remote_to_device],
     })
 }

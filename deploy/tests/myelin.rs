@@ -290,13 +290,18 @@ async fn two_servers_federate_a_room_both_ways_on_postgres() {
 
 /// Two servers federating on loopback: users of B join A's public room by
 /// room id through `via` and by A's alias, each side sends 20 messages, and
-/// both see all 40 in the same order through `/sync`.
+/// both see all 40 in the same order through `/sync`; what A's room said
+/// before B joined reaches B's `/messages` by backfill.
 async fn federate_a_room_both_ways(backend: Backend) {
     let (a, b, _ca) = Server::start_federated_pair(backend).await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room_id =
         a.create_room(&alice, json!({"preset": "public_chat", "room_alias_name": "lobby", "name": "Lobby"})).await;
+    let history: Vec<String> = (0..5).map(|i| format!("before B {i}")).collect();
+    for (i, body) in history.iter().enumerate() {
+        a.send_message(&alice, &room_id, &format!("h{i}"), body).await;
+    }
 
     let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
     let (status, joined) = b.post(&bob, &via, json!({})).await;
@@ -353,16 +358,71 @@ async fn federate_a_room_both_ways(backend: Backend) {
     }
     let expected: Vec<String> =
         (0..20).map(|i| format!("from A {i}")).chain((0..20).map(|i| format!("from B {i}"))).collect();
+    let everything: Vec<String> = history.iter().cloned().chain(expected.iter().cloned()).collect();
     let mut on_a = Vec::new();
     for _ in 0..300 {
         on_a = bodies(&a, &alice).await;
-        if on_a.len() >= 40 {
+        if on_a.len() >= 45 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(on_a, expected, "{}\n{}", wait_for("A", 40), b.log_tail());
-    assert_eq!(bodies(&b, &bob).await, expected, "B sees the same order");
+    assert_eq!(on_a, everything, "{}\n{}", wait_for("A", 45), b.log_tail());
+    assert_eq!(bodies(&b, &bob).await, expected, "B sees the same order, from its join on");
+
+    // Paging back past Bob's join: B backfills the rest from A.
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=100");
+    let (status, page) = b.get(&bob, &path).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let mut paged: Vec<String> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    paged.reverse();
+    assert_eq!(paged, everything, "history before the join, in order\n{}\n{}", b.log_tail(), a.log_tail());
+
+    // An invite across servers: B countersigns it, Bob sees it with the
+    // room's stripped state and joins the invite-only room through A.
+    let hideout = a.create_room(&alice, json!({"preset": "private_chat", "name": "Hideout"})).await;
+    let invite = format!("/_matrix/client/v3/rooms/{hideout}/invite");
+    let bob_id = format!("@bob:{}", b.server_name());
+    let (status, body) = a.post(&alice, &invite, json!({"user_id": bob_id})).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}\n{}", a.log_tail(), b.log_tail());
+    let mut invited = Value::Null;
+    for _ in 0..100 {
+        let (_, body) = b.get(&bob, "/_matrix/client/v3/sync").await;
+        invited = body["rooms"]["invite"][&hideout]["invite_state"]["events"].clone();
+        if invited.is_array() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let invited = invited.as_array().unwrap_or_else(|| panic!("no invite on B\n{}", b.log_tail())).clone();
+    assert!(invited.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Hideout"), "{invited:?}");
+    assert!(invited.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == bob_id.as_str()));
+    let via = format!("/_matrix/client/v3/join/{hideout}?via={}", a.server_name());
+    let (status, joined) = b.post(&bob, &via, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "joining the invite-only room: {joined}\n{}", a.log_tail());
+    let (status, member) =
+        a.get(&alice, &format!("/_matrix/client/v3/rooms/{hideout}/state/m.room.member/{bob_id}")).await;
+    assert_eq!((status, member["membership"].as_str()), (StatusCode::OK, Some("join")), "{member}");
+
+    // Carol rejects an invite to a room B is not in: her leave goes through A.
+    let closet = a.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let carol_id = format!("@carol:{}", b.server_name());
+    let (status, body) =
+        a.post(&alice, &format!("/_matrix/client/v3/rooms/{closet}/invite"), json!({"user_id": carol_id})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = b.post(&carol, &format!("/_matrix/client/v3/rooms/{closet}/leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "rejecting the invite: {body}\n{}\n{}", b.log_tail(), a.log_tail());
+    let (status, member) =
+        a.get(&alice, &format!("/_matrix/client/v3/rooms/{closet}/state/m.room.member/{carol_id}")).await;
+    assert_eq!((status, member["membership"].as_str()), (StatusCode::OK, Some("leave")), "{member}");
+    let (_, body) = b.get(&carol, "/_matrix/client/v3/sync").await;
+    assert!(body["rooms"]["invite"].get(&closet).is_none(), "the invite is gone: {body}");
 }
 
 /// Typing notices, public read receipts and to-device messages cross

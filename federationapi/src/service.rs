@@ -122,8 +122,6 @@ pub async fn start_with_client(
     let server_name = OwnedServerName::try_from(config.global.server_name.as_str())
         .map_err(|_| FederationError::ServerName(config.global.server_name.clone()))?;
     let keys = Arc::new(KeyStore::new(&config, db.clone(), client.clone(), signing_key.clone(), clock.clone()));
-    let responder = Arc::new(QueryResponder { keys: keys.clone(), client: client.clone() });
-    let query = watch(bus.serve(query::GROUP, FEDERATION_QUERY_TOPIC, responder, shutdown.clone()));
     let performer = Arc::new(PerformResponder {
         client: client.clone(),
         bus: bus.clone(),
@@ -131,6 +129,8 @@ pub async fn start_with_client(
         server_name: server_name.clone(),
         signing_key,
     });
+    let responder = Arc::new(QueryResponder { keys: keys.clone(), client: client.clone(), perform: performer.clone() });
+    let query = watch(bus.serve(query::GROUP, FEDERATION_QUERY_TOPIC, responder, shutdown.clone()));
     let perform = watch(bus.serve(perform::GROUP, FEDERATION_PERFORM_TOPIC, performer, shutdown.clone()));
     let sender = Sender::new(db.clone(), client.clone(), clock.clone(), server_name.to_string(), shutdown.clone());
     sender.resume().await?;

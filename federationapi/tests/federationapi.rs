@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use myelin_bus::{Bus, HandleError, MemoryBackend, Record, Responder, Shutdown, ShutdownTrigger};
-use myelin_clientapi::api::{RECEIPT_TOPIC, REMOTE_TO_DEVICE_TOPIC, TYPING_TOPIC};
+use myelin_clientapi::api::{
+    PROFILE_QUERY_TOPIC, ProfileQuery, ProfileReply, PublicProfile, RECEIPT_TOPIC, REMOTE_TO_DEVICE_TOPIC, TYPING_TOPIC,
+};
 use myelin_config::Config;
 use myelin_federationapi::client::{
     AddressPolicy, ClientError, ClientSettings, ConnectError, Dns, DnsError, FederationClient, FederationRequest,
@@ -636,7 +638,14 @@ async fn create_room(server: &Instance, creator: &str, preset: &str) -> String {
     }
 }
 
-async fn send_state(server: &Instance, room_id: &str, sender: &str, event_type: &str, key: &str, content: Value) {
+async fn send_state(
+    server: &Instance,
+    room_id: &str,
+    sender: &str,
+    event_type: &str,
+    key: &str,
+    content: Value,
+) -> String {
     let request = InputRequest::SendEvent(SendEvent {
         room_id: room_id.try_into().unwrap(),
         sender: sender.try_into().unwrap(),
@@ -648,7 +657,10 @@ async fn send_state(server: &Instance, room_id: &str, sender: &str, event_type: 
     });
     let reply: InputReply =
         server.bus.request_json(INPUT_TOPIC, room_id, &request, Duration::from_secs(60)).await.unwrap();
-    reply.unwrap();
+    match reply.unwrap() {
+        InputOk::EventSent { event_id } => event_id.to_string(),
+        other => panic!("unexpected answer {other:?}"),
+    }
 }
 
 /// The state event at `(event_type, state_key)` as `requester` sees it on `server`.
@@ -927,4 +939,322 @@ async fn make_join_send_join_and_directory_refuse_what_the_spec_refuses() {
     assert!(!state.iter().any(|e| e["state_key"] == bob.as_str()), "the state before the join");
     assert!(!body[1]["auth_chain"].as_array().unwrap().is_empty());
     assert!(state_event(&a, &room_id, &alice, "m.room.member", &bob).await.is_some(), "joined");
+
+    // Leaving: the same checks, then the leave is in.
+    let make_leave = |user: &str| {
+        let path = format!("/_matrix/federation/v1/make_leave/{}/{}", encode(&room_id), encode(user));
+        b.client.send(FederationRequest::get(&a.name, path))
+    };
+    let (status, body) = status_of(make_leave(&alice).await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "only for the origin's users: {body}");
+    let (status, body) = status_of(make_leave(&format!("@carol:{}", b.name)).await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "not in the room: {body}");
+    let (status, leave_answer) = status_of(make_leave(&bob).await);
+    assert_eq!(status, 200, "{leave_answer}");
+    assert_eq!(leave_answer["event"]["content"], json!({"membership": "leave"}));
+    let send_leave = |version: &str, room: &str, event_id: &str, event: &CanonicalJsonObject| {
+        let path = format!("/_matrix/federation/{version}/send_leave/{}/{}", encode(room), encode(event_id));
+        b.client.send(FederationRequest::put(&a.name, path, Value::from(CanonicalJsonValue::Object(event.clone()))))
+    };
+    let (rejoin, rejoin_id) = sign_template(&answer, &bob, &b.name, &b.key);
+    let (status, body) = status_of(send_leave("v2", &room_id, &rejoin_id, &rejoin).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "a join is no leave: {body}");
+    let (leave, leave_id) = sign_template(&leave_answer, &bob, &b.name, &b.key);
+    let (status, body) = status_of(send_leave("v1", &other_room, &leave_id, &leave).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "room id mismatch: {body}");
+    let (forged, forged_id) = sign_template(&leave_answer, &bob, &b.name, &impostor);
+    let (status, body) = status_of(send_leave("v2", &room_id, &forged_id, &forged).await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "bad signature: {body}");
+    let (status, body) = status_of(send_leave("v1", &room_id, &leave_id, &leave).await);
+    assert_eq!((status, body), (200, json!([200, {}])));
+    let member = state_event(&a, &room_id, &alice, "m.room.member", &bob).await.unwrap();
+    assert_eq!(member["content"]["membership"], "leave");
+}
+
+/// The id of a stored v12 event: its reference hash.
+fn id_of(pdu: &Value) -> String {
+    let rules = RoomVersionId::V12.rules().unwrap();
+    format!("${}", reference_hash(&canonical(pdu.clone()), &rules).unwrap())
+}
+
+#[tokio::test]
+async fn read_endpoints_answer_only_what_the_origin_may_see() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, Options { room_server: true, ..Options::default() }).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let alice = format!("@alice:{}", a.name);
+    let bob = format!("@bob:{}", b.name);
+    let room_id = create_public_room(&a, &alice).await;
+    let create = state_event(&a, &room_id, &alice, "m.room.create", "").await.unwrap();
+    let create_id = id_of(&create);
+    let encode = |s: &str| s.replace('!', "%21").replace('@', "%40").replace(':', "%3A").replace('$', "%24");
+    let get = |path: String| b.client.send(FederationRequest::get(&a.name, path));
+    let missing = |room: &str, body: Value| {
+        let path = format!("/_matrix/federation/v1/get_missing_events/{}", encode(room));
+        b.client.send(FederationRequest::post(&a.name, path, body))
+    };
+    let forbidden = |(status, body): (u16, Value)| {
+        assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    };
+
+    // Shared history, but nobody of B's in the room yet: nothing to read.
+    forbidden(status_of(get(format!("/_matrix/federation/v1/event/{}", encode(&create_id))).await));
+    let state_ids =
+        |event: &str| format!("/_matrix/federation/v1/state_ids/{}?event_id={}", encode(&room_id), encode(event));
+    forbidden(status_of(get(state_ids(&create_id)).await));
+    forbidden(status_of(
+        get(format!("/_matrix/federation/v1/state/{}?event_id={}", encode(&room_id), encode(&create_id))).await,
+    ));
+    forbidden(status_of(
+        get(format!("/_matrix/federation/v1/event_auth/{}/{}", encode(&room_id), encode(&create_id))).await,
+    ));
+    let backfill = |from: &str, limit: u32| {
+        format!("/_matrix/federation/v1/backfill/{}?v={}&limit={limit}", encode(&room_id), encode(from))
+    };
+    forbidden(status_of(get(backfill(&create_id, 10)).await));
+    forbidden(status_of(missing(&room_id, json!({"earliest_events": [], "latest_events": [create_id]})).await));
+    let (status, body) = status_of(get("/_matrix/federation/v1/event/%24unknown".to_owned()).await);
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+    let (status, body) = status_of(get(format!("/_matrix/federation/v1/state_ids/{}", encode(&room_id))).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{body}");
+    let (status, body) = status_of(get(format!("/_matrix/federation/v1/backfill/{}?limit=5", encode(&room_id))).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{body}");
+    let (status, body) = status_of(missing(&room_id, json!({"latest_events": "nope"})).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+
+    // A world-readable room is readable by anyone.
+    clock.advance_ms(1);
+    let open_room = create_public_room(&a, &alice).await;
+    let topic_id = send_state(
+        &a,
+        &open_room,
+        &alice,
+        "m.room.history_visibility",
+        "",
+        json!({"history_visibility": "world_readable"}),
+    )
+    .await;
+    let (status, body) = status_of(get(format!("/_matrix/federation/v1/event/{}", encode(&topic_id))).await);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(id_of(&body["pdus"][0]), topic_id);
+    assert_eq!(body["origin"], a.name.as_str());
+
+    // Bob joins; now B reads the room.
+    let path = format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", encode(&room_id), encode(&bob));
+    let (status, answer) = status_of(get(path).await);
+    assert_eq!(status, 200, "{answer}");
+    let (join, join_id) = sign_template(&answer, &bob, &b.name, &b.key);
+    let path = format!("/_matrix/federation/v2/send_join/{}/{}", encode(&room_id), encode(&join_id));
+    let (status, body) = status_of(
+        b.client.send(FederationRequest::put(&a.name, path, Value::from(CanonicalJsonValue::Object(join)))).await,
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = status_of(get(format!("/_matrix/federation/v1/event/{}", encode(&create_id))).await);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pdus"], json!([create]));
+
+    let (status, body) = status_of(
+        get(format!("/_matrix/federation/v1/state/{}?event_id={}", encode(&room_id), encode(&join_id))).await,
+    );
+    assert_eq!(status, 200, "{body}");
+    let pdus = body["pdus"].as_array().unwrap();
+    assert!(pdus.iter().any(|e| e["type"] == "m.room.create") && pdus.iter().any(|e| e["state_key"] == alice.as_str()));
+    assert!(!pdus.iter().any(|e| e["state_key"] == bob.as_str()), "the state before the join");
+    let (status, ids) = status_of(get(state_ids(&join_id)).await);
+    assert_eq!(status, 200, "{ids}");
+    let mut expected: Vec<String> = pdus.iter().map(id_of).collect();
+    let mut got: Vec<String> = serde_json::from_value(ids["pdu_ids"].clone()).unwrap();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+    let chain: Vec<String> = body["auth_chain"].as_array().unwrap().iter().map(id_of).collect();
+    let chain_ids: Vec<String> = serde_json::from_value(ids["auth_chain_ids"].clone()).unwrap();
+    // v12: the create event is the room id, in no auth chain.
+    let mut sorted = chain.clone();
+    sorted.sort();
+    let mut sorted_ids = chain_ids.clone();
+    sorted_ids.sort();
+    assert!(!chain.is_empty() && sorted == sorted_ids, "{ids}");
+    let join_rules = pdus.iter().find(|e| e["type"] == "m.room.join_rules").map(id_of).unwrap();
+
+    // The join's auth chain; the path's room must be the event's.
+    let (status, body) =
+        status_of(get(format!("/_matrix/federation/v1/event_auth/{}/{}", encode(&room_id), encode(&join_id))).await);
+    assert_eq!(status, 200, "{body}");
+    assert!(body["auth_chain"].as_array().unwrap().iter().any(|e| id_of(e) == join_rules), "{body}");
+    let (status, body) = status_of(
+        get(format!("/_matrix/federation/v1/state_ids/{}?event_id={}", encode(&open_room), encode(&join_id))).await,
+    );
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "another room's event: {body}");
+
+    // Backfill: the join and what precedes it, newest first, up to the limit.
+    let (status, body) = status_of(get(backfill(&join_id, 3)).await);
+    assert_eq!(status, 200, "{body}");
+    let pdus = body["pdus"].as_array().unwrap();
+    assert_eq!(pdus.len(), 3, "{body}");
+    assert_eq!(id_of(&pdus[0]), join_id);
+    let depths: Vec<i64> = pdus.iter().map(|e| e["depth"].as_i64().unwrap()).collect();
+    assert!(depths.windows(2).all(|w| w[0] > w[1]), "{depths:?}");
+    let (status, body) = status_of(get(backfill(&join_id, 1000)).await);
+    assert_eq!(status, 200, "{body}");
+    let all = body["pdus"].as_array().unwrap();
+    assert_eq!(id_of(all.last().unwrap()), create_id, "back to the create event");
+
+    // Missing events: between the create event and the join, oldest first.
+    let (status, body) = status_of(
+        missing(&room_id, json!({"earliest_events": [create_id], "latest_events": [join_id], "limit": 2})).await,
+    );
+    assert_eq!(status, 200, "{body}");
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{body}");
+    let ids: Vec<String> = events.iter().map(id_of).collect();
+    assert!(!ids.contains(&create_id) && !ids.contains(&join_id), "{ids:?}");
+    assert!(events[0]["depth"].as_i64() < events[1]["depth"].as_i64(), "{body}");
+
+    // History closed to members only from here: what follows Bob's view is
+    // still his while he is joined, but a server that never joined sees nothing.
+    clock.advance_ms(1);
+    let private = create_room(&a, &alice, "private_chat").await;
+    let hidden =
+        send_state(&a, &private, &alice, "m.room.history_visibility", "", json!({"history_visibility": "joined"}))
+            .await;
+    forbidden(status_of(get(format!("/_matrix/federation/v1/event/{}", encode(&hidden))).await));
+    forbidden(status_of(get(backfill(&hidden, 5).replace(&encode(&room_id), &encode(&private))).await));
+}
+
+/// Stands in for the client API's profile lookups: only Alice has an account.
+struct FakeProfiles;
+
+#[async_trait]
+impl Responder for FakeProfiles {
+    async fn respond(&self, record: &Record) -> Result<Vec<u8>, HandleError> {
+        let query: ProfileQuery = record.json().unwrap();
+        let reply: ProfileReply = (query.user_id.localpart() == "alice")
+            .then(|| PublicProfile { displayname: Some("Alice".to_owned()), avatar_url: None });
+        Ok(serde_json::to_vec(&reply).unwrap())
+    }
+}
+
+#[tokio::test]
+async fn query_profile_answers_for_local_users_only() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let (_stop, shutdown) = Shutdown::new();
+    let _profiles = a.bus.serve("clientapi.profiles", PROFILE_QUERY_TOPIC, Arc::new(FakeProfiles), shutdown);
+    let query = |query: String| {
+        b.client.send(FederationRequest::get(&a.name, format!("/_matrix/federation/v1/query/profile{query}")))
+    };
+    let user = |localpart: &str| format!("%40{localpart}%3A{}", a.name.replace(':', "%3A"));
+
+    let (status, body) = status_of(query(format!("?user_id={}", user("alice"))).await);
+    assert_eq!((status, body), (200, json!({"displayname": "Alice"})));
+    let (status, body) = status_of(query(format!("?user_id={}&field=displayname", user("alice"))).await);
+    assert_eq!((status, body), (200, json!({"displayname": "Alice"})));
+    let (status, body) = status_of(query(format!("?user_id={}&field=avatar_url", user("alice"))).await);
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "no such field: {body}");
+    let (status, body) = status_of(query(format!("?user_id={}", user("nobody"))).await);
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+    let (status, body) = status_of(query("?user_id=%40alice%3Aelsewhere.example".to_owned()).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "not ours: {body}");
+    let (status, body) = status_of(query(String::new()).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{body}");
+}
+
+/// An invite of `invitee` by `sender` into a v11 room, hashed and signed by `key` as `origin`.
+fn invite_event(
+    room: &str,
+    sender: &str,
+    invitee: &str,
+    membership: &str,
+    origin: &str,
+    key: &ServerSigningKey,
+) -> (CanonicalJsonObject, String) {
+    let event = json!({
+        "room_id": room,
+        "sender": sender,
+        "type": "m.room.member",
+        "state_key": invitee,
+        "content": {"membership": membership},
+        "origin_server_ts": NOW_MS,
+        "depth": 5,
+        "prev_events": ["$prevevent"],
+        "auth_events": ["$authevent"],
+    });
+    let mut object = canonical(event);
+    let rules = RoomVersionId::V11.rules().unwrap();
+    hash_and_sign_event(origin, &key.keypair, &mut object, &rules.redaction).unwrap();
+    let event_id = format!("${}", reference_hash(&object, &rules).unwrap());
+    (object, event_id)
+}
+
+#[tokio::test]
+async fn only_a_well_formed_invite_of_a_local_user_is_countersigned() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, Options { room_server: true, ..Options::default() }).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let room = format!("!invite:{}", b.name);
+    let bob = format!("@bob:{}", b.name);
+    let alice = format!("@alice:{}", a.name);
+    let encode = |s: &str| s.replace('!', "%21").replace('@', "%40").replace(':', "%3A").replace('$', "%24");
+    let invite = |room_in_path: &str, event_id: &str, version: &str, event: &CanonicalJsonObject| {
+        let path = format!("/_matrix/federation/v2/invite/{}/{}", encode(room_in_path), encode(event_id));
+        let body = json!({
+            "room_version": version,
+            "event": Value::from(CanonicalJsonValue::Object(event.clone())),
+            "invite_room_state": [{"type": "m.room.name", "state_key": "", "sender": bob, "content": {"name": "Hideout"}}],
+        });
+        b.client.send(FederationRequest::put(&a.name, path, body))
+    };
+    let refused = |(status, body): (u16, Value), expected: (u16, &str), why: &str| {
+        assert_eq!((status, body["errcode"].as_str()), (expected.0, Some(expected.1)), "{why}: {body}");
+        assert!(body.get("event").is_none(), "{why}: nothing signed");
+    };
+
+    let (good, good_id) = invite_event(&room, &bob, &alice, "invite", &b.name, &b.key);
+    refused(status_of(invite("!elsewhere:b.example", &good_id, "11", &good).await), (400, "M_BAD_JSON"), "room id");
+    refused(status_of(invite(&room, "$someotherevent", "11", &good).await), (400, "M_BAD_JSON"), "event id");
+    refused(status_of(invite(&room, &good_id, "99", &good).await), (400, "M_INCOMPATIBLE_ROOM_VERSION"), "version");
+    let (join, join_id) = invite_event(&room, &bob, &alice, "join", &b.name, &b.key);
+    refused(status_of(invite(&room, &join_id, "11", &join).await), (400, "M_BAD_JSON"), "not an invite");
+    let carol = format!("@carol:{}", b.name);
+    let (remote, remote_id) = invite_event(&room, &bob, &carol, "invite", &b.name, &b.key);
+    refused(status_of(invite(&room, &remote_id, "11", &remote).await), (403, "M_FORBIDDEN"), "not our user");
+    let (spoofed, spoofed_id) = invite_event(&room, "@mallory:elsewhere.example", &alice, "invite", &b.name, &b.key);
+    refused(
+        status_of(invite(&room, &spoofed_id, "11", &spoofed).await),
+        (403, "M_FORBIDDEN"),
+        "sender of another server",
+    );
+    let impostor = ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap();
+    let (forged, forged_id) = invite_event(&room, &bob, &alice, "invite", &b.name, &impostor);
+    refused(status_of(invite(&room, &forged_id, "11", &forged).await), (403, "M_FORBIDDEN"), "bad signature");
+    // Content the hash does not cover: the id and signature still match the redacted form.
+    let mut tampered = good.clone();
+    tampered.insert(
+        "content".to_owned(),
+        CanonicalJsonValue::Object(canonical(json!({"membership": "invite", "reason": "trust me"}))),
+    );
+    refused(status_of(invite(&room, &good_id, "11", &tampered).await), (403, "M_FORBIDDEN"), "content hash");
+
+    let (status, body) = status_of(invite(&room, &good_id, "11", &good).await);
+    assert_eq!(status, 200, "{body}");
+    let event = &body["event"];
+    assert!(signed_by(event, &a.name, &a.key) && signed_by(event, &b.name, &b.key), "countersigned: {body}");
+    let mut unsigned = event.clone();
+    unsigned["signatures"].as_object_mut().unwrap().remove(&a.name);
+    assert_eq!(unsigned, Value::from(CanonicalJsonValue::Object(good.clone())), "nothing else changed");
+    let (status, again) = status_of(invite(&room, &good_id, "11", &good).await);
+    assert_eq!((status, &again), (200, &body), "a repeat is answered the same");
+
+    // v1 is for rooms whose events carry their id.
+    let path = format!("/_matrix/federation/v1/invite/{}/{}", encode(&room), encode(&good_id));
+    let (status, body) = status_of(
+        b.client.send(FederationRequest::put(&a.name, path, Value::from(CanonicalJsonValue::Object(good)))).await,
+    );
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
 }

@@ -37,6 +37,42 @@ pub enum InputRequest {
     /// validates the state and auth chain and starts the room from them;
     /// the reply is [`InputOk::EventSent`] with the join event's id.
     JoinedRemoteRoom(JoinedRemoteRoom),
+    /// Fetch history older than the earliest events this server has of a
+    /// room joined over federation (`/backfill` from servers in the room)
+    /// and take it through the pipeline as [`PduKind::Backfill`]. The
+    /// reply is [`InputOk::PdusProcessed`] for the PDUs received (none when
+    /// the room's history is complete here); accepted ones are emitted
+    /// `historical`, newest first, so that readers placing each before
+    /// what they have keep them in order.
+    Backfill(Backfill),
+    /// Another server invites a local user (`/invite`): the PDU goes
+    /// through the state-free checks, must be an invite of a local user by
+    /// a user of `origin`, and is then signed by this server. For a room
+    /// this server is not in, the invite is kept as an outlier with
+    /// `invite_room_state` in its `unsigned` and emitted, so the invitee
+    /// sees it; in a room it is in, the event arrives again over `/send`.
+    /// The reply is [`InputOk::InviteSigned`].
+    ReceivedInvite(ReceivedInvite),
+}
+
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#put_matrixfederationv2inviteroomideventid>
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceivedInvite {
+    /// The inviting server (the X-Matrix origin).
+    pub origin: OwnedServerName,
+    pub room_id: OwnedRoomId,
+    pub room_version: String,
+    /// The invite event as received, in federation format.
+    pub event: Value,
+    /// Stripped state events the inviting server chose to share.
+    pub invite_room_state: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Backfill {
+    pub room_id: OwnedRoomId,
+    /// How many events to ask for (at most [`MAX_SERVER_READ_EVENTS`]).
+    pub limit: u32,
 }
 
 pub type InputReply = Result<InputOk, MatrixError>;
@@ -53,6 +89,10 @@ pub enum InputOk {
     /// One result per PDU of an [`InputPdus`], in the order received.
     PdusProcessed {
         results: Vec<PduResult>,
+    },
+    /// The invite event of a [`ReceivedInvite`] with this server's signature added.
+    InviteSigned {
+        event: Value,
     },
 }
 
@@ -207,6 +247,24 @@ pub enum FederationQuery {
     /// Single events by id (`/event`), asked of `servers` in turn.
     /// Answered with [`FederationQueryOk::Pdus`], unvalidated.
     Events { room_id: OwnedRoomId, servers: Vec<OwnedServerName>, event_ids: Vec<OwnedEventId> },
+    /// `from` and the events before them (`/backfill`), asked of `servers`
+    /// in turn. Answered with [`FederationQueryOk::Pdus`], unvalidated.
+    Backfill { room_id: OwnedRoomId, servers: Vec<OwnedServerName>, from: Vec<OwnedEventId>, limit: u32 },
+    /// Leave (or reject the invite to) a room this server is not in, for
+    /// local user `user_id`, through `servers` in turn (`/make_leave`, a
+    /// leave event built and signed here, `/send_leave`). Answered with
+    /// [`FederationQueryOk::Left`].
+    Leave { room_id: OwnedRoomId, user_id: OwnedUserId, servers: Vec<OwnedServerName> },
+    /// Have the invitee's server countersign an invite this server built
+    /// (`/invite` v2). Answered with [`FederationQueryOk::Pdus`] holding the
+    /// event as returned, or the invitee's server's refusal.
+    Invite {
+        room_id: OwnedRoomId,
+        event_id: OwnedEventId,
+        room_version: String,
+        event: Value,
+        invite_room_state: Vec<Value>,
+    },
 }
 
 pub type FederationQueryReply = Result<FederationQueryOk, MatrixError>;
@@ -259,8 +317,18 @@ pub enum FederationPerformOk {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FederationQueryOk {
-    ServerKeys { keys: Vec<VerifyKey> },
-    Pdus { pdus: Vec<Value> },
+    ServerKeys {
+        keys: Vec<VerifyKey>,
+    },
+    Pdus {
+        pdus: Vec<Value>,
+    },
+    /// The leave event a resident server accepted.
+    Left {
+        room_version: String,
+        event_id: OwnedEventId,
+        event: Value,
+    },
 }
 
 /// One signing key of a server and when it may be trusted.
@@ -300,10 +368,48 @@ pub enum QueryRequest {
     /// `M_FORBIDDEN` when the current state would not let the user join.
     /// Answered with [`QueryOk::JoinTemplate`].
     MakeJoin { room_id: OwnedRoomId, user_id: OwnedUserId, supported_versions: Vec<String> },
+    /// An unsigned leave event for remote user `user_id` (`/make_leave`),
+    /// built like [`QueryRequest::MakeJoin`]'s template; `M_FORBIDDEN` when
+    /// the current state would not let the user leave (not in the room).
+    /// Answered with [`QueryOk::JoinTemplate`].
+    MakeLeave { room_id: OwnedRoomId, user_id: OwnedUserId },
     /// The state before `event_id` and the auth chain of that state and of
     /// the event (`/send_join`, `/state`). Answered with [`QueryOk::StateAndAuthChain`].
     StateAndAuthChain { room_id: OwnedRoomId, event_id: OwnedEventId },
+    /// What another server reads of a room over federation, limited to the
+    /// events `server` may see (`myelin_visibility::server_may_see`).
+    /// Key: the room id, the event id for [`ServerRead::Event`]. Answered
+    /// with [`QueryOk::ServerEvents`]; `M_NOT_FOUND` for an event this
+    /// server does not have (in that room), `M_FORBIDDEN` when the event
+    /// named is hidden from `server`.
+    ServerRead { server: OwnedServerName, read: ServerRead },
 }
+
+/// The federation reads of [`QueryRequest::ServerRead`].
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#retrieving-events>
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "read", rename_all = "snake_case")]
+pub enum ServerRead {
+    /// `/event`: the event alone.
+    Event { event_id: OwnedEventId },
+    /// `/state`, `/state_ids`: the state before the event and the auth
+    /// chain of that state.
+    State { room_id: OwnedRoomId, event_id: OwnedEventId },
+    /// `/event_auth`: the event's auth chain (in `events`).
+    AuthChain { room_id: OwnedRoomId, event_id: OwnedEventId },
+    /// `/backfill`: `from` and the events before them, following
+    /// `prev_events`, newest first, at most `limit` (capped at
+    /// [`MAX_SERVER_READ_EVENTS`]). Events `server` may not see are left out.
+    Backfill { room_id: OwnedRoomId, from: Vec<OwnedEventId>, limit: u32 },
+    /// `/get_missing_events`: the events before `latest` (excluded) back
+    /// to `earliest` (excluded), not below `min_depth`, oldest first, at
+    /// most `limit` (capped at [`MAX_SERVER_READ_EVENTS`]).
+    Missing { room_id: OwnedRoomId, earliest: Vec<OwnedEventId>, latest: Vec<OwnedEventId>, limit: u32, min_depth: i64 },
+}
+
+/// The most events one `/backfill` or `/get_missing_events` answers with.
+pub const MAX_SERVER_READ_EVENTS: u32 = 100;
 
 pub type QueryReply = Result<QueryOk, MatrixError>;
 
@@ -320,7 +426,7 @@ pub enum QueryOk {
         room_version: String,
     },
     /// `event` has no `origin`, `origin_server_ts`, hashes or signatures:
-    /// the joining server adds them and signs.
+    /// the joining (or leaving) server adds them and signs.
     JoinTemplate {
         room_version: String,
         event: Value,
@@ -329,6 +435,12 @@ pub enum QueryOk {
     StateAndAuthChain {
         state: Vec<Value>,
         auth_chain: Vec<Value>,
+    },
+    /// The answer to a [`QueryRequest::ServerRead`]: `auth_chain` is empty
+    /// except for [`ServerRead::State`].
+    ServerEvents {
+        events: Vec<StoredEvent>,
+        auth_chain: Vec<StoredEvent>,
     },
 }
 

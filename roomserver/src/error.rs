@@ -35,6 +35,10 @@ pub enum RequestError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// Another server refused what this request needed of it; its error
+    /// goes to the caller.
+    #[error("{0}")]
+    Remote(MatrixError),
     #[error("database: {0}")]
     Database(#[from] myelin_storage::sqlx::Error),
     /// Our own data is inconsistent or signing failed: not the caller's fault.
@@ -54,6 +58,7 @@ impl RequestError {
             Self::TooLarge(m) => (ErrorCode::TooLarge, m),
             Self::Forbidden(m) => (ErrorCode::Forbidden, m),
             Self::NotFound(m) => (ErrorCode::NotFound, m),
+            Self::Remote(error) => return Ok(error),
             Self::Internal(m) => {
                 tracing::error!(error = %m, "room server internal error");
                 return Ok(MatrixError::internal());

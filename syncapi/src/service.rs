@@ -119,5 +119,5 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
             shutdown,
         ),
     ];
-    Ok(Started { router: router(AppState { storage, notifier, auth, typing, clock }), tasks })
+    Ok(Started { router: router(AppState { storage, notifier, auth, typing, clock, bus }), tasks })
 }

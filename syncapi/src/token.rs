@@ -28,6 +28,15 @@ impl FromStr for StreamToken {
     type Err = MatrixError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Backfilled history lies at positions below 1, so a pagination
+        // token may be negative (`s-<N>`); sync tokens never are.
+        if let Some(digits) = s.strip_prefix("s-")
+            && !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(n) = digits.parse::<i64>()
+        {
+            return Ok(StreamToken(-n));
+        }
         s.parse::<SyncToken>().map(|token| StreamToken(token.events))
     }
 }
@@ -153,10 +162,16 @@ mod tests {
     fn round_trip_and_rejects() {
         assert_eq!("s42".parse::<StreamToken>().unwrap(), StreamToken(42));
         assert_eq!(StreamToken(7).to_string(), "s7");
-        for bad in ["", "s", "42", "s-1", "sx", "t1", "s1_2", "s1_2_3_4_5_6_7_8", "s1__3_4", "s1_2_3_-4", "s+1"] {
+        for bad in ["", "s", "42", "s-", "s--1", "sx", "t1", "s1_2", "s1_2_3_4_5_6_7_8", "s1__3_4", "s1_2_3_-4", "s+1"]
+        {
             assert!(bad.parse::<StreamToken>().is_err(), "{bad}");
             assert!(bad.parse::<SyncToken>().is_err(), "{bad}");
         }
+        // Backfilled history: pagination tokens only.
+        assert_eq!("s-3".parse::<StreamToken>().unwrap(), StreamToken(-3));
+        assert_eq!(StreamToken(-3).to_string(), "s-3");
+        assert!("s-3".parse::<SyncToken>().is_err());
+        assert!("s-3_1_1_1".parse::<StreamToken>().is_err());
     }
 
     #[test]

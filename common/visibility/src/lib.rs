@@ -158,6 +158,30 @@ impl<'a, M: MembershipChange> RoomView<'a, M> {
     }
 }
 
+/// Whether another server may read an event of a room over federation
+/// (`/event`, `/state`, `/backfill`, `/get_missing_events`, ...), from the
+/// history visibility at the event, the memberships its users have in the
+/// state at the event, and whether one of its users is joined now. A
+/// server sees what its users could: everything in a `world_readable`
+/// room, what happened while one of them was joined, `shared` history once
+/// one of them is in the room, `invited` history from an invite on.
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#retrieving-events>
+pub fn server_may_see<'a>(
+    visibility: HistoryVisibility,
+    memberships_at_event: impl IntoIterator<Item = &'a str>,
+    joined_now: bool,
+) -> bool {
+    let memberships: Vec<&str> = memberships_at_event.into_iter().collect();
+    visibility == HistoryVisibility::WorldReadable
+        || memberships.contains(&"join")
+        || match visibility {
+            HistoryVisibility::Shared => joined_now,
+            HistoryVisibility::Invited => memberships.contains(&"invite"),
+            HistoryVisibility::Joined | HistoryVisibility::WorldReadable => false,
+        }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +259,16 @@ mod tests {
         assert!(view.can_see(10));
         assert!(view.can_see(15));
         assert!(!view.can_see(16));
+    }
+
+    #[test]
+    fn servers_see_what_their_users_could() {
+        assert!(server_may_see(WorldReadable, [], false), "world readable: anyone");
+        assert!(server_may_see(Joined, ["leave", "join"], false), "a user joined at the event");
+        assert!(!server_may_see(Joined, ["invite", "leave"], true), "joined: only while joined");
+        assert!(server_may_see(Shared, [], true), "shared: once in the room");
+        assert!(!server_may_see(Shared, ["leave"], false), "shared: not for a server that left");
+        assert!(server_may_see(Invited, ["invite"], false), "invited: from the invite");
+        assert!(!server_may_see(Invited, ["leave"], true), "invited: not before");
     }
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use myelin_bus::{Bus, HandleError, Record, Responder};
 use myelin_roomserver::api::{
-    FederationPerform, FederationPerformOk, FederationPerformReply, INPUT_TOPIC, InputOk, InputReply, InputRequest,
-    JoinedRemoteRoom, PERFORM_TIMEOUT,
+    FederationPerform, FederationPerformOk, FederationPerformReply, FederationQueryOk, FederationQueryReply,
+    INPUT_TOPIC, InputOk, InputReply, InputRequest, JoinedRemoteRoom, PERFORM_TIMEOUT,
 };
 use myelin_types::clock::SharedClock;
 use myelin_types::random::alphanumeric;
@@ -30,7 +30,7 @@ use crate::client::{ClientError, FederationClient, FederationRequest};
 pub const GROUP: &str = "federationapi.perform";
 
 /// Room versions this server can join (the room server validates all of them).
-const JOINABLE_VERSIONS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
+pub(crate) const JOINABLE_VERSIONS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
 
 /// Why a join through one server failed; the next server is tried.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +141,65 @@ impl PerformResponder {
         Err(refusal.unwrap_or_else(|| MatrixError::not_found("No server could be reached")))
     }
 
+    /// Leave a room this server is not in (rejecting an invite) through
+    /// `servers` in turn: `/make_leave`, a leave event built and signed
+    /// here, `/send_leave` v2 with a v1 fallback.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#leaving-rooms-rejecting-invites>
+    pub(crate) async fn leave(
+        &self,
+        room_id: &OwnedRoomId,
+        user_id: &OwnedUserId,
+        servers: &[OwnedServerName],
+    ) -> FederationQueryReply {
+        if user_id.server_name().as_str() != self.server_name.as_str() {
+            return Err(MatrixError::forbidden(format!("{user_id} is not a user of this server")));
+        }
+        let mut refusal = None;
+        for server in servers.iter().filter(|server| **server != self.server_name) {
+            match self.leave_through(server, room_id, user_id).await {
+                Ok(signed) => {
+                    return Ok(FederationQueryOk::Left {
+                        room_version: signed.room_version.to_string(),
+                        event_id: signed.event_id,
+                        event: CanonicalJsonValue::Object(signed.event).into(),
+                    });
+                }
+                Err(error) => {
+                    tracing::info!(%server, %room_id, %error, "could not leave through this server");
+                    refusal = Some(refusal_of(error));
+                }
+            }
+        }
+        Err(refusal.unwrap_or_else(|| MatrixError::not_found(format!("No known server can take {user_id}'s leave"))))
+    }
+
+    async fn leave_through(
+        &self,
+        server: &OwnedServerName,
+        room_id: &OwnedRoomId,
+        user_id: &OwnedUserId,
+    ) -> Result<SignedJoin, JoinError> {
+        let path =
+            format!("/_matrix/federation/v1/make_leave/{}/{}", encode(room_id.as_str()), encode(user_id.as_str()));
+        let template = self.client.send(FederationRequest::get(server.as_str(), path)).await?;
+        let signed = self.sign_membership(server, room_id, user_id, &json!({"membership": "leave"}), &template)?;
+        let event = Value::from(CanonicalJsonValue::Object(signed.event.clone()));
+        let tail = format!("{}/{}", encode(room_id.as_str()), encode(signed.event_id.as_str()));
+        let v2 =
+            FederationRequest::put(server.as_str(), format!("/_matrix/federation/v2/send_leave/{tail}"), event.clone());
+        match self.client.send(v2).await {
+            Ok(_) => {}
+            Err(ClientError::Status { status: 404 | 400, body, .. }) if body["errcode"] == "M_UNRECOGNIZED" => {
+                let v1 =
+                    FederationRequest::put(server.as_str(), format!("/_matrix/federation/v1/send_leave/{tail}"), event);
+                self.client.send(v1).await?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+        Ok(signed)
+    }
+
     /// Ask the alias's own server which room it names.
     ///
     /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1querydirectory>
@@ -186,7 +245,7 @@ impl PerformResponder {
             &versions[1..]
         );
         let template = self.client.send(FederationRequest::get(server.as_str(), path)).await?;
-        let signed = self.sign_join(server, room_id, user_id, content, &template)?;
+        let signed = self.sign_membership(server, room_id, user_id, content, &template)?;
         let event = Value::from(CanonicalJsonValue::Object(signed.event.clone()));
         let tail = format!("{}/{}", encode(room_id.as_str()), encode(signed.event_id.as_str()));
         let v2 =
@@ -210,11 +269,11 @@ impl PerformResponder {
         Ok(Joined { signed, state, auth_chain })
     }
 
-    /// The join event from the template: only the room's structure (room
-    /// id, prev and auth events, depth) comes from the remote server; the
-    /// rest is this server's own, so it signs nothing it did not choose
-    /// (DESIGN.md invariant 7).
-    fn sign_join(
+    /// The join or leave event (`content`'s membership) from the template:
+    /// only the room's structure (room id, prev and auth events, depth)
+    /// comes from the remote server; the rest is this server's own, so it
+    /// signs nothing it did not choose (DESIGN.md invariant 7).
+    fn sign_membership(
         &self,
         server: &OwnedServerName,
         room_id: &OwnedRoomId,
@@ -222,8 +281,10 @@ impl PerformResponder {
         content: &Value,
         answer: &Value,
     ) -> Result<SignedJoin, JoinError> {
-        let Template { room_version, rules, prev_events, auth_events, depth } = read_template(answer, room_id, user_id)
-            .map_err(|reason| JoinError::BadTemplate { server: server.to_string(), reason: reason.to_owned() })?;
+        let membership = content.get("membership").and_then(Value::as_str).unwrap_or_default();
+        let Template { room_version, rules, prev_events, auth_events, depth } =
+            read_template(answer, room_id, user_id, membership)
+                .map_err(|reason| JoinError::BadTemplate { server: server.to_string(), reason: reason.to_owned() })?;
         let mut fields = Map::new();
         fields.insert("type".into(), json!("m.room.member"));
         fields.insert("sender".into(), json!(user_id));
@@ -271,11 +332,17 @@ struct Template {
     depth: i64,
 }
 
-/// Check that a `/make_join` answer is a join of `user_id` to `room_id` in
-/// a room version this server can join, and take its structure.
+/// Check that a `/make_join` (`/make_leave`) answer is a `membership` event
+/// of `user_id` in `room_id`, in a room version this server can join, and
+/// take its structure.
 ///
 /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_joinroomiduserid>
-fn read_template(answer: &Value, room_id: &RoomId, user_id: &UserId) -> Result<Template, &'static str> {
+fn read_template(
+    answer: &Value,
+    room_id: &RoomId,
+    user_id: &UserId,
+    membership: &str,
+) -> Result<Template, &'static str> {
     // Servers that predate room versions omit it: then it is version 1.
     let version = answer.get("room_version").and_then(Value::as_str).unwrap_or("1");
     let room_version = RoomVersionId::try_from(version).map_err(|_| "invalid room_version")?;
@@ -287,9 +354,9 @@ fn read_template(answer: &Value, room_id: &RoomId, user_id: &UserId) -> Result<T
         || field("sender") != Some(user_id.as_str())
         || field("state_key") != Some(user_id.as_str())
         || field("room_id") != Some(room_id.as_str())
-        || template.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) != Some("join")
+        || template.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) != Some(membership)
     {
-        return Err("not a join of this user to this room");
+        return Err("not this user's membership event in this room");
     }
     let refs = |name: &str| template.get(name).filter(|refs| refs.is_array()).cloned();
     let prev_events = refs("prev_events").ok_or("no prev_events")?;
@@ -354,7 +421,7 @@ mod tests {
     fn read(answer: &Value) -> Result<i64, &'static str> {
         let room = <&RoomId>::try_from("!room:a.example").unwrap();
         let user = <&UserId>::try_from("@bob:b.example").unwrap();
-        read_template(answer, room, user).map(|template| template.depth)
+        read_template(answer, room, user, "join").map(|template| template.depth)
     }
 
     #[test]

@@ -4,12 +4,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::http::StatusCode;
 use myelin_bus::{HandleError, Record, Responder};
 use myelin_roomserver::api::{FederationQuery, FederationQueryOk, FederationQueryReply};
-use myelin_types::MatrixError;
+use myelin_types::ruma::UserId;
+use myelin_types::{ErrorCode, MatrixError};
 use serde_json::{Value, json};
 
 use super::encode;
+use super::perform::PerformResponder;
 use crate::client::{ClientError, FederationClient, FederationRequest};
 use crate::keys::KeyStore;
 
@@ -18,6 +21,8 @@ pub const GROUP: &str = "federationapi.query";
 pub struct QueryResponder {
     pub keys: Arc<KeyStore>,
     pub client: Arc<FederationClient>,
+    /// Builds and signs leave events like it does joins.
+    pub perform: Arc<PerformResponder>,
 }
 
 #[async_trait]
@@ -48,6 +53,55 @@ impl QueryResponder {
                     }
                 }
                 Ok(FederationQueryOk::Pdus { pdus })
+            }
+            FederationQuery::Backfill { room_id, servers, from, limit } => {
+                let mut path = format!("/_matrix/federation/v1/backfill/{}?limit={limit}", encode(room_id.as_str()));
+                for event_id in &from {
+                    path.push_str(&format!("&v={}", encode(event_id.as_str())));
+                }
+                let answer = self
+                    .first_answer(&servers, |server| FederationRequest::get(server, path.clone()))
+                    .await
+                    .ok_or_else(|| MatrixError::not_found("No server returned history to backfill"))?;
+                let pdus = answer.get("pdus").and_then(Value::as_array).cloned().unwrap_or_default();
+                Ok(FederationQueryOk::Pdus { pdus })
+            }
+            FederationQuery::Leave { room_id, user_id, servers } => {
+                self.perform.leave(&room_id, &user_id, &servers).await
+            }
+            FederationQuery::Invite { room_id, event_id, room_version, event, invite_room_state } => {
+                let invitee = event.get("state_key").and_then(Value::as_str).and_then(|id| UserId::parse(id).ok());
+                let invitee = invitee.ok_or_else(|| MatrixError::bad_json("The invite has no invitee"))?;
+                let path =
+                    format!("/_matrix/federation/v2/invite/{}/{}", encode(room_id.as_str()), encode(event_id.as_str()));
+                let body = json!({
+                    "room_version": room_version,
+                    "event": event,
+                    "invite_room_state": invite_room_state,
+                });
+                let server = invitee.server_name().as_str();
+                match self.client.send(FederationRequest::put(server, path, body)).await {
+                    Ok(answer) => {
+                        let event = answer.get("event").cloned().ok_or_else(|| {
+                            MatrixError::new(
+                                ErrorCode::Unknown,
+                                format!("{server} answered the invite without an event"),
+                            )
+                        })?;
+                        Ok(FederationQueryOk::Pdus { pdus: vec![event] })
+                    }
+                    // The invitee's server refused: its error goes to the inviter.
+                    Err(ClientError::Status { body, .. }) => {
+                        let errcode = serde_json::from_value(body["errcode"].clone()).unwrap_or(ErrorCode::Forbidden);
+                        let error = body["error"].as_str().unwrap_or("the invite was refused");
+                        Err(MatrixError::new(errcode, format!("{server}: {error}")).with_status(StatusCode::FORBIDDEN))
+                    }
+                    Err(error) => {
+                        tracing::info!(%error, server, "invite not delivered");
+                        Err(MatrixError::new(ErrorCode::Unknown, format!("{server} could not be reached: {error}"))
+                            .with_status(StatusCode::BAD_GATEWAY))
+                    }
+                }
             }
             FederationQuery::MissingEvents { room_id, servers, earliest, latest, limit } => {
                 let path = format!("/_matrix/federation/v1/get_missing_events/{}", encode(room_id.as_str()));

@@ -8,16 +8,15 @@
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use myelin_roomserver::api::{
-    INPUT_TOPIC, InputOk, InputPdus, InputReply, InputRequest, PduKind, PduOutcome, QUERY_TOPIC, QueryOk, QueryReply,
-    QueryRequest, REQUEST_TIMEOUT,
+    INPUT_TOPIC, InputOk, InputPdus, InputReply, InputRequest, PduKind, PduOutcome, QueryOk, QueryRequest,
+    REQUEST_TIMEOUT,
 };
 use myelin_types::MatrixError;
-use myelin_types::ruma::signatures::reference_hash;
-use myelin_types::ruma::{CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId};
+use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde_json::{Value, json};
 
-use super::FederationState;
 use super::auth::{Origin, Signed};
+use super::{FederationState, bus_error, event_id_of, parse_room_id, query_room_server, unexpected};
 
 /// GET /_matrix/federation/v1/make_join/{roomId}/{userId}
 /// <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_joinroomiduserid>
@@ -42,7 +41,7 @@ pub(super) async fn make_join(
         supported_versions.push("1".to_owned());
     }
     let request = QueryRequest::MakeJoin { room_id: room_id.clone(), user_id, supported_versions };
-    match query_room_server(&state, &room_id, &request).await? {
+    match query_room_server(&state, room_id.as_str(), &request).await? {
         QueryOk::JoinTemplate { room_version, event } => {
             Ok(Json(json!({ "room_version": room_version, "event": event })))
         }
@@ -89,20 +88,48 @@ async fn send_join(
     event: Value,
 ) -> Result<Value, MatrixError> {
     let room_id = parse_room_id(room_id)?;
+    let event_id = submit_membership(state, origin, &room_id, event_id, &event, "join").await?;
+
+    let request = QueryRequest::StateAndAuthChain { room_id: room_id.clone(), event_id };
+    match query_room_server(state, room_id.as_str(), &request).await? {
+        QueryOk::StateAndAuthChain { state: room_state, auth_chain } => Ok(json!({
+            "origin": state.keys.server_name(),
+            "state": room_state,
+            "auth_chain": auth_chain,
+            "event": event,
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Check that `event` is a `membership` event of a user of `origin` about
+/// themselves at the ids in the path, and run it through the room
+/// server's pipeline like any received PDU (DESIGN.md invariant 4). Its id
+/// when the room server accepted it (`/send_join`, `/send_leave`).
+pub(super) async fn submit_membership(
+    state: &FederationState,
+    origin: OwnedServerName,
+    room_id: &OwnedRoomId,
+    event_id: &str,
+    event: &Value,
+    membership: &str,
+) -> Result<OwnedEventId, MatrixError> {
     let event_id = OwnedEventId::try_from(event_id)
         .map_err(|_| MatrixError::invalid_param(format!("Invalid event id: {event_id}")))?;
-    check_join(&event, &room_id, &origin)?;
+    check_membership(event, room_id, &origin, membership)?;
     let room_version =
-        match query_room_server(state, &room_id, &QueryRequest::RoomVersion { room_id: room_id.clone() }).await? {
+        match query_room_server(state, room_id.as_str(), &QueryRequest::RoomVersion { room_id: room_id.clone() })
+            .await?
+        {
             QueryOk::RoomVersion { room_version } => room_version,
             other => return Err(unexpected(other)),
         };
-    if event_id_of(&event, &room_version)? != event_id {
+    if event_id_of(event, &room_version)? != event_id {
         return Err(MatrixError::bad_json("The event id in the path is not the event's id"));
     }
 
     let request = InputRequest::InputPdus(InputPdus {
-        origin: origin.clone(),
+        origin,
         room_id: room_id.clone(),
         kind: PduKind::Timeline,
         pdus: vec![event.clone()],
@@ -117,86 +144,35 @@ async fn send_join(
         }
     };
     match outcome {
-        PduOutcome::Accepted | PduOutcome::AlreadyKnown => {}
+        PduOutcome::Accepted | PduOutcome::AlreadyKnown => Ok(event_id),
         PduOutcome::Rejected { reason } | PduOutcome::SoftFailed { reason } => {
-            return Err(MatrixError::forbidden(format!("The join event was refused: {reason}")));
+            Err(MatrixError::forbidden(format!("The {membership} event was refused: {reason}")))
         }
-    }
-
-    let request = QueryRequest::StateAndAuthChain { room_id: room_id.clone(), event_id };
-    match query_room_server(state, &room_id, &request).await? {
-        QueryOk::StateAndAuthChain { state: room_state, auth_chain } => Ok(json!({
-            "origin": state.keys.server_name(),
-            "state": room_state,
-            "auth_chain": auth_chain,
-            "event": event,
-        })),
-        other => Err(unexpected(other)),
     }
 }
 
-/// The event claims to be `origin`'s user joining `room_id` by themselves.
-fn check_join(event: &Value, room_id: &OwnedRoomId, origin: &OwnedServerName) -> Result<(), MatrixError> {
+/// The event claims to be `origin`'s user changing their own membership
+/// in `room_id` to `membership`.
+fn check_membership(
+    event: &Value,
+    room_id: &OwnedRoomId,
+    origin: &OwnedServerName,
+    membership: &str,
+) -> Result<(), MatrixError> {
     let field = |name: &str| event.get(name).and_then(Value::as_str);
     if field("room_id") != Some(room_id.as_str()) {
         return Err(MatrixError::bad_json("The event's room_id is not the room in the path"));
     }
-    let is_join = field("type") == Some("m.room.member")
-        && event.pointer("/content/membership").and_then(Value::as_str) == Some("join")
+    let is_own = field("type") == Some("m.room.member")
+        && event.pointer("/content/membership").and_then(Value::as_str) == Some(membership)
         && field("state_key").is_some()
         && field("state_key") == field("sender");
-    if !is_join {
-        return Err(MatrixError::bad_json("The event is not a user's join event"));
+    if !is_own {
+        return Err(MatrixError::bad_json(format!("The event is not a user's {membership} event")));
     }
     let sender = field("sender").and_then(|sender| OwnedUserId::try_from(sender).ok());
     if sender.is_none_or(|sender| sender.server_name().as_str() != origin.as_str()) {
-        return Err(MatrixError::forbidden(format!("The joining user does not belong to {origin}")));
+        return Err(MatrixError::forbidden(format!("The user does not belong to {origin}")));
     }
     Ok(())
-}
-
-/// The id of `event` as its room version computes it: carried in rooms v1
-/// and v2, the reference hash from v3 on.
-fn event_id_of(event: &Value, room_version: &str) -> Result<OwnedEventId, MatrixError> {
-    let rules = RoomVersionId::try_from(room_version).ok().and_then(|version| version.rules()).ok_or_else(|| {
-        tracing::error!(%room_version, "the room server stores a room version without rules");
-        MatrixError::internal()
-    })?;
-    let invalid = || MatrixError::bad_json("The event has no valid event id");
-    if rules.event_format.require_event_id {
-        return event
-            .get("event_id")
-            .and_then(Value::as_str)
-            .and_then(|id| OwnedEventId::try_from(id).ok())
-            .ok_or_else(invalid);
-    }
-    let Ok(CanonicalJsonValue::Object(object)) = CanonicalJsonValue::try_from(event.clone()) else {
-        return Err(MatrixError::bad_json("The event is not a canonical JSON object"));
-    };
-    let hash = reference_hash(&object, &rules).map_err(|_| invalid())?;
-    OwnedEventId::try_from(format!("${hash}")).map_err(|_| invalid())
-}
-
-fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, MatrixError> {
-    OwnedRoomId::try_from(room_id).map_err(|_| MatrixError::invalid_param(format!("Invalid room id: {room_id}")))
-}
-
-async fn query_room_server(
-    state: &FederationState,
-    room_id: &OwnedRoomId,
-    request: &QueryRequest,
-) -> Result<QueryOk, MatrixError> {
-    let reply: QueryReply =
-        state.bus.request_json(QUERY_TOPIC, room_id.as_str(), request, REQUEST_TIMEOUT).await.map_err(bus_error)?;
-    reply
-}
-
-fn bus_error(error: myelin_bus::BusError) -> MatrixError {
-    tracing::warn!(%error, "the room server did not answer");
-    MatrixError::internal()
-}
-
-fn unexpected(other: QueryOk) -> MatrixError {
-    tracing::error!(?other, "the room server answered with another kind");
-    MatrixError::internal()
 }

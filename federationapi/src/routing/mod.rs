@@ -3,8 +3,12 @@
 pub mod auth;
 mod directory;
 mod edus;
+mod events;
+mod invite;
 mod join;
 mod keys;
+mod leave;
+mod profile;
 mod send;
 mod version;
 
@@ -16,10 +20,14 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use myelin_bus::Bus;
+use myelin_roomserver::api::{QUERY_TOPIC, QueryOk, QueryReply, QueryRequest, REQUEST_TIMEOUT};
 use myelin_storage::Db;
 use myelin_types::MatrixError;
 use myelin_types::body::read_body_first;
 use myelin_types::clock::SharedClock;
+use myelin_types::ruma::signatures::reference_hash;
+use myelin_types::ruma::{CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomVersionId};
+use serde_json::Value;
 
 use crate::keys::KeyStore;
 
@@ -57,7 +65,19 @@ pub fn router(state: FederationState) -> Router {
         .route("/_matrix/federation/v1/make_join/{room_id}/{user_id}", get(join::make_join))
         .route("/_matrix/federation/v1/send_join/{room_id}/{event_id}", put(join::send_join_v1))
         .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(join::send_join_v2))
+        .route("/_matrix/federation/v1/make_leave/{room_id}/{user_id}", get(leave::make_leave))
+        .route("/_matrix/federation/v1/send_leave/{room_id}/{event_id}", put(leave::send_leave_v1))
+        .route("/_matrix/federation/v2/send_leave/{room_id}/{event_id}", put(leave::send_leave_v2))
         .route("/_matrix/federation/v1/query/directory", get(directory::query_directory))
+        .route("/_matrix/federation/v1/query/profile", get(profile::query_profile))
+        .route("/_matrix/federation/v1/invite/{room_id}/{event_id}", put(invite::invite_v1))
+        .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(invite::invite_v2))
+        .route("/_matrix/federation/v1/event/{event_id}", get(events::get_event))
+        .route("/_matrix/federation/v1/state/{room_id}", get(events::get_state))
+        .route("/_matrix/federation/v1/state_ids/{room_id}", get(events::get_state_ids))
+        .route("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", get(events::get_event_auth))
+        .route("/_matrix/federation/v1/backfill/{room_id}", get(events::get_backfill))
+        .route("/_matrix/federation/v1/get_missing_events/{room_id}", post(events::post_get_missing_events))
         .route("/_matrix/key/v2/server", get(keys::get_server_keys))
         // Deprecated form with a key id, still requested by older servers;
         // the answer is the same (all current keys).
@@ -73,4 +93,51 @@ pub fn router(state: FederationState) -> Router {
         .layer(axum::middleware::from_fn_with_state(BODY_LIMIT, read_body_first))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(myelin_observe::metrics_layer())
+}
+
+pub(super) fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, MatrixError> {
+    OwnedRoomId::try_from(room_id).map_err(|_| MatrixError::invalid_param(format!("Invalid room id: {room_id}")))
+}
+
+/// Ask the room server; `key` is the room id (the event id when no room is named).
+pub(super) async fn query_room_server(
+    state: &FederationState,
+    key: &str,
+    request: &QueryRequest,
+) -> Result<QueryOk, MatrixError> {
+    let reply: QueryReply =
+        state.bus.request_json(QUERY_TOPIC, key, request, REQUEST_TIMEOUT).await.map_err(bus_error)?;
+    reply
+}
+
+pub(super) fn bus_error(error: myelin_bus::BusError) -> MatrixError {
+    tracing::warn!(%error, "the room server did not answer");
+    MatrixError::internal()
+}
+
+pub(super) fn unexpected(other: QueryOk) -> MatrixError {
+    tracing::error!(?other, "the room server answered with another kind");
+    MatrixError::internal()
+}
+
+/// The id of `event` as its room version computes it: carried in rooms v1
+/// and v2, the reference hash from v3 on.
+pub(super) fn event_id_of(event: &Value, room_version: &str) -> Result<OwnedEventId, MatrixError> {
+    let rules = RoomVersionId::try_from(room_version).ok().and_then(|version| version.rules()).ok_or_else(|| {
+        tracing::error!(%room_version, "the room server stores a room version without rules");
+        MatrixError::internal()
+    })?;
+    let invalid = || MatrixError::bad_json("The event has no valid event id");
+    if rules.event_format.require_event_id {
+        return event
+            .get("event_id")
+            .and_then(Value::as_str)
+            .and_then(|id| OwnedEventId::try_from(id).ok())
+            .ok_or_else(invalid);
+    }
+    let Ok(CanonicalJsonValue::Object(object)) = CanonicalJsonValue::try_from(event.clone()) else {
+        return Err(MatrixError::bad_json("The event is not a canonical JSON object"));
+    };
+    let hash = reference_hash(&object, &rules).map_err(|_| invalid())?;
+    OwnedEventId::try_from(format!("${hash}")).map_err(|_| invalid())
 }

@@ -22,6 +22,7 @@ use crate::events::{LocalEvent, Room, Signer, create_room};
 use crate::producers::output::{OutputProducer, new_room_event};
 use crate::storage::Tx;
 
+mod invite;
 mod remote;
 
 pub struct InputConsumer {
@@ -58,6 +59,8 @@ impl Responder for InputConsumer {
             InputRequest::SendEvent(send) => self.send_event(&correlation_id, send).await,
             InputRequest::InputPdus(input) => self.input_pdus(&correlation_id, input).await,
             InputRequest::JoinedRemoteRoom(joined) => self.joined_remote_room(&correlation_id, joined).await,
+            InputRequest::Backfill(backfill) => self.backfill(&correlation_id, backfill).await,
+            InputRequest::ReceivedInvite(invite) => self.received_invite(&correlation_id, invite).await,
         };
         match result {
             Ok(Outcome { reply, outputs }) => {
@@ -125,6 +128,17 @@ impl InputConsumer {
         Ok(tx.commit().await?)
     }
 
+    /// An invite whose invitee belongs to another server.
+    fn invites_remote_user(&self, request: &SendEvent) -> bool {
+        request.event_type == "m.room.member"
+            && request.content.get("membership").and_then(serde_json::Value::as_str) == Some("invite")
+            && request
+                .state_key
+                .as_deref()
+                .and_then(|key| UserId::parse(key).ok())
+                .is_some_and(|invitee| invitee.server_name() != self.signer.server_name)
+    }
+
     fn check_local(&self, user: &UserId) -> Result<(), RequestError> {
         if user.server_name() != self.signer.server_name {
             return Err(RequestError::Forbidden(format!("{user} is not a user of this server")));
@@ -181,6 +195,12 @@ impl InputConsumer {
     /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#transaction-identifiers>
     async fn send_event(&self, correlation_id: &str, request: SendEvent) -> Result<Outcome, RequestError> {
         self.check_local(&request.sender)?;
+        if self.invites_remote_user(&request) {
+            return self.invite_remote(correlation_id, request).await;
+        }
+        if let Some(outcome) = self.leave_remote(correlation_id, &request).await? {
+            return Ok(outcome);
+        }
         let mut tx = Tx::write(&self.db).await?;
         if let Some(txn) = &request.txn
             && let Some(event_id) = tx.txn_event(request.sender.as_str(), txn).await?

@@ -1,5 +1,7 @@
 //! Answers `roomserver.query`: read-only questions about rooms.
 
+mod server_read;
+
 use async_trait::async_trait;
 use myelin_bus::{HandleError, Record, Responder};
 use myelin_storage::Db;
@@ -33,6 +35,8 @@ impl Responder for QueryConsumer {
             QueryRequest::StateAndAuthChain { room_id, event_id } => {
                 self.state_and_auth_chain(&room_id, &event_id).await
             }
+            QueryRequest::MakeLeave { room_id, user_id } => self.make_leave(&room_id, &user_id).await,
+            QueryRequest::ServerRead { server, read } => server_read::answer(&self.db, &server, read).await,
         };
         let reply: QueryReply = match result {
             Ok(ok) => Ok(ok),
@@ -124,7 +128,16 @@ impl QueryConsumer {
         if !supported_versions.contains(&room_version) {
             return Err(RequestError::IncompatibleRoomVersion(room_version));
         }
-        let event = room.join_template(&mut tx, user_id).await?;
+        let event = room.membership_template(&mut tx, user_id, "join").await?;
+        Ok(QueryOk::JoinTemplate { room_version, event })
+    }
+
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_leaveroomiduserid>
+    async fn make_leave(&self, room_id: &RoomId, user_id: &UserId) -> Result<QueryOk, RequestError> {
+        let mut tx = Tx::read(&self.db).await?;
+        let mut room = Room::load(&mut tx, room_id).await?.ok_or_else(|| unknown_room(room_id))?;
+        let room_version = room.version.to_string();
+        let event = room.membership_template(&mut tx, user_id, "leave").await?;
         Ok(QueryOk::JoinTemplate { room_version, event })
     }
 
@@ -151,7 +164,7 @@ impl QueryConsumer {
             roots.push(Pdu::parse(id, &json)?);
             state.push(serde_json::from_str(&json)?);
         }
-        let auth_chain = auth_chain(&mut tx, &roots).await?;
+        let auth_chain = auth_chain(&mut tx, &roots).await?.into_iter().map(|(_, pdu)| pdu).collect();
         Ok(QueryOk::StateAndAuthChain { state, auth_chain })
     }
 }

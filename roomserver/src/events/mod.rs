@@ -13,6 +13,7 @@ mod room;
 use myelin_types::signing::ServerSigningKey;
 use ruma::OwnedServerName;
 
+pub use build::Built;
 pub use room::{LocalEvent, Room};
 
 /// Who signs the events this server builds.

@@ -330,9 +330,15 @@ impl RemoteRoom {
                     let map = to_id_state(resolve_snapshot(tx, Some(snapshot)).await?)?;
                     return Ok(Some(State { map, snapshot: Some(snapshot) }));
                 }
+                let pdu = &self.events[id];
+                // Every event but the create has a state before it: none
+                // recorded means history backfilled on its auth events
+                // alone, whose state is unknown.
+                if meta.state_before.is_none() && pdu.event_type != TimelineEventType::RoomCreate {
+                    return Ok(None);
+                }
                 // Rows from before state_after was recorded: before + itself.
                 let mut map = to_id_state(resolve_snapshot(tx, meta.state_before).await?)?;
-                let pdu = &self.events[id];
                 if let Some(key) = &pdu.state_key {
                     map.insert((pdu.event_type.to_string(), key.clone()), id.clone());
                 }

@@ -13,7 +13,7 @@ use serde_json::value::to_raw_value;
 use serde_json::{Value, json};
 
 use super::Signer;
-use super::build::{Draft, build, cite};
+use super::build::{Built, Draft, build, cite};
 use super::pdu::Pdu;
 use crate::api::StoredEvent;
 use crate::error::RequestError;
@@ -154,6 +154,26 @@ impl Room {
         event: LocalEvent<'_>,
         origin_server_ts: u64,
     ) -> Result<Accepted, RequestError> {
+        let (built, depth) = self.prepare(tx, signer, event, origin_server_ts).await?;
+        self.persist(tx, built.event_id, built.json, built.pdu, depth).await
+    }
+
+    /// Store an event [`Room::prepare`] built on the room as it still is
+    /// (input for a room is handled one request at a time), with the
+    /// signatures another server added meanwhile (an invite's).
+    pub async fn append_prepared(&mut self, tx: &mut Tx, built: Built, depth: i64) -> Result<Accepted, RequestError> {
+        self.persist(tx, built.event_id, built.json, built.pdu, depth).await
+    }
+
+    /// Build, sign and auth-check one event from a local user, without
+    /// storing it: the event and its depth.
+    pub async fn prepare(
+        &mut self,
+        tx: &mut Tx,
+        signer: &Signer,
+        event: LocalEvent<'_>,
+        origin_server_ts: u64,
+    ) -> Result<(Built, i64), RequestError> {
         let LocalEvent { sender, event_type, state_key, content } = event;
         let Position { auth_events, create, depth, prev_events, reference_hashes } =
             self.position(tx, sender, event_type, state_key, content).await?;
@@ -189,8 +209,7 @@ impl Room {
         if event_type == "m.room.redaction" {
             self.check_redaction(tx, sender, content, &create).await?;
         }
-
-        self.persist(tx, built.event_id, built.json, built.pdu, depth).await
+        Ok((built, depth))
     }
 
     /// A guest account of this server may join only while the room's
@@ -283,14 +302,21 @@ impl Room {
         Ok(Position { auth_events, create, depth, prev_events, reference_hashes })
     }
 
-    /// The `/make_join` template for remote user `user`: every field this
-    /// server chooses, none that the joining server signs (origin, time,
-    /// hashes, signatures). Refused when the current state would not let
-    /// the user join, so that the joining server learns it before signing.
+    /// The `/make_join` or `/make_leave` template for remote user `user`
+    /// (`membership` is `join` or `leave`): every field this server
+    /// chooses, none that the user's server signs (origin, time, hashes,
+    /// signatures). Refused when the current state would not allow the
+    /// event, so that the user's server learns it before signing.
     ///
-    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_joinroomiduserid>
-    pub async fn join_template(&mut self, tx: &mut Tx, user: &UserId) -> Result<Value, RequestError> {
-        let content = json!({ "membership": "join" });
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_joinroomiduserid> and
+    /// <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_leaveroomiduserid>
+    pub async fn membership_template(
+        &mut self,
+        tx: &mut Tx,
+        user: &UserId,
+        membership: &str,
+    ) -> Result<Value, RequestError> {
+        let content = json!({ "membership": membership });
         let Position { auth_events, depth, prev_events, reference_hashes, .. } =
             self.position(tx, user, "m.room.member", Some(user.as_str()), &content).await?;
         let template = json!({
@@ -306,12 +332,12 @@ impl Room {
         // The fields the auth rules read, with a stand-in id and time.
         let mut probe = template.clone();
         probe["origin_server_ts"] = json!(0);
-        let pdu = Pdu::parse(EventId::parse("$make_join").expect("valid event id"), &probe.to_string())?;
+        let pdu = Pdu::parse(EventId::parse("$template").expect("valid event id"), &probe.to_string())?;
         let state = &self.state;
         check_state_dependent_auth_rules(&self.rules.authorization, &pdu, |kind: &StateEventType, key| {
             state.get(&(kind.to_string(), key.to_owned())).and_then(Option::as_ref)
         })
-        .map_err(|reason| RequestError::Forbidden(format!("{user} may not join {}: {reason}", self.room_id)))?;
+        .map_err(|reason| RequestError::Forbidden(format!("{user} may not {membership} {}: {reason}", self.room_id)))?;
         Ok(template)
     }
 

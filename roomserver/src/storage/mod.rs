@@ -491,6 +491,48 @@ impl Tx {
         })
     }
 
+    /// Every user joined to the room now.
+    pub async fn joined_users(&mut self, room_id: &str) -> SqlResult<Vec<String>> {
+        on_tx!(self, c => {
+            sqlx::query_scalar("SELECT user_id FROM roomserver_memberships WHERE room_id = $1 AND membership = 'join'")
+                .bind(room_id)
+                .fetch_all(c)
+                .await
+        })
+    }
+
+    /// `(event id, PDU)` of the room's shallowest timeline events, at most `limit`.
+    pub async fn earliest_events(&mut self, room_id: &str, limit: i64) -> SqlResult<Vec<(String, String)>> {
+        on_tx!(self, c => {
+            sqlx::query_as(
+                "SELECT event_id, pdu FROM roomserver_events WHERE room_id = $1 AND status = 'accepted' \
+                 ORDER BY depth, stream_pos LIMIT $2",
+            )
+            .bind(room_id)
+            .bind(limit)
+            .fetch_all(c)
+            .await
+        })
+    }
+
+    /// The users of `server` joined to the room now.
+    pub async fn joined_users_of(&mut self, room_id: &str, server: &str) -> SqlResult<Vec<String>> {
+        // Server names hold no `%` or `_` (DNS names, IP literals and
+        // ports), so the pattern narrows to the users ending in `:server`;
+        // SQLite's case-insensitive LIKE may match more, so the callers
+        // compare parsed server names.
+        on_tx!(self, c => {
+            sqlx::query_scalar(
+                "SELECT user_id FROM roomserver_memberships WHERE room_id = $1 AND membership = 'join' \
+                 AND user_id LIKE $2",
+            )
+            .bind(room_id)
+            .bind(format!("%:{server}"))
+            .fetch_all(c)
+            .await
+        })
+    }
+
     pub async fn joined_rooms(&mut self, user_id: &str) -> SqlResult<Vec<String>> {
         on_tx!(self, c => {
             sqlx::query_scalar(

@@ -26,7 +26,7 @@ fn remote_user(name: &str) -> OwnedUserId {
 struct Peer {
     key: ServerSigningKey,
     valid_until_ts: Mutex<u64>,
-    /// Events it serves to `/event` and `/get_missing_events`, by id.
+    /// Events it serves to `/event`, `/get_missing_events` and `/backfill`, by id.
     events: Mutex<Vec<(String, Value)>>,
 }
 
@@ -50,7 +50,7 @@ impl Responder for Peer {
                 let pdus = events.iter().filter(|(id, _)| event_ids.iter().any(|e| e.as_str() == id));
                 Ok(FederationQueryOk::Pdus { pdus: pdus.map(|(_, pdu)| pdu.clone()).collect() })
             }
-            FederationQuery::MissingEvents { .. } => {
+            FederationQuery::MissingEvents { .. } | FederationQuery::Backfill { .. } => {
                 let events = self.events.lock().unwrap();
                 Ok(FederationQueryOk::Pdus { pdus: events.iter().map(|(_, pdu)| pdu.clone()).collect() })
             }
@@ -587,6 +587,60 @@ async fn rooms_joined_through_another_server_start_from_its_state() {
             let members = h.state(&room_id, &alice, Some("m.room.member"), None).await.unwrap();
             assert_eq!(members.len(), 2);
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn backfill_asks_the_room_for_older_history_and_drops_forged_events() {
+    each_backend(|h| async move {
+        let alice = user("alice");
+        let bob = remote_user("bob");
+        let version = RoomVersionId::V10;
+        let local_room = h.create(public_room(&alice)).await.unwrap();
+        let view = RemoteView::start(&h, &local_room, version.clone()).await;
+        // A room this server created has all its history.
+        let reply =
+            h.input(local_room.as_str(), InputRequest::Backfill(Backfill { room_id: local_room.clone(), limit: 10 }));
+        assert_eq!(reply.await.unwrap(), InputOk::PdusProcessed { results: Vec::new() });
+
+        let (events, join) = remote_room(&view.peer.key, &version, &format!("!backfill:{REMOTE}"));
+        let (_, join) = sign(&h.key, super::SERVER, &version, join);
+        let room_id: OwnedRoomId = join["room_id"].as_str().unwrap().try_into().unwrap();
+        let state: Vec<Value> = events.iter().map(|(_, pdu)| pdu.clone()).collect();
+        let joined = JoinedRemoteRoom {
+            room_id: room_id.clone(),
+            room_version: version.to_string(),
+            origin: REMOTE.try_into().unwrap(),
+            join_event: join,
+            state: state.clone(),
+            auth_chain: state,
+        };
+        h.input(room_id.as_str(), InputRequest::JoinedRemoteRoom(joined)).await.unwrap();
+
+        // What the room said before this server joined, one copy forged.
+        let history = |key: &ServerSigningKey, body: &str| {
+            sign(
+                key,
+                REMOTE,
+                &version,
+                json!({"type": "m.room.message", "sender": bob, "content": {"body": body}, "room_id": room_id,
+                    "prev_events": [events[3].0], "auth_events": [events[0].0, events[1].0, events[2].0],
+                    "depth": 5, "origin_server_ts": now(), "origin": REMOTE}),
+            )
+        };
+        let (good_id, good) = history(&view.peer.key, "before alice");
+        let impostor = ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap();
+        let (_, forged) = history(&impostor, "forged");
+        view.peer.events.lock().unwrap().extend([("forged".to_owned(), forged), (good_id.clone(), good)]);
+        let reply = h.input(room_id.as_str(), InputRequest::Backfill(Backfill { room_id: room_id.clone(), limit: 10 }));
+        let InputOk::PdusProcessed { results } = reply.await.unwrap() else { panic!("not PDU results") };
+        assert_eq!(results.len(), 2, "{results:?}");
+        rejected(&results, 0, "signature");
+        accepted(&results, 1, &good_id);
+        let outputs = h.outputs_until(&room_id, &good_id).await;
+        let output = outputs.last().unwrap();
+        assert!(output.historical && output.state_delta.added.is_empty(), "{output:?}");
     })
     .await;
 }

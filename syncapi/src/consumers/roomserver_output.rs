@@ -24,7 +24,10 @@ impl Handler for OutputConsumer {
         match output {
             OutputRecord::NewRoomEvent(new) => match self.storage.apply(&new).await {
                 Ok(Some(applied)) => {
-                    self.notifier.publish(Stream::Events, applied.pos, &applied.users);
+                    // History goes before every token handed out: nothing to wake.
+                    if !new.historical {
+                        self.notifier.publish(Stream::Events, applied.pos, &applied.users);
+                    }
                     Ok(())
                 }
                 // Seen before: a redelivery changes nothing.

@@ -1,6 +1,12 @@
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::{Path, Request, State};
+use myelin_roomserver::api::{
+    Backfill, INPUT_TOPIC, InputOk, InputReply, InputRequest, MAX_SERVER_READ_EVENTS, PduOutcome, REQUEST_TIMEOUT,
+};
 use myelin_types::MatrixError;
+use myelin_types::ruma::OwnedRoomId;
 use serde_json::{Value, json};
 
 use super::{AppState, format_event, parse_token, query_params, readable_ranges, visible_events};
@@ -10,6 +16,8 @@ use crate::token::StreamToken;
 
 const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 1000;
+/// How long `/messages` waits for backfilled events to reach the read model.
+const BACKFILL_WAIT: Duration = Duration::from_secs(10);
 
 /// GET /_matrix/client/v3/rooms/{roomId}/messages
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3roomsroomidmessages>
@@ -44,15 +52,27 @@ pub async fn messages(
     let ranges = readable_ranges(&state, &identity, &room_id, current).await?;
     let (start, after, upto) = if backwards {
         let start = from.map_or(current, |t| t.0.min(current));
-        (start, to.map_or(0, |t| t.0), start)
+        (start, to.map_or(i64::MIN, |t| t.0), start)
     } else {
         let start = from.map_or(0, |t| t.0);
         (start, start, to.map_or(current, |t| t.0.min(current)))
     };
-    let (events, more) = visible_events(&state.storage, &room_id, &ranges, after, upto, backwards, limit, |row| {
-        filter::passes(event_filter.as_ref(), &room_id, &row.pdu)
-    })
-    .await?;
+    let page = || {
+        visible_events(&state.storage, &room_id, &ranges, after, upto, backwards, limit, |row| {
+            filter::passes(event_filter.as_ref(), &room_id, &row.pdu)
+        })
+    };
+    let (mut events, mut more) = page().await?;
+    // The start of what this server has: older history may be on the
+    // servers it joined the room through.
+    if backwards
+        && !more
+        && to.is_none()
+        && !state.storage.has_whole_history(&room_id).await?
+        && backfill(&state, &room_id, limit).await
+    {
+        (events, more) = page().await?;
+    }
     let mut body = json!({
         "chunk": events.iter().map(|e| format_event(e, Some(&room_id), &identity)).collect::<Vec<_>>(),
         "start": StreamToken(start).to_string(),
@@ -63,4 +83,45 @@ pub async fn messages(
         body["end"] = Value::String(StreamToken(end).to_string());
     }
     Ok(Json(body))
+}
+
+/// Ask the room server for the history before the earliest events it has
+/// of the room (it backfills from other servers over federation), then
+/// wait until the events it accepted are stored here: they arrive through
+/// `roomserver.output`, after the reply. `true` when new history arrived.
+async fn backfill(state: &AppState, room_id: &str, limit: usize) -> bool {
+    let Ok(room_id) = OwnedRoomId::try_from(room_id) else { return false };
+    let limit = u32::try_from(limit).unwrap_or(u32::MAX).min(MAX_SERVER_READ_EVENTS);
+    let request = InputRequest::Backfill(Backfill { room_id: room_id.clone(), limit });
+    let reply: Result<InputReply, _> =
+        state.bus.request_json(INPUT_TOPIC, room_id.as_str(), &request, REQUEST_TIMEOUT).await;
+    let accepted: Vec<String> = match reply {
+        Ok(Ok(InputOk::PdusProcessed { results })) => results
+            .into_iter()
+            .filter(|result| result.outcome == PduOutcome::Accepted)
+            .filter_map(|result| result.event_id.map(|id| id.to_string()))
+            .collect(),
+        Ok(other) => {
+            tracing::debug!(?other, %room_id, "no history backfilled");
+            return false;
+        }
+        Err(error) => {
+            tracing::warn!(%error, %room_id, "the room server did not answer a backfill request");
+            return false;
+        }
+    };
+    let deadline = tokio::time::Instant::now() + BACKFILL_WAIT;
+    for event_id in &accepted {
+        loop {
+            match state.storage.event(room_id.as_str(), event_id).await {
+                Ok(Some(_)) => break,
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                // Late or failing: answer with what is here; the next page asks again.
+                _ => return true,
+            }
+        }
+    }
+    !accepted.is_empty()
 }

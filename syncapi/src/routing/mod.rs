@@ -15,6 +15,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
+use myelin_bus::Bus;
 use myelin_clientapi::api::{Identity, TokenResolver};
 use myelin_types::MatrixError;
 use myelin_types::clock::SharedClock;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub auth: Arc<TokenResolver>,
     pub typing: Arc<Typing>,
     pub clock: SharedClock,
+    /// To ask the room server for older history (`/messages`).
+    pub bus: Bus,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -111,7 +114,13 @@ async fn readable_ranges(
     if changes.is_empty() && view.current_visibility() != HistoryVisibility::WorldReadable {
         return Err(MatrixError::forbidden("You are not and have not been a member of this room").into());
     }
-    Ok(view.visible_ranges())
+    // Backfilled history lies before position 1 (see `Storage::apply`): a
+    // range open from the room's start takes it in.
+    Ok(view
+        .visible_ranges()
+        .into_iter()
+        .map(|(after, upto)| if after == 0 { (i64::MIN, upto) } else { (after, upto) })
+        .collect())
 }
 
 /// Whether stream position `pos` lies in one of `ranges` (each `(after, upto]`).

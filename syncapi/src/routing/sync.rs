@@ -367,7 +367,7 @@ async fn room_body(
 /// An invited room: stripped state that helps the invitee decide, and the invite.
 async fn invite_body(state: &AppState, user_id: &str, room_id: &str, current: i64) -> Result<Value, SyncApiError> {
     let room_state = state.storage.state_at(room_id, current).await?;
-    let events: Vec<Value> = room_state
+    let mut events: Vec<Value> = room_state
         .iter()
         .filter(|row| {
             let event_type = row.pdu.get("type").and_then(Value::as_str).unwrap_or_default();
@@ -384,5 +384,21 @@ async fn invite_body(state: &AppState, user_id: &str, room_id: &str, current: i6
             Value::Object(stripped)
         })
         .collect();
+    // An invite from another server's room carries that server's stripped
+    // state (this server has none of the room's own).
+    let shared = room_state
+        .iter()
+        .filter(|row| {
+            row.pdu.get("type").and_then(Value::as_str) == Some("m.room.member")
+                && row.pdu.get("state_key").and_then(Value::as_str) == Some(user_id)
+        })
+        .filter_map(|row| row.pdu.pointer("/unsigned/invite_room_state").and_then(Value::as_array))
+        .flatten();
+    let key = |event: &Value| (event.get("type").cloned(), event.get("state_key").cloned());
+    for event in shared {
+        if !events.iter().any(|known| key(known) == key(event)) {
+            events.push(event.clone());
+        }
+    }
     Ok(json!({ "invite_state": { "events": events } }))
 }

@@ -151,6 +151,9 @@ impl Storage {
     /// Store one accepted event with its state change. `Ok(None)`: the event
     /// was stored before (a redelivery), nothing changed.
     pub async fn apply(&self, record: &NewRoomEvent) -> Result<Option<Applied>, ApplyError> {
+        if record.historical {
+            return self.apply_historical(record).await;
+        }
         let main = &record.event;
         let room_id = main.room_id.as_str();
         let main_fields = fields(&main.pdu)?;
@@ -339,6 +342,59 @@ impl Storage {
     }
 
     /// Every membership change of `user_id` up to `upto`, oldest first.
+    /// A backfilled event: placed before everything stored (history
+    /// counts down from position -1), with no effect on state, memberships
+    /// or relations, and nobody to wake: it is for `/messages` only.
+    async fn apply_historical(&self, record: &NewRoomEvent) -> Result<Option<Applied>, ApplyError> {
+        let main = &record.event;
+        let f = fields(&main.pdu)?;
+        let _guard = self.write_lock.lock().await;
+        with_db!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            let known: Option<i64> = sqlx::query_scalar("SELECT stream_pos FROM syncapi_events WHERE event_id = $1")
+                .bind(main.event_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if known.is_some() {
+                return Ok(None);
+            }
+            let lowest: Option<i64> =
+                sqlx::query_scalar("SELECT MIN(stream_pos) FROM syncapi_events").fetch_one(&mut *tx).await?;
+            let pos = lowest.unwrap_or(0).min(0) - 1;
+            sqlx::query(
+                "INSERT INTO syncapi_events (stream_pos, event_id, room_id, sender, event_type, state_key, pdu, \
+                 timeline) VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
+            )
+            .bind(pos)
+            .bind(main.event_id.as_str())
+            .bind(main.room_id.as_str())
+            .bind(&f.sender)
+            .bind(&f.event_type)
+            .bind(f.state_key.as_deref())
+            .bind(main.pdu.to_string())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Some(Applied { pos, users: BTreeSet::new() }))
+        })
+    }
+
+    /// Whether the room's earliest timeline event here is its create event:
+    /// then it has all the room's history (a room joined over federation
+    /// starts at the join).
+    pub async fn has_whole_history(&self, room_id: &str) -> Result<bool, SyncApiError> {
+        let first: Option<String> = with_db!(&self.db, pool => {
+            sqlx::query_scalar(
+                "SELECT event_type FROM syncapi_events WHERE room_id = $1 AND timeline = 1 \
+                 ORDER BY stream_pos LIMIT 1",
+            )
+            .bind(room_id)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(first.as_deref() == Some("m.room.create"))
+    }
+
     pub async fn membership_changes(
         &self,
         user_id: &str,

@@ -10,20 +10,25 @@
 use std::collections::HashSet;
 
 use ruma::room_version_rules::RoomVersionRules;
-use ruma::{OwnedEventId, OwnedServerName, RoomId, RoomVersionId};
+use ruma::{OwnedEventId, OwnedServerName, RoomId, RoomVersionId, UserId};
 use serde_json::Value;
 
 use super::{InputConsumer, Outcome};
 use crate::api::{
-    FederationQuery, InputOk, InputPdus, InputReply, JoinedRemoteRoom, NewRoomEvent, PduKind, PduOutcome, PduResult,
+    Backfill, FederationQuery, InputOk, InputPdus, InputReply, JoinedRemoteRoom, MAX_SERVER_READ_EVENTS, NewRoomEvent,
+    PduKind, PduOutcome, PduResult,
 };
 use crate::error::RequestError;
+use crate::events::pdu::Pdu;
 use crate::events::receive::{KeyRing, Received, fetch_pdus, parse};
 use crate::events::remote::{IdState, RemoteRoom, auth_order};
-use crate::storage::Tx;
+use crate::storage::{EventStatus, Tx};
 
 /// Most events asked for at once when filling gaps before a batch.
 const MISSING_EVENTS_LIMIT: u32 = 20;
+/// Earliest events looked at for backward extremities, and most
+/// extremities backfilled from at once.
+const BACKFILL_FROM_LIMIT: i64 = 20;
 
 /// One PDU after the state-free checks.
 type Checked = Result<Received, (Option<OwnedEventId>, String)>;
@@ -31,7 +36,7 @@ type Checked = Result<Received, (Option<OwnedEventId>, String)>;
 impl InputConsumer {
     /// The state-free checks for a list of PDUs, asking for the keys their
     /// signatures need (once per server per request).
-    async fn check_all(
+    pub(super) async fn check_all(
         &self,
         keys: &mut KeyRing,
         room_id: &RoomId,
@@ -183,7 +188,57 @@ impl InputConsumer {
             results[i] = Some(result);
         }
         let results = results.into_iter().map(|result| result.expect("every PDU has a result")).collect();
+        if input.kind == PduKind::Backfill {
+            // Readers place each historical event before everything they
+            // have, so the newest must come first (see `InputRequest::Backfill`).
+            outputs.reverse();
+        }
         self.commit_with(tx, correlation_id, InputOk::PdusProcessed { results }, outputs).await
+    }
+
+    /// `Backfill`: the history before the earliest events this server has
+    /// of the room, asked of the other servers joined to it, through the
+    /// pipeline as old events (never current state, never pushed).
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#backfilling-and-retrieving-missing-events>
+    pub(super) async fn backfill(&self, correlation_id: &str, request: Backfill) -> Result<Outcome, RequestError> {
+        let room_id = request.room_id;
+        let mut tx = Tx::read(&self.db).await?;
+        if tx.room(room_id.as_str()).await?.is_none() {
+            return Err(RequestError::NotFound(format!("unknown room {room_id}")));
+        }
+        // Backward extremities: prev events of the earliest events that
+        // are not in this server's timeline.
+        let mut from: Vec<OwnedEventId> = Vec::new();
+        for (event_id, json) in tx.earliest_events(room_id.as_str(), BACKFILL_FROM_LIMIT).await? {
+            let event_id = OwnedEventId::try_from(event_id).map_err(|e| RequestError::Internal(e.to_string()))?;
+            for prev in Pdu::parse(event_id, &json)?.prev_events {
+                let in_timeline =
+                    tx.known_event(prev.as_str()).await?.is_some_and(|e| e.status != EventStatus::Outlier);
+                if !in_timeline && tx.rejected_event(prev.as_str()).await?.is_none() && !from.contains(&prev) {
+                    from.push(prev);
+                }
+            }
+        }
+        let mut servers: Vec<OwnedServerName> = Vec::new();
+        for user in tx.joined_users(room_id.as_str()).await? {
+            if let Ok(user) = UserId::parse(&user)
+                && user.server_name() != self.signer.server_name
+                && !servers.iter().any(|s| s == user.server_name())
+            {
+                servers.push(user.server_name().to_owned());
+            }
+        }
+        tx.commit().await?;
+        let Some(origin) = servers.first().cloned().filter(|_| !from.is_empty()) else {
+            // Nothing older to ask for, and nothing changed: no need to remember the request.
+            return Ok(Outcome { reply: InputOk::PdusProcessed { results: Vec::new() }, outputs: Vec::new() });
+        };
+        from.truncate(BACKFILL_FROM_LIMIT as usize);
+        let limit = request.limit.min(MAX_SERVER_READ_EVENTS);
+        let query = FederationQuery::Backfill { room_id: room_id.clone(), servers, from, limit };
+        let pdus = fetch_pdus(&self.bus, origin.as_str(), &query).await.unwrap_or_default();
+        self.input_pdus(correlation_id, InputPdus { origin, room_id, kind: PduKind::Backfill, pdus }).await
     }
 
     /// `JoinedRemoteRoom`: validate the `send_join` state and auth chain
@@ -256,7 +311,7 @@ impl InputConsumer {
     }
 
     /// Store the reply (and the records to replay) and commit.
-    async fn commit_with(
+    pub(super) async fn commit_with(
         &self,
         mut tx: Tx,
         correlation_id: &str,
