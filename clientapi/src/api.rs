@@ -51,6 +51,9 @@ pub struct Identity {
     /// guests (<https://spec.matrix.org/v1.16/client-server-api/#guest-access>).
     #[serde(default)]
     pub is_guest: bool,
+    /// A server admin (registered as one through the shared-secret API).
+    #[serde(default)]
+    pub is_admin: bool,
 }
 
 /// Which room a local alias names, for the federation API's

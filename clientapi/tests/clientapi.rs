@@ -546,7 +546,8 @@ async fn whoami_bus_query_and_device_records() {
             Some(Identity {
                 user_id: alice.user_id.as_str().try_into().unwrap(),
                 device_id: alice.device_id.clone(),
-                is_guest: false
+                is_guest: false,
+                is_admin: false,
             })
         );
         assert_eq!(s.bus_whoami("unknown").await, None);
@@ -585,6 +586,14 @@ async fn whoami_bus_query_and_device_records() {
                 },
             ]
         );
+
+        // An admin registered as one is known as one.
+        let nonce = s.get("/_synapse/admin/v1/register", None).await.ok().body["nonce"].as_str().unwrap().to_owned();
+        let body = json!({"nonce": nonce, "username": "root", "password": "toor", "admin": true,
+                          "mac": mac(SECRET, &nonce, "root", "toor", true)});
+        let root = s.post("/_synapse/admin/v1/register", None, body).await.ok();
+        let root = Account::from_reply(&root.body);
+        assert!(s.bus_whoami(&root.token).await.unwrap().is_admin);
     })
     .await;
 }

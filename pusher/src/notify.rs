@@ -187,6 +187,9 @@ impl Notifier<'_> {
         let thread_id = thread_of(&content);
         let no_changes = Vec::new();
         let mut pushers_of: HashMap<String, Vec<crate::storage::PusherRow>> = HashMap::new();
+        // An admin's limit for this room only ever lowers the server's level.
+        let room_limit = self.storage.room_content(room_id).await?;
+        let server_level = room_limit.map_or(self.content, |limit| limit.min(self.content));
 
         for user in candidates {
             let changes = log.get(user).unwrap_or(&no_changes);
@@ -239,7 +242,7 @@ impl Notifier<'_> {
             let high = highlight || tweaks.contains_key("sound");
             for pusher in pushers.iter().filter(|p| p.kind == "http") {
                 let Some(url) = text(&pusher.data, "url") else { continue };
-                let level = gating::effective(self.content, &pusher.data, encrypted);
+                let level = gating::effective(server_level, &pusher.data, encrypted);
                 let device = gating::device(&pusher.app_id, &pusher.pushkey, &pusher.data, &tweaks);
                 write.deliveries.push(NewDelivery {
                     user_id: user.to_owned(),

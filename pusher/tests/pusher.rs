@@ -169,13 +169,19 @@ impl Server {
 
     /// Register `localpart` through the shared-secret endpoint; its access token.
     async fn register(&self, localpart: &str) -> String {
+        self.register_as(localpart, false).await
+    }
+
+    /// Register through the shared-secret API, as a server admin if `admin`.
+    async fn register_as(&self, localpart: &str, admin: bool) -> String {
         let url = format!("{}/_synapse/admin/v1/register", self.base);
         let nonce: Value = self.http.get(&url).send().await.unwrap().json().await.unwrap();
         let nonce = nonce["nonce"].as_str().unwrap().to_owned();
         let mut mac = Hmac::<Sha1>::new_from_slice(SHARED_SECRET.as_bytes()).unwrap();
-        mac.update(format!("{nonce}\0{localpart}\0{PASSWORD}\0notadmin").as_bytes());
+        let kind = if admin { "admin" } else { "notadmin" };
+        mac.update(format!("{nonce}\0{localpart}\0{PASSWORD}\0{kind}").as_bytes());
         let mac = hex::encode(mac.finalize().into_bytes());
-        let body = json!({"nonce": nonce, "username": localpart, "password": PASSWORD, "admin": false, "mac": mac});
+        let body = json!({"nonce": nonce, "username": localpart, "password": PASSWORD, "admin": admin, "mac": mac});
         let response = self.http.post(&url).json(&body).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200, "[{}] registering {localpart}", self.name);
         let reply: Value = response.json().await.unwrap();
@@ -624,6 +630,43 @@ async fn pusher_requests_are_checked() {
         assert_eq!(s.pushers(&alice).await.len(), 1, "[{}]", s.name);
         s.fails(Method::GET, "/pushers", None, "", 401, "M_MISSING_TOKEN").await;
         s.fails(Method::POST, "/pushers/set", None, &set(&|_| {}), 401, "M_MISSING_TOKEN").await;
+    }
+}
+
+/// An admin lowers what gateways learn of one room's events (to a bare
+/// wake-up here) and lifts the limit again; nobody else may.
+#[tokio::test]
+async fn an_admin_limits_what_gateways_learn_of_one_room() {
+    for s in servers().await {
+        let at = s.name;
+        let root = s.register_as("root", true).await;
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        s.gateway_pusher(&bob, "bob", None).await;
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.join(&bob, &room).await;
+        let path = format!("{}/_myelin/admin/v1/rooms/{room}/push_content", s.base);
+        let admin = |method: Method, token: &str, body: Value| {
+            let request = s.http.request(method, &path).bearer_auth(token).json(&body);
+            async move {
+                let response = request.send().await.unwrap();
+                (response.status().as_u16(), response.json::<Value>().await.unwrap())
+            }
+        };
+        let (status, reply) = admin(Method::PUT, &alice, json!({"push_content": "none"})).await;
+        assert_eq!((status, reply["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "[{at}] not an admin");
+        let (status, reply) = admin(Method::PUT, &root, json!({"push_content": "everything"})).await;
+        assert_eq!((status, reply["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "[{at}] {reply}");
+        assert_eq!(admin(Method::PUT, &root, json!({"push_content": "none"})).await.0, 200, "[{at}]");
+        assert_eq!(admin(Method::GET, &root, Value::Null).await.1, json!({"push_content": "none"}), "[{at}]");
+
+        s.send(&alice, &room, text("quiet")).await;
+        let body = s.gateway.nth("bob", 0).await;
+        assert_eq!(keys(&body["notification"]), ["counts", "devices", "prio"], "[{at}] {body}");
+        assert_eq!(admin(Method::PUT, &root, json!({"push_content": null})).await.0, 200, "[{at}]");
+        s.send(&alice, &room, text("loud")).await;
+        let body = s.gateway.nth("bob", 1).await;
+        assert_eq!(body["notification"]["content"], text("loud"), "[{at}] the server's level again");
     }
 }
 

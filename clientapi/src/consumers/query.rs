@@ -26,6 +26,7 @@ impl Responder for QueryResponder {
                         user_id,
                         device_id: owner.device_id,
                         is_guest: owner.is_guest,
+                        is_admin: owner.is_admin,
                     })
                 })
             }

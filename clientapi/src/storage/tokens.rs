@@ -10,6 +10,7 @@ pub struct Owner {
     pub user_id: String,
     pub device_id: String,
     pub is_guest: bool,
+    pub is_admin: bool,
 }
 
 /// The owner of the token with this hash.
@@ -23,6 +24,6 @@ pub async fn lookup(db: &Db, token_hash: &str) -> Result<Option<Owner>, sqlx::Er
     let Some((user_id, device_id)) = row else { return Ok(None) };
     // Tokens are issued to local users only, whose account is keyed by localpart.
     let localpart = user_id.strip_prefix('@').and_then(|rest| rest.split_once(':')).map_or("", |(local, _)| local);
-    let is_guest = accounts::is_guest(db, localpart).await?;
-    Ok(Some(Owner { user_id, device_id, is_guest }))
+    let (is_guest, is_admin) = accounts::guest_and_admin(db, localpart).await?;
+    Ok(Some(Owner { user_id, device_id, is_guest, is_admin }))
 }

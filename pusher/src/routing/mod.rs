@@ -1,5 +1,7 @@
-//! HTTP handlers, mounted under both `/_matrix/client/v3` and the legacy `r0`.
+//! HTTP handlers, mounted under both `/_matrix/client/v3` and the legacy
+//! `r0`, and the admin's per-room push limit under `/_myelin/admin/v1`.
 
+mod admin;
 mod extract;
 mod notifications;
 mod push_rules;
@@ -40,5 +42,7 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{prefix}/pushers/set"), post(pushers::set_pusher))
             .route(&format!("{prefix}/notifications"), get(notifications::get_notifications));
     }
+    let room_content = "/_myelin/admin/v1/rooms/{roomId}/push_content";
+    router = router.route(room_content, get(admin::get_room_content).put(admin::put_room_content));
     router.with_state(state)
 }

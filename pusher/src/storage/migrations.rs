@@ -53,7 +53,11 @@ CREATE INDEX pusher_pushers_token ON pusher_pushers (token_hash);
 "#,
     },
     Migration { version: 2, sqlite: V2_SQLITE, postgres: V2_POSTGRES },
+    Migration { version: 3, sqlite: V3, postgres: V3 },
 ];
+
+/// Rooms whose pushes an admin limited below the server's `pusher.content`.
+const V3: &str = "CREATE TABLE pusher_room_content (room_id TEXT NOT NULL PRIMARY KEY, content TEXT NOT NULL);";
 
 /// The room read model (from `roomserver.output`), ignored users (from
 /// `clientapi.accountdata`), notifications and the delivery outbox.

@@ -1,12 +1,14 @@
 //! The pusher's own tables: each user's push ruleset (with a version for
 //! optimistic concurrency and whether it was ever published), pushers, the
-//! room read model, notifications and the delivery outbox.
+//! room read model, notifications, the delivery outbox, and the
+//! per-room limits an admin set on what gateways receive.
 
 mod migrations;
 mod notifications;
 mod outbox;
 mod push_rules;
 mod pushers;
+mod room_content;
 mod rooms;
 
 use myelin_storage::Db;
