@@ -59,6 +59,23 @@ pub struct Migration {
     pub postgres: &'static str,
 }
 
+/// Opens the pool, retrying while another process holds the lock that
+/// switching a new database to WAL takes: SQLite answers that at once with
+/// SQLITE_BUSY, without waiting out the busy timeout.
+async fn connect_sqlite(options: SqliteConnectOptions) -> Result<SqlitePool, sqlx::Error> {
+    const ATTEMPTS: u32 = 50;
+    let mut attempt = 1;
+    loop {
+        match SqlitePoolOptions::new().max_connections(4).connect_with(options.clone()).await {
+            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("5") && attempt < ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 impl Db {
     /// Connect to `sqlite://PATH` (created if missing) or `postgres://…`.
     pub async fn connect(url: &str) -> Result<Self, StorageError> {
@@ -69,8 +86,7 @@ impl Db {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-            Ok(Self::Sqlite(pool))
+            Ok(Self::Sqlite(connect_sqlite(options).await?))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool =
                 PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(30)).connect(url).await?;
