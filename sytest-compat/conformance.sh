@@ -4,7 +4,8 @@
 # the last schemathesis run (target/schemathesis/summary.txt) when there is one.
 #
 #   SYTEST_DIR=/path/to/sytest sytest-compat/conformance.sh           run SyTest, then write
-#   sytest-compat/conformance.sh --from RESULTS_DIR                   write from an earlier run.sh run
+#   sytest-compat/conformance.sh --from RESULTS_DIR [--commit REV]    write from an earlier run.sh run
+#                                                                     (REV: what its binary was built from)
 #
 # Add --update-whitelist to also rewrite whitelist.txt with every test that
 # passed in that run.
@@ -16,11 +17,13 @@ repo="$(cd "$compat/.." && pwd)"
 schemathesis="$repo/target/schemathesis"
 
 from=""
+measured=""
 update_whitelist=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --from) from="$2"; shift ;;
         --update-whitelist) update_whitelist=1 ;;
+        --commit) measured="$2"; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -31,10 +34,15 @@ if [ -z "$from" ]; then
     "$compat/run.sh" --results "$from"
 fi
 
-# The commit measured: taken before this script rewrites the whitelist.
-commit="$(git -C "$repo" rev-parse --short HEAD)"
-if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no)" ]; then
-    commit="$commit (with uncommitted changes)"
+# The commit measured: taken before this script rewrites the whitelist,
+# unless --commit names the one an earlier run's binary was built from.
+if [ -n "$measured" ]; then
+    commit="$(git -C "$repo" rev-parse --short "$measured")"
+else
+    commit="$(git -C "$repo" rev-parse --short HEAD)"
+    if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no)" ]; then
+        commit="$commit (with uncommitted changes)"
+    fi
 fi
 
 if [ "$update_whitelist" = 1 ]; then
