@@ -120,7 +120,6 @@ pub async fn is_deactivated(db: &Db, localpart: &str) -> Result<bool, sqlx::Erro
     Ok(found.unwrap_or(false))
 }
 
-/// Whether the account is a guest's (`false` for no such account).
 /// Whether the account is a guest's and whether it is a server admin's
 /// (both false for an unknown account).
 pub async fn guest_and_admin(db: &Db, localpart: &str) -> Result<(bool, bool), sqlx::Error> {
@@ -133,14 +132,9 @@ pub async fn guest_and_admin(db: &Db, localpart: &str) -> Result<(bool, bool), s
     Ok(found.unwrap_or((false, false)))
 }
 
+/// Whether the account is a guest's (`false` for no such account).
 pub async fn is_guest(db: &Db, localpart: &str) -> Result<bool, sqlx::Error> {
-    let found: Option<bool> = with_db!(db, pool => {
-        sqlx::query_scalar("SELECT is_guest FROM clientapi_accounts WHERE localpart = $1")
-            .bind(localpart)
-            .fetch_optional(pool)
-            .await?
-    });
-    Ok(found.unwrap_or(false))
+    Ok(guest_and_admin(db, localpart).await?.0)
 }
 
 /// Turn a guest account into a full one with this password; `false` when
