@@ -110,9 +110,20 @@ impl Delivery {
         let mut attempts = JoinSet::new();
         let due = self.storage.due_deliveries(now, MAX_IN_FLIGHT).await?;
         let more = due.len() as i64 == MAX_IN_FLIGHT;
+        // A failed claim stops claiming but must not abandon the attempts
+        // already under way: dropping the set would abort them and leave
+        // their rows claimed for a whole lease.
+        let mut claim_failed = None;
         for row in due {
-            if self.storage.claim_delivery(&row, now.saturating_add(self.lease_ms)).await? {
-                attempts.spawn(self.clone().attempt(row));
+            match self.storage.claim_delivery(&row, now.saturating_add(self.lease_ms)).await {
+                Ok(true) => {
+                    attempts.spawn(self.clone().attempt(row));
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    claim_failed = Some(error);
+                    break;
+                }
             }
         }
         while let Some(done) = attempts.join_next().await {
@@ -121,6 +132,9 @@ impl Delivery {
                 Err(error) => tracing::error!(%error, "push delivery task failed"),
                 Ok(Ok(())) => {}
             }
+        }
+        if let Some(error) = claim_failed {
+            return Err(error);
         }
         // A full round may have left due rows behind: go again at once.
         if more {
