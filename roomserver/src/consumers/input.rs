@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::api::{CreateRoom, InputOk, InputReply, InputRequest, NewRoomEvent, SendEvent, StoredEvent};
 use crate::error::RequestError;
-use crate::events::{LocalEvent, Room, Signer, create_room};
+use crate::events::{Accepted, LocalEvent, Room, Signer, create_room};
 use crate::producers::output::{OutputProducer, new_room_event};
 use crate::storage::Tx;
 
@@ -238,19 +238,32 @@ impl InputConsumer {
                 now,
             )
             .await?;
-        let event_id = accepted.event.event_id.clone();
-        if let Some(txn) = &request.txn {
-            tx.insert_txn(request.sender.as_str(), txn, event_id.as_str()).await?;
-        }
-        let reply = InputOk::EventSent { event_id: event_id.clone() };
-        tx.insert_request(
-            correlation_id,
-            &serde_json::to_string(&InputReply::Ok(reply.clone()))?,
-            &serde_json::to_string(&[&event_id])?,
-        )
-        .await?;
-        tx.commit().await?;
-        let output = new_room_event(accepted.event, accepted.is_state, room.version.to_string(), request.txn);
-        Ok(Outcome { reply, outputs: vec![output] })
+        commit_sent(tx, correlation_id, request, accepted, room.version.to_string()).await
     }
+}
+
+/// Record a local event that entered its room: the client's transaction id
+/// and the request's reply (the event id), then commit. The event is the
+/// output.
+async fn commit_sent(
+    mut tx: Tx,
+    correlation_id: &str,
+    request: SendEvent,
+    accepted: Accepted,
+    room_version: String,
+) -> Result<Outcome, RequestError> {
+    let event_id = accepted.event.event_id.clone();
+    if let Some(txn) = &request.txn {
+        tx.insert_txn(request.sender.as_str(), txn, event_id.as_str()).await?;
+    }
+    let reply = InputOk::EventSent { event_id: event_id.clone() };
+    tx.insert_request(
+        correlation_id,
+        &serde_json::to_string(&InputReply::Ok(reply.clone()))?,
+        &serde_json::to_string(&[&event_id])?,
+    )
+    .await?;
+    tx.commit().await?;
+    let output = new_room_event(accepted.event, accepted.is_state, room_version, request.txn);
+    Ok(Outcome { reply, outputs: vec![output] })
 }

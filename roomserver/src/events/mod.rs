@@ -14,7 +14,7 @@ use myelin_types::signing::ServerSigningKey;
 use ruma::OwnedServerName;
 
 pub use build::Built;
-pub use room::{LocalEvent, Room};
+pub use room::{Accepted, LocalEvent, Room};
 
 /// Who signs the events this server builds.
 pub struct Signer {

@@ -15,14 +15,13 @@ use serde_json::{Value, json};
 
 use super::{InputConsumer, Outcome};
 use crate::api::{
-    FEDERATION_QUERY_TOPIC, FederationQuery, FederationQueryOk, FederationQueryReply, InputOk, InputReply,
-    NewRoomEvent, PERFORM_TIMEOUT, ReceivedInvite, SendEvent, StateDelta, StoredEvent,
+    FEDERATION_QUERY_TOPIC, FederationQuery, FederationQueryOk, FederationQueryReply, InputOk, NewRoomEvent,
+    PERFORM_TIMEOUT, ReceivedInvite, SendEvent, StateDelta, StoredEvent,
 };
 use crate::error::RequestError;
 use crate::events::pdu::Pdu;
 use crate::events::receive::KeyRing;
 use crate::events::{Built, LocalEvent, Room};
-use crate::producers::output::new_room_event;
 use crate::storage::{EventStatus, NewEvent, Tx};
 
 impl InputConsumer {
@@ -207,20 +206,7 @@ impl InputConsumer {
         let mut tx = Tx::write(&self.db).await?;
         let mut room = Room::load(&mut tx, &request.room_id).await?.ok_or_else(unknown)?;
         let accepted = room.append_prepared(&mut tx, built, depth).await?;
-        let event_id = accepted.event.event_id.clone();
-        if let Some(txn) = &request.txn {
-            tx.insert_txn(request.sender.as_str(), txn, event_id.as_str()).await?;
-        }
-        let reply = InputOk::EventSent { event_id: event_id.clone() };
-        tx.insert_request(
-            correlation_id,
-            &serde_json::to_string(&InputReply::Ok(reply.clone()))?,
-            &serde_json::to_string(&[&event_id])?,
-        )
-        .await?;
-        tx.commit().await?;
-        let output = new_room_event(accepted.event, accepted.is_state, room.version.to_string(), request.txn);
-        Ok(Outcome { reply, outputs: vec![output] })
+        super::commit_sent(tx, correlation_id, request, accepted, room.version.to_string()).await
     }
 }
 
