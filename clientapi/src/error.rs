@@ -32,8 +32,8 @@ impl From<ClientApiError> for MatrixError {
     fn from(error: ClientApiError) -> Self {
         match error {
             ClientApiError::Matrix(error) => error,
-            ClientApiError::Bus(BusError::Timeout { topic, after }) => {
-                tracing::warn!(%topic, ?after, "bus request timed out");
+            ClientApiError::Bus(error) if error.is_busy() => {
+                tracing::warn!(%error, "bus request failed; the server is busy");
                 MatrixError::new(ErrorCode::Unknown, "The server is busy; try again later")
                     .with_status(StatusCode::SERVICE_UNAVAILABLE)
             }

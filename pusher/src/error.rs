@@ -56,8 +56,8 @@ impl From<PusherError> for MatrixError {
     fn from(error: PusherError) -> Self {
         match error {
             PusherError::Matrix(error) => error,
-            PusherError::Bus(BusError::Timeout { topic, after }) => {
-                tracing::warn!(%topic, ?after, "bus request timed out");
+            PusherError::Bus(error) if error.is_busy() => {
+                tracing::warn!(%error, "bus request failed; the server is busy");
                 MatrixError::new(ErrorCode::Unknown, "The server is busy; try again later")
                     .with_status(StatusCode::SERVICE_UNAVAILABLE)
             }

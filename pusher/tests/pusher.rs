@@ -123,10 +123,7 @@ async fn serve(router: axum::Router) -> String {
 impl Server {
     async fn start(test_db: TestDb, content: PushContent, allow_private_gateways: bool) -> Self {
         // Delivery warnings in the output of a failing test.
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("myelin_pusher=debug,warn"))
-            .try_init();
+        myelin_testkit::capture_logs("myelin_pusher=debug,info");
         let db = Db::connect(&test_db.url).await.unwrap();
         let backend = EmbeddedBackend::open(db.clone(), 8).await.unwrap();
         let bus = Bus::new(Arc::new(backend), Arc::new(SystemClock));

@@ -68,6 +68,8 @@ impl Harness {
     }
 
     async fn boot(test_db: TestDb, dir: TempDir, key: ServerSigningKey, clock: SharedClock) -> Self {
+        // Retries and poison records in the output of a failing test.
+        myelin_testkit::capture_logs("info");
         let mut config = Config::in_dir(dir.path().to_owned());
         config.global.server_name = SERVER.to_owned();
         let db = Db::connect(&test_db.url).await.unwrap();

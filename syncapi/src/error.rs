@@ -1,8 +1,9 @@
 //! The sync API's errors and their single conversion into [`MatrixError`],
 //! the only type that becomes an HTTP error body.
 
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use myelin_types::MatrixError;
+use myelin_types::{ErrorCode, MatrixError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncApiError {
@@ -32,6 +33,11 @@ impl From<SyncApiError> for MatrixError {
     fn from(error: SyncApiError) -> Self {
         match error {
             SyncApiError::Matrix(error) => error,
+            SyncApiError::Bus(error) if error.is_busy() => {
+                tracing::warn!(%error, "bus request failed; the server is busy");
+                MatrixError::new(ErrorCode::Unknown, "The server is busy; try again later")
+                    .with_status(StatusCode::SERVICE_UNAVAILABLE)
+            }
             other => {
                 tracing::error!(error = %other, "sync API request failed");
                 MatrixError::internal()

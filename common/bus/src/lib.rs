@@ -42,6 +42,8 @@ pub enum BusError {
     Timeout { topic: String, after: Duration },
     #[error("responder on {topic} failed: {reason}")]
     Remote { topic: String, reason: String },
+    #[error("responder on {topic} is unavailable: {reason}")]
+    Unavailable { topic: String, reason: String },
     #[error("payload encoding: {0}")]
     Codec(#[from] serde_json::Error),
     #[error("bus is shut down")]
@@ -52,6 +54,14 @@ pub enum BusError {
     #[cfg(feature = "kafka")]
     #[error("kafka: creating topic {topic}: {code}")]
     CreateTopic { topic: String, code: rdkafka::types::RDKafkaErrorCode },
+}
+
+impl BusError {
+    /// The responder did not answer in time or kept failing on something
+    /// that may pass: worth a 503 and a later retry, not a 500.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::Unavailable { .. })
+    }
 }
 
 /// Signals every consumer loop to stop after its current record.

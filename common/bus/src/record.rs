@@ -19,6 +19,10 @@ pub struct Headers {
     /// On a reply: the responder failed with this reason instead of answering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// On a reply with `error`: the responder kept failing on something
+    /// that may pass later (a busy database), so the caller may try again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unavailable: bool,
 }
 
 impl Headers {

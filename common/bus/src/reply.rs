@@ -87,7 +87,7 @@ pub(crate) async fn request(
         correlation_id: Some(correlation_id.clone()),
         reply_to: Some(router.topic.clone()),
         deadline_ms: Some(bus.clock.now_ms() + timeout.as_millis() as u64),
-        error: None,
+        ..Headers::default()
     };
     if let Err(error) = bus.produce_with(topic, key, headers, payload).await {
         router.pending.lock().expect("pending lock").remove(&correlation_id);
@@ -95,6 +95,7 @@ pub(crate) async fn request(
     }
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(reply)) => match reply.headers.error {
+            Some(reason) if reply.headers.unavailable => Err(BusError::Unavailable { topic: topic.to_owned(), reason }),
             Some(reason) => Err(BusError::Remote { topic: topic.to_owned(), reason }),
             None => Ok(reply.payload),
         },

@@ -34,6 +34,10 @@ impl std::fmt::Display for HandleError {
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, record: &Record) -> Result<(), HandleError>;
+
+    /// Called once when transient failures used up every attempt, before
+    /// the record is skipped as poison.
+    async fn gave_up(&self, _record: &Record, _reason: &str) {}
 }
 
 /// Answers a request record with reply bytes.
@@ -144,7 +148,9 @@ async fn handle_one(bus: &Bus, group: &str, handler: &dyn Handler, record: &Reco
             }
         }
     }
-    poison(bus, group, record, &format!("gave up after {} attempts: {last_error}", policy.attempts)).await
+    let reason = format!("gave up after {} attempts: {last_error}", policy.attempts);
+    handler.gave_up(record, &reason).await;
+    poison(bus, group, record, &reason).await
 }
 
 async fn poison(bus: &Bus, group: &str, record: &Record, reason: &str) -> Result<(), BusError> {
@@ -182,5 +188,23 @@ impl Handler for Server {
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         outcome
+    }
+
+    /// The caller learns at once that the request failed, instead of
+    /// waiting out its deadline for a reply that will never come.
+    async fn gave_up(&self, request: &Record, reason: &str) {
+        let (Some(reply_to), Some(correlation_id)) = (&request.headers.reply_to, &request.headers.correlation_id)
+        else {
+            return;
+        };
+        let headers = Headers {
+            correlation_id: Some(correlation_id.clone()),
+            error: Some(reason.to_owned()),
+            unavailable: true,
+            ..Headers::default()
+        };
+        if let Err(error) = self.bus.produce_with(reply_to, correlation_id, headers, Vec::new()).await {
+            tracing::warn!(topic = %request.topic, %error, "could not tell the caller its request failed");
+        }
     }
 }

@@ -338,6 +338,9 @@ impl Responder for Echo {
         if request.payload == b"refuse" {
             return Err(HandleError::Poison("refused".into()));
         }
+        if request.payload == b"busy" {
+            return Err(HandleError::Transient("always busy".into()));
+        }
         Ok([b"echo:".as_slice(), &request.payload].concat())
     }
 }
@@ -362,6 +365,15 @@ async fn requests_get_their_own_replies_and_failures_surface() {
 
         let refused = bus.request(&topic, "k", b"refuse".to_vec(), WAIT).await;
         assert!(matches!(refused, Err(BusError::Remote { .. })), "{}: {refused:?}", subject.name());
+
+        // A responder that keeps failing transiently answers "unavailable"
+        // once its attempts are used up, long before the caller's deadline.
+        let busy = bus.request(&topic, "k", b"busy".to_vec(), WAIT).await;
+        assert!(
+            matches!(&busy, Err(error @ BusError::Unavailable { .. }) if error.is_busy()),
+            "{}: {busy:?}",
+            subject.name()
+        );
 
         let unanswered =
             bus.request(&subject.scoped("nobody.listens"), "k", b"x".to_vec(), Duration::from_millis(200)).await;

@@ -6,12 +6,17 @@
 //! through [`with_db!`], which type-checks the body against each driver.
 //! DDL differs per backend, so each [`Migration`] carries both texts.
 
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Postgres, Sqlite, Transaction};
+use tokio::sync::OwnedMutexGuard;
 
 pub use sqlx;
 
@@ -51,6 +56,13 @@ macro_rules! with_db {
     };
 }
 
+/// Readers of a WAL database do not block each other or the writer; every
+/// component of the process shares the pool.
+const SQLITE_CONNECTIONS: u32 = 8;
+
+/// How long an SQLite statement waits for another process's write lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One schema step of a component, in both dialects.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
@@ -66,7 +78,7 @@ async fn connect_sqlite(options: SqliteConnectOptions) -> Result<SqlitePool, sql
     const ATTEMPTS: u32 = 50;
     let mut attempt = 1;
     loop {
-        match SqlitePoolOptions::new().max_connections(4).connect_with(options.clone()).await {
+        match SqlitePoolOptions::new().max_connections(SQLITE_CONNECTIONS).connect_with(options.clone()).await {
             Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("5") && attempt < ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
@@ -84,7 +96,7 @@ impl Db {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(30))
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true);
             Ok(Self::Sqlite(connect_sqlite(options).await?))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -184,21 +196,79 @@ impl Db {
 /// writes can fail with SQLITE_BUSY instead of waiting.
 pub trait WritePool {
     type Database: sqlx::Database;
-    fn begin_write(
-        &self,
-    ) -> impl std::future::Future<Output = Result<Transaction<'static, Self::Database>, sqlx::Error>> + Send;
+    fn begin_write(&self) -> impl std::future::Future<Output = Result<DbTx<Self::Database>, sqlx::Error>> + Send;
 }
 
 impl WritePool for SqlitePool {
     type Database = Sqlite;
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.begin_with("BEGIN IMMEDIATE").await
+    async fn begin_write(&self) -> Result<DbTx<Sqlite>, sqlx::Error> {
+        let turn = write_turn(self.connect_options().get_filename()).await?;
+        let tx = self.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(DbTx { tx, _turn: Some(turn) })
     }
 }
 
 impl WritePool for PgPool {
     type Database = Postgres;
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        self.begin().await
+    async fn begin_write(&self) -> Result<DbTx<Postgres>, sqlx::Error> {
+        Ok(self.begin().await?.into())
     }
+}
+
+/// A transaction; one that writes to SQLite also holds this process's turn
+/// to write to that file until it ends.
+///
+/// SQLite lets one writer in at a time and a waiting writer only polls the
+/// lock (its busy handler sleeps up to 100 ms between tries), so on a busy
+/// machine a writer could lose every race until its busy timeout and fail.
+/// Writers of one process instead queue for their turn in order, and one
+/// that waits holds no pooled connection that readers could use.
+pub struct DbTx<DB: sqlx::Database> {
+    // Declared first, so it is dropped (rolled back) before the turn is passed on.
+    tx: Transaction<'static, DB>,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl<DB: sqlx::Database> DbTx<DB> {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+/// A transaction that does not write: no turn to hold.
+impl<DB: sqlx::Database> From<Transaction<'static, DB>> for DbTx<DB> {
+    fn from(tx: Transaction<'static, DB>) -> Self {
+        Self { tx, _turn: None }
+    }
+}
+
+impl<DB: sqlx::Database> Deref for DbTx<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl<DB: sqlx::Database> DerefMut for DbTx<DB> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+/// How long a writer waits for its turn: as long as SQLite itself would
+/// wait for the lock, so a writer stuck behind a leaked transaction fails
+/// the way it did before, instead of hanging.
+const WRITE_TURN_TIMEOUT: Duration = SQLITE_BUSY_TIMEOUT;
+
+/// The turn to write to one SQLite file, shared by every pool of this
+/// process that opens it.
+async fn write_turn(file: &Path) -> Result<OwnedMutexGuard<()>, sqlx::Error> {
+    static TURNS: LazyLock<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    let turn = TURNS.lock().expect("write turns lock").entry(file.to_owned()).or_default().clone();
+    tokio::time::timeout(WRITE_TURN_TIMEOUT, turn.lock_owned()).await.map_err(|_| sqlx::Error::PoolTimedOut)
 }

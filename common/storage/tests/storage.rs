@@ -87,3 +87,40 @@ async fn unsupported_urls_are_refused() {
     let err = Db::connect("mysql://localhost/x").await.unwrap_err();
     assert!(matches!(err, StorageError::UnsupportedUrl(_)));
 }
+
+/// SQLite writers of one process queue for their turn without holding
+/// pooled connections, so a read is served while many writers wait behind a
+/// long transaction, and every writer then commits with no update lost.
+#[tokio::test]
+async fn waiting_sqlite_writers_leave_connections_to_readers_and_all_commit() {
+    let test_db = TestDb::sqlite();
+    let db = Db::connect(&test_db.url).await.unwrap();
+    db.migrate("turns", MIGRATIONS).await.unwrap();
+    let Db::Sqlite(pool) = &db else { unreachable!("a SQLite URL opens a SQLite pool") };
+    sqlx::query("INSERT INTO kv (k, v, n) VALUES ('counter', x'', 0)").execute(pool).await.unwrap();
+
+    let mut holder = pool.begin_write().await.unwrap();
+    sqlx::query("UPDATE kv SET n = n + 1 WHERE k = 'counter'").execute(&mut *holder).await.unwrap();
+    let writers: Vec<_> = (0..32)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut tx = pool.begin_write().await?;
+                sqlx::query("UPDATE kv SET n = n + 1 WHERE k = 'counter'").execute(&mut *tx).await?;
+                tx.commit().await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let read = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM kv").fetch_one(pool);
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
+    assert_eq!(read.ok().map(Result::unwrap), Some(1), "a read is served while writers wait");
+
+    holder.commit().await.unwrap();
+    for writer in writers {
+        writer.await.unwrap().unwrap();
+    }
+    let n: i64 = sqlx::query_scalar("SELECT n FROM kv WHERE k = 'counter'").fetch_one(pool).await.unwrap();
+    assert_eq!(n, 33, "every writer committed once");
+}

@@ -7,6 +7,15 @@ use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use tempfile::TempDir;
 
+/// Logs at `filter` (an `EnvFilter` directive) into the test's captured
+/// output, which the runner shows when the test fails.
+pub fn capture_logs(filter: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .try_init();
+}
+
 /// The admin URL of the PostgreSQL server tests run against.
 pub fn postgres_admin_url() -> String {
     std::env::var("MYELIN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())

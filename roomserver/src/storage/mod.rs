@@ -3,8 +3,8 @@
 
 mod state;
 
-use myelin_storage::sqlx::{self, Postgres, Sqlite, Transaction};
-use myelin_storage::{Db, Migration, WritePool};
+use myelin_storage::sqlx::{self, Postgres, Sqlite};
+use myelin_storage::{Db, DbTx, Migration, WritePool};
 
 use crate::api::TxnRef;
 
@@ -130,8 +130,8 @@ type KnownColumns = (String, Option<i64>, Option<i64>, String);
 
 /// One transaction on either database.
 pub enum Tx {
-    Sqlite(Transaction<'static, Sqlite>),
-    Postgres(Transaction<'static, Postgres>),
+    Sqlite(DbTx<Sqlite>),
+    Postgres(DbTx<Postgres>),
 }
 
 /// Run `$body` with `$conn` bound to the transaction's connection; the body
@@ -197,8 +197,8 @@ impl Tx {
     /// A read-only transaction: one consistent view for a query.
     pub async fn read(db: &Db) -> SqlResult<Self> {
         Ok(match db {
-            Db::Sqlite(pool) => Self::Sqlite(pool.begin().await?),
-            Db::Postgres(pool) => Self::Postgres(pool.begin().await?),
+            Db::Sqlite(pool) => Self::Sqlite(pool.begin().await?.into()),
+            Db::Postgres(pool) => Self::Postgres(pool.begin().await?.into()),
         })
     }
 
