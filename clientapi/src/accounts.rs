@@ -111,13 +111,21 @@ pub async fn start_session(
             .await?;
     producers::devices::tokens_revoked(&state.bus, user_id, revoked).await?;
     producers::devices::logged_in(&state.bus, user_id, &device_id).await?;
+    // A new device is a change of the user's device list (as is a login
+    // that replaced a device's keys, which the device then uploads anew).
+    crate::keys::publish(&state.db, &state.bus, user_id, &device_id, true).await?;
     Ok(Session { device_id, access_token })
 }
 
 /// End one device's session (its tokens and the device itself).
 pub async fn end_session(state: &AppState, user_id: &OwnedUserId, device_id: &str) -> Result<()> {
     let revoked = devices::end_session(&state.db, user_id.as_str(), device_id).await?;
+    let ended = !revoked.is_empty();
     producers::devices::tokens_revoked(&state.bus, user_id, revoked).await?;
+    if ended {
+        // The device and its keys are gone: a device list change.
+        crate::keys::publish(&state.db, &state.bus, user_id, device_id, true).await?;
+    }
     Ok(())
 }
 

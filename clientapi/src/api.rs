@@ -175,3 +175,73 @@ pub struct ReceiptUpdate {
     pub thread_id: Option<String>,
     pub ts: u64,
 }
+
+/// Local users' end-to-end keys, for the federation API's
+/// `/user/devices`, `/user/keys/query` and `/user/keys/claim`. Key: the
+/// asking server. The reply is a [`LocalKeysReply`].
+pub const LOCAL_KEYS_TOPIC: &str = "clientapi.keys";
+
+/// A request on [`LOCAL_KEYS_TOPIC`]; every user named is a local user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LocalKeysRequest {
+    /// Every device of the user (with its keys, if it uploaded any, and
+    /// its display name) and the user's master and self-signing keys.
+    Devices { user_id: OwnedUserId },
+    /// Device keys (all devices for an empty list), master and
+    /// self-signing keys: the body of a `/user/keys/query` answer.
+    Query { device_keys: BTreeMap<OwnedUserId, Vec<String>> },
+    /// Claim one key per device of the algorithm given: the body of a
+    /// `/user/keys/claim` answer.
+    Claim { one_time_keys: BTreeMap<OwnedUserId, BTreeMap<String, String>> },
+}
+
+/// The answer to a [`LocalKeysRequest`]: for `Devices`, a
+/// [`LocalDevices`]; otherwise the federation answer's JSON body.
+pub type LocalKeysReply = Value;
+
+/// The answer to [`LocalKeysRequest::Devices`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalDevices {
+    /// `{device_id, keys?, device_display_name?}` each, by device id.
+    pub devices: Vec<Value>,
+    pub master_key: Option<Value>,
+    pub self_signing_key: Option<Value>,
+}
+
+/// Other servers' users' keys, asked of the federation API for the client
+/// API's `/keys/query` and `/keys/claim`. Key: the server asked. The reply
+/// is a [`RemoteKeysReply`]. Defined here, by the asker, so that the
+/// dependency between the two crates points one way.
+pub const REMOTE_KEYS_TOPIC: &str = "federationapi.keys";
+
+/// A request on [`REMOTE_KEYS_TOPIC`]: `body` goes to `server_name` as the
+/// body of `/user/keys/query` or `/user/keys/claim`, and the answer must
+/// come back within `timeout_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RemoteKeysRequest {
+    Query { server_name: String, body: Value, timeout_ms: u64 },
+    Claim { server_name: String, body: Value, timeout_ms: u64 },
+}
+
+/// The server's answer, unchecked (the client API keeps only what is for
+/// the users and devices it asked about), or why there is none.
+pub type RemoteKeysReply = Result<Value, String>;
+
+/// Presence changes: local users' (from the sync API, for the federation
+/// API to send on) and other servers' users' (from the federation API, for
+/// the sync API to show). Key: user id.
+pub const PRESENCE_TOPIC: &str = "edu.presence";
+
+/// A record on [`PRESENCE_TOPIC`]: a user's whole presence, so applying it
+/// twice changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceUpdate {
+    pub user_id: OwnedUserId,
+    /// `online`, `unavailable` or `offline`.
+    pub presence: String,
+    pub status_msg: Option<String>,
+    /// When the user was last active, in bus clock milliseconds.
+    pub last_active_ts: u64,
+}

@@ -10,6 +10,7 @@ mod auth;
 mod consumers;
 mod error;
 mod json;
+mod keys;
 mod media;
 mod power;
 mod producers;

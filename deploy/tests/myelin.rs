@@ -517,6 +517,101 @@ async fn typing_receipts_and_to_device_messages_reach_the_other_server() {
     assert_eq!(seen, [(json!(alice_id), json!("m.test"), json!(1)), (json!(alice_id), json!("m.test"), json!(2))]);
 }
 
+/// End-to-end encryption across servers: B's user downloads A's user's
+/// device keys and claims a one-time key over federation, sees A's user's
+/// new device in `device_lists.changed` (and `/keys/changes`), and A's
+/// user's presence; a server that cannot be reached is a failure.
+#[tokio::test]
+async fn keys_device_lists_and_presence_cross_servers() {
+    let (a, b, _ca) = Server::start_federated_pair(Backend::Sqlite).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let alice_id = format!("@alice:{}", a.server_name());
+    let (_, whoami) = a.get(&alice, "/_matrix/client/v3/account/whoami").await;
+    let alice_device = whoami["device_id"].as_str().unwrap().to_owned();
+    let device_keys = json!({
+        "user_id": alice_id, "device_id": alice_device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {format!("curve25519:{alice_device}"): "curve", format!("ed25519:{alice_device}"): "ed"},
+        "signatures": {alice_id.clone(): {format!("ed25519:{alice_device}"): "sig"}},
+    });
+    let one_time_keys = json!({
+        "signed_curve25519:AAAA": {"key": "one", "signatures": {}},
+        "signed_curve25519:AAAB": {"key": "two", "signatures": {}},
+    });
+    let upload = json!({"device_keys": device_keys, "one_time_keys": one_time_keys});
+    let (status, counts) = a.post(&alice, "/_matrix/client/v3/keys/upload", upload).await;
+    assert_eq!((status, &counts["one_time_key_counts"]["signed_curve25519"]), (StatusCode::OK, &json!(2)));
+    let room_id = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
+    let (status, joined) = b.post(&bob, &via, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "join over federation: {joined}");
+
+    // Keys: the device's own, as uploaded, and a server that does not answer.
+    let query = json!({"device_keys": {alice_id.clone(): [], "@nobody:unreachable.invalid": []}, "timeout": 3000});
+    let (status, keys) = b.post(&bob, "/_matrix/client/v3/keys/query", query).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    let got = &keys["device_keys"][&alice_id][&alice_device];
+    assert_eq!((&got["keys"], &got["user_id"]), (&device_keys["keys"], &json!(alice_id)), "{keys}");
+    assert!(keys["failures"]["unreachable.invalid"].is_object(), "{keys}");
+    assert!(keys["failures"].get(a.server_name()).is_none(), "{keys}");
+
+    let claim = json!({"one_time_keys": {alice_id.clone(): {alice_device.clone(): "signed_curve25519"}}});
+    let (status, claimed) = b.post(&bob, "/_matrix/client/v3/keys/claim", claim).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!(claimed["one_time_keys"][&alice_id][&alice_device]["signed_curve25519:AAAA"]["key"], "one", "{claimed}");
+    let (_, counts) = a.post(&alice, "/_matrix/client/v3/keys/upload", json!({})).await;
+    assert_eq!(counts["one_time_key_counts"]["signed_curve25519"], 1, "the claim used a key up: {counts}");
+
+    // A new device of Alice's reaches Bob's device list changes.
+    let (_, first) = b.get(&bob, "/_matrix/client/v3/sync?timeout=0").await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let login = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+        "password": harness::PASSWORD, "device_id": "SECONDDEVICE"});
+    let (status, second) =
+        json_request(reqwest::Method::POST, &a.url("/_matrix/client/v3/login"), None, &login.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let mut changed = Value::Null;
+    for _ in 0..300 {
+        let (_, body) = b.get(&bob, &format!("/_matrix/client/v3/sync?timeout=0&since={since}")).await;
+        changed = body["device_lists"]["changed"].clone();
+        if changed.as_array().is_some_and(|users| users.contains(&json!(alice_id))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(changed.as_array().unwrap().contains(&json!(alice_id)), "{changed}\n{}", b.log_tail());
+    let (_, now) = b.get(&bob, "/_matrix/client/v3/sync?timeout=0").await;
+    let to = now["next_batch"].as_str().unwrap();
+    let (status, changes) = b.get(&bob, &format!("/_matrix/client/v3/keys/changes?from={since}&to={to}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(changes["changed"].as_array().unwrap().contains(&json!(alice_id)), "{changes}");
+    // Bob's next query shows the new device: nothing was cached.
+    let query = json!({"device_keys": {alice_id.clone(): []}});
+    let (_, keys) = b.post(&bob, "/_matrix/client/v3/keys/query", query).await;
+    assert!(keys["device_keys"][&alice_id][&alice_device].is_object(), "{keys}");
+
+    // Presence set on A shows on B, by the status endpoint and in /sync.
+    let status_path = format!("/_matrix/client/v3/presence/{alice_id}/status");
+    let (status, _) = a.put(&alice, &status_path, json!({"presence": "unavailable", "status_msg": "tea"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut seen = Value::Null;
+    for _ in 0..300 {
+        (_, seen) = b.get(&bob, &status_path).await;
+        if seen["status_msg"] == "tea" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!((&seen["presence"], &seen["status_msg"]), (&json!("unavailable"), &json!("tea")), "{seen}");
+    let (_, body) = b.get(&bob, &format!("/_matrix/client/v3/sync?timeout=0&since={since}")).await;
+    let events = body["presence"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events.iter().any(|e| e["sender"] == alice_id.as_str() && e["content"]["status_msg"] == "tea"),
+        "{events:?}"
+    );
+}
+
 /// The room's ephemeral events as `server` shows them to `token`, once `found` holds.
 async fn ephemeral_until(server: &Server, token: &str, room_id: &str, found: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let url = server.url("/_matrix/client/v3/sync?timeout=0");

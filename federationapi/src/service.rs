@@ -12,7 +12,9 @@ use std::time::Duration;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use myelin_bus::{Bus, Shutdown};
-use myelin_clientapi::api::{RECEIPT_TOPIC, TO_DEVICE_TOPIC, TYPING_TOPIC};
+use myelin_clientapi::api::{
+    KEY_CHANGE_TOPIC, PRESENCE_TOPIC, RECEIPT_TOPIC, REMOTE_KEYS_TOPIC, TO_DEVICE_TOPIC, TYPING_TOPIC,
+};
 use myelin_config::Config;
 use myelin_roomserver::api::{FEDERATION_PERFORM_TOPIC, FEDERATION_QUERY_TOPIC, OUTPUT_TOPIC};
 use myelin_storage::{Db, StorageError};
@@ -22,9 +24,11 @@ use myelin_types::signing::ServerSigningKey;
 use tokio::task::JoinHandle;
 
 use crate::client::{ClientError, FederationClient};
-use crate::consumers::edus::{self, EduConsumer, ReceiptConsumer, ToDeviceConsumer, TypingConsumer};
+use crate::consumers::device_lists::{self, DeviceListConsumer};
+use crate::consumers::edus::{self, EduConsumer, PresenceConsumer, ReceiptConsumer, ToDeviceConsumer, TypingConsumer};
 use crate::consumers::perform::{self, PerformResponder};
 use crate::consumers::query::{self, QueryResponder};
+use crate::consumers::remote_keys::{self, RemoteKeysResponder};
 use crate::consumers::roomserver_output::{self, OutputConsumer};
 use crate::keys::KeyStore;
 use crate::routing::{FederationState, router};
@@ -139,8 +143,20 @@ pub async fn start_with_client(
     let typing = watch(bus.consume(edus::TYPING_GROUP, TYPING_TOPIC, Arc::new(typing), shutdown.clone()));
     let receipts = ReceiptConsumer(edus.clone());
     let receipts = watch(bus.consume(edus::RECEIPT_GROUP, RECEIPT_TOPIC, Arc::new(receipts), shutdown.clone()));
-    let to_device = ToDeviceConsumer(edus);
+    let to_device = ToDeviceConsumer(edus.clone());
     let to_device = watch(bus.consume(edus::TO_DEVICE_GROUP, TO_DEVICE_TOPIC, Arc::new(to_device), shutdown.clone()));
+    let presence = PresenceConsumer { edus, clock: clock.clone() };
+    let presence = watch(bus.consume(edus::PRESENCE_GROUP, PRESENCE_TOPIC, Arc::new(presence), shutdown.clone()));
+    let device_lists = DeviceListConsumer {
+        db: db.clone(),
+        bus: bus.clone(),
+        server_name: server_name.to_string(),
+        sender: sender.clone(),
+    };
+    let device_lists =
+        watch(bus.consume(device_lists::GROUP, KEY_CHANGE_TOPIC, Arc::new(device_lists), shutdown.clone()));
+    let remote_keys = RemoteKeysResponder { client: client.clone() };
+    let remote_keys = watch(bus.serve(remote_keys::GROUP, REMOTE_KEYS_TOPIC, Arc::new(remote_keys), shutdown.clone()));
     let output = OutputConsumer { db: db.clone(), server_name: server_name.to_string(), sender };
     let output = watch(bus.consume(roomserver_output::GROUP, OUTPUT_TOPIC, Arc::new(output), shutdown.clone()));
 
@@ -158,7 +174,8 @@ pub async fn start_with_client(
         result.map_err(|e| format!("federation listener failed: {e}"))
     });
     tracing::info!(%local_addr, "federation API listening on https://{local_addr}");
-    Ok(Started { local_addr, tasks: vec![serve, query, perform, typing, receipts, to_device, output], client })
+    let tasks = vec![serve, query, perform, remote_keys, typing, receipts, to_device, presence, device_lists, output];
+    Ok(Started { local_addr, tasks, client })
 }
 
 /// A bus task as the supervisor watches it: its error, or its panic, as text.

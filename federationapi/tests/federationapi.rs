@@ -13,7 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use myelin_bus::{Bus, HandleError, MemoryBackend, Record, Responder, Shutdown, ShutdownTrigger};
 use myelin_clientapi::api::{
-    PROFILE_QUERY_TOPIC, ProfileQuery, ProfileReply, PublicProfile, RECEIPT_TOPIC, REMOTE_TO_DEVICE_TOPIC, TYPING_TOPIC,
+    KEY_CHANGE_TOPIC, LOCAL_KEYS_TOPIC, LocalDevices, LocalKeysReply, LocalKeysRequest, PRESENCE_TOPIC,
+    PROFILE_QUERY_TOPIC, ProfileQuery, ProfileReply, PublicProfile, RECEIPT_TOPIC, REMOTE_TO_DEVICE_TOPIC,
+    TYPING_TOPIC,
 };
 use myelin_config::Config;
 use myelin_federationapi::client::{
@@ -1257,4 +1259,147 @@ async fn only_a_well_formed_invite_of_a_local_user_is_countersigned() {
         b.client.send(FederationRequest::put(&a.name, path, Value::from(CanonicalJsonValue::Object(good)))).await,
     );
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+}
+
+/// Stands in for the client API's `clientapi.keys` on an instance's bus:
+/// Alice has a device with keys, one without, and a master key.
+struct FakeKeys;
+
+#[async_trait]
+impl Responder for FakeKeys {
+    async fn respond(&self, record: &Record) -> Result<Vec<u8>, HandleError> {
+        let reply: LocalKeysReply = match record.json::<LocalKeysRequest>().unwrap() {
+            LocalKeysRequest::Devices { user_id } => serde_json::to_value(LocalDevices {
+                devices: vec![
+                    json!({"device_id": "KEYED", "keys": {"user_id": user_id, "device_id": "KEYED"},
+                        "device_display_name": "Phone"}),
+                    json!({"device_id": "BARE"}),
+                ],
+                master_key: Some(json!({"user_id": user_id, "usage": ["master"]})),
+                self_signing_key: None,
+            })
+            .unwrap(),
+            LocalKeysRequest::Query { device_keys } => json!({"device_keys": device_keys, "master_keys": {}}),
+            LocalKeysRequest::Claim { one_time_keys } => json!({"one_time_keys": one_time_keys}),
+        };
+        Ok(serde_json::to_vec(&reply).unwrap())
+    }
+}
+
+#[tokio::test]
+async fn user_keys_endpoints_answer_for_local_users_only() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let (_stop, shutdown) = Shutdown::new();
+    let _keys = a.bus.serve("clientapi.keys", LOCAL_KEYS_TOPIC, Arc::new(FakeKeys), shutdown);
+    let alice = format!("@alice:{}", a.name);
+    let encoded = |user: &str| user.replace('@', "%40").replace(':', "%3A");
+    let devices = |user: String| {
+        b.client.send(FederationRequest::get(&a.name, format!("/_matrix/federation/v1/user/devices/{user}")))
+    };
+    let post = |path: &str, body: Value| {
+        b.client.send(FederationRequest::post(&a.name, format!("/_matrix/federation/v1/user/keys/{path}"), body))
+    };
+    let errcode = |result: (u16, Value)| (result.0, result.1["errcode"].as_str().map(str::to_owned));
+    let invalid = (400, Some("M_INVALID_PARAM".to_owned()));
+    let bad_json = (400, Some("M_BAD_JSON".to_owned()));
+
+    // Only devices with keys are listed (`keys` is required); no update was sent yet.
+    let (status, body) = status_of(devices(encoded(&alice)).await);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"user_id": alice, "stream_id": 0, "devices": [{"device_id": "KEYED", "device_display_name": "Phone",
+            "keys": {"user_id": alice, "device_id": "KEYED"}}],
+            "master_key": {"user_id": alice, "usage": ["master"]}})
+    );
+    assert_eq!(errcode(status_of(devices(encoded("@alice:elsewhere.example")).await)), invalid);
+    assert_eq!(errcode(status_of(devices("not-a-user".to_owned()).await)), invalid);
+
+    let (status, body) = status_of(post("query", json!({"device_keys": {alice.clone(): ["KEYED"]}})).await);
+    assert_eq!((status, body), (200, json!({"device_keys": {alice.clone(): ["KEYED"]}, "master_keys": {}})));
+    let foreign = json!({"device_keys": {alice.clone(): [], "@mallory:evil.example": []}});
+    assert_eq!(errcode(status_of(post("query", foreign).await)), invalid, "another server's user");
+    assert_eq!(errcode(status_of(post("query", json!({"device_keys": "all"})).await)), bad_json);
+    assert_eq!(errcode(status_of(post("query", json!({})).await)), bad_json);
+    assert_eq!(errcode(status_of(post("query", json!({"device_keys": {"not-a-user": []}})).await)), bad_json);
+
+    let claim = json!({"one_time_keys": {alice.clone(): {"KEYED": "signed_curve25519"}}});
+    let (status, body) = status_of(post("claim", claim.clone()).await);
+    assert_eq!((status, body), (200, claim));
+    let foreign = json!({"one_time_keys": {"@mallory:evil.example": {"D": "signed_curve25519"}}});
+    assert_eq!(errcode(status_of(post("claim", foreign).await)), invalid, "another server's user");
+    assert_eq!(errcode(status_of(post("claim", json!({"one_time_keys": {alice.clone(): ["D"]}})).await)), bad_json);
+
+    // Not JSON at all: refused before anything else is looked at.
+    let response =
+        pki.http_client().post(a.url("/_matrix/federation/v1/user/keys/query")).body("{not json").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.json::<Value>().await.unwrap()["errcode"], "M_NOT_JSON");
+}
+
+#[tokio::test]
+async fn inbound_key_and_presence_edus_count_only_for_the_origins_users_in_a_room() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let with_room_server = || Options { room_server: true, ..Options::default() };
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, with_room_server()).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, with_room_server()).await;
+    let alice = format!("@alice:{}", a.name);
+    let carol = format!("@carol:{}", a.name);
+    let bob = format!("@bob:{}", b.name);
+    let room_id = create_public_room(&b, &bob).await;
+    join_through(&a, &room_id, &alice, &[&b.name]).await.unwrap();
+
+    let mut key_changes = b.bus.backend().consumer("test.keychange", KEY_CHANGE_TOPIC).await.unwrap();
+    let mut presence = b.bus.backend().consumer("test.presence", PRESENCE_TOPIC).await.unwrap();
+    let send = |txn: String, edus: Value| {
+        let body = json!({"origin": a.name, "origin_server_ts": NOW_MS, "pdus": [], "edus": edus});
+        let request = FederationRequest::put(&b.name, format!("/_matrix/federation/v1/send/{txn}"), body);
+        let client = &a.client;
+        async move { assert_eq!(client.send(request).await.unwrap(), json!({"pdus": {}})) }
+    };
+    let device_list = |user: &str| {
+        json!({"edu_type": "m.device_list_update", "content": {"user_id": user, "device_id": "D", "stream_id": 1,
+            "prev_id": [], "deleted": false}})
+    };
+    let signing = |user: &str| json!({"edu_type": "m.signing_key_update", "content": {"user_id": user}});
+    let present = |user: &str, state: &str| {
+        json!({"edu_type": "m.presence", "content": {"push": [{"user_id": user, "presence": state,
+            "status_msg": "tea", "last_active_ago": 5000, "currently_active": false}]}})
+    };
+    // Another server's user, a user of A in no room here, malformed ones.
+    let refused = json!([
+        device_list("@mallory:evil.example"), signing("@mallory:evil.example"), device_list(&carol), signing(&carol),
+        {"edu_type": "m.device_list_update", "content": {"device_id": "D"}},
+        present("@mallory:evil.example", "online"), present(&carol, "online"), present(&alice, "asleep"),
+        {"edu_type": "m.presence", "content": {"push": "everyone"}},
+    ]);
+    send("refused".to_owned(), refused).await;
+    // Alice's, until her join has reached B's membership table.
+    let mut changed: Vec<Value> = Vec::new();
+    for attempt in 0..100 {
+        send(format!("alice-{attempt}"), json!([device_list(&alice)])).await;
+        if let Ok(batch) = tokio::time::timeout(Duration::from_millis(300), key_changes.next_batch(10)).await {
+            changed.extend(batch.unwrap().iter().map(|r| r.json::<Value>().unwrap()));
+        }
+        if !changed.is_empty() {
+            break;
+        }
+    }
+    assert!(!changed.is_empty(), "Alice's device list update never arrived");
+    for change in &changed {
+        assert_eq!((change["user_id"].as_str(), change["device_id"].as_str()), (Some(alice.as_str()), Some("")));
+        assert_eq!(change["device_keys_changed"], true);
+    }
+
+    send("presence".to_owned(), json!([present(&carol, "online"), present(&alice, "unavailable")])).await;
+    let batch = tokio::time::timeout(Duration::from_secs(10), presence.next_batch(10)).await.unwrap().unwrap();
+    let updates: Vec<Value> = batch.iter().map(|r| r.json::<Value>().unwrap()).collect();
+    assert_eq!(
+        updates,
+        [json!({"user_id": alice, "presence": "unavailable", "status_msg": "tea", "last_active_ts": NOW_MS - 5000})]
+    );
 }

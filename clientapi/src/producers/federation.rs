@@ -1,5 +1,8 @@
-//! Requests to the federation API over the bus (`federationapi.perform`):
-//! joins through other servers and their aliases.
+//! Requests to the federation API over the bus: joins through other
+//! servers and their aliases (`federationapi.perform`), and other servers'
+//! users' keys (`federationapi.keys`).
+
+use std::time::Duration;
 
 use myelin_bus::Bus;
 use myelin_roomserver::api::{
@@ -8,6 +11,7 @@ use myelin_roomserver::api::{
 use myelin_types::ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde_json::Value;
 
+use crate::api::{REMOTE_KEYS_TOPIC, RemoteKeysReply, RemoteKeysRequest};
 use crate::error::{ClientApiError, Result};
 
 /// Join a room this server is not in through `servers`; the room server
@@ -38,5 +42,23 @@ pub async fn resolve_alias(bus: &Bus, alias: OwnedRoomAliasId) -> Result<(OwnedR
     match reply? {
         FederationPerformOk::Alias { room_id, servers } => Ok((room_id, servers)),
         FederationPerformOk::Joined { .. } => Err(ClientApiError::UnexpectedReply("federationapi.perform")),
+    }
+}
+
+/// Ask another server about its users' keys (`/user/keys/query` or
+/// `/user/keys/claim`, as `request` says), waiting at most `timeout`.
+/// `Err` says why there is no answer, for the client's `failures`.
+pub async fn remote_keys(
+    bus: &Bus,
+    request: &RemoteKeysRequest,
+    server_name: &str,
+    timeout: Duration,
+) -> Result<Value, String> {
+    // A little longer than the federation API's own deadline, so that its
+    // answer (even a failure) wins over our timeout.
+    let wait = timeout + Duration::from_secs(1);
+    match bus.request_json::<_, RemoteKeysReply>(REMOTE_KEYS_TOPIC, server_name, request, wait).await {
+        Ok(reply) => reply,
+        Err(error) => Err(error.to_string()),
     }
 }

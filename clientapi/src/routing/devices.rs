@@ -69,6 +69,8 @@ pub async fn rename(
     if !found {
         return Err(no_such_device().into());
     }
+    // Other servers show the display name with the device's keys.
+    crate::keys::publish(&state.db, &state.bus, &user.user_id, &device_id, true).await?;
     Ok(Json(json!({})))
 }
 

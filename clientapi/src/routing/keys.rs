@@ -4,22 +4,24 @@
 //! sync API reports key counts and device list changes.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use myelin_types::MatrixError;
 use myelin_types::ruma::OwnedUserId;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::api::KeyChange;
+use crate::api::RemoteKeysRequest;
 use crate::auth::{AuthedUser, GuestOk};
 use crate::error::Result;
 use crate::json::MatrixJson;
+use crate::keys;
 use crate::producers;
 use crate::service::AppState;
-use crate::storage::keys::{self, NewKey, Signature, Stored};
+use crate::storage::keys::{self as store, NewKey, Signature, Stored};
 use crate::uia::{self, AuthData};
 
 /// Cross-signing keys: the request field and the stored (and `usage`) name.
@@ -59,38 +61,6 @@ fn check_device_keys(keys: &Value, user: &AuthedUser) -> Result<(), MatrixError>
     Ok(())
 }
 
-/// Tell those who share a room with `user_id` that the user's keys changed
-/// (a cross-signing key, or a signature over one of their keys).
-async fn publish_user_change(state: &AppState, user_id: &OwnedUserId) -> Result<()> {
-    let change = KeyChange {
-        user_id: user_id.clone(),
-        device_id: String::new(),
-        one_time_key_counts: BTreeMap::new(),
-        unused_fallback_key_types: Vec::new(),
-        device_keys_changed: true,
-    };
-    producers::edu::key_change(&state.bus, &change).await?;
-    Ok(())
-}
-
-/// Publish the device's key state after a change.
-async fn publish(
-    state: &AppState,
-    user_id: &OwnedUserId,
-    device_id: &str,
-    device_keys_changed: bool,
-) -> Result<KeyChange> {
-    let change = KeyChange {
-        user_id: user_id.clone(),
-        device_id: device_id.to_owned(),
-        one_time_key_counts: keys::one_time_key_counts(&state.db, user_id.as_str(), device_id).await?,
-        unused_fallback_key_types: keys::unused_fallback_key_types(&state.db, user_id.as_str(), device_id).await?,
-        device_keys_changed,
-    };
-    producers::edu::key_change(&state.bus, &change).await?;
-    Ok(change)
-}
-
 /// `POST /_matrix/client/v3/keys/upload`
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3keysupload>
 pub async fn upload(
@@ -103,7 +73,7 @@ pub async fn upload(
     }
     let one_time_keys = parse_keys(&body.one_time_keys)?;
     let fallback_keys = parse_keys(&body.fallback_keys)?;
-    let stored = keys::upload(
+    let stored = store::upload(
         &state.db,
         user.user_id.as_str(),
         &user.device_id,
@@ -115,112 +85,148 @@ pub async fn upload(
     if let Stored::ConflictingOneTimeKey(name) = stored {
         return Err(MatrixError::invalid_param(format!("One-time key {name} already exists with other content")).into());
     }
-    let change = publish(&state, &user.user_id, &user.device_id, body.device_keys.is_some()).await?;
+    let change =
+        keys::publish(&state.db, &state.bus, &user.user_id, &user.device_id, body.device_keys.is_some()).await?;
     Ok(Json(json!({ "one_time_key_counts": change.one_time_key_counts })))
 }
+
+/// How long `/keys/query` and `/keys/claim` wait for other servers when
+/// the client does not say.
+const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 10_000;
+/// The longest a client may make them wait.
+const MAX_REMOTE_TIMEOUT_MS: u64 = 60_000;
 
 #[derive(Deserialize)]
 pub struct QueryBody {
     device_keys: BTreeMap<String, Vec<String>>,
+    timeout: Option<u64>,
 }
 
 fn parse_user(user_id: &str) -> Result<OwnedUserId, MatrixError> {
     OwnedUserId::try_from(user_id).map_err(|_| MatrixError::invalid_param(format!("Invalid user id: {user_id}")))
 }
 
-/// Users of other servers cannot be asked yet (no outbound key queries).
-fn remote_failure() -> Value {
-    json!({ "status": 503, "message": "Key queries to other servers are not supported yet" })
+/// The request's map with its user ids checked.
+fn parse_users<T: Clone>(users: &BTreeMap<String, T>) -> Result<BTreeMap<OwnedUserId, T>, MatrixError> {
+    users.iter().map(|(user_id, wanted)| Ok((parse_user(user_id)?, wanted.clone()))).collect()
+}
+
+fn remote_timeout(timeout: Option<u64>) -> Duration {
+    Duration::from_millis(timeout.unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS).min(MAX_REMOTE_TIMEOUT_MS))
+}
+
+/// One server's users as asked, and its answer or why there is none.
+type Asked<T> = (String, BTreeMap<OwnedUserId, T>, std::result::Result<Value, String>);
+
+/// Ask every server in `servers` at once (`ask` builds each request from
+/// the server name and the users asked) and collect the answers.
+async fn ask_servers<T>(
+    state: &AppState,
+    servers: BTreeMap<String, BTreeMap<OwnedUserId, T>>,
+    timeout: Duration,
+    ask: impl Fn(String, Value, u64) -> RemoteKeysRequest,
+) -> Result<Vec<Asked<T>>>
+where
+    T: Serialize + Send + 'static,
+{
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let mut asks = tokio::task::JoinSet::new();
+    for (server_name, users) in servers {
+        let body = serde_json::to_value(&users).expect("user maps serialize");
+        let request = ask(server_name.clone(), body, timeout_ms);
+        let bus = state.bus.clone();
+        asks.spawn(async move {
+            let answer = producers::federation::remote_keys(&bus, &request, &server_name, timeout).await;
+            (server_name, users, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = asks.join_next().await {
+        answers.push(joined?);
+    }
+    Ok(answers)
+}
+
+/// How a server that did not answer shows in `failures`.
+fn failure(why: &str) -> Value {
+    json!({ "status": 503, "message": why })
 }
 
 /// `POST /_matrix/client/v3/keys/query`
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3keysquery>
 ///
-/// An empty device list asks for every device of the user.
+/// An empty device list asks for every device of the user. Other servers'
+/// users are asked of their servers, all at once, within `timeout`;
+/// nothing they answer is cached, since nothing here would know when it
+/// goes stale.
 pub async fn query(
     State(state): State<AppState>,
     GuestOk(user): GuestOk,
     MatrixJson(body): MatrixJson<QueryBody>,
 ) -> Result<Json<Value>> {
-    let mut device_keys = Map::new();
+    let users = parse_users(&body.device_keys)?;
+    let ours = state.server_name().to_owned();
+    let local = keys::local_only(&users, &ours);
+    let mut answer = keys::query_local(&state.db, &local, Some(&*user.user_id)).await?;
     let mut failures = Map::new();
-    let mut cross_signing: [Map<String, Value>; 3] = Default::default();
-    for (user_id, devices) in &body.device_keys {
-        let user_id = parse_user(user_id)?;
-        if user_id.server_name() != state.server_name() {
-            failures.insert(user_id.server_name().to_string(), remote_failure());
-            continue;
-        }
-        let mut by_device = Map::new();
-        for (device_id, mut keys, display_name) in keys::device_keys(&state.db, user_id.as_str(), devices).await? {
-            if let Some(name) = display_name {
-                keys["unsigned"]["device_display_name"] = Value::String(name);
-            }
-            keys::merge_signatures(&state.db, user_id.as_str(), &device_id, &mut keys).await?;
-            by_device.insert(device_id, keys);
-        }
-        device_keys.insert(user_id.to_string(), Value::Object(by_device));
-        for (slot, (_, key_type)) in cross_signing.iter_mut().zip(CROSS_SIGNING) {
-            // A user's user-signing key is theirs alone to see.
-            if key_type == "user_signing" && user_id != user.user_id {
-                continue;
-            }
-            if let Some(mut key) = keys::cross_signing_key(&state.db, user_id.as_str(), key_type).await? {
-                if let Some(public) = public_key_of(&key) {
-                    keys::merge_signatures(&state.db, user_id.as_str(), &public, &mut key).await?;
+    let servers = keys::by_remote_server(&users, &ours);
+    let asked = ask_servers(&state, servers, remote_timeout(body.timeout), |server_name, body, timeout_ms| {
+        RemoteKeysRequest::Query { server_name, body: json!({ "device_keys": body }), timeout_ms }
+    })
+    .await?;
+    for (server_name, users, reply) in asked {
+        match reply {
+            Ok(remote) => {
+                for (field, values) in keys::checked_query_answer(&users, &remote) {
+                    if let (Some(Value::Object(into)), Value::Object(values)) = (answer.get_mut(&field), values) {
+                        into.extend(values);
+                    }
                 }
-                slot.insert(user_id.to_string(), key);
+            }
+            Err(why) => {
+                failures.insert(server_name, failure(&why));
             }
         }
     }
-    let [master_keys, self_signing_keys, user_signing_keys] = cross_signing;
-    Ok(Json(json!({
-        "device_keys": device_keys,
-        "failures": failures,
-        "master_keys": master_keys,
-        "self_signing_keys": self_signing_keys,
-        "user_signing_keys": user_signing_keys,
-    })))
+    answer.insert("failures".to_owned(), Value::Object(failures));
+    Ok(Json(Value::Object(answer)))
 }
 
 #[derive(Deserialize)]
 pub struct ClaimBody {
     one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
+    timeout: Option<u64>,
 }
 
 /// `POST /_matrix/client/v3/keys/claim`
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3keysclaim>
+///
+/// Other servers' users' keys are claimed from their servers, all at once,
+/// within `timeout`.
 pub async fn claim(
     State(state): State<AppState>,
     GuestOk(_user): GuestOk,
     MatrixJson(body): MatrixJson<ClaimBody>,
 ) -> Result<Json<Value>> {
-    let mut claimed = Map::new();
+    let users = parse_users(&body.one_time_keys)?;
+    let ours = state.server_name().to_owned();
+    let local = keys::local_only(&users, &ours);
+    let mut claimed = keys::claim_local(&state.db, &state.bus, &local).await?;
     let mut failures = Map::new();
-    for (user_id, devices) in &body.one_time_keys {
-        let user_id = parse_user(user_id)?;
-        if user_id.server_name() != state.server_name() {
-            failures.insert(user_id.server_name().to_string(), remote_failure());
-            continue;
-        }
-        let mut by_device = Map::new();
-        for (device_id, algorithm) in devices {
-            if let Some((name, key)) = keys::claim(&state.db, user_id.as_str(), device_id, algorithm).await? {
-                by_device.insert(device_id.clone(), json!({ name: key }));
-                publish(&state, &user_id, device_id, false).await?;
+    let servers = keys::by_remote_server(&users, &ours);
+    let asked = ask_servers(&state, servers, remote_timeout(body.timeout), |server_name, body, timeout_ms| {
+        RemoteKeysRequest::Claim { server_name, body: json!({ "one_time_keys": body }), timeout_ms }
+    })
+    .await?;
+    for (server_name, users, reply) in asked {
+        match reply {
+            Ok(remote) => claimed.extend(keys::checked_claim_answer(&users, &remote)),
+            Err(why) => {
+                failures.insert(server_name, failure(&why));
             }
-        }
-        if !by_device.is_empty() {
-            claimed.insert(user_id.to_string(), Value::Object(by_device));
         }
     }
     Ok(Json(json!({ "one_time_keys": claimed, "failures": failures })))
-}
-
-/// The public key of a cross-signing key (its one `keys` entry), which
-/// names it in signature uploads.
-fn public_key_of(key: &Value) -> Option<String> {
-    key["keys"].as_object()?.values().next()?.as_str().map(str::to_owned)
 }
 
 /// A cross-signing key must be the caller's, for `usage`, with one ed25519 key.
@@ -269,14 +275,14 @@ pub async fn upload_cross_signing(
     }
     let mut replaces = false;
     for (key_type, key) in &uploads {
-        let stored = keys::cross_signing_key(&state.db, user.user_id.as_str(), key_type).await?;
+        let stored = store::cross_signing_key(&state.db, user.user_id.as_str(), key_type).await?;
         replaces |= stored.is_some_and(|stored| stored != **key);
     }
     if replaces && let Some(challenge) = uia::require_password(&state, &user, body.auth).await? {
         return Ok(challenge);
     }
-    keys::put_cross_signing_keys(&state.db, user.user_id.as_str(), &uploads).await?;
-    publish_user_change(&state, &user.user_id).await?;
+    store::put_cross_signing_keys(&state.db, user.user_id.as_str(), &uploads).await?;
+    keys::publish_user_change(&state.bus, &user.user_id).await?;
     Ok(Json(json!({})).into_response())
 }
 
@@ -320,10 +326,10 @@ pub async fn upload_signatures(
             targets.push(target.clone());
         }
     }
-    keys::put_signatures(&state.db, &signatures).await?;
+    store::put_signatures(&state.db, &signatures).await?;
     targets.dedup();
     for target in targets.iter().filter(|t| t.server_name() == state.server_name()) {
-        publish_user_change(&state, target).await?;
+        keys::publish_user_change(&state.bus, target).await?;
     }
     Ok(Json(json!({ "failures": failures })))
 }

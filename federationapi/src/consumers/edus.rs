@@ -1,27 +1,32 @@
-//! `edu.typing`, `edu.receipt` and `edu.todevice`: a local user's typing
-//! notice or public read receipt is queued as an EDU for every other server
-//! with a member in the room, and a to-device message for another server's
-//! user for that server. Remote users' updates (which arrive over
+//! `edu.typing`, `edu.receipt`, `edu.todevice` and `edu.presence`: a local
+//! user's typing notice or public read receipt is queued as an EDU for
+//! every other server with a member in the room, a to-device message for
+//! another server's user for that server, and a presence change for every
+//! other server sharing a room with the user. Remote users' updates (which arrive over
 //! federation and are published on the same topics) and private receipts
 //! stay here.
 //!
 //! Spec: <https://spec.matrix.org/v1.16/server-server-api/#typing-notifications>,
 //! <https://spec.matrix.org/v1.16/server-server-api/#receipts>,
-//! <https://spec.matrix.org/v1.16/server-server-api/#send-to-device-messaging>
+//! <https://spec.matrix.org/v1.16/server-server-api/#send-to-device-messaging>,
+//! <https://spec.matrix.org/v1.16/server-server-api/#presence>
 
 use async_trait::async_trait;
 use myelin_bus::{HandleError, Handler, Record};
-use myelin_clientapi::api::{ReceiptUpdate, ToDeviceMessage, TypingUpdate};
+use myelin_clientapi::api::{PresenceUpdate, ReceiptUpdate, ToDeviceMessage, TypingUpdate};
 use myelin_storage::Db;
+use myelin_types::clock::SharedClock;
 use myelin_types::ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
 use crate::sender::{Sender, TYPING_EXPIRES};
+use crate::storage::device_lists;
 use crate::storage::sender::{self as store, Kind};
 
 pub const TYPING_GROUP: &str = "federationapi.typing";
 pub const RECEIPT_GROUP: &str = "federationapi.receipts";
 pub const TO_DEVICE_GROUP: &str = "federationapi.todevice";
+pub const PRESENCE_GROUP: &str = "federationapi.presence";
 
 /// Queues local users' typing notices and public receipts for other servers.
 pub struct EduConsumer {
@@ -33,6 +38,10 @@ pub struct EduConsumer {
 pub struct TypingConsumer(pub std::sync::Arc<EduConsumer>);
 pub struct ReceiptConsumer(pub std::sync::Arc<EduConsumer>);
 pub struct ToDeviceConsumer(pub std::sync::Arc<EduConsumer>);
+pub struct PresenceConsumer {
+    pub edus: std::sync::Arc<EduConsumer>,
+    pub clock: SharedClock,
+}
 
 fn undecodable(error: impl std::fmt::Display) -> HandleError {
     HandleError::Poison(format!("undecodable EDU record: {error}"))
@@ -98,6 +107,45 @@ impl Handler for ToDeviceConsumer {
         self.0.sender.wake(destination);
         Ok(())
     }
+}
+
+#[async_trait]
+impl Handler for PresenceConsumer {
+    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        let update: PresenceUpdate = record.json().map_err(undecodable)?;
+        // Other servers' users' presence arrives here too (from their EDUs).
+        if update.user_id.server_name().as_str() != self.edus.server_name {
+            return Ok(());
+        }
+        let transient = |e: myelin_storage::sqlx::Error| HandleError::Transient(e.to_string());
+        let destinations =
+            device_lists::servers_sharing_a_room(&self.edus.db, update.user_id.as_str(), &self.edus.server_name)
+                .await
+                .map_err(transient)?;
+        let edu =
+            json!({ "edu_type": "m.presence", "content": { "push": [presence_entry(&update, self.clock.now_ms())] } });
+        let key = format!("presence {} {} {}", update.user_id, record.partition, record.offset);
+        let edu = edu.to_string();
+        for destination in &destinations {
+            store::enqueue_edu(&self.edus.db, destination, Kind::Edu, &key, &edu).await.map_err(transient)?;
+            self.edus.sender.wake(destination);
+        }
+        Ok(())
+    }
+}
+
+/// An `m.presence` EDU's entry for `update`, as seen at `now_ms`.
+fn presence_entry(update: &PresenceUpdate, now_ms: u64) -> Value {
+    let mut entry = json!({
+        "user_id": update.user_id,
+        "presence": update.presence,
+        "last_active_ago": now_ms.saturating_sub(update.last_active_ts),
+        "currently_active": update.presence == "online",
+    });
+    if let Some(status) = &update.status_msg {
+        entry["status_msg"] = json!(status);
+    }
+    entry
 }
 
 impl EduConsumer {

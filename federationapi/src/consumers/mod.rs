@@ -1,9 +1,11 @@
 //! What the federation API takes from the bus: the requests it answers,
 //! and the room server's output and local users' EDUs, which feed the sender.
 
+pub mod device_lists;
 pub mod edus;
 pub mod perform;
 pub mod query;
+pub mod remote_keys;
 pub mod roomserver_output;
 
 /// Percent-encode a path segment (ids contain `$`, `!`, `:`, and in old

@@ -3,20 +3,28 @@
 //! knows them joined, go on the bus as local ones do (`edu.typing`,
 //! `edu.receipt`) for the sync API and the pusher; to-device messages from
 //! the origin's users to ours go to the client API, which knows our
-//! devices (`federationapi.todevice`). Anything else is dropped: EDUs have
-//! no per-item result to report.
+//! devices (`federationapi.todevice`). Device list and cross-signing key
+//! updates of the origin's users who are in a room here go on
+//! `clientapi.keychange` as a change of the user's keys, so that local
+//! users sharing a room see them in `device_lists.changed` (nothing of
+//! theirs is cached here: `/keys/query` asks their server each time); the
+//! origin's users' presence goes on `edu.presence` for the sync API.
+//! Anything else is dropped: EDUs have no per-item result to report.
 //!
 //! Spec: <https://spec.matrix.org/v1.16/server-server-api/#edus>
 
+use std::collections::BTreeMap;
+
 use myelin_clientapi::api::{
-    RECEIPT_TOPIC, REMOTE_TO_DEVICE_TOPIC, ReceiptUpdate, TYPING_TOPIC, ToDeviceMessage, TypingUpdate,
+    KEY_CHANGE_TOPIC, KeyChange, PRESENCE_TOPIC, PresenceUpdate, RECEIPT_TOPIC, REMOTE_TO_DEVICE_TOPIC, ReceiptUpdate,
+    TYPING_TOPIC, ToDeviceMessage, TypingUpdate,
 };
 use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, ServerName};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::FederationState;
-use crate::storage::sender as store;
+use crate::storage::{device_lists, sender as store};
 
 /// How long a remote "typing" lasts without a renewal (the EDU carries no
 /// timeout of its own).
@@ -45,6 +53,27 @@ struct Receipt {
     data: ReceiptData,
 }
 
+/// `m.device_list_update` and `m.signing_key_update`: only whose keys
+/// changed matters here.
+#[derive(Deserialize)]
+struct KeysUpdate {
+    user_id: OwnedUserId,
+}
+
+#[derive(Deserialize)]
+struct PresenceEdu {
+    push: Vec<PresenceEntry>,
+}
+
+#[derive(Deserialize)]
+struct PresenceEntry {
+    user_id: OwnedUserId,
+    presence: String,
+    status_msg: Option<String>,
+    #[serde(default)]
+    last_active_ago: u64,
+}
+
 #[derive(Deserialize, Default)]
 struct ReceiptData {
     ts: Option<u64>,
@@ -66,6 +95,16 @@ pub(super) async fn process_edus(state: &FederationState, origin: &ServerName, e
             Some("m.receipt") => match content {
                 Value::Object(rooms) => receipts(state, origin, rooms).await,
                 _ => tracing::debug!(%origin, "dropping a malformed receipt EDU"),
+            },
+            Some(kind @ ("m.device_list_update" | "m.signing_key_update")) => {
+                match serde_json::from_value::<KeysUpdate>(content) {
+                    Ok(update) => keys_changed(state, origin, update.user_id).await,
+                    Err(error) => tracing::debug!(%origin, %error, kind, "dropping a malformed key update EDU"),
+                }
+            }
+            Some("m.presence") => match serde_json::from_value::<PresenceEdu>(content) {
+                Ok(presence) => presence_pushed(state, origin, presence).await,
+                Err(error) => tracing::debug!(%origin, %error, "dropping a malformed presence EDU"),
             },
             other => tracing::debug!(%origin, edu_type = ?other, "dropping an EDU of a kind not handled"),
         }
@@ -165,6 +204,59 @@ async fn to_device(state: &FederationState, origin: &ServerName, edu: DirectToDe
             if let Err(error) = state.bus.produce_json(REMOTE_TO_DEVICE_TOPIC, user_id.as_str(), &message).await {
                 tracing::warn!(%error, "publishing a remote to-device message failed");
             }
+        }
+    }
+}
+
+/// Whether `origin` may speak for `user_id` and the user is in a room here
+/// (no local user can share a room with anyone else).
+async fn known_user_of(state: &FederationState, origin: &ServerName, user_id: &OwnedUserId) -> bool {
+    if user_id.server_name() != origin {
+        tracing::info!(%origin, %user_id, "dropping an EDU about another server's user");
+        return false;
+    }
+    match device_lists::in_any_room(&state.db, user_id.as_str()).await {
+        Ok(known) => known,
+        Err(error) => {
+            tracing::warn!(%error, "checking memberships for an EDU failed");
+            false
+        }
+    }
+}
+
+/// The user's devices or cross-signing keys changed: a change of their
+/// keys as a whole (no device counts to keep for another server's device).
+async fn keys_changed(state: &FederationState, origin: &ServerName, user_id: OwnedUserId) {
+    if !known_user_of(state, origin, &user_id).await {
+        return;
+    }
+    let change = KeyChange {
+        user_id,
+        device_id: String::new(),
+        one_time_key_counts: BTreeMap::new(),
+        unused_fallback_key_types: Vec::new(),
+        device_keys_changed: true,
+    };
+    if let Err(error) = state.bus.produce_json(KEY_CHANGE_TOPIC, change.user_id.as_str(), &change).await {
+        tracing::warn!(%error, "publishing a remote device list change failed");
+    }
+}
+
+/// `{push: [{user_id, presence, status_msg, last_active_ago, currently_active}]}`.
+async fn presence_pushed(state: &FederationState, origin: &ServerName, edu: PresenceEdu) {
+    const STATES: [&str; 3] = ["online", "unavailable", "offline"];
+    for entry in edu.push {
+        if !STATES.contains(&entry.presence.as_str()) || !known_user_of(state, origin, &entry.user_id).await {
+            continue;
+        }
+        let update = PresenceUpdate {
+            last_active_ts: state.clock.now_ms().saturating_sub(entry.last_active_ago),
+            user_id: entry.user_id,
+            presence: entry.presence,
+            status_msg: entry.status_msg,
+        };
+        if let Err(error) = state.bus.produce_json(PRESENCE_TOPIC, update.user_id.as_str(), &update).await {
+            tracing::warn!(%error, "publishing a remote presence failed");
         }
     }
 }

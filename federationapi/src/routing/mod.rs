@@ -10,6 +10,7 @@ mod keys;
 mod leave;
 mod profile;
 mod send;
+mod user_keys;
 mod version;
 
 use std::collections::HashMap;
@@ -78,6 +79,9 @@ pub fn router(state: FederationState) -> Router {
         .route("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", get(events::get_event_auth))
         .route("/_matrix/federation/v1/backfill/{room_id}", get(events::get_backfill))
         .route("/_matrix/federation/v1/get_missing_events/{room_id}", post(events::post_get_missing_events))
+        .route("/_matrix/federation/v1/user/devices/{user_id}", get(user_keys::get_user_devices))
+        .route("/_matrix/federation/v1/user/keys/query", post(user_keys::post_keys_query))
+        .route("/_matrix/federation/v1/user/keys/claim", post(user_keys::post_keys_claim))
         .route("/_matrix/key/v2/server", get(keys::get_server_keys))
         // Deprecated form with a key id, still requested by older servers;
         // the answer is the same (all current keys).

@@ -1,8 +1,9 @@
 //! The federation API's own tables: remote server keys, received
-//! transactions, and the sender's read model of joined servers and its
-//! queue of PDUs per destination. One SQL text for both databases; DDL per
+//! transactions, the sender's read model of joined servers and its
+//! queue of PDUs per destination, and the device list updates sent. One SQL text for both databases; DDL per
 //! dialect.
 
+pub mod device_lists;
 pub mod keys;
 pub mod sender;
 pub mod transactions;
@@ -78,8 +79,18 @@ CREATE TABLE federationapi_queue (
 /// order): `kind` says which a row holds.
 const V3: &str = "ALTER TABLE federationapi_queue ADD COLUMN kind TEXT NOT NULL DEFAULT 'pdu';";
 
+/// Device list updates sent about each local user (see `device_lists.rs`).
+const V4: &str = "
+CREATE TABLE federationapi_device_lists (
+    user_id TEXT NOT NULL PRIMARY KEY,
+    stream_id BIGINT NOT NULL,
+    record_offset BIGINT NOT NULL
+);
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1, postgres: V1 },
     Migration { version: 2, sqlite: V2_SQLITE, postgres: V2_POSTGRES },
     Migration { version: 3, sqlite: V3, postgres: V3 },
+    Migration { version: 4, sqlite: V4, postgres: V4 },
 ];

@@ -2,6 +2,7 @@
 
 pub mod clientapi_accountdata;
 pub mod clientapi_keychange;
+pub mod edu_presence;
 pub mod edu_receipt;
 pub mod edu_todevice;
 pub mod edu_typing;

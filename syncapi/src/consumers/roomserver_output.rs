@@ -1,5 +1,6 @@
 //! `roomserver.output`: every accepted event, in room order, into the read
-//! model; then wake the long-polling requests it concerns.
+//! model (a newly joined member is also a device list change); then wake
+//! the long-polling requests it concerns.
 
 use std::sync::Arc;
 
@@ -27,6 +28,11 @@ impl Handler for OutputConsumer {
                     // History goes before every token handed out: nothing to wake.
                     if !new.historical {
                         self.notifier.publish(Stream::Events, applied.pos, &applied.users);
+                    }
+                    // A new member's devices are news to everyone who now
+                    // shares the room with them.
+                    if let Some(pos) = applied.device_list_pos {
+                        self.notifier.publish(Stream::DeviceLists, pos, &applied.users);
                     }
                     Ok(())
                 }

@@ -3,8 +3,9 @@
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
-use myelin_clientapi::api::Identity;
+use myelin_clientapi::api::{Identity, PRESENCE_TOPIC, PresenceUpdate};
 use myelin_types::MatrixError;
+use myelin_types::ruma::OwnedUserId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -27,7 +28,8 @@ fn check_state(presence: &str) -> Result<(), MatrixError> {
     }
 }
 
-/// Store `user_id`'s presence and wake those who share a room with them.
+/// Store `user_id`'s presence, wake those who share a room with them, and
+/// publish the change on `edu.presence` for other servers.
 pub async fn set(
     state: &AppState,
     user_id: &str,
@@ -39,6 +41,15 @@ pub async fn set(
     let concerned = state.storage.users_sharing_a_room(user_id).await?;
     if let Some(pos) = state.storage.put_presence(user_id, presence, status_msg, keep_status, now).await? {
         state.notifier.publish(Stream::Presence, pos, &concerned);
+        if let (Some(stored), Ok(user_id)) = (state.storage.presence(user_id).await?, OwnedUserId::try_from(user_id)) {
+            let update = PresenceUpdate {
+                user_id,
+                presence: stored.presence,
+                status_msg: stored.status_msg,
+                last_active_ts: u64::try_from(stored.last_active_ts).unwrap_or(0),
+            };
+            state.bus.produce_json(PRESENCE_TOPIC, update.user_id.as_str(), &update).await?;
+        }
     }
     Ok(())
 }

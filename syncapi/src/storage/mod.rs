@@ -58,6 +58,9 @@ pub struct Applied {
     /// Users who may see something new: those joined after the event, and
     /// those whose membership it changed.
     pub users: BTreeSet<String>,
+    /// The device list position of the last user who newly joined: those
+    /// who now share a room with them see them in `device_lists.changed`.
+    pub device_list_pos: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +198,7 @@ impl Storage {
                 return Ok(None);
             };
             let mut users = BTreeSet::new();
+            let mut device_list_pos = None;
             for (event, f, state_key) in &added {
                 if event.event_id != main.event_id {
                     // State that arrived without its own timeline entry (state resolution).
@@ -236,6 +240,24 @@ impl Storage {
                 .await?;
                 if f.event_type == MEMBER {
                     let membership = membership_of(&event.pdu);
+                    if membership == "join" {
+                        let before: Option<String> = sqlx::query_scalar(
+                            "SELECT membership FROM syncapi_memberships WHERE room_id = $1 AND user_id = $2",
+                        )
+                        .bind(room_id)
+                        .bind(state_key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if before.as_deref() != Some("join") {
+                            let change: i64 = sqlx::query_scalar(
+                                "INSERT INTO syncapi_device_list_changes (user_id) VALUES ($1) RETURNING stream_pos",
+                            )
+                            .bind(state_key)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            device_list_pos = Some(change);
+                        }
+                    }
                     for sql in [
                         "INSERT INTO syncapi_memberships (room_id, user_id, membership, event_id, stream_pos) \
                          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id, user_id) DO UPDATE SET \
@@ -337,7 +359,7 @@ impl Storage {
             .await?;
             users.extend(joined);
             tx.commit().await?;
-            Ok(Some(Applied { pos, users }))
+            Ok(Some(Applied { pos, users, device_list_pos }))
         })
     }
 
@@ -375,7 +397,7 @@ impl Storage {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Some(Applied { pos, users: BTreeSet::new() }))
+            Ok(Some(Applied { pos, users: BTreeSet::new(), device_list_pos: None }))
         })
     }
 
