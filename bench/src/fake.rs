@@ -456,3 +456,102 @@ async fn missing_events(
         Json(json!({"events": room.pdus(&found)}))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use myelin_types::ruma::serde::Base64;
+    use myelin_types::ruma::signatures::{PublicKeyMap, Verified, verify_event};
+
+    use super::*;
+
+    async fn fake() -> (Arc<FakeServer>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("myelin-bench-pki-{}-{}", std::process::id(), crate::now_ms()));
+        write_pki(&dir).unwrap();
+        // No target: these tests only ask the fake itself.
+        (FakeServer::start(&dir, "https://127.0.0.1:1", "localhost").await.unwrap(), dir)
+    }
+
+    /// Every event cites the one before, is named by its reference hash
+    /// and carries a valid hash and signature of the fake's key.
+    #[tokio::test]
+    async fn events_are_chained_hashed_and_signed() {
+        let (fake, dir) = fake().await;
+        let room = fake.create_room(2).unwrap();
+        let (pdus, last) = fake.messages(&room, 3, "m").unwrap();
+        let rules = ROOM_VERSION.rules().unwrap();
+        let keys: PublicKeyMap =
+            [(fake.name.clone(), [(fake.key.key_id(), Base64::parse(fake.key.public_key_base64()).unwrap())].into())]
+                .into();
+        let mut previous: Option<String> = None;
+        for pdu in &pdus {
+            let object = canonical(pdu.clone()).unwrap();
+            assert_eq!(verify_event(&keys, &object, &rules).unwrap(), Verified::All);
+            if let Some(previous) = &previous {
+                assert_eq!(pdu["prev_events"], json!([previous]));
+            }
+            previous = Some(format!("${}", reference_hash(&object, &rules).unwrap()));
+        }
+        assert_eq!(previous.as_deref(), Some(last.as_str()));
+
+        // Tampered content no longer matches its hash.
+        let mut tampered = canonical(pdus[0].clone()).unwrap();
+        tampered.insert("content".to_owned(), CanonicalJsonValue::Object(Default::default()));
+        assert_eq!(verify_event(&keys, &tampered, &rules).unwrap(), Verified::Signatures);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// `/send_join` over HTTPS: a join named by its reference hash is
+    /// answered with the room's state and auth chain; one named otherwise
+    /// is refused with `M_BAD_JSON`.
+    #[tokio::test]
+    async fn send_join_answers_state_and_refuses_a_wrong_event_id() {
+        let (fake, dir) = fake().await;
+        let room = fake.create_room(3).unwrap();
+        let http = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+        let base = format!("https://{}/_matrix/federation", fake.name);
+        let user = "@joiner:localhost";
+        let template: Value = http
+            .get(format!("{base}/v1/make_join/{}/{}", encode(&room), encode(user)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(template["room_version"], "10");
+        let mut event = canonical(template["event"].clone()).unwrap();
+        let rules = ROOM_VERSION.rules().unwrap();
+        let key = ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap();
+        hash_and_sign_event("localhost", &key.keypair, &mut event, &rules.redaction).unwrap();
+        let event_id = format!("${}", reference_hash(&event, &rules).unwrap());
+        let event = Value::from(CanonicalJsonValue::Object(event));
+
+        let wrong = http
+            .put(format!("{base}/v2/send_join/{}/{}", encode(&room), encode("$not-its-hash")))
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(wrong.json::<Value>().await.unwrap()["errcode"], "M_BAD_JSON");
+
+        let answer: Value = http
+            .put(format!("{base}/v2/send_join/{}/{}", encode(&room), encode(&event_id)))
+            .json(&event)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // Create, power levels, join rules, the creator and three members.
+        assert_eq!(answer["state"].as_array().unwrap().len(), 7, "{answer}");
+        assert_eq!(answer["auth_chain"].as_array().unwrap().len(), 4, "{answer}");
+        assert!(answer["event"]["signatures"][&fake.name].is_object(), "counter-signed");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn encode(segment: &str) -> String {
+        form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+    }
+}
