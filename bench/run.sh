@@ -9,6 +9,7 @@
 #   bench/run.sh [--synapse] [--quick] [--messages N] [--samples N]
 #                [--senders N] [--rooms N] [--members N] [--history N]
 #                [--push-members N] [--push-events N]
+#                [--fed-events N] [--fed-members N]
 #
 #   --synapse      also run against Synapse (installed into
 #                  target/bench-synapse/venv on first use)
@@ -23,6 +24,15 @@
 #   --push-members N, --push-events N   pushes: members of the room (one
 #                  pusher each, at a sink the load generator serves) and
 #                  messages sent into it
+#   --fed-events N federation ingest: events the load generator, as a
+#                  remote server, sends over /send (50 per transaction)
+#                  into a room the target joined through it
+#   --fed-members N remote join: members of the remote room joined
+#
+# The federation scenarios serve a fake remote server on loopback (HTTPS,
+# a certificate from a CA generated per run); Myelin trusts that CA
+# (federation_api.ca_file) and allows loopback peers, Synapse gets a
+# plain HTTP federation listener and skips certificate checks.
 #
 # Environment: MYELIN_TEST_POSTGRES (an admin connection URL, default
 # postgres://postgres@127.0.0.1:5432/postgres), SYNAPSE_SPEC (the pip
@@ -39,6 +49,8 @@ history=5000
 page=100
 push_members=1000
 push_events=100
+fed_events=10000
+fed_members=10000
 synapse=false
 quick=false
 while [ $# -gt 0 ]; do
@@ -51,6 +63,8 @@ while [ $# -gt 0 ]; do
         --history) history="$2"; shift 2 ;;
         --push-members) push_members="$2"; shift 2 ;;
         --push-events) push_events="$2"; shift 2 ;;
+        --fed-events) fed_events="$2"; shift 2 ;;
+        --fed-members) fed_members="$2"; shift 2 ;;
         --synapse) synapse=true; shift ;;
         --quick) quick=true; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -58,6 +72,7 @@ while [ $# -gt 0 ]; do
 done
 if $quick; then
     messages=32 samples=20 senders=4 rooms=3 members=4 history=150 page=50 push_members=10 push_events=10
+    fed_events=200 fed_members=200
 fi
 
 synapse_venv=target/bench-synapse/venv
@@ -65,13 +80,17 @@ source bench/lib.sh
 if $quick; then out="bench/results/quick-$stamp.jsonl"; else out="bench/results/$stamp.jsonl"; fi
 
 cargo build --release --locked -p myelin -p myelin-bench
+pki="$work/pki"
+"$bench" --shared-secret "$secret" federation-pki --dir "$pki"
 
 start_myelin() {
     local backend="$1" dir="$work/myelin-$1"
     if [ "$backend" = postgres ]; then fresh_database myelin; else database=""; fi
     myelin_config "$dir" "$database"
-    spawn_myelin "$dir" server
+    MYELIN_FEDERATION_API__CA_FILE="$pki/ca.pem" MYELIN_FEDERATION_API__ALLOW_LOOPBACK_PEERS=true \
+        spawn_myelin "$dir" server
     server_pid=$spawned
+    federation_url="https://127.0.0.1:$federation_port"
     wait_for_server "http://127.0.0.1:$port" "$dir/server.log"
 }
 
@@ -93,13 +112,15 @@ start_synapse() {
     mkdir -p "$dir"
     fresh_database synapse
     port=$(free_port)
+    federation_port=$(free_port)
+    federation_url="http://127.0.0.1:$federation_port"
     "$synapse_venv/bin/python" -m synapse.app.homeserver --server-name localhost \
         --config-path "$dir/homeserver.yaml" --data-directory "$dir" \
         --generate-config --report-stats=no >/dev/null
     # The generated configuration, adjusted for a benchmark on loopback.
-    "$synapse_venv/bin/python" - "$dir" "$database" "$port" "$secret" "$pg_admin" <<'PY'
+    "$synapse_venv/bin/python" - "$dir" "$database" "$port" "$federation_port" "$secret" "$pg_admin" <<'PY'
 import sys, urllib.parse, yaml
-directory, database, port, secret, admin = sys.argv[1:]
+directory, database, port, federation_port, secret, admin = sys.argv[1:]
 admin = urllib.parse.urlparse(admin)
 path = f"{directory}/homeserver.yaml"
 config = yaml.safe_load(open(path))
@@ -112,7 +133,12 @@ config.update({
         "database": database, "cp_min": 5, "cp_max": 10}},
     "listeners": [{"port": int(port), "bind_addresses": ["127.0.0.1"], "type": "http",
                    "tls": False, "x_forwarded": False,
-                   "resources": [{"names": ["client"], "compress": False}]}],
+                   "resources": [{"names": ["client"], "compress": False}]},
+                  # The fake remote server of the federation scenarios
+                  # talks to this one; plain HTTP like the client listener.
+                  {"port": int(federation_port), "bind_addresses": ["127.0.0.1"], "type": "http",
+                   "tls": False, "x_forwarded": False,
+                   "resources": [{"names": ["federation"], "compress": False}]}],
     "registration_shared_secret": secret,
     "report_stats": False,
     "enable_metrics": False,
@@ -120,6 +146,8 @@ config.update({
     "suppress_key_server_warning": True,
     "ip_range_blacklist": [],
     "ip_range_blocklist": [],
+    # The fake remote server's certificate comes from a CA made per run.
+    "federation_verify_certificates": False,
     # Users are only created during setup; cheap hashing keeps setup short.
     "bcrypt_rounds": 4,
     "rc_message": unlimited(),
@@ -129,6 +157,9 @@ config.update({
     "rc_joins_per_room": unlimited(),
     "rc_invites": {"per_room": unlimited(), "per_user": unlimited(), "per_issuer": unlimited()},
     "rc_room_creation": unlimited(),
+    # One origin sends every transaction of the federation ingest.
+    "rc_federation": {"window_size": 1000, "sleep_limit": 100000, "sleep_delay": 0,
+                      "reject_limit": 100000, "concurrent": 100000},
     # Identical repeated /sync requests must be computed, not replayed.
     "caches": {"sync_response_cache_duration": 0},
     "log_config": f"{directory}/log.yaml",
@@ -162,6 +193,8 @@ suite() {
     scenario "$label" initial-sync --rooms "$rooms" --members "$members"
     scenario "$label" messages --events "$history" --page "$page"
     scenario "$label" push --members "$push_members" --events "$push_events"
+    scenario "$label" federation-ingest --federation-url "$federation_url" --tls-dir "$pki" --events "$fed_events"
+    scenario "$label" remote-join --federation-url "$federation_url" --tls-dir "$pki" --members "$fed_members"
     python3 -c 'import json, sys
 label, idle, loaded, peak = sys.argv[1], *map(int, sys.argv[2:])
 mib = lambda kib: round(kib / 1024, 1)
@@ -179,7 +212,7 @@ if $synapse; then
     synapse_v=$(synapse_version)
 fi
 python3 bench/report.py meta --synapse-version "$synapse_v" --quick "$quick" \
-    --scales "messages=$messages samples=$samples senders=$senders rooms=$rooms members=$members history=$history page=$page push_members=$push_members push_events=$push_events" \
+    --scales "messages=$messages samples=$samples senders=$senders rooms=$rooms members=$members history=$history page=$page push_members=$push_members push_events=$push_events fed_events=$fed_events fed_members=$fed_members" \
     >"$out"
 
 for backend in sqlite postgres; do

@@ -10,6 +10,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    pub user_id: String,
 }
 
 /// One reply: its JSON body and its size in bytes.
@@ -38,7 +39,8 @@ impl Client {
             bail!("register {localpart}: {status} {reply}");
         }
         let token = reply["access_token"].as_str().context("no access token")?.to_owned();
-        Ok(Self { http: http.clone(), base: base.to_owned(), token })
+        let user_id = reply["user_id"].as_str().context("no user_id")?.to_owned();
+        Ok(Self { http: http.clone(), base: base.to_owned(), token, user_id })
     }
 
     async fn call(
@@ -75,6 +77,20 @@ impl Client {
         let path = format!("/_matrix/client/v3/rooms/{room_id}/join");
         self.call(reqwest::Method::POST, &path, &[], Some(json!({}))).await?;
         Ok(())
+    }
+
+    /// `POST /join/{roomId}?server_name=…`: a join through another server.
+    pub async fn join_via(&self, room_id: &str, server: &str) -> Result<()> {
+        let path = format!("/_matrix/client/v3/join/{}", encode(room_id));
+        self.call(reqwest::Method::POST, &path, &[("server_name", server)], Some(json!({}))).await?;
+        Ok(())
+    }
+
+    /// The number of members `GET /rooms/{roomId}/joined_members` lists.
+    pub async fn joined_member_count(&self, room_id: &str) -> Result<usize> {
+        let path = format!("/_matrix/client/v3/rooms/{}/joined_members", encode(room_id));
+        let reply = self.call(reqwest::Method::GET, &path, &[], None).await?;
+        Ok(reply.body["joined"].as_object().map_or(0, |joined| joined.len()))
     }
 
     /// An http pusher keyed `pushkey` at the push gateway `url`.
@@ -142,4 +158,30 @@ impl Client {
         }
         bail!("event {body:?} never arrived through /sync")
     }
+
+    /// Long-polls from `since` with `filter` until `found` holds for a
+    /// response, or `deadline` passes; returns when that response arrived.
+    pub async fn sync_until(
+        &self,
+        since: &str,
+        filter: &str,
+        deadline: Instant,
+        found: impl Fn(&Value) -> bool,
+    ) -> Result<Instant> {
+        let mut since = since.to_owned();
+        while Instant::now() < deadline {
+            let reply = self.sync_filtered(Some(&since), 30_000, Some(filter)).await?;
+            let arrived = Instant::now();
+            if found(&reply.body) {
+                return Ok(arrived);
+            }
+            since = reply.body["next_batch"].as_str().unwrap_or_default().to_owned();
+        }
+        bail!("what was awaited never arrived through /sync")
+    }
+}
+
+/// Percent-encodes a path segment (room ids carry `!` and `:`).
+fn encode(segment: &str) -> String {
+    form_urlencoded::byte_serialize(segment.as_bytes()).collect()
 }

@@ -7,13 +7,17 @@
 //! during the measurement are counted and reported, never dropped.
 
 mod client;
+mod fake;
 mod history;
+mod ingest;
 mod initial_sync;
 mod latency;
 mod push;
+mod remote_join;
 mod send;
 mod stats;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,6 +104,47 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         gateway_port: u16,
     },
+    /// Federation ingest: as a remote server, has a target user join its
+    /// room, then sends `events` messages in transactions of at most
+    /// `per_transaction` PDUs; timed until the last one is in the user's /sync.
+    /// The target must trust `tls_dir`'s CA and federate over loopback.
+    FederationIngest {
+        #[command(flatten)]
+        federation: FederationArgs,
+        #[arg(long, default_value_t = 10_000)]
+        events: usize,
+        /// At most 50 (the spec's limit).
+        #[arg(long, default_value_t = 50)]
+        per_transaction: usize,
+        /// Unmeasured events sent (and awaited) first.
+        #[arg(long, default_value_t = 50)]
+        warmup: usize,
+    },
+    /// Remote join: a target user joins a room of `members` users that only
+    /// the load generator, as a remote server, is in.
+    RemoteJoin {
+        #[command(flatten)]
+        federation: FederationArgs,
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+    },
+    /// Writes the fake remote server's certificates into `dir`: `ca.pem`
+    /// (for the target to trust), `tls.crt` and `tls.key`.
+    FederationPki {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// How the federation scenarios reach the target and serve their fake server.
+#[derive(clap::Args)]
+struct FederationArgs {
+    /// Base URL of the target's federation API (`https://…` or `http://…`).
+    #[arg(long)]
+    federation_url: String,
+    /// Where `federation-pki` wrote the fake server's certificate.
+    #[arg(long)]
+    tls_dir: PathBuf,
 }
 
 /// The server under test and this run's unique user names.
@@ -153,6 +198,17 @@ async fn main() -> Result<()> {
         }
         Scenario::Messages { events, page } => history::run(&target, events, page).await?,
         Scenario::Push { members, events, gateway_port } => push::run(&target, members, events, gateway_port).await?,
+        Scenario::FederationIngest { federation, events, per_transaction, warmup } => {
+            let FederationArgs { federation_url, tls_dir } = federation;
+            ingest::run(&target, &tls_dir, &federation_url, events, per_transaction, warmup).await?
+        }
+        Scenario::RemoteJoin { federation, members } => {
+            remote_join::run(&target, &federation.tls_dir, &federation.federation_url, members).await?
+        }
+        Scenario::FederationPki { dir } => {
+            fake::write_pki(&dir)?;
+            return Ok(());
+        }
     };
     result["label"] = json!(cli.label);
     println!("{result}");
