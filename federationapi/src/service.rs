@@ -141,10 +141,10 @@ pub async fn start_with_client(
     let receipts = watch(bus.consume(edus::RECEIPT_GROUP, RECEIPT_TOPIC, Arc::new(receipts), shutdown.clone()));
     let to_device = ToDeviceConsumer(edus);
     let to_device = watch(bus.consume(edus::TO_DEVICE_GROUP, TO_DEVICE_TOPIC, Arc::new(to_device), shutdown.clone()));
-    let output = OutputConsumer { db: db.clone(), server_name: server_name.to_string(), sender };
+    let output = OutputConsumer { db: db.clone(), server_name: server_name.to_string(), sender: sender.clone() };
     let output = watch(bus.consume(roomserver_output::GROUP, OUTPUT_TOPIC, Arc::new(output), shutdown.clone()));
 
-    let app = router(FederationState::new(keys, db, bus, clock));
+    let app = router(FederationState::new(keys, db, bus, clock, sender));
     let handle = Handle::new();
     let server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
     let serve = tokio::spawn(async move {

@@ -1,5 +1,5 @@
 //! Requests to the federation API over the bus (`federationapi.perform`):
-//! joins through other servers and their aliases.
+//! joins and knocks through other servers, and their aliases.
 
 use myelin_bus::Bus;
 use myelin_roomserver::api::{
@@ -25,7 +25,9 @@ pub async fn join_room(
         bus.request_json(FEDERATION_PERFORM_TOPIC, &key, &request, PERFORM_TIMEOUT).await?;
     match reply? {
         FederationPerformOk::Joined { room_id, .. } => Ok(room_id),
-        FederationPerformOk::Alias { .. } => Err(ClientApiError::UnexpectedReply("federationapi.perform")),
+        FederationPerformOk::Alias { .. } | FederationPerformOk::Knocked { .. } => {
+            Err(ClientApiError::UnexpectedReply("federationapi.perform"))
+        }
     }
 }
 
@@ -37,6 +39,28 @@ pub async fn resolve_alias(bus: &Bus, alias: OwnedRoomAliasId) -> Result<(OwnedR
         bus.request_json(FEDERATION_PERFORM_TOPIC, &key, &request, PERFORM_TIMEOUT).await?;
     match reply? {
         FederationPerformOk::Alias { room_id, servers } => Ok((room_id, servers)),
-        FederationPerformOk::Joined { .. } => Err(ClientApiError::UnexpectedReply("federationapi.perform")),
+        FederationPerformOk::Joined { .. } | FederationPerformOk::Knocked { .. } => {
+            Err(ClientApiError::UnexpectedReply("federationapi.perform"))
+        }
+    }
+}
+
+/// Knock on a room this server is not in through `servers`.
+pub async fn knock_room(
+    bus: &Bus,
+    room_id: OwnedRoomId,
+    user_id: OwnedUserId,
+    servers: Vec<OwnedServerName>,
+    content: Value,
+) -> Result<OwnedRoomId> {
+    let key = room_id.to_string();
+    let request = FederationPerform::KnockRoom { room_id, user_id, servers, content };
+    let reply: FederationPerformReply =
+        bus.request_json(FEDERATION_PERFORM_TOPIC, &key, &request, PERFORM_TIMEOUT).await?;
+    match reply? {
+        FederationPerformOk::Knocked { room_id, .. } => Ok(room_id),
+        FederationPerformOk::Alias { .. } | FederationPerformOk::Joined { .. } => {
+            Err(ClientApiError::UnexpectedReply("federationapi.perform"))
+        }
     }
 }
