@@ -247,6 +247,19 @@ impl Responder for FakeRoomServer {
     }
 }
 
+/// Stands in for the room server's server ACL answers: every room admits
+/// every server but `!denied:x`, which admits none.
+struct FakeAcl;
+
+#[async_trait]
+impl Responder for FakeAcl {
+    async fn respond(&self, record: &Record) -> Result<Vec<u8>, HandleError> {
+        let QueryRequest::ServerAllowed { room_id, .. } = record.json().unwrap() else { panic!("only ACLs are asked") };
+        let reply: QueryReply = Ok(QueryOk::ServerAllowed { allowed: room_id.as_str() != "!denied:x" });
+        Ok(serde_json::to_vec(&reply).unwrap())
+    }
+}
+
 #[tokio::test]
 async fn version_and_own_key_response() {
     let pki = TestPki::new();
@@ -414,7 +427,8 @@ async fn send_gives_each_pdu_its_result_and_repeats_the_stored_answer() {
     let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
     let room_server = Arc::new(FakeRoomServer { calls: AtomicUsize::new(0) });
     let (_stop, shutdown) = Shutdown::new();
-    let _serving = b.bus.serve("roomserver", INPUT_TOPIC, room_server.clone(), shutdown);
+    let _serving = b.bus.serve("roomserver", INPUT_TOPIC, room_server.clone(), shutdown.clone());
+    let _acl = b.bus.serve("roomserver.query", QUERY_TOPIC, Arc::new(FakeAcl), shutdown);
 
     let pdu = |id: &str, room: Value, body: &str| json!({"event_id": id, "room_id": room, "type": "m.room.message", "content": {"body": body}});
     let body = json!({
@@ -427,6 +441,7 @@ async fn send_gives_each_pdu_its_result_and_repeats_the_stored_answer() {
             pdu("$broken:x", json!("!broken:x"), "hi"),
             pdu("$noroom:x", Value::Null, "hi"),
             pdu("$badroom:x", json!("not a room id"), "hi"),
+            pdu("$denied:x", json!("!denied:x"), "hi"),
         ],
         "edus": [{"edu_type": "m.typing", "content": {}}],
     });
@@ -439,8 +454,9 @@ async fn send_gives_each_pdu_its_result_and_repeats_the_stored_answer() {
     assert_eq!(pdus["$broken:x"], json!({"error": "room is broken"}));
     assert!(pdus["$noroom:x"]["error"].is_string(), "{answer}");
     assert!(pdus["$badroom:x"]["error"].is_string(), "{answer}");
-    assert_eq!(pdus.as_object().unwrap().len(), 6);
-    assert_eq!(room_server.calls.load(Ordering::SeqCst), 3, "one request per valid room");
+    assert!(pdus["$denied:x"]["error"].as_str().is_some_and(|e| e.contains("server ACL")), "{answer}");
+    assert_eq!(pdus.as_object().unwrap().len(), 7);
+    assert_eq!(room_server.calls.load(Ordering::SeqCst), 3, "one request per valid room the ACL admits");
 
     // The same transaction again: the stored answer, nothing reprocessed.
     assert_eq!(a.client.send(request).await.unwrap(), answer);
