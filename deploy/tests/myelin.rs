@@ -860,3 +860,259 @@ fn compose_files_are_valid() {
         assert!(output.status.success(), "{file}: {}", String::from_utf8_lossy(&output.stderr));
     }
 }
+
+/// Poll `server`'s `/sync` for `token` until `found` holds of the body.
+async fn sync_until(server: &Server, token: &str, what: &str, found: impl Fn(&Value) -> bool) -> Value {
+    let url = server.url("/_matrix/client/v3/sync?timeout=0");
+    let mut body = Value::Null;
+    for _ in 0..300 {
+        (_, body) = json_request(reqwest::Method::GET, &url, Some(token), "").await;
+        if found(&body) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never saw {what} in {body}\n{}", server.log_tail());
+}
+
+/// The membership of `user` in `room_id` as `server` shows it to `token`.
+async fn membership(server: &Server, token: &str, room_id: &str, user: &str) -> Option<String> {
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{user}");
+    let (status, body) = server.get(token, &path).await;
+    (status == StatusCode::OK).then(|| body["membership"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Knocking on a room of this server and on one of another: the knocker
+/// sees the room under `rooms.knock` with its stripped state, the room's
+/// members see the knock, an invite answers it, a leave rescinds it; rooms
+/// that do not take knocks refuse them.
+#[tokio::test]
+async fn knocks_on_local_and_remote_rooms_are_seen_answered_and_rescinded() {
+    let (a, b, _ca) = Server::start_federated_pair(Backend::Sqlite).await;
+    let alice = a.register("alice").await;
+    let dan = a.register("dan").await;
+    let bob = b.register("bob").await;
+    let carol = b.register("carol").await;
+    let (dan_id, bob_id, carol_id) = (
+        format!("@dan:{}", a.server_name()),
+        format!("@bob:{}", b.server_name()),
+        format!("@carol:{}", b.server_name()),
+    );
+    let knock_rule = json!({"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}});
+    let room_id = a
+        .create_room(
+            &alice,
+            json!({"preset": "private_chat", "name": "Door", "room_alias_name": "door", "initial_state": [knock_rule]}),
+        )
+        .await;
+    let knock = |server: &Server, token: &str, target: &str, query: &str| {
+        let path = format!("/_matrix/client/v3/knock/{}{query}", urlencode(target));
+        let (server, token) = (server.url(&path), token.to_owned());
+        async move { json_request(reqwest::Method::POST, &server, Some(&token), r#"{"reason": "let me in"}"#).await }
+    };
+    let knocked = |room: String| move |body: &Value| body["rooms"]["knock"][&room]["knock_state"]["events"].is_array();
+    let knock_state = |body: &Value, room: &str| body["rooms"]["knock"][room]["knock_state"]["events"].clone();
+
+    // A local knock: Dan sees the room under `knock`, Alice sees his knock.
+    let (status, body) = knock(&a, &dan, &room_id, "").await;
+    assert_eq!((status, body["room_id"].as_str()), (StatusCode::OK, Some(room_id.as_str())), "{body}");
+    let synced = sync_until(&a, &dan, "Dan's knock", knocked(room_id.clone())).await;
+    let shown = knock_state(&synced, &room_id);
+    let shown = shown.as_array().unwrap();
+    assert!(shown.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Door"), "{shown:?}");
+    assert!(shown.iter().any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "knock"), "{shown:?}");
+    assert!(synced["rooms"]["join"].get(&room_id).is_none());
+    let timeline_has = |user: String, membership: &'static str| {
+        let room = room_id.clone();
+        move |body: &Value| {
+            body["rooms"]["join"][&room]["timeline"]["events"].as_array().is_some_and(|events| {
+                events.iter().any(|e| e["state_key"] == user.as_str() && e["content"]["membership"] == membership)
+            })
+        }
+    };
+    sync_until(&a, &alice, "Dan's knock on A", timeline_has(dan_id.clone(), "knock")).await;
+    // Dan rescinds the knock by leaving.
+    let (status, body) = a.post(&dan, &format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(membership(&a, &alice, &room_id, &dan_id).await.as_deref(), Some("leave"));
+    sync_until(&a, &dan, "the rescinded knock", |body| body["rooms"]["knock"].get(&room_id).is_none()).await;
+
+    // A remote knock by alias: B knocks through A and keeps A's stripped state.
+    let (status, body) = knock(&b, &bob, &format!("#door:{}", a.server_name()), "").await;
+    assert_eq!(
+        (status, body["room_id"].as_str()),
+        (StatusCode::OK, Some(room_id.as_str())),
+        "{body}\n{}",
+        a.log_tail()
+    );
+    let synced = sync_until(&b, &bob, "Bob's knock on B", knocked(room_id.clone())).await;
+    let shown = knock_state(&synced, &room_id);
+    let shown = shown.as_array().unwrap();
+    assert!(shown.iter().any(|e| e["type"] == "m.room.join_rules" && e["content"]["join_rule"] == "knock"));
+    assert!(shown.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == bob_id.as_str()), "{shown:?}");
+    sync_until(&a, &alice, "Bob's knock on A", timeline_has(bob_id.clone(), "knock")).await;
+    assert_eq!(membership(&a, &alice, &room_id, &bob_id).await.as_deref(), Some("knock"));
+
+    // Carol knocks by room id with `via`, then rescinds the knock: B is not
+    // in the room, so her leave goes through A.
+    let (status, body) = knock(&b, &carol, &room_id, &format!("?via={}", a.server_name())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    sync_until(&b, &carol, "Carol's knock", knocked(room_id.clone())).await;
+    assert_eq!(membership(&a, &alice, &room_id, &carol_id).await.as_deref(), Some("knock"));
+    let (status, body) = b.post(&carol, &format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", a.log_tail());
+    assert_eq!(membership(&a, &alice, &room_id, &carol_id).await.as_deref(), Some("leave"));
+    sync_until(&b, &carol, "Carol's rescinded knock", |body| body["rooms"]["knock"].get(&room_id).is_none()).await;
+
+    // Alice answers with an invite; Bob joins through A.
+    let (status, body) =
+        a.post(&alice, &format!("/_matrix/client/v3/rooms/{room_id}/invite"), json!({"user_id": bob_id})).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", b.log_tail());
+    sync_until(&b, &bob, "the invite", |body| body["rooms"]["invite"][&room_id].is_object()).await;
+    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
+    let (status, body) = b.post(&bob, &via, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", a.log_tail());
+    assert_eq!(membership(&a, &alice, &room_id, &bob_id).await.as_deref(), Some("join"));
+
+    // Rooms that take no knocks, and a banned user.
+    let forbidden = |(status, body): (StatusCode, Value), what: &str| {
+        assert_eq!((status, body["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "{what}: {body}");
+    };
+    let public = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    forbidden(knock(&a, &dan, &public, "").await, "a public room");
+    forbidden(knock(&b, &carol, &public, &format!("?via={}", a.server_name())).await, "a public room, remotely");
+    let invite_only = a.create_room(&alice, json!({"preset": "private_chat"})).await;
+    forbidden(knock(&a, &dan, &invite_only, "").await, "an invite-only room");
+    let (status, body) =
+        a.post(&alice, &format!("/_matrix/client/v3/rooms/{room_id}/ban"), json!({"user_id": carol_id})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // B is in the room through Bob: its own auth check refuses once the ban is there.
+    sync_until(&b, &bob, "Carol's ban on B", timeline_has(carol_id.clone(), "ban")).await;
+    forbidden(knock(&b, &carol, &room_id, &format!("?via={}", a.server_name())).await, "a banned user");
+    let v6 = a
+        .create_room(&alice, json!({"preset": "private_chat", "room_version": "6", "initial_state": [knock_rule]}))
+        .await;
+    forbidden(knock(&a, &dan, &v6, "").await, "a v6 room");
+    let (status, body) = knock(&b, &carol, &v6, &format!("?via={}", a.server_name())).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("M_INCOMPATIBLE_ROOM_VERSION")),
+        "a v6 room, remotely: {body}"
+    );
+    let (status, body) = knock(&a, &dan, "!nowhere:elsewhere.invalid", "").await;
+    assert_eq!((status, body["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")), "{body}");
+}
+
+/// Three servers in one room: a user of A creates it with an alias, a user
+/// of B joins by the alias, one of C by the room id; messages from each
+/// arrive on all three in the same order, and a kick, a ban and a change
+/// of power levels made on A take effect on B and C.
+#[tokio::test]
+async fn three_servers_share_a_room_in_one_order_with_kicks_bans_and_power_levels() {
+    let (mut servers, _ca) = Server::start_federated(Backend::Sqlite, 3).await;
+    let c = servers.pop().unwrap();
+    let b = servers.pop().unwrap();
+    let a = servers.pop().unwrap();
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let brian = b.register("brian").await;
+    let carol = c.register("carol").await;
+    let (bob_id, brian_id, carol_id) = (
+        format!("@bob:{}", b.server_name()),
+        format!("@brian:{}", b.server_name()),
+        format!("@carol:{}", c.server_name()),
+    );
+    let room_id = a.create_room(&alice, json!({"preset": "public_chat", "room_alias_name": "trio"})).await;
+    let alias = urlencode(&format!("#trio:{}", a.server_name()));
+    for (server, token) in [(&b, &bob), (&b, &brian)] {
+        let (status, body) = server.post(token, &format!("/_matrix/client/v3/join/{alias}"), json!({})).await;
+        assert_eq!((status, body["room_id"].as_str()), (StatusCode::OK, Some(room_id.as_str())), "{body}");
+    }
+    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
+    let (status, body) = c.post(&carol, &via, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", a.log_tail());
+
+    let everyone = [(&a, &alice, "A"), (&b, &bob, "B"), (&c, &carol, "C")];
+    let filter = urlencode(r#"{"room":{"timeline":{"limit":100}}}"#);
+    let bodies = |server: &Server, token: &str| {
+        let url = server.url(&format!("/_matrix/client/v3/sync?filter={filter}"));
+        let (token, room_id) = (token.to_owned(), room_id.clone());
+        async move {
+            let (_, body) = json_request(reqwest::Method::GET, &url, Some(&token), "").await;
+            body["rooms"]["join"][&room_id]["timeline"]["events"]
+                .as_array()
+                .map(|events| {
+                    events
+                        .iter()
+                        .filter(|e| e["type"] == "m.room.message")
+                        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }
+    };
+    // Each server speaks in turn, C first (it knows the others only from
+    // the joins A passed on), and waits until all three have its message.
+    let mut expected = Vec::new();
+    for round in 0..3 {
+        for (server, token, name) in [(&c, &carol, "C"), (&b, &bob, "B"), (&a, &alice, "A")] {
+            let body = format!("from {name} {round}");
+            server.send_message(token, &room_id, &format!("m{round}"), &body).await;
+            expected.push(body);
+            for (reader, reader_token, reader_name) in everyone {
+                let mut seen = Vec::new();
+                for _ in 0..300 {
+                    seen = bodies(reader, reader_token).await;
+                    if seen.len() >= expected.len() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                assert_eq!(seen, expected, "on {reader_name}\n{}", reader.log_tail());
+            }
+        }
+    }
+
+    // A kicks Brian, makes Bob a moderator and bans Carol (last: a banned
+    // user reads the state as it was at the ban).
+    let kick = format!("/_matrix/client/v3/rooms/{room_id}/kick");
+    let (status, body) = a.post(&alice, &kick, json!({"user_id": brian_id, "reason": "quiet"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let levels_path = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels/");
+    let (status, mut levels) = a.get(&alice, &levels_path).await;
+    assert_eq!(status, StatusCode::OK, "{levels}");
+    levels["users"][&bob_id] = json!(50);
+    let (status, body) = a.put(&alice, &levels_path, levels).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ban = format!("/_matrix/client/v3/rooms/{room_id}/ban");
+    let (status, body) = a.post(&alice, &ban, json!({"user_id": carol_id})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    for (server, token, name) in [(&b, &bob, "B"), (&c, &carol, "C")] {
+        let mut seen = (None, None, Value::Null);
+        for _ in 0..300 {
+            let (_, levels) = server.get(token, &levels_path).await;
+            seen = (
+                membership(server, token, &room_id, &brian_id).await,
+                membership(server, token, &room_id, &carol_id).await,
+                levels["users"][&bob_id].clone(),
+            );
+            if seen == (Some("leave".to_owned()), Some("ban".to_owned()), json!(50)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            seen,
+            (Some("leave".to_owned()), Some("ban".to_owned()), json!(50)),
+            "on {name}\n{}",
+            server.log_tail()
+        );
+    }
+    // The ban and the kick hold on the users' own servers: neither can speak.
+    for (server, token, who) in [(&c, &carol, "Carol"), (&b, &brian, "Brian")] {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/after");
+        let (status, body) = server.put(token, &path, json!({"msgtype": "m.text", "body": "still here?"})).await;
+        assert_eq!((status, body["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "{who}: {body}");
+    }
+}

@@ -157,10 +157,10 @@ pub async fn start_with_client(
         watch(bus.consume(device_lists::GROUP, KEY_CHANGE_TOPIC, Arc::new(device_lists), shutdown.clone()));
     let remote_keys = RemoteKeysResponder { client: client.clone() };
     let remote_keys = watch(bus.serve(remote_keys::GROUP, REMOTE_KEYS_TOPIC, Arc::new(remote_keys), shutdown.clone()));
-    let output = OutputConsumer { db: db.clone(), server_name: server_name.to_string(), sender };
+    let output = OutputConsumer { db: db.clone(), server_name: server_name.to_string(), sender: sender.clone() };
     let output = watch(bus.consume(roomserver_output::GROUP, OUTPUT_TOPIC, Arc::new(output), shutdown.clone()));
 
-    let app = router(FederationState::new(keys, db, bus, clock));
+    let app = router(FederationState::new(keys, db, bus, clock, sender));
     let handle = Handle::new();
     let server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
     let serve = tokio::spawn(async move {

@@ -98,6 +98,8 @@ struct Options {
     denylist: Vec<String>,
     /// Run the real room server on the instance's bus and database.
     room_server: bool,
+    /// Name the instance `127.0.0.1:<port>` (an IP literal) rather than `localhost:<port>`.
+    ip_literal: bool,
 }
 
 struct Instance {
@@ -115,7 +117,7 @@ struct Instance {
 impl Instance {
     async fn start(pki: &TestPki, db: TestDb, clock: &ManualClock, options: Options) -> Self {
         let port = free_port();
-        let name = format!("localhost:{port}");
+        let name = format!("{}:{port}", if options.ip_literal { "127.0.0.1" } else { "localhost" });
         let mut config = Config::in_dir(pki.dir.path().to_owned());
         config.global.server_name = name.clone();
         config.federation_api.listen = SocketAddr::from(([127, 0, 0, 1], port));
@@ -243,6 +245,19 @@ impl Responder for FakeRoomServer {
                 .collect();
             Ok(InputOk::PdusProcessed { results })
         };
+        Ok(serde_json::to_vec(&reply).unwrap())
+    }
+}
+
+/// Stands in for the room server's server ACL answers: every room admits
+/// every server but `!denied:x`, which admits none.
+struct FakeAcl;
+
+#[async_trait]
+impl Responder for FakeAcl {
+    async fn respond(&self, record: &Record) -> Result<Vec<u8>, HandleError> {
+        let QueryRequest::ServerAllowed { room_id, .. } = record.json().unwrap() else { panic!("only ACLs are asked") };
+        let reply: QueryReply = Ok(QueryOk::ServerAllowed { allowed: room_id.as_str() != "!denied:x" });
         Ok(serde_json::to_vec(&reply).unwrap())
     }
 }
@@ -414,7 +429,8 @@ async fn send_gives_each_pdu_its_result_and_repeats_the_stored_answer() {
     let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
     let room_server = Arc::new(FakeRoomServer { calls: AtomicUsize::new(0) });
     let (_stop, shutdown) = Shutdown::new();
-    let _serving = b.bus.serve("roomserver", INPUT_TOPIC, room_server.clone(), shutdown);
+    let _serving = b.bus.serve("roomserver", INPUT_TOPIC, room_server.clone(), shutdown.clone());
+    let _acl = b.bus.serve("roomserver.query", QUERY_TOPIC, Arc::new(FakeAcl), shutdown);
 
     let pdu = |id: &str, room: Value, body: &str| json!({"event_id": id, "room_id": room, "type": "m.room.message", "content": {"body": body}});
     let body = json!({
@@ -427,6 +443,7 @@ async fn send_gives_each_pdu_its_result_and_repeats_the_stored_answer() {
             pdu("$broken:x", json!("!broken:x"), "hi"),
             pdu("$noroom:x", Value::Null, "hi"),
             pdu("$badroom:x", json!("not a room id"), "hi"),
+            pdu("$denied:x", json!("!denied:x"), "hi"),
         ],
         "edus": [{"edu_type": "m.typing", "content": {}}],
     });
@@ -439,8 +456,9 @@ async fn send_gives_each_pdu_its_result_and_repeats_the_stored_answer() {
     assert_eq!(pdus["$broken:x"], json!({"error": "room is broken"}));
     assert!(pdus["$noroom:x"]["error"].is_string(), "{answer}");
     assert!(pdus["$badroom:x"]["error"].is_string(), "{answer}");
-    assert_eq!(pdus.as_object().unwrap().len(), 6);
-    assert_eq!(room_server.calls.load(Ordering::SeqCst), 3, "one request per valid room");
+    assert!(pdus["$denied:x"]["error"].as_str().is_some_and(|e| e.contains("server ACL")), "{answer}");
+    assert_eq!(pdus.as_object().unwrap().len(), 7);
+    assert_eq!(room_server.calls.load(Ordering::SeqCst), 3, "one request per valid room the ACL admits");
 
     // The same transaction again: the stored answer, nothing reprocessed.
     assert_eq!(a.client.send(request).await.unwrap(), answer);
@@ -618,10 +636,14 @@ async fn create_public_room(server: &Instance, creator: &str) -> String {
 }
 
 async fn create_room(server: &Instance, creator: &str, preset: &str) -> String {
+    create_room_of_version(server, creator, preset, None).await
+}
+
+async fn create_room_of_version(server: &Instance, creator: &str, preset: &str, version: Option<&str>) -> String {
     let request = InputRequest::CreateRoom(CreateRoom {
         creator: creator.try_into().unwrap(),
         creator_profile: Default::default(),
-        room_version: None,
+        room_version: version.map(str::to_owned),
         preset: Some(preset.to_owned()),
         visibility: None,
         name: None,
@@ -1259,6 +1281,198 @@ async fn only_a_well_formed_invite_of_a_local_user_is_countersigned() {
         b.client.send(FederationRequest::put(&a.name, path, Value::from(CanonicalJsonValue::Object(good)))).await,
     );
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+}
+
+/// The room's server ACL refuses a denied origin on every room-scoped
+/// endpoint, in `/send` (an error for each of its PDUs, its EDUs dropped),
+/// and lets others in; a new ACL takes effect at once. A and B are both
+/// `localhost` (the port is no part of the match), C is the IP literal
+/// `127.0.0.1`.
+#[tokio::test]
+async fn a_server_acl_refuses_a_denied_origin_everywhere_and_changes_take_effect() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let with_room_server = || Options { room_server: true, ..Options::default() };
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, with_room_server()).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, with_room_server()).await;
+    let c = Instance::start(&pki, TestDb::sqlite(), &clock, Options { ip_literal: true, ..Options::default() }).await;
+    let alice = format!("@alice:{}", a.name);
+    let bob = format!("@bob:{}", b.name);
+    let carol = format!("@carol:{}", c.name);
+    let room_id = create_public_room(&a, &alice).await;
+    join_through(&b, &room_id, &bob, &[&a.name]).await.unwrap();
+    let create_id = id_of(&state_event(&a, &room_id, &alice, "m.room.create", "").await.unwrap());
+    let join_id = id_of(&state_event(&a, &room_id, &alice, "m.room.member", &bob).await.unwrap());
+    let encode = |s: &str| s.replace('!', "%21").replace('@', "%40").replace(':', "%3A").replace('$', "%24");
+    let (room, create, join) = (encode(&room_id), encode(&create_id), encode(&join_id));
+
+    // Until the ACL: B's typing notices reach A's bus (once A knows Bob
+    // joined). Later ones stop typing, so they tell apart from these.
+    let mut typing_records = a.bus.backend().consumer("test.typing", TYPING_TOPIC).await.unwrap();
+    let send = |txn: String, pdus: Value, typing: bool| {
+        let edus = json!([{"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": bob, "typing": typing}}]);
+        let body = json!({"origin": b.name, "origin_server_ts": NOW_MS, "pdus": pdus, "edus": edus});
+        b.client.send(FederationRequest::put(&a.name, format!("/_matrix/federation/v1/send/{txn}"), body))
+    };
+    let mut typed = false;
+    for attempt in 0..100 {
+        send(format!("before-{attempt}"), json!([]), true).await.unwrap();
+        if let Ok(batch) = tokio::time::timeout(Duration::from_millis(300), typing_records.next_batch(10)).await {
+            typed |= !batch.unwrap().is_empty();
+        }
+        if typed {
+            break;
+        }
+    }
+    assert!(typed, "Bob's typing never arrived before the ACL");
+    let stopped = |records: &[Record]| records.iter().any(|r| r.json::<Value>().unwrap()["typing"] == false);
+
+    send_state(&a, &room_id, &alice, "m.room.server_acl", "", json!({"allow": ["*"], "deny": ["localhost"]})).await;
+    let event = json!({"room_id": room_id, "type": "m.room.message", "sender": bob, "event_id": "$denied",
+        "content": {"body": "hello"}});
+    let answer = send("denied".to_owned(), json!([event]), false).await.unwrap();
+    let error = answer["pdus"]["$denied"]["error"].as_str().unwrap_or_else(|| panic!("no error: {answer}"));
+    assert!(error.contains("server ACL"), "{answer}");
+    while let Ok(batch) = tokio::time::timeout(Duration::from_secs(1), typing_records.next_batch(10)).await {
+        assert!(!stopped(&batch.unwrap()), "a denied server's typing is dropped");
+    }
+
+    let some_event = json!({"type": "m.room.member", "room_id": room_id, "sender": bob, "state_key": bob,
+        "content": {"membership": "join"}});
+    let mut requests = vec![
+        FederationRequest::get(&a.name, format!("/_matrix/federation/v1/make_join/{room}/{}?ver=12", encode(&bob))),
+        FederationRequest::get(&a.name, format!("/_matrix/federation/v1/make_leave/{room}/{}", encode(&bob))),
+        FederationRequest::get(&a.name, format!("/_matrix/federation/v1/event/{create}")),
+        FederationRequest::get(&a.name, format!("/_matrix/federation/v1/state/{room}?event_id={join}")),
+        FederationRequest::get(&a.name, format!("/_matrix/federation/v1/state_ids/{room}?event_id={join}")),
+        FederationRequest::get(&a.name, format!("/_matrix/federation/v1/event_auth/{room}/{join}")),
+        FederationRequest::get(&a.name, format!("/_matrix/federation/v1/backfill/{room}?v={join}&limit=5")),
+        FederationRequest::post(
+            &a.name,
+            format!("/_matrix/federation/v1/get_missing_events/{room}"),
+            json!({"earliest_events": [create_id], "latest_events": [join_id]}),
+        ),
+        FederationRequest::put(
+            &a.name,
+            format!("/_matrix/federation/v2/invite/{room}/%24invite"),
+            json!({"room_version": "12", "event": some_event, "invite_room_state": []}),
+        ),
+        FederationRequest::put(&a.name, format!("/_matrix/federation/v1/invite/{room}/%24invite"), some_event.clone()),
+    ];
+    let make_knock = format!("/_matrix/federation/v1/make_knock/{room}/{}?ver=12", encode(&bob));
+    requests.push(FederationRequest::get(&a.name, make_knock));
+    let send_knock = format!("/_matrix/federation/v1/send_knock/{room}/%24event");
+    requests.push(FederationRequest::put(&a.name, send_knock, some_event.clone()));
+    for version in ["v1", "v2"] {
+        for endpoint in ["send_join", "send_leave"] {
+            let path = format!("/_matrix/federation/{version}/{endpoint}/{room}/%24event");
+            requests.push(FederationRequest::put(&a.name, path, some_event.clone()));
+        }
+    }
+    for request in requests {
+        let what = format!("{request:?}");
+        let (status, body) = status_of(b.client.send(request).await);
+        assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{what}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("server ACL"), "{what}: {body}");
+    }
+    // C is allowed: an IP literal, which the ACL does not exclude.
+    let make_join_c = || {
+        let path = format!("/_matrix/federation/v1/make_join/{room}/{}?ver=12", encode(&carol));
+        c.client.send(FederationRequest::get(&a.name, path))
+    };
+    let (status, body) = status_of(make_join_c().await);
+    assert_eq!(status, 200, "{body}");
+
+    // The ACL changes: IP literals out, everyone else in.
+    send_state(&a, &room_id, &alice, "m.room.server_acl", "", json!({"allow": ["*"], "allow_ip_literals": false}))
+        .await;
+    let (status, body) = status_of(make_join_c().await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let path = format!("/_matrix/federation/v1/state_ids/{room}?event_id={join}");
+    let (status, body) = status_of(b.client.send(FederationRequest::get(&a.name, path)).await);
+    assert_eq!(status, 200, "B reads again: {body}");
+    let answer = send("allowed".to_owned(), json!([]), false).await.unwrap();
+    assert_eq!(answer, json!({"pdus": {}}));
+    let batch = tokio::time::timeout(Duration::from_secs(10), typing_records.next_batch(10)).await.unwrap().unwrap();
+    assert!(stopped(&batch), "B's typing arrives again");
+}
+
+/// `/make_knock` and `/send_knock`: only for the origin's own users, only
+/// in rooms whose join rule is `knock` and whose version knows knocking
+/// (7 and later), never for a banned user; the answer carries the room's
+/// stripped state and the knock is in the room.
+#[tokio::test]
+async fn make_knock_and_send_knock_refuse_what_the_spec_refuses() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, Options { room_server: true, ..Options::default() }).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let alice = format!("@alice:{}", a.name);
+    let bob = format!("@bob:{}", b.name);
+    let encode = |s: &str| s.replace('!', "%21").replace('@', "%40").replace(':', "%3A").replace('$', "%24");
+    let make_knock = |room: &str, user: &str, query: &str| {
+        let path = format!("/_matrix/federation/v1/make_knock/{}/{}{query}", encode(room), encode(user));
+        b.client.send(FederationRequest::get(&a.name, path))
+    };
+    let knock_rule = json!({"join_rule": "knock"});
+    let room_id = create_room(&a, &alice, "private_chat").await;
+    send_state(&a, &room_id, &alice, "m.room.join_rules", "", knock_rule.clone()).await;
+    send_state(&a, &room_id, &alice, "m.room.name", "", json!({"name": "Knock here"})).await;
+
+    let (status, answer) = status_of(make_knock(&room_id, &bob, "?ver=11&ver=12").await);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["room_version"], "12");
+    assert_eq!(answer["event"]["content"], json!({"membership": "knock"}));
+    assert_eq!(answer["event"]["state_key"], bob.as_str());
+
+    let (status, body) = status_of(make_knock(&room_id, &format!("@carol:{}", a.name), "?ver=12").await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "only for the origin's users: {body}");
+    let (status, body) = status_of(make_knock(&room_id, &bob, "?ver=10&ver=11").await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INCOMPATIBLE_ROOM_VERSION")), "{body}");
+    let (status, body) = status_of(make_knock(&room_id, &bob, "").await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INCOMPATIBLE_ROOM_VERSION")), "no ver: {body}");
+    let (status, body) = status_of(make_knock("!unknown:elsewhere", &bob, "?ver=12").await);
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+    clock.advance_ms(1);
+    let public = create_public_room(&a, &alice).await;
+    let (status, body) = status_of(make_knock(&public, &bob, "?ver=12").await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "a public room: {body}");
+    clock.advance_ms(1);
+    let invite_only = create_room(&a, &alice, "private_chat").await;
+    let (status, body) = status_of(make_knock(&invite_only, &bob, "?ver=12").await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "an invite-only room: {body}");
+    let v6 = create_room_of_version(&a, &alice, "private_chat", Some("6")).await;
+    send_state(&a, &v6, &alice, "m.room.join_rules", "", knock_rule.clone()).await;
+    let (status, body) = status_of(make_knock(&v6, &bob, "?ver=6&ver=12").await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INCOMPATIBLE_ROOM_VERSION")), "v6: {body}");
+    let dave = format!("@dave:{}", b.name);
+    send_state(&a, &room_id, &alice, "m.room.member", &dave, json!({"membership": "ban"})).await;
+    let (status, body) = status_of(make_knock(&room_id, &dave, "?ver=12").await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "banned: {body}");
+
+    let send_knock = |event_id: &str, event: &CanonicalJsonObject| {
+        let path = format!("/_matrix/federation/v1/send_knock/{}/{}", encode(&room_id), encode(event_id));
+        b.client.send(FederationRequest::put(&a.name, path, Value::from(CanonicalJsonValue::Object(event.clone()))))
+    };
+    let mut join_answer = answer.clone();
+    join_answer["event"]["content"]["membership"] = json!("join");
+    let (join, join_id) = sign_template(&join_answer, &bob, &b.name, &b.key);
+    let (status, body) = status_of(send_knock(&join_id, &join).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "a join is no knock: {body}");
+    let (knock, knock_id) = sign_template(&answer, &bob, &b.name, &b.key);
+    let (status, body) = status_of(send_knock("$someotherevent", &knock).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "event id mismatch: {body}");
+    assert!(state_event(&a, &room_id, &alice, "m.room.member", &bob).await.is_none(), "nothing refused got in");
+
+    let (status, body) = status_of(send_knock(&knock_id, &knock).await);
+    assert_eq!(status, 200, "{body}");
+    let shown = body["knock_room_state"].as_array().unwrap();
+    assert!(shown.iter().any(|e| e["type"] == "m.room.join_rules" && e["content"] == knock_rule), "{body}");
+    assert!(shown.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knock here"), "{body}");
+    assert!(shown.iter().all(|e| e.get("signatures").is_none() && e.get("event_id").is_none()), "stripped: {body}");
+    let member = state_event(&a, &room_id, &alice, "m.room.member", &bob).await.expect("the knock is in");
+    assert_eq!(member["content"]["membership"], "knock");
+    assert_eq!(id_of(&member), knock_id);
 }
 
 /// Stands in for the client API's `clientapi.keys` on an instance's bus:

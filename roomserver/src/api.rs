@@ -53,6 +53,24 @@ pub enum InputRequest {
     /// sees it; in a room it is in, the event arrives again over `/send`.
     /// The reply is [`InputOk::InviteSigned`].
     ReceivedInvite(ReceivedInvite),
+    /// A local user knocked on a room this server is not in, through
+    /// another server (`/make_knock`, `/send_knock`, done by the federation
+    /// API). The knock is kept as an outlier with the resident server's
+    /// `knock_room_state` in its `unsigned` and emitted, so the knocker
+    /// sees the room under `rooms.knock`; the reply is [`InputOk::EventSent`].
+    KnockedRemoteRoom(KnockedRemoteRoom),
+}
+
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#knocking-upon-a-room>
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnockedRemoteRoom {
+    pub room_id: OwnedRoomId,
+    pub room_version: String,
+    pub event_id: OwnedEventId,
+    /// The knock as this server signed it and the resident server accepted it.
+    pub event: Value,
+    /// Stripped state events the resident server answered with.
+    pub knock_room_state: Vec<Value>,
 }
 
 /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#put_matrixfederationv2inviteroomideventid>
@@ -303,6 +321,19 @@ pub enum FederationPerform {
     /// through (`/query/directory` on the alias's server). Answered with
     /// [`FederationPerformOk::Alias`]; `M_NOT_FOUND` if it names none.
     ResolveAlias { alias: OwnedRoomAliasId },
+    /// Knock on a room this server is not in, through `servers` in turn
+    /// (`/make_knock`, then `/send_knock`), and hand the knock to the room
+    /// server as [`InputRequest::KnockedRemoteRoom`]. Answered with
+    /// [`FederationPerformOk::Knocked`].
+    KnockRoom {
+        room_id: OwnedRoomId,
+        /// A local user.
+        user_id: OwnedUserId,
+        /// Candidate resident servers, best first.
+        servers: Vec<OwnedServerName>,
+        /// The knock event's content as this server chose it (membership, reason).
+        content: Value,
+    },
 }
 
 pub type FederationPerformReply = Result<FederationPerformOk, MatrixError>;
@@ -312,6 +343,7 @@ pub type FederationPerformReply = Result<FederationPerformOk, MatrixError>;
 pub enum FederationPerformOk {
     Joined { room_id: OwnedRoomId, event_id: OwnedEventId },
     Alias { room_id: OwnedRoomId, servers: Vec<OwnedServerName> },
+    Knocked { room_id: OwnedRoomId, event_id: OwnedEventId },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -373,6 +405,17 @@ pub enum QueryRequest {
     /// the current state would not let the user leave (not in the room).
     /// Answered with [`QueryOk::JoinTemplate`].
     MakeLeave { room_id: OwnedRoomId, user_id: OwnedUserId },
+    /// An unsigned knock event for remote user `user_id` (`/make_knock`),
+    /// built like [`QueryRequest::MakeJoin`]'s template; also
+    /// `M_INCOMPATIBLE_ROOM_VERSION` for a room whose version has no
+    /// knocking (before v7). Answered with [`QueryOk::JoinTemplate`].
+    MakeKnock { room_id: OwnedRoomId, user_id: OwnedUserId, supported_versions: Vec<String> },
+    /// The room's stripped state shown to a user outside it (invites and
+    /// knocks): create, join rules, name, avatar, canonical alias,
+    /// encryption and topic. Answered with [`QueryOk::StrippedState`].
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#stripped-state>
+    StrippedState { room_id: OwnedRoomId },
     /// The state before `event_id` and the auth chain of that state and of
     /// the event (`/send_join`, `/state`). Answered with [`QueryOk::StateAndAuthChain`].
     StateAndAuthChain { room_id: OwnedRoomId, event_id: OwnedEventId },
@@ -383,6 +426,12 @@ pub enum QueryRequest {
     /// server does not have (in that room), `M_FORBIDDEN` when the event
     /// named is hidden from `server`.
     ServerRead { server: OwnedServerName, read: ServerRead },
+    /// Whether the room's current `m.room.server_acl` lets `server` take
+    /// part in the room (always, for a room without one or unknown here).
+    /// Answered with [`QueryOk::ServerAllowed`].
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#server-access-control-lists-acls>
+    ServerAllowed { room_id: OwnedRoomId, server: OwnedServerName },
 }
 
 /// The federation reads of [`QueryRequest::ServerRead`].
@@ -441,6 +490,13 @@ pub enum QueryOk {
     ServerEvents {
         events: Vec<StoredEvent>,
         auth_chain: Vec<StoredEvent>,
+    },
+    ServerAllowed {
+        allowed: bool,
+    },
+    /// `type`, `state_key`, `sender` and `content` of each event.
+    StrippedState {
+        events: Vec<Value>,
     },
 }
 

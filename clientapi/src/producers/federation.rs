@@ -1,6 +1,6 @@
-//! Requests to the federation API over the bus: joins through other
-//! servers and their aliases (`federationapi.perform`), and other servers'
-//! users' keys (`federationapi.keys`).
+//! Requests to the federation API over the bus: joins and knocks through
+//! other servers and their aliases (`federationapi.perform`), and other
+//! servers' users' keys (`federationapi.keys`).
 
 use std::time::Duration;
 
@@ -29,7 +29,9 @@ pub async fn join_room(
         bus.request_json(FEDERATION_PERFORM_TOPIC, &key, &request, PERFORM_TIMEOUT).await?;
     match reply? {
         FederationPerformOk::Joined { room_id, .. } => Ok(room_id),
-        FederationPerformOk::Alias { .. } => Err(ClientApiError::UnexpectedReply("federationapi.perform")),
+        FederationPerformOk::Alias { .. } | FederationPerformOk::Knocked { .. } => {
+            Err(ClientApiError::UnexpectedReply("federationapi.perform"))
+        }
     }
 }
 
@@ -41,7 +43,29 @@ pub async fn resolve_alias(bus: &Bus, alias: OwnedRoomAliasId) -> Result<(OwnedR
         bus.request_json(FEDERATION_PERFORM_TOPIC, &key, &request, PERFORM_TIMEOUT).await?;
     match reply? {
         FederationPerformOk::Alias { room_id, servers } => Ok((room_id, servers)),
-        FederationPerformOk::Joined { .. } => Err(ClientApiError::UnexpectedReply("federationapi.perform")),
+        FederationPerformOk::Joined { .. } | FederationPerformOk::Knocked { .. } => {
+            Err(ClientApiError::UnexpectedReply("federationapi.perform"))
+        }
+    }
+}
+
+/// Knock on a room this server is not in through `servers`.
+pub async fn knock_room(
+    bus: &Bus,
+    room_id: OwnedRoomId,
+    user_id: OwnedUserId,
+    servers: Vec<OwnedServerName>,
+    content: Value,
+) -> Result<OwnedRoomId> {
+    let key = room_id.to_string();
+    let request = FederationPerform::KnockRoom { room_id, user_id, servers, content };
+    let reply: FederationPerformReply =
+        bus.request_json(FEDERATION_PERFORM_TOPIC, &key, &request, PERFORM_TIMEOUT).await?;
+    match reply? {
+        FederationPerformOk::Knocked { room_id, .. } => Ok(room_id),
+        FederationPerformOk::Alias { .. } | FederationPerformOk::Joined { .. } => {
+            Err(ClientApiError::UnexpectedReply("federationapi.perform"))
+        }
     }
 }
 

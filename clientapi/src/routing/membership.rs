@@ -136,19 +136,69 @@ pub async fn join_by_id_or_alias(
     RawQuery(query): RawQuery,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> Result<Json<Value>> {
+    let (room_id, servers) = resolve_target(&state, &target, query.as_deref()).await?;
+    join(&state, user, room_id.clone(), servers, body.reason).await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// The room a `{roomIdOrAlias}` names and the servers to reach it through:
+/// those another server's alias answer names, then `via` and `server_name`.
+async fn resolve_target(
+    state: &AppState,
+    target: &str,
+    query: Option<&str>,
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
     let (room_id, mut servers) = if target.starts_with('#') {
-        let alias = OwnedRoomAliasId::try_from(target.as_str())
+        let alias = OwnedRoomAliasId::try_from(target)
             .map_err(|_| MatrixError::invalid_param(format!("Invalid room alias: {target}")))?;
         if alias.server_name().as_str() == state.server_name() {
-            (directory::resolve(&state, &target).await?, Vec::new())
+            (directory::resolve(state, target).await?, Vec::new())
         } else {
             federation::resolve_alias(&state.bus, alias).await?
         }
     } else {
-        (parse_room_id(&target)?, Vec::new())
+        (parse_room_id(target)?, Vec::new())
     };
-    servers.extend(via_servers(query.as_deref().unwrap_or_default())?);
-    join(&state, user, room_id.clone(), servers, body.reason).await?;
+    servers.extend(via_servers(query.unwrap_or_default())?);
+    Ok((room_id, servers))
+}
+
+/// `POST /_matrix/client/v3/knock/{roomIdOrAlias}?via=…&server_name=…`
+/// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3knockroomidoralias>
+///
+/// A knock on a room this server is in is an ordinary event (the auth
+/// rules want join rule `knock` or `knock_restricted`, room version 7 or
+/// later, and a user neither joined, invited nor banned); on another
+/// server's room it goes through the federation API like a join.
+pub async fn knock(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixPath(target): MatrixPath<String>,
+    RawQuery(query): RawQuery,
+    OptionalJson(body): OptionalJson<ReasonBody>,
+) -> Result<Json<Value>> {
+    let (room_id, mut servers) = resolve_target(&state, &target, query.as_deref()).await?;
+    let content = member_content(&state, &user.user_id, &user.user_id, "knock", body.reason).await?;
+    let request = SendEvent {
+        room_id: room_id.clone(),
+        sender: user.user_id.clone(),
+        event_type: "m.room.member".to_owned(),
+        state_key: Some(user.user_id.to_string()),
+        content: content.clone(),
+        txn: None,
+        sender_is_guest: false,
+    };
+    let unknown = match roomserver::send_event(&state.bus, request).await {
+        // The room server answers M_NOT_FOUND for a room it does not have.
+        Err(ClientApiError::Matrix(error @ MatrixError { errcode: ErrorCode::NotFound, .. })) => error,
+        other => return other.map(|_| Json(json!({ "room_id": room_id }))),
+    };
+    servers.extend(room_id.server_name().map(ToOwned::to_owned));
+    servers.retain(|server| server.as_str() != state.server_name());
+    if servers.is_empty() {
+        return Err(unknown.into());
+    }
+    federation::knock_room(&state.bus, room_id.clone(), user.user_id, servers, content).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 

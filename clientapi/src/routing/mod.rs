@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/rooms/{room_id}/aliases", get(directory::room_aliases))
         .route("/rooms/{room_id}/join", post(membership::join_room))
         .route("/join/{room_id_or_alias}", post(membership::join_by_id_or_alias))
+        .route("/knock/{room_id_or_alias}", post(membership::knock))
         .route("/rooms/{room_id}/leave", post(membership::leave))
         .route("/rooms/{room_id}/invite", post(membership::invite))
         .route("/rooms/{room_id}/kick", post(membership::kick))

@@ -96,6 +96,14 @@ impl Server {
     /// Two servers on loopback that federate: their federation
     /// certificates come from one test CA that both trust.
     pub async fn start_federated_pair(backend: Backend) -> (Self, Self, TempDir) {
+        let (mut servers, ca_dir) = Self::start_federated(backend, 2).await;
+        let b = servers.pop().unwrap();
+        let a = servers.pop().unwrap();
+        (a, b, ca_dir)
+    }
+
+    /// `count` servers on loopback that federate, like [`Server::start_federated_pair`].
+    pub async fn start_federated(backend: Backend, count: usize) -> (Vec<Self>, TempDir) {
         let ca_dir = tempfile::tempdir().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -103,8 +111,8 @@ impl Server {
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
         let ca_file = ca_dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
-        let mut pair = Vec::new();
-        for _ in 0..2 {
+        let mut servers = Vec::new();
+        for _ in 0..count {
             let mut server = Self::generate(backend).await;
             let leaf_key = rcgen::KeyPair::generate().unwrap();
             let leaf =
@@ -114,11 +122,9 @@ impl Server {
             server.env.push(("MYELIN_FEDERATION_API__CA_FILE", ca_file.display().to_string()));
             server.env.push(("MYELIN_FEDERATION_API__ALLOW_LOOPBACK_PEERS", "true".to_owned()));
             server.spawn().await;
-            pair.push(server);
+            servers.push(server);
         }
-        let b = pair.pop().unwrap();
-        let a = pair.pop().unwrap();
-        (a, b, ca_dir)
+        (servers, ca_dir)
     }
 
     pub fn server_name(&self) -> String {

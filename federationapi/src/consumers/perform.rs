@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use myelin_bus::{Bus, HandleError, Record, Responder};
 use myelin_roomserver::api::{
     FederationPerform, FederationPerformOk, FederationPerformReply, FederationQueryOk, FederationQueryReply,
-    INPUT_TOPIC, InputOk, InputReply, InputRequest, JoinedRemoteRoom, PERFORM_TIMEOUT,
+    INPUT_TOPIC, InputOk, InputReply, InputRequest, JoinedRemoteRoom, KnockedRemoteRoom, PERFORM_TIMEOUT,
 };
 use myelin_types::clock::SharedClock;
 use myelin_types::random::alphanumeric;
@@ -63,6 +63,9 @@ impl Responder for PerformResponder {
                 self.join(room_id, user_id, servers, content).await
             }
             FederationPerform::ResolveAlias { alias } => self.resolve_alias(&alias).await,
+            FederationPerform::KnockRoom { room_id, user_id, servers, content } => {
+                self.knock(room_id, user_id, servers, content).await
+            }
         };
         serde_json::to_vec(&reply).map_err(|e| HandleError::Poison(format!("unencodable reply: {e}")))
     }
@@ -139,6 +142,107 @@ impl PerformResponder {
             }
         }
         Err(refusal.unwrap_or_else(|| MatrixError::not_found("No server could be reached")))
+    }
+
+    /// Knock on a room through each candidate server in turn (`/make_knock`,
+    /// a knock event built and signed here, `/send_knock`); the first that
+    /// takes it wins, and the room server keeps the knock with the stripped
+    /// state that server answered with.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#knocking-upon-a-room>
+    async fn knock(
+        &self,
+        room_id: OwnedRoomId,
+        user_id: OwnedUserId,
+        servers: Vec<OwnedServerName>,
+        content: Value,
+    ) -> FederationPerformReply {
+        if user_id.server_name().as_str() != self.server_name.as_str() {
+            return Err(MatrixError::forbidden(format!("{user_id} is not a user of this server")));
+        }
+        if content.get("membership").and_then(Value::as_str) != Some("knock") {
+            return Err(MatrixError::bad_json("A knock event's membership must be knock"));
+        }
+        let mut candidates: Vec<OwnedServerName> = Vec::new();
+        for server in servers {
+            if server != self.server_name && !candidates.contains(&server) {
+                candidates.push(server);
+            }
+        }
+        let mut refusal = None;
+        for server in &candidates {
+            let (signed, knock_room_state) = match self.knock_through(server, &room_id, &user_id, &content).await {
+                Ok(knocked) => knocked,
+                Err(error) => {
+                    tracing::info!(%server, %room_id, %error, "could not knock through this server");
+                    refusal = Some(refusal_of(error));
+                    continue;
+                }
+            };
+            let event_id = signed.event_id.clone();
+            let request = InputRequest::KnockedRemoteRoom(KnockedRemoteRoom {
+                room_id: room_id.clone(),
+                room_version: signed.room_version.to_string(),
+                event_id: event_id.clone(),
+                event: CanonicalJsonValue::Object(signed.event).into(),
+                knock_room_state,
+            });
+            let reply: Result<InputReply, _> =
+                self.bus.request_json(INPUT_TOPIC, room_id.as_str(), &request, PERFORM_TIMEOUT).await;
+            return match reply {
+                Ok(Ok(InputOk::EventSent { .. })) => Ok(FederationPerformOk::Knocked { room_id, event_id }),
+                Ok(Ok(other)) => {
+                    tracing::error!(?other, "room server answered KnockedRemoteRoom with another kind");
+                    Err(MatrixError::internal())
+                }
+                Ok(Err(error)) => Err(error),
+                Err(error) => {
+                    tracing::warn!(%error, "room server did not take the knock");
+                    Err(MatrixError::internal())
+                }
+            };
+        }
+        Err(refusal.unwrap_or_else(|| {
+            MatrixError::not_found(format!("No known server can take {user_id}'s knock on {room_id}"))
+        }))
+    }
+
+    /// `/make_knock`, sign, `/send_knock` through `server`: the knock and
+    /// the stripped state the server answered with.
+    async fn knock_through(
+        &self,
+        server: &OwnedServerName,
+        room_id: &OwnedRoomId,
+        user_id: &OwnedUserId,
+        content: &Value,
+    ) -> Result<(SignedJoin, Vec<Value>), JoinError> {
+        let versions: String = JOINABLE_VERSIONS
+            .iter()
+            .filter(|v| {
+                RoomVersionId::try_from(**v).ok().and_then(|v| v.rules()).is_some_and(|r| r.authorization.knocking)
+            })
+            .map(|v| format!("&ver={v}"))
+            .collect();
+        let path = format!(
+            "/_matrix/federation/v1/make_knock/{}/{}?{}",
+            encode(room_id.as_str()),
+            encode(user_id.as_str()),
+            &versions[1..]
+        );
+        let template = self.client.send(FederationRequest::get(server.as_str(), path)).await?;
+        let signed = self.sign_membership(server, room_id, user_id, content, &template)?;
+        let event = Value::from(CanonicalJsonValue::Object(signed.event.clone()));
+        let path = format!(
+            "/_matrix/federation/v1/send_knock/{}/{}",
+            encode(room_id.as_str()),
+            encode(signed.event_id.as_str())
+        );
+        let response = self.client.send(FederationRequest::put(server.as_str(), path, event)).await?;
+        let knock_room_state =
+            response.get("knock_room_state").and_then(Value::as_array).cloned().ok_or_else(|| {
+                JoinError::BadResponse { server: server.to_string(), reason: "no knock_room_state".to_owned() }
+            })?;
+        Ok((signed, knock_room_state))
     }
 
     /// Leave a room this server is not in (rejecting an invite) through

@@ -23,7 +23,7 @@ use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, ServerName};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::FederationState;
+use super::{FederationState, server_allowed};
 use crate::storage::{device_lists, sender as store};
 
 /// How long a remote "typing" lasts without a renewal (the EDU carries no
@@ -112,7 +112,7 @@ pub(super) async fn process_edus(state: &FederationState, origin: &ServerName, e
 }
 
 /// Whether `origin` may speak for `user_id` in `room_id`: the user is
-/// theirs and joined there.
+/// theirs and joined there, and the room's server ACL admits `origin`.
 async fn speaks_for(
     state: &FederationState,
     origin: &ServerName,
@@ -124,9 +124,21 @@ async fn speaks_for(
         return false;
     }
     match store::is_joined(&state.db, room_id.as_str(), user_id.as_str()).await {
-        Ok(joined) => joined,
+        Ok(true) => {}
+        Ok(false) => return false,
         Err(error) => {
             tracing::warn!(%error, "checking membership for an EDU failed");
+            return false;
+        }
+    }
+    match server_allowed(state, origin, room_id).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::info!(%origin, %room_id, "dropping an EDU from a server the room's ACL denies");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(error = %error.error, "checking the server ACL for an EDU failed");
             false
         }
     }

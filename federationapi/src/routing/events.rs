@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{Origin, Signed};
-use super::{FederationState, parse_room_id, query_room_server, unexpected};
+use super::{FederationState, check_acl, parse_room_id, query_room_server, unexpected};
 
 /// `limit` of `/get_missing_events` when the body has none, as the spec says.
 const DEFAULT_MISSING_LIMIT: u32 = 10;
@@ -152,10 +152,28 @@ async fn read(
     server: OwnedServerName,
     read: ServerRead,
 ) -> Result<(Vec<StoredEvent>, Vec<StoredEvent>), MatrixError> {
-    match query_room_server(state, key, &QueryRequest::ServerRead { server, read }).await? {
-        QueryOk::ServerEvents { events, auth_chain } => Ok((events, auth_chain)),
-        other => Err(unexpected(other)),
+    // `/event` names no room: its event's room is checked once it is known.
+    let room_id = match &read {
+        ServerRead::Event { .. } => None,
+        ServerRead::State { room_id, .. }
+        | ServerRead::AuthChain { room_id, .. }
+        | ServerRead::Backfill { room_id, .. }
+        | ServerRead::Missing { room_id, .. } => Some(room_id.clone()),
+    };
+    if let Some(room_id) = &room_id {
+        check_acl(state, &server, room_id).await?;
     }
+    let (events, auth_chain) =
+        match query_room_server(state, key, &QueryRequest::ServerRead { server: server.clone(), read }).await? {
+            QueryOk::ServerEvents { events, auth_chain } => (events, auth_chain),
+            other => return Err(unexpected(other)),
+        };
+    if room_id.is_none() {
+        for event in &events {
+            check_acl(state, &server, &event.room_id).await?;
+        }
+    }
+    Ok((events, auth_chain))
 }
 
 /// The `Transaction` shape `/event` and `/backfill` answer with.

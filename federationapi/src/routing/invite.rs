@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Signed;
-use super::{FederationState, bus_error, event_id_of, parse_room_id};
+use super::{FederationState, bus_error, check_acl, event_id_of, parse_room_id};
 use crate::consumers::perform::JOINABLE_VERSIONS;
 
 /// The body of `/v2/invite`.
@@ -63,6 +63,7 @@ async fn invite(
     body: InviteBody,
 ) -> Result<Value, MatrixError> {
     let room_id: OwnedRoomId = parse_room_id(room_id)?;
+    check_acl(state, &origin, &room_id).await?;
     if !JOINABLE_VERSIONS.contains(&body.room_version.as_str()) {
         return Err(MatrixError::new(
             ErrorCode::IncompatibleRoomVersion,

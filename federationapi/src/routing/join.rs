@@ -16,7 +16,8 @@ use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId
 use serde_json::{Value, json};
 
 use super::auth::{Origin, Signed};
-use super::{FederationState, bus_error, event_id_of, parse_room_id, query_room_server, unexpected};
+use super::{FederationState, bus_error, check_acl, event_id_of, parse_room_id, query_room_server, unexpected};
+use crate::storage::sender as store;
 
 /// GET /_matrix/federation/v1/make_join/{roomId}/{userId}
 /// <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_joinroomiduserid>
@@ -27,6 +28,7 @@ pub(super) async fn make_join(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, MatrixError> {
     let room_id = parse_room_id(&room_id)?;
+    check_acl(&state, &origin, &room_id).await?;
     let user_id = OwnedUserId::try_from(user_id.as_str())
         .map_err(|_| MatrixError::invalid_param(format!("Invalid user id: {user_id}")))?;
     if user_id.server_name().as_str() != origin.as_str() {
@@ -114,6 +116,7 @@ pub(super) async fn submit_membership(
     event: &Value,
     membership: &str,
 ) -> Result<OwnedEventId, MatrixError> {
+    check_acl(state, &origin, room_id).await?;
     let event_id = OwnedEventId::try_from(event_id)
         .map_err(|_| MatrixError::invalid_param(format!("Invalid event id: {event_id}")))?;
     check_membership(event, room_id, &origin, membership)?;
@@ -129,7 +132,7 @@ pub(super) async fn submit_membership(
     }
 
     let request = InputRequest::InputPdus(InputPdus {
-        origin,
+        origin: origin.clone(),
         room_id: room_id.clone(),
         kind: PduKind::Timeline,
         pdus: vec![event.clone()],
@@ -144,11 +147,45 @@ pub(super) async fn submit_membership(
         }
     };
     match outcome {
-        PduOutcome::Accepted | PduOutcome::AlreadyKnown => Ok(event_id),
+        PduOutcome::Accepted => {
+            relay(state, &origin, room_id, &event_id, event).await?;
+            Ok(event_id)
+        }
+        PduOutcome::AlreadyKnown => Ok(event_id),
         PduOutcome::Rejected { reason } | PduOutcome::SoftFailed { reason } => {
             Err(MatrixError::forbidden(format!("The {membership} event was refused: {reason}")))
         }
     }
+}
+
+/// Queue a membership event `origin` handed this server for every other
+/// server in the room: the joining (leaving, knocking) server knows only
+/// this one, so the spec has the resident server pass the event on.
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#joining-rooms>
+async fn relay(
+    state: &FederationState,
+    origin: &OwnedServerName,
+    room_id: &OwnedRoomId,
+    event_id: &OwnedEventId,
+    event: &Value,
+) -> Result<(), MatrixError> {
+    let db_error = |error: myelin_storage::sqlx::Error| {
+        tracing::error!(%error, "queueing a relayed membership event failed");
+        MatrixError::internal()
+    };
+    let ours = state.keys.server_name();
+    let destinations = store::joined_servers(&state.db, room_id.as_str()).await.map_err(db_error)?;
+    let destinations: Vec<String> =
+        destinations.into_iter().filter(|server| server != ours && server != origin.as_str()).collect();
+    let pdu = event.to_string();
+    for destination in &destinations {
+        store::enqueue(&state.db, destination, event_id.as_str(), &pdu).await.map_err(db_error)?;
+    }
+    for destination in &destinations {
+        state.sender.wake(destination);
+    }
+    Ok(())
 }
 
 /// The event claims to be `origin`'s user changing their own membership

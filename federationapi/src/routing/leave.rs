@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Origin, Signed};
 use super::join::submit_membership;
-use super::{FederationState, parse_room_id, query_room_server, unexpected};
+use super::{FederationState, check_acl, parse_room_id, query_room_server, unexpected};
 
 /// GET /_matrix/federation/v1/make_leave/{roomId}/{userId}
 /// <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_leaveroomiduserid>
@@ -23,6 +23,7 @@ pub(super) async fn make_leave(
     Path((room_id, user_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, MatrixError> {
     let room_id = parse_room_id(&room_id)?;
+    check_acl(&state, &origin, &room_id).await?;
     let user_id = OwnedUserId::try_from(user_id.as_str())
         .map_err(|_| MatrixError::invalid_param(format!("Invalid user id: {user_id}")))?;
     if user_id.server_name().as_str() != origin.as_str() {

@@ -7,6 +7,7 @@ mod events;
 mod invite;
 mod join;
 mod keys;
+mod knock;
 mod leave;
 mod profile;
 mod send;
@@ -27,10 +28,11 @@ use myelin_types::MatrixError;
 use myelin_types::body::read_body_first;
 use myelin_types::clock::SharedClock;
 use myelin_types::ruma::signatures::reference_hash;
-use myelin_types::ruma::{CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomVersionId};
+use myelin_types::ruma::{CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, ServerName};
 use serde_json::Value;
 
 use crate::keys::KeyStore;
+use crate::sender::Sender;
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -39,13 +41,15 @@ pub struct FederationState {
     pub db: Db,
     pub bus: Bus,
     pub clock: SharedClock,
+    /// Passes on the membership events other servers hand this one (`/send_join`, …).
+    pub sender: Sender,
     /// One lock per origin server, so its transactions are handled one at a time.
     transactions: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl FederationState {
-    pub fn new(keys: Arc<KeyStore>, db: Db, bus: Bus, clock: SharedClock) -> Self {
-        Self { keys, db, bus, clock, transactions: Arc::default() }
+    pub fn new(keys: Arc<KeyStore>, db: Db, bus: Bus, clock: SharedClock, sender: Sender) -> Self {
+        Self { keys, db, bus, clock, sender, transactions: Arc::default() }
     }
 
     fn transaction_gate(&self, origin: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -69,6 +73,8 @@ pub fn router(state: FederationState) -> Router {
         .route("/_matrix/federation/v1/make_leave/{room_id}/{user_id}", get(leave::make_leave))
         .route("/_matrix/federation/v1/send_leave/{room_id}/{event_id}", put(leave::send_leave_v1))
         .route("/_matrix/federation/v2/send_leave/{room_id}/{event_id}", put(leave::send_leave_v2))
+        .route("/_matrix/federation/v1/make_knock/{room_id}/{user_id}", get(knock::make_knock))
+        .route("/_matrix/federation/v1/send_knock/{room_id}/{event_id}", put(knock::send_knock))
         .route("/_matrix/federation/v1/query/directory", get(directory::query_directory))
         .route("/_matrix/federation/v1/query/profile", get(profile::query_profile))
         .route("/_matrix/federation/v1/invite/{room_id}/{event_id}", put(invite::invite_v1))
@@ -112,6 +118,36 @@ pub(super) async fn query_room_server(
     let reply: QueryReply =
         state.bus.request_json(QUERY_TOPIC, key, request, REQUEST_TIMEOUT).await.map_err(bus_error)?;
     reply
+}
+
+/// Refuse `origin` with `403 M_FORBIDDEN` when the server ACL of `room_id`
+/// denies it: every room-scoped federation request passes here first.
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#server-access-control-lists-acls>
+pub(super) async fn check_acl(
+    state: &FederationState,
+    origin: &ServerName,
+    room_id: &RoomId,
+) -> Result<(), MatrixError> {
+    if server_allowed(state, origin, room_id).await? {
+        Ok(())
+    } else {
+        Err(MatrixError::forbidden(format!("{origin} is denied by the server ACL of {room_id}")))
+    }
+}
+
+/// Whether the room's current server ACL lets `origin` take part (the room
+/// server reads it from the current state).
+pub(super) async fn server_allowed(
+    state: &FederationState,
+    origin: &ServerName,
+    room_id: &RoomId,
+) -> Result<bool, MatrixError> {
+    let request = QueryRequest::ServerAllowed { room_id: room_id.to_owned(), server: origin.to_owned() };
+    match query_room_server(state, room_id.as_str(), &request).await? {
+        QueryOk::ServerAllowed { allowed } => Ok(allowed),
+        other => Err(unexpected(other)),
+    }
 }
 
 pub(super) fn bus_error(error: myelin_bus::BusError) -> MatrixError {

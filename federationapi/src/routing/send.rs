@@ -12,9 +12,9 @@ use myelin_types::ruma::{CanonicalJsonValue, OwnedRoomId, OwnedServerName};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::FederationState;
 use super::auth::Signed;
 use super::edus;
+use super::{FederationState, server_allowed};
 use crate::storage::transactions;
 
 /// The spec's limits on one transaction.
@@ -86,6 +86,17 @@ async fn process_pdus(state: &FederationState, origin: &OwnedServerName, pdus: V
         }
     }
     let requests = rooms.into_iter().map(|(room_id, pdus)| async move {
+        // A server the room's ACL denies gets an error for each of its PDUs there.
+        match server_allowed(state, origin, &room_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return (
+                    pdus,
+                    Ok(Err(MatrixError::forbidden(format!("{origin} is denied by the server ACL of {room_id}")))),
+                );
+            }
+            Err(error) => return (pdus, Ok(Err(error))),
+        }
         let request = InputRequest::InputPdus(InputPdus {
             origin: origin.clone(),
             room_id: room_id.clone(),

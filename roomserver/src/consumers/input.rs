@@ -23,6 +23,7 @@ use crate::producers::output::{OutputProducer, new_room_event};
 use crate::storage::Tx;
 
 mod invite;
+mod knock;
 mod remote;
 
 pub struct InputConsumer {
@@ -61,6 +62,7 @@ impl Responder for InputConsumer {
             InputRequest::JoinedRemoteRoom(joined) => self.joined_remote_room(&correlation_id, joined).await,
             InputRequest::Backfill(backfill) => self.backfill(&correlation_id, backfill).await,
             InputRequest::ReceivedInvite(invite) => self.received_invite(&correlation_id, invite).await,
+            InputRequest::KnockedRemoteRoom(knock) => self.knocked_remote_room(&correlation_id, knock).await,
         };
         match result {
             Ok(Outcome { reply, outputs }) => {

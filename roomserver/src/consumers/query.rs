@@ -1,5 +1,6 @@
 //! Answers `roomserver.query`: read-only questions about rooms.
 
+mod acl;
 mod server_read;
 
 use async_trait::async_trait;
@@ -12,6 +13,7 @@ use crate::error::RequestError;
 use crate::events::Room;
 use crate::events::chain::auth_chain;
 use crate::events::pdu::Pdu;
+use crate::events::stripped::stripped_state;
 use crate::storage::{EventStatus, StateMap, Tx, resolve_snapshot};
 
 pub struct QueryConsumer {
@@ -36,7 +38,12 @@ impl Responder for QueryConsumer {
                 self.state_and_auth_chain(&room_id, &event_id).await
             }
             QueryRequest::MakeLeave { room_id, user_id } => self.make_leave(&room_id, &user_id).await,
+            QueryRequest::MakeKnock { room_id, user_id, supported_versions } => {
+                self.make_knock(&room_id, &user_id, &supported_versions).await
+            }
+            QueryRequest::StrippedState { room_id } => self.stripped_state(&room_id).await,
             QueryRequest::ServerRead { server, read } => server_read::answer(&self.db, &server, read).await,
+            QueryRequest::ServerAllowed { room_id, server } => acl::answer(&self.db, &room_id, &server).await,
         };
         let reply: QueryReply = match result {
             Ok(ok) => Ok(ok),
@@ -139,6 +146,30 @@ impl QueryConsumer {
         let room_version = room.version.to_string();
         let event = room.membership_template(&mut tx, user_id, "leave").await?;
         Ok(QueryOk::JoinTemplate { room_version, event })
+    }
+
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_knockroomiduserid>
+    async fn make_knock(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        supported_versions: &[String],
+    ) -> Result<QueryOk, RequestError> {
+        let mut tx = Tx::read(&self.db).await?;
+        let mut room = Room::load(&mut tx, room_id).await?.ok_or_else(|| unknown_room(room_id))?;
+        let room_version = room.version.to_string();
+        let knocking = room.version.rules().is_some_and(|rules| rules.authorization.knocking);
+        if !knocking || !supported_versions.contains(&room_version) {
+            return Err(RequestError::IncompatibleRoomVersion(room_version));
+        }
+        let event = room.membership_template(&mut tx, user_id, "knock").await?;
+        Ok(QueryOk::JoinTemplate { room_version, event })
+    }
+
+    async fn stripped_state(&self, room_id: &RoomId) -> Result<QueryOk, RequestError> {
+        let mut tx = Tx::read(&self.db).await?;
+        tx.room(room_id.as_str()).await?.ok_or_else(|| unknown_room(room_id))?;
+        Ok(QueryOk::StrippedState { events: stripped_state(&mut tx, room_id.as_str(), None).await? })
     }
 
     /// The state before an event and the auth chain of that state and the

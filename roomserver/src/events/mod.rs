@@ -9,6 +9,7 @@ pub mod receive;
 pub mod remote;
 mod resolve;
 mod room;
+pub mod stripped;
 
 use myelin_types::signing::ServerSigningKey;
 use ruma::OwnedServerName;

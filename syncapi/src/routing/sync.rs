@@ -20,7 +20,7 @@ const TO_DEVICE_LIMIT: i64 = 100;
 /// The longest a client may make `/sync` wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// State types an invitee sees before joining (stripped state).
+/// State types an invitee or knocker sees before joining (stripped state).
 const INVITE_STATE_TYPES: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
@@ -188,6 +188,7 @@ async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) ->
 
     let mut join = serde_json::Map::new();
     let mut invite = serde_json::Map::new();
+    let mut knock = serde_json::Map::new();
     let mut leave = serde_json::Map::new();
     for (room_id, changes_of_room) in &by_room {
         if !filter.room_allowed(room_id) {
@@ -213,7 +214,14 @@ async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) ->
                 }
             }
             "invite" if changed_since => {
-                invite.insert(room_id.clone(), invite_body(state, user_id, room_id, current_pos).await?);
+                invite.insert(
+                    room_id.clone(),
+                    outside_body(state, user_id, room_id, current_pos, Outside::Invite).await?,
+                );
+            }
+            "knock" if changed_since => {
+                knock
+                    .insert(room_id.clone(), outside_body(state, user_id, room_id, current_pos, Outside::Knock).await?);
             }
             "leave" | "ban" if changed_since && (since.is_some() || filter.include_leave()) => {
                 let after = since.unwrap_or(0);
@@ -250,6 +258,7 @@ async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) ->
         .collect();
     let empty = join.is_empty()
         && invite.is_empty()
+        && knock.is_empty()
         && leave.is_empty()
         && changes.global_account_data.is_empty()
         && to_device.is_empty()
@@ -257,7 +266,7 @@ async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) ->
         && presence.is_empty();
     let body = json!({
         "next_batch": next_batch.to_string(),
-        "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
+        "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "presence": { "events": presence },
         "account_data": { "events": changes.global_account_data },
         "to_device": { "events": to_device },
@@ -364,8 +373,28 @@ async fn room_body(
     })))
 }
 
-/// An invited room: stripped state that helps the invitee decide, and the invite.
-async fn invite_body(state: &AppState, user_id: &str, room_id: &str, current: i64) -> Result<Value, SyncApiError> {
+/// How the user stands outside a room they see under `rooms.invite` or `rooms.knock`.
+#[derive(Clone, Copy)]
+enum Outside {
+    Invite,
+    Knock,
+}
+
+/// An invited or knocked room: stripped state that helps the user decide
+/// (or recognise the room), and their own member event.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3sync>
+async fn outside_body(
+    state: &AppState,
+    user_id: &str,
+    room_id: &str,
+    current: i64,
+    outside: Outside,
+) -> Result<Value, SyncApiError> {
+    let (shared_state, section) = match outside {
+        Outside::Invite => ("/unsigned/invite_room_state", "invite_state"),
+        Outside::Knock => ("/unsigned/knock_room_state", "knock_state"),
+    };
     let room_state = state.storage.state_at(room_id, current).await?;
     let mut events: Vec<Value> = room_state
         .iter()
@@ -384,15 +413,15 @@ async fn invite_body(state: &AppState, user_id: &str, room_id: &str, current: i6
             Value::Object(stripped)
         })
         .collect();
-    // An invite from another server's room carries that server's stripped
-    // state (this server has none of the room's own).
+    // An invite from another server's room, or a knock on one, carries
+    // that server's stripped state (this server has none of the room's own).
     let shared = room_state
         .iter()
         .filter(|row| {
             row.pdu.get("type").and_then(Value::as_str) == Some("m.room.member")
                 && row.pdu.get("state_key").and_then(Value::as_str) == Some(user_id)
         })
-        .filter_map(|row| row.pdu.pointer("/unsigned/invite_room_state").and_then(Value::as_array))
+        .filter_map(|row| row.pdu.pointer(shared_state).and_then(Value::as_array))
         .flatten();
     let key = |event: &Value| (event.get("type").cloned(), event.get("state_key").cloned());
     for event in shared {
@@ -400,5 +429,5 @@ async fn invite_body(state: &AppState, user_id: &str, room_id: &str, current: i6
             events.push(event.clone());
         }
     }
-    Ok(json!({ "invite_state": { "events": events } }))
+    Ok(json!({ section: { "events": events } }))
 }

@@ -21,6 +21,7 @@ use crate::api::{
 use crate::error::RequestError;
 use crate::events::pdu::Pdu;
 use crate::events::receive::KeyRing;
+use crate::events::stripped::stripped_state;
 use crate::events::{Built, LocalEvent, Room};
 use crate::storage::{EventStatus, NewEvent, Tx};
 
@@ -121,18 +122,6 @@ impl InputConsumer {
     }
 }
 
-/// State types an invitee's server is shown with the invite (stripped).
-///
-/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#stripped-state>
-const INVITE_STATE_TYPES: &[&str] = &[
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-];
-
 impl InputConsumer {
     /// `SendEvent` inviting a user of another server: the invitee's server
     /// countersigns the invite (`/invite`) before it is stored, and its
@@ -171,17 +160,8 @@ impl InputConsumer {
             content: &request.content,
         };
         let (built, depth) = room.prepare(&mut tx, &self.signer, local, self.bus.clock().now_ms()).await?;
-        let mut invite_room_state = Vec::new();
-        let shown =
-            INVITE_STATE_TYPES.iter().map(|kind| (*kind, "")).chain([("m.room.member", request.sender.as_str())]);
-        for (kind, key) in shown {
-            if let Some((_, json)) = tx.current_state_event(request.room_id.as_str(), kind, key).await? {
-                let pdu: Value = serde_json::from_str(&json)?;
-                invite_room_state.push(json!({
-                    "type": pdu["type"], "state_key": pdu["state_key"], "sender": pdu["sender"], "content": pdu["content"],
-                }));
-            }
-        }
+        let invite_room_state =
+            stripped_state(&mut tx, request.room_id.as_str(), Some(request.sender.as_str())).await?;
         tx.commit().await?;
 
         let query = FederationQuery::Invite {
@@ -242,10 +222,12 @@ fn countersigned(built: Built, returned: &Value, server: &ServerName) -> Result<
 
 impl InputConsumer {
     /// `SendEvent` of a local user's leave from a room this server is not
-    /// in but was invited to (rejecting the invite): the leave goes through
-    /// a server of the room (the inviter's, then the room id's where it
-    /// names one) and is kept like the invite, as an outlier the user sees.
-    /// `None` for any other event.
+    /// in but was invited to (rejecting the invite) or knocked on
+    /// (rescinding the knock): the leave goes through a server of the room
+    /// (the inviter's, or those whose users sent the stripped state a knock
+    /// was answered with; then the room id's where it names one) and is
+    /// kept like the invite or knock, as an outlier the user sees. `None`
+    /// for any other event.
     ///
     /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#leaving-rooms-rejecting-invites>
     pub(super) async fn leave_remote(
@@ -265,21 +247,26 @@ impl InputConsumer {
         if tx.room(room_id).await?.is_some() {
             return Ok(None);
         }
-        let invite = match tx.membership(room_id, user).await? {
-            Some((membership, event_id)) if membership == "invite" => tx.event_pdu(&event_id).await?,
+        let outside = match tx.membership(room_id, user).await? {
+            Some((membership, event_id)) if membership == "invite" || membership == "knock" => {
+                tx.event_pdu(&event_id).await?
+            }
             _ => None,
         };
         tx.commit().await?;
-        let Some(invite) = invite else { return Ok(None) };
-        let invite: Value = serde_json::from_str(&invite)?;
+        let Some(outside) = outside else { return Ok(None) };
+        let outside: Value = serde_json::from_str(&outside)?;
+        let knock_state = outside.pointer("/unsigned/knock_room_state").and_then(Value::as_array);
+        let senders = std::iter::once(&outside).chain(knock_state.into_iter().flatten());
         let mut servers = Vec::new();
-        if let Some(inviter) = invite.get("sender").and_then(Value::as_str).and_then(|s| UserId::parse(s).ok()) {
-            servers.push(inviter.server_name().to_owned());
-        }
-        if let Some(server) = request.room_id.server_name()
-            && !servers.iter().any(|known| known == server)
-        {
-            servers.push(server.to_owned());
+        let residents = senders
+            .filter_map(|event| event.get("sender").and_then(Value::as_str).and_then(|s| UserId::parse(s).ok()))
+            .map(|sender| sender.server_name().to_owned())
+            .chain(request.room_id.server_name().map(ToOwned::to_owned));
+        for server in residents {
+            if server != self.signer.server_name && !servers.contains(&server) {
+                servers.push(server);
+            }
         }
         let query =
             FederationQuery::Leave { room_id: request.room_id.clone(), user_id: request.sender.clone(), servers };
