@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::SyncApiError;
 use crate::consumers::clientapi_accountdata::AccountDataConsumer;
+use crate::consumers::clientapi_forgotten::ForgottenConsumer;
 use crate::consumers::clientapi_keychange::KeyChangeConsumer;
 use crate::consumers::edu_receipt::ReceiptConsumer;
 use crate::consumers::edu_todevice::ToDeviceConsumer;
@@ -37,6 +38,8 @@ pub const RECEIPT_GROUP: &str = "syncapi.receipt";
 pub const TO_DEVICE_GROUP: &str = "syncapi.todevice";
 /// Consumer group of key counts and device list changes.
 pub const KEY_CHANGE_GROUP: &str = "syncapi.keychange";
+/// Consumer group of the forgotten rooms.
+pub const FORGOTTEN_GROUP: &str = "syncapi.forgotten";
 /// Consumer group of the notification counts.
 pub const COUNTS_GROUP: &str = "syncapi.counts";
 
@@ -110,6 +113,12 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
             KEY_CHANGE_GROUP,
             myelin_clientapi::api::KEY_CHANGE_TOPIC,
             Arc::new(KeyChangeConsumer { storage: storage.clone(), notifier: notifier.clone() }),
+            shutdown.clone(),
+        ),
+        bus.consume(
+            FORGOTTEN_GROUP,
+            myelin_clientapi::api::FORGOTTEN_TOPIC,
+            Arc::new(ForgottenConsumer { storage: storage.clone() }),
             shutdown.clone(),
         ),
         bus.consume(

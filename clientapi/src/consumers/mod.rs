@@ -1,6 +1,7 @@
 //! Topics the client API reads.
 
 pub mod aliases;
+pub mod openid;
 pub mod profiles;
 pub mod query;
 pub mod remote_todevice;

@@ -8,6 +8,7 @@ mod invite;
 mod join;
 mod keys;
 mod leave;
+mod openid;
 mod profile;
 mod send;
 mod version;
@@ -70,6 +71,7 @@ pub fn router(state: FederationState) -> Router {
         .route("/_matrix/federation/v2/send_leave/{room_id}/{event_id}", put(leave::send_leave_v2))
         .route("/_matrix/federation/v1/query/directory", get(directory::query_directory))
         .route("/_matrix/federation/v1/query/profile", get(profile::query_profile))
+        .route("/_matrix/federation/v1/openid/userinfo", get(openid::userinfo))
         .route("/_matrix/federation/v1/invite/{room_id}/{event_id}", put(invite::invite_v1))
         .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(invite::invite_v2))
         .route("/_matrix/federation/v1/event/{event_id}", get(events::get_event))
@@ -77,6 +79,7 @@ pub fn router(state: FederationState) -> Router {
         .route("/_matrix/federation/v1/state_ids/{room_id}", get(events::get_state_ids))
         .route("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", get(events::get_event_auth))
         .route("/_matrix/federation/v1/backfill/{room_id}", get(events::get_backfill))
+        .route("/_matrix/federation/v1/timestamp_to_event/{room_id}", get(events::get_timestamp_to_event))
         .route("/_matrix/federation/v1/get_missing_events/{room_id}", post(events::post_get_missing_events))
         .route("/_matrix/key/v2/server", get(keys::get_server_keys))
         // Deprecated form with a key id, still requested by older servers;
