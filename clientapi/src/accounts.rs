@@ -87,18 +87,41 @@ pub fn new_user_id(localpart: &str, server_name: &str) -> Result<OwnedUserId, Ma
     OwnedUserId::try_from(user_id).map_err(|_| invalid("Invalid user ID"))
 }
 
-/// A device's fresh access token, returned to the client once.
+/// A device's fresh access token, returned to the client once, with a
+/// refresh token when the client asked for one.
 pub struct Session {
     pub device_id: String,
     pub access_token: String,
+    /// The refresh token and the access token's lifetime in milliseconds.
+    pub refresh: Option<(String, i64)>,
 }
 
-/// Give `device_id` (or a new device) a new access token.
+impl Session {
+    /// `access_token`, `device_id`, and `refresh_token` with `expires_in_ms`
+    /// when refreshable, into a `/login` or `/register` reply.
+    pub fn add_to(self, reply: &mut serde_json::Value) {
+        reply["access_token"] = self.access_token.into();
+        reply["device_id"] = self.device_id.into();
+        if let Some((refresh_token, expires_in_ms)) = self.refresh {
+            reply["refresh_token"] = refresh_token.into();
+            reply["expires_in_ms"] = expires_in_ms.into();
+        }
+    }
+}
+
+/// The lifetime of refreshable access tokens, from the configuration.
+pub fn refreshable_lifetime_ms(state: &AppState) -> i64 {
+    i64::try_from(state.config.client_api.refreshable_access_token_lifetime_ms).unwrap_or(i64::MAX)
+}
+
+/// Give `device_id` (or a new device) a new access token, expiring and with
+/// a refresh token when `refreshable`.
 pub async fn start_session(
     state: &AppState,
     user_id: &OwnedUserId,
     device_id: Option<String>,
     display_name: Option<String>,
+    refreshable: bool,
 ) -> Result<Session> {
     let device_id = device_id.filter(|d| !d.is_empty()).unwrap_or_else(random::device_id);
     if device_id.len() > 255 {
@@ -106,15 +129,29 @@ pub async fn start_session(
     }
     let access_token = random::access_token();
     let hash = random::token_hash(&access_token);
-    let revoked =
-        devices::start_session(&state.db, user_id.as_str(), &device_id, display_name.as_deref(), &hash, state.now_ms())
-            .await?;
+    let now = state.now_ms();
+    let lifetime = refreshable_lifetime_ms(state);
+    let refresh_token = refreshable.then(random::access_token);
+    let refresh_hash = refresh_token.as_deref().map(random::token_hash);
+    let refresh = refresh_hash
+        .as_deref()
+        .map(|token_hash| devices::NewRefresh { token_hash, access_expires_ms: now.saturating_add(lifetime) });
+    let revoked = devices::start_session(
+        &state.db,
+        user_id.as_str(),
+        &device_id,
+        display_name.as_deref(),
+        &hash,
+        now,
+        refresh.as_ref(),
+    )
+    .await?;
     producers::devices::tokens_revoked(&state.bus, user_id, revoked).await?;
     producers::devices::logged_in(&state.bus, user_id, &device_id).await?;
     // A new device is a change of the user's device list (as is a login
     // that replaced a device's keys, which the device then uploads anew).
     crate::keys::publish(&state.db, &state.bus, user_id, &device_id, true).await?;
-    Ok(Session { device_id, access_token })
+    Ok(Session { device_id, access_token, refresh: refresh_token.map(|token| (token, lifetime)) })
 }
 
 /// End one device's session (its tokens and the device itself).
@@ -145,6 +182,8 @@ pub struct Registration {
     pub is_guest: bool,
     /// `None`: `inhibit_login`; else the device id and display name asked for.
     pub login: Option<(Option<String>, Option<String>)>,
+    /// The client asked for a refresh token (`refresh_token: true`).
+    pub refreshable: bool,
 }
 
 /// Create the account (`400 M_USER_IN_USE` if taken) and, unless login is
@@ -171,7 +210,9 @@ pub async fn register(state: &AppState, registration: Registration) -> Result<(O
         return Err(user_in_use().into());
     }
     let session = match registration.login {
-        Some((device_id, display_name)) => Some(start_session(state, &user_id, device_id, display_name).await?),
+        Some((device_id, display_name)) => {
+            Some(start_session(state, &user_id, device_id, display_name, registration.refreshable).await?)
+        }
         None => None,
     };
     Ok((user_id, session))

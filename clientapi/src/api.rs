@@ -54,6 +54,10 @@ pub struct Identity {
     /// A server admin (registered as one through the shared-secret API).
     #[serde(default)]
     pub is_admin: bool,
+    /// When the token expires (bus clock milliseconds), for tokens issued
+    /// with a refresh token; [`TokenResolver`] refuses it from then on.
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
 }
 
 /// Which room a local alias names, for the federation API's
@@ -89,6 +93,20 @@ pub struct PublicProfile {
     pub displayname: Option<String>,
     pub avatar_url: Option<String>,
 }
+
+/// Whose OpenID token this is, for the federation API's
+/// `/openid/userinfo`. Key: the token hash. The reply is an [`OpenIdReply`].
+pub const OPENID_QUERY_TOPIC: &str = "clientapi.openid";
+
+/// A request on [`OPENID_QUERY_TOPIC`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenIdQuery {
+    /// `myelin_types::random::token_hash` of the token.
+    pub token_hash: String,
+}
+
+/// The token's user, `None` when the token is unknown or expired.
+pub type OpenIdReply = Option<OwnedUserId>;
 
 /// Account data changes. Key: user id.
 pub const ACCOUNT_DATA_TOPIC: &str = "clientapi.accountdata";
@@ -152,6 +170,21 @@ pub struct AccountDataUpdate {
     pub room_id: Option<OwnedRoomId>,
     pub data_type: String,
     pub content: Value,
+}
+
+/// Rooms users forgot (`/forget`). Key: user id.
+pub const FORGOTTEN_TOPIC: &str = "clientapi.forgotten";
+
+/// A record on [`FORGOTTEN_TOPIC`]: `user_id` forgot the room as of its
+/// membership event `event_id` (a leave or ban), so the room and its
+/// history up to that event are no longer served to them. Keyed by the
+/// event rather than a time, so it holds even when it arrives before (or
+/// after a rejoin following) that event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomForgotten {
+    pub user_id: OwnedUserId,
+    pub room_id: OwnedRoomId,
+    pub event_id: OwnedEventId,
 }
 
 /// A record on [`TYPING_TOPIC`].

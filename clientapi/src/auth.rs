@@ -1,5 +1,6 @@
 //! The access-token extractors: `401 M_MISSING_TOKEN` without a token,
-//! `401 M_UNKNOWN_TOKEN` for one the tokens table does not know, and
+//! `401 M_UNKNOWN_TOKEN` for one the tokens table does not know (with
+//! `soft_logout: true` once a refreshable token expired), and
 //! `403 M_GUEST_ACCESS_FORBIDDEN` for a guest, except on the endpoints the
 //! spec opens to guests, which take [`GuestOk`] instead.
 //!
@@ -21,6 +22,8 @@ pub struct AuthedUser {
     pub device_id: String,
     /// Only ever `true` behind [`GuestOk`].
     pub is_guest: bool,
+    /// A server admin (see [`AdminUser`]).
+    pub is_admin: bool,
 }
 
 impl AuthedUser {
@@ -29,11 +32,14 @@ impl AuthedUser {
         let token = myelin_types::auth::access_token(parts).ok_or_else(MatrixError::missing_token)?;
         let hash = myelin_types::random::token_hash(&token);
         let owner = tokens::lookup(&state.db, &hash).await?.ok_or_else(MatrixError::unknown_token)?;
+        if owner.expires_ms.is_some_and(|expires| expires <= state.now_ms()) {
+            return Err(MatrixError::soft_logout().into());
+        }
         let user_id = OwnedUserId::try_from(owner.user_id).map_err(|_| {
             tracing::error!("stored access token has an invalid user id");
             MatrixError::internal()
         })?;
-        Ok(Self { user_id, device_id: owner.device_id, is_guest: owner.is_guest })
+        Ok(Self { user_id, device_id: owner.device_id, is_guest: owner.is_guest, is_admin: owner.is_admin })
     }
 }
 
@@ -77,5 +83,21 @@ impl FromRequestParts<AppState> for GuestOk {
             return Err(MatrixError::guest_access_forbidden().into());
         }
         Ok(Self(user))
+    }
+}
+
+/// An admin endpoint's caller is a server admin, else `403 M_FORBIDDEN`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminUser;
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ClientApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let user = <AuthedUser as FromRequestParts<AppState>>::from_request_parts(parts, state).await?;
+        if !user.is_admin {
+            return Err(MatrixError::forbidden("You are not a server admin").into());
+        }
+        Ok(Self)
     }
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, KeyInit, Mac};
 use myelin_bus::{Bus, EmbeddedBackend, Shutdown, ShutdownTrigger};
 use myelin_clientapi::api::{
-    ACCOUNT_DATA_TOPIC, AccountDataUpdate, DEVICES_TOPIC, DeviceEvent, Identity, QUERY_TOPIC, QueryReply, QueryRequest,
-    RECEIPT_TOPIC, ReceiptUpdate, TYPING_TOPIC, TypingUpdate,
+    ACCOUNT_DATA_TOPIC, AccountDataUpdate, DEVICES_TOPIC, DeviceEvent, Identity, OPENID_QUERY_TOPIC, OpenIdQuery,
+    OpenIdReply, QUERY_TOPIC, QueryReply, QueryRequest, RECEIPT_TOPIC, ReceiptUpdate, TYPING_TOPIC, TypingUpdate,
 };
 use myelin_config::Config;
 use myelin_storage::Db;
@@ -38,6 +38,7 @@ struct Server {
 struct Options {
     secret: Option<&'static str>,
     open_registration: bool,
+    registration_requires_token: bool,
     roomserver: bool,
     clock: Option<ManualClock>,
     open_directory: bool,
@@ -49,6 +50,7 @@ impl Default for Options {
         Self {
             secret: Some(SECRET),
             open_registration: false,
+            registration_requires_token: false,
             roomserver: false,
             clock: None,
             open_directory: false,
@@ -64,6 +66,7 @@ impl Server {
         config.global.server_name = SERVER_NAME.to_owned();
         config.client_api.registration_shared_secret = options.secret.map(str::to_owned);
         config.client_api.open_registration = options.open_registration;
+        config.client_api.registration_requires_token = options.registration_requires_token;
         config.client_api.allow_guest_access = options.guests;
         config.client_api.public_room_directory_without_auth = options.open_directory;
         config.client_api.max_upload_size = MAX_UPLOAD;
@@ -172,6 +175,17 @@ impl Server {
     async fn admin_register(&self, username: &str, password: &str) -> Account {
         let nonce = self.nonce().await;
         let body = admin_body(&nonce, username, password, SECRET);
+        let reply = self.post("/_synapse/admin/v1/register", None, body).await.ok();
+        Account::from_reply(&reply.body)
+    }
+
+    /// Register a server admin through the shared-secret admin API.
+    async fn admin_register_admin(&self, username: &str, password: &str) -> Account {
+        let nonce = self.nonce().await;
+        let body = json!({
+            "nonce": nonce, "username": username, "password": password, "admin": true,
+            "mac": mac(SECRET, &nonce, username, password, true),
+        });
         let reply = self.post("/_synapse/admin/v1/register", None, body).await.ok();
         Account::from_reply(&reply.body)
     }
@@ -548,6 +562,7 @@ async fn whoami_bus_query_and_device_records() {
                 device_id: alice.device_id.clone(),
                 is_guest: false,
                 is_admin: false,
+                expires_ms: None,
             })
         );
         assert_eq!(s.bus_whoami("unknown").await, None);
@@ -1805,6 +1820,255 @@ async fn guest_tokens_are_refused_once_guest_access_is_off() {
         call(get.clone(), "/_matrix/client/v3/devices", Some(&guest.token)).await.err(403, "M_GUEST_ACCESS_FORBIDDEN");
         call(post, "/_matrix/client/v3/register?kind=guest", None).await.err(403, "M_GUEST_ACCESS_FORBIDDEN");
         call(get, whoami, Some(&alice.token)).await.ok();
+    })
+    .await;
+}
+
+/// OpenID tokens: only for yourself; the federation API's lookup
+/// (`clientapi.openid`) names their user until they expire an hour later.
+#[tokio::test]
+async fn openid_tokens_name_their_user_until_they_expire() {
+    let clock = ManualClock::new(myelin_types::Clock::now_ms(&SystemClock));
+    let options = || Options { clock: Some(clock.clone()), ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "pw").await;
+        let bob = s.admin_register("bob", "pw").await;
+        let path = format!("/_matrix/client/v3/user/{}/openid/request_token", alice.user_id);
+        let reply = s.post(&path, Some(&alice.token), json!({})).await.ok();
+        assert_eq!(reply.body["token_type"], "Bearer", "{}", reply.body);
+        assert_eq!(reply.body["matrix_server_name"], SERVER_NAME);
+        assert_eq!(reply.body["expires_in"], 3600);
+        let token = reply.body["access_token"].as_str().unwrap().to_owned();
+        // Not for another user, not without a token.
+        s.post(&path, Some(&bob.token), json!({})).await.err(403, "M_FORBIDDEN");
+        s.post(&path, None, json!({})).await.err(401, "M_MISSING_TOKEN");
+
+        let lookup = async |token: &str| -> OpenIdReply {
+            let request = OpenIdQuery { token_hash: myelin_types::random::token_hash(token) };
+            s.bus.request_json(OPENID_QUERY_TOPIC, "k", &request, Duration::from_secs(10)).await.unwrap()
+        };
+        assert_eq!(lookup(&token).await.map(|u| u.to_string()), Some(alice.user_id.clone()));
+        assert_eq!(lookup("not-a-token").await, None);
+        // An access token is not an OpenID token.
+        assert_eq!(lookup(&alice.token).await, None);
+        clock.advance_ms(3_600_001);
+        assert_eq!(lookup(&token).await, None, "expired");
+    })
+    .await;
+}
+
+/// Registration with `m.login.registration_token`: tokens an admin made,
+/// counted as Synapse does (pending while a session holds one, completed
+/// once it registered), refused when used up, expired or unknown.
+#[tokio::test]
+async fn registration_tokens_gate_registration_and_count_their_uses() {
+    let clock = ManualClock::new(myelin_types::Clock::now_ms(&SystemClock));
+    let options = || Options {
+        open_registration: true,
+        registration_requires_token: true,
+        clock: Some(clock.clone()),
+        ..Options::default()
+    };
+    each_backend(options, async |s| {
+        let admin = s.admin_register_admin("root", "pw").await;
+        let user = s.admin_register("mallory", "pw").await;
+        let tokens = "/_synapse/admin/v1/registration_tokens";
+
+        // Admin API: only for admins; new, get, list, update, delete.
+        s.get(tokens, Some(&user.token)).await.err(403, "M_FORBIDDEN");
+        s.get(tokens, None).await.err(401, "M_MISSING_TOKEN");
+        let created = s.post(&format!("{tokens}/new"), Some(&admin.token), json!({"token": "once", "uses_allowed": 1})).await.ok();
+        assert_eq!(
+            created.body,
+            json!({"token": "once", "uses_allowed": 1, "pending": 0, "completed": 0, "expiry_time": null})
+        );
+        s.post(&format!("{tokens}/new"), Some(&admin.token), json!({"token": "once"})).await.err(400, "M_INVALID_PARAM");
+        s.post(&format!("{tokens}/new"), Some(&admin.token), json!({"token": "bad token!"})).await.err(400, "M_INVALID_PARAM");
+        s.post(&format!("{tokens}/new"), Some(&admin.token), json!({"uses_allowed": -1})).await.err(400, "M_INVALID_PARAM");
+        s.post(&format!("{tokens}/new"), Some(&admin.token), json!({"expiry_time": 1})).await.err(400, "M_INVALID_PARAM");
+        s.post(&format!("{tokens}/new"), Some(&admin.token), json!({"length": 65})).await.err(400, "M_INVALID_PARAM");
+        let generated = s.post(&format!("{tokens}/new"), Some(&admin.token), json!({"length": 24})).await.ok();
+        let generated = generated.body["token"].as_str().unwrap().to_owned();
+        assert_eq!(generated.len(), 24);
+        let soon = myelin_types::Clock::now_ms(&clock) as i64 + 60_000;
+        s.post(&format!("{tokens}/new"), Some(&admin.token), json!({"token": "soon", "expiry_time": soon})).await.ok();
+        let listed = s.get(tokens, Some(&admin.token)).await.ok();
+        assert_eq!(listed.body["registration_tokens"].as_array().unwrap().len(), 3, "{}", listed.body);
+        let updated =
+            s.put(&format!("{tokens}/{generated}"), Some(&admin.token), json!({"uses_allowed": 0})).await.ok();
+        assert_eq!(updated.body["uses_allowed"], 0);
+        let valid = s.get(&format!("{tokens}?valid=true"), Some(&admin.token)).await.ok();
+        assert_eq!(valid.body["registration_tokens"].as_array().unwrap().len(), 2, "{}", valid.body);
+        s.delete(&format!("{tokens}/{generated}"), Some(&admin.token), json!({})).await.ok();
+        s.get(&format!("{tokens}/{generated}"), Some(&admin.token)).await.err(404, "M_NOT_FOUND");
+        s.put(&format!("{tokens}/nope"), Some(&admin.token), json!({})).await.err(404, "M_NOT_FOUND");
+
+        // Validity, without authentication.
+        let validity = "/_matrix/client/v1/register/m.login.registration_token/validity";
+        assert_eq!(s.get(&format!("{validity}?token=once"), None).await.ok().body, json!({"valid": true}));
+        assert_eq!(s.get(&format!("{validity}?token=nope"), None).await.ok().body, json!({"valid": false}));
+        s.get(validity, None).await.err(400, "M_INVALID_PARAM");
+
+        // Registering: the token stage is the flow; a wrong token is refused in a 401.
+        let path = "/_matrix/client/v3/register";
+        let challenge = s.post(path, None, json!({"username": "tina", "password": "pw"})).await;
+        assert_eq!(challenge.status, StatusCode::UNAUTHORIZED, "{}", challenge.body);
+        assert_eq!(challenge.body["flows"], json!([{"stages": ["m.login.registration_token"]}]));
+        let session = challenge.body["session"].as_str().unwrap().to_owned();
+        let attempt = |token: &str, session: &str| {
+            json!({"username": "tina", "password": "pw",
+                   "auth": {"type": "m.login.registration_token", "token": token, "session": session}})
+        };
+        let wrong = s.post(path, None, attempt("nope", &session)).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{}", wrong.body);
+        assert_eq!(wrong.body["errcode"], "M_UNAUTHORIZED");
+        s.post(path, None, json!({"username": "tina", "auth": {"type": "m.login.dummy", "session": session}}))
+            .await
+            .err(400, "M_UNKNOWN");
+        let tina = s.post(path, None, attempt("once", &session)).await.ok();
+        assert_eq!(tina.body["user_id"], format!("@tina:{SERVER_NAME}"));
+        let once = s.get(&format!("{tokens}/once"), Some(&admin.token)).await.ok();
+        assert_eq!((once.body["pending"].clone(), once.body["completed"].clone()), (json!(0), json!(1)));
+        assert_eq!(s.get(&format!("{validity}?token=once"), None).await.ok().body, json!({"valid": false}));
+
+        // Used up: a second registration is refused.
+        let challenge = s.post(path, None, json!({"username": "tom", "password": "pw"})).await;
+        let session = challenge.body["session"].as_str().unwrap().to_owned();
+        let used_up = s
+            .post(path, None, json!({"username": "tom", "auth": {"type": "m.login.registration_token", "token": "once", "session": session}}))
+            .await;
+        assert_eq!(used_up.status, StatusCode::UNAUTHORIZED, "{}", used_up.body);
+        assert_eq!(used_up.body["errcode"], "M_UNAUTHORIZED");
+
+        // Another token finishes the same session.
+        let update = s.put(&format!("{tokens}/soon"), Some(&admin.token), json!({"uses_allowed": 1})).await.ok();
+        assert_eq!(update.body["uses_allowed"], 1);
+        let tom = s
+            .post(path, None, json!({"username": "tom", "password": "pw",
+                   "auth": {"type": "m.login.registration_token", "token": "soon", "session": session}}))
+            .await
+            .ok();
+        assert_eq!(tom.body["user_id"], format!("@tom:{SERVER_NAME}"));
+        let soon_row = s.get(&format!("{tokens}/soon"), Some(&admin.token)).await.ok();
+        assert_eq!((soon_row.body["pending"].clone(), soon_row.body["completed"].clone()), (json!(0), json!(1)));
+        assert_eq!(s.get(&format!("{validity}?token=soon"), None).await.ok().body, json!({"valid": false}));
+
+        // Expired tokens are invalid.
+        s.put(&format!("{tokens}/soon"), Some(&admin.token), json!({"uses_allowed": null})).await.ok();
+        assert_eq!(s.get(&format!("{validity}?token=soon"), None).await.ok().body, json!({"valid": true}));
+        clock.advance_ms(61_000);
+        assert_eq!(s.get(&format!("{validity}?token=soon"), None).await.ok().body, json!({"valid": false}));
+    })
+    .await;
+}
+
+/// Without `registration_requires_token` the validity endpoint is refused.
+#[tokio::test]
+async fn registration_token_validity_needs_token_registration() {
+    let options = || Options { open_registration: true, ..Options::default() };
+    each_backend(options, async |s| {
+        s.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=x", None)
+            .await
+            .err(403, "M_FORBIDDEN");
+    })
+    .await;
+}
+
+/// `refresh_token: true` on `/login` and `/register` gives an expiring
+/// access token and a refresh token; `/refresh` rotates them (the old
+/// refresh token works until the new access token is used); an expired
+/// access token gets 401 `M_UNKNOWN_TOKEN` with `soft_logout`, from the
+/// client API and from other components' `TokenResolver`.
+#[tokio::test]
+async fn refresh_tokens_rotate_and_expired_access_tokens_soft_logout() {
+    let clock = ManualClock::new(myelin_types::Clock::now_ms(&SystemClock));
+    let options = || Options { open_registration: true, clock: Some(clock.clone()), ..Options::default() };
+    each_backend(options, async |s| {
+        s.admin_register("alice", "pw").await;
+        let login = |refresh: bool| {
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+                   "password": "pw", "refresh_token": refresh})
+        };
+        // Without asking, nothing expires.
+        let plain = s.post("/_matrix/client/v3/login", None, login(false)).await.ok();
+        assert!(
+            plain.body.get("refresh_token").is_none() && plain.body.get("expires_in_ms").is_none(),
+            "{}",
+            plain.body
+        );
+
+        let first = s.post("/_matrix/client/v3/login", None, login(true)).await.ok();
+        assert_eq!(first.body["expires_in_ms"], 300_000, "{}", first.body);
+        let access1 = first.body["access_token"].as_str().unwrap().to_owned();
+        let refresh1 = first.body["refresh_token"].as_str().unwrap().to_owned();
+        s.whoami(&access1).await.ok();
+
+        // Refresh: a new pair; the old access token stops working at once.
+        let refreshed = s.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": refresh1})).await.ok();
+        assert_eq!(refreshed.body["expires_in_ms"], 300_000);
+        let access2 = refreshed.body["access_token"].as_str().unwrap().to_owned();
+        let refresh2 = refreshed.body["refresh_token"].as_str().unwrap().to_owned();
+        s.whoami(&access1).await.err(401, "M_UNKNOWN_TOKEN");
+        // Until the new access token is used, the old refresh token may be retried.
+        let retried = s.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": refresh1})).await.ok();
+        let access3 = retried.body["access_token"].as_str().unwrap().to_owned();
+        let refresh3 = retried.body["refresh_token"].as_str().unwrap().to_owned();
+        s.whoami(&access2).await.err(401, "M_UNKNOWN_TOKEN");
+        s.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": refresh2}))
+            .await
+            .err(401, "M_UNKNOWN_TOKEN");
+        let me = s.whoami(&access3).await.ok();
+        assert_eq!(me.body["user_id"], format!("@alice:{SERVER_NAME}"));
+        // Used: the refreshed token is retired.
+        let gone = s.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": refresh1})).await;
+        assert_eq!(gone.status.as_u16(), 401, "{}", gone.body);
+        assert_eq!(
+            (gone.body["errcode"].clone(), gone.body["soft_logout"].clone()),
+            (json!("M_UNKNOWN_TOKEN"), json!(true))
+        );
+        s.post("/_matrix/client/v3/refresh", None, json!({})).await.err(400, "M_BAD_JSON");
+
+        // Expiry: soft logout here and through the token lookup other components use.
+        let resolver = myelin_clientapi::api::TokenResolver::new(s.bus.clone());
+        let parts = |token: &str| {
+            axum::http::Request::builder()
+                .header("authorization", format!("Bearer {token}"))
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        assert!(resolver.authenticate(&parts(&access3)).await.is_ok());
+        assert!(resolver.authenticate(&parts(plain.body["access_token"].as_str().unwrap())).await.is_ok());
+        clock.advance_ms(300_001);
+        let expired = s.whoami(&access3).await.err(401, "M_UNKNOWN_TOKEN");
+        assert_eq!(expired.body["soft_logout"], true, "{}", expired.body);
+        match resolver.authenticate(&parts(&access3)).await {
+            Err(myelin_clientapi::api::ResolveError::Matrix(e)) => assert!(e.soft_logout, "{e:?}"),
+            other => panic!("expired token accepted: {other:?}"),
+        }
+        s.whoami(plain.body["access_token"].as_str().unwrap()).await.ok();
+        // The refresh token still works after expiry, and logout ends it.
+        let again = s.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": refresh3})).await.ok();
+        let access4 = again.body["access_token"].as_str().unwrap().to_owned();
+        let refresh4 = again.body["refresh_token"].as_str().unwrap().to_owned();
+        s.post("/_matrix/client/v3/logout", Some(&access4), json!({})).await.ok();
+        s.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": refresh4}))
+            .await
+            .err(401, "M_UNKNOWN_TOKEN");
+
+        // Registration hands out refresh tokens too.
+        let registered = s
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({"username": "rita", "password": "pw", "refresh_token": true,
+                  "auth": {"type": "m.login.dummy"}}),
+            )
+            .await
+            .ok();
+        assert!(registered.body["refresh_token"].is_string(), "{}", registered.body);
+        assert_eq!(registered.body["expires_in_ms"], 300_000);
     })
     .await;
 }

@@ -2,6 +2,7 @@
 //! databases (SQLite and PostgreSQL), and real Matrix clients (matrix-nio,
 //! matrix-js-sdk, and hydrogen-view-sdk in headless Chromium).
 
+mod cs;
 mod harness;
 
 use std::collections::HashMap;

@@ -389,6 +389,10 @@ pub enum QueryRequest {
     RoomState { room_id: OwnedRoomId, requester: OwnedUserId, event_type: Option<String>, state_key: Option<String> },
     /// Rooms `user_id` is currently joined to.
     JoinedRooms { user_id: OwnedUserId },
+    /// `user_id`'s current membership of a room and the event that set it
+    /// (`/forget` must tell a left room from a joined or invited one).
+    /// Answered with [`QueryOk::Membership`].
+    Membership { room_id: OwnedRoomId, user_id: OwnedUserId },
     /// The version of a room this server stores (`M_NOT_FOUND` otherwise).
     /// Answered with [`QueryOk::RoomVersion`].
     RoomVersion { room_id: OwnedRoomId },
@@ -419,6 +423,17 @@ pub enum QueryRequest {
     /// The state before `event_id` and the auth chain of that state and of
     /// the event (`/send_join`, `/state`). Answered with [`QueryOk::StateAndAuthChain`].
     StateAndAuthChain { room_id: OwnedRoomId, event_id: OwnedEventId },
+    /// One event of a room as local user `user_id` may see it, judged like
+    /// [`QueryRequest::ServerRead`] for that user alone (their membership
+    /// at the event, or now for `shared` history). Answered with
+    /// [`QueryOk::ServerEvents`]; `M_NOT_FOUND` for an event this server
+    /// does not have in that room, `M_FORBIDDEN` when it is hidden from them.
+    UserEvent { user_id: OwnedUserId, room_id: OwnedRoomId, event_id: OwnedEventId },
+    /// The event nearest `ts` (milliseconds) in the direction asked that
+    /// `reader` may see: `/timestamp_to_event` of clients and of other
+    /// servers. Answered with [`QueryOk::EventAt`]; `M_NOT_FOUND` for an
+    /// unknown room or when no visible event lies that way.
+    TimestampToEvent { room_id: OwnedRoomId, ts: i64, forward: bool, reader: Reader },
     /// What another server reads of a room over federation, limited to the
     /// events `server` may see (`myelin_visibility::server_may_see`).
     /// Key: the room id, the event id for [`ServerRead::Event`]. Answered
@@ -432,6 +447,14 @@ pub enum QueryRequest {
     ///
     /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#server-access-control-lists-acls>
     ServerAllowed { room_id: OwnedRoomId, server: OwnedServerName },
+}
+
+/// Who reads, for history visibility: a local user or another server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reader", content = "id", rename_all = "snake_case")]
+pub enum Reader {
+    User(OwnedUserId),
+    Server(OwnedServerName),
 }
 
 /// The federation reads of [`QueryRequest::ServerRead`].
@@ -471,6 +494,11 @@ pub enum QueryOk {
     JoinedRooms {
         room_ids: Vec<OwnedRoomId>,
     },
+    /// `None` when the user has no membership event in the room (or the
+    /// room is unknown).
+    Membership {
+        current: Option<CurrentMembership>,
+    },
     RoomVersion {
         room_version: String,
     },
@@ -485,6 +513,11 @@ pub enum QueryOk {
         state: Vec<Value>,
         auth_chain: Vec<Value>,
     },
+    /// The answer to a [`QueryRequest::TimestampToEvent`].
+    EventAt {
+        event_id: OwnedEventId,
+        origin_server_ts: i64,
+    },
     /// The answer to a [`QueryRequest::ServerRead`]: `auth_chain` is empty
     /// except for [`ServerRead::State`].
     ServerEvents {
@@ -498,6 +531,13 @@ pub enum QueryOk {
     StrippedState {
         events: Vec<Value>,
     },
+}
+
+/// A membership (`join`, `invite`, `leave`, `ban`, `knock`) and its event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrentMembership {
+    pub membership: String,
+    pub event_id: OwnedEventId,
 }
 
 /// A PDU as the room server stores it, with the ids it does not carry itself.

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::SyncApiError;
 use crate::consumers::clientapi_accountdata::AccountDataConsumer;
+use crate::consumers::clientapi_forgotten::ForgottenConsumer;
 use crate::consumers::clientapi_keychange::KeyChangeConsumer;
 use crate::consumers::edu_presence::PresenceConsumer;
 use crate::consumers::edu_receipt::ReceiptConsumer;
@@ -40,6 +41,9 @@ pub const TO_DEVICE_GROUP: &str = "syncapi.todevice";
 pub const KEY_CHANGE_GROUP: &str = "syncapi.keychange";
 /// Consumer group of other servers' users' presence.
 pub const PRESENCE_GROUP: &str = "syncapi.presence";
+
+/// Consumer group of the forgotten rooms.
+pub const FORGOTTEN_GROUP: &str = "syncapi.forgotten";
 /// Consumer group of the notification counts.
 pub const COUNTS_GROUP: &str = "syncapi.counts";
 
@@ -123,6 +127,12 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
                 notifier: notifier.clone(),
                 server_name: config.global.server_name.clone(),
             }),
+            shutdown.clone(),
+        ),
+        bus.consume(
+            FORGOTTEN_GROUP,
+            myelin_clientapi::api::FORGOTTEN_TOPIC,
+            Arc::new(ForgottenConsumer { storage: storage.clone() }),
             shutdown.clone(),
         ),
         bus.consume(

@@ -94,8 +94,17 @@ impl TokenResolver {
         Ok(caller)
     }
 
-    /// The token's owner, guest or not.
+    /// The token's owner, guest or not; `M_UNKNOWN_TOKEN` with
+    /// `soft_logout` once it expired, judged on the bus clock.
     async fn lookup(&self, parts: &Parts) -> Result<Caller, ResolveError> {
+        let caller = self.lookup_cached(parts).await?;
+        if caller.identity.expires_ms.is_some_and(|expires| expires <= self.bus.clock().now_ms()) {
+            return Err(MatrixError::soft_logout().into());
+        }
+        Ok(caller)
+    }
+
+    async fn lookup_cached(&self, parts: &Parts) -> Result<Caller, ResolveError> {
         let token = myelin_types::auth::access_token(parts).ok_or_else(MatrixError::missing_token)?;
         let hash = token_hash(&token);
         let generation = {

@@ -2,6 +2,7 @@
 
 pub mod aliases;
 pub mod keys;
+pub mod openid;
 pub mod profiles;
 pub mod query;
 pub mod remote_todevice;

@@ -27,6 +27,7 @@ impl Responder for QueryResponder {
                         device_id: owner.device_id,
                         is_guest: owner.is_guest,
                         is_admin: owner.is_admin,
+                        expires_ms: owner.expires_ms.map(|ms| u64::try_from(ms).unwrap_or(0)),
                     })
                 })
             }

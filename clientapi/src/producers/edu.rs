@@ -1,12 +1,12 @@
 //! Records on `clientapi.accountdata` (after the database commit),
 //! `edu.typing`, `edu.receipt`, `edu.todevice` and `clientapi.keychange`
-//! (after the database commit).
+//! (after the database commit), and `clientapi.forgotten`.
 
 use myelin_bus::{Bus, BusError};
 
 use crate::api::{
-    ACCOUNT_DATA_TOPIC, AccountDataUpdate, KEY_CHANGE_TOPIC, KeyChange, RECEIPT_TOPIC, ReceiptUpdate, TO_DEVICE_TOPIC,
-    TYPING_TOPIC, ToDeviceMessage, TypingUpdate,
+    ACCOUNT_DATA_TOPIC, AccountDataUpdate, FORGOTTEN_TOPIC, KEY_CHANGE_TOPIC, KeyChange, RECEIPT_TOPIC, ReceiptUpdate,
+    RoomForgotten, TO_DEVICE_TOPIC, TYPING_TOPIC, ToDeviceMessage, TypingUpdate,
 };
 
 pub async fn account_data(bus: &Bus, update: &AccountDataUpdate) -> Result<(), BusError> {
@@ -31,5 +31,10 @@ pub async fn to_device(bus: &Bus, message: &ToDeviceMessage) -> Result<(), BusEr
 
 pub async fn key_change(bus: &Bus, change: &KeyChange) -> Result<(), BusError> {
     bus.produce_json(KEY_CHANGE_TOPIC, change.user_id.as_str(), change).await?;
+    Ok(())
+}
+
+pub async fn room_forgotten(bus: &Bus, record: &RoomForgotten) -> Result<(), BusError> {
+    bus.produce_json(FORGOTTEN_TOPIC, record.user_id.as_str(), record).await?;
     Ok(())
 }

@@ -3,8 +3,8 @@
 
 use myelin_bus::Bus;
 use myelin_roomserver::api::{
-    CreateRoom, INPUT_TOPIC, InputOk, InputReply, InputRequest, QUERY_TOPIC, QueryOk, QueryReply, QueryRequest,
-    REQUEST_TIMEOUT, SendEvent, StoredEvent,
+    CreateRoom, CurrentMembership, INPUT_TOPIC, InputOk, InputReply, InputRequest, QUERY_TOPIC, QueryOk, QueryReply,
+    QueryRequest, REQUEST_TIMEOUT, Reader, SendEvent, StoredEvent,
 };
 use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 
@@ -51,6 +51,55 @@ pub async fn room_state(
     };
     match query(bus, room_id.as_str(), &request).await? {
         QueryOk::State { events } => Ok(events),
+        _ => Err(ClientApiError::UnexpectedReply("roomserver.query")),
+    }
+}
+
+/// `user_id`'s current membership of the room, `None` if it has none.
+pub async fn membership(bus: &Bus, room_id: &OwnedRoomId, user_id: &OwnedUserId) -> Result<Option<CurrentMembership>> {
+    let request = QueryRequest::Membership { room_id: room_id.clone(), user_id: user_id.clone() };
+    match query(bus, room_id.as_str(), &request).await? {
+        QueryOk::Membership { current } => Ok(current),
+        _ => Err(ClientApiError::UnexpectedReply("roomserver.query")),
+    }
+}
+
+/// The event as `user_id` may see it: `M_NOT_FOUND` when it is not in the
+/// room, `M_FORBIDDEN` when it is hidden from them.
+pub async fn user_event(
+    bus: &Bus,
+    user_id: &OwnedUserId,
+    room_id: &OwnedRoomId,
+    event_id: &OwnedEventId,
+) -> Result<StoredEvent> {
+    let request =
+        QueryRequest::UserEvent { user_id: user_id.clone(), room_id: room_id.clone(), event_id: event_id.clone() };
+    match query(bus, room_id.as_str(), &request).await? {
+        QueryOk::ServerEvents { mut events, .. } if events.len() == 1 => Ok(events.remove(0)),
+        _ => Err(ClientApiError::UnexpectedReply("roomserver.query")),
+    }
+}
+
+/// The nearest event `reader` may see at or after (`forward`) or at or
+/// before `ts`; `M_NOT_FOUND` when none.
+pub async fn timestamp_to_event(
+    bus: &Bus,
+    room_id: &OwnedRoomId,
+    ts: i64,
+    forward: bool,
+    reader: Reader,
+) -> Result<(OwnedEventId, i64)> {
+    let request = QueryRequest::TimestampToEvent { room_id: room_id.clone(), ts, forward, reader };
+    match query(bus, room_id.as_str(), &request).await? {
+        QueryOk::EventAt { event_id, origin_server_ts } => Ok((event_id, origin_server_ts)),
+        _ => Err(ClientApiError::UnexpectedReply("roomserver.query")),
+    }
+}
+
+/// The room's version, `M_NOT_FOUND` for a room this server does not have.
+pub async fn room_version(bus: &Bus, room_id: &OwnedRoomId) -> Result<String> {
+    match query(bus, room_id.as_str(), &QueryRequest::RoomVersion { room_id: room_id.clone() }).await? {
+        QueryOk::RoomVersion { room_version } => Ok(room_version),
         _ => Err(ClientApiError::UnexpectedReply("roomserver.query")),
     }
 }

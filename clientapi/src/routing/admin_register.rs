@@ -104,6 +104,7 @@ pub async fn register(
         user_type: body.user_type,
         is_guest: false,
         login: Some((None, None)),
+        refreshable: false,
     };
     let (user_id, session) = accounts::register(&state, registration).await?;
     let session = session.ok_or_else(MatrixError::internal)?;

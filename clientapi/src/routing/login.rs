@@ -29,6 +29,9 @@ pub struct LoginBody {
     password: Option<String>,
     device_id: Option<String>,
     initial_device_display_name: Option<String>,
+    /// The client can refresh: its access token expires, with a refresh token.
+    #[serde(default)]
+    refresh_token: bool,
 }
 
 #[derive(Deserialize)]
@@ -82,13 +85,12 @@ pub async fn post_login(State(state): State<AppState>, MatrixJson(body): MatrixJ
         return Err(bad_login().into());
     }
     let user_id = OwnedUserId::try_from(format!("@{localpart}:{}", state.server_name())).map_err(|_| bad_login())?;
-    let session = accounts::start_session(&state, &user_id, body.device_id, body.initial_device_display_name).await?;
-    Ok(Json(json!({
-        "user_id": user_id,
-        "access_token": session.access_token,
-        "device_id": session.device_id,
-        "home_server": state.server_name(),
-    })))
+    let session =
+        accounts::start_session(&state, &user_id, body.device_id, body.initial_device_display_name, body.refresh_token)
+            .await?;
+    let mut reply = json!({ "user_id": user_id, "home_server": state.server_name() });
+    session.add_to(&mut reply);
+    Ok(Json(reply))
 }
 
 /// `POST /_matrix/client/v3/logout`

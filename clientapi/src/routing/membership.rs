@@ -3,16 +3,18 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
 use myelin_roomserver::api::SendEvent;
 use myelin_types::ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use myelin_types::{ErrorCode, MatrixError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::api::RoomForgotten;
 use crate::auth::{AuthedUser, GuestOk};
 use crate::error::{ClientApiError, Result};
 use crate::json::{MatrixJson, MatrixPath, OptionalJson};
-use crate::producers::{federation, roomserver};
+use crate::producers::{edu, federation, roomserver};
 use crate::routing::profile::{add_to_member_content, profile_of};
 use crate::routing::{directory, parse_room_id, parse_user_id};
 use crate::service::AppState;
@@ -252,6 +254,36 @@ pub async fn leave(
 ) -> Result<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     set_membership(&state, user.user_id.clone(), room_id, &user.user_id, "leave", body.reason).await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/forget`
+/// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3roomsroomidforget>
+///
+/// Only a room the user has left (or was banned from) can be forgotten:
+/// `400 M_UNKNOWN` while joined, invited or knocking. The sync API hides
+/// the room and its history from the user up to the forgotten membership
+/// event (a later join shows it again); a room the user was never in is
+/// already forgotten.
+pub async fn forget(
+    State(state): State<AppState>,
+    user: AuthedUser,
+    MatrixPath(room_id): MatrixPath<String>,
+) -> Result<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    let Some(current) = roomserver::membership(&state.bus, &room_id, &user.user_id).await? else {
+        return Ok(Json(json!({})));
+    };
+    if current.membership != "leave" && current.membership != "ban" {
+        return Err(MatrixError::new(
+            ErrorCode::Unknown,
+            format!("You must leave the room before forgetting it (membership is {})", current.membership),
+        )
+        .with_status(StatusCode::BAD_REQUEST)
+        .into());
+    }
+    let record = RoomForgotten { user_id: user.user_id, room_id, event_id: current.event_id };
+    edu::room_forgotten(&state.bus, &record).await?;
     Ok(Json(json!({})))
 }
 

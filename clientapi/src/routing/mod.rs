@@ -12,13 +12,18 @@ mod keys;
 mod login;
 pub mod media;
 mod membership;
+mod openid;
 mod profile;
 mod receipts;
+mod refresh;
 mod register;
+mod registration_tokens;
+mod reports;
 mod rooms;
 mod send;
 mod state;
 mod threepid;
+mod timestamp;
 mod to_device;
 mod typing;
 mod user_directory;
@@ -38,6 +43,7 @@ use crate::service::AppState;
 pub fn router(state: AppState) -> Router {
     let client = Router::new()
         .route("/login", get(login::get_login).post(login::post_login))
+        .route("/refresh", post(refresh::refresh))
         .route("/logout", post(login::logout))
         .route("/logout/all", post(login::logout_all))
         .route("/account/whoami", get(account::whoami))
@@ -73,6 +79,10 @@ pub fn router(state: AppState) -> Router {
         .route("/join/{room_id_or_alias}", post(membership::join_by_id_or_alias))
         .route("/knock/{room_id_or_alias}", post(membership::knock))
         .route("/rooms/{room_id}/leave", post(membership::leave))
+        .route("/rooms/{room_id}/forget", post(membership::forget))
+        .route("/rooms/{room_id}/report", post(reports::report_room))
+        .route("/rooms/{room_id}/report/{event_id}", post(reports::report_event))
+        .route("/users/{user_id}/report", post(reports::report_user))
         .route("/rooms/{room_id}/invite", post(membership::invite))
         .route("/rooms/{room_id}/kick", post(membership::kick))
         .route("/rooms/{room_id}/ban", post(membership::ban))
@@ -116,12 +126,28 @@ pub fn router(state: AppState) -> Router {
             "/user/{user_id}/rooms/{room_id}/tags/{tag}",
             put(account_data::put_tag).delete(account_data::delete_tag),
         )
+        .route("/user/{user_id}/openid/request_token", post(openid::request_token))
         .route("/profile/{user_id}", get(profile::get_profile))
         .route("/profile/{user_id}/displayname", get(profile::get_displayname).put(profile::put_displayname))
         .route("/profile/{user_id}/avatar_url", get(profile::get_avatar_url).put(profile::put_avatar_url));
     Router::new()
         .route("/_matrix/client/versions", get(versions::versions))
         .route("/_synapse/admin/v1/register", get(admin_register::nonce).post(admin_register::register))
+        .route("/_synapse/admin/v1/event_reports", get(reports::list_event_reports))
+        .route(
+            "/_synapse/admin/v1/event_reports/{report_id}",
+            get(reports::get_event_report).delete(reports::delete_event_report),
+        )
+        .route("/_synapse/admin/v1/registration_tokens", get(registration_tokens::list))
+        .route("/_synapse/admin/v1/registration_tokens/new", post(registration_tokens::create))
+        .route(
+            "/_synapse/admin/v1/registration_tokens/{token}",
+            get(registration_tokens::get).put(registration_tokens::update).delete(registration_tokens::delete),
+        )
+        .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(register::token_validity))
+        .route("/_myelin/admin/v1/room_reports", get(reports::list_room_reports))
+        .route("/_myelin/admin/v1/user_reports", get(reports::list_user_reports))
+        .route("/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", get(timestamp::timestamp_to_event))
         .nest("/_matrix/client/v3", client.clone())
         .nest("/_matrix/client/r0", client)
         .method_not_allowed_fallback(method_not_allowed)

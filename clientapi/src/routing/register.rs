@@ -28,6 +28,9 @@ pub struct RegisterBody {
     #[serde(default)]
     inhibit_login: bool,
     auth: Option<AuthData>,
+    /// The client can refresh: its access token expires, with a refresh token.
+    #[serde(default)]
+    refresh_token: bool,
     /// A guest upgrading its own account (with `username` its localpart).
     guest_access_token: Option<String>,
 }
@@ -37,22 +40,38 @@ struct AuthData {
     #[serde(rename = "type")]
     kind: Option<String>,
     session: Option<String>,
+    /// The `m.login.registration_token` stage's token.
+    token: Option<String>,
+}
+
+/// The one UIA stage registration asks for.
+const DUMMY: &str = "m.login.dummy";
+const REGISTRATION_TOKEN: &str = "m.login.registration_token";
+
+fn stage(state: &AppState) -> &'static str {
+    if state.config.client_api.registration_requires_token { REGISTRATION_TOKEN } else { DUMMY }
 }
 
 fn registration_closed() -> MatrixError {
     MatrixError::forbidden("Registration has been disabled")
 }
 
-/// The body of a `401` asking the client to complete the dummy stage.
-fn uia_challenge(session: &str) -> Response {
-    let body = json!({ "flows": [{ "stages": ["m.login.dummy"] }], "params": {}, "session": session });
+/// The body of a `401` asking the client to complete the stage, with
+/// `error` when its last attempt failed.
+fn uia_challenge(stage: &str, session: &str, error: Option<MatrixError>) -> Response {
+    let mut body = json!({ "flows": [{ "stages": [stage] }], "params": {}, "session": session });
+    if let Some(error) = error {
+        body["errcode"] = json!(error.errcode);
+        body["error"] = json!(error.error);
+    }
     (StatusCode::UNAUTHORIZED, Json(body)).into_response()
 }
 
 /// `POST /_matrix/client/v3/register`
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3register>
 ///
-/// Closed unless `client_api.open_registration`; then one flow, `m.login.dummy`,
+/// Closed unless `client_api.open_registration`; then one flow, `m.login.dummy`
+/// (`m.login.registration_token` with `client_api.registration_requires_token`),
 /// which also upgrades a guest (`guest_access_token`). Guests register
 /// (`kind=guest`) while `client_api.allow_guest_access`.
 pub async fn register(
@@ -87,11 +106,12 @@ pub async fn register(
     }
 
     let now = state.now_ms();
+    let stage = stage(&state);
     let session = match body.auth {
         None => {
             let session = random::alphanumeric(24);
             storage::registration::create_uia_session(&state.db, &session, now, now - SESSION_LIFETIME_MS).await?;
-            return Ok(uia_challenge(&session));
+            return Ok(uia_challenge(stage, &session, None));
         }
         Some(auth) => {
             if let Some(session) = &auth.session {
@@ -103,7 +123,12 @@ pub async fn register(
                 }
             }
             match auth.kind.as_deref() {
-                Some("m.login.dummy") => {}
+                Some(kind) if kind == stage && kind == DUMMY => {}
+                Some(kind) if kind == stage => {
+                    if let Some(response) = token_stage(&state, auth.session.as_deref(), auth.token, now).await? {
+                        return Ok(response);
+                    }
+                }
                 Some(_) => {
                     return Err(MatrixError::new(ErrorCode::Unknown, "Unsupported authentication type")
                         .with_status(StatusCode::BAD_REQUEST)
@@ -112,7 +137,7 @@ pub async fn register(
                 // Polling a session without completing a stage: challenge again.
                 None => {
                     return match auth.session {
-                        Some(session) => Ok(uia_challenge(&session)),
+                        Some(session) => Ok(uia_challenge(stage, &session, None)),
                         None => Err(MatrixError::bad_json("auth.type is missing").into()),
                     };
                 }
@@ -122,8 +147,9 @@ pub async fn register(
     };
 
     let login = (!body.inhibit_login).then_some((body.device_id, body.initial_device_display_name));
+    let refreshable = body.refresh_token;
     let (user_id, login_session) = match (guest, username) {
-        (Some(guest), _) => upgrade_guest(&state, guest, body.password).await?,
+        (Some(guest), _) => upgrade_guest(&state, guest, body.password, refreshable).await?,
         (None, Some(localpart)) => {
             let registration = Registration {
                 localpart,
@@ -132,20 +158,72 @@ pub async fn register(
                 user_type: None,
                 is_guest: false,
                 login,
+                refreshable,
             };
             accounts::register(&state, registration).await?
         }
-        (None, None) => register_generated(&state, body.password, login, false).await?,
+        (None, None) => register_generated(&state, body.password, login, false, refreshable).await?,
     };
     if let Some(session) = session {
-        storage::registration::delete_uia_session(&state.db, &session).await?;
+        if stage == REGISTRATION_TOKEN {
+            storage::registration_tokens::complete(&state.db, &session).await?;
+        } else {
+            storage::registration::delete_uia_session(&state.db, &session).await?;
+        }
     }
     let mut reply = json!({ "user_id": user_id, "home_server": state.server_name() });
     if let Some(login) = login_session {
-        reply["access_token"] = Value::from(login.access_token);
-        reply["device_id"] = Value::from(login.device_id);
+        login.add_to(&mut reply);
     }
     Ok(Json(reply).into_response())
+}
+
+/// The `m.login.registration_token` stage: `None` once the session holds a
+/// use of a valid token (taken now, or on an earlier attempt), else the
+/// `401` to answer with.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#token-authenticated-registration>
+async fn token_stage(
+    state: &AppState,
+    session: Option<&str>,
+    token: Option<String>,
+    now: i64,
+) -> Result<Option<Response>> {
+    let Some(session) = session else {
+        return Err(MatrixError::new(ErrorCode::MissingParam, "auth.session is required").into());
+    };
+    if storage::registration_tokens::of_session(&state.db, session).await?.is_some() {
+        return Ok(None);
+    }
+    let Some(token) = token else {
+        return Err(MatrixError::new(ErrorCode::MissingParam, "auth.token is required").into());
+    };
+    if storage::registration_tokens::take_pending(&state.db, &token, session, now).await? {
+        return Ok(None);
+    }
+    let error = MatrixError::new(ErrorCode::Unauthorized, "Invalid registration token");
+    Ok(Some(uia_challenge(REGISTRATION_TOKEN, session, Some(error))))
+}
+
+#[derive(Deserialize)]
+pub struct ValidityQuery {
+    token: String,
+}
+
+/// `GET /_matrix/client/v1/register/m.login.registration_token/validity`
+/// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv1registermloginregistration_tokenvalidity>
+///
+/// `403 M_FORBIDDEN` unless registration takes tokens.
+pub async fn token_validity(
+    State(state): State<AppState>,
+    MatrixQuery(query): MatrixQuery<ValidityQuery>,
+) -> Result<Json<Value>> {
+    if !state.config.client_api.open_registration || stage(&state) != REGISTRATION_TOKEN {
+        return Err(registration_closed().into());
+    }
+    let token = storage::registration_tokens::get(&state.db, &query.token).await?;
+    let valid = token.is_some_and(|token| token.is_valid(state.now_ms()));
+    Ok(Json(json!({ "valid": valid })))
 }
 
 /// Registration without a username: pick a random localpart.
@@ -154,6 +232,7 @@ async fn register_generated(
     password: Option<String>,
     login: Option<(Option<String>, Option<String>)>,
     is_guest: bool,
+    refreshable: bool,
 ) -> Result<(OwnedUserId, Option<accounts::Session>)> {
     for _ in 0..5 {
         let localpart = random::alphanumeric(12).to_lowercase();
@@ -164,6 +243,7 @@ async fn register_generated(
             user_type: None,
             is_guest,
             login: login.clone(),
+            refreshable,
         };
         match accounts::register(state, registration).await {
             Err(ClientApiError::Matrix(e)) if e.errcode == ErrorCode::UserInUse => continue,
@@ -183,14 +263,10 @@ async fn register_guest(state: &AppState, body: RegisterBody) -> Result<Response
         return Err(MatrixError::guest_access_forbidden().into());
     }
     let login = Some((body.device_id, body.initial_device_display_name));
-    let (user_id, session) = register_generated(state, None, login, true).await?;
+    let (user_id, session) = register_generated(state, None, login, true, body.refresh_token).await?;
     let session = session.ok_or_else(MatrixError::internal)?;
-    let reply = json!({
-        "user_id": user_id,
-        "home_server": state.server_name(),
-        "access_token": session.access_token,
-        "device_id": session.device_id,
-    });
+    let mut reply = json!({ "user_id": user_id, "home_server": state.server_name() });
+    session.add_to(&mut reply);
     Ok(Json(reply).into_response())
 }
 
@@ -219,6 +295,7 @@ async fn upgrade_guest(
     state: &AppState,
     guest: tokens::Owner,
     password: Option<String>,
+    refreshable: bool,
 ) -> Result<(OwnedUserId, Option<accounts::Session>)> {
     let user_id = OwnedUserId::try_from(guest.user_id).map_err(|_| MatrixError::internal())?;
     let password_hash = match password {
@@ -228,7 +305,7 @@ async fn upgrade_guest(
     if !storage::accounts::upgrade_guest(&state.db, user_id.localpart(), password_hash.as_deref()).await? {
         return Err(MatrixError::forbidden("This account is no longer a guest").into());
     }
-    let session = accounts::start_session(state, &user_id, Some(guest.device_id), None).await?;
+    let session = accounts::start_session(state, &user_id, Some(guest.device_id), None, refreshable).await?;
     Ok((user_id, Some(session)))
 }
 

@@ -3,6 +3,13 @@
 
 use myelin_storage::{Db, WritePool, sqlx, with_db};
 
+/// The refresh token a login issues with its access token, which then
+/// expires at `access_expires_ms`.
+pub struct NewRefresh<'a> {
+    pub token_hash: &'a str,
+    pub access_expires_ms: i64,
+}
+
 /// Ensure the device exists, revoke the tokens it had, and give it
 /// `token_hash`. Returns the hashes revoked (a login that names an
 /// existing device replaces its access token, as the spec says).
@@ -13,6 +20,7 @@ pub async fn start_session(
     display_name: Option<&str>,
     token_hash: &str,
     now_ms: i64,
+    refresh: Option<&NewRefresh<'_>>,
 ) -> Result<Vec<String>, sqlx::Error> {
     with_db!(db, pool => {
         let mut tx = pool.begin_write().await?;
@@ -33,15 +41,35 @@ pub async fn start_session(
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM clientapi_refresh_tokens WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
-            "INSERT INTO clientapi_access_tokens (token_hash, user_id, device_id, created_ms) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO clientapi_access_tokens (token_hash, user_id, device_id, created_ms, expires_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(token_hash)
         .bind(user_id)
         .bind(device_id)
         .bind(now_ms)
+        .bind(refresh.map(|r| r.access_expires_ms))
         .execute(&mut *tx)
         .await?;
+        if let Some(refresh) = refresh {
+            sqlx::query(
+                "INSERT INTO clientapi_refresh_tokens (token_hash, user_id, device_id, access_hash, created_ms) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(refresh.token_hash)
+            .bind(user_id)
+            .bind(device_id)
+            .bind(token_hash)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(revoked)
     })
@@ -58,6 +86,11 @@ pub async fn end_session(db: &Db, user_id: &str, device_id: &str) -> Result<Vec<
         .bind(device_id)
         .fetch_all(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM clientapi_refresh_tokens WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM clientapi_devices WHERE user_id = $1 AND device_id = $2")
             .bind(user_id)
             .bind(device_id)
@@ -77,6 +110,7 @@ pub async fn end_all_sessions(db: &Db, user_id: &str) -> Result<Vec<String>, sql
                 .bind(user_id)
                 .fetch_all(&mut *tx)
                 .await?;
+        sqlx::query("DELETE FROM clientapi_refresh_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM clientapi_devices WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(revoked)
@@ -95,6 +129,11 @@ pub async fn end_other_sessions(db: &Db, user_id: &str, keep: &str) -> Result<Ve
         .bind(keep)
         .fetch_all(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM clientapi_refresh_tokens WHERE user_id = $1 AND device_id <> $2")
+            .bind(user_id)
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM clientapi_devices WHERE user_id = $1 AND device_id <> $2")
             .bind(user_id)
             .bind(keep)

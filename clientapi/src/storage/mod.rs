@@ -8,7 +8,11 @@ pub mod devices;
 pub mod directory;
 pub mod keys;
 pub mod media;
+pub mod openid;
+pub mod refresh_tokens;
 pub mod registration;
+pub mod registration_tokens;
+pub mod reports;
 pub mod tokens;
 
 use myelin_storage::Migration;
@@ -188,6 +192,55 @@ const V9: &str = "
 ALTER TABLE clientapi_accounts ADD COLUMN is_guest BOOLEAN NOT NULL DEFAULT FALSE;
 ";
 
+/// Content reports (events, rooms, users) for server admins.
+const V10_SQLITE: &str = "
+CREATE TABLE clientapi_reports (
+    report_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_ts BIGINT NOT NULL, reporter TEXT NOT NULL, kind TEXT NOT NULL,
+    room_id TEXT, event_id TEXT, target_user_id TEXT, reason TEXT, score BIGINT
+);
+";
+const V10_POSTGRES: &str = "
+CREATE TABLE clientapi_reports (
+    report_id BIGSERIAL PRIMARY KEY,
+    received_ts BIGINT NOT NULL, reporter TEXT NOT NULL, kind TEXT NOT NULL,
+    room_id TEXT, event_id TEXT, target_user_id TEXT, reason TEXT, score BIGINT
+);
+";
+
+/// OpenID tokens (`/openid/request_token`), by hash, until they expire.
+const V11: &str = "
+CREATE TABLE clientapi_openid_tokens (
+    token_hash TEXT PRIMARY KEY NOT NULL, user_id TEXT NOT NULL, expires_ms BIGINT NOT NULL
+);
+CREATE INDEX clientapi_openid_tokens_expiry ON clientapi_openid_tokens (expires_ms);
+";
+
+/// Registration tokens (Synapse's semantics: `pending` counts sessions
+/// that passed the token stage and have not registered yet), and the token
+/// a UIA session passed with.
+const V12: &str = "
+CREATE TABLE clientapi_registration_tokens (
+    token TEXT PRIMARY KEY NOT NULL, uses_allowed BIGINT, pending BIGINT NOT NULL DEFAULT 0,
+    completed BIGINT NOT NULL DEFAULT 0, expiry_time BIGINT
+);
+ALTER TABLE clientapi_uia_sessions ADD COLUMN registration_token TEXT;
+";
+
+/// Refresh tokens: access tokens issued with one expire (`expires_ms`);
+/// each refresh token names the access token issued with it and the
+/// refresh token it replaced, which stays usable until the new pair is
+/// used (`retires_refresh_hash` on the new access token).
+const V13: &str = "
+ALTER TABLE clientapi_access_tokens ADD COLUMN expires_ms BIGINT;
+ALTER TABLE clientapi_access_tokens ADD COLUMN retires_refresh_hash TEXT;
+CREATE TABLE clientapi_refresh_tokens (
+    token_hash TEXT PRIMARY KEY NOT NULL, user_id TEXT NOT NULL, device_id TEXT NOT NULL,
+    access_hash TEXT NOT NULL, prev_hash TEXT, created_ms BIGINT NOT NULL
+);
+CREATE INDEX clientapi_refresh_tokens_device ON clientapi_refresh_tokens (user_id, device_id);
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE },
     Migration { version: 2, sqlite: V2, postgres: V2 },
@@ -198,4 +251,8 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 7, sqlite: V7, postgres: V7 },
     Migration { version: 8, sqlite: V8, postgres: V8 },
     Migration { version: 9, sqlite: V9, postgres: V9 },
+    Migration { version: 10, sqlite: V10_SQLITE, postgres: V10_POSTGRES },
+    Migration { version: 11, sqlite: V11, postgres: V11 },
+    Migration { version: 12, sqlite: V12, postgres: V12 },
+    Migration { version: 13, sqlite: V13, postgres: V13 },
 ];

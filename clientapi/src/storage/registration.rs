@@ -2,7 +2,7 @@
 //! user-interactive authentication sessions. Both live in the database so
 //! that any client API instance can answer the follow-up request.
 
-use myelin_storage::{Db, sqlx, with_db};
+use myelin_storage::{Db, WritePool, sqlx, with_db};
 
 pub async fn store_nonce(db: &Db, nonce: &str, now_ms: i64, expired_before_ms: i64) -> Result<(), sqlx::Error> {
     with_db!(db, pool => {
@@ -37,15 +37,27 @@ pub async fn create_uia_session(
     expired_before_ms: i64,
 ) -> Result<(), sqlx::Error> {
     with_db!(db, pool => {
+        let mut tx = pool.begin_write().await?;
+        // An expired session that passed a registration token no longer holds one of its uses.
+        sqlx::query(
+            "UPDATE clientapi_registration_tokens SET pending = pending - (SELECT COUNT(*) FROM \
+             clientapi_uia_sessions s WHERE s.registration_token = clientapi_registration_tokens.token \
+             AND s.created_ms < $1) WHERE token IN (SELECT registration_token FROM clientapi_uia_sessions \
+             WHERE created_ms < $1 AND registration_token IS NOT NULL)",
+        )
+        .bind(expired_before_ms)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM clientapi_uia_sessions WHERE created_ms < $1")
             .bind(expired_before_ms)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
         sqlx::query("INSERT INTO clientapi_uia_sessions (session_id, created_ms) VALUES ($1, $2)")
             .bind(session_id)
             .bind(now_ms)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
     });
     Ok(())
 }

@@ -68,6 +68,10 @@ pub struct ClientApi {
     pub registration_shared_secret: Option<String>,
     /// Lets anyone register with `m.login.dummy`. Off unless enabled.
     pub open_registration: bool,
+    /// With `open_registration`, registration needs a token a server admin
+    /// created (`/_synapse/admin/v1/registration_tokens`): the UIA stage is
+    /// `m.login.registration_token` instead of `m.login.dummy`.
+    pub registration_requires_token: bool,
     /// Lets anyone register a guest account (`POST /register?kind=guest`),
     /// which may call only the endpoints the spec opens to guests and join
     /// only rooms whose `m.room.guest_access` is `can_join`. Off unless enabled.
@@ -77,6 +81,9 @@ pub struct ClientApi {
     pub public_room_directory_without_auth: bool,
     /// Largest media upload, in bytes (`m.upload.size`).
     pub max_upload_size: u64,
+    /// Lifetime of an access token issued with a refresh token (a client
+    /// that sent `refresh_token: true`), in milliseconds.
+    pub refreshable_access_token_lifetime_ms: u64,
     /// Where uploaded media is stored; `None`: `media` under `global.data_dir`.
     pub media_path: Option<PathBuf>,
 }
@@ -192,9 +199,11 @@ impl Default for ClientApi {
             listen: ([127, 0, 0, 1], 8008).into(),
             registration_shared_secret: None,
             open_registration: false,
+            registration_requires_token: false,
             allow_guest_access: false,
             public_room_directory_without_auth: false,
             max_upload_size: 50 * 1024 * 1024,
+            refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
             media_path: None,
         }
     }

@@ -102,11 +102,15 @@ pub struct MatrixError {
     pub errcode: ErrorCode,
     pub error: String,
     pub status: u16,
+    /// `soft_logout` of `M_UNKNOWN_TOKEN`: the token expired, and the
+    /// client may refresh it or log in again keeping its device.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub soft_logout: bool,
 }
 
 impl MatrixError {
     pub fn new(errcode: ErrorCode, error: impl Into<String>) -> Self {
-        Self { errcode, error: error.into(), status: errcode.default_status().as_u16() }
+        Self { errcode, error: error.into(), status: errcode.default_status().as_u16(), soft_logout: false }
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
@@ -141,6 +145,12 @@ impl MatrixError {
         Self::new(ErrorCode::UnknownToken, "Unknown or expired access token")
     }
 
+    /// `401 M_UNKNOWN_TOKEN` with `soft_logout: true`: an expired access
+    /// token (<https://spec.matrix.org/v1.16/client-server-api/#soft-logout>).
+    pub fn soft_logout() -> Self {
+        Self { soft_logout: true, ..Self::new(ErrorCode::UnknownToken, "Access token has expired") }
+    }
+
     pub fn missing_token() -> Self {
         Self::new(ErrorCode::MissingToken, "Missing access token")
     }
@@ -168,11 +178,13 @@ impl MatrixError {
 struct Body<'a> {
     errcode: ErrorCode,
     error: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    soft_logout: bool,
 }
 
 impl IntoResponse for MatrixError {
     fn into_response(self) -> Response {
-        let body = Body { errcode: self.errcode, error: &self.error };
+        let body = Body { errcode: self.errcode, error: &self.error, soft_logout: self.soft_logout };
         (self.status_code(), axum::Json(body)).into_response()
     }
 }
@@ -189,5 +201,8 @@ mod tests {
         assert_eq!(e.status_code(), StatusCode::UNAUTHORIZED);
         assert_eq!(MatrixError::too_large("x").status, 413);
         assert_eq!(MatrixError::unrecognized().status, 404);
+        assert!(json.get("soft_logout").is_none());
+        let soft = serde_json::to_value(MatrixError::soft_logout()).unwrap();
+        assert_eq!((soft["errcode"].clone(), soft["soft_logout"].clone()), ("M_UNKNOWN_TOKEN".into(), true.into()));
     }
 }

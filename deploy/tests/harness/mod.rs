@@ -167,6 +167,11 @@ impl Server {
         server
     }
 
+    /// Where `generate-config` wrote the configuration and `signing.key`.
+    pub fn config_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("myelin-data")
     }
@@ -254,14 +259,20 @@ impl Server {
 
     /// Registers `localpart` through the shared-secret admin API; returns its access token.
     pub async fn register(&self, localpart: &str) -> String {
+        self.register_as(localpart, false).await
+    }
+
+    /// Like [`Server::register`], as a server admin when `admin`.
+    pub async fn register_as(&self, localpart: &str, admin: bool) -> String {
         let endpoint = self.url("/_synapse/admin/v1/register");
         let nonce: Value = reqwest::get(&endpoint).await.unwrap().json().await.unwrap();
         let nonce = nonce["nonce"].as_str().unwrap();
         let password = PASSWORD;
         let mut mac = Hmac::<sha1::Sha1>::new_from_slice(SHARED_SECRET.as_bytes()).unwrap();
-        mac.update(format!("{nonce}\0{localpart}\0{password}\0notadmin").as_bytes());
+        let role = if admin { "admin" } else { "notadmin" };
+        mac.update(format!("{nonce}\0{localpart}\0{password}\0{role}").as_bytes());
         let body = json!({
-            "nonce": nonce, "username": localpart, "password": password, "admin": false,
+            "nonce": nonce, "username": localpart, "password": password, "admin": admin,
             "mac": hex::encode(mac.finalize().into_bytes()),
         });
         let (status, reply) = json_request(Method::POST, &endpoint, None, &body.to_string()).await;

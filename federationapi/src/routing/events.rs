@@ -1,12 +1,13 @@
 //! Reading events and state of this server's rooms: `/event`, `/state`,
-//! `/state_ids`, `/event_auth`, `/backfill` and `/get_missing_events`. The
+//! `/state_ids`, `/event_auth`, `/backfill`, `/get_missing_events` and
+//! `/timestamp_to_event`. The
 //! room server answers each with only what the origin may see.
 //!
 //! Spec: <https://spec.matrix.org/v1.16/server-server-api/#retrieving-events>
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use myelin_roomserver::api::{QueryOk, QueryRequest, ServerRead, StoredEvent};
+use myelin_roomserver::api::{QueryOk, QueryRequest, Reader, ServerRead, StoredEvent};
 use myelin_types::ruma::{OwnedEventId, OwnedServerName};
 use myelin_types::{ErrorCode, MatrixError};
 use serde::Deserialize;
@@ -96,6 +97,43 @@ pub(super) async fn get_backfill(
     let key = room_id.to_string();
     let (events, _) = read(&state, &key, origin, ServerRead::Backfill { room_id, from, limit }).await?;
     Ok(Json(transaction(&state, events)))
+}
+
+/// GET /_matrix/federation/v1/timestamp_to_event/{roomId}?ts=…&dir=f|b
+/// <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1timestamp_to_eventroomid>
+///
+/// The nearest event the origin may see; `404 M_NOT_FOUND` when none.
+pub(super) async fn get_timestamp_to_event(
+    Origin(origin): Origin,
+    State(state): State<FederationState>,
+    Path(room_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, MatrixError> {
+    let room_id = parse_room_id(&room_id)?;
+    let (mut ts, mut forward) = (None, None);
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "ts" => ts = Some(value.parse::<i64>().map_err(|_| MatrixError::invalid_param("ts is not an integer"))?),
+            "dir" => {
+                forward = Some(match value.as_ref() {
+                    "f" => true,
+                    "b" => false,
+                    _ => return Err(MatrixError::invalid_param("dir must be f or b")),
+                })
+            }
+            _ => {}
+        }
+    }
+    let ts = ts.ok_or_else(|| missing_param("ts"))?;
+    let forward = forward.ok_or_else(|| missing_param("dir"))?;
+    let key = room_id.to_string();
+    let request = QueryRequest::TimestampToEvent { room_id, ts, forward, reader: Reader::Server(origin) };
+    match query_room_server(&state, &key, &request).await? {
+        QueryOk::EventAt { event_id, origin_server_ts } => {
+            Ok(Json(json!({ "event_id": event_id, "origin_server_ts": origin_server_ts })))
+        }
+        other => Err(unexpected(other)),
+    }
 }
 
 /// The body of `/get_missing_events`.

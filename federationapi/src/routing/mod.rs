@@ -9,6 +9,7 @@ mod join;
 mod keys;
 mod knock;
 mod leave;
+mod openid;
 mod profile;
 mod send;
 mod user_keys;
@@ -77,6 +78,7 @@ pub fn router(state: FederationState) -> Router {
         .route("/_matrix/federation/v1/send_knock/{room_id}/{event_id}", put(knock::send_knock))
         .route("/_matrix/federation/v1/query/directory", get(directory::query_directory))
         .route("/_matrix/federation/v1/query/profile", get(profile::query_profile))
+        .route("/_matrix/federation/v1/openid/userinfo", get(openid::userinfo))
         .route("/_matrix/federation/v1/invite/{room_id}/{event_id}", put(invite::invite_v1))
         .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(invite::invite_v2))
         .route("/_matrix/federation/v1/event/{event_id}", get(events::get_event))
@@ -84,6 +86,7 @@ pub fn router(state: FederationState) -> Router {
         .route("/_matrix/federation/v1/state_ids/{room_id}", get(events::get_state_ids))
         .route("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", get(events::get_event_auth))
         .route("/_matrix/federation/v1/backfill/{room_id}", get(events::get_backfill))
+        .route("/_matrix/federation/v1/timestamp_to_event/{room_id}", get(events::get_timestamp_to_event))
         .route("/_matrix/federation/v1/get_missing_events/{room_id}", post(events::post_get_missing_events))
         .route("/_matrix/federation/v1/user/devices/{user_id}", get(user_keys::get_user_devices))
         .route("/_matrix/federation/v1/user/keys/query", post(user_keys::post_keys_query))

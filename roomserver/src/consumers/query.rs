@@ -8,7 +8,7 @@ use myelin_bus::{HandleError, Record, Responder};
 use myelin_storage::Db;
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 
-use crate::api::{QueryOk, QueryReply, QueryRequest, StoredEvent};
+use crate::api::{CurrentMembership, QueryOk, QueryReply, QueryRequest, StoredEvent};
 use crate::error::RequestError;
 use crate::events::Room;
 use crate::events::chain::auth_chain;
@@ -30,6 +30,7 @@ impl Responder for QueryConsumer {
                 self.room_state(&room_id, &requester, event_type.as_deref(), state_key.as_deref()).await
             }
             QueryRequest::JoinedRooms { user_id } => self.joined_rooms(&user_id).await,
+            QueryRequest::Membership { room_id, user_id } => self.membership(&room_id, &user_id).await,
             QueryRequest::RoomVersion { room_id } => self.room_version(&room_id).await,
             QueryRequest::MakeJoin { room_id, user_id, supported_versions } => {
                 self.make_join(&room_id, &user_id, &supported_versions).await
@@ -44,6 +45,12 @@ impl Responder for QueryConsumer {
             QueryRequest::StrippedState { room_id } => self.stripped_state(&room_id).await,
             QueryRequest::ServerRead { server, read } => server_read::answer(&self.db, &server, read).await,
             QueryRequest::ServerAllowed { room_id, server } => acl::answer(&self.db, &room_id, &server).await,
+            QueryRequest::TimestampToEvent { room_id, ts, forward, reader } => {
+                server_read::timestamp_to_event(&self.db, &reader, &room_id, ts, forward).await
+            }
+            QueryRequest::UserEvent { user_id, room_id, event_id } => {
+                server_read::user_event(&self.db, &user_id, &room_id, &event_id).await
+            }
         };
         let reply: QueryReply = match result {
             Ok(ok) => Ok(ok),
@@ -116,6 +123,19 @@ impl QueryConsumer {
 }
 
 impl QueryConsumer {
+    /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3roomsroomidforget>
+    async fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<QueryOk, RequestError> {
+        let mut tx = Tx::read(&self.db).await?;
+        let current = match tx.membership(room_id.as_str(), user_id.as_str()).await? {
+            Some((membership, event_id)) => Some(CurrentMembership {
+                membership,
+                event_id: OwnedEventId::try_from(event_id).map_err(|e| RequestError::Internal(e.to_string()))?,
+            }),
+            None => None,
+        };
+        Ok(QueryOk::Membership { current })
+    }
+
     async fn room_version(&self, room_id: &RoomId) -> Result<QueryOk, RequestError> {
         let mut tx = Tx::read(&self.db).await?;
         let row = tx.room(room_id.as_str()).await?.ok_or_else(|| unknown_room(room_id))?;

@@ -453,6 +453,7 @@ impl RemoteRoom {
             state_after,
             status,
             pdu: &received.json,
+            origin_server_ts: i64::from(pdu.origin_server_ts.get()),
         })
         .await?;
         self.events.insert(received.event_id.clone(), pdu.clone());

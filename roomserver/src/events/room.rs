@@ -402,6 +402,7 @@ impl Room {
             state_after: self.snapshot,
             status: EventStatus::Accepted,
             pdu: &json,
+            origin_server_ts: i64::from(pdu.origin_server_ts.get()),
         })
         .await?;
         let prev_events: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();

@@ -64,6 +64,7 @@ pub const MIGRATIONS: &[Migration] = &[
             event_ids TEXT NOT NULL);",
     },
     MIGRATION_2,
+    MIGRATION_3,
 ];
 
 /// Version 2: received PDUs. An event is `accepted` (in the timeline),
@@ -83,6 +84,20 @@ const MIGRATION_2: Migration = Migration {
         ALTER TABLE roomserver_events ADD COLUMN state_after BIGINT;
         CREATE TABLE roomserver_rejected_events (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL,
             reason TEXT NOT NULL, pdu TEXT NOT NULL);",
+};
+
+/// Version 3: each event's `origin_server_ts`, indexed per room, for
+/// `/timestamp_to_event`; filled in for the events stored before.
+const MIGRATION_3: Migration = Migration {
+    version: 3,
+    sqlite: "
+        ALTER TABLE roomserver_events ADD COLUMN origin_server_ts BIGINT;
+        UPDATE roomserver_events SET origin_server_ts = json_extract(pdu, '$.origin_server_ts');
+        CREATE INDEX roomserver_events_ts ON roomserver_events (room_id, origin_server_ts);",
+    postgres: "
+        ALTER TABLE roomserver_events ADD COLUMN origin_server_ts BIGINT;
+        UPDATE roomserver_events SET origin_server_ts = (pdu::jsonb ->> 'origin_server_ts')::BIGINT;
+        CREATE INDEX roomserver_events_ts ON roomserver_events (room_id, origin_server_ts);",
 };
 
 /// What became of a stored event.
@@ -171,6 +186,7 @@ pub struct NewEvent<'a> {
     pub state_after: Option<i64>,
     pub status: EventStatus,
     pub pdu: &'a str,
+    pub origin_server_ts: i64,
 }
 
 /// room id, room version, state key, state before, PDU.
@@ -245,7 +261,7 @@ impl Tx {
         on_tx!(self, c => {
             sqlx::query(
                 "INSERT INTO roomserver_events (event_id, room_id, event_type, state_key, depth, state_before, pdu, \
-                 state_after, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 state_after, status, origin_server_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(event.event_id)
             .bind(event.room_id)
@@ -256,6 +272,7 @@ impl Tx {
             .bind(event.pdu)
             .bind(event.state_after)
             .bind(event.status.as_str())
+            .bind(event.origin_server_ts)
             .execute(c)
             .await?;
         });
@@ -348,6 +365,40 @@ impl Tx {
             state_before,
             pdu,
         }))
+    }
+
+    /// Up to `limit` ids of the room's accepted events sent at or after
+    /// `ts` (`forward`) or at or before it, nearest first, skipping the
+    /// first `skip`.
+    pub async fn events_near_ts(
+        &mut self,
+        room_id: &str,
+        ts: i64,
+        forward: bool,
+        skip: i64,
+        limit: i64,
+    ) -> SqlResult<Vec<(String, i64)>> {
+        on_tx!(self, c => {
+            (if forward {
+                sqlx::query_as(
+                    "SELECT event_id, origin_server_ts FROM roomserver_events WHERE room_id = $1 \
+                     AND status = 'accepted' AND origin_server_ts >= $2 \
+                     ORDER BY origin_server_ts, stream_pos LIMIT $3 OFFSET $4",
+                )
+            } else {
+                sqlx::query_as(
+                    "SELECT event_id, origin_server_ts FROM roomserver_events WHERE room_id = $1 \
+                     AND status = 'accepted' AND origin_server_ts <= $2 \
+                     ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT $3 OFFSET $4",
+                )
+            })
+            .bind(room_id)
+            .bind(ts)
+            .bind(limit)
+            .bind(skip)
+            .fetch_all(c)
+            .await
+        })
     }
 
     pub async fn event_pdu(&mut self, event_id: &str) -> SqlResult<Option<String>> {

@@ -94,6 +94,7 @@ CREATE TABLE syncapi_filters (
     Migration { version: 5, sqlite: V5, postgres: V5 },
     Migration { version: 6, sqlite: V6, postgres: V6 },
     Migration { version: 7, sqlite: V7, postgres: V7 },
+    Migration { version: 8, sqlite: V8, postgres: V8 },
 ];
 
 /// Account data and receipts: the latest value per key, each carrying the
@@ -192,4 +193,15 @@ CREATE TABLE syncapi_presence (
     last_active_ts BIGINT NOT NULL, stream_pos BIGINT NOT NULL
 );
 CREATE INDEX syncapi_presence_pos ON syncapi_presence (stream_pos);
+"#;
+
+/// Forgotten rooms (`clientapi.forgotten`): each names the membership event
+/// as of which the user forgot the room, so memberships up to it are left
+/// out of the user's view however the record and the event are ordered.
+const V8: &str = r#"
+CREATE TABLE syncapi_forgotten (
+    user_id TEXT NOT NULL, room_id TEXT NOT NULL, event_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, room_id, event_id)
+);
+CREATE INDEX syncapi_membership_log_event ON syncapi_membership_log (user_id, room_id, event_id);
 "#;

@@ -9,6 +9,7 @@
 
 mod account_data;
 mod counts;
+mod forgotten;
 mod keys;
 mod migrations;
 mod presence;
@@ -25,6 +26,17 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 pub use migrations::MIGRATIONS;
+
+/// Keeps a row `l` of `syncapi_membership_log` only if it comes after
+/// every membership of the same user and room that the user forgot (a
+/// macro, so that queries stay static strings).
+macro_rules! not_forgotten {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM syncapi_forgotten f JOIN syncapi_membership_log m \
+         ON m.user_id = f.user_id AND m.room_id = f.room_id AND m.event_id = f.event_id \
+         WHERE f.user_id = l.user_id AND f.room_id = l.room_id AND l.stream_pos <= m.stream_pos)"
+    };
+}
 pub use presence::Presence;
 
 use crate::SyncApiError;
@@ -417,6 +429,10 @@ impl Storage {
         Ok(first.as_deref() == Some("m.room.create"))
     }
 
+    /// The user's membership changes in one room or all, oldest first,
+    /// leaving out those up to a membership the user forgot (`/forget`):
+    /// a forgotten room is one the user has never been in, until they
+    /// come back.
     pub async fn membership_changes(
         &self,
         user_id: &str,
@@ -425,18 +441,22 @@ impl Storage {
     ) -> Result<Vec<MembershipChange>, SyncApiError> {
         let rows: Vec<(String, i64, String)> = with_db!(&self.db, pool => {
             match room_id {
-                None => sqlx::query_as(
-                    "SELECT room_id, stream_pos, membership FROM syncapi_membership_log \
-                     WHERE user_id = $1 AND stream_pos <= $2 ORDER BY stream_pos",
-                )
+                None => sqlx::query_as(concat!(
+                    "SELECT room_id, stream_pos, membership FROM syncapi_membership_log l \
+                     WHERE user_id = $1 AND stream_pos <= $2 AND ",
+                    not_forgotten!(),
+                    " ORDER BY stream_pos",
+                ))
                 .bind(user_id)
                 .bind(upto)
                 .fetch_all(pool)
                 .await?,
-                Some(room_id) => sqlx::query_as(
-                    "SELECT room_id, stream_pos, membership FROM syncapi_membership_log \
-                     WHERE user_id = $1 AND room_id = $2 AND stream_pos <= $3 ORDER BY stream_pos",
-                )
+                Some(room_id) => sqlx::query_as(concat!(
+                    "SELECT room_id, stream_pos, membership FROM syncapi_membership_log l \
+                     WHERE user_id = $1 AND room_id = $2 AND stream_pos <= $3 AND ",
+                    not_forgotten!(),
+                    " ORDER BY stream_pos",
+                ))
                 .bind(user_id)
                 .bind(room_id)
                 .bind(upto)

@@ -80,6 +80,7 @@ impl InputConsumer {
                 state_after: None,
                 status: EventStatus::Outlier,
                 pdu: &stored.to_string(),
+                origin_server_ts: i64::from(received.pdu.origin_server_ts.get()),
             })
             .await?;
             tx.set_membership(room_id, &invitee, "invite", event_id).await?;
@@ -294,6 +295,7 @@ impl InputConsumer {
                 state_after: None,
                 status: EventStatus::Outlier,
                 pdu: &event.to_string(),
+                origin_server_ts: event.get("origin_server_ts").and_then(Value::as_i64).unwrap_or(0),
             })
             .await?;
             tx.set_membership(room_id, user, "leave", event_id.as_str()).await?;

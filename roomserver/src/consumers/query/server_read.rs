@@ -13,7 +13,7 @@ use myelin_visibility::{HistoryVisibility, server_may_see};
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, ServerName, UserId};
 use serde_json::Value;
 
-use crate::api::{MAX_SERVER_READ_EVENTS, QueryOk, ServerRead, StoredEvent};
+use crate::api::{MAX_SERVER_READ_EVENTS, QueryOk, Reader, ServerRead, StoredEvent};
 use crate::error::RequestError;
 use crate::events::chain::auth_chain;
 use crate::events::pdu::Pdu;
@@ -24,7 +24,7 @@ pub(super) async fn answer(db: &Db, server: &ServerName, read: ServerRead) -> Re
     match read {
         ServerRead::Event { event_id } => {
             let event = Loaded::load(&mut tx, &event_id).await?.ok_or_else(|| not_found(&event_id))?;
-            let mut view = ServerView::new(&mut tx, server, &event.room_id).await?;
+            let mut view = ServerView::new(&mut tx, Viewer::Server(server), &event.room_id).await?;
             view.check(&mut tx, &event).await?;
             Ok(QueryOk::ServerEvents { events: vec![event.stored()], auth_chain: Vec::new() })
         }
@@ -34,7 +34,7 @@ pub(super) async fn answer(db: &Db, server: &ServerName, read: ServerRead) -> Re
             if event.status == EventStatus::Outlier {
                 return Err(not_found(&event_id));
             }
-            ServerView::new(&mut tx, server, &room_id).await?.check(&mut tx, &event).await?;
+            ServerView::new(&mut tx, Viewer::Server(server), &room_id).await?.check(&mut tx, &event).await?;
             let mut roots = vec![event.pdu];
             let mut state = Vec::new();
             for (_, id) in resolve_snapshot(&mut tx, event.state_before).await? {
@@ -48,7 +48,7 @@ pub(super) async fn answer(db: &Db, server: &ServerName, read: ServerRead) -> Re
         }
         ServerRead::AuthChain { room_id, event_id } => {
             let event = in_room(&mut tx, &room_id, &event_id).await?;
-            ServerView::new(&mut tx, server, &room_id).await?.check(&mut tx, &event).await?;
+            ServerView::new(&mut tx, Viewer::Server(server), &room_id).await?.check(&mut tx, &event).await?;
             let events = stored(&room_id, auth_chain(&mut tx, &[event.pdu]).await?);
             Ok(QueryOk::ServerEvents { events, auth_chain: Vec::new() })
         }
@@ -57,6 +57,60 @@ pub(super) async fn answer(db: &Db, server: &ServerName, read: ServerRead) -> Re
             missing(&mut tx, server, &room_id, &earliest, &latest, limit, min_depth).await
         }
     }
+}
+
+/// One event as a local user may see it (see [`crate::api::QueryRequest::UserEvent`]).
+pub(super) async fn user_event(
+    db: &Db,
+    user_id: &UserId,
+    room_id: &RoomId,
+    event_id: &EventId,
+) -> Result<QueryOk, RequestError> {
+    let mut tx = Tx::read(db).await?;
+    let event = in_room(&mut tx, room_id, event_id).await?;
+    ServerView::new(&mut tx, Viewer::User(user_id), room_id).await?.check(&mut tx, &event).await?;
+    Ok(QueryOk::ServerEvents { events: vec![event.stored()], auth_chain: Vec::new() })
+}
+
+/// How many candidates `/timestamp_to_event` judges per read.
+const TS_BATCH: i64 = 50;
+/// How many candidates it judges at most before answering that none is visible.
+const TS_MAX_CANDIDATES: i64 = 1000;
+
+/// The visible event nearest `ts` in the direction asked.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv1roomsroomidtimestamp_to_event>
+pub(super) async fn timestamp_to_event(
+    db: &Db,
+    reader: &Reader,
+    room_id: &RoomId,
+    ts: i64,
+    forward: bool,
+) -> Result<QueryOk, RequestError> {
+    let mut tx = Tx::read(db).await?;
+    let viewer = match reader {
+        Reader::User(user) => Viewer::User(user),
+        Reader::Server(server) => Viewer::Server(server),
+    };
+    let mut view = ServerView::new(&mut tx, viewer, room_id).await?;
+    let mut skip = 0;
+    while skip < TS_MAX_CANDIDATES {
+        let candidates = tx.events_near_ts(room_id.as_str(), ts, forward, skip, TS_BATCH).await?;
+        for (event_id, origin_server_ts) in &candidates {
+            let event_id =
+                OwnedEventId::try_from(event_id.as_str()).map_err(|e| RequestError::Internal(e.to_string()))?;
+            let Some(event) = timeline_event(&mut tx, room_id, &event_id).await? else { continue };
+            if view.may_see(&mut tx, &event).await? {
+                return Ok(QueryOk::EventAt { event_id, origin_server_ts: *origin_server_ts });
+            }
+        }
+        if (candidates.len() as i64) < TS_BATCH {
+            break;
+        }
+        skip += TS_BATCH;
+    }
+    let direction = if forward { "forward" } else { "backward" };
+    Err(RequestError::NotFound(format!("No event found from {ts} in the {direction} direction")))
 }
 
 /// `from` and the events before them, deepest first, leaving out what
@@ -69,7 +123,7 @@ async fn backfill(
     limit: u32,
 ) -> Result<QueryOk, RequestError> {
     let limit = limit.min(MAX_SERVER_READ_EVENTS) as usize;
-    let mut view = ServerView::new(tx, server, room_id).await?;
+    let mut view = ServerView::new(tx, Viewer::Server(server), room_id).await?;
     let mut seen = HashSet::new();
     let mut loaded = HashMap::new();
     let mut queue = BinaryHeap::new();
@@ -121,7 +175,7 @@ async fn missing(
     min_depth: i64,
 ) -> Result<QueryOk, RequestError> {
     let limit = limit.min(MAX_SERVER_READ_EVENTS) as usize;
-    let mut view = ServerView::new(tx, server, room_id).await?;
+    let mut view = ServerView::new(tx, Viewer::Server(server), room_id).await?;
     if !view.in_room(tx).await? {
         return Err(RequestError::Forbidden(format!("{server} is not in {room_id}")));
     }
@@ -206,10 +260,27 @@ fn not_found(event_id: &EventId) -> RequestError {
     RequestError::NotFound(format!("unknown event {event_id}"))
 }
 
-/// One server's view of one room, with what each state snapshot says about
+/// Who reads: another server (for its users), or one user of this server
+/// (reports, `/timestamp_to_event`), judged by the same rule.
+#[derive(Clone, Copy)]
+enum Viewer<'s> {
+    Server(&'s ServerName),
+    User(&'s UserId),
+}
+
+impl std::fmt::Display for Viewer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Server(server) => write!(f, "{server}"),
+            Self::User(user) => write!(f, "{user}"),
+        }
+    }
+}
+
+/// One viewer's view of one room, with what each state snapshot says about
 /// it cached: the events of a request share few snapshots.
 struct ServerView<'s> {
-    server: &'s ServerName,
+    server: Viewer<'s>,
     joined_now: bool,
     current_snapshot: Option<i64>,
     /// Per snapshot: the history visibility and the memberships of the
@@ -218,20 +289,29 @@ struct ServerView<'s> {
 }
 
 impl<'s> ServerView<'s> {
-    async fn new(tx: &mut Tx, server: &'s ServerName, room_id: &RoomId) -> Result<Self, RequestError> {
+    async fn new(tx: &mut Tx, server: Viewer<'s>, room_id: &RoomId) -> Result<Self, RequestError> {
         let room = tx
             .room(room_id.as_str())
             .await?
             .ok_or_else(|| RequestError::NotFound(format!("unknown room {room_id}")))?;
-        let joined = tx.joined_users_of(room_id.as_str(), server.as_str()).await?;
-        let mut view =
-            Self { server, joined_now: false, current_snapshot: room.current_snapshot, snapshots: HashMap::new() };
-        view.joined_now = joined.iter().any(|user| view.is_ours(user));
-        Ok(view)
+        let joined_now = match server {
+            Viewer::Server(name) => {
+                let joined = tx.joined_users_of(room_id.as_str(), name.as_str()).await?;
+                joined.iter().any(|user| UserId::parse(user).is_ok_and(|user| user.server_name() == name))
+            }
+            Viewer::User(user) => tx
+                .membership(room_id.as_str(), user.as_str())
+                .await?
+                .is_some_and(|(membership, _)| membership == "join"),
+        };
+        Ok(Self { server, joined_now, current_snapshot: room.current_snapshot, snapshots: HashMap::new() })
     }
 
     fn is_ours(&self, user_id: &str) -> bool {
-        UserId::parse(user_id).is_ok_and(|user| user.server_name() == self.server)
+        match self.server {
+            Viewer::Server(server) => UserId::parse(user_id).is_ok_and(|user| user.server_name() == server),
+            Viewer::User(user) => user.as_str() == user_id,
+        }
     }
 
     /// The server has a user in the room now, or the room is world-readable.
