@@ -44,6 +44,7 @@ impl InputConsumer {
                 event_type: "m.room.member",
                 state_key: Some(knocker.as_str()),
                 depth: stored.get("depth").and_then(Value::as_i64).unwrap_or(0),
+                origin_server_ts: stored.get("origin_server_ts").and_then(Value::as_i64).unwrap_or(0),
                 state_before: None,
                 state_after: None,
                 status: EventStatus::Outlier,
