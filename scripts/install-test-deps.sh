@@ -8,6 +8,11 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
+# libFuzzer driver for the fuzz targets in fuzz/ (scripts/fuzz.sh).
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+
 # A Kafka-protocol broker for the bus's Kafka backend; the conformance suite
 # starts it. Its default features have no storage engine.
 if ! command -v tansu >/dev/null 2>&1; then

@@ -8,3 +8,14 @@ pub mod service;
 mod storage;
 
 pub use error::RoomServerError;
+
+/// The room server's checks and state resolution as pure functions over
+/// events in memory (no storage, no bus): the code the input pipeline runs,
+/// exposed for the fuzz targets (`fuzz/`) and the benchmarks (`benches/`).
+pub mod checks {
+    pub use crate::events::Signer;
+    pub use crate::events::pdu::Pdu;
+    pub use crate::events::receive::{Dropped, KeyRing, Parsed, Received, canonical, parse};
+    pub use crate::events::remote::{IdState, allowed_by_auth_events, allowed_by_state, v12_create};
+    pub use crate::events::resolve::{ResolveError, resolve};
+}

@@ -7,7 +7,7 @@ pub mod create_room;
 pub(crate) mod pdu;
 pub mod receive;
 pub mod remote;
-mod resolve;
+pub(crate) mod resolve;
 mod room;
 pub mod stripped;
 

@@ -59,9 +59,10 @@ pub struct Parsed {
     object: CanonicalJsonObject,
 }
 
-/// Format, canonical JSON, sizes, room id and event id.
-pub fn parse(value: Value, room_id: &RoomId, rules: &RoomVersionRules) -> Result<Parsed, Dropped> {
-    // Refuses floats and integers outside ±(2^53−1) anywhere in the PDU.
+/// A PDU as canonical JSON within the size limits: an object without
+/// floats or integers outside ±(2^53−1), at most [`MAX_PDU_BYTES`], with
+/// `type` and `state_key` of at most [`MAX_KEY_BYTES`].
+pub fn canonical(value: Value) -> Result<CanonicalJsonObject, Dropped> {
     let object = match CanonicalJsonValue::try_from(value) {
         Ok(CanonicalJsonValue::Object(object)) => object,
         Ok(_) => return Err(Dropped::new(None, "PDU is not a JSON object")),
@@ -78,6 +79,12 @@ pub fn parse(value: Value, room_id: &RoomId, rules: &RoomVersionRules) -> Result
             return Err(Dropped::new(None, format!("{field} is longer than {MAX_KEY_BYTES} bytes")));
         }
     }
+    Ok(object)
+}
+
+/// Format, canonical JSON, sizes, room id and event id.
+pub fn parse(value: Value, room_id: &RoomId, rules: &RoomVersionRules) -> Result<Parsed, Dropped> {
+    let object = canonical(value)?;
     check_pdu_format(&object, &rules.event_format).map_err(|reason| Dropped::new(None, reason))?;
     let event_id = if rules.event_format.require_event_id {
         // Room versions 1 and 2 carry their id; its server signs it too.

@@ -252,31 +252,8 @@ impl RemoteRoom {
         if let Some(create_id) = self.create_event_id(tx).await? {
             self.load_event(tx, &create_id).await?;
         }
-        let events = &self.events;
-        if let Err(reason) = check_state_independent_auth_rules(&self.rules.authorization, pdu, |id| events.get(id)) {
-            return Ok(Err(Reject::permanent(reason)));
-        }
-        let by_key: HashMap<(String, String), &Pdu> = pdu
-            .auth_events
-            .iter()
-            .filter_map(|id| events.get(id))
-            .chain(self.v12_create())
-            .filter_map(|auth| Some(((auth.event_type.to_string(), auth.state_key.clone()?), auth)))
-            .collect();
-        let dependent =
-            check_state_dependent_auth_rules(&self.rules.authorization, pdu, |kind: &StateEventType, key| {
-                by_key.get(&(kind.to_string(), key.to_owned())).copied()
-            });
-        Ok(dependent.map_err(|reason| Reject::permanent(format!("not allowed by its auth events: {reason}"))))
-    }
-
-    /// From room version 12 the create event is never an auth event, but
-    /// the rules still read it.
-    fn v12_create(&self) -> Option<&Pdu> {
-        if !self.rules.authorization.room_create_event_id_as_room_id {
-            return None;
-        }
-        self.events.get(&create_id_of(&self.room_id).ok()?)
+        let create = v12_create(&self.rules, &self.room_id, &self.events);
+        Ok(allowed_by_auth_events(&self.rules, pdu, &self.events, create).map_err(Reject::permanent))
     }
 
     /// Check `pdu` against `state` (the state before it, or the current state).
@@ -307,16 +284,8 @@ impl RemoteRoom {
         if let Some(create_id) = self.create_event_id(tx).await? {
             self.load_event(tx, &create_id).await?;
         }
-        let events = &self.events;
-        let v12_create = self.v12_create();
-        Ok(check_state_dependent_auth_rules(&self.rules.authorization, pdu, |kind: &StateEventType, key| {
-            let key = (kind.to_string(), key.to_owned());
-            match state.get(&key).and_then(|id| events.get(id)) {
-                Some(event) => Some(event),
-                None if key.0 == "m.room.create" => v12_create,
-                None => None,
-            }
-        }))
+        let create = v12_create(&self.rules, &self.room_id, &self.events);
+        Ok(allowed_by_state(&self.rules, pdu, state, &self.events, create))
     }
 
     /// The state after an event already stored, or `None` when this server
@@ -537,6 +506,64 @@ impl RemoteRoom {
         let delta = self.advance(tx, &join.pdu, empty, after).await?;
         self.output(join, delta, false).map(Ok)
     }
+}
+
+/// From room version 12 the create event is never an auth event, but the
+/// rules still read it: the room's create event when it is in `events`.
+pub fn v12_create<'a>(
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    events: &'a HashMap<OwnedEventId, Pdu>,
+) -> Option<&'a Pdu> {
+    if !rules.authorization.room_create_event_id_as_room_id {
+        return None;
+    }
+    events.get(&create_id_of(room_id).ok()?)
+}
+
+/// The auth rules on a (non-create) `pdu` with its own auth events as the
+/// state: all of them must be in `events`; `create` is a v12 room's create
+/// event ([`v12_create`]).
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#authorization-rules>
+pub fn allowed_by_auth_events(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    events: &HashMap<OwnedEventId, Pdu>,
+    create: Option<&Pdu>,
+) -> Result<(), String> {
+    check_state_independent_auth_rules(&rules.authorization, pdu, |id| events.get(id))?;
+    let by_key: HashMap<(String, String), &Pdu> = pdu
+        .auth_events
+        .iter()
+        .filter_map(|id| events.get(id))
+        .chain(create)
+        .filter_map(|auth| Some(((auth.event_type.to_string(), auth.state_key.clone()?), auth)))
+        .collect();
+    check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key| {
+        by_key.get(&(kind.to_string(), key.to_owned())).copied()
+    })
+    .map_err(|reason| format!("not allowed by its auth events: {reason}"))
+}
+
+/// The auth rules on `pdu` against `state` (the state before it, or the
+/// current state), whose events the rules read must be in `events`;
+/// `create` as for [`allowed_by_auth_events`].
+pub fn allowed_by_state(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    state: &IdState,
+    events: &HashMap<OwnedEventId, Pdu>,
+    create: Option<&Pdu>,
+) -> Result<(), String> {
+    check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key| {
+        let key = (kind.to_string(), key.to_owned());
+        match state.get(&key).and_then(|id| events.get(id)) {
+            Some(event) => Some(event),
+            None if key.0 == "m.room.create" => create,
+            None => None,
+        }
+    })
 }
 
 /// Store `new` as a snapshot: a delta on `parent` when it only adds or
