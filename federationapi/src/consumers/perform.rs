@@ -79,6 +79,30 @@ struct SignedJoin {
 }
 
 impl PerformResponder {
+    /// The servers to ask, in order and without this one, for a local
+    /// user's membership of kind `membership`.
+    fn candidates(
+        &self,
+        user_id: &OwnedUserId,
+        content: &Value,
+        membership: &str,
+        servers: Vec<OwnedServerName>,
+    ) -> Result<Vec<OwnedServerName>, MatrixError> {
+        if user_id.server_name().as_str() != self.server_name.as_str() {
+            return Err(MatrixError::forbidden(format!("{user_id} is not a user of this server")));
+        }
+        if content.get("membership").and_then(Value::as_str) != Some(membership) {
+            return Err(MatrixError::bad_json(format!("A {membership} event's membership must be {membership}")));
+        }
+        let mut candidates: Vec<OwnedServerName> = Vec::new();
+        for server in servers {
+            if server != self.server_name && !candidates.contains(&server) {
+                candidates.push(server);
+            }
+        }
+        Ok(candidates)
+    }
+
     /// Try each candidate server in turn; the first that lets the user in wins.
     async fn join(
         &self,
@@ -87,18 +111,7 @@ impl PerformResponder {
         servers: Vec<OwnedServerName>,
         content: Value,
     ) -> FederationPerformReply {
-        if user_id.server_name().as_str() != self.server_name.as_str() {
-            return Err(MatrixError::forbidden(format!("{user_id} is not a user of this server")));
-        }
-        if content.get("membership").and_then(Value::as_str) != Some("join") {
-            return Err(MatrixError::bad_json("A join event's membership must be join"));
-        }
-        let mut candidates: Vec<OwnedServerName> = Vec::new();
-        for server in servers {
-            if server != self.server_name && !candidates.contains(&server) {
-                candidates.push(server);
-            }
-        }
+        let candidates = self.candidates(&user_id, &content, "join", servers)?;
         if candidates.is_empty() {
             return Err(MatrixError::not_found(format!("No known server can let {user_id} into {room_id}")));
         }
@@ -157,18 +170,7 @@ impl PerformResponder {
         servers: Vec<OwnedServerName>,
         content: Value,
     ) -> FederationPerformReply {
-        if user_id.server_name().as_str() != self.server_name.as_str() {
-            return Err(MatrixError::forbidden(format!("{user_id} is not a user of this server")));
-        }
-        if content.get("membership").and_then(Value::as_str) != Some("knock") {
-            return Err(MatrixError::bad_json("A knock event's membership must be knock"));
-        }
-        let mut candidates: Vec<OwnedServerName> = Vec::new();
-        for server in servers {
-            if server != self.server_name && !candidates.contains(&server) {
-                candidates.push(server);
-            }
-        }
+        let candidates = self.candidates(&user_id, &content, "knock", servers)?;
         let mut refusal = None;
         for server in &candidates {
             let (signed, knock_room_state) = match self.knock_through(server, &room_id, &user_id, &content).await {
