@@ -196,17 +196,8 @@ impl Server {
         content: Value,
         txn: Option<TxnRef>,
     ) -> (String, OutputRecord) {
-        let event_id = format!("${}", alphanumeric(43));
-        let mut pdu = json!({
-            "type": kind, "sender": sender, "content": content, "room_id": room,
-            "origin_server_ts": 1_700_000_000_000u64, "depth": 1, "prev_events": [], "auth_events": [],
-            "hashes": {"sha256": "x"}, "signatures": {},
-        });
-        if let Some(state_key) = state_key {
-            pdu["state_key"] = json!(state_key);
-        }
-        let stored =
-            StoredEvent { event_id: event_id.as_str().try_into().unwrap(), room_id: room.try_into().unwrap(), pdu };
+        let stored = stored_event(room, sender, kind, state_key, content);
+        let event_id = stored.event_id.to_string();
         let state_delta =
             StateDelta { added: if state_key.is_some() { vec![stored.clone()] } else { vec![] }, removed: vec![] };
         let record = OutputRecord::NewRoomEvent(NewRoomEvent {
@@ -253,6 +244,20 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// An event as the room server emits it (its hashes and signatures are not checked here).
+fn stored_event(room: &str, sender: &str, kind: &str, state_key: Option<&str>, content: Value) -> StoredEvent {
+    let event_id = format!("${}", alphanumeric(43));
+    let mut pdu = json!({
+        "type": kind, "sender": sender, "content": content, "room_id": room,
+        "origin_server_ts": 1_700_000_000_000u64, "depth": 1, "prev_events": [], "auth_events": [],
+        "hashes": {"sha256": "x"}, "signatures": {},
+    });
+    if let Some(state_key) = state_key {
+        pdu["state_key"] = json!(state_key);
+    }
+    StoredEvent { event_id: event_id.as_str().try_into().unwrap(), room_id: room.try_into().unwrap(), pdu }
 }
 
 async fn serve(router: axum::Router) -> String {
@@ -1897,5 +1902,53 @@ async fn guests_read_what_the_spec_opens_to_them_and_nothing_else() {
         let (status, body) =
             s.request(reqwest::Method::POST, "/_matrix/client/v3/search", Some(&guest), Some("{}")).await;
         assert_eq!((status, body["errcode"].as_str()), (403, Some("M_GUEST_ACCESS_FORBIDDEN")), "[{}] {body}", s.name);
+    }
+}
+
+/// Joining another server's room brings the whole room state with the join
+/// (one output record): that state is the state before the timeline, both
+/// in an initial sync and in the incremental sync that first shows the room.
+#[tokio::test]
+async fn a_join_that_brings_the_room_state_shows_it_before_the_timeline() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let since = s.sync(&alice, "").await["next_batch"].as_str().unwrap().to_owned();
+        let room = format!("!{}:remote.example", alphanumeric(18));
+        let carol = "@carol:remote.example";
+        let state = [
+            stored_event(&room, carol, "m.room.create", Some(""), json!({"room_version": "11", "creator": carol})),
+            stored_event(&room, carol, "m.room.member", Some(carol), json!({"membership": "join"})),
+            stored_event(&room, carol, "m.room.power_levels", Some(""), json!({"users": {carol: 100}})),
+            stored_event(&room, carol, "m.room.join_rules", Some(""), json!({"join_rule": "public"})),
+            stored_event(&room, carol, "m.room.encryption", Some(""), json!({"algorithm": "m.megolm.v1.aes-sha2"})),
+            stored_event(&room, carol, "m.room.name", Some(""), json!({"name": "Elsewhere"})),
+        ];
+        let join = stored_event(&room, ALICE, "m.room.member", Some(ALICE), json!({"membership": "join"}));
+        let join_id = join.event_id.to_string();
+        let added = state.iter().cloned().chain([join.clone()]).collect();
+        let record = OutputRecord::NewRoomEvent(NewRoomEvent {
+            event: join,
+            room_version: "11".to_owned(),
+            state_delta: StateDelta { added, removed: vec![] },
+            txn: None,
+            historical: false,
+        });
+        s.bus.produce_json(OUTPUT_TOPIC, &room, &record).await.unwrap();
+        s.settle(&alice, &join_id).await;
+
+        for (kind, body) in
+            [("initial", s.sync(&alice, "").await), ("incremental", s.sync(&alice, &format!("since={since}")).await)]
+        {
+            let joined = &body["rooms"]["join"][&room];
+            assert_eq!(types(timeline(&body, "join", &room)), ["m.room.member"], "[{}] {kind}: {joined}", s.name);
+            let shown: Vec<&str> =
+                joined["state"]["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+            for expected in
+                ["m.room.create", "m.room.member", "m.room.power_levels", "m.room.encryption", "m.room.name"]
+            {
+                assert!(shown.contains(&expected), "[{}] {kind}: {expected} missing from {shown:?}", s.name);
+            }
+            assert_eq!(shown.len(), state.len(), "[{}] {kind}: only the state before the join: {shown:?}", s.name);
+        }
     }
 }

@@ -16,7 +16,7 @@ mod presence;
 mod receipts;
 mod to_device;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use myelin_roomserver::api::NewRoomEvent;
 use myelin_storage::{Db, WritePool, sqlx, with_db};
@@ -191,6 +191,38 @@ impl Storage {
         let _guard = self.write_lock.lock().await;
         with_db!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
+            let seen: Option<i64> = sqlx::query_scalar("SELECT stream_pos FROM syncapi_events WHERE event_id = $1")
+                .bind(main.event_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if seen.is_some() {
+                return Ok(None);
+            }
+            // State that arrived without its own timeline entry (a state
+            // resolution, or the whole room with a join to another server's
+            // room) is stored first, each at a position of its own, so that
+            // it is state before the event that brought it.
+            let mut own_pos: HashMap<&str, i64> = HashMap::new();
+            for (event, f, state_key) in &added {
+                if event.event_id == main.event_id {
+                    continue;
+                }
+                let stored: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO syncapi_events (event_id, room_id, sender, event_type, state_key, pdu, timeline) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 0) ON CONFLICT (event_id) DO NOTHING RETURNING stream_pos",
+                )
+                .bind(event.event_id.as_str())
+                .bind(room_id)
+                .bind(&f.sender)
+                .bind(&f.event_type)
+                .bind(state_key)
+                .bind(event.pdu.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(stored) = stored {
+                    own_pos.insert(event.event_id.as_str(), stored);
+                }
+            }
             let pos: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO syncapi_events (event_id, room_id, sender, event_type, state_key, pdu, timeline, \
                  txn_device_id, txn_id) VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8) \
@@ -212,21 +244,8 @@ impl Storage {
             let mut users = BTreeSet::new();
             let mut device_list_pos = None;
             for (event, f, state_key) in &added {
-                if event.event_id != main.event_id {
-                    // State that arrived without its own timeline entry (state resolution).
-                    sqlx::query(
-                        "INSERT INTO syncapi_events (event_id, room_id, sender, event_type, state_key, pdu, timeline) \
-                         VALUES ($1, $2, $3, $4, $5, $6, 0) ON CONFLICT (event_id) DO NOTHING",
-                    )
-                    .bind(event.event_id.as_str())
-                    .bind(room_id)
-                    .bind(&f.sender)
-                    .bind(&f.event_type)
-                    .bind(state_key)
-                    .bind(event.pdu.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                // An event stored before (state resolution brought it back) changes the state now.
+                let at = own_pos.get(event.event_id.as_str()).copied().unwrap_or(pos);
                 sqlx::query(
                     "INSERT INTO syncapi_current_state (room_id, event_type, state_key, event_id, stream_pos) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id, event_type, state_key) \
@@ -236,7 +255,7 @@ impl Storage {
                 .bind(&f.event_type)
                 .bind(state_key)
                 .bind(event.event_id.as_str())
-                .bind(pos)
+                .bind(at)
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(
@@ -246,7 +265,7 @@ impl Storage {
                 .bind(room_id)
                 .bind(&f.event_type)
                 .bind(state_key)
-                .bind(pos)
+                .bind(at)
                 .bind(event.event_id.as_str())
                 .execute(&mut *tx)
                 .await?;
@@ -282,7 +301,7 @@ impl Storage {
                             .bind(state_key)
                             .bind(&membership)
                             .bind(event.event_id.as_str())
-                            .bind(pos)
+                            .bind(at)
                             .execute(&mut *tx)
                             .await?;
                     }
