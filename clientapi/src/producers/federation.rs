@@ -14,6 +14,13 @@ use serde_json::Value;
 use crate::api::{REMOTE_KEYS_TOPIC, RemoteKeysReply, RemoteKeysRequest};
 use crate::error::{ClientApiError, Result};
 
+/// One request on `federationapi.perform`, keyed by `key`.
+async fn perform(bus: &Bus, key: &str, request: FederationPerform) -> Result<FederationPerformOk> {
+    let reply: FederationPerformReply =
+        bus.request_json(FEDERATION_PERFORM_TOPIC, key, &request, PERFORM_TIMEOUT).await?;
+    Ok(reply?)
+}
+
 /// Join a room this server is not in through `servers`; the room server
 /// has the room once this returns.
 pub async fn join_room(
@@ -24,10 +31,7 @@ pub async fn join_room(
     content: Value,
 ) -> Result<OwnedRoomId> {
     let key = room_id.to_string();
-    let request = FederationPerform::JoinRoom { room_id, user_id, servers, content };
-    let reply: FederationPerformReply =
-        bus.request_json(FEDERATION_PERFORM_TOPIC, &key, &request, PERFORM_TIMEOUT).await?;
-    match reply? {
+    match perform(bus, &key, FederationPerform::JoinRoom { room_id, user_id, servers, content }).await? {
         FederationPerformOk::Joined { room_id, .. } => Ok(room_id),
         FederationPerformOk::Alias { .. } | FederationPerformOk::Knocked { .. } => {
             Err(ClientApiError::UnexpectedReply("federationapi.perform"))
@@ -38,10 +42,7 @@ pub async fn join_room(
 /// The room an alias of another server names, and servers to join it through.
 pub async fn resolve_alias(bus: &Bus, alias: OwnedRoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
     let key = alias.to_string();
-    let request = FederationPerform::ResolveAlias { alias };
-    let reply: FederationPerformReply =
-        bus.request_json(FEDERATION_PERFORM_TOPIC, &key, &request, PERFORM_TIMEOUT).await?;
-    match reply? {
+    match perform(bus, &key, FederationPerform::ResolveAlias { alias }).await? {
         FederationPerformOk::Alias { room_id, servers } => Ok((room_id, servers)),
         FederationPerformOk::Joined { .. } | FederationPerformOk::Knocked { .. } => {
             Err(ClientApiError::UnexpectedReply("federationapi.perform"))
@@ -58,10 +59,7 @@ pub async fn knock_room(
     content: Value,
 ) -> Result<OwnedRoomId> {
     let key = room_id.to_string();
-    let request = FederationPerform::KnockRoom { room_id, user_id, servers, content };
-    let reply: FederationPerformReply =
-        bus.request_json(FEDERATION_PERFORM_TOPIC, &key, &request, PERFORM_TIMEOUT).await?;
-    match reply? {
+    match perform(bus, &key, FederationPerform::KnockRoom { room_id, user_id, servers, content }).await? {
         FederationPerformOk::Knocked { room_id, .. } => Ok(room_id),
         FederationPerformOk::Alias { .. } | FederationPerformOk::Joined { .. } => {
             Err(ClientApiError::UnexpectedReply("federationapi.perform"))

@@ -79,6 +79,28 @@ struct SignedJoin {
 }
 
 impl PerformResponder {
+    /// Ask `server` for a membership template (`make`: `make_join` or
+    /// `make_knock`, offering `versions`) and sign the event built from it.
+    async fn make_and_sign(
+        &self,
+        make: &str,
+        versions: &[&str],
+        server: &OwnedServerName,
+        room_id: &OwnedRoomId,
+        user_id: &OwnedUserId,
+        content: &Value,
+    ) -> Result<SignedJoin, JoinError> {
+        let versions: Vec<String> = versions.iter().map(|v| format!("ver={v}")).collect();
+        let path = format!(
+            "/_matrix/federation/v1/{make}/{}/{}?{}",
+            encode(room_id.as_str()),
+            encode(user_id.as_str()),
+            versions.join("&")
+        );
+        let template = self.client.send(FederationRequest::get(server.as_str(), path)).await?;
+        self.sign_membership(server, room_id, user_id, content, &template)
+    }
+
     /// The servers to ask, in order and without this one, for a local
     /// user's membership of kind `membership`.
     fn candidates(
@@ -218,21 +240,14 @@ impl PerformResponder {
         user_id: &OwnedUserId,
         content: &Value,
     ) -> Result<(SignedJoin, Vec<Value>), JoinError> {
-        let versions: String = JOINABLE_VERSIONS
+        let versions: Vec<&str> = JOINABLE_VERSIONS
             .iter()
+            .copied()
             .filter(|v| {
-                RoomVersionId::try_from(**v).ok().and_then(|v| v.rules()).is_some_and(|r| r.authorization.knocking)
+                RoomVersionId::try_from(*v).ok().and_then(|v| v.rules()).is_some_and(|r| r.authorization.knocking)
             })
-            .map(|v| format!("&ver={v}"))
             .collect();
-        let path = format!(
-            "/_matrix/federation/v1/make_knock/{}/{}?{}",
-            encode(room_id.as_str()),
-            encode(user_id.as_str()),
-            &versions[1..]
-        );
-        let template = self.client.send(FederationRequest::get(server.as_str(), path)).await?;
-        let signed = self.sign_membership(server, room_id, user_id, content, &template)?;
+        let signed = self.make_and_sign("make_knock", &versions, server, room_id, user_id, content).await?;
         let event = Value::from(CanonicalJsonValue::Object(signed.event.clone()));
         let path = format!(
             "/_matrix/federation/v1/send_knock/{}/{}",
@@ -343,15 +358,7 @@ impl PerformResponder {
         user_id: &OwnedUserId,
         content: &Value,
     ) -> Result<Joined, JoinError> {
-        let versions: String = JOINABLE_VERSIONS.iter().map(|v| format!("&ver={v}")).collect();
-        let path = format!(
-            "/_matrix/federation/v1/make_join/{}/{}?{}",
-            encode(room_id.as_str()),
-            encode(user_id.as_str()),
-            &versions[1..]
-        );
-        let template = self.client.send(FederationRequest::get(server.as_str(), path)).await?;
-        let signed = self.sign_membership(server, room_id, user_id, content, &template)?;
+        let signed = self.make_and_sign("make_join", JOINABLE_VERSIONS, server, room_id, user_id, content).await?;
         let event = Value::from(CanonicalJsonValue::Object(signed.event.clone()));
         let tail = format!("{}/{}", encode(room_id.as_str()), encode(signed.event_id.as_str()));
         let v2 =

@@ -19,6 +19,38 @@ use super::auth::{Origin, Signed};
 use super::{FederationState, bus_error, check_acl, event_id_of, parse_room_id, query_room_server, unexpected};
 use crate::storage::sender as store;
 
+/// The user a `make_*` request names, who must belong to the origin.
+pub(super) fn origins_user(origin: &OwnedServerName, user_id: &str, kind: &str) -> Result<OwnedUserId, MatrixError> {
+    let user_id = OwnedUserId::try_from(user_id)
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid user id: {user_id}")))?;
+    if user_id.server_name() != origin {
+        return Err(MatrixError::forbidden(format!("{origin} cannot make a {kind} event for {user_id}")));
+    }
+    Ok(user_id)
+}
+
+/// The room versions a `make_*` request offers (`ver`, repeated).
+pub(super) fn ver_params(query: Option<&str>) -> Vec<String> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == "ver")
+        .map(|(_, version)| version.into_owned())
+        .collect()
+}
+
+/// The room server's membership template, as `make_*` answers it.
+pub(super) async fn membership_template(
+    state: &FederationState,
+    room_id: &OwnedRoomId,
+    request: &QueryRequest,
+) -> Result<Json<Value>, MatrixError> {
+    match query_room_server(state, room_id.as_str(), request).await? {
+        QueryOk::JoinTemplate { room_version, event } => {
+            Ok(Json(json!({ "room_version": room_version, "event": event })))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 /// GET /_matrix/federation/v1/make_join/{roomId}/{userId}
 /// <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_joinroomiduserid>
 pub(super) async fn make_join(
@@ -29,26 +61,14 @@ pub(super) async fn make_join(
 ) -> Result<Json<Value>, MatrixError> {
     let room_id = parse_room_id(&room_id)?;
     check_acl(&state, &origin, &room_id).await?;
-    let user_id = OwnedUserId::try_from(user_id.as_str())
-        .map_err(|_| MatrixError::invalid_param(format!("Invalid user id: {user_id}")))?;
-    if user_id.server_name().as_str() != origin.as_str() {
-        return Err(MatrixError::forbidden(format!("{origin} cannot make a join event for {user_id}")));
-    }
+    let user_id = origins_user(&origin, &user_id, "join")?;
     // Without `ver` the joining server only speaks room version 1.
-    let mut supported_versions: Vec<String> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .filter(|(key, _)| key == "ver")
-        .map(|(_, version)| version.into_owned())
-        .collect();
+    let mut supported_versions: Vec<String> = ver_params(query.as_deref());
     if supported_versions.is_empty() {
         supported_versions.push("1".to_owned());
     }
     let request = QueryRequest::MakeJoin { room_id: room_id.clone(), user_id, supported_versions };
-    match query_room_server(&state, room_id.as_str(), &request).await? {
-        QueryOk::JoinTemplate { room_version, event } => {
-            Ok(Json(json!({ "room_version": room_version, "event": event })))
-        }
-        other => Err(unexpected(other)),
-    }
+    membership_template(&state, &room_id, &request).await
 }
 
 /// PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}

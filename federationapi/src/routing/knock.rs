@@ -9,11 +9,10 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use myelin_roomserver::api::{QueryOk, QueryRequest};
 use myelin_types::MatrixError;
-use myelin_types::ruma::OwnedUserId;
 use serde_json::{Value, json};
 
 use super::auth::{Origin, Signed};
-use super::join::submit_membership;
+use super::join::{membership_template, origins_user, submit_membership, ver_params};
 use super::{FederationState, check_acl, parse_room_id, query_room_server, unexpected};
 
 /// GET /_matrix/federation/v1/make_knock/{roomId}/{userId}?ver=…
@@ -26,23 +25,11 @@ pub(super) async fn make_knock(
 ) -> Result<Json<Value>, MatrixError> {
     let room_id = parse_room_id(&room_id)?;
     check_acl(&state, &origin, &room_id).await?;
-    let user_id = OwnedUserId::try_from(user_id.as_str())
-        .map_err(|_| MatrixError::invalid_param(format!("Invalid user id: {user_id}")))?;
-    if user_id.server_name().as_str() != origin.as_str() {
-        return Err(MatrixError::forbidden(format!("{origin} cannot make a knock event for {user_id}")));
-    }
+    let user_id = origins_user(&origin, &user_id, "knock")?;
     // Unlike `/make_join`, `ver` is required: knocking came with room version 7.
-    let supported_versions: Vec<String> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .filter(|(key, _)| key == "ver")
-        .map(|(_, version)| version.into_owned())
-        .collect();
+    let supported_versions: Vec<String> = ver_params(query.as_deref());
     let request = QueryRequest::MakeKnock { room_id: room_id.clone(), user_id, supported_versions };
-    match query_room_server(&state, room_id.as_str(), &request).await? {
-        QueryOk::JoinTemplate { room_version, event } => {
-            Ok(Json(json!({ "room_version": room_version, "event": event })))
-        }
-        other => Err(unexpected(other)),
-    }
+    membership_template(&state, &room_id, &request).await
 }
 
 /// PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}

@@ -6,14 +6,13 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use myelin_roomserver::api::{QueryOk, QueryRequest};
+use myelin_roomserver::api::QueryRequest;
 use myelin_types::MatrixError;
-use myelin_types::ruma::OwnedUserId;
 use serde_json::{Value, json};
 
 use super::auth::{Origin, Signed};
-use super::join::submit_membership;
-use super::{FederationState, check_acl, parse_room_id, query_room_server, unexpected};
+use super::join::{membership_template, origins_user, submit_membership};
+use super::{FederationState, check_acl, parse_room_id};
 
 /// GET /_matrix/federation/v1/make_leave/{roomId}/{userId}
 /// <https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1make_leaveroomiduserid>
@@ -24,18 +23,9 @@ pub(super) async fn make_leave(
 ) -> Result<Json<Value>, MatrixError> {
     let room_id = parse_room_id(&room_id)?;
     check_acl(&state, &origin, &room_id).await?;
-    let user_id = OwnedUserId::try_from(user_id.as_str())
-        .map_err(|_| MatrixError::invalid_param(format!("Invalid user id: {user_id}")))?;
-    if user_id.server_name().as_str() != origin.as_str() {
-        return Err(MatrixError::forbidden(format!("{origin} cannot make a leave event for {user_id}")));
-    }
+    let user_id = origins_user(&origin, &user_id, "leave")?;
     let request = QueryRequest::MakeLeave { room_id: room_id.clone(), user_id };
-    match query_room_server(&state, room_id.as_str(), &request).await? {
-        QueryOk::JoinTemplate { room_version, event } => {
-            Ok(Json(json!({ "room_version": room_version, "event": event })))
-        }
-        other => Err(unexpected(other)),
-    }
+    membership_template(&state, &room_id, &request).await
 }
 
 /// PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}
