@@ -16,9 +16,7 @@ import sys
 from datetime import datetime, timezone
 
 # Measurements the suite has no scenario for yet.
-NOT_MEASURED = [
-    "state resolution at scale",
-]
+NOT_MEASURED = []
 
 LABELS = {
     "myelin-sqlite": "Myelin (SQLite)",
@@ -253,6 +251,19 @@ Latencies are recorded in HDR histograms (three significant figures).
   the room's full state (members are not omitted). Figures: the `/join`
   request's duration, and the time from sending it to the room appearing in
   the user's `/sync`.
+- **state resolution**: the fake remote server holds a public room of
+  {s.get('res_members', '?')} of its own users, which a user of the server
+  under test joins. The fake then sends two forks off the room's newest
+  event, each of {s.get('res_conflicts', '?')} member events in which the same
+  members change their display names, so that every change conflicts with
+  its twin on the other fork; both forks are sent (50 PDUs per transaction)
+  and awaited in `/sync` before the clock starts. Then one message whose
+  `prev_events` are both forks' newest events arrives in a transaction of
+  its own: to take it in, the server must resolve the two forks' states.
+  Figures: that transaction's round trip, and the time from sending it to
+  the message appearing in the user's `/sync`. The criterion benchmark
+  `cargo bench -p myelin-roomserver --bench state_res` measures Myelin's
+  resolution alone, without storage or HTTP.
 - **resident memory**: VmRSS of the server process from `/proc/<pid>/status`
   two seconds after it answers `/_matrix/client/versions` (idle), VmRSS after
   the whole suite, and VmHWM (peak). Synapse runs as one process (no
@@ -275,8 +286,7 @@ other caches keep their defaults.
 
 For the federation scenarios Myelin trusts the per-run CA of the fake
 remote server (`federation_api.ca_file`) and may reach loopback peers
-(`federation_api.allow_loopback_peers`). State resolution at scale has no
-scenario yet; it is listed as not measured rather than estimated.
+(`federation_api.allow_loopback_peers`).
 """
 
 

@@ -10,6 +10,7 @@
 #                [--senders N] [--rooms N] [--members N] [--history N]
 #                [--push-members N] [--push-events N]
 #                [--fed-events N] [--fed-members N]
+#                [--res-members N] [--res-conflicts N]
 #
 #   --synapse      also run against Synapse (installed into
 #                  target/bench-synapse/venv on first use)
@@ -28,6 +29,8 @@
 #                  remote server, sends over /send (50 per transaction)
 #                  into a room the target joined through it
 #   --fed-members N remote join: members of the remote room joined
+#   --res-members N, --res-conflicts N   state resolution: members of the
+#                  remote room, and conflicting member changes per fork
 #
 # The federation scenarios serve a fake remote server on loopback (HTTPS,
 # a certificate from a CA generated per run); Myelin trusts that CA
@@ -51,6 +54,8 @@ push_members=1000
 push_events=100
 fed_events=10000
 fed_members=10000
+res_members=10000
+res_conflicts=1000
 synapse=false
 quick=false
 while [ $# -gt 0 ]; do
@@ -65,6 +70,8 @@ while [ $# -gt 0 ]; do
         --push-events) push_events="$2"; shift 2 ;;
         --fed-events) fed_events="$2"; shift 2 ;;
         --fed-members) fed_members="$2"; shift 2 ;;
+        --res-members) res_members="$2"; shift 2 ;;
+        --res-conflicts) res_conflicts="$2"; shift 2 ;;
         --synapse) synapse=true; shift ;;
         --quick) quick=true; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -72,7 +79,7 @@ while [ $# -gt 0 ]; do
 done
 if $quick; then
     messages=32 samples=20 senders=4 rooms=3 members=4 history=150 page=50 push_members=10 push_events=10
-    fed_events=200 fed_members=200
+    fed_events=200 fed_members=200 res_members=200 res_conflicts=20
 fi
 
 synapse_venv=target/bench-synapse/venv
@@ -195,6 +202,8 @@ suite() {
     scenario "$label" push --members "$push_members" --events "$push_events"
     scenario "$label" federation-ingest --federation-url "$federation_url" --tls-dir "$pki" --events "$fed_events"
     scenario "$label" remote-join --federation-url "$federation_url" --tls-dir "$pki" --members "$fed_members"
+    scenario "$label" state-resolution --federation-url "$federation_url" --tls-dir "$pki" \
+        --members "$res_members" --conflicts "$res_conflicts"
     python3 -c 'import json, sys
 label, idle, loaded, peak = sys.argv[1], *map(int, sys.argv[2:])
 mib = lambda kib: round(kib / 1024, 1)
@@ -212,7 +221,7 @@ if $synapse; then
     synapse_v=$(synapse_version)
 fi
 python3 bench/report.py meta --synapse-version "$synapse_v" --quick "$quick" \
-    --scales "messages=$messages samples=$samples senders=$senders rooms=$rooms members=$members history=$history page=$page push_members=$push_members push_events=$push_events fed_events=$fed_events fed_members=$fed_members" \
+    --scales "messages=$messages samples=$samples senders=$senders rooms=$rooms members=$members history=$history page=$page push_members=$push_members push_events=$push_events fed_events=$fed_events fed_members=$fed_members res_members=$res_members res_conflicts=$res_conflicts" \
     >"$out"
 
 for backend in sqlite postgres; do

@@ -61,6 +61,15 @@ impl Room {
         self.state.get(&(event_type.to_owned(), state_key.to_owned())).cloned()
     }
 
+    /// The current state events of `keys`, to cite as auth events.
+    fn cite(&self, keys: &[(&str, &str)]) -> Result<Vec<String>> {
+        keys.iter()
+            .map(|(event_type, state_key)| {
+                self.state_id(event_type, state_key).with_context(|| format!("no {event_type} {state_key} in the room"))
+            })
+            .collect()
+    }
+
     fn add(&mut self, id: String, pdu: Value) {
         if let (Some(event_type), Some(state_key)) = (pdu["type"].as_str(), pdu["state_key"].as_str()) {
             self.state.insert((event_type.to_owned(), state_key.to_owned()), id.clone());
@@ -103,6 +112,17 @@ impl Room {
     fn pdus(&self, ids: &[String]) -> Vec<Value> {
         ids.iter().filter_map(|id| self.events.get(id).cloned()).collect()
     }
+}
+
+/// Two conflicting forks and the event that merges them
+/// ([`FakeServer::conflicting_forks`]).
+pub struct Forks {
+    /// Each fork's PDUs, oldest first.
+    pub forks: Vec<Vec<Value>>,
+    /// The id of each fork's newest event.
+    pub tips: Vec<String>,
+    pub merge: Value,
+    pub merge_id: String,
 }
 
 pub struct FakeServer {
@@ -219,12 +239,64 @@ impl FakeServer {
         Ok((pdus, room.latest.clone()))
     }
 
+    /// Two forks off the room's newest event, each of `changes` member
+    /// events in which members `m0`, `m1`… change their display names (the
+    /// same members on both forks, so every change conflicts with its twin),
+    /// and a message from the creator on top of both forks. The room goes on
+    /// from the merging message.
+    pub fn conflicting_forks(&self, room_id: &str, changes: usize) -> Result<Forks> {
+        let mut rooms = self.rooms.lock().expect("rooms lock");
+        let room = rooms.get_mut(room_id).context("no such room")?;
+        let base = (room.latest.clone(), room.depth, room.state.clone());
+        let (mut forks, mut tips) = (Vec::new(), Vec::new());
+        for tag in ["a", "b"] {
+            (room.latest, room.depth, room.state) = base.clone();
+            let mut pdus = Vec::with_capacity(changes);
+            for n in 0..changes {
+                let user = self.user(&format!("m{n}"));
+                let auth = room.cite(&[
+                    ("m.room.create", ""),
+                    ("m.room.power_levels", ""),
+                    ("m.room.join_rules", ""),
+                    ("m.room.member", &user),
+                ])?;
+                let change = json!({"type": "m.room.member", "state_key": user, "sender": user,
+                    "content": {"membership": "join", "displayname": format!("{tag}{n}")}});
+                let prev = vec![room.latest.clone()];
+                self.append_after(room_id, room, change, &auth, &prev)?;
+                pdus.push(room.events[&room.latest].clone());
+            }
+            forks.push(pdus);
+            tips.push(room.latest.clone());
+        }
+        let creator = self.user("creator");
+        // The creator's own state is the same on both forks.
+        let auth = room.cite(&[("m.room.create", ""), ("m.room.power_levels", ""), ("m.room.member", &creator)])?;
+        let message = json!({"type": "m.room.message", "sender": creator,
+            "content": {"msgtype": "m.text", "body": "on top of both forks"}});
+        self.append_after(room_id, room, message, &auth, &tips)?;
+        Ok(Forks { forks, tips, merge: room.events[&room.latest].clone(), merge_id: room.latest.clone() })
+    }
+
     /// Signs and hashes `fields` as the next event of `room`, citing `auth`.
     fn append(&self, room_id: &str, room: &mut Room, fields: Value, auth: &[&str]) -> Result<()> {
+        let prev = if room.latest.is_empty() { Vec::new() } else { vec![room.latest.clone()] };
+        let auth: Vec<String> = auth.iter().map(|id| (*id).to_owned()).collect();
+        self.append_after(room_id, room, fields, &auth, &prev)
+    }
+
+    /// Signs and hashes `fields` as an event of `room` on top of `prev`, citing `auth`.
+    fn append_after(
+        &self,
+        room_id: &str,
+        room: &mut Room,
+        fields: Value,
+        auth: &[String],
+        prev: &[String],
+    ) -> Result<()> {
         let mut fields = fields;
         let object = fields.as_object_mut().context("event fields are an object")?;
         object.insert("room_id".to_owned(), json!(room_id));
-        let prev: Vec<&str> = if room.latest.is_empty() { Vec::new() } else { vec![room.latest.as_str()] };
         object.insert("prev_events".to_owned(), json!(prev));
         object.insert("auth_events".to_owned(), json!(auth));
         object.insert("depth".to_owned(), json!(room.depth + 1));
@@ -497,6 +569,27 @@ mod tests {
         let mut tampered = canonical(pdus[0].clone()).unwrap();
         tampered.insert("content".to_owned(), CanonicalJsonValue::Object(Default::default()));
         assert_eq!(verify_event(&keys, &tampered, &rules).unwrap(), Verified::Signatures);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The forks start at the same event, change the same members, and the
+    /// merging message sits on both tips.
+    #[tokio::test]
+    async fn conflicting_forks_share_a_parent_and_meet_in_one_message() {
+        let (fake, dir) = fake().await;
+        let room = fake.create_room(4).unwrap();
+        let parent = fake.rooms.lock().unwrap()[&room].latest.clone();
+        let forks = fake.conflicting_forks(&room, 3).unwrap();
+        assert_eq!(forks.forks.len(), 2);
+        for fork in &forks.forks {
+            assert_eq!(fork.len(), 3);
+            assert_eq!(fork[0]["prev_events"], json!([parent]));
+        }
+        let keys = |fork: &[Value]| fork.iter().map(|pdu| pdu["state_key"].clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&forks.forks[0]), keys(&forks.forks[1]), "the same members change on both forks");
+        assert_ne!(forks.forks[0][0]["content"], forks.forks[1][0]["content"]);
+        assert_eq!(forks.merge["prev_events"], json!(forks.tips));
+        assert!(fake.conflicting_forks(&room, 5).is_err(), "only members can change");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

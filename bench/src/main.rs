@@ -15,6 +15,7 @@ mod latency;
 mod push;
 mod remote_join;
 mod send;
+mod state_res;
 mod stats;
 
 use std::path::PathBuf;
@@ -128,6 +129,18 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         members: usize,
     },
+    /// State resolution at scale: in a room of `members` users on the load
+    /// generator's fake server, which a target user joined, two forks of
+    /// `conflicts` member changes each, then one message on top of both.
+    StateResolution {
+        #[command(flatten)]
+        federation: FederationArgs,
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        /// Conflicting member changes per fork (at most `members`).
+        #[arg(long, default_value_t = 1_000)]
+        conflicts: usize,
+    },
     /// Writes the fake remote server's certificates into `dir`: `ca.pem`
     /// (for the target to trust), `tls.crt` and `tls.key`.
     FederationPki {
@@ -204,6 +217,9 @@ async fn main() -> Result<()> {
         }
         Scenario::RemoteJoin { federation, members } => {
             remote_join::run(&target, &federation.tls_dir, &federation.federation_url, members).await?
+        }
+        Scenario::StateResolution { federation, members, conflicts } => {
+            state_res::run(&target, &federation.tls_dir, &federation.federation_url, members, conflicts).await?
         }
         Scenario::FederationPki { dir } => {
             fake::write_pki(&dir)?;
