@@ -78,6 +78,7 @@ def meta(args):
         "quick": args.quick == "true",
         "suite": args.suite,
         "scales": dict(item.split("=", 1) for item in args.scales.split()),
+        "conditions": os.environ.get("BENCH_CONDITIONS", ""),
     }))
 
 
@@ -183,7 +184,7 @@ results are in `bench/results/`, one JSON object per scenario.
 - Myelin: commit {info.get('myelin_commit', '?')}, release build, {info.get('rustc', '?')}
 - Synapse: {synapse} (from PyPI, Python {info.get('python', '?')})
 - PostgreSQL: {info.get('postgres_version') or '?'}, on the same machine
-
+{f"- Conditions: {info['conditions']}" + chr(10) if info.get('conditions') else ''}
 The load generator (`myelin-bench`) runs on the same machine and competes
 with the server for its cores, the same way for every server.
 

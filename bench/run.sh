@@ -39,7 +39,8 @@
 #
 # Environment: MYELIN_TEST_POSTGRES (an admin connection URL, default
 # postgres://postgres@127.0.0.1:5432/postgres), SYNAPSE_SPEC (the pip
-# requirement for Synapse, default matrix-synapse[postgres]).
+# requirement for Synapse, default matrix-synapse[postgres]),
+# BENCH_CONDITIONS (what else the machine was doing, for the record).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
