@@ -289,8 +289,9 @@ fn try_join_via(v: u8, rule: &str, via: Option<&str>) -> Result<(), String> {
     room.try_send(DAN, "m.room.member", Some(DAN), content)
 }
 
-/// An identity server's key: `1` the room's, `2` another.
-fn identity_key(which: u8) -> ServerSigningKey {
+/// A fixed Ed25519 key, `1` or `2`: an identity server's in third-party
+/// invites, a server's in signed PDUs.
+fn fixed_key(which: u8) -> ServerSigningKey {
     // Seeds of 32 bytes of 1 and of 2.
     let seed = match which {
         1 => "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE",
@@ -299,26 +300,26 @@ fn identity_key(which: u8) -> ServerSigningKey {
     ServerSigningKey::parse(&format!("ed25519 0 {seed}")).expect("valid key")
 }
 
-/// Carol offered a third-party invite with token `tok`, signed for by the
-/// identity key with seed 1; `sender` sends the invite for `target` whose
-/// `signed` block is `signed` (signed with `key_seed` unless `None`).
+/// Carol offered a third-party invite with token `tok` and the public key
+/// [`fixed_key`]`(1)`; `sender` sends the invite for `target` whose
+/// `signed` block is `signed` (signed with [`fixed_key`]`(key)` unless `None`).
 fn try_third_party(
     v: u8,
     sender: &str,
     target: &str,
     signed: Value,
-    key_seed: Option<u8>,
+    key: Option<u8>,
     ban_first: bool,
 ) -> Result<(), String> {
     let mut room = Room::new(v)?;
-    let key = identity_key(1);
+    let public_key = fixed_key(1).public_key_base64();
     room.send(
         CAROL,
         "m.room.third_party_invite",
         Some("tok"),
         json!({
             "display_name": "d…@example.org", "key_validity_url": "https://id.example/isvalid",
-            "public_key": key.public_key_base64(), "public_keys": [{"public_key": key.public_key_base64()}],
+            "public_key": public_key, "public_keys": [{"public_key": public_key}],
         }),
     )?;
     if ban_first {
@@ -327,8 +328,8 @@ fn try_third_party(
     let CanonicalJsonValue::Object(mut signed) = CanonicalJsonValue::try_from(signed).expect("canonical") else {
         panic!("signed is an object")
     };
-    if let Some(seed) = key_seed {
-        ruma::signatures::sign_json("id.example", &identity_key(seed).keypair, &mut signed).expect("signing");
+    if let Some(key) = key {
+        ruma::signatures::sign_json("id.example", &fixed_key(key).keypair, &mut signed).expect("signing");
     }
     let content = json!({"membership": "invite", "third_party_invite": {
         "display_name": "d…@example.org", "signed": signed,
@@ -1253,7 +1254,7 @@ fn an_unknown_room_version_is_refused() {
 /// Spec: <https://spec.matrix.org/v1.16/rooms/v8/#authorization-rules>
 #[test]
 fn join_authorised_via_users_server_must_be_signed_by_that_server() {
-    let signer = super::Signer { server_name: "a.example".try_into().unwrap(), key: identity_key(1) };
+    let signer = super::Signer { server_name: "a.example".try_into().unwrap(), key: fixed_key(1) };
     let keys = super::receive::KeyRing::new(&signer);
     let receive = |v: u8, via: &str| {
         let version = RoomVersionId::try_from(v.to_string()).unwrap();
