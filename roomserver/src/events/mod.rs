@@ -1,6 +1,8 @@
 //! Building, signing and auth-checking local events, and the room-creation
 //! recipe. Everything that decides whether an event enters a room lives here.
 
+#[cfg(test)]
+mod auth_rules_tests;
 mod build;
 pub mod chain;
 pub mod create_room;

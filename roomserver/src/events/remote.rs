@@ -232,17 +232,7 @@ impl RemoteRoom {
             {
                 return Ok(Err(Reject::permanent("the room already has a create event")));
             }
-            let content: Value = serde_json::from_str(pdu.content.get())?;
-            // Room version 1 rooms may omit it; a redacted create event loses it before v11.
-            let version = content.get("room_version").and_then(Value::as_str).unwrap_or("1");
-            if version != self.version.as_str() {
-                return Ok(Err(Reject::permanent(format!(
-                    "create event says room version {version}, the room is {}",
-                    self.version
-                ))));
-            }
-            let independent = check_state_independent_auth_rules(&self.rules.authorization, pdu, |_| None::<&Pdu>);
-            return Ok(independent.map_err(Reject::permanent));
+            return Ok(allowed_create(&self.rules, &self.version, pdu).map_err(Reject::permanent));
         }
         for auth_id in &pdu.auth_events {
             if !self.load_event(tx, auth_id).await? {
@@ -506,6 +496,20 @@ impl RemoteRoom {
         let delta = self.advance(tx, &join.pdu, empty, after).await?;
         self.output(join, delta, false).map(Ok)
     }
+}
+
+/// The auth rules on a create event: it names the room's version (room
+/// version 1 rooms may omit it; a redacted create event loses it before
+/// v11), then the rules on the event alone.
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#authorization-rules>
+pub fn allowed_create(rules: &RoomVersionRules, version: &RoomVersionId, pdu: &Pdu) -> Result<(), String> {
+    let content: Value = serde_json::from_str(pdu.content.get()).map_err(|e| e.to_string())?;
+    let named = content.get("room_version").and_then(Value::as_str).unwrap_or("1");
+    if named != version.as_str() {
+        return Err(format!("create event says room version {named}, the room is {version}"));
+    }
+    check_state_independent_auth_rules(&rules.authorization, pdu, |_| None::<&Pdu>)
 }
 
 /// From room version 12 the create event is never an auth event, but the
