@@ -10,10 +10,12 @@
 #                [--senders N] [--rooms N] [--members N] [--history N]
 #                [--push-members N] [--push-events N]
 #                [--fed-events N] [--fed-members N]
-#                [--res-members N] [--res-conflicts N]
+#                [--res-members N] [--res-conflicts N] [--myelin BACKENDS]
 #
 #   --synapse      also run against Synapse (installed into
 #                  target/bench-synapse/venv on first use)
+#   --myelin BACKENDS  the Myelin storage backends to run, comma-separated
+#                  (default sqlite,postgres; "none" for Synapse only)
 #   --quick        tiny scales, to check the suite works (seconds, not
 #                  minutes); results go to bench/results/quick-<stamp>.jsonl
 #                  and PERFORMANCE.md is left alone
@@ -58,6 +60,7 @@ fed_members=10000
 res_members=10000
 res_conflicts=1000
 synapse=false
+myelin_backends=sqlite,postgres
 quick=false
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -74,8 +77,15 @@ while [ $# -gt 0 ]; do
         --res-members) res_members="$2"; shift 2 ;;
         --res-conflicts) res_conflicts="$2"; shift 2 ;;
         --synapse) synapse=true; shift ;;
+        --myelin) myelin_backends="$2"; shift 2 ;;
         --quick) quick=true; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+for backend in ${myelin_backends//,/ }; do
+    case "$backend" in
+        sqlite | postgres | none) ;;
+        *) echo "unknown Myelin backend $backend" >&2; exit 2 ;;
     esac
 done
 if $quick; then
@@ -225,7 +235,8 @@ python3 bench/report.py meta --synapse-version "$synapse_v" --quick "$quick" \
     --scales "messages=$messages samples=$samples senders=$senders rooms=$rooms members=$members history=$history page=$page push_members=$push_members push_events=$push_events fed_events=$fed_events fed_members=$fed_members res_members=$res_members res_conflicts=$res_conflicts" \
     >"$out"
 
-for backend in sqlite postgres; do
+for backend in ${myelin_backends//,/ }; do
+    [ "$backend" = none ] && continue
     start_myelin "$backend"
     suite "myelin-$backend"
     stop_server
