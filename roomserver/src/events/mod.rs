@@ -10,6 +10,7 @@ pub mod remote;
 pub(crate) mod resolve;
 mod room;
 pub mod stripped;
+pub mod upgrade;
 
 use myelin_types::signing::ServerSigningKey;
 use ruma::OwnedServerName;
