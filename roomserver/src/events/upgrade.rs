@@ -158,7 +158,7 @@ fn split_aliases(content: &Value, server_name: &ServerName) -> Option<(Value, Va
             kept.insert("alt_aliases".into(), Value::Array(theirs));
         }
     }
-    (!moved.is_empty()).then(|| (Value::Object(moved), Value::Object(kept)))
+    if moved.is_empty() { None } else { Some((Value::Object(moved), Value::Object(kept))) }
 }
 
 /// The replacement room and the changes to the old one.
