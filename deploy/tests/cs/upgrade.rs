@@ -38,8 +38,17 @@ async fn upgrade(server: &Server, token: &str, room_id: &str, body: Value) -> (S
 /// move; the old room is tombstoned and its members can no longer talk
 /// there, but can join the new room; their `/sync` shows both.
 #[tokio::test]
-async fn upgrades_carry_the_room_over_and_tombstone_the_old_one() {
-    let server = Server::start(Backend::Sqlite).await;
+async fn upgrades_carry_the_room_over_and_tombstone_the_old_one_on_sqlite() {
+    upgrades_carry_the_room_over(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn upgrades_carry_the_room_over_and_tombstone_the_old_one_on_postgres() {
+    upgrades_carry_the_room_over(Backend::Postgres).await;
+}
+
+async fn upgrades_carry_the_room_over(backend: Backend) {
+    let server = Server::start(backend).await;
     let name = server.server_name();
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
