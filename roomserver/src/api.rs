@@ -59,6 +59,32 @@ pub enum InputRequest {
     /// `knock_room_state` in its `unsigned` and emitted, so the knocker
     /// sees the room under `rooms.knock`; the reply is [`InputOk::EventSent`].
     KnockedRemoteRoom(KnockedRemoteRoom),
+    /// Replace a room with a new one of another version: the new room with
+    /// the old one's transferable state and bans, the old room's local
+    /// canonical alias moved over, a tombstone in the old room and its power
+    /// levels restricted, all in one transaction. Key: the old room's id.
+    /// The reply is [`InputOk::RoomUpgraded`].
+    UpgradeRoom(UpgradeRoom),
+}
+
+/// `POST /rooms/{roomId}/upgrade`, already validated for shape by the client API.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3roomsroomidupgrade>
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpgradeRoom {
+    pub room_id: OwnedRoomId,
+    /// A local user with the power to send `m.room.tombstone` in the old
+    /// room; the new room's creator.
+    pub requester: OwnedUserId,
+    /// The requester's profile for their join of the new room, as with
+    /// [`CreateRoom::creator_profile`].
+    #[serde(default)]
+    pub requester_profile: Map<String, Value>,
+    pub new_version: String,
+    /// More creators of the new room, in versions that have them (12 on);
+    /// ignored in others. Those of the old room are not carried over.
+    #[serde(default)]
+    pub additional_creators: Vec<OwnedUserId>,
 }
 
 /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#knocking-upon-a-room>
@@ -100,6 +126,9 @@ pub type InputReply = Result<InputOk, MatrixError>;
 pub enum InputOk {
     RoomCreated {
         room_id: OwnedRoomId,
+    },
+    RoomUpgraded {
+        replacement_room: OwnedRoomId,
     },
     EventSent {
         event_id: OwnedEventId,

@@ -704,3 +704,80 @@ async fn identical_v12_rooms_in_the_same_millisecond_get_their_own_ids() {
         assert_ne!(first, second, "[{}]", h.name());
     }
 }
+
+/// A moderator who may send the tombstone but not power levels upgrades a
+/// room: the new room lends them the power to copy the state and ends with
+/// the old levels; the old room gets the tombstone but keeps its levels,
+/// which they may not change. Every event is emitted, signed, in order; a
+/// member without the power to upgrade changes nothing.
+#[tokio::test]
+async fn upgrades_lend_power_for_the_copy_and_skip_what_the_old_room_refuses() {
+    each_backend(|h| async move {
+        let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+        let levels = json!({
+            "users": {alice.as_str(): 100, bob.as_str(): 50},
+            "events": {"m.room.tombstone": 50, "m.room.power_levels": 100},
+        });
+        let request = CreateRoom {
+            room_version: Some("10".into()),
+            power_level_content_override: levels.as_object().cloned(),
+            ..public_room(&alice)
+        };
+        let old = h.create(request).await.unwrap();
+        h.membership(&old, &bob, "join").await.unwrap();
+        let latest = h.membership(&old, &carol, "join").await.unwrap();
+        let upgrade = |requester: &OwnedUserId| {
+            InputRequest::UpgradeRoom(UpgradeRoom {
+                room_id: old.clone(),
+                requester: requester.clone(),
+                requester_profile: Default::default(),
+                new_version: "11".into(),
+                additional_creators: Vec::new(),
+            })
+        };
+        assert_error(h.input(old.as_str(), upgrade(&carol)).await, ErrorCode::Forbidden, 403);
+        let reply = h.input(old.as_str(), upgrade(&bob)).await.unwrap();
+        let InputOk::RoomUpgraded { replacement_room: new } = reply else { panic!("unexpected reply {reply:?}") };
+
+        let types = [
+            "m.room.create",
+            "m.room.member",
+            "m.room.power_levels",
+            "m.room.name",
+            "m.room.guest_access",
+            "m.room.history_visibility",
+            "m.room.join_rules",
+            "m.room.power_levels",
+        ];
+        let mut outputs = h.room_outputs(&new);
+        for _ in 0..300 {
+            if outputs.len() == types.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            outputs = h.room_outputs(&new);
+        }
+        let seen: Vec<&str> = outputs.iter().map(|e| e.event.pdu["type"].as_str().unwrap()).collect();
+        assert_eq!(seen, types, "[{}]", h.name());
+        for output in &outputs {
+            assert_eq!(output.room_version, "11");
+            assert_eq!(output.event.pdu["sender"], bob.as_str());
+            h.verify(&output.event, &RoomVersionId::V11);
+        }
+        let create = &outputs[0].event.pdu["content"];
+        assert_eq!(create["predecessor"], json!({"room_id": old, "event_id": latest}));
+        assert_eq!(outputs[2].event.pdu["content"]["users"], json!({alice.as_str(): 100, bob.as_str(): 100}));
+        assert_eq!(outputs[7].event.pdu["content"]["users"], levels["users"], "the lent power is given back");
+
+        let tombstone = h.state(&old, &alice, Some("m.room.tombstone"), Some("")).await.unwrap();
+        assert_eq!(tombstone[0].pdu["content"]["replacement_room"], new.as_str());
+        let old_levels = h.state(&old, &alice, Some("m.room.power_levels"), Some("")).await.unwrap();
+        assert_eq!(old_levels[0].pdu["content"]["events_default"], 0, "bob may not restrict the old room");
+        assert_eq!(h.joined_rooms(&bob).await, {
+            let mut rooms = vec![old.clone(), new.clone()];
+            rooms.sort();
+            rooms
+        });
+    })
+    .await;
+}

@@ -4,7 +4,7 @@
 use myelin_bus::Bus;
 use myelin_roomserver::api::{
     CreateRoom, CurrentMembership, INPUT_TOPIC, InputOk, InputReply, InputRequest, QUERY_TOPIC, QueryOk, QueryReply,
-    QueryRequest, REQUEST_TIMEOUT, Reader, SendEvent, StoredEvent,
+    QueryRequest, REQUEST_TIMEOUT, Reader, SendEvent, StoredEvent, UpgradeRoom,
 };
 use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 
@@ -24,6 +24,15 @@ pub async fn create_room(bus: &Bus, request: CreateRoom) -> Result<OwnedRoomId> 
     let key = request.creator.to_string();
     match input(bus, &key, &InputRequest::CreateRoom(request)).await? {
         InputOk::RoomCreated { room_id } => Ok(room_id),
+        _ => Err(ClientApiError::UnexpectedReply("roomserver.input")),
+    }
+}
+
+/// The replacement room's id.
+pub async fn upgrade_room(bus: &Bus, request: UpgradeRoom) -> Result<OwnedRoomId> {
+    let key = request.room_id.to_string();
+    match input(bus, &key, &InputRequest::UpgradeRoom(request)).await? {
+        InputOk::RoomUpgraded { replacement_room } => Ok(replacement_room),
         _ => Err(ClientApiError::UnexpectedReply("roomserver.input")),
     }
 }

@@ -26,6 +26,7 @@ mod threepid;
 mod timestamp;
 mod to_device;
 mod typing;
+mod upgrade;
 mod user_directory;
 mod versions;
 
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/knock/{room_id_or_alias}", post(membership::knock))
         .route("/rooms/{room_id}/leave", post(membership::leave))
         .route("/rooms/{room_id}/forget", post(membership::forget))
+        .route("/rooms/{room_id}/upgrade", post(upgrade::upgrade))
         .route("/rooms/{room_id}/report", post(reports::report_room))
         .route("/rooms/{room_id}/report/{event_id}", post(reports::report_event))
         .route("/users/{user_id}/report", post(reports::report_user))

@@ -56,6 +56,32 @@ pub async fn aliases_of(db: &Db, room_id: &str) -> Result<Vec<String>, sqlx::Err
     })
 }
 
+/// Point the room's local aliases at the room that replaces it, and move
+/// its place in the public directory there too (a room upgrade).
+pub async fn move_to_replacement(db: &Db, room_id: &str, replacement: &str) -> Result<(), sqlx::Error> {
+    with_db!(db, pool => {
+        let mut tx = pool.begin_write().await?;
+        sqlx::query("UPDATE clientapi_room_aliases SET room_id = $2 WHERE room_id = $1")
+            .bind(room_id)
+            .bind(replacement)
+            .execute(&mut *tx)
+            .await?;
+        let published = sqlx::query("DELETE FROM clientapi_published_rooms WHERE room_id = $1")
+            .bind(room_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if published > 0 {
+            sqlx::query("INSERT INTO clientapi_published_rooms (room_id) VALUES ($1) ON CONFLICT (room_id) DO NOTHING")
+                .bind(replacement)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
 /// Publish the room in the public directory, or take it out.
 pub async fn set_published(db: &Db, room_id: &str, published: bool) -> Result<(), sqlx::Error> {
     with_db!(db, pool => {

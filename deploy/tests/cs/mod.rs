@@ -1,10 +1,11 @@
 //! Client-server endpoints beyond the everyday ones, each against a real
-//! server: forgetting rooms, reports, jumping to a date, OpenID tokens,
-//! registration tokens and refresh tokens.
+//! server: forgetting rooms, reports, jumping to a date, room upgrades,
+//! OpenID tokens, registration tokens and refresh tokens.
 
 mod forget;
 mod reports;
 mod timestamp;
+mod upgrade;
 
 use std::time::Duration;
 

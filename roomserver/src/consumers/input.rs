@@ -1,5 +1,6 @@
-//! Answers `roomserver.input`: creates rooms, appends local events and
-//! takes in PDUs received over federation (`remote.rs`).
+//! Answers `roomserver.input`: creates rooms, appends local events,
+//! upgrades rooms (`upgrade.rs`) and takes in PDUs received over
+//! federation (`remote.rs`).
 //!
 //! Requests are idempotent under redelivery (DESIGN.md invariant 6): the
 //! reply and produced event ids are stored under the request's correlation
@@ -25,6 +26,7 @@ use crate::storage::Tx;
 mod invite;
 mod knock;
 mod remote;
+mod upgrade;
 
 pub struct InputConsumer {
     pub db: Db,
@@ -63,6 +65,7 @@ impl Responder for InputConsumer {
             InputRequest::Backfill(backfill) => self.backfill(&correlation_id, backfill).await,
             InputRequest::ReceivedInvite(invite) => self.received_invite(&correlation_id, invite).await,
             InputRequest::KnockedRemoteRoom(knock) => self.knocked_remote_room(&correlation_id, knock).await,
+            InputRequest::UpgradeRoom(upgrade) => self.upgrade_room(&correlation_id, upgrade).await,
         };
         match result {
             Ok(Outcome { reply, outputs }) => {

@@ -33,7 +33,7 @@ pub struct PlannedEvent {
 }
 
 impl PlannedEvent {
-    fn new(event_type: &str, state_key: &str, content: Value) -> Self {
+    pub(crate) fn new(event_type: &str, state_key: &str, content: Value) -> Self {
         Self { event_type: event_type.to_owned(), state_key: state_key.to_owned(), content }
     }
 }

@@ -12,6 +12,7 @@ pub mod remote;
 pub(crate) mod resolve;
 mod room;
 pub mod stripped;
+pub mod upgrade;
 
 use myelin_types::signing::ServerSigningKey;
 use ruma::OwnedServerName;

@@ -8,7 +8,7 @@ use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::{EventsReferenceFormatVersion, RoomVersionRules};
 use ruma::signatures::reference_hash;
 use ruma::state_res::{auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules};
-use ruma::{CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId};
+use ruma::{CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
 use serde_json::value::to_raw_value;
 use serde_json::{Value, json};
 
@@ -339,6 +339,29 @@ impl Room {
         })
         .map_err(|reason| RequestError::Forbidden(format!("{user} may not {membership} {}: {reason}", self.room_id)))?;
         Ok(template)
+    }
+
+    /// The rules of the room's version.
+    pub fn rules(&self) -> &RoomVersionRules {
+        &self.rules
+    }
+
+    /// The room's latest event (its deepest forward extremity).
+    pub fn latest_event(&self) -> Option<&EventId> {
+        self.extremities.iter().max_by_key(|(_, depth)| *depth).map(|(id, _)| &**id)
+    }
+
+    /// The sender and content of the current state event at `(event_type, state_key)`.
+    pub async fn current_state(
+        &mut self,
+        tx: &mut Tx,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<(OwnedUserId, Value)>, RequestError> {
+        match self.state_event(tx, event_type, state_key).await? {
+            Some(pdu) => Ok(Some((pdu.sender.clone(), serde_json::from_str(pdu.content.get())?))),
+            None => Ok(None),
+        }
     }
 
     /// The current state event at `(event_type, state_key)`, read once per request.

@@ -552,6 +552,18 @@ impl Tx {
         })
     }
 
+    /// Every user banned from the room now.
+    pub async fn banned_users(&mut self, room_id: &str) -> SqlResult<Vec<String>> {
+        on_tx!(self, c => {
+            sqlx::query_scalar(
+                "SELECT user_id FROM roomserver_memberships WHERE room_id = $1 AND membership = 'ban' ORDER BY user_id",
+            )
+            .bind(room_id)
+            .fetch_all(c)
+            .await
+        })
+    }
+
     /// `(event id, PDU)` of the room's shallowest timeline events, at most `limit`.
     pub async fn earliest_events(&mut self, room_id: &str, limit: i64) -> SqlResult<Vec<(String, String)>> {
         on_tx!(self, c => {
