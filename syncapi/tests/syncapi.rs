@@ -2230,7 +2230,7 @@ async fn sliding_sync_invites_show_stripped_state_and_subscriptions_need_members
             "room_subscriptions": {&other: {"timeline_limit": 5, "required_state": [["*", "*"]]}},
         });
         let reply = sliding_until(&s, &bob, &body, |r| r["rooms"].get(&secret).is_some()).await;
-        assert_eq!(room_ids(&reply), [secret.clone()], "[{}] not the room bob is not in: {reply}", s.name);
+        assert_eq!(room_ids(&reply), [secret.as_str()], "[{}] not the room bob is not in: {reply}", s.name);
         assert_eq!(
             (reply["lists"]["invites"]["count"].as_i64(), reply["lists"]["joined"]["count"].as_i64()),
             (Some(1), Some(0))
@@ -2275,7 +2275,7 @@ async fn sliding_sync_long_polls_and_refuses_bad_requests() {
         let (room, _) = s.shared_room(&alice, &bob).await;
         let body = json!({"conn_id": "main", "lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 1, "required_state": []}}});
         let first = sliding(&s, &bob, "", &body).await;
-        assert_eq!(room_ids(&first), [room.clone()], "[{}] {first}", s.name);
+        assert_eq!(room_ids(&first), [room.as_str()], "[{}] {first}", s.name);
         let pos = pos_of(&first);
 
         let poll = {

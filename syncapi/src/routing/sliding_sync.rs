@@ -242,6 +242,15 @@ impl List {
     }
 }
 
+/// How the request matched one room.
+#[derive(Default)]
+struct Match {
+    /// Combined over the lists and the subscription.
+    config: RoomConfig,
+    lists: Vec<String>,
+    subscribed: bool,
+}
+
 /// A request, checked.
 struct SlidingRequest {
     identity: Identity,
@@ -540,7 +549,7 @@ async fn compute(
     let account = account_facts(state, user_id, current).await?;
 
     // Which rooms the lists and subscriptions match, each with its combined config.
-    let mut matched: BTreeMap<&str, (RoomConfig, Vec<String>, bool)> = BTreeMap::new();
+    let mut matched: BTreeMap<&str, Match> = BTreeMap::new();
     let mut counts = BTreeMap::new();
     for list in &request.lists {
         let mut index = 0;
@@ -550,8 +559,8 @@ async fn compute(
             }
             if list.covers(index) {
                 let entry = matched.entry(room.room_id).or_default();
-                entry.0.merge(&list.config);
-                entry.1.push(list.name.clone());
+                entry.config.merge(&list.config);
+                entry.lists.push(list.name.clone());
             }
             index += 1;
         }
@@ -566,8 +575,8 @@ async fn compute(
             continue;
         }
         let entry = matched.entry(room.room_id).or_default();
-        entry.0.merge(config);
-        entry.2 = true;
+        entry.config.merge(config);
+        entry.subscribed = true;
     }
 
     let mut next = ConnState {
@@ -580,10 +589,12 @@ async fn compute(
     let mut out_rooms = Map::new();
     let mut initial_rooms = BTreeSet::new();
     for room in &rooms {
-        let Some((config, _, _)) = matched.get(room.room_id) else {
+        let Some(Match { config, .. }) = matched.get(room.room_id) else {
             continue;
         };
         let before = sent.and_then(|s| s.get(room.room_id));
+        // Sent whole when new to the connection, when asked for more, and
+        // when the user moved between outside (invite, knock) and inside.
         let initial = before.is_none_or(|b| {
             config.expands(&b.config)
                 || (b.membership != room.membership
@@ -793,7 +804,7 @@ async fn room_entry(
 async fn extensions(
     state: &AppState,
     request: &SlidingRequest,
-    matched: &BTreeMap<&str, (RoomConfig, Vec<String>, bool)>,
+    matched: &BTreeMap<&str, Match>,
     rooms: &[Candidate<'_>],
     initial_rooms: &BTreeSet<String>,
     since: Option<SyncToken>,
@@ -836,8 +847,8 @@ async fn extensions(
     let covered = |scope: &Scope| -> BTreeSet<&str> {
         matched
             .iter()
-            .filter(|(room_id, (_, lists, subscribed))| {
-                scope.covers(lists, *subscribed)
+            .filter(|(room_id, found)| {
+                scope.covers(&found.lists, found.subscribed)
                     && rooms.iter().any(|r| r.room_id == **room_id && r.membership == "join")
             })
             .map(|(room_id, _)| *room_id)
