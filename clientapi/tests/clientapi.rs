@@ -281,6 +281,8 @@ async fn versions_lists_r0_and_v1_releases() {
         for wanted in ["r0.6.1", "v1.1", "v1.11", "v1.16"] {
             assert!(versions.contains(&wanted), "{versions:?}");
         }
+        // Clients look here for simplified sliding sync (MSC4186).
+        assert_eq!(reply.body["unstable_features"]["org.matrix.simplified_msc3575"], true, "{}", reply.body);
         // A known path with the wrong method.
         s.get("/_matrix/client/v3/logout", None).await.err(405, "M_UNRECOGNIZED");
         s.post("/_matrix/client/versions", None, json!({})).await.err(405, "M_UNRECOGNIZED");

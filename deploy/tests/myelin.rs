@@ -98,6 +98,19 @@ async fn matrix_js_sdk_drives_a_full_session_between_two_users() {
     harness::run_client(&server, harness::node(), &args, "js-sdk session complete").await;
 }
 
+/// Issue acceptance: matrix-js-sdk's `SlidingSync` (simplified sliding
+/// sync, MSC4186) shows a room list with the other user's messages, one of
+/// them arriving during a long poll, and an invite, then the invited room
+/// once joined.
+#[tokio::test]
+async fn matrix_js_sdk_sliding_sync_shows_rooms_messages_and_an_invite() {
+    let server = Server::start(Backend::Postgres).await;
+    let script = harness::repo_path("tests/clients/js/sliding_sync.mjs");
+    let base_url = server.base_url();
+    let args = [script.as_os_str(), OsStr::new(&base_url), OsStr::new(harness::SHARED_SECRET)];
+    harness::run_client(&server, harness::node(), &args, "js-sdk sliding sync complete").await;
+}
+
 /// The same session as the matrix-js-sdk one, driven by matrix-nio, on PostgreSQL.
 #[tokio::test]
 async fn matrix_nio_drives_a_full_session_between_two_users() {

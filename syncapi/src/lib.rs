@@ -1,8 +1,9 @@
 //! The sync API: builds its own read model of rooms from `roomserver.output`,
 //! of account data from `clientapi.accountdata`, of receipts and typing from
-//! `edu.receipt` and `edu.typing`, and serves `/sync`, `/messages` and
-//! filters (ARCHITECTURE.md).
+//! `edu.receipt` and `edu.typing`, and serves `/sync`, simplified sliding
+//! sync, `/messages` and filters (ARCHITECTURE.md).
 
+mod connections;
 mod consumers;
 mod error;
 pub mod filter;

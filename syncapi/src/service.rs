@@ -142,5 +142,8 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
             shutdown,
         ),
     ];
-    Ok(Started { router: router(AppState { storage, notifier, auth, typing, clock, bus }), tasks })
+    Ok(Started {
+        router: router(AppState { storage, notifier, auth, typing, clock, bus, sliding: Arc::default() }),
+        tasks,
+    })
 }

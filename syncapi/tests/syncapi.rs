@@ -1952,3 +1952,508 @@ async fn a_join_that_brings_the_room_state_shows_it_before_the_timeline() {
         }
     }
 }
+
+// ---- Simplified sliding sync (MSC4186) ----
+
+const SLIDING: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+
+/// A sliding sync request (`query`: `?pos=…` and such) whose status and body are returned as is.
+async fn sliding_raw(s: &Server, token: Option<&str>, query: &str, body: &str) -> (u16, Value) {
+    s.request(reqwest::Method::POST, &format!("{SLIDING}{query}"), token, Some(body)).await
+}
+
+/// A sliding sync request that must succeed; its body.
+async fn sliding(s: &Server, token: &str, query: &str, body: &Value) -> Value {
+    let (status, reply) = sliding_raw(s, Some(token), query, &body.to_string()).await;
+    assert_eq!(status, 200, "[{}] sliding sync {query} {body}: {reply}", s.name);
+    reply
+}
+
+/// Fresh sliding sync connections until `done` holds for the answer.
+async fn sliding_until(s: &Server, token: &str, body: &Value, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = sliding(s, token, "", body).await;
+        if done(&reply) {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "[{}] sliding sync {body} never got there: {reply}", s.name);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn pos_of(reply: &Value) -> String {
+    reply["pos"].as_str().unwrap().to_owned()
+}
+
+/// The ids of the rooms in a sliding sync answer, sorted.
+fn room_ids(reply: &Value) -> Vec<String> {
+    sorted(reply["rooms"].as_object().unwrap().keys().cloned().collect())
+}
+
+/// `(type, state_key)` of each event of a room's `required_state`.
+fn state_keys(room: &Value) -> Vec<(String, String)> {
+    room["required_state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap().to_owned(), e["state_key"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+    items.sort();
+    items
+}
+
+#[tokio::test]
+async fn sliding_sync_lists_sort_rooms_by_activity_and_send_only_what_changed() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let mut rooms = Vec::new();
+        for body in ["one", "two", "three"] {
+            let room = s.create_room(ALICE).await;
+            let sent = s.message(&room, ALICE, body).await;
+            s.settle(&alice, &sent).await;
+            rooms.push(room);
+        }
+        // The first room becomes the most recently active.
+        let latest = s.message(&rooms[0], ALICE, "one again").await;
+        s.settle(&alice, &latest).await;
+        let list = |ranges: Value| {
+            json!({"lists": {"all": {"ranges": ranges, "timeline_limit": 1,
+                "required_state": [["m.room.name", ""]]}}})
+        };
+
+        let first = sliding(&s, &alice, "", &list(json!([[0, 1]]))).await;
+        assert_eq!(first["lists"]["all"]["count"], 3, "[{}] {first}", s.name);
+        assert_eq!(room_ids(&first), sorted(vec![rooms[0].clone(), rooms[2].clone()]), "[{}] top two", s.name);
+        let top = &first["rooms"][&rooms[0]];
+        assert_eq!(bodies(top["timeline"].as_array().unwrap()), ["one again"], "[{}] {top}", s.name);
+        assert_eq!((top["initial"].as_bool(), top["limited"].as_bool()), (Some(true), Some(true)));
+        assert_eq!((top["name"].as_str(), top["membership"].as_str()), (Some("Test room"), Some("join")));
+        assert_eq!(state_keys(top), [("m.room.name".to_owned(), String::new())]);
+        assert_eq!((top["joined_count"].as_i64(), top["invited_count"].as_i64()), (Some(1), Some(0)));
+        assert_eq!((top["notification_count"].as_i64(), top["num_live"].as_i64()), (Some(0), Some(0)));
+        assert!(top["prev_batch"].as_str().unwrap().starts_with('s'), "{top}");
+        assert!(top.get("heroes").is_none(), "a named room has no heroes: {top}");
+        let third = &first["rooms"][&rooms[2]];
+        assert!(top["bump_stamp"].as_i64().unwrap() > third["bump_stamp"].as_i64().unwrap(), "[{}] {first}", s.name);
+
+        // Widening the range sends only the room the connection lacks.
+        let pos = pos_of(&first);
+        let wider = sliding(&s, &alice, &format!("?pos={pos}"), &list(json!([[0, 2]]))).await;
+        assert_eq!(room_ids(&wider), [rooms[1].clone()], "[{}] {wider}", s.name);
+        assert_eq!(wider["rooms"][&rooms[1]]["initial"], true);
+        assert_eq!(bodies(wider["rooms"][&rooms[1]]["timeline"].as_array().unwrap()), ["two"]);
+
+        // A new event: only its room, only the new event, live.
+        let pos = pos_of(&wider);
+        let sent = s.message(&rooms[2], ALICE, "three again").await;
+        s.settle(&alice, &sent).await;
+        let update = sliding(&s, &alice, &format!("?pos={pos}"), &list(json!([[0, 2]]))).await;
+        assert_eq!(room_ids(&update), [rooms[2].clone()], "[{}] {update}", s.name);
+        let room = &update["rooms"][&rooms[2]];
+        assert_eq!(bodies(room["timeline"].as_array().unwrap()), ["three again"], "[{}] {room}", s.name);
+        assert!(room.get("initial").is_none() && room.get("name").is_none(), "[{}] only changes: {room}", s.name);
+        assert_eq!((room["num_live"].as_i64(), room["limited"].as_bool()), (Some(1), Some(false)));
+        assert!(state_keys(room).is_empty(), "[{}] the name did not change: {room}", s.name);
+        // A retry of the same `pos` gets the same answer.
+        let retry = sliding(&s, &alice, &format!("?pos={pos}"), &list(json!([[0, 2]]))).await;
+        assert_eq!(room_ids(&retry), [rooms[2].clone()], "[{}] {retry}", s.name);
+        // Nothing new since: nothing sent.
+        let quiet = sliding(&s, &alice, &format!("?pos={}", pos_of(&retry)), &list(json!([[0, 2]]))).await;
+        assert!(room_ids(&quiet).is_empty(), "[{}] {quiet}", s.name);
+        assert_eq!(quiet["lists"]["all"]["count"], 3);
+
+        // The most recent room now leads the list; an explicit empty window shows nothing.
+        let fresh = sliding(&s, &alice, "", &list(json!([[0, 0]]))).await;
+        assert_eq!(room_ids(&fresh), [rooms[2].clone()], "[{}] {fresh}", s.name);
+        let none = sliding(&s, &alice, "", &list(json!([]))).await;
+        assert!(room_ids(&none).is_empty() && none["lists"]["all"]["count"] == 3, "[{}] {none}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn sliding_sync_list_filters() {
+    use reqwest::Method;
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let plain = s.create_room(ALICE).await;
+        let encrypted = s.create_room(ALICE).await;
+        s.emit(&encrypted, ALICE, "m.room.encryption", Some(""), json!({"algorithm": "m.megolm.v1.aes-sha2"})).await;
+        let dm = s.create_room(ALICE).await;
+        let space = format!("!{}:localhost", alphanumeric(18));
+        s.emit(&space, ALICE, "m.room.create", Some(""), json!({"room_version": "12", "type": "m.space"})).await;
+        let last = s.membership(&space, ALICE, ALICE, "join").await;
+        s.settle(&alice, &last).await;
+        let user = format!("/user/{ALICE}");
+        s.client(Method::PUT, &format!("{user}/account_data/m.direct"), &alice, json!({BOB: [dm]})).await;
+        s.client(Method::PUT, &format!("{user}/rooms/{plain}/tags/u.work"), &alice, json!({})).await;
+
+        let list =
+            |filters: Value| json!({"ranges": [[0, 9]], "timeline_limit": 0, "required_state": [], "filters": filters});
+        let body = json!({"lists": {
+            "all": list(json!({})),
+            "encrypted": list(json!({"is_encrypted": true})),
+            "rooms": list(json!({"is_encrypted": false, "not_room_types": ["m.space"]})),
+            "spaces": list(json!({"room_types": ["m.space"]})),
+            "untyped": list(json!({"room_types": [null]})),
+            "dms": list(json!({"is_dm": true})),
+            "not_dms": list(json!({"is_dm": false})),
+            "work": list(json!({"tags": ["u.work"]})),
+            "not_work": list(json!({"not_tags": ["u.work"]})),
+            "invites": list(json!({"is_invite": true})),
+        }});
+        let reply =
+            sliding_until(&s, &alice, &body, |r| r["lists"]["dms"]["count"] == 1 && r["lists"]["work"]["count"] == 1)
+                .await;
+        let counts: Vec<(String, i64)> = reply["lists"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(name, list)| (name.clone(), list["count"].as_i64().unwrap()))
+            .collect();
+        let expected = [
+            ("all", 4),
+            ("dms", 1),
+            ("encrypted", 1),
+            ("invites", 0),
+            ("not_dms", 3),
+            ("not_work", 3),
+            ("rooms", 2),
+            ("spaces", 1),
+            ("untyped", 3),
+            ("work", 1),
+        ];
+        let expected: Vec<(String, i64)> = expected.iter().map(|(n, c)| (n.to_string(), *c)).collect();
+        assert_eq!(counts, expected, "[{}] {reply}", s.name);
+        assert_eq!(reply["rooms"][&dm]["is_dm"], true, "[{}]", s.name);
+        assert!(reply["rooms"][&plain].get("is_dm").is_none());
+    }
+}
+
+#[tokio::test]
+async fn sliding_sync_required_state_wildcards_lazy_members_and_heroes() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let room = s.create_room(ALICE).await;
+        s.emit(&room, BOB, "m.room.member", Some(BOB), json!({"membership": "join", "displayname": "Bob"})).await;
+        s.membership(&room, "@carol:localhost", "@carol:localhost", "join").await;
+        let hi = s.message(&room, BOB, "hi").await;
+        s.settle(&alice, &hi).await;
+        let member = |user: &str| ("m.room.member".to_owned(), user.to_owned());
+        let subscribe = |required_state: Value| json!({"room_subscriptions": {&room: {"timeline_limit": 1, "required_state": required_state}}});
+
+        // Each request without `pos` starts the connection afresh.
+        let me = sliding(&s, &alice, "", &subscribe(json!([["m.room.member", "$ME"]]))).await;
+        assert_eq!(state_keys(&me["rooms"][&room]), [member(ALICE)], "[{}]", s.name);
+        let everyone = sliding(&s, &alice, "", &subscribe(json!([["m.room.member", "*"]]))).await;
+        assert_eq!(
+            sorted(state_keys(&everyone["rooms"][&room])),
+            sorted(vec![member(ALICE), member(BOB), member("@carol:localhost")])
+        );
+        let by_key = sliding(&s, &alice, "", &subscribe(json!([["*", ""]]))).await;
+        assert_eq!(state_keys(&by_key["rooms"][&room]).len(), 4, "[{}] the four state events keyed \"\"", s.name);
+
+        let lazy = sliding(&s, &alice, "", &subscribe(json!([["*", "*"], ["m.room.member", "$LAZY"]]))).await;
+        let shown = &lazy["rooms"][&room];
+        assert_eq!(bodies(shown["timeline"].as_array().unwrap()), ["hi"], "[{}] {shown}", s.name);
+        let keys = sorted(state_keys(shown));
+        let expected = sorted(vec![
+            ("m.room.create".to_owned(), String::new()),
+            ("m.room.join_rules".to_owned(), String::new()),
+            ("m.room.name".to_owned(), String::new()),
+            ("m.room.power_levels".to_owned(), String::new()),
+            member(BOB),
+        ]);
+        assert_eq!(keys, expected, "[{}] every state but only the members the timeline needs", s.name);
+
+        let (status, reply) = sliding_raw(&s, Some(&alice), &format!("?pos={}", pos_of(&me)), "{}").await;
+        assert_eq!((status, reply["errcode"].as_str()), (400, Some("M_UNKNOWN_POS")), "a replaced connection");
+
+        // Subscriptions stay until dropped: a member leaving reaches the
+        // connection without naming the room again, with the member event.
+        let pos = pos_of(&lazy);
+        let left = s.membership(&room, "@carol:localhost", "@carol:localhost", "leave").await;
+        s.settle(&alice, &left).await;
+        let update = sliding(&s, &alice, &format!("?pos={pos}"), &json!({})).await;
+        let shown = &update["rooms"][&room];
+        assert_eq!(types(shown["timeline"].as_array().unwrap()), ["m.room.member"], "[{}] {update}", s.name);
+        let carol = shown["required_state"].as_array().unwrap().iter().find(|e| e["state_key"] == "@carol:localhost");
+        assert_eq!(carol.map(|e| e["content"]["membership"].clone()), Some(json!("leave")), "[{}] {shown}", s.name);
+        assert_eq!(shown["joined_count"], 2);
+
+        // Once dropped, its changes are not sent.
+        let pos = pos_of(&update);
+        let dropped = sliding(&s, &alice, &format!("?pos={pos}"), &json!({"unsubscribe_rooms": [&room]})).await;
+        let later = s.message(&room, BOB, "unseen").await;
+        s.settle(&alice, &later).await;
+        let quiet = sliding(&s, &alice, &format!("?pos={}", pos_of(&dropped)), &json!({})).await;
+        assert!(room_ids(&quiet).is_empty(), "[{}] {quiet}", s.name);
+
+        // A room without a name: its heroes name it.
+        let unnamed = format!("!{}:localhost", alphanumeric(18));
+        s.emit(&unnamed, ALICE, "m.room.create", Some(""), json!({"room_version": "12"})).await;
+        s.membership(&unnamed, ALICE, ALICE, "join").await;
+        let joined = s
+            .emit(&unnamed, BOB, "m.room.member", Some(BOB), json!({"membership": "join", "displayname": "Bob"}))
+            .await;
+        s.settle(&alice, &joined).await;
+        let body = json!({"room_subscriptions": {&unnamed: {"timeline_limit": 0, "required_state": []}}});
+        let reply = sliding(&s, &alice, "", &body).await;
+        let shown = &reply["rooms"][&unnamed];
+        assert_eq!(shown["heroes"], json!([{"user_id": BOB, "displayname": "Bob"}]), "[{}] {shown}", s.name);
+        assert!(shown.get("name").is_none(), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn sliding_sync_invites_show_stripped_state_and_subscriptions_need_membership() {
+    use reqwest::Method;
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let created =
+            s.client(Method::POST, "/createRoom", &alice, json!({"preset": "private_chat", "name": "Secret"})).await;
+        let secret = created["room_id"].as_str().unwrap().to_owned();
+        let other = s.client(Method::POST, "/createRoom", &alice, json!({"name": "Other"})).await;
+        let other = other["room_id"].as_str().unwrap().to_owned();
+        s.client(Method::POST, &format!("/rooms/{secret}/invite"), &alice, json!({"user_id": BOB})).await;
+
+        let list = |is_invite: bool| {
+            json!({"ranges": [[0, 9]], "timeline_limit": 5, "required_state": [["*", "*"]],
+                "filters": {"is_invite": is_invite}})
+        };
+        let body = json!({
+            "lists": {"invites": list(true), "joined": list(false)},
+            "room_subscriptions": {&other: {"timeline_limit": 5, "required_state": [["*", "*"]]}},
+        });
+        let reply = sliding_until(&s, &bob, &body, |r| r["rooms"].get(&secret).is_some()).await;
+        assert_eq!(room_ids(&reply), [secret.as_str()], "[{}] not the room bob is not in: {reply}", s.name);
+        assert_eq!(
+            (reply["lists"]["invites"]["count"].as_i64(), reply["lists"]["joined"]["count"].as_i64()),
+            (Some(1), Some(0))
+        );
+        let invite = &reply["rooms"][&secret];
+        assert_eq!((invite["membership"].as_str(), invite["initial"].as_bool()), (Some("invite"), Some(true)));
+        let stripped = types(invite["invite_state"].as_array().unwrap());
+        for wanted in ["m.room.create", "m.room.name", "m.room.member"] {
+            assert!(stripped.contains(&wanted.to_owned()), "[{}] {wanted} not in {stripped:?}", s.name);
+        }
+        assert!(invite.get("timeline").is_none(), "[{}] an invitee sees no timeline: {invite}", s.name);
+
+        // Joining brings the room whole.
+        let mut pos = pos_of(&reply);
+        s.client(Method::POST, &format!("/rooms/{secret}/join"), &bob, json!({})).await;
+        let deadline = Instant::now() + WAIT;
+        let joined = loop {
+            let reply = sliding(&s, &bob, &format!("?pos={pos}&timeout=10000"), &json!({"lists": body["lists"]})).await;
+            if reply["rooms"][&secret]["membership"] == "join" {
+                break reply;
+            }
+            assert!(Instant::now() < deadline, "[{}] the join never came: {reply}", s.name);
+            pos = pos_of(&reply);
+        };
+        let room = &joined["rooms"][&secret];
+        assert_eq!((room["initial"].as_bool(), room["name"].as_str()), (Some(true), Some("Secret")), "{room}");
+        let timeline = room["timeline"].as_array().unwrap();
+        assert!(timeline.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == BOB), "{room}");
+        assert_eq!(
+            (joined["lists"]["invites"]["count"].as_i64(), joined["lists"]["joined"]["count"].as_i64()),
+            (Some(0), Some(1))
+        );
+        assert!(joined["rooms"].get(&other).is_none(), "[{}] {joined}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn sliding_sync_long_polls_and_refuses_bad_requests() {
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let (room, _) = s.shared_room(&alice, &bob).await;
+        let body = json!({"conn_id": "main", "lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 1, "required_state": []}}});
+        let first = sliding(&s, &bob, "", &body).await;
+        assert_eq!(room_ids(&first), [room.as_str()], "[{}] {first}", s.name);
+        let pos = pos_of(&first);
+
+        let poll = {
+            let url = format!("{}{SLIDING}?pos={pos}&timeout=30000", s.base);
+            let request = s.http.post(url).bearer_auth(&bob).json(&body);
+            tokio::spawn(async move { request.send().await.unwrap().json::<Value>().await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!poll.is_finished(), "[{}] the long poll returned before any change", s.name);
+        s.client(
+            reqwest::Method::PUT,
+            &format!("/rooms/{room}/send/m.room.message/w1"),
+            &alice,
+            json!({"body": "wake"}),
+        )
+        .await;
+        let woken = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("long poll woke").unwrap();
+        let shown = &woken["rooms"][&room];
+        assert_eq!(bodies(shown["timeline"].as_array().unwrap()), ["wake"], "[{}] {woken}", s.name);
+        assert_eq!((shown["num_live"].as_i64(), shown.get("initial")), (Some(1), None));
+
+        // Nothing happens: the poll ends empty at its timeout.
+        let started = Instant::now();
+        let quiet = sliding(&s, &bob, &format!("?pos={}&timeout=500", pos_of(&woken)), &body).await;
+        assert!(started.elapsed() >= Duration::from_millis(450), "[{}] returned early: {quiet}", s.name);
+        assert!(room_ids(&quiet).is_empty(), "[{}] {quiet}", s.name);
+
+        let url = format!("{}/_matrix/client/v3/register?kind=guest", s.client_base);
+        let reply: Value = s.http.post(url).json(&json!({})).send().await.unwrap().json().await.unwrap();
+        let guest = reply["access_token"].as_str().unwrap().to_owned();
+        let other_conn = json!({"conn_id": "other"}).to_string();
+        let valid = body.to_string();
+        for (token, query, request, status, code) in [
+            (Some(bob.as_str()), "?pos=bogus".to_owned(), valid.clone(), 400, "M_UNKNOWN_POS"),
+            (Some(bob.as_str()), format!("?pos={pos}x"), valid.clone(), 400, "M_UNKNOWN_POS"),
+            (Some(bob.as_str()), format!("?pos={pos}"), other_conn, 400, "M_UNKNOWN_POS"),
+            (Some(alice.as_str()), format!("?pos={pos}"), valid.clone(), 400, "M_UNKNOWN_POS"),
+            (Some(bob.as_str()), String::new(), "not json".to_owned(), 400, "M_NOT_JSON"),
+            (Some(bob.as_str()), String::new(), r#"{"lists": 5}"#.to_owned(), 400, "M_BAD_JSON"),
+            (
+                Some(bob.as_str()),
+                String::new(),
+                r#"{"lists": {"a": {"ranges": [[-1, 2]]}}}"#.to_owned(),
+                400,
+                "M_BAD_JSON",
+            ),
+            (
+                Some(bob.as_str()),
+                String::new(),
+                r#"{"lists": {"a": {"ranges": [[3, 1]]}}}"#.to_owned(),
+                400,
+                "M_INVALID_PARAM",
+            ),
+            (
+                Some(bob.as_str()),
+                String::new(),
+                r#"{"extensions": {"to_device": {"since": "x"}}}"#.to_owned(),
+                400,
+                "M_INVALID_PARAM",
+            ),
+            (Some(bob.as_str()), "?timeout=soon".to_owned(), valid.clone(), 400, "M_INVALID_PARAM"),
+            (None, String::new(), valid.clone(), 401, "M_MISSING_TOKEN"),
+            (Some("nonsense"), String::new(), valid.clone(), 401, "M_UNKNOWN_TOKEN"),
+            (Some(guest.as_str()), String::new(), valid.clone(), 403, "M_GUEST_ACCESS_FORBIDDEN"),
+        ] {
+            let (got, reply) = sliding_raw(&s, token, &query, &request).await;
+            assert_eq!(
+                (got, reply["errcode"].as_str()),
+                (status, Some(code)),
+                "[{}] {query} {request}: {reply}",
+                s.name
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn sliding_sync_extensions_deliver_to_device_keys_account_data_receipts_and_typing() {
+    use reqwest::Method;
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let alice_phone = s.login("alice", "PHONE").await;
+        let bob = s.register("bob").await;
+        let (room, _) = s.shared_room(&alice, &bob).await;
+        let lists = json!({"all": {"ranges": [[0, 9]], "timeline_limit": 1, "required_state": []}});
+        let every = json!({"enabled": true});
+        let body = json!({"lists": lists, "extensions": {"to_device": every, "e2ee": every, "account_data": every,
+            "receipts": every, "typing": every}});
+        let first = sliding(&s, &bob, "", &body).await;
+        let ext = &first["extensions"];
+        assert_eq!(ext["to_device"]["events"], json!([]), "[{}] {ext}", s.name);
+        assert_eq!(ext["e2ee"]["device_one_time_keys_count"], json!({}), "[{}] {ext}", s.name);
+        assert!(ext["account_data"]["global"].is_array() && ext["typing"]["rooms"].is_object(), "{ext}");
+
+        let sent = s
+            .client(Method::PUT, &format!("/rooms/{room}/send/m.room.message/r1"), &alice, json!({"body": "read me"}))
+            .await;
+        let event_id = sent["event_id"].as_str().unwrap().to_owned();
+        s.client(Method::PUT, "/sendToDevice/m.test/t1", &alice, json!({"messages": {BOB: {"*": {"n": 1}}}})).await;
+        s.client(Method::PUT, &format!("/user/{BOB}/account_data/org.example.a"), &bob, json!({"v": 1})).await;
+        s.client(Method::PUT, &format!("/user/{BOB}/rooms/{room}/tags/u.work"), &bob, json!({})).await;
+        s.client(
+            Method::PUT,
+            &format!("/rooms/{room}/typing/{ALICE}"),
+            &alice,
+            json!({"typing": true, "timeout": 30_000}),
+        )
+        .await;
+        s.client(Method::POST, &format!("/rooms/{room}/receipt/m.read/{event_id}"), &alice, json!({})).await;
+        let otk = json!({"key": "k1", "signatures": {BOB: {"ed25519:X": "s"}}});
+        s.client(Method::POST, "/keys/upload", &bob, json!({"one_time_keys": {"signed_curve25519:B1": otk}})).await;
+        let device_keys = json!({"user_id": ALICE, "device_id": "PHONE", "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+            "keys": {"curve25519:PHONE": "c", "ed25519:PHONE": "e"}, "signatures": {ALICE: {"ed25519:PHONE": "sig"}}});
+        s.client(Method::POST, "/keys/upload", &alice_phone, json!({"device_keys": device_keys})).await;
+
+        // Extensions stay enabled: later requests only pass the to-device token on.
+        let (mut pos, mut next_batch) = (pos_of(&first), ext["to_device"]["next_batch"].as_str().unwrap().to_owned());
+        let (mut to_device, mut global, mut tags, mut receipt, mut typing, mut otks, mut changed) =
+            (Vec::new(), Vec::new(), Vec::new(), None, None, None, Vec::new());
+        let deadline = Instant::now() + WAIT;
+        while to_device.is_empty()
+            || global.is_empty()
+            || tags.is_empty()
+            || receipt.is_none()
+            || typing.is_none()
+            || otks.is_none()
+            || changed.is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "[{}] extensions incomplete: {to_device:?} {global:?} {tags:?} {receipt:?} {typing:?} {otks:?} {changed:?}",
+                s.name
+            );
+            let request = json!({"lists": lists, "extensions": {"to_device": {"since": next_batch}}});
+            let reply = sliding(&s, &bob, &format!("?pos={pos}&timeout=5000"), &request).await;
+            let ext = &reply["extensions"];
+            to_device.extend(ext["to_device"]["events"].as_array().unwrap().iter().map(|e| e["content"].clone()));
+            global.extend(ext["account_data"]["global"].as_array().unwrap().iter().map(|e| e["type"].clone()));
+            tags.extend(
+                ext["account_data"]["rooms"][&room].as_array().into_iter().flatten().map(|e| e["content"].clone()),
+            );
+            if let Some(r) = ext["receipts"]["rooms"].get(&room) {
+                receipt = Some(r.clone());
+            }
+            if let Some(t) = ext["typing"]["rooms"].get(&room) {
+                typing = Some(t["content"]["user_ids"].clone());
+            }
+            if ext["e2ee"]["device_one_time_keys_count"]["signed_curve25519"] == 1 {
+                otks = Some(1);
+            }
+            changed.extend(ext["e2ee"]["device_lists"]["changed"].as_array().unwrap().iter().cloned());
+            pos = pos_of(&reply);
+            next_batch = ext["to_device"]["next_batch"].as_str().unwrap().to_owned();
+        }
+        assert_eq!(to_device, [json!({"n": 1})], "[{}]", s.name);
+        assert_eq!(global, [json!("org.example.a")], "[{}]", s.name);
+        assert_eq!(tags, [json!({"tags": {"u.work": {}}})], "[{}]", s.name);
+        let receipt = receipt.unwrap();
+        assert_eq!(receipt["type"], "m.receipt");
+        assert!(receipt["content"][&event_id]["m.read"][ALICE]["ts"].is_u64(), "[{}] {receipt}", s.name);
+        assert_eq!(typing, Some(json!([ALICE])), "[{}]", s.name);
+        assert!(changed.contains(&json!(ALICE)), "[{}] {changed:?}", s.name);
+
+        // Acknowledged and unchanged data does not come again.
+        let request = json!({"lists": lists, "extensions": {"to_device": {"since": next_batch}}});
+        let again = sliding(&s, &bob, &format!("?pos={pos}"), &request).await;
+        let ext = &again["extensions"];
+        assert_eq!(ext["to_device"]["events"], json!([]), "[{}] {ext}", s.name);
+        assert_eq!(ext["account_data"]["global"], json!([]), "[{}] {ext}", s.name);
+        assert_eq!((ext["receipts"]["rooms"].clone(), ext["typing"]["rooms"].clone()), (json!({}), json!({})), "{ext}");
+        assert_eq!(ext["e2ee"]["device_one_time_keys_count"]["signed_curve25519"], 1, "counts are always there");
+        // A new connection gets the room's typing, receipts and account data whole.
+        let whole = sliding(&s, &bob, "", &body).await;
+        let ext = &whole["extensions"];
+        assert_eq!(ext["typing"]["rooms"][&room]["content"]["user_ids"], json!([ALICE]), "[{}] {ext}", s.name);
+        assert!(ext["receipts"]["rooms"][&room]["content"][&event_id].is_object(), "[{}] {ext}", s.name);
+        let global = ext["account_data"]["global"].as_array().unwrap();
+        assert!(global.iter().any(|e| e["type"] == "org.example.a"), "[{}] {ext}", s.name);
+        assert!(ext["account_data"]["rooms"][&room].is_array(), "[{}] {ext}", s.name);
+    }
+}

@@ -10,5 +10,6 @@ const VERSIONS: &[&str] = &[
 /// `GET /_matrix/client/versions`
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientversions>
 pub async fn versions() -> Json<Value> {
-    Json(json!({ "versions": VERSIONS, "unstable_features": {} }))
+    // Simplified sliding sync (MSC4186), served by the sync API.
+    Json(json!({ "versions": VERSIONS, "unstable_features": { "org.matrix.simplified_msc3575": true } }))
 }

@@ -61,6 +61,10 @@ pub enum ErrorCode {
     /// A guest account called an endpoint the spec does not open to guests.
     #[serde(rename = "M_GUEST_ACCESS_FORBIDDEN")]
     GuestAccessForbidden,
+    /// Sliding sync: the `pos` names no connection state the server keeps
+    /// (unknown, or expired); the client starts the connection again.
+    #[serde(rename = "M_UNKNOWN_POS")]
+    UnknownPos,
 }
 
 impl ErrorCode {
@@ -88,7 +92,8 @@ impl ErrorCode {
             | Self::RoomInUse
             | Self::BadState
             | Self::InvalidRoomState
-            | Self::BadAlias => StatusCode::BAD_REQUEST,
+            | Self::BadAlias
+            | Self::UnknownPos => StatusCode::BAD_REQUEST,
         }
     }
 }

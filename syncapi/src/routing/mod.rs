@@ -7,6 +7,7 @@ pub mod presence;
 mod relations;
 mod room_events;
 mod search;
+mod sliding_sync;
 mod sync;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use myelin_types::clock::SharedClock;
 use serde_json::{Map, Value};
 
 use crate::SyncApiError;
+use crate::connections::Connections;
 use crate::notifier::Notifier;
 use crate::storage::{EventRow, Storage};
 use crate::token::StreamToken;
@@ -37,6 +39,8 @@ pub struct AppState {
     pub clock: SharedClock,
     /// To ask the room server for older history (`/messages`).
     pub bus: Bus,
+    /// Sliding sync connections and what each was sent.
+    pub sliding: Arc<Connections<sliding_sync::ConnState>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -62,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{relations}/{{relType}}"), get(relations::relations))
         .route(&format!("{relations}/{{relType}}/{{eventType}}"), get(relations::relations))
         .route("/_matrix/client/v1/rooms/{roomId}/threads", get(relations::threads))
+        .route("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", post(sliding_sync::sliding_sync))
         .with_state(state)
 }
 

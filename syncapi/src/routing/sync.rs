@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::{AppState, format_event, query_params, visible_events};
 use crate::SyncApiError;
 use crate::filter::{self, Filter};
-use crate::storage::{EventRow, MembershipChange};
+use crate::storage::{EventRow, MembershipChange, Storage};
 use crate::token::{StreamToken, SyncToken};
 use crate::visibility::RoomView;
 
@@ -18,7 +18,7 @@ use crate::visibility::RoomView;
 const TO_DEVICE_LIMIT: i64 = 100;
 
 /// The longest a client may make `/sync` wait.
-const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// State types an invitee or knocker sees before joining (stripped state).
 const INVITE_STATE_TYPES: &[&str] = &[
@@ -44,13 +44,7 @@ pub async fn sync(State(state): State<AppState>, request: Request) -> Result<Jso
     let identity = state.auth.authenticate_guest_ok(&parts).await?;
     let params = query_params(&parts);
     let since = params.get("since").map(|t| t.parse::<SyncToken>()).transpose()?;
-    let timeout = match params.get("timeout") {
-        None => Duration::ZERO,
-        Some(ms) => Duration::from_millis(
-            ms.parse::<u64>().map_err(|_| MatrixError::invalid_param("timeout must be an integer"))?,
-        )
-        .min(MAX_TIMEOUT),
-    };
+    let timeout = timeout_param(params.get("timeout"))?;
     let full_state = match params.get("full_state").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
@@ -87,6 +81,16 @@ pub async fn sync(State(state): State<AppState>, request: Request) -> Result<Jso
     }
 }
 
+/// How long a long poll may wait: the `timeout` query parameter in
+/// milliseconds (none: not at all), at most [`MAX_TIMEOUT`].
+pub(super) fn timeout_param(value: Option<&String>) -> Result<Duration, MatrixError> {
+    let Some(ms) = value else {
+        return Ok(Duration::ZERO);
+    };
+    let ms = ms.parse::<u64>().map_err(|_| MatrixError::invalid_param("timeout must be an integer"))?;
+    Ok(Duration::from_millis(ms).min(MAX_TIMEOUT))
+}
+
 /// What a joined room shows besides its timeline and state.
 #[derive(Default)]
 struct RoomExtras {
@@ -103,29 +107,30 @@ impl RoomExtras {
 /// Account data and receipts that changed since the token (everything for
 /// an initial sync): the global account data events, and per room its
 /// account data events and its `m.receipt` content.
-struct Changes {
-    global_account_data: Vec<Value>,
-    room_account_data: BTreeMap<String, Vec<Value>>,
-    receipts: BTreeMap<String, Map<String, Value>>,
+pub(super) struct Changes {
+    pub global_account_data: Vec<Value>,
+    pub room_account_data: BTreeMap<String, Vec<Value>>,
+    pub receipts: BTreeMap<String, Map<String, Value>>,
 }
 
-async fn changes(
+/// The [`Changes`] `user_id` sees between the tokens, as `filter` lets through.
+pub(super) async fn changes(
     state: &AppState,
-    request: &SyncRequest,
+    user_id: &str,
+    filter: &Filter,
     since: Option<SyncToken>,
     current: SyncToken,
 ) -> Result<Changes, SyncApiError> {
-    let user_id = request.identity.user_id.as_str();
     let since = since.unwrap_or_default();
     let mut global_account_data = Vec::new();
     let mut room_account_data: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for row in state.storage.account_data_between(user_id, since.account_data, current.account_data).await? {
         let event = json!({ "type": row.data_type, "content": row.content });
         if row.room_id.is_empty() {
-            if request.filter.account_data_allowed(&row.data_type) {
+            if filter.account_data_allowed(&row.data_type) {
                 global_account_data.push(event);
             }
-        } else if filter::passes(request.filter.room_account_data(), &row.room_id, &event) {
+        } else if filter::passes(filter.room_account_data(), &row.room_id, &event) {
             room_account_data.entry(row.room_id).or_default().push(event);
         }
     }
@@ -152,13 +157,7 @@ fn room_extras(
     current: SyncToken,
 ) -> RoomExtras {
     let mut ephemeral = Vec::new();
-    let typing_after = since.map_or(0, |s| s.typing);
-    if let Some(user_ids) = state.typing.changed(room_id, typing_after, current.typing, state.clock.now_ms())
-        // An initial sync has no earlier typing to clear.
-        && (since.is_some() || !user_ids.is_empty())
-    {
-        ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": user_ids } }));
-    }
+    ephemeral.extend(typing_event(state, room_id, since.map(|s| s.typing), current.typing));
     if let Some(content) = changes.receipts.remove(room_id) {
         ephemeral.push(json!({ "type": "m.receipt", "content": content }));
     }
@@ -167,12 +166,21 @@ fn room_extras(
     RoomExtras { ephemeral, account_data }
 }
 
+/// The room's `m.typing` event if its typing changed in `(after, upto]`;
+/// without `after` (a first sync) only if someone types: there is no
+/// earlier typing to clear.
+pub(super) fn typing_event(state: &AppState, room_id: &str, after: Option<i64>, upto: i64) -> Option<Value> {
+    let user_ids = state.typing.changed(room_id, after.unwrap_or(0), upto, state.clock.now_ms())?;
+    (after.is_some() || !user_ids.is_empty())
+        .then(|| json!({ "type": "m.typing", "content": { "user_ids": user_ids } }))
+}
+
 /// The sync response at stream positions `current`; `true` when it carries nothing.
 async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) -> Result<(Value, bool), SyncApiError> {
     let storage = &state.storage;
     let user_id = request.identity.user_id.as_str();
     let since_token = request.since.map(|s| s.min(current));
-    let mut changes = changes(state, request, since_token, current).await?;
+    let mut changes = changes(state, user_id, &request.filter, since_token, current).await?;
     let since = since_token.map(|s| s.events);
     let current_pos = current.events;
     let filter = &request.filter;
@@ -282,7 +290,7 @@ async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) ->
 /// `current`, unless the inbox holds more than one response carries.
 ///
 /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#extensions-to-sync-4>
-async fn to_device(
+pub(super) async fn to_device(
     state: &AppState,
     identity: &Identity,
     since: Option<SyncToken>,
@@ -309,6 +317,35 @@ fn empty_room(upto: i64) -> Value {
     })
 }
 
+/// The latest events of a room's timeline that a user may see.
+pub(super) struct Timeline {
+    /// Oldest first.
+    pub events: Vec<EventRow>,
+    /// Whether more such events came before them.
+    pub limited: bool,
+    /// The stream position just before the first event (the `prev_batch`).
+    pub before: i64,
+}
+
+/// Up to `limit` of the latest timeline events in `(after, upto]` that the
+/// user with `changes` (their memberships in the room) may see
+/// ([`crate::visibility`]) and that pass `keep`.
+pub(super) async fn latest_timeline(
+    storage: &Storage,
+    room_id: &str,
+    changes: &[MembershipChange],
+    after: i64,
+    upto: i64,
+    limit: usize,
+    keep: impl Fn(&EventRow) -> bool,
+) -> Result<Timeline, SyncApiError> {
+    let ranges = RoomView::load(storage, room_id, changes, upto).await?.visible_ranges();
+    let (mut events, limited) = visible_events(storage, room_id, &ranges, after, upto, true, limit, keep).await?;
+    events.reverse();
+    let before = events.first().map(|e| e.pos - 1).unwrap_or(upto);
+    Ok(Timeline { events, limited, before })
+}
+
 /// A joined or left room: timeline events in `(after, upto]` the user may
 /// see (history visibility, [`crate::visibility`]), and the state before the timeline (all of it when `whole_state`,
 /// else only what changed since `after` and is not in the timeline).
@@ -327,14 +364,11 @@ async fn room_body(
     let storage = &state.storage;
     let filter = &request.filter;
     let timeline_filter = filter.timeline();
-    let ranges = RoomView::load(storage, room_id, changes, upto).await?.visible_ranges();
-    let (mut events, limited) =
-        visible_events(storage, room_id, &ranges, after, upto, true, filter.timeline_limit(), |row| {
+    let Timeline { events, limited, before: before_timeline } =
+        latest_timeline(storage, room_id, changes, after, upto, filter.timeline_limit(), |row| {
             filter::passes(timeline_filter, room_id, &row.pdu)
         })
         .await?;
-    events.reverse();
-    let before_timeline = events.first().map(|e| e.pos - 1).unwrap_or(upto);
     let whole_state = whole_state || request.full_state;
     let state_events: Vec<EventRow> = if whole_state || limited {
         let mut state_rows = storage.state_at(room_id, before_timeline).await?;
@@ -375,7 +409,7 @@ async fn room_body(
 
 /// How the user stands outside a room they see under `rooms.invite` or `rooms.knock`.
 #[derive(Clone, Copy)]
-enum Outside {
+pub(super) enum Outside {
     Invite,
     Knock,
 }
@@ -391,9 +425,26 @@ async fn outside_body(
     current: i64,
     outside: Outside,
 ) -> Result<Value, SyncApiError> {
-    let (shared_state, section) = match outside {
-        Outside::Invite => ("/unsigned/invite_room_state", "invite_state"),
-        Outside::Knock => ("/unsigned/knock_room_state", "knock_state"),
+    let section = match outside {
+        Outside::Invite => "invite_state",
+        Outside::Knock => "knock_state",
+    };
+    let events = stripped_state(state, user_id, room_id, current, outside).await?;
+    Ok(json!({ section: { "events": events } }))
+}
+
+/// The stripped state an invited or knocking user sees of a room: this
+/// server's own, and what the other server sent with the invite or knock.
+pub(super) async fn stripped_state(
+    state: &AppState,
+    user_id: &str,
+    room_id: &str,
+    current: i64,
+    outside: Outside,
+) -> Result<Vec<Value>, SyncApiError> {
+    let shared_state = match outside {
+        Outside::Invite => "/unsigned/invite_room_state",
+        Outside::Knock => "/unsigned/knock_room_state",
     };
     let room_state = state.storage.state_at(room_id, current).await?;
     let mut events: Vec<Value> = room_state
@@ -429,5 +480,5 @@ async fn outside_body(
             events.push(event.clone());
         }
     }
-    Ok(json!({ section: { "events": events } }))
+    Ok(events)
 }

@@ -14,6 +14,7 @@ mod keys;
 mod migrations;
 mod presence;
 mod receipts;
+mod room_list;
 mod to_device;
 
 use std::collections::{BTreeSet, HashMap};
