@@ -265,6 +265,10 @@ pub enum FederationQuery {
     /// Single events by id (`/event`), asked of `servers` in turn.
     /// Answered with [`FederationQueryOk::Pdus`], unvalidated.
     Events { room_id: OwnedRoomId, servers: Vec<OwnedServerName>, event_ids: Vec<OwnedEventId> },
+    /// The ids of the state before `event_id` and of its auth chain
+    /// (`/state_ids`), asked of `servers` in turn, for an event whose
+    /// history could not be had. Answered with [`FederationQueryOk::StateIds`].
+    StateIds { room_id: OwnedRoomId, servers: Vec<OwnedServerName>, event_id: OwnedEventId },
     /// `from` and the events before them (`/backfill`), asked of `servers`
     /// in turn. Answered with [`FederationQueryOk::Pdus`], unvalidated.
     Backfill { room_id: OwnedRoomId, servers: Vec<OwnedServerName>, from: Vec<OwnedEventId>, limit: u32 },
@@ -354,6 +358,11 @@ pub enum FederationQueryOk {
     },
     Pdus {
         pdus: Vec<Value>,
+    },
+    /// As another server answered `/state_ids`: nothing checked yet.
+    StateIds {
+        pdu_ids: Vec<OwnedEventId>,
+        auth_chain_ids: Vec<OwnedEventId>,
     },
     /// The leave event a resident server accepted.
     Left {
