@@ -547,6 +547,9 @@ pub enum QueryOk {
 pub struct CurrentMembership {
     pub membership: String,
     pub event_id: OwnedEventId,
+    /// Who sent the event: for an invite to a room this server is not in,
+    /// the inviter, whose server can be asked to join it.
+    pub sender: OwnedUserId,
 }
 
 /// A PDU as the room server stores it, with the ids it does not carry itself.
