@@ -2088,3 +2088,57 @@ async fn no_read_endpoint_shows_what_history_visibility_hides() {
         assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "[{}] {body}", s.name);
     }
 }
+
+/// `device_lists.left` and `/keys/changes`'s `left`: those who shared a
+/// room with the user at the token and share none any more.
+#[tokio::test]
+async fn device_lists_left_names_who_no_longer_shares_a_room() {
+    const CAROL: &str = "@carol:localhost";
+    const DAN: &str = "@dan:localhost";
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let (one, two) = (s.create_room(ALICE).await, s.create_room(ALICE).await);
+        s.membership(&one, BOB, BOB, "join").await;
+        for user in [BOB, CAROL] {
+            s.membership(&two, user, user, "join").await;
+        }
+        let last = s.message(&two, ALICE, "everyone is here").await;
+        s.settle(&bob, &last).await;
+        let left = |body: &Value| body["device_lists"]["left"].clone();
+        let since = next_batch(&s.sync(&bob, "").await);
+        let alice_since = next_batch(&s.sync(&alice, "").await);
+
+        // Carol leaves the only room she shared with Bob; Dan comes and goes
+        // in between, and was never shared at the token.
+        s.membership(&two, CAROL, CAROL, "leave").await;
+        s.membership(&two, DAN, DAN, "join").await;
+        let gone = s.membership(&two, DAN, DAN, "leave").await;
+        s.settle(&bob, &gone).await;
+        let body = s.sync(&bob, &format!("since={since}")).await;
+        assert_eq!(left(&body), json!([CAROL]), "[{}] {body}", s.name);
+        let after = next_batch(&body);
+        let (status, changes) =
+            s.get(&format!("/_matrix/client/v3/keys/changes?from={since}&to={after}"), Some(&bob)).await;
+        assert_eq!((status, changes["left"].clone()), (200, json!([CAROL])), "[{}] {changes}", s.name);
+        assert_eq!(left(&s.sync(&alice, &format!("since={alice_since}")).await), json!([CAROL]), "[{}]", s.name);
+        // Once told, not again.
+        assert_eq!(left(&s.sync(&bob, &format!("since={after}")).await), json!([]), "[{}]", s.name);
+
+        // Bob leaves one room: he still shares the other with Alice.
+        let since = after;
+        let gone = s.membership(&one, BOB, BOB, "leave").await;
+        s.settle(&bob, &gone).await;
+        let body = s.sync(&bob, &format!("since={since}")).await;
+        assert_eq!(left(&body), json!([]), "[{}] {body}", s.name);
+        // He leaves the other: Alice is gone for him, and he for her.
+        let since = next_batch(&body);
+        let alice_since = next_batch(&s.sync(&alice, "").await);
+        let gone = s.membership(&two, BOB, BOB, "leave").await;
+        s.settle(&alice, &gone).await;
+        let body = s.sync(&bob, &format!("since={since}")).await;
+        assert_eq!(left(&body), json!([ALICE]), "[{}] {body}", s.name);
+        let body = s.sync(&alice, &format!("since={alice_since}")).await;
+        assert_eq!(left(&body), json!([BOB]), "[{}] {body}", s.name);
+    }
+}
