@@ -1017,6 +1017,56 @@ async fn knocks_on_local_and_remote_rooms_are_seen_answered_and_rescinded() {
     assert_eq!((status, body["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")), "{body}");
 }
 
+/// A user of A invites a user of B: the invite reaches B's long-polling
+/// `/sync` with the room's stripped state, and Bob joins naming no server
+/// (the invite's server is the one to ask); both servers show the join.
+#[tokio::test]
+async fn a_remote_invite_reaches_sync_and_is_joined_without_via() {
+    let (a, b, _ca) = Server::start_federated_pair(Backend::Sqlite).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let bob_id = format!("@bob:{}", b.server_name());
+    let (_, body) = b.get(&bob, "/_matrix/client/v3/sync").await;
+    let mut since = body["next_batch"].as_str().unwrap().to_owned();
+    let room_id = a.create_room(&alice, json!({"preset": "private_chat", "name": "Den"})).await;
+    let invite = format!("/_matrix/client/v3/rooms/{room_id}/invite");
+    let (status, body) = a.post(&alice, &invite, json!({"user_id": bob_id})).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}\n{}", a.log_tail(), b.log_tail());
+
+    let started = std::time::Instant::now();
+    let invite_state = loop {
+        let path = format!("/_matrix/client/v3/sync?since={since}&timeout=10000");
+        let (status, body) = b.get(&bob, &path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if let Some(events) = body["rooms"]["invite"][&room_id]["invite_state"]["events"].as_array() {
+            break events.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no invite on B\n{}\n{}", b.log_tail(), a.log_tail());
+        since = body["next_batch"].as_str().unwrap().to_owned();
+    };
+    assert!(
+        invite_state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Den"),
+        "{invite_state:?}"
+    );
+    assert!(
+        invite_state.iter().any(|e| e["state_key"] == bob_id.as_str() && e["content"]["membership"] == "invite"),
+        "{invite_state:?}"
+    );
+
+    let (status, body) = b.post(&bob, &format!("/_matrix/client/v3/rooms/{room_id}/join"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "joining with no server named: {body}\n{}\n{}", b.log_tail(), a.log_tail());
+    let joined = |room: String, user: String| {
+        move |body: &Value| {
+            body["rooms"]["join"][&room]["timeline"]["events"].as_array().is_some_and(|events| {
+                events.iter().any(|e| e["state_key"] == user.as_str() && e["content"]["membership"] == "join")
+            })
+        }
+    };
+    sync_until(&b, &bob, "Bob's join on B", joined(room_id.clone(), bob_id.clone())).await;
+    sync_until(&a, &alice, "Bob's join on A", joined(room_id.clone(), bob_id.clone())).await;
+    assert_eq!(membership(&a, &alice, &room_id, &bob_id).await.as_deref(), Some("join"));
+}
+
 /// Three servers in one room: a user of A creates it with an alias, a user
 /// of B joins by the alias, one of C by the room id; messages from each
 /// arrive on all three in the same order, and a kick, a ban and a change

@@ -900,6 +900,10 @@ async fn make_join_send_join_and_directory_refuse_what_the_spec_refuses() {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INCOMPATIBLE_ROOM_VERSION")));
     let (status, body) = status_of(make_join(&room_id, &bob, "").await);
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INCOMPATIBLE_ROOM_VERSION")), "no ver means v1");
+    clock.advance_ms(1);
+    let v1 = create_room_of_version(&a, &alice, "public_chat", Some("1")).await;
+    let (status, body) = status_of(make_join(&v1, &bob, "").await);
+    assert_eq!((status, body["room_version"].as_str()), (200, Some("1")), "no ver joins v1: {body}");
     let (status, body) = status_of(make_join("!unknown:elsewhere", &bob, "?ver=12").await);
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
     clock.advance_ms(1);
@@ -1430,7 +1434,9 @@ async fn make_knock_and_send_knock_refuse_what_the_spec_refuses() {
     let (status, body) = status_of(make_knock(&room_id, &bob, "?ver=10&ver=11").await);
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INCOMPATIBLE_ROOM_VERSION")), "{body}");
     let (status, body) = status_of(make_knock(&room_id, &bob, "").await);
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INCOMPATIBLE_ROOM_VERSION")), "no ver: {body}");
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "no ver: {body}");
+    let (status, body) = status_of(make_knock(&room_id, &bob, "?version=12").await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "no ver: {body}");
     let (status, body) = status_of(make_knock("!unknown:elsewhere", &bob, "?ver=12").await);
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
     clock.advance_ms(1);

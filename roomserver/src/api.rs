@@ -294,6 +294,10 @@ pub enum FederationQuery {
     /// Single events by id (`/event`), asked of `servers` in turn.
     /// Answered with [`FederationQueryOk::Pdus`], unvalidated.
     Events { room_id: OwnedRoomId, servers: Vec<OwnedServerName>, event_ids: Vec<OwnedEventId> },
+    /// The ids of the state before `event_id` and of its auth chain
+    /// (`/state_ids`), asked of `servers` in turn, for an event whose
+    /// history could not be had. Answered with [`FederationQueryOk::StateIds`].
+    StateIds { room_id: OwnedRoomId, servers: Vec<OwnedServerName>, event_id: OwnedEventId },
     /// `from` and the events before them (`/backfill`), asked of `servers`
     /// in turn. Answered with [`FederationQueryOk::Pdus`], unvalidated.
     Backfill { room_id: OwnedRoomId, servers: Vec<OwnedServerName>, from: Vec<OwnedEventId>, limit: u32 },
@@ -383,6 +387,11 @@ pub enum FederationQueryOk {
     },
     Pdus {
         pdus: Vec<Value>,
+    },
+    /// As another server answered `/state_ids`: nothing checked yet.
+    StateIds {
+        pdu_ids: Vec<OwnedEventId>,
+        auth_chain_ids: Vec<OwnedEventId>,
     },
     /// The leave event a resident server accepted.
     Left {
@@ -567,6 +576,9 @@ pub enum QueryOk {
 pub struct CurrentMembership {
     pub membership: String,
     pub event_id: OwnedEventId,
+    /// Who sent the event: for an invite to a room this server is not in,
+    /// the inviter, whose server can be asked to join it.
+    pub sender: OwnedUserId,
 }
 
 /// A PDU as the room server stores it, with the ids it does not carry itself.

@@ -2457,3 +2457,193 @@ async fn sliding_sync_extensions_deliver_to_device_keys_account_data_receipts_an
         assert!(ext["account_data"]["rooms"][&room].is_array(), "[{}] {ext}", s.name);
     }
 }
+
+/// What a reader finds of a room through each read endpoint: every event
+/// any of them returned (ids and bodies), for asserting what must not leak.
+struct Seen {
+    ids: Vec<String>,
+    text: String,
+}
+
+impl Server {
+    /// Read `room` as `token`'s user through `/sync` (initial with left
+    /// rooms, and incremental from `since`), `/messages` both ways,
+    /// `/context` and `/relations` of `anchor`, `/event` of `hidden` (which
+    /// must be 404) and `/search` for `word`.
+    async fn everything_seen(
+        &self,
+        token: &str,
+        room: &str,
+        since: &str,
+        anchor: &str,
+        hidden: &str,
+        word: &str,
+    ) -> Seen {
+        let filter = enc(r#"{"room":{"timeline":{"limit":1000},"include_leave":true}}"#);
+        let mut bodies = vec![
+            self.sync(token, &format!("filter={filter}")).await,
+            self.sync(token, &format!("filter={filter}&since={since}")).await,
+        ];
+        for query in ["dir=b&limit=1000", "dir=f&limit=1000"] {
+            let (status, page) =
+                self.get(&format!("/_matrix/client/v3/rooms/{room}/messages?{query}"), Some(token)).await;
+            assert!(status == 200 || status == 403, "[{}] /messages {status}: {page}", self.name);
+            bodies.push(page);
+        }
+        let anchor = enc(anchor);
+        for path in [
+            format!("/_matrix/client/v3/rooms/{room}/context/{anchor}?limit=100"),
+            format!("/_matrix/client/v1/rooms/{room}/relations/{anchor}"),
+        ] {
+            bodies.push(self.get(&path, Some(token)).await.1);
+        }
+        let (status, event) = self.event(token, room, hidden).await;
+        assert_eq!((status, event["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "[{}] /event: {event}", self.name);
+        let search = json!({"search_categories": {"room_events": {"search_term": word}}});
+        let (status, mut found) = self
+            .request(reqwest::Method::POST, "/_matrix/client/v3/search", Some(token), Some(&search.to_string()))
+            .await;
+        assert_eq!(status, 200, "[{}] /search: {found}", self.name);
+        bodies.push(found["search_categories"]["room_events"]["results"].take());
+        let mut ids = Vec::new();
+        event_ids(&Value::Array(bodies.clone()), &mut ids);
+        Seen { ids, text: Value::Array(bodies).to_string() }
+    }
+}
+
+/// The ids of the events anywhere in `value` (not those a relation cites).
+fn event_ids(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(object) => {
+            for (key, value) in object {
+                match (key.as_str(), value) {
+                    ("event_id", Value::String(id)) => out.push(id.clone()),
+                    ("m.relates_to", _) => {}
+                    _ => event_ids(value, out),
+                }
+            }
+        }
+        Value::Array(values) => values.iter().for_each(|value| event_ids(value, out)),
+        _ => {}
+    }
+}
+
+/// Issue 5's negatives: a user who left sees nothing later, and a user
+/// invited to a `joined` room nothing from before the join, through any
+/// of `/sync`, `/messages`, `/context`, `/event`, `/relations`, `/search`.
+#[tokio::test]
+async fn no_read_endpoint_shows_what_history_visibility_hides() {
+    use reqwest::Method;
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let reply_to = |root: &str, body: &str| json!({"msgtype": "m.text", "body": body, "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+
+        // Bob leaves a shared room; what follows stays hidden from him.
+        let (room, _) = s.shared_room(&alice, &bob).await;
+        let root = s.send_text(&alice, &room, "r", "root while bob is here").await;
+        s.settle(&bob, &root).await;
+        let since = next_batch(&s.sync(&bob, "").await);
+        s.client(Method::POST, &format!("/rooms/{room}/leave"), &bob, json!({})).await;
+        let later = s.send_json(&alice, &room, "m.room.message", "l1", reply_to(&root, "secretword after leave")).await;
+        let topic = json!({"topic": "secret topic after leave"});
+        s.client(Method::PUT, &format!("/rooms/{room}/state/m.room.topic"), &alice, topic).await;
+        let last = s.send_text(&alice, &room, "l2", "secretword last").await;
+        s.settle(&alice, &last).await;
+        let seen = s.everything_seen(&bob, &room, &since, &root, &later, "secretword").await;
+        assert!(seen.ids.contains(&root), "[{}] the room is still readable up to the leave", s.name);
+        for hidden in [&later, &last] {
+            assert!(!seen.ids.contains(hidden), "[{}] after the leave: {hidden} in {}", s.name, seen.text);
+        }
+        assert!(!seen.text.contains("secret"), "[{}] after the leave: {}", s.name, seen.text);
+
+        // Bob is invited to a `joined` room: nothing from before his join,
+        // neither while invited nor once joined.
+        let body = json!({"preset": "private_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}]});
+        let room = s.client(Method::POST, "/createRoom", &alice, body).await["room_id"].as_str().unwrap().to_owned();
+        let root = s.send_text(&alice, &room, "p1", "secretword root before the join").await;
+        s.client(Method::POST, &format!("/rooms/{room}/invite"), &alice, json!({"user_id": BOB})).await;
+        let invited =
+            s.send_json(&alice, &room, "m.room.message", "p2", reply_to(&root, "secretword while invited")).await;
+        s.sync_until(&bob, "", |b| b["rooms"]["invite"].get(&room).is_some()).await;
+        let seen = s.everything_seen(&bob, &room, &since, &root, &invited, "secretword").await;
+        assert!(!seen.ids.contains(&root) && !seen.ids.contains(&invited), "[{}] while invited: {}", s.name, seen.text);
+        assert!(!seen.text.contains("secretword"), "[{}] while invited: {}", s.name, seen.text);
+        let (status, _) = s.event(&bob, &room, &root).await;
+        assert_eq!(status, 404, "[{}]", s.name);
+
+        s.client(Method::POST, &format!("/rooms/{room}/join"), &bob, json!({})).await;
+        let after =
+            s.send_json(&alice, &room, "m.room.message", "p3", reply_to(&root, "secretword after the join")).await;
+        s.settle(&bob, &after).await;
+        let seen = s.everything_seen(&bob, &room, &since, &after, &invited, "secretword").await;
+        assert!(seen.ids.contains(&after), "[{}] what follows the join is seen: {}", s.name, seen.text);
+        for hidden in [&root, &invited] {
+            assert!(!seen.ids.contains(hidden), "[{}] before the join: {hidden} in {}", s.name, seen.text);
+        }
+        assert!(
+            !seen.text.contains("before the join") && !seen.text.contains("while invited"),
+            "[{}] {}",
+            s.name,
+            seen.text
+        );
+        let (status, body) =
+            s.get(&format!("/_matrix/client/v1/rooms/{room}/relations/{}", enc(&root)), Some(&bob)).await;
+        assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "[{}] {body}", s.name);
+    }
+}
+
+/// `device_lists.left` and `/keys/changes`'s `left`: those who shared a
+/// room with the user at the token and share none any more.
+#[tokio::test]
+async fn device_lists_left_names_who_no_longer_shares_a_room() {
+    const CAROL: &str = "@carol:localhost";
+    const DAN: &str = "@dan:localhost";
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let (one, two) = (s.create_room(ALICE).await, s.create_room(ALICE).await);
+        s.membership(&one, BOB, BOB, "join").await;
+        for user in [BOB, CAROL] {
+            s.membership(&two, user, user, "join").await;
+        }
+        let last = s.message(&two, ALICE, "everyone is here").await;
+        s.settle(&bob, &last).await;
+        let left = |body: &Value| body["device_lists"]["left"].clone();
+        let since = next_batch(&s.sync(&bob, "").await);
+        let alice_since = next_batch(&s.sync(&alice, "").await);
+
+        // Carol leaves the only room she shared with Bob; Dan comes and goes
+        // in between, and was never shared at the token.
+        s.membership(&two, CAROL, CAROL, "leave").await;
+        s.membership(&two, DAN, DAN, "join").await;
+        let gone = s.membership(&two, DAN, DAN, "leave").await;
+        s.settle(&bob, &gone).await;
+        let body = s.sync(&bob, &format!("since={since}")).await;
+        assert_eq!(left(&body), json!([CAROL]), "[{}] {body}", s.name);
+        let after = next_batch(&body);
+        let (status, changes) =
+            s.get(&format!("/_matrix/client/v3/keys/changes?from={since}&to={after}"), Some(&bob)).await;
+        assert_eq!((status, changes["left"].clone()), (200, json!([CAROL])), "[{}] {changes}", s.name);
+        assert_eq!(left(&s.sync(&alice, &format!("since={alice_since}")).await), json!([CAROL]), "[{}]", s.name);
+        // Once told, not again.
+        assert_eq!(left(&s.sync(&bob, &format!("since={after}")).await), json!([]), "[{}]", s.name);
+
+        // Bob leaves one room: he still shares the other with Alice.
+        let since = after;
+        let gone = s.membership(&one, BOB, BOB, "leave").await;
+        s.settle(&bob, &gone).await;
+        let body = s.sync(&bob, &format!("since={since}")).await;
+        assert_eq!(left(&body), json!([]), "[{}] {body}", s.name);
+        // He leaves the other: Alice is gone for him, and he for her.
+        let since = next_batch(&body);
+        let alice_since = next_batch(&s.sync(&alice, "").await);
+        let gone = s.membership(&two, BOB, BOB, "leave").await;
+        s.settle(&alice, &gone).await;
+        let body = s.sync(&bob, &format!("since={since}")).await;
+        assert_eq!(left(&body), json!([ALICE]), "[{}] {body}", s.name);
+        let body = s.sync(&alice, &format!("since={alice_since}")).await;
+        assert_eq!(left(&body), json!([BOB]), "[{}] {body}", s.name);
+    }
+}

@@ -1,6 +1,8 @@
 //! Membership changes, each an `m.room.member` event the room server builds
 //! and auth-checks.
 
+use std::collections::HashSet;
+
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -72,8 +74,9 @@ async fn member_content(
 }
 
 /// Join `room_id`: locally when this server is in the room, else through
-/// the federation API, asking `servers` and then the server that created
-/// the room (when its id still names one). A guest joins only rooms this
+/// the federation API, asking `servers`, then the server of the user who
+/// invited this one, then the server that created the room (when its id
+/// still names one). A guest joins only rooms this
 /// server is in, where the room server can check `m.room.guest_access`
 /// before the join.
 ///
@@ -104,8 +107,16 @@ async fn join(
     if user.is_guest {
         return Err(MatrixError::forbidden("Guests may only join rooms this server is in").into());
     }
+    // An invite's server is in the room: the client need not name it.
+    if let Some(invite) = roomserver::membership(&state.bus, &room_id, &user.user_id).await?
+        && invite.membership == "invite"
+    {
+        servers.push(invite.sender.server_name().to_owned());
+    }
     servers.extend(room_id.server_name().map(ToOwned::to_owned));
     servers.retain(|server| server.as_str() != state.server_name());
+    let mut seen = HashSet::new();
+    servers.retain(|server| seen.insert(server.clone()));
     if servers.is_empty() {
         return Err(unknown.into());
     }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use axum::http::StatusCode;
 use myelin_bus::{HandleError, Record, Responder};
 use myelin_roomserver::api::{FederationQuery, FederationQueryOk, FederationQueryReply};
-use myelin_types::ruma::UserId;
+use myelin_types::ruma::{OwnedEventId, UserId};
 use myelin_types::{ErrorCode, MatrixError};
 use serde_json::{Value, json};
 
@@ -65,6 +65,23 @@ impl QueryResponder {
                     .ok_or_else(|| MatrixError::not_found("No server returned history to backfill"))?;
                 let pdus = answer.get("pdus").and_then(Value::as_array).cloned().unwrap_or_default();
                 Ok(FederationQueryOk::Pdus { pdus })
+            }
+            FederationQuery::StateIds { room_id, servers, event_id } => {
+                let path = format!(
+                    "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                    encode(room_id.as_str()),
+                    encode(event_id.as_str())
+                );
+                let answer = self
+                    .first_answer(&servers, |server| FederationRequest::get(server, path.clone()))
+                    .await
+                    .ok_or_else(|| MatrixError::not_found("No server returned the state at the event"))?;
+                // Ids that do not parse are left out; the room server checks the rest.
+                let ids = |key: &str| {
+                    let ids = answer.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                    ids.iter().filter_map(|id| OwnedEventId::try_from(id.as_str()?).ok()).collect()
+                };
+                Ok(FederationQueryOk::StateIds { pdu_ids: ids("pdu_ids"), auth_chain_ids: ids("auth_chain_ids") })
             }
             FederationQuery::Leave { room_id, user_id, servers } => {
                 self.perform.leave(&room_id, &user_id, &servers).await

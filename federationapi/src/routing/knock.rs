@@ -8,7 +8,7 @@
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use myelin_roomserver::api::{QueryOk, QueryRequest};
-use myelin_types::MatrixError;
+use myelin_types::{ErrorCode, MatrixError};
 use serde_json::{Value, json};
 
 use super::auth::{Origin, Signed};
@@ -28,6 +28,9 @@ pub(super) async fn make_knock(
     let user_id = origins_user(&origin, &user_id, "knock")?;
     // Unlike `/make_join`, `ver` is required: knocking came with room version 7.
     let supported_versions: Vec<String> = ver_params(query.as_deref());
+    if supported_versions.is_empty() {
+        return Err(MatrixError::new(ErrorCode::MissingParam, "ver is required"));
+    }
     let request = QueryRequest::MakeKnock { room_id: room_id.clone(), user_id, supported_versions };
     membership_template(&state, &room_id, &request).await
 }

@@ -127,10 +127,15 @@ impl QueryConsumer {
     async fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<QueryOk, RequestError> {
         let mut tx = Tx::read(&self.db).await?;
         let current = match tx.membership(room_id.as_str(), user_id.as_str()).await? {
-            Some((membership, event_id)) => Some(CurrentMembership {
-                membership,
-                event_id: OwnedEventId::try_from(event_id).map_err(|e| RequestError::Internal(e.to_string()))?,
-            }),
+            Some((membership, event_id)) => {
+                let event_id = OwnedEventId::try_from(event_id).map_err(|e| RequestError::Internal(e.to_string()))?;
+                let pdu = tx
+                    .event_pdu(event_id.as_str())
+                    .await?
+                    .ok_or_else(|| RequestError::Internal(format!("membership event {event_id} missing")))?;
+                let sender = Pdu::parse(event_id.clone(), &pdu)?.sender;
+                Some(CurrentMembership { membership, event_id, sender })
+            }
             None => None,
         };
         Ok(QueryOk::Membership { current })

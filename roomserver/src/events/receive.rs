@@ -24,7 +24,7 @@ use super::pdu::Pdu;
 use crate::api::{FEDERATION_QUERY_TOPIC, FederationQuery, FederationQueryOk, FederationQueryReply, VerifyKey};
 
 /// How long to wait for the federation API's answer about keys or events.
-const FEDERATION_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+pub const FEDERATION_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// A PDU that passed the state-free checks, redacted if its content hash
 /// did not match.

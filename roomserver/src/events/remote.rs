@@ -65,6 +65,9 @@ pub struct RemoteRoom {
     rules: RoomVersionRules,
     events: HashMap<OwnedEventId, Pdu>,
     meta: HashMap<OwnedEventId, Meta>,
+    /// The state after events held only as outliers, as another server
+    /// told it (see [`RemoteRoom::take_state_after`]).
+    fetched_states: HashMap<OwnedEventId, IdState>,
 }
 
 /// The result of one PDU, and its output record if it entered the timeline.
@@ -105,7 +108,14 @@ impl RemoteRoom {
     /// A room with nothing loaded yet.
     pub fn new(room_id: OwnedRoomId, version: RoomVersionId) -> Result<Self, RequestError> {
         let rules = version.rules().ok_or_else(|| RequestError::UnsupportedRoomVersion(version.to_string()))?;
-        Ok(Self { room_id, version, rules, events: HashMap::new(), meta: HashMap::new() })
+        Ok(Self {
+            room_id,
+            version,
+            rules,
+            events: HashMap::new(),
+            meta: HashMap::new(),
+            fetched_states: HashMap::new(),
+        })
     }
 
     pub fn rules(&self) -> &RoomVersionRules {
@@ -278,12 +288,55 @@ impl RemoteRoom {
         Ok(allowed_by_state(&self.rules, pdu, state, &self.events, create))
     }
 
+    /// Take another server's word (`/state_ids`) for the state before
+    /// `at`, an event this server holds as an outlier, so that events on
+    /// top of it can be checked: the state after it is the events named
+    /// that passed the checks as outliers, and `at` itself. A forged or
+    /// rejected event is not among them; an answer naming two events for
+    /// one state key, or an event of another room, is not used.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#pdus>
+    pub async fn take_state_after(
+        &mut self,
+        tx: &mut Tx,
+        at: OwnedEventId,
+        state_ids: Vec<OwnedEventId>,
+    ) -> Result<(), RequestError> {
+        if !self.load_event(tx, &at).await? || self.events[&at].rejected {
+            return Ok(());
+        }
+        let mut map = IdState::new();
+        for id in state_ids.iter().chain([&at]) {
+            if !self.load_event(tx, id).await? || self.events[id].rejected {
+                continue;
+            }
+            let pdu = &self.events[id];
+            let Some(state_key) = &pdu.state_key else { continue };
+            let of_this_room = match &pdu.room_id {
+                Some(room_id) => *room_id == self.room_id,
+                None => create_id_of(&self.room_id).is_ok_and(|create| create == *id),
+            };
+            let key = (pdu.event_type.to_string(), state_key.clone());
+            // `at` itself follows the state before it and replaces its key.
+            if !of_this_room || (*id != at && map.contains_key(&key)) {
+                tracing::info!(%at, %id, "unusable state at a missing prev event");
+                return Ok(());
+            }
+            map.insert(key, id.clone());
+        }
+        self.fetched_states.insert(at, map);
+        Ok(())
+    }
+
     /// The state after an event already stored, or `None` when this server
-    /// does not know it (an outlier).
+    /// does not know it (an outlier whose state no server told).
     async fn state_after_stored(&mut self, tx: &mut Tx, id: &OwnedEventId) -> Result<Option<State>, RequestError> {
         let meta = self.meta[id].clone();
         match meta.status {
-            None | Some(EventStatus::Outlier) => Ok(None),
+            None => Ok(None),
+            Some(EventStatus::Outlier) => {
+                Ok(self.fetched_states.get(id).map(|map| State { map: map.clone(), snapshot: None }))
+            }
             Some(_) => {
                 if let Some(snapshot) = meta.state_after {
                     let map = to_id_state(resolve_snapshot(tx, Some(snapshot)).await?)?;

@@ -28,6 +28,10 @@ struct Peer {
     valid_until_ts: Mutex<u64>,
     /// Events it serves to `/event`, `/get_missing_events` and `/backfill`, by id.
     events: Mutex<Vec<(String, Value)>>,
+    /// Events it serves to `/event` only.
+    by_id: Mutex<Vec<(String, Value)>>,
+    /// Its `/state_ids` answers: the ids of the state before an event.
+    states: Mutex<Vec<(String, Vec<String>)>>,
 }
 
 #[async_trait]
@@ -46,9 +50,20 @@ impl Responder for Peer {
                 })
             }
             FederationQuery::Events { event_ids, .. } => {
-                let events = self.events.lock().unwrap();
-                let pdus = events.iter().filter(|(id, _)| event_ids.iter().any(|e| e.as_str() == id));
+                let (events, by_id) = (self.events.lock().unwrap(), self.by_id.lock().unwrap());
+                let pdus =
+                    events.iter().chain(by_id.iter()).filter(|(id, _)| event_ids.iter().any(|e| e.as_str() == id));
                 Ok(FederationQueryOk::Pdus { pdus: pdus.map(|(_, pdu)| pdu.clone()).collect() })
+            }
+            FederationQuery::StateIds { event_id, .. } => {
+                let states = self.states.lock().unwrap();
+                match states.iter().find(|(at, _)| at == event_id.as_str()) {
+                    Some((_, ids)) => Ok(FederationQueryOk::StateIds {
+                        pdu_ids: ids.iter().map(|id| id.as_str().try_into().unwrap()).collect(),
+                        auth_chain_ids: Vec::new(),
+                    }),
+                    None => Err(MatrixError::new(ErrorCode::NotFound, "no state known there")),
+                }
             }
             FederationQuery::MissingEvents { .. } | FederationQuery::Backfill { .. } => {
                 let events = self.events.lock().unwrap();
@@ -78,7 +93,13 @@ impl RemoteView {
     /// Serve the peer's keys and look at a local room's state.
     async fn start(h: &Harness, room_id: &OwnedRoomId, version: RoomVersionId) -> Self {
         let key = ServerSigningKey::parse(&ServerSigningKey::generate_file_contents()).unwrap();
-        let peer = Arc::new(Peer { key, valid_until_ts: Mutex::new(u64::MAX / 2), events: Mutex::default() });
+        let peer = Arc::new(Peer {
+            key,
+            valid_until_ts: Mutex::new(u64::MAX / 2),
+            events: Mutex::default(),
+            by_id: Mutex::default(),
+            states: Mutex::default(),
+        });
         let (stop, shutdown): (ShutdownTrigger, Shutdown) = Shutdown::new();
         h.bus.serve(&format!("test.peer.{room_id}"), FEDERATION_QUERY_TOPIC, peer.clone(), shutdown);
         let mut view = Self {
@@ -178,6 +199,17 @@ fn sign(key: &ServerSigningKey, server: &str, version: &RoomVersionId, fields: V
     (id, serde_json::to_value(&object).unwrap())
 }
 
+/// `pdu` signed again, under the peer's key id, with another key: the same
+/// event id, a forged signature.
+fn forge(peer: &ServerSigningKey, version: &RoomVersionId, pdu: Value) -> (String, Value) {
+    let seed = ServerSigningKey::generate_file_contents().split_whitespace().nth(2).unwrap().to_owned();
+    let impostor = ServerSigningKey::parse(&format!("ed25519 {} {seed}", peer.keypair.version())).unwrap();
+    let mut unsigned = pdu;
+    unsigned.as_object_mut().unwrap().remove("signatures");
+    unsigned.as_object_mut().unwrap().remove("hashes");
+    sign(&impostor, REMOTE, version, unsigned)
+}
+
 fn accepted(results: &[PduResult], index: usize, id: &str) {
     assert_eq!(results[index].event_id.as_ref().map(|e| e.as_str()), Some(id), "{results:?}");
     assert_eq!(results[index].outcome, PduOutcome::Accepted, "{results:?}");
@@ -256,17 +288,7 @@ async fn malformed_and_forged_pdus_fail_alone() {
             "auth_events": view.with_create(auth.clone())}));
         check(&mut view, long_key, "state_key is longer").await;
 
-        // Signed under the peer's key id with another key.
-        let seed = ServerSigningKey::generate_file_contents().split_whitespace().nth(2).unwrap().to_owned();
-        let version = view.peer.key.keypair.version().to_owned();
-        let impostor = ServerSigningKey::parse(&format!("ed25519 {version} {seed}")).unwrap();
-        let forged = sign(&impostor, REMOTE, &view.version, {
-            let mut unsigned = base.clone();
-            unsigned.as_object_mut().unwrap().remove("signatures");
-            unsigned.as_object_mut().unwrap().remove("hashes");
-            unsigned
-        })
-        .1;
+        let (_, forged) = forge(&view.peer.key, &view.version, base.clone());
         check(&mut view, forged, "signature").await;
 
         let mut elsewhere = base.clone();
@@ -641,6 +663,206 @@ async fn backfill_asks_the_room_for_older_history_and_drops_forged_events() {
         let outputs = h.outputs_until(&room_id, &good_id).await;
         let output = outputs.last().unwrap();
         assert!(output.historical && output.state_delta.added.is_empty(), "{output:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn forged_events_answered_to_get_missing_events_are_not_accepted() {
+    each_backend(|h| async move {
+        let bob = remote_user("bob");
+        let (mut view, join) = joined_room(&h, RoomVersionId::V12).await;
+        let auth = vec![view.power_levels.clone(), join.clone()];
+        let tip = view.tip.clone();
+        // Two events this server missed on the same parent, one forged,
+        // and an event on top of each.
+        let (gap, gap_pdu) = view.message(&bob, auth.clone(), "good gap");
+        let (forged_gap, forged_gap_pdu) =
+            forge(&view.peer.key, &view.version, view.message(&bob, auth.clone(), "forged gap").1);
+        view.tip = (gap.clone(), tip.1 + 1);
+        let (on_good, on_good_pdu) = view.message(&bob, auth.clone(), "on the good gap");
+        view.tip = (forged_gap.clone(), tip.1 + 1);
+        let (on_forged, on_forged_pdu) = view.message(&bob, auth, "on the forged gap");
+        view.peer.events.lock().unwrap().extend([(forged_gap.clone(), forged_gap_pdu), (gap.clone(), gap_pdu)]);
+
+        let results = view.send(&h, PduKind::Timeline, vec![on_forged_pdu, on_good_pdu]).await;
+        // Without its parent, the event on the forged one is only kept aside.
+        assert!(
+            matches!(&results[0].outcome, PduOutcome::SoftFailed { reason } if reason.contains("missing prev")),
+            "{results:?}"
+        );
+        accepted(&results, 1, &on_good);
+        let outputs = h.outputs_until(&view.room_id, &on_good).await;
+        let ids: Vec<&str> = outputs.iter().map(|o| o.event.event_id.as_str()).collect();
+        assert_eq!(&ids[ids.len() - 2..], [gap.as_str(), on_good.as_str()]);
+        assert!(!ids.contains(&forged_gap.as_str()) && !ids.contains(&on_forged.as_str()), "{ids:?}");
+        let next = h.message(&view.room_id, &user("alice"), "next").await.unwrap();
+        let outputs = h.outputs_until(&view.room_id, &next).await;
+        assert_eq!(
+            outputs.last().unwrap().event.pdu["prev_events"],
+            json!([on_good]),
+            "the forged fork is no extremity"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_forged_auth_event_answered_to_event_is_not_used() {
+    each_backend(|h| async move {
+        let (carol, dave) = (remote_user("carol"), remote_user("dave"));
+        let (view, _) = joined_room(&h, RoomVersionId::V11).await;
+        // History from two users whose joins this server never saw: each
+        // message cites its sender's join, which is fetched by id.
+        let (carol_join, carol_join_pdu) = view.join(&carol);
+        let (_, forged_carol_join) = forge(&view.peer.key, &view.version, carol_join_pdu.clone());
+        let (dave_join, dave_join_pdu) = view.join(&dave);
+        let said = |sender: &OwnedUserId, join: &str, body: &str| {
+            view.pdu(json!({"type": "m.room.message", "sender": sender, "content": {"body": body},
+                "prev_events": [join], "depth": view.tip.1 + 2,
+                "auth_events": view.with_create(vec![view.power_levels.clone(), join.to_owned()])}))
+        };
+        let (carol_said, carol_said_pdu) = said(&carol, &carol_join, "carol");
+        let (dave_said, dave_said_pdu) = said(&dave, &dave_join, "dave");
+        view.peer.events.lock().unwrap().extend([(carol_join.clone(), forged_carol_join), (dave_join, dave_join_pdu)]);
+
+        let results = view.send(&h, PduKind::Backfill, vec![carol_said_pdu.clone(), dave_said_pdu]).await;
+        rejected(&results, 0, &format!("auth event {carol_join} is unknown"));
+        accepted(&results, 1, &dave_said);
+        // The forged copy was not kept: once the real one is served, the message gets in.
+        *view.peer.events.lock().unwrap() = vec![(carol_join.clone(), carol_join_pdu)];
+        accepted(&view.send(&h, PduKind::Backfill, vec![carol_said_pdu]).await, 0, &carol_said);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn forged_events_in_a_send_join_answer_are_not_used() {
+    each_backend(|h| async move {
+        let (alice, bob) = (user("alice"), remote_user("bob"));
+        let version = RoomVersionId::V10;
+        let local_room = h.create(public_room(&alice)).await.unwrap();
+        let view = RemoteView::start(&h, &local_room, version.clone()).await;
+        let (events, join) = remote_room(&view.peer.key, &version, &format!("!forged:{REMOTE}"));
+        let (join_id, join) = sign(&h.key, super::SERVER, &version, join);
+        let room_id: OwnedRoomId = join["room_id"].as_str().unwrap().try_into().unwrap();
+        let [create, bob_join, power, rules] = [0, 1, 2, 3].map(|i| events[i].clone());
+        // Bob has since set a display name, so his join is only in the auth chain.
+        let on_rules = |fields: Value| {
+            let mut fields = fields;
+            let object = fields.as_object_mut().unwrap();
+            let mut auth = vec![&create.0, &power.0, &bob_join.0];
+            if object["type"] == "m.room.member" {
+                auth.push(&rules.0);
+            }
+            object.insert("auth_events".into(), json!(auth));
+            object.insert("room_id".into(), json!(room_id));
+            object.insert("prev_events".into(), json!([rules.0]));
+            object.insert("depth".into(), json!(5));
+            object.insert("origin_server_ts".into(), json!(now()));
+            object.insert("origin".into(), json!(REMOTE));
+            object.insert("sender".into(), json!(bob));
+            sign(&view.peer.key, REMOTE, &version, fields)
+        };
+        let renamed = on_rules(json!({"type": "m.room.member", "state_key": bob,
+            "content": {"membership": "join", "displayname": "Bob"}}));
+        let topic = on_rules(json!({"type": "m.room.topic", "state_key": "", "content": {"topic": "forged"}}));
+        let (_, forged_topic) = forge(&view.peer.key, &version, topic.1);
+        let (_, forged_bob_join) = forge(&view.peer.key, &version, bob_join.1.clone());
+        let answer = |state: Vec<Value>, auth_chain: Vec<Value>| JoinedRemoteRoom {
+            room_id: room_id.clone(),
+            room_version: version.to_string(),
+            origin: REMOTE.try_into().unwrap(),
+            join_event: join.clone(),
+            state,
+            auth_chain,
+        };
+        let state = vec![create.1.clone(), power.1.clone(), rules.1.clone(), renamed.1.clone()];
+
+        // A forged auth chain event: what it authorises cannot stand, nor can the join.
+        let chain = vec![create.1.clone(), forged_bob_join, power.1.clone(), rules.1.clone()];
+        let error = h.input(room_id.as_str(), InputRequest::JoinedRemoteRoom(answer(state.clone(), chain))).await;
+        assert_eq!(error.unwrap_err().errcode, ErrorCode::Forbidden);
+        assert!(!h.joined_rooms(&alice).await.contains(&room_id));
+
+        // A forged state event: the room starts without it.
+        let chain = vec![create.1.clone(), bob_join.1.clone(), power.1.clone(), rules.1.clone()];
+        let with_forged = [state, vec![forged_topic]].concat();
+        let reply = h.input(room_id.as_str(), InputRequest::JoinedRemoteRoom(answer(with_forged, chain))).await;
+        assert_eq!(reply.unwrap(), InputOk::EventSent { event_id: join_id.clone().try_into().unwrap() });
+        let outputs = h.outputs_until(&room_id, &join_id).await;
+        let mut added: Vec<(String, String)> = outputs
+            .last()
+            .unwrap()
+            .state_delta
+            .added
+            .iter()
+            .map(|e| (e.event_id.to_string(), e.pdu["type"].to_string()))
+            .collect();
+        added.sort();
+        let mut expected = vec![create.0, power.0, rules.0, renamed.0, join_id];
+        expected.sort();
+        assert_eq!(
+            added.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+            expected,
+            "the state without the forged topic: {added:?}"
+        );
+        let error = h.state(&room_id, &alice, Some("m.room.topic"), Some("")).await.unwrap_err();
+        assert_eq!(error.errcode, ErrorCode::NotFound);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn state_answered_for_a_gap_is_used_without_its_forged_events() {
+    each_backend(|h| async move {
+        let (alice, bob, carol, dave) = (user("alice"), remote_user("bob"), remote_user("carol"), remote_user("dave"));
+        let (mut view, bob_join) = joined_room(&h, RoomVersionId::V12).await;
+        let state = h.state(&view.room_id, &alice, None, None).await.unwrap();
+        let mut state_ids: Vec<String> = state.iter().map(|e| e.event_id.to_string()).collect();
+        // On the remote server Carol and Dave joined (Dave's join arrives
+        // forged) and the topic changed (forged too); then Bob said
+        // something this server never heard of, and no server tells how
+        // it got there: only the state before it.
+        let (carol_join, carol_join_pdu) = view.join(&carol);
+        let (dave_join, dave_join_pdu) = view.join(&dave);
+        let (_, forged_dave_join) = forge(&view.peer.key, &view.version, dave_join_pdu);
+        let bob_auth = view.with_create(vec![view.power_levels.clone(), bob_join.clone()]);
+        let (topic, topic_pdu) = view.pdu(json!({"type": "m.room.topic", "state_key": "", "sender": bob,
+            "content": {"topic": "forged"}, "auth_events": bob_auth}));
+        let (_, forged_topic) = forge(&view.peer.key, &view.version, topic_pdu);
+        view.tip = (carol_join.clone(), view.tip.1 + 1);
+        let (gap, gap_pdu) = view.message(&bob, vec![view.power_levels.clone(), bob_join.clone()], "unheard");
+        view.tip = (gap.clone(), view.tip.1 + 1);
+        let (after, after_pdu) = view.message(&bob, vec![view.power_levels.clone(), bob_join], "after the gap");
+        let (_, from_dave_pdu) = view.message(&dave, vec![view.power_levels.clone(), dave_join.clone()], "dave");
+        state_ids.extend([carol_join.clone(), dave_join.clone(), topic.clone()]);
+        view.peer.states.lock().unwrap().push((gap.clone(), state_ids));
+        view.peer.by_id.lock().unwrap().extend([
+            (carol_join.clone(), carol_join_pdu),
+            (dave_join.clone(), forged_dave_join),
+            (topic.clone(), forged_topic),
+            (gap.clone(), gap_pdu),
+        ]);
+
+        let results = view.send(&h, PduKind::Timeline, vec![after_pdu, from_dave_pdu]).await;
+        accepted(&results, 0, &after);
+        rejected(&results, 1, &format!("auth event {dave_join} is unknown"));
+        let outputs = h.outputs_until(&view.room_id, &after).await;
+        let added: Vec<&str> = outputs.last().unwrap().state_delta.added.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(added, [carol_join.as_str()], "the state before the event, without what was forged");
+        let member = h.state(&view.room_id, &alice, Some("m.room.member"), Some(carol.as_str())).await.unwrap();
+        assert_eq!(member[0].event_id.as_str(), carol_join);
+        for (kind, key) in [("m.room.member", dave.as_str()), ("m.room.topic", "")] {
+            let error = h.state(&view.room_id, &alice, Some(kind), Some(key)).await.unwrap_err();
+            assert_eq!(error.errcode, ErrorCode::NotFound, "no {kind} {key}");
+        }
+        // Neither the gap event nor anything forged is in the timeline.
+        assert!(
+            outputs
+                .iter()
+                .all(|o| ![gap.as_str(), topic.as_str(), dave_join.as_str()].contains(&o.event.event_id.as_str()))
+        );
     })
     .await;
 }

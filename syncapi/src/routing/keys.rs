@@ -13,7 +13,8 @@ use crate::token::SyncToken;
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3keyschanges>
 ///
 /// Users who share a room with the requester and whose device keys changed
-/// between `from` and `to` (both sync tokens). `left` is not tracked yet.
+/// between `from` and `to` (both sync tokens), and those who shared a room
+/// with the requester at `from` and share none at `to`.
 pub async fn changes(State(state): State<AppState>, request: Request) -> Result<Json<Value>, SyncApiError> {
     let (parts, _) = request.into_parts();
     let identity = state.auth.authenticate(&parts).await?;
@@ -23,7 +24,8 @@ pub async fn changes(State(state): State<AppState>, request: Request) -> Result<
         Ok(text.parse::<SyncToken>()?)
     };
     let (from, to) = (token("from")?, token("to")?.min(state.notifier.current()));
-    let changed =
-        state.storage.device_lists_changed(identity.user_id.as_str(), from.device_lists, to.device_lists).await?;
-    Ok(Json(json!({ "changed": changed, "left": [] })))
+    let user_id = identity.user_id.as_str();
+    let changed = state.storage.device_lists_changed(user_id, from.device_lists, to.device_lists).await?;
+    let left = state.storage.device_lists_left(user_id, from.events, to.events).await?;
+    Ok(Json(json!({ "changed": changed, "left": left })))
 }

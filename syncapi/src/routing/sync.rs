@@ -250,9 +250,12 @@ async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) ->
         }
     }
     let (to_device, next_batch) = to_device(state, &request.identity, since_token, current).await?;
-    let device_lists_changed = match since_token {
-        Some(since) => storage.device_lists_changed(user_id, since.device_lists, current.device_lists).await?,
-        None => Vec::new(),
+    let (device_lists_changed, device_lists_left) = match since_token {
+        Some(since) => (
+            storage.device_lists_changed(user_id, since.device_lists, current.device_lists).await?,
+            storage.device_lists_left(user_id, since.events, current.events).await?,
+        ),
+        None => (Vec::new(), Vec::new()),
     };
     let (one_time_key_counts, unused_fallback_key_types) =
         storage.key_counts(user_id, &request.identity.device_id).await?;
@@ -271,6 +274,7 @@ async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) ->
         && changes.global_account_data.is_empty()
         && to_device.is_empty()
         && device_lists_changed.is_empty()
+        && device_lists_left.is_empty()
         && presence.is_empty();
     let body = json!({
         "next_batch": next_batch.to_string(),
@@ -278,7 +282,7 @@ async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) ->
         "presence": { "events": presence },
         "account_data": { "events": changes.global_account_data },
         "to_device": { "events": to_device },
-        "device_lists": { "changed": device_lists_changed, "left": [] },
+        "device_lists": { "changed": device_lists_changed, "left": device_lists_left },
         "device_one_time_keys_count": one_time_key_counts,
         "device_unused_fallback_key_types": unused_fallback_key_types,
     });

@@ -1,6 +1,7 @@
 //! End-to-end key state from `clientapi.keychange`: the key counts each
 //! device sees in `/sync`, and the stream of device list changes behind
-//! `device_lists.changed` and `/keys/changes`.
+//! `device_lists.changed` and `/keys/changes` (`left` comes from the
+//! membership log).
 
 use myelin_clientapi::api::KeyChange;
 use myelin_storage::{WritePool, sqlx, with_db};
@@ -80,6 +81,51 @@ impl Storage {
                    WHERE a.user_id = $1 AND a.membership = 'join' AND b.user_id = c.user_id \
                    AND b.membership = 'join')) ORDER BY c.user_id",
             )
+            .bind(viewer)
+            .bind(after)
+            .bind(upto)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(users)
+    }
+
+    /// Users who shared a joined room with `viewer` at events position
+    /// `after` and share none at `upto`, by the membership log; only rooms
+    /// with events in between can have lost anyone, so only they are read.
+    pub async fn device_lists_left(&self, viewer: &str, after: i64, upto: i64) -> Result<Vec<String>, SyncApiError> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        // Whether user `{u}` was joined to room `{r}` at position `{p}`.
+        macro_rules! joined_at {
+            ($u:literal, $r:literal, $p:literal) => {
+                concat!(
+                    "(SELECT membership FROM syncapi_membership_log x WHERE x.user_id = ",
+                    $u,
+                    " AND x.room_id = ",
+                    $r,
+                    " AND x.stream_pos <= ",
+                    $p,
+                    " ORDER BY x.stream_pos DESC LIMIT 1) = 'join'"
+                )
+            };
+        }
+        let users: Vec<String> = with_db!(&self.db, pool => {
+            sqlx::query_scalar(concat!(
+                "SELECT DISTINCT m.user_id FROM syncapi_memberships m \
+                 WHERE m.room_id IN (SELECT room_id FROM syncapi_events WHERE stream_pos > $2 AND stream_pos <= $3) \
+                 AND m.user_id <> $1 AND ",
+                joined_at!("m.user_id", "m.room_id", "$2"),
+                " AND ",
+                joined_at!("$1", "m.room_id", "$2"),
+                " AND NOT EXISTS (SELECT 1 FROM syncapi_membership_log c \
+                 WHERE c.user_id = $1 AND c.stream_pos <= $3 AND c.membership = 'join' AND ",
+                joined_at!("$1", "c.room_id", "$3"),
+                " AND ",
+                joined_at!("m.user_id", "c.room_id", "$3"),
+                ") ORDER BY m.user_id",
+            ))
             .bind(viewer)
             .bind(after)
             .bind(upto)

@@ -15,23 +15,37 @@ use serde_json::Value;
 
 use super::{InputConsumer, Outcome};
 use crate::api::{
-    Backfill, FederationQuery, InputOk, InputPdus, InputReply, JoinedRemoteRoom, MAX_SERVER_READ_EVENTS, NewRoomEvent,
-    PduKind, PduOutcome, PduResult,
+    Backfill, FEDERATION_QUERY_TOPIC, FederationQuery, FederationQueryOk, FederationQueryReply, InputOk, InputPdus,
+    InputReply, JoinedRemoteRoom, MAX_SERVER_READ_EVENTS, NewRoomEvent, PduKind, PduOutcome, PduResult,
 };
 use crate::error::RequestError;
 use crate::events::pdu::Pdu;
-use crate::events::receive::{KeyRing, Received, fetch_pdus, parse};
+use crate::events::receive::{FEDERATION_QUERY_TIMEOUT, KeyRing, Received, fetch_pdus, parse};
 use crate::events::remote::{IdState, RemoteRoom, auth_order};
 use crate::storage::{EventStatus, Tx};
 
 /// Most events asked for at once when filling gaps before a batch.
 const MISSING_EVENTS_LIMIT: u32 = 20;
+/// Most prev events whose state is asked for (`/state_ids`) in one batch,
+/// and most events fetched for one such state: a larger gap leaves the
+/// event aside rather than fetch a whole room event by event.
+const STATE_FETCHES: usize = 5;
+const STATE_EVENTS_LIMIT: usize = 500;
 /// Earliest events looked at for backward extremities, and most
 /// extremities backfilled from at once.
 const BACKFILL_FROM_LIMIT: i64 = 20;
 
 /// One PDU after the state-free checks.
 type Checked = Result<Received, (Option<OwnedEventId>, String)>;
+
+/// What filling a batch's gaps brought: events to store as outliers (in
+/// auth order), missing timeline events (oldest first), and the state
+/// another server gave for prev events still missing, by prev event.
+struct Gaps {
+    outliers: Vec<Received>,
+    timeline: Vec<Received>,
+    states: Vec<(OwnedEventId, Vec<OwnedEventId>)>,
+}
 
 impl InputConsumer {
     /// The state-free checks for a list of PDUs, asking for the keys their
@@ -66,10 +80,16 @@ impl InputConsumer {
         refs: impl Fn(&Received) -> Vec<OwnedEventId>,
     ) -> Result<Vec<OwnedEventId>, RequestError> {
         let have: HashSet<&OwnedEventId> = events.iter().map(|event| &event.event_id).collect();
+        let cited = events.iter().flat_map(|event| refs(event)).filter(|id| !have.contains(id)).collect();
+        self.unknown_ids(cited).await
+    }
+
+    /// Of `ids`, those this server neither stores nor rejected, once each.
+    async fn unknown_ids(&self, ids: Vec<OwnedEventId>) -> Result<Vec<OwnedEventId>, RequestError> {
         let mut tx = Tx::read(&self.db).await?;
         let mut unknown = Vec::new();
-        for id in events.iter().flat_map(|event| refs(event)) {
-            if have.contains(&id) || unknown.contains(&id) {
+        for id in ids {
+            if unknown.contains(&id) {
                 continue;
             }
             if tx.known_event(id.as_str()).await?.is_none() && tx.rejected_event(id.as_str()).await?.is_none() {
@@ -80,12 +100,41 @@ impl InputConsumer {
         Ok(unknown)
     }
 
+    /// The ids of the state before `prev` and of its auth chain, as `origin`
+    /// tells them (`/state_ids`); `None` when it could not.
+    async fn state_ids(
+        &self,
+        room_id: &RoomId,
+        origin: &OwnedServerName,
+        prev: &OwnedEventId,
+    ) -> Option<(Vec<OwnedEventId>, Vec<OwnedEventId>)> {
+        let query = FederationQuery::StateIds {
+            room_id: room_id.to_owned(),
+            servers: vec![origin.clone()],
+            event_id: prev.clone(),
+        };
+        let reply: Result<FederationQueryReply, _> =
+            self.bus.request_json(FEDERATION_QUERY_TOPIC, origin.as_str(), &query, FEDERATION_QUERY_TIMEOUT).await;
+        match reply {
+            Ok(Ok(FederationQueryOk::StateIds { pdu_ids, auth_chain_ids })) => Some((pdu_ids, auth_chain_ids)),
+            other => {
+                tracing::info!(%prev, ?other, "state at a missing prev event unavailable");
+                None
+            }
+        }
+    }
+
     /// Ask `origin` for what the batch cites but this server lacks: missing
     /// prev events of timeline PDUs (`/get_missing_events`, processed as
-    /// timeline events before the batch) and missing auth events (`/event`,
-    /// stored as outliers). Whatever cannot be had is left to the checks:
-    /// a PDU without its auth events is rejected (not remembered), one
-    /// without its prev events is kept as an outlier.
+    /// timeline events before the batch), for prev events still missing
+    /// after that the state before them (`/state_ids`, with them and the
+    /// state and auth chain events this server lacks fetched as outliers),
+    /// and missing auth events (`/event`, stored as outliers). Whatever
+    /// cannot be had is left to the checks: a PDU without its auth events
+    /// is rejected (not remembered), one without its prev events or their
+    /// state is kept as an outlier.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#pdus>
     async fn fill_gaps(
         &self,
         keys: &mut KeyRing,
@@ -93,10 +142,12 @@ impl InputConsumer {
         origin: &OwnedServerName,
         batch: &[&Received],
         kind: PduKind,
-    ) -> Result<(Vec<Received>, Vec<Received>), RequestError> {
+    ) -> Result<Gaps, RequestError> {
         let room_id = room.room_id.clone();
         let key = origin.as_str();
         let mut missing_timeline = Vec::new();
+        let mut states = Vec::new();
+        let mut wanted = Vec::new();
         if kind == PduKind::Timeline {
             let prevs = self.unknown_refs(batch, |event| event.pdu.prev_events.clone()).await?;
             if !prevs.is_empty() {
@@ -119,18 +170,37 @@ impl InputConsumer {
                     missing_timeline.sort_by_key(|event: &Received| event.depth);
                 }
             }
+            let all: Vec<&Received> = batch.iter().copied().chain(missing_timeline.iter()).collect();
+            for prev in
+                self.unknown_refs(&all, |event| event.pdu.prev_events.clone()).await?.into_iter().take(STATE_FETCHES)
+            {
+                let Some((state_ids, chain_ids)) = self.state_ids(&room_id, origin, &prev).await else { continue };
+                let cited = state_ids.iter().chain(&chain_ids).cloned().chain([prev.clone()]).collect();
+                let unknown = self.unknown_ids(cited).await?;
+                if unknown.len() > STATE_EVENTS_LIMIT {
+                    tracing::info!(%prev, count = unknown.len(), "state at a missing prev event too large to fetch");
+                    continue;
+                }
+                wanted.extend(unknown);
+                states.push((prev, state_ids));
+            }
         }
         let all: Vec<&Received> = batch.iter().copied().chain(missing_timeline.iter()).collect();
-        let auths = self.unknown_refs(&all, |event| event.pdu.auth_events.clone()).await?;
+        let mut fetch = self.unknown_refs(&all, |event| event.pdu.auth_events.clone()).await?;
+        for id in wanted {
+            if !fetch.contains(&id) {
+                fetch.push(id);
+            }
+        }
         let mut outliers = Vec::new();
-        if !auths.is_empty() {
+        if !fetch.is_empty() {
             let query =
-                FederationQuery::Events { room_id: room_id.clone(), servers: vec![origin.clone()], event_ids: auths };
+                FederationQuery::Events { room_id: room_id.clone(), servers: vec![origin.clone()], event_ids: fetch };
             if let Some(pdus) = fetch_pdus(&self.bus, key, &query).await {
                 outliers = self.check_all(keys, &room_id, room.rules(), pdus).await.into_iter().flatten().collect();
             }
         }
-        Ok((auth_order(outliers), missing_timeline))
+        Ok(Gaps { outliers: auth_order(outliers), timeline: missing_timeline, states })
     }
 
     async fn extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>, RequestError> {
@@ -160,14 +230,17 @@ impl InputConsumer {
         let mut keys = KeyRing::new(&self.signer);
         let checked = self.check_all(&mut keys, &input.room_id, &rules, input.pdus).await;
         let valid: Vec<&Received> = checked.iter().flatten().collect();
-        let (outliers, missing) = self.fill_gaps(&mut keys, &room, &input.origin, &valid, input.kind).await?;
+        let gaps = self.fill_gaps(&mut keys, &room, &input.origin, &valid, input.kind).await?;
 
         let mut tx = Tx::write(&self.db).await?;
         let mut outputs = Vec::new();
-        for event in outliers {
+        for event in gaps.outliers {
             room.process(&mut tx, event, PduKind::Outlier).await?;
         }
-        for event in missing {
+        for (prev, state_ids) in gaps.states {
+            room.take_state_after(&mut tx, prev, state_ids).await?;
+        }
+        for event in gaps.timeline {
             outputs.extend(room.process(&mut tx, event, PduKind::Timeline).await?.output);
         }
         // Deepest last, so that a batch listing a child before its parent still links up.
