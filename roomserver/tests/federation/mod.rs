@@ -834,7 +834,7 @@ async fn state_answered_for_a_gap_is_used_without_its_forged_events() {
         view.tip = (carol_join.clone(), view.tip.1 + 1);
         let (gap, gap_pdu) = view.message(&bob, vec![view.power_levels.clone(), bob_join.clone()], "unheard");
         view.tip = (gap.clone(), view.tip.1 + 1);
-        let (after, after_pdu) = view.message(&bob, vec![view.power_levels.clone(), bob_join], "after the gap");
+        let (after, after_pdu) = view.message(&bob, vec![view.power_levels.clone(), bob_join.clone()], "after the gap");
         let (_, from_dave_pdu) = view.message(&dave, vec![view.power_levels.clone(), dave_join.clone()], "dave");
         state_ids.extend([carol_join.clone(), dave_join.clone(), topic.clone()]);
         view.peer.states.lock().unwrap().push((gap.clone(), state_ids));
@@ -862,6 +862,32 @@ async fn state_answered_for_a_gap_is_used_without_its_forged_events() {
             outputs
                 .iter()
                 .all(|o| ![gap.as_str(), topic.as_str(), dave_join.as_str()].contains(&o.event.event_id.as_str()))
+        );
+
+        // A state answer naming another room's event is not used: the
+        // event on that gap is only kept aside.
+        view.tip = (after.clone(), view.tip.1 + 1);
+        let other_room = h.create(public_room(&alice)).await.unwrap();
+        let other_power =
+            h.state(&other_room, &alice, Some("m.room.power_levels"), Some("")).await.unwrap()[0].event_id.to_string();
+        let mut state_ids: Vec<String> = h
+            .state(&view.room_id, &alice, None, None)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.pdu["type"] != "m.room.power_levels")
+            .map(|e| e.event_id.to_string())
+            .collect();
+        state_ids.push(other_power);
+        let (gap, gap_pdu) = view.message(&bob, vec![view.power_levels.clone(), bob_join.clone()], "another gap");
+        view.tip = (gap.clone(), view.tip.1 + 1);
+        let (_, on_top) = view.message(&bob, vec![view.power_levels.clone(), bob_join], "on another gap");
+        view.peer.states.lock().unwrap().push((gap.clone(), state_ids));
+        view.peer.by_id.lock().unwrap().push((gap, gap_pdu));
+        let results = view.send(&h, PduKind::Timeline, vec![on_top]).await;
+        assert!(
+            matches!(&results[0].outcome, PduOutcome::SoftFailed { reason } if reason.contains("missing prev")),
+            "{results:?}"
         );
     })
     .await;
