@@ -17,7 +17,7 @@ use crate::fake::FakeServer;
 use crate::stats::{self, Errors};
 
 /// Small sync responses: only whether the newest event arrived matters.
-const FILTER: &str = r#"{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":5}}}"#;
+pub const FILTER: &str = r#"{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":5}}}"#;
 /// The most an ingest may take before it counts as failed.
 const DEADLINE: Duration = Duration::from_secs(3600);
 

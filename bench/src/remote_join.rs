@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 
 use crate::Target;
 use crate::fake::FakeServer;
+use crate::ingest::FILTER;
 use crate::stats;
 
-const FILTER: &str = r#"{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":5}}}"#;
 const DEADLINE: Duration = Duration::from_secs(3600);
 
 pub async fn run(target: &Target, tls_dir: &Path, federation_url: &str, members: usize) -> Result<Value> {

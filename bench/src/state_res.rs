@@ -16,10 +16,9 @@ use serde_json::{Value, json};
 
 use crate::Target;
 use crate::fake::FakeServer;
-use crate::ingest::has_event;
+use crate::ingest::{FILTER, has_event};
 use crate::stats;
 
-const FILTER: &str = r#"{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":5}}}"#;
 /// How long setting up (joining, sending the forks) and the merge may each take.
 const DEADLINE: Duration = Duration::from_secs(1800);
 

@@ -57,3 +57,25 @@ export const AVATAR_PNG = Buffer.from(
     "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAEElEQVR4nGP4z8AARAwQCgAf7gP9i18U1AAAAABJRU5ErkJggg==",
     "base64",
 );
+
+/** Prints one passed step of a client test. */
+export function step(name) {
+    console.log(`ok: ${name}`);
+}
+
+/** A matrix-js-sdk client logged in with a password, not yet syncing. */
+export async function passwordClient(sdk, baseUrl, user, password, deviceName) {
+    const anonymous = sdk.createClient({ baseUrl });
+    const session = await anonymous.loginRequest({
+        type: "m.login.password",
+        identifier: { type: "m.id.user", user },
+        password,
+        initial_device_display_name: deviceName,
+    });
+    return sdk.createClient({
+        baseUrl,
+        accessToken: session.access_token,
+        userId: session.user_id,
+        deviceId: session.device_id,
+    });
+}

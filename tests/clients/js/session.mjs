@@ -9,7 +9,7 @@
 import * as sdk from "matrix-js-sdk";
 import { logger } from "matrix-js-sdk/lib/logger.js";
 
-import { AVATAR_PNG, assert, register, suffix, until } from "./common.mjs";
+import { AVATAR_PNG, assert, passwordClient, register, step, suffix, until } from "./common.mjs";
 
 const [baseUrl, secret] = process.argv.slice(2);
 if (!baseUrl || !secret) {
@@ -19,24 +19,8 @@ if (!baseUrl || !secret) {
 // The SDK's own debug logging drowns the steps; its warnings stay.
 logger.setLevel("warn");
 
-function step(name) {
-    console.log(`ok: ${name}`);
-}
-
 async function login(user, password) {
-    const anonymous = sdk.createClient({ baseUrl });
-    const session = await anonymous.loginRequest({
-        type: "m.login.password",
-        identifier: { type: "m.id.user", user },
-        password,
-        initial_device_display_name: "matrix-js-sdk session test",
-    });
-    const client = sdk.createClient({
-        baseUrl,
-        accessToken: session.access_token,
-        userId: session.user_id,
-        deviceId: session.device_id,
-    });
+    const client = await passwordClient(sdk, baseUrl, user, password, "matrix-js-sdk session test");
     client.on(sdk.ClientEvent.SyncUnexpectedError, (error) => console.error("sync error:", error));
     // As Element does: thread replies live in their threads, not in the main timeline.
     await client.startClient({ initialSyncLimit: 30, threadSupport: true });

@@ -10,7 +10,7 @@ import * as sdk from "matrix-js-sdk";
 import { logger } from "matrix-js-sdk/lib/logger.js";
 import { SlidingSync } from "matrix-js-sdk/lib/sliding-sync.js";
 
-import { assert, register, suffix, until } from "./common.mjs";
+import { assert, passwordClient, register, step, suffix, until } from "./common.mjs";
 
 const [baseUrl, secret] = process.argv.slice(2);
 if (!baseUrl || !secret) {
@@ -19,23 +19,8 @@ if (!baseUrl || !secret) {
 }
 logger.setLevel("warn");
 
-function step(name) {
-    console.log(`ok: ${name}`);
-}
-
-async function login(user, password) {
-    const anonymous = sdk.createClient({ baseUrl });
-    const session = await anonymous.loginRequest({
-        type: "m.login.password",
-        identifier: { type: "m.id.user", user },
-        password,
-    });
-    return sdk.createClient({
-        baseUrl,
-        accessToken: session.access_token,
-        userId: session.user_id,
-        deviceId: session.device_id,
-    });
+function login(user, password) {
+    return passwordClient(sdk, baseUrl, user, password, "matrix-js-sdk sliding sync test");
 }
 
 /** Bob joins over plain HTTP: the SDK's joinRoom expects the /sync loop. */
