@@ -101,7 +101,7 @@ scenario() {
         cat "$work/result" >>"$out"
     else
         cat "$stderr" >&2
-        python3 -c 'import json, sys; print(json.dumps({"scenario": "failed", "case": " ".join(sys.argv[2:-1]), "label": sys.argv[1], "error": open(sys.argv[-1]).read()[-2000:]}))' \
+        python3 -c 'import json, sys; print(json.dumps({"scenario": "failed", "case": " ".join(sys.argv[2:-1]), "label": sys.argv[1], "error": open(sys.argv[-1]).read()[:2000]}))' \
             "$label" "$@" "$stderr" >>"$out"
     fi
 }

@@ -151,7 +151,9 @@ def table(rows):
     if ratios:
         text += "\nA ratio is how many times better Myelin's figure is than Synapse's (above 1: Myelin is better).\n"
     for failure in failures:
-        error = failure["error"].strip().splitlines()[-1] if failure["error"].strip() else "no output"
+        lines_of_error = failure["error"].strip().splitlines()
+        # anyhow prints `Error: …` first and a backtrace after it.
+        error = next((line for line in lines_of_error if line.startswith("Error:")), lines_of_error[-1] if lines_of_error else "no output")
         text += f"\nFailed on {failure['label']}: `{failure['case']}`: {error}\n"
     errored = [row for row in rows if row.get("errors") or row.get("load_errors")]
     for row in errored:
@@ -166,12 +168,14 @@ def markdown(rows):
     m = info.get("machine", {})
     s = info.get("scales", {})
     synapse = info.get("synapse_version") or "not run"
+    measured = sorted({row["label"] for row in rows if row["scenario"] not in ("meta", "failed")},
+                      key=lambda label: list(LABELS).index(label) if label in LABELS else len(LABELS))
+    servers = " and ".join(f"a fresh {LABELS.get(label, label)}" for label in measured)
     return f"""# Performance
 
 Measured by `bench/run.sh{'' if synapse == 'not run' else ' --synapse'}` on {info.get('started', '?')}:
-every scenario ran against a fresh Myelin on SQLite, a fresh Myelin on
-PostgreSQL{'' if synapse == 'not run' else ' and a fresh Synapse on PostgreSQL'}, one after the other, on the same machine in
-the same run. Regenerate this file with `bench/run.sh --synapse`; the raw
+every scenario ran against {servers}, one after the other, on the same
+machine. Regenerate this file with `bench/run.sh --synapse`; the raw
 results are in `bench/results/`, one JSON object per scenario.
 
 ## Results
@@ -262,7 +266,9 @@ Latencies are recorded in HDR histograms (three significant figures).
   `prev_events` are both forks' newest events arrives in a transaction of
   its own: to take it in, the server must resolve the two forks' states.
   Figures: that transaction's round trip, and the time from sending it to
-  the message appearing in the user's `/sync`. The criterion benchmark
+  the message appearing in the user's `/sync`. As in the ingest, Synapse
+  answers the transaction before it processes the PDU, so only the second
+  figure compares like for like. The criterion benchmark
   `cargo bench -p myelin-roomserver --bench state_res` measures Myelin's
   resolution alone, without storage or HTTP.
 - **resident memory**: VmRSS of the server process from `/proc/<pid>/status`
