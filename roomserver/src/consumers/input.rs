@@ -181,17 +181,9 @@ impl InputConsumer {
             accepted.push(event);
         }
         let reply = InputOk::RoomCreated { room_id: room.room_id.clone() };
-        let event_ids: Vec<&OwnedEventId> = accepted.iter().map(|a| &a.event.event_id).collect();
-        tx.insert_request(
-            correlation_id,
-            &serde_json::to_string(&InputReply::Ok(reply.clone()))?,
-            &serde_json::to_string(&event_ids)?,
-        )
-        .await?;
-        tx.commit().await?;
         let outputs =
             accepted.into_iter().map(|a| new_room_event(a.event, a.is_state, plan.version.to_string(), None)).collect();
-        Ok(Outcome { reply, outputs })
+        commit_reply(tx, correlation_id, reply, outputs).await
     }
 
     /// `PUT /rooms/{roomId}/send|state/…` and membership changes: one local
@@ -261,14 +253,26 @@ async fn commit_sent(
     if let Some(txn) = &request.txn {
         tx.insert_txn(request.sender.as_str(), txn, event_id.as_str()).await?;
     }
-    let reply = InputOk::EventSent { event_id: event_id.clone() };
+    let reply = InputOk::EventSent { event_id };
+    let output = new_room_event(accepted.event, accepted.is_state, room_version, request.txn);
+    commit_reply(tx, correlation_id, reply, vec![output]).await
+}
+
+/// Record the request's reply and the events it produced (so that a
+/// redelivery replays them), commit, and hand the events on as output.
+async fn commit_reply(
+    mut tx: Tx,
+    correlation_id: &str,
+    reply: InputOk,
+    outputs: Vec<NewRoomEvent>,
+) -> Result<Outcome, RequestError> {
+    let event_ids: Vec<&OwnedEventId> = outputs.iter().map(|output| &output.event.event_id).collect();
     tx.insert_request(
         correlation_id,
         &serde_json::to_string(&InputReply::Ok(reply.clone()))?,
-        &serde_json::to_string(&[&event_id])?,
+        &serde_json::to_string(&event_ids)?,
     )
     .await?;
     tx.commit().await?;
-    let output = new_room_event(accepted.event, accepted.is_state, room_version, request.txn);
-    Ok(Outcome { reply, outputs: vec![output] })
+    Ok(Outcome { reply, outputs })
 }

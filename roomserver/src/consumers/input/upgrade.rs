@@ -8,8 +8,8 @@
 
 use serde_json::{Value, json};
 
-use super::{InputConsumer, Outcome};
-use crate::api::{InputOk, InputReply, NewRoomEvent, UpgradeRoom};
+use super::{InputConsumer, Outcome, commit_reply};
+use crate::api::{InputOk, NewRoomEvent, UpgradeRoom};
 use crate::error::RequestError;
 use crate::events::create_room::{self, PlannedEvent};
 use crate::events::upgrade::{self, OldRoom, TOMBSTONE_BODY, TRANSFERABLE, Upgrade};
@@ -161,14 +161,6 @@ impl InputConsumer {
         }
 
         let reply = InputOk::RoomUpgraded { replacement_room: new.room_id.clone() };
-        let event_ids: Vec<_> = outputs.iter().map(|output| &output.event.event_id).collect();
-        tx.insert_request(
-            correlation_id,
-            &serde_json::to_string(&InputReply::Ok(reply.clone()))?,
-            &serde_json::to_string(&event_ids)?,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Outcome { reply, outputs })
+        commit_reply(tx, correlation_id, reply, outputs).await
     }
 }
