@@ -19,6 +19,7 @@ mod gating;
 mod metrics;
 mod notify;
 mod producers;
+mod room_cache;
 mod routing;
 mod rules;
 pub mod service;

@@ -7,7 +7,7 @@
 //! events never get here; rejected and soft-failed ones never reach
 //! `roomserver.output` at all.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use myelin_config::PushContent;
 use myelin_roomserver::api::{NewRoomEvent, StateDelta};
@@ -16,14 +16,16 @@ use myelin_types::ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerL
 use myelin_types::ruma::push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx};
 use myelin_types::ruma::room_version_rules::RoomVersionRules;
 use myelin_types::ruma::serde::Raw;
-use myelin_types::ruma::{OwnedRoomId, OwnedUserId, RoomVersionId, ServerName, UInt};
+use myelin_types::ruma::{OwnedUserId, RoomId, RoomVersionId, ServerName, UInt};
 use myelin_visibility::{HistoryVisibility, RoomView};
 use serde_json::{Map, Value, json};
 
 use crate::PusherError;
 use crate::gating::{self, EventInfo};
 use crate::rules::PushRules;
-use crate::storage::{EventWrite, Membership, NewDelivery, NewNotification, RoomSnapshot, StateEntry, Storage};
+use crate::storage::{
+    EventWrite, Membership, NewDelivery, NewNotification, RoomModel, RoomSnapshot, StateEntry, Storage,
+};
 
 const MEMBER: &str = "m.room.member";
 
@@ -86,13 +88,21 @@ fn power_levels(room: &RoomSnapshot) -> PushConditionPowerLevelsCtx {
     RoomPowerLevels::new(source, &authorization, creators).into()
 }
 
+/// One user's verdict from their push rules.
+struct Notified<'a> {
+    user: &'a str,
+    highlight: bool,
+    actions: Value,
+    tweaks: Map<String, Value>,
+}
+
 impl Notifier<'_> {
-    /// Apply the event to the room read model and decide who is notified;
-    /// `room` is the state before the event.
+    /// Apply the event to the room model and decide who is notified. On an
+    /// error the model is half updated: the caller must not keep it.
     pub async fn evaluate<'e>(
         &self,
         new: &'e NewRoomEvent,
-        mut room: RoomSnapshot,
+        room: &mut RoomModel,
         now_ms: i64,
     ) -> Result<Outcome<'e>, PusherError> {
         let event = &new.event;
@@ -100,49 +110,23 @@ impl Notifier<'_> {
         let room_id = event.room_id.as_str();
         // Backfilled history sits before everything recorded: at position 0
         // a receipt for it marks nothing read, and it moves no current state.
-        let pos = if new.historical { 0 } else { room.last_pos + 1 };
+        let pos = if new.historical { 0 } else { room.snapshot.last_pos + 1 };
         let sender = text(pdu, "sender").unwrap_or_default();
         let event_type = text(pdu, "type").unwrap_or_default();
         let state_key = text(pdu, "state_key");
         let content = pdu.get("content").cloned().unwrap_or_else(|| json!({}));
 
-        // The state after the event, and the changes the visibility rules read.
-        let mut added = Vec::new();
-        let mut memberships = Vec::new();
-        let mut visibility = None;
-        let delta = if new.historical { &StateDelta::default() } else { &new.state_delta };
-        for (t, k) in &delta.removed {
-            room.state.remove(&(t.clone(), k.clone()));
-        }
-        for state in &delta.added {
-            let (Some(t), Some(k)) = (text(&state.pdu, "type"), text(&state.pdu, "state_key")) else { continue };
-            let entry = StateEntry {
-                sender: text(&state.pdu, "sender").unwrap_or_default().to_owned(),
-                content: state.pdu.get("content").cloned().unwrap_or_else(|| json!({})),
-            };
-            if t == MEMBER {
-                let membership = text(&entry.content, "membership").unwrap_or("leave");
-                memberships.push((k.to_owned(), membership.to_owned()));
-            }
-            if t == "m.room.history_visibility" && k.is_empty() {
-                visibility = Some(HistoryVisibility::from_content(Some(&entry.content)));
-            }
-            room.state.insert((t.to_owned(), k.to_owned()), entry.clone());
-            added.push(((t.to_owned(), k.to_owned()), entry));
-        }
-
-        let client = client_event(pdu, event.event_id.as_str(), room_id);
         let mut write = EventWrite {
             room_id,
             room_version: &new.room_version,
             event_id: event.event_id.as_str(),
             pos,
             ts: pdu.get("origin_server_ts").and_then(Value::as_i64).unwrap_or_default(),
-            event: client,
-            added,
-            removed: delta.removed.clone(),
-            memberships,
-            visibility,
+            event: client_event(pdu, event.event_id.as_str(), room_id),
+            added: Vec::new(),
+            removed: Vec::new(),
+            memberships: Vec::new(),
+            visibility: None,
             notifications: Vec::new(),
             deliveries: Vec::new(),
             now_ms,
@@ -151,8 +135,10 @@ impl Notifier<'_> {
         if new.historical {
             return Ok(Outcome { write, notified });
         }
+        apply_delta(room, &new.state_delta, pos, &mut write);
+        room.snapshot.room_version.get_or_insert_with(|| new.room_version.clone());
 
-        let joined: Vec<&str> = room.memberships().filter(|(_, m)| *m == "join").map(|(u, _)| u).collect();
+        let joined: Vec<&str> = room.snapshot.memberships().filter(|(_, m)| *m == "join").map(|(u, _)| u).collect();
         let mut candidates: BTreeSet<&str> = joined.iter().copied().collect();
         if event_type == MEMBER && text(&content, "membership") == Some("invite") {
             candidates.extend(state_key);
@@ -167,85 +153,110 @@ impl Notifier<'_> {
             return Ok(Outcome { write, notified });
         }
 
-        let mut log = self.storage.membership_log(room_id).await?;
-        for (user, membership) in &write.memberships {
-            log.entry(user.clone()).or_default().push(Membership { pos, membership: membership.clone() });
-        }
-        let mut history = self.storage.visibility_log(room_id).await?;
-        if let Some(visibility) = visibility {
-            history.push(myelin_visibility::HistoryChange { pos, visibility });
-        }
         let member_count = UInt::try_from(joined.len() as u64).unwrap_or_default();
-        let power_levels = power_levels(&room);
         let raw: Raw<Value> = Raw::new(pdu).map_err(|e| PusherError::Corrupt(e.to_string()))?;
-        let owned_room_id: OwnedRoomId = event.room_id.clone();
-        let display_name =
-            |user: &str| room.get(MEMBER, user).and_then(|m| text(&m.content, "displayname")).map(str::to_owned);
-        let encrypted = room.get("m.room.encryption", "").is_some();
-        let room_name = room.get("m.room.name", "").and_then(|e| text(&e.content, "name")).filter(|n| !n.is_empty());
-        let sender_name = display_name(sender);
-        let thread_id = thread_of(&content);
-        let no_changes = Vec::new();
-        let mut pushers_of: HashMap<String, Vec<crate::storage::PusherRow>> = HashMap::new();
-        // An admin's limit for this room only ever lowers the server's level.
-        let room_limit = self.storage.room_content(room_id).await?;
-        let server_level = room_limit.map_or(self.content, |limit| limit.min(self.content));
-
+        let ctx = RuleContext { room_id: &event.room_id, member_count, power_levels: power_levels(&room.snapshot) };
+        let mut verdicts = Vec::new();
         for user in candidates {
-            let changes = log.get(user).unwrap_or(&no_changes);
-            if !RoomView::new(changes, history.clone()).can_see(pos) {
+            let changes = room.memberships.get(user).map_or(&[][..], Vec::as_slice);
+            if !RoomView::new(changes, room.history.clone()).can_see(pos) {
                 continue;
             }
-            let user_id = OwnedUserId::try_from(user).map_err(|e| PusherError::Corrupt(e.to_string()))?;
-            let ctx = PushConditionRoomCtx::new(
-                owned_room_id.clone(),
-                member_count,
-                user_id.clone(),
-                display_name(user).unwrap_or_default(),
-            )
-            .with_power_levels(power_levels.clone());
-            let ruleset = self.rules.cached(&user_id).await?;
-            let actions = ruleset.get_actions(&raw, &ctx).await;
-            if !actions.iter().any(|a| a.should_notify()) {
-                continue;
+            if let Some(verdict) = self.rules_verdict(user, &raw, &ctx, &room.snapshot).await? {
+                verdicts.push(verdict);
             }
-            let highlight = actions.iter().any(|a| a.is_highlight());
-            let actions = serde_json::to_value(actions).map_err(|e| PusherError::Corrupt(e.to_string()))?;
-            let tweaks = tweaks(&actions);
-            write.notifications.push(NewNotification {
-                user_id: user.to_owned(),
-                thread_id: thread_id.clone(),
-                highlight,
-                actions: actions.clone(),
-            });
-            notified.insert(user.to_owned());
+        }
 
-            if !pushers_of.contains_key(user) {
-                pushers_of.insert(user.to_owned(), self.storage.pushers(user).await?);
-            }
-            let pushers = &pushers_of[user];
-            if now_ms.saturating_sub(write.ts) > self.max_push_age_ms || !pushers.iter().any(|p| p.kind == "http") {
-                continue;
-            }
-            // This event's notification is not stored yet.
-            let unread = self.storage.unread_total(user).await? + 1;
+        let thread_id = thread_of(&content);
+        for verdict in &verdicts {
+            write.notifications.push(NewNotification {
+                user_id: verdict.user.to_owned(),
+                thread_id: thread_id.clone(),
+                highlight: verdict.highlight,
+                actions: verdict.actions.clone(),
+            });
+            notified.insert(verdict.user.to_owned());
+        }
+        if now_ms.saturating_sub(write.ts) <= self.max_push_age_ms {
             let info = EventInfo {
                 event_id: event.event_id.as_str(),
                 room_id,
                 event_type,
                 sender,
-                sender_display_name: sender_name.as_deref(),
-                room_name,
+                sender_display_name: display_name(&room.snapshot, sender),
+                room_name: room
+                    .snapshot
+                    .get("m.room.name", "")
+                    .and_then(|e| text(&e.content, "name"))
+                    .filter(|n| !n.is_empty()),
                 content: &content,
-                user_is_target: (event_type == MEMBER).then(|| state_key == Some(user)),
+                user_is_target: None,
             };
-            let high = highlight || tweaks.contains_key("sound");
-            for pusher in pushers.iter().filter(|p| p.kind == "http") {
+            let encrypted = room.snapshot.get("m.room.encryption", "").is_some();
+            write.deliveries = self.deliveries(&verdicts, info, state_key, encrypted).await?;
+        }
+        Ok(Outcome { write, notified })
+    }
+
+    /// What the user's push rules say of the event; `None`: no notification.
+    async fn rules_verdict<'u>(
+        &self,
+        user: &'u str,
+        raw: &Raw<Value>,
+        ctx: &RuleContext<'_>,
+        room: &RoomSnapshot,
+    ) -> Result<Option<Notified<'u>>, PusherError> {
+        let user_id = OwnedUserId::try_from(user).map_err(|e| PusherError::Corrupt(e.to_string()))?;
+        let room_ctx = PushConditionRoomCtx::new(
+            ctx.room_id.to_owned(),
+            ctx.member_count,
+            user_id.clone(),
+            display_name(room, user).unwrap_or_default().to_owned(),
+        )
+        .with_power_levels(ctx.power_levels.clone());
+        let ruleset = self.rules.cached(&user_id).await?;
+        let actions = ruleset.get_actions(raw, &room_ctx).await;
+        if !actions.iter().any(|a| a.should_notify()) {
+            return Ok(None);
+        }
+        let highlight = actions.iter().any(|a| a.is_highlight());
+        let actions = serde_json::to_value(actions).map_err(|e| PusherError::Corrupt(e.to_string()))?;
+        let tweaks = tweaks(&actions);
+        Ok(Some(Notified { user, highlight, actions, tweaks }))
+    }
+
+    /// The gateway requests for the notified users' HTTP pushers, read in
+    /// one go for all of them.
+    async fn deliveries(
+        &self,
+        verdicts: &[Notified<'_>],
+        mut info: EventInfo<'_>,
+        state_key: Option<&str>,
+        encrypted: bool,
+    ) -> Result<Vec<NewDelivery>, PusherError> {
+        let users: Vec<&str> = verdicts.iter().map(|v| v.user).collect();
+        let pushers_of = self.storage.pushers_of(&users).await?;
+        let has_http = |user: &str| pushers_of.get(user).is_some_and(|ps| ps.iter().any(|p| p.kind == "http"));
+        let pushed: Vec<&str> = users.iter().copied().filter(|u| has_http(u)).collect();
+        if pushed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let unread = self.storage.unread_totals(&pushed).await?;
+        // An admin's limit for this room only ever lowers the server's level.
+        let room_limit = self.storage.room_content(info.room_id).await?;
+        let server_level = room_limit.map_or(self.content, |limit| limit.min(self.content));
+        let mut deliveries = Vec::new();
+        for verdict in verdicts.iter().filter(|v| has_http(v.user)) {
+            // This event's notification is not stored yet.
+            let unread = unread.get(verdict.user).copied().unwrap_or(0) + 1;
+            info.user_is_target = (info.event_type == MEMBER).then(|| state_key == Some(verdict.user));
+            let high = verdict.highlight || verdict.tweaks.contains_key("sound");
+            for pusher in pushers_of[verdict.user].iter().filter(|p| p.kind == "http") {
                 let Some(url) = text(&pusher.data, "url") else { continue };
                 let level = gating::effective(server_level, &pusher.data, encrypted);
-                let device = gating::device(&pusher.app_id, &pusher.pushkey, &pusher.data, &tweaks);
-                write.deliveries.push(NewDelivery {
-                    user_id: user.to_owned(),
+                let device = gating::device(&pusher.app_id, &pusher.pushkey, &pusher.data, &verdict.tweaks);
+                deliveries.push(NewDelivery {
+                    user_id: verdict.user.to_owned(),
                     app_id: pusher.app_id.clone(),
                     pushkey: pusher.pushkey.clone(),
                     url: url.to_owned(),
@@ -253,8 +264,48 @@ impl Notifier<'_> {
                 });
             }
         }
-        Ok(Outcome { write, notified })
+        Ok(deliveries)
     }
+}
+
+/// What every member's rule evaluation for one event shares.
+struct RuleContext<'a> {
+    room_id: &'a RoomId,
+    member_count: UInt,
+    power_levels: PushConditionPowerLevelsCtx,
+}
+
+fn display_name<'r>(room: &'r RoomSnapshot, user: &str) -> Option<&'r str> {
+    room.get(MEMBER, user).and_then(|m| text(&m.content, "displayname"))
+}
+
+/// Move the model to the state after the event at `pos`, noting the
+/// changes in `write` for the database.
+fn apply_delta(room: &mut RoomModel, delta: &StateDelta, pos: i64, write: &mut EventWrite<'_>) {
+    for key in &delta.removed {
+        room.snapshot.state.remove(key);
+    }
+    write.removed = delta.removed.clone();
+    for state in &delta.added {
+        let (Some(t), Some(k)) = (text(&state.pdu, "type"), text(&state.pdu, "state_key")) else { continue };
+        let entry = StateEntry {
+            sender: text(&state.pdu, "sender").unwrap_or_default().to_owned(),
+            content: state.pdu.get("content").cloned().unwrap_or_else(|| json!({})),
+        };
+        if t == MEMBER {
+            let membership = text(&entry.content, "membership").unwrap_or("leave").to_owned();
+            room.memberships.entry(k.to_owned()).or_default().push(Membership { pos, membership: membership.clone() });
+            write.memberships.push((k.to_owned(), membership));
+        }
+        if t == "m.room.history_visibility" && k.is_empty() {
+            let visibility = HistoryVisibility::from_content(Some(&entry.content));
+            room.history.push(myelin_visibility::HistoryChange { pos, visibility });
+            write.visibility = Some(visibility);
+        }
+        room.snapshot.state.insert((t.to_owned(), k.to_owned()), entry.clone());
+        write.added.push(((t.to_owned(), k.to_owned()), entry));
+    }
+    room.snapshot.last_pos = pos;
 }
 
 #[cfg(test)]

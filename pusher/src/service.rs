@@ -52,6 +52,7 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
         server_name,
         content: config.pusher.content,
         max_push_age_ms: i64::try_from(config.pusher.give_up_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        rooms: Default::default(),
     };
     let account_data = AccountDataConsumer { storage: storage.clone(), rules: rules.clone() };
     let receipts = ReceiptConsumer { storage: storage.clone(), bus: bus.clone() };

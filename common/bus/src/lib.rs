@@ -149,6 +149,18 @@ impl Bus {
         self.produce(topic, key, serde_json::to_vec(value)?).await
     }
 
+    /// Serialize each `(key, value)` as JSON and append them all in one
+    /// round trip where the backend can.
+    pub async fn produce_json_batch<T: Serialize>(&self, topic: &str, records: &[(String, T)]) -> Result<(), BusError> {
+        let encoded = records
+            .iter()
+            .map(|(key, value)| Ok((key.clone(), serde_json::to_vec(value)?)))
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        self.backend.produce_batch(topic, &encoded).await?;
+        metrics::produced_many(topic, encoded.len());
+        Ok(())
+    }
+
     /// Run `handler` over `topic` as consumer group `group` until `shutdown`.
     /// Records of one partition are handled one at a time, in order; the
     /// group's offset is committed only after the handler returned.

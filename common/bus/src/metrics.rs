@@ -3,9 +3,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounterVec, register_int_counter_vec};
-#[cfg(feature = "kafka")]
-use prometheus::{IntGaugeVec, register_int_gauge_vec};
+use prometheus::{IntCounterVec, IntGaugeVec, register_int_counter_vec, register_int_gauge_vec};
 
 static PRODUCED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("myelin_bus_records_produced_total", "Records appended, by topic", &["topic"])
@@ -50,7 +48,6 @@ static REDELIVERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-#[cfg(feature = "kafka")]
 static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "myelin_bus_consumer_lag_records",
@@ -65,11 +62,19 @@ fn label(topic: &str) -> &str {
 }
 
 pub(crate) fn produced(topic: &str) {
-    PRODUCED.with_label_values(&[label(topic)]).inc();
+    produced_many(topic, 1);
+}
+
+pub(crate) fn produced_many(topic: &str, records: usize) {
+    PRODUCED.with_label_values(&[label(topic)]).inc_by(records as u64);
 }
 
 pub(crate) fn handled(topic: &str) {
-    HANDLED.with_label_values(&[label(topic)]).inc();
+    handled_many(topic, 1);
+}
+
+pub(crate) fn handled_many(topic: &str, records: usize) {
+    HANDLED.with_label_values(&[label(topic)]).inc_by(records as u64);
 }
 
 pub(crate) fn retried(topic: &str) {
@@ -90,7 +95,6 @@ pub(crate) fn redelivered(topic: &str) {
 }
 
 /// Reply groups are named after their reply topics: folded the same way.
-#[cfg(feature = "kafka")]
 pub(crate) fn consumer_lag(group: &str, topic: &str, lag: i64) {
     LAG.with_label_values(&[label(group), label(topic)]).set(lag);
 }

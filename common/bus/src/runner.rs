@@ -35,6 +35,22 @@ impl std::fmt::Display for HandleError {
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, record: &Record) -> Result<(), HandleError>;
 
+    /// Whether [`Handler::handle_batch`] is worth calling: the handler can
+    /// apply many records at once (one transaction instead of one each).
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Apply several records of one partition, in order, all or nothing.
+    /// Any failure makes the runner handle them again one by one, with the
+    /// usual retries and poison handling.
+    async fn handle_batch(&self, records: &[Record]) -> Result<(), HandleError> {
+        for record in records {
+            self.handle(record).await?;
+        }
+        Ok(())
+    }
+
     /// Called once when transient failures used up every attempt, before
     /// the record is skipped as poison.
     async fn gave_up(&self, _record: &Record, _reason: &str) {}
@@ -119,10 +135,24 @@ async fn handle_in_order(
     handler: &dyn Handler,
     records: &[Record],
 ) -> Result<(crate::Partition, crate::Offset), BusError> {
+    let last = records.last().expect("partition groups are never empty");
+    if handler.batches() && records.len() > 1 {
+        match AssertUnwindSafe(handler.handle_batch(records)).catch_unwind().await {
+            Ok(Ok(())) => {
+                metrics::handled_many(&last.topic, records.len());
+                return Ok((last.partition, last.offset));
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(topic = %last.topic, partition = last.partition, records = records.len(), %error, "batch failed; handling its records one by one")
+            }
+            Err(_) => {
+                tracing::warn!(topic = %last.topic, partition = last.partition, records = records.len(), error = "handler panicked", "batch failed; handling its records one by one")
+            }
+        }
+    }
     for record in records {
         handle_one(bus, group, handler, record).await?;
     }
-    let last = records.last().expect("partition groups are never empty");
     Ok((last.partition, last.offset))
 }
 

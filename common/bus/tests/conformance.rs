@@ -172,6 +172,166 @@ async fn records_of_a_key_arrive_in_order_and_none_is_lost() {
     }
 }
 
+#[tokio::test]
+async fn batches_keep_each_keys_order_among_single_records() {
+    for subject in Subject::all().await {
+        let topic = subject.scoped(TOPIC);
+        let bus = subject.open().await;
+        let mut seq = 0;
+        let mut next = |room: usize| {
+            seq += 1;
+            let key = format!("@user{room}:example.org");
+            (key.clone(), format!("{key}#{seq:04}"))
+        };
+        for round in 0..10 {
+            let (key, payload) = next(round % 5);
+            bus.produce_json(&topic, &key, &payload).await.unwrap();
+            let batch: Vec<(String, String)> = (0..20).map(|n| next(n % 5)).collect();
+            bus.produce_json_batch(&topic, &batch).await.unwrap();
+        }
+        bus.produce_json_batch::<String>(&topic, &[]).await.unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let (trigger, shutdown) = Shutdown::new();
+        let task = bus.consume(&subject.scoped("batches"), &topic, recorder.clone(), shutdown);
+        eventually("210 deliveries", || recorder.delivered() >= 210).await;
+        trigger.trigger();
+        task.await.unwrap().unwrap();
+
+        let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, payload) in recorder.deliveries.lock().unwrap().iter() {
+            let payload: String = serde_json::from_str(payload).unwrap();
+            assert!(payload.starts_with(key.as_str()), "{}: {payload} under {key}", subject.name());
+            per_key.entry(key.clone()).or_default().push(payload);
+        }
+        assert_eq!(per_key.len(), 5, "{}", subject.name());
+        for (key, payloads) in per_key {
+            let mut sorted = payloads.clone();
+            sorted.sort();
+            assert_eq!(payloads, sorted, "{}: order of {key}", subject.name());
+            assert_eq!(payloads.len(), 42, "{}: count of {key}", subject.name());
+        }
+        assert_eq!(recorder.delivered(), 210, "{}", subject.name());
+    }
+}
+
+/// Applies runs of records at once; a run holding `poison` fails whole.
+#[derive(Default)]
+struct Batcher {
+    batch_sizes: Mutex<Vec<usize>>,
+    applied: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Handler for Batcher {
+    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        if record.payload == b"poison" {
+            return Err(HandleError::Poison("cannot decode".into()));
+        }
+        self.applied.lock().unwrap().push(String::from_utf8(record.payload.clone()).unwrap());
+        Ok(())
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    async fn handle_batch(&self, records: &[Record]) -> Result<(), HandleError> {
+        if records.iter().any(|r| r.payload == b"poison") {
+            return Err(HandleError::Poison("cannot decode".into()));
+        }
+        self.batch_sizes.lock().unwrap().push(records.len());
+        let mut applied = self.applied.lock().unwrap();
+        applied.extend(records.iter().map(|r| String::from_utf8(r.payload.clone()).unwrap()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn batch_handlers_apply_runs_at_once_and_fall_back_to_one_by_one() {
+    for subject in Subject::all().await {
+        let topic = subject.scoped(TOPIC);
+        let bus = subject.open().await;
+        for n in 0..10 {
+            bus.produce(&topic, "one-key", format!("a{n}").into_bytes()).await.unwrap();
+        }
+        let batcher = Arc::new(Batcher::default());
+        let (trigger, shutdown) = Shutdown::new();
+        let task = bus.consume(&subject.scoped("batcher"), &topic, batcher.clone(), shutdown);
+        eventually("the first run", || batcher.applied.lock().unwrap().len() >= 10).await;
+        for payload in ["b0", "poison", "b1"] {
+            bus.produce(&topic, "one-key", payload.as_bytes().to_vec()).await.unwrap();
+        }
+        eventually("the records around the poison one", || batcher.applied.lock().unwrap().len() >= 12).await;
+        trigger.trigger();
+        task.await.unwrap().unwrap();
+
+        let applied = batcher.applied.lock().unwrap().clone();
+        let expected: Vec<String> = (0..10).map(|n| format!("a{n}")).chain(["b0".into(), "b1".into()]).collect();
+        assert_eq!(applied, expected, "{}: each once, in order", subject.name());
+        let sizes = batcher.batch_sizes.lock().unwrap().clone();
+        assert!(sizes.iter().any(|&n| n > 1), "{}: runs were applied at once: {sizes:?}", subject.name());
+        let poisoned = bus.backend().poison_count(&subject.scoped("batcher"), &topic).await.unwrap();
+        assert_eq!(poisoned, 1, "{}", subject.name());
+    }
+}
+
+/// Holds every record until released.
+struct Gate {
+    open: tokio::sync::Semaphore,
+    handled: AtomicUsize,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self { open: tokio::sync::Semaphore::new(0), handled: AtomicUsize::new(0) }
+    }
+}
+
+#[async_trait]
+impl Handler for Gate {
+    async fn handle(&self, _: &Record) -> Result<(), HandleError> {
+        self.open.acquire().await.expect("never closed").forget();
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn lag_of(group: &str, topic: &str) -> Option<i64> {
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &prometheus::gather(), &mut text).ok()?;
+    let (group, topic) = (format!("group=\"{group}\""), format!("topic=\"{topic}\""));
+    let text = String::from_utf8(text).ok()?;
+    let line = text.lines().find(|line| {
+        line.starts_with("myelin_bus_consumer_lag_records{") && line.contains(&group) && line.contains(&topic)
+    })?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn the_embedded_log_reports_each_groups_lag() {
+    for db in TestDb::both().await {
+        let subject = Subject::Embedded(db);
+        let topic = subject.scoped("lag.topic");
+        let group = format!("lag-{}", subject.name());
+        let bus = subject.open().await;
+        for n in 0..20 {
+            bus.produce(&topic, &format!("k{n}"), b"x".to_vec()).await.unwrap();
+        }
+        let gate = Arc::new(Gate::default());
+        let (trigger, shutdown) = Shutdown::new();
+        let task = bus.consume(&group, &topic, gate.clone(), shutdown);
+        eventually("the lag before the first batch", || lag_of(&group, &topic) == Some(20)).await;
+        gate.open.add_permits(20);
+        eventually("20 records handled", || gate.handled.load(Ordering::SeqCst) == 20).await;
+        bus.produce(&topic, "k", b"x".to_vec()).await.unwrap();
+        eventually("the lag after catching up", || lag_of(&group, &topic) == Some(1)).await;
+        gate.open.add_permits(1);
+        eventually("the last record handled", || gate.handled.load(Ordering::SeqCst) == 21).await;
+        trigger.trigger();
+        task.await.unwrap().unwrap();
+    }
+}
+
 /// Applies its effect, then hangs on one record: the process "dies" there,
 /// after the effect and before the commit.
 struct DiesAfterEffect {

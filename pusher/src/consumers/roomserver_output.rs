@@ -16,6 +16,7 @@ use crate::delivery::Delivery;
 use crate::metrics;
 use crate::notify::Notifier;
 use crate::producers;
+use crate::room_cache::RoomCache;
 use crate::rules::PushRules;
 use crate::storage::Storage;
 
@@ -27,6 +28,7 @@ pub struct OutputConsumer {
     pub server_name: OwnedServerName,
     pub content: PushContent,
     pub max_push_age_ms: i64,
+    pub rooms: RoomCache,
 }
 
 impl OutputConsumer {
@@ -36,12 +38,11 @@ impl OutputConsumer {
         let room_id = new.event.room_id.as_str();
         let event_id = new.event.event_id.as_str();
         if self.storage.event_pos(event_id).await?.is_some() {
-            for user in self.storage.notified_users(event_id).await? {
-                producers::counts::publish(&self.bus, &self.storage, &user, room_id).await?;
-            }
-            return Ok(());
+            let users = self.storage.notified_users(event_id).await?;
+            let users: Vec<&str> = users.iter().map(String::as_str).collect();
+            return producers::counts::publish_many(&self.bus, &self.storage, room_id, &users).await;
         }
-        let room = self.storage.room(room_id).await?;
+        let mut room = self.rooms.take(&self.storage, room_id).await?;
         let notifier = Notifier {
             storage: &self.storage,
             rules: &self.rules,
@@ -50,18 +51,17 @@ impl OutputConsumer {
             max_push_age_ms: self.max_push_age_ms,
         };
         let now_ms = self.bus.clock().now_ms() as i64;
-        let outcome = notifier.evaluate(&new, room, now_ms).await?;
+        let outcome = notifier.evaluate(&new, &mut room, now_ms).await?;
         if !self.storage.write_event(&outcome.write).await? {
             return Ok(());
         }
+        self.rooms.put(room_id, room);
         metrics::notifications(outcome.write.notifications.len());
         if !outcome.write.deliveries.is_empty() {
             self.delivery.wake();
         }
-        for user in &outcome.notified {
-            producers::counts::publish(&self.bus, &self.storage, user, room_id).await?;
-        }
-        Ok(())
+        let notified: Vec<&str> = outcome.notified.iter().map(String::as_str).collect();
+        producers::counts::publish_many(&self.bus, &self.storage, room_id, &notified).await
     }
 }
 

@@ -2,12 +2,13 @@
 //! with whether a read receipt has covered it since; the counts derive from
 //! it. `pusher_ignored_users`: who ignores whom (`m.ignored_user_list`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use myelin_storage::sqlx::AssertSqlSafe;
 use myelin_storage::{WritePool, sqlx, with_db};
 use serde_json::Value;
 
-use super::Storage;
+use super::{IN_LIST_CHUNK, Storage, placeholders};
 use crate::PusherError;
 use crate::api::ThreadCounts;
 
@@ -70,35 +71,51 @@ impl Storage {
         }))
     }
 
-    /// The user's unread notifications in all rooms, for the gateway's badge.
-    pub async fn unread_total(&self, user_id: &str) -> Result<u64, PusherError> {
-        let n: i64 = with_db!(&self.db, pool => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM pusher_notifications WHERE user_id = $1 AND NOT read")
-                .bind(user_id)
-                .fetch_one(pool)
-                .await?
-        });
-        Ok(n.max(0) as u64)
+    /// Each user's unread notifications in every room, for the badge a
+    /// gateway shows; users without any are absent.
+    pub async fn unread_totals(&self, users: &[&str]) -> Result<HashMap<String, u64>, PusherError> {
+        let mut totals = HashMap::new();
+        for chunk in users.chunks(IN_LIST_CHUNK) {
+            let sql = format!(
+                "SELECT user_id, COUNT(*) FROM pusher_notifications WHERE NOT read AND user_id IN ({}) GROUP BY user_id",
+                placeholders(1, chunk.len())
+            );
+            let rows: Vec<(String, i64)> = with_db!(&self.db, pool => {
+                let mut query = sqlx::query_as(AssertSqlSafe(sql.as_str()));
+                for user in chunk {
+                    query = query.bind(*user);
+                }
+                query.fetch_all(pool).await?
+            });
+            totals.extend(rows.into_iter().map(|(user, n)| (user, n.max(0) as u64)));
+        }
+        Ok(totals)
     }
 
-    /// The user's unread counts in one room, per thread.
-    pub async fn counts(&self, user_id: &str, room_id: &str) -> Result<Counts, PusherError> {
-        let rows: Vec<(String, i64, i64)> = with_db!(&self.db, pool => {
-            sqlx::query_as(
-                "SELECT thread_id, COUNT(*), SUM(CASE WHEN highlight THEN 1 ELSE 0 END) FROM pusher_notifications \
-                 WHERE user_id = $1 AND room_id = $2 AND NOT read GROUP BY thread_id",
-            )
-            .bind(user_id)
-            .bind(room_id)
-            .fetch_all(pool)
-            .await?
-        });
-        Ok(rows
-            .into_iter()
-            .map(|(thread, n, h)| {
-                (thread, ThreadCounts { notification_count: n.max(0) as u64, highlight_count: h.max(0) as u64 })
-            })
-            .collect())
+    /// [`Storage::counts`] of several users in one room; users without
+    /// unread notifications there get empty counts.
+    pub async fn counts_in_room(&self, room_id: &str, users: &[&str]) -> Result<HashMap<String, Counts>, PusherError> {
+        let mut all: HashMap<String, Counts> = users.iter().map(|u| ((*u).to_owned(), Counts::new())).collect();
+        for chunk in users.chunks(IN_LIST_CHUNK) {
+            let sql = format!(
+                "SELECT user_id, thread_id, COUNT(*), SUM(CASE WHEN highlight THEN 1 ELSE 0 END) \
+                 FROM pusher_notifications WHERE room_id = $1 AND NOT read AND user_id IN ({}) \
+                 GROUP BY user_id, thread_id",
+                placeholders(2, chunk.len())
+            );
+            let rows: Vec<(String, String, i64, i64)> = with_db!(&self.db, pool => {
+                let mut query = sqlx::query_as(AssertSqlSafe(sql.as_str())).bind(room_id);
+                for user in chunk {
+                    query = query.bind(*user);
+                }
+                query.fetch_all(pool).await?
+            });
+            for (user, thread, n, h) in rows {
+                let counts = ThreadCounts { notification_count: n.max(0) as u64, highlight_count: h.max(0) as u64 };
+                all.entry(user).or_default().insert(thread, counts);
+            }
+        }
+        Ok(all)
     }
 
     /// The users notified of an event (to publish their counts again when

@@ -1,10 +1,13 @@
 //! `pusher_pushers`: one row per (app id, pushkey, user), with the hash of
 //! the access token that set it, so that revoking the token removes it.
 
+use std::collections::HashMap;
+
+use myelin_storage::sqlx::AssertSqlSafe;
 use myelin_storage::{WritePool, sqlx, with_db};
 use serde_json::Value;
 
-use super::Storage;
+use super::{IN_LIST_CHUNK, Storage, placeholders};
 use crate::PusherError;
 
 /// A pusher as `/pushers/set` stores it and `/pushers` lists it.
@@ -21,6 +24,15 @@ pub struct PusherRow {
 }
 
 type Row = (String, String, String, String, String, Option<String>, String, String);
+/// A [`Row`] with its user in front.
+type UserRow = (String, String, String, String, String, String, Option<String>, String, String);
+
+fn pusher_row(row: Row) -> Result<PusherRow, PusherError> {
+    let (app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data) = row;
+    let data =
+        serde_json::from_str(&data).map_err(|e| PusherError::Corrupt(format!("pusher {app_id}/{pushkey}: {e}")))?;
+    Ok(PusherRow { app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data })
+}
 
 impl Storage {
     pub async fn pushers(&self, user_id: &str) -> Result<Vec<PusherRow>, PusherError> {
@@ -33,13 +45,31 @@ impl Storage {
             .fetch_all(pool)
             .await?
         });
-        rows.into_iter()
-            .map(|(app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data)| {
-                let data = serde_json::from_str(&data)
-                    .map_err(|e| PusherError::Corrupt(format!("pusher {app_id}/{pushkey}: {e}")))?;
-                Ok(PusherRow { app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data })
-            })
-            .collect()
+        rows.into_iter().map(pusher_row).collect()
+    }
+
+    /// [`Storage::pushers`] of several users; users without any are absent.
+    pub async fn pushers_of(&self, users: &[&str]) -> Result<HashMap<String, Vec<PusherRow>>, PusherError> {
+        let mut all: HashMap<String, Vec<PusherRow>> = HashMap::new();
+        for chunk in users.chunks(IN_LIST_CHUNK) {
+            let sql = format!(
+                "SELECT user_id, app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data \
+                 FROM pusher_pushers WHERE user_id IN ({}) ORDER BY user_id, app_id, pushkey",
+                placeholders(1, chunk.len())
+            );
+            let rows: Vec<UserRow> = with_db!(&self.db, pool => {
+                let mut query = sqlx::query_as(AssertSqlSafe(sql.as_str()));
+                for user in chunk {
+                    query = query.bind(*user);
+                }
+                query.fetch_all(pool).await?
+            });
+            for (user, app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data) in rows {
+                let row = (app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data);
+                all.entry(user).or_default().push(pusher_row(row)?);
+            }
+        }
+        Ok(all)
     }
 
     /// Create or replace the user's pusher; unless `append`, also remove the

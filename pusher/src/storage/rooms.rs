@@ -45,6 +45,24 @@ impl RoomSnapshot {
     }
 }
 
+/// Everything the pusher reads of a room to evaluate its next event: the
+/// current state and the logs the visibility rules need.
+#[derive(Debug, Default)]
+pub struct RoomModel {
+    pub snapshot: RoomSnapshot,
+    /// Each user's membership changes, oldest first.
+    pub memberships: HashMap<String, Vec<Membership>>,
+    /// History visibility changes, oldest first.
+    pub history: Vec<HistoryChange>,
+}
+
+impl RoomModel {
+    /// Entries held, a measure of its memory for the cache's bound.
+    pub fn weight(&self) -> usize {
+        self.snapshot.state.len() + self.memberships.values().map(Vec::len).sum::<usize>() + self.history.len() + 1
+    }
+}
+
 /// One change of a user's membership, for the visibility rules.
 #[derive(Debug, Clone)]
 pub struct Membership {
@@ -140,6 +158,26 @@ impl Storage {
             snapshot.state.insert((event_type, state_key), StateEntry { sender, content });
         }
         Ok(snapshot)
+    }
+
+    /// The room's state and logs, as recorded.
+    pub async fn room_model(&self, room_id: &str) -> Result<RoomModel, PusherError> {
+        Ok(RoomModel {
+            snapshot: self.room(room_id).await?,
+            memberships: self.membership_log(room_id).await?,
+            history: self.visibility_log(room_id).await?,
+        })
+    }
+
+    /// Position of the room's latest recorded event (0: none yet).
+    pub async fn last_pos(&self, room_id: &str) -> Result<i64, PusherError> {
+        let pos: Option<i64> = with_db!(&self.db, pool => {
+            sqlx::query_scalar("SELECT last_pos FROM pusher_rooms WHERE room_id = $1")
+                .bind(room_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(pos.unwrap_or(0))
     }
 
     /// Whether the event was already recorded (a redelivery).

@@ -15,10 +15,23 @@ pub struct CountsConsumer {
     pub storage: Arc<Storage>,
 }
 
+fn decode(record: &Record) -> Result<RoomCounts, HandleError> {
+    record.json().map_err(|e| HandleError::Poison(format!("undecodable counts: {e}")))
+}
+
 #[async_trait]
 impl Handler for CountsConsumer {
     async fn handle(&self, record: &Record) -> Result<(), HandleError> {
-        let counts: RoomCounts = record.json().map_err(|e| HandleError::Poison(format!("undecodable counts: {e}")))?;
+        self.storage.put_counts(&[decode(record)?]).await.map_err(|e| HandleError::Transient(e.to_string()))
+    }
+
+    /// A message in a big room moves hundreds of counts at once: one write.
+    fn batches(&self) -> bool {
+        true
+    }
+
+    async fn handle_batch(&self, records: &[Record]) -> Result<(), HandleError> {
+        let counts = records.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         self.storage.put_counts(&counts).await.map_err(|e| HandleError::Transient(e.to_string()))
     }
 }

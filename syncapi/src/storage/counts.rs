@@ -2,30 +2,34 @@
 //! (user, room), as `/sync` serves it in `unread_notifications`.
 
 use myelin_pusher::api::RoomCounts;
-use myelin_storage::{sqlx, with_db};
+use myelin_storage::{WritePool, sqlx, with_db};
 use serde_json::{Value, json};
 
 use super::Storage;
 
 impl Storage {
-    pub async fn put_counts(&self, counts: &RoomCounts) -> Result<(), sqlx::Error> {
-        let threads = serde_json::to_string(&counts.threads).unwrap_or_else(|_| "{}".to_owned());
-        let n = i64::try_from(counts.notification_count).unwrap_or(i64::MAX);
-        let h = i64::try_from(counts.highlight_count).unwrap_or(i64::MAX);
+    /// Store each user's latest counts; later entries of the same user and
+    /// room win, as they are newer.
+    pub async fn put_counts(&self, all: &[RoomCounts]) -> Result<(), sqlx::Error> {
         with_db!(&self.db, pool => {
-            sqlx::query(
-                "INSERT INTO syncapi_notification_counts (user_id, room_id, notification_count, highlight_count, \
-                 threads) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, room_id) DO UPDATE SET \
-                 notification_count = excluded.notification_count, highlight_count = excluded.highlight_count, \
-                 threads = excluded.threads",
-            )
-            .bind(counts.user_id.as_str())
-            .bind(counts.room_id.as_str())
-            .bind(n)
-            .bind(h)
-            .bind(threads)
-            .execute(pool)
-            .await?;
+            let mut tx = pool.begin_write().await?;
+            for counts in all {
+                let threads = serde_json::to_string(&counts.threads).unwrap_or_else(|_| "{}".to_owned());
+                sqlx::query(
+                    "INSERT INTO syncapi_notification_counts (user_id, room_id, notification_count, highlight_count, \
+                     threads) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, room_id) DO UPDATE SET \
+                     notification_count = excluded.notification_count, highlight_count = excluded.highlight_count, \
+                     threads = excluded.threads",
+                )
+                .bind(counts.user_id.as_str())
+                .bind(counts.room_id.as_str())
+                .bind(i64::try_from(counts.notification_count).unwrap_or(i64::MAX))
+                .bind(i64::try_from(counts.highlight_count).unwrap_or(i64::MAX))
+                .bind(threads)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }

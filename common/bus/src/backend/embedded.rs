@@ -11,7 +11,7 @@ use myelin_storage::{Db, Migration, WritePool, with_db};
 use tokio::sync::watch;
 
 use super::{Backend, Consumer, Wakeups, partition_of, partitions_for, wait_for_wakeup};
-use crate::{BusError, Headers, Offset, Partition, Record};
+use crate::{BusError, Headers, Offset, Partition, Record, metrics};
 
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -96,6 +96,42 @@ impl Backend for EmbeddedBackend {
         Ok((partition, pos))
     }
 
+    /// One write transaction for the whole batch: on SQLite, where every
+    /// component shares one writer, a commit per record would queue behind
+    /// everyone else's that many times.
+    async fn produce_batch(&self, topic: &str, records: &[(String, Vec<u8>)]) -> Result<(), BusError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let partitions = partitions_for(topic, self.partitions);
+        with_db!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            for (key, payload) in records {
+                let partition = i64::from(partition_of(key, partitions));
+                let pos: i64 = sqlx::query_scalar(
+                    "INSERT INTO bus_partitions (topic, part, last_pos) VALUES ($1, $2, 1) \
+                     ON CONFLICT (topic, part) DO UPDATE SET last_pos = bus_partitions.last_pos + 1 \
+                     RETURNING last_pos",
+                )
+                .bind(topic)
+                .bind(partition)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO bus_log (topic, part, pos, record_key, headers, payload) VALUES ($1, $2, $3, $4, NULL, $5)")
+                    .bind(topic)
+                    .bind(partition)
+                    .bind(pos)
+                    .bind(key)
+                    .bind(payload)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        self.wakeups.notify(topic);
+        Ok(())
+    }
+
     async fn consumer(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>, BusError> {
         let wakeup = self.wakeups.subscribe(topic);
         let rows = with_db!(&self.db, pool => {
@@ -159,7 +195,8 @@ struct EmbeddedConsumer {
 
 impl EmbeddedConsumer {
     /// Partitions whose head is past this consumer's position: one cheap
-    /// read instead of a query per partition on every wake-up.
+    /// read instead of a query per partition on every wake-up. The same read
+    /// gives the group's lag, as everything handed out before is committed.
     async fn partitions_with_news(&self) -> Result<Vec<Partition>, BusError> {
         let heads: Vec<(i64, i64)> = with_db!(&self.db, pool => {
             sqlx::query_as("SELECT part, last_pos FROM bus_partitions WHERE topic = $1")
@@ -167,11 +204,15 @@ impl EmbeddedConsumer {
                 .fetch_all(pool)
                 .await?
         });
-        Ok(heads
+        let behind: Vec<(Partition, i64)> = heads
             .into_iter()
-            .filter(|(part, head)| self.positions.get(*part as usize).is_some_and(|position| head > position))
-            .map(|(part, _)| part as Partition)
-            .collect())
+            .filter_map(|(part, head)| {
+                let position = self.positions.get(part as usize)?;
+                (head > *position).then_some((part as Partition, head - position))
+            })
+            .collect();
+        metrics::consumer_lag(&self.group, &self.topic, behind.iter().map(|(_, n)| n).sum());
+        Ok(behind.into_iter().map(|(part, _)| part).collect())
     }
 
     async fn fetch(&self, partition: Partition, after: Offset, limit: i64) -> Result<Vec<Record>, BusError> {

@@ -158,6 +158,13 @@ impl Backend for KafkaBackend {
         self.send(topic, key, headers, payload).await
     }
 
+    /// All records queued at once, in order; librdkafka batches them per partition.
+    async fn produce_batch(&self, topic: &str, records: &[(String, Vec<u8>)]) -> Result<(), BusError> {
+        let sends = records.iter().map(|(key, payload)| self.send(topic, key, None, payload));
+        futures::future::try_join_all(sends).await?;
+        Ok(())
+    }
+
     async fn consumer(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>, BusError> {
         self.ensure_topic(topic).await?;
         let consumer: StreamConsumer<LagReporter> = client_config(&self.brokers)

@@ -23,6 +23,16 @@ pub trait Backend: Send + Sync + 'static {
         payload: &[u8],
     ) -> Result<(Partition, Offset), BusError>;
 
+    /// Append `(key, payload)` records, each to the partition its key maps
+    /// to, in one round trip where the backend can (records of one key keep
+    /// their order).
+    async fn produce_batch(&self, topic: &str, records: &[(String, Vec<u8>)]) -> Result<(), BusError> {
+        for (key, payload) in records {
+            self.produce(topic, key, &Headers::default(), payload).await?;
+        }
+        Ok(())
+    }
+
     /// Join consumer group `group` on `topic`, starting after its committed offsets.
     async fn consumer(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>, BusError>;
 
