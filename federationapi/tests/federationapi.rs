@@ -1852,6 +1852,16 @@ async fn restricted_rooms_let_in_members_of_an_allowed_room_across_servers() {
     let body = Value::from(CanonicalJsonValue::Object(forged));
     let (status, body) = status_of(b.client.send(FederationRequest::put(&a.name, path, body)).await);
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    // Bob's join with content its hash does not cover: A does not sign it.
+    let (mut tampered, tampered_id) = sign_template(&template, &bob, &b.name, &b.key);
+    if let Some(CanonicalJsonValue::Object(content)) = tampered.get_mut("content") {
+        content.insert("displayname".to_owned(), CanonicalJsonValue::String("Mallory".to_owned()));
+    }
+    let path = format!("/_matrix/federation/v2/send_join/{}/{}", encode_path(&inner), encode_path(&tampered_id));
+    let body = Value::from(CanonicalJsonValue::Object(tampered));
+    let (status, body) = status_of(b.client.send(FederationRequest::put(&a.name, path, body)).await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("content hash")), "{body}");
 
     let joined = join_through(&b, &inner, &bob, &[&a.name]).await.unwrap();
     assert!(matches!(joined, FederationPerformOk::Joined { .. }), "{joined:?}");
