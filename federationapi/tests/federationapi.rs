@@ -1351,6 +1351,7 @@ async fn a_server_acl_refuses_a_denied_origin_everywhere_and_changes_take_effect
         FederationRequest::get(&a.name, format!("/_matrix/federation/v1/state_ids/{room}?event_id={join}")),
         FederationRequest::get(&a.name, format!("/_matrix/federation/v1/event_auth/{room}/{join}")),
         FederationRequest::get(&a.name, format!("/_matrix/federation/v1/backfill/{room}?v={join}&limit=5")),
+        FederationRequest::get(&a.name, format!("/_matrix/federation/v1/timestamp_to_event/{room}?ts={NOW_MS}&dir=b")),
         FederationRequest::post(
             &a.name,
             format!("/_matrix/federation/v1/get_missing_events/{room}"),
@@ -1622,4 +1623,278 @@ async fn inbound_key_and_presence_edus_count_only_for_the_origins_users_in_a_roo
         updates,
         [json!({"user_id": alice, "presence": "unavailable", "status_msg": "tea", "last_active_ts": NOW_MS - 5000})]
     );
+}
+
+// PDUs of another server over real HTTP `/send` into the real room server:
+// the remote instance has no room server; the test builds and signs its
+// events with its key.
+
+fn encode_path(s: &str) -> String {
+    s.replace('!', "%21").replace('@', "%40").replace(':', "%3A").replace('$', "%24")
+}
+
+/// `event` as `origin` sends it in a v12 room, hashed and signed by `key`, and its id.
+fn signed_pdu(event: Value, origin: &str, key: &ServerSigningKey) -> (Value, String) {
+    let mut object = canonical(event);
+    let rules = RoomVersionId::V12.rules().unwrap();
+    hash_and_sign_event(origin, &key.keypair, &mut object, &rules.redaction).unwrap();
+    let event_id = format!("${}", reference_hash(&object, &rules).unwrap());
+    (Value::from(CanonicalJsonValue::Object(object)), event_id)
+}
+
+/// Another key under the id of `key`: its signatures name that key but do not verify.
+fn impostor_of(key: &ServerSigningKey) -> ServerSigningKey {
+    let version = key.key_id().trim_start_matches("ed25519:").to_owned();
+    let fresh = ServerSigningKey::generate_file_contents();
+    let seed = fresh.split_whitespace().nth(2).unwrap().to_owned();
+    ServerSigningKey::parse(&format!("ed25519 {version} {seed}")).unwrap()
+}
+
+/// A user of `remote` in a room of `resident`, building its own events.
+#[derive(Clone)]
+struct RemoteMember {
+    room_id: String,
+    user: String,
+    /// The room's power levels and the user's join: a message's auth events.
+    auth_events: Vec<String>,
+    /// The latest event built on and its depth.
+    tip: (String, i64),
+}
+
+impl RemoteMember {
+    /// `user` of `remote` joins `room_id` on `resident` by `/make_join` and `/send_join`.
+    async fn join(remote: &Instance, resident: &Instance, room_id: &str, user: &str) -> Self {
+        let path = format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", encode_path(room_id), encode_path(user));
+        let answer = remote.client.send(FederationRequest::get(&resident.name, path)).await.unwrap();
+        let (join, join_id) = sign_template(&answer, user, &remote.name, &remote.key);
+        let path = format!("/_matrix/federation/v2/send_join/{}/{}", encode_path(room_id), encode_path(&join_id));
+        let body = Value::from(CanonicalJsonValue::Object(join));
+        remote.client.send(FederationRequest::put(&resident.name, path, body)).await.unwrap();
+        let creator = format!("@alice:{}", resident.name);
+        let levels = state_event(resident, room_id, &creator, "m.room.power_levels", "").await.unwrap();
+        let depth = answer["event"]["depth"].as_i64().unwrap();
+        Self {
+            room_id: room_id.to_owned(),
+            user: user.to_owned(),
+            auth_events: vec![id_of(&levels), join_id.clone()],
+            tip: (join_id, depth),
+        }
+    }
+
+    /// An event of the user's after the tip, at `ts`, signed by `key` as `origin`.
+    fn event(&self, kind: &str, state_key: Option<&str>, content: Value, ts: u64) -> Value {
+        let mut event = json!({"room_id": self.room_id, "type": kind, "sender": self.user, "content": content,
+            "prev_events": [self.tip.0], "auth_events": self.auth_events, "depth": self.tip.1 + 1,
+            "origin_server_ts": ts});
+        if let Some(state_key) = state_key {
+            event["state_key"] = json!(state_key);
+        }
+        event
+    }
+
+    /// A message built on the tip, which it becomes.
+    fn message(&mut self, body: &str, ts: u64, origin: &str, key: &ServerSigningKey) -> (Value, String) {
+        let (pdu, event_id) = signed_pdu(self.event("m.room.message", None, json!({"body": body}), ts), origin, key);
+        self.tip = (event_id.clone(), self.tip.1 + 1);
+        (pdu, event_id)
+    }
+}
+
+/// `PUT /send` of `pdus` from `from` to `to`.
+async fn send_pdus(from: &Instance, to: &Instance, txn: &str, pdus: Vec<Value>) -> Value {
+    let body = json!({"origin": from.name, "origin_server_ts": NOW_MS, "pdus": pdus});
+    from.client
+        .send(FederationRequest::put(&to.name, format!("/_matrix/federation/v1/send/{txn}"), body))
+        .await
+        .unwrap()
+}
+
+/// Event `event_id` of `room_id` as local user `user` reads it from `server`'s room server.
+async fn user_event(server: &Instance, room_id: &str, user: &str, event_id: &str) -> QueryReply {
+    let request = QueryRequest::UserEvent {
+        user_id: user.try_into().unwrap(),
+        room_id: room_id.try_into().unwrap(),
+        event_id: event_id.try_into().unwrap(),
+    };
+    server.bus.request_json(QUERY_TOPIC, room_id, &request, Duration::from_secs(60)).await.unwrap()
+}
+
+/// Issue acceptance: one PDU that fails auth in a full 50-PDU transaction
+/// fails alone; the other 49 are in the room. A PDU whose signature does
+/// not verify gets its error and is not stored.
+#[tokio::test]
+async fn a_poison_pdu_fails_alone_in_a_full_transaction_over_http() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options { room_server: true, ..Options::default() }).await;
+    let alice = format!("@alice:{}", b.name);
+    let room_id = create_public_room(&b, &alice).await;
+    let mut bob = RemoteMember::join(&a, &b, &room_id, &format!("@bob:{}", a.name)).await;
+    let levels_before = state_event(&b, &room_id, &alice, "m.room.power_levels", "").await.unwrap();
+
+    // Bob gives himself power he does not have: auth refuses it. Nothing builds on it.
+    let grab = bob.event("m.room.power_levels", Some(""), json!({"users": {bob.user.clone(): 100}}), NOW_MS);
+    let (grab, grab_id) = signed_pdu(grab, &a.name, &a.key);
+    let mut pdus = Vec::new();
+    let mut good = Vec::new();
+    for n in 0..49 {
+        if n == 24 {
+            pdus.push(grab.clone());
+        }
+        let (pdu, event_id) = bob.message(&format!("message {n}"), NOW_MS + n, &a.name, &a.key);
+        pdus.push(pdu);
+        good.push(event_id);
+    }
+    assert_eq!(pdus.len(), 50);
+    let answer = send_pdus(&a, &b, "full", pdus).await;
+    let results = answer["pdus"].as_object().unwrap();
+    assert_eq!(results.len(), 50, "{answer}");
+    for event_id in &good {
+        assert_eq!(results[event_id], json!({}), "{event_id}: {answer}");
+    }
+    assert!(results[&grab_id]["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer}");
+    for event_id in &good {
+        let reply = user_event(&b, &room_id, &alice, event_id).await;
+        assert!(matches!(reply, Ok(QueryOk::ServerEvents { .. })), "{event_id} is not in the room: {reply:?}");
+    }
+    let levels = state_event(&b, &room_id, &alice, "m.room.power_levels", "").await.unwrap();
+    assert_eq!(levels, levels_before, "the refused power levels changed nothing");
+
+    // A signature by Bob's server's key id that its key does not verify.
+    let (forged, forged_id) = bob.clone().message("forged", NOW_MS + 100, &a.name, &impostor_of(&a.key));
+    let (fine, fine_id) = bob.message("fine", NOW_MS + 100, &a.name, &a.key);
+    let answer = send_pdus(&a, &b, "forged", vec![forged, fine]).await;
+    assert!(answer["pdus"][&forged_id]["error"].as_str().is_some_and(|e| e.contains("signature")), "{answer}");
+    assert_eq!(answer["pdus"][&fine_id], json!({}), "{answer}");
+    let reply = user_event(&b, &room_id, &alice, &forged_id).await;
+    assert_eq!(reply.unwrap_err().errcode, ErrorCode::NotFound, "the forged PDU is not stored");
+    assert!(matches!(user_event(&b, &room_id, &alice, &fine_id).await, Ok(QueryOk::ServerEvents { .. })));
+}
+
+/// Issue acceptance: in a v5+ room a key counts at most 7 days past the
+/// time it was fetched, whatever `valid_until_ts` it claims. A's clock is
+/// 100 weeks ahead, so its key response claims validity that far out.
+#[tokio::test]
+async fn a_key_counts_at_most_seven_days_past_its_fetch_whatever_it_claims() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let ahead = ManualClock::new(NOW_MS + 100 * WEEK_MS);
+    let a = Instance::start(&pki, TestDb::sqlite(), &ahead, Options::default()).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options { room_server: true, ..Options::default() }).await;
+    let alice = format!("@alice:{}", b.name);
+    let room_id = create_public_room(&b, &alice).await;
+    let mut bob = RemoteMember::join(&a, &b, &room_id, &format!("@bob:{}", a.name)).await;
+
+    let claimed: Value = pki
+        .http_client()
+        .get(format!("https://localhost:{}/_matrix/key/v2/server", a.addr.port()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(claimed["valid_until_ts"], NOW_MS + 101 * WEEK_MS, "A claims validity far ahead");
+    let keys = b.server_keys(&a.name, &[&a.key.key_id()]).await;
+    assert_eq!(keys[0].valid_until_ts, Some(NOW_MS + WEEK_MS), "B trusts it a week past its fetch: {keys:?}");
+
+    let day = WEEK_MS / 7;
+    let (within, within_id) = bob.message("six days on", NOW_MS + 6 * day, &a.name, &a.key);
+    let (beyond, beyond_id) = bob.message("eight days on", NOW_MS + 8 * day, &a.name, &a.key);
+    let answer = send_pdus(&a, &b, "ahead", vec![within, beyond]).await;
+    assert_eq!(answer["pdus"][&within_id], json!({}), "{answer}");
+    assert!(answer["pdus"][&beyond_id]["error"].as_str().is_some_and(|e| e.contains("signature")), "{answer}");
+    assert!(matches!(user_event(&b, &room_id, &alice, &within_id).await, Ok(QueryOk::ServerEvents { .. })));
+    let reply = user_event(&b, &room_id, &alice, &beyond_id).await;
+    assert_eq!(reply.unwrap_err().errcode, ErrorCode::NotFound, "the late PDU is not stored");
+}
+
+/// A private room on `server` whose join rules let in the members of `allowed`.
+async fn create_restricted_room(server: &Instance, creator: &str, allowed: &str) -> String {
+    let room_id = create_room(server, creator, "private_chat").await;
+    let rules = json!({"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": allowed}]});
+    send_state(server, &room_id, creator, "m.room.join_rules", "", rules).await;
+    room_id
+}
+
+/// Issue acceptance: B's user who is in a room on A that a restricted room
+/// on A allows joins it through A, which names its user as the authoriser
+/// in the template and countersigns the join; a user of B outside the
+/// allowed room is refused, and each other refusal has the spec's error.
+#[tokio::test]
+async fn restricted_rooms_let_in_members_of_an_allowed_room_across_servers() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let with_room_server = || Options { room_server: true, ..Options::default() };
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, with_room_server()).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, with_room_server()).await;
+    let alice = format!("@alice:{}", a.name);
+    let (bob, carol) = (format!("@bob:{}", b.name), format!("@carol:{}", b.name));
+    let lobby = create_public_room(&a, &alice).await;
+    join_through(&b, &lobby, &bob, &[&a.name]).await.unwrap();
+    clock.advance_ms(1);
+    let inner = create_restricted_room(&a, &alice, &lobby).await;
+
+    let make_join = |room: &str, user: &str| {
+        let path = format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", encode_path(room), encode_path(user));
+        b.client.send(FederationRequest::get(&a.name, path))
+    };
+    let (status, template) = status_of(make_join(&inner, &bob).await);
+    assert_eq!(status, 200, "{template}");
+    assert_eq!(template["event"]["content"]["join_authorised_via_users_server"], alice.as_str(), "{template}");
+    let (status, body) = status_of(make_join(&inner, &carol).await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "not in the lobby: {body}");
+
+    // Carol's join on Bob's template: A does not countersign it.
+    let (forged, forged_id) = sign_template(&template, &carol, &b.name, &b.key);
+    let path = format!("/_matrix/federation/v2/send_join/{}/{}", encode_path(&inner), encode_path(&forged_id));
+    let body = Value::from(CanonicalJsonValue::Object(forged));
+    let (status, body) = status_of(b.client.send(FederationRequest::put(&a.name, path, body)).await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    // Bob's join with content its hash does not cover: A does not sign it.
+    let (mut tampered, tampered_id) = sign_template(&template, &bob, &b.name, &b.key);
+    if let Some(CanonicalJsonValue::Object(content)) = tampered.get_mut("content") {
+        content.insert("displayname".to_owned(), CanonicalJsonValue::String("Mallory".to_owned()));
+    }
+    let path = format!("/_matrix/federation/v2/send_join/{}/{}", encode_path(&inner), encode_path(&tampered_id));
+    let body = Value::from(CanonicalJsonValue::Object(tampered));
+    let (status, body) = status_of(b.client.send(FederationRequest::put(&a.name, path, body)).await);
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("content hash")), "{body}");
+
+    let joined = join_through(&b, &inner, &bob, &[&a.name]).await.unwrap();
+    assert!(matches!(joined, FederationPerformOk::Joined { .. }), "{joined:?}");
+    let on_a = state_event(&a, &inner, &alice, "m.room.member", &bob).await.expect("A accepted the join");
+    assert_eq!(on_a["content"]["join_authorised_via_users_server"], alice.as_str(), "{on_a}");
+    assert!(signed_by(&redacted_member(&on_a), &a.name, &a.key), "A countersigned: {on_a}");
+    let on_b = state_event(&b, &inner, &bob, "m.room.member", &bob).await.expect("B has the join");
+    assert_eq!(on_b, on_a, "B keeps the countersigned join");
+    let refused = join_through(&b, &inner, &carol, &[&a.name]).await.unwrap_err();
+    assert_eq!((refused.errcode, refused.status), (ErrorCode::Forbidden, 403), "{refused:?}");
+
+    // Allowed rooms A does not know: it cannot judge.
+    clock.advance_ms(1);
+    let unknown = create_restricted_room(&a, &alice, "!gone:elsewhere.example").await;
+    let (status, body) = status_of(make_join(&unknown, &bob).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNABLE_TO_AUTHORISE_JOIN")), "{body}");
+    // Nobody of A is left to authorise the join.
+    clock.advance_ms(1);
+    let deserted = create_restricted_room(&a, &alice, &lobby).await;
+    send_state(&a, &deserted, &alice, "m.room.member", &alice, json!({"membership": "leave"})).await;
+    let (status, body) = status_of(make_join(&deserted, &bob).await);
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNABLE_TO_GRANT_JOIN")), "{body}");
+    let refused = join_through(&b, &deserted, &bob, &[&a.name]).await.unwrap_err();
+    assert_eq!((refused.errcode, refused.status), (ErrorCode::UnableToGrantJoin, 400), "{refused:?}");
+}
+
+/// A member event as its signatures cover it: redacted (v12 keeps
+/// `membership` and `join_authorised_via_users_server`), without `unsigned`.
+fn redacted_member(event: &Value) -> Value {
+    let mut redacted = event.clone();
+    let content = &event["content"];
+    redacted["content"] = json!({"membership": content["membership"],
+        "join_authorised_via_users_server": content["join_authorised_via_users_server"]});
+    redacted.as_object_mut().unwrap().remove("unsigned");
+    redacted
 }

@@ -53,6 +53,16 @@ pub enum InputRequest {
     /// sees it; in a room it is in, the event arrives again over `/send`.
     /// The reply is [`InputOk::InviteSigned`].
     ReceivedInvite(ReceivedInvite),
+    /// Another server's user joins a restricted room through this server
+    /// (`/send_join` of a join whose `join_authorised_via_users_server`
+    /// names a user of this server): the join must be one of a user of
+    /// `origin`, the user must be let in by the join rules as this server
+    /// sees them, and the content hash must match; then this server signs
+    /// it. Nothing is stored: the signed join then goes in as
+    /// [`InputRequest::InputPdus`]. The reply is [`InputOk::JoinSigned`].
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#restricted-rooms>
+    ReceivedJoin(ReceivedJoin),
     /// A local user knocked on a room this server is not in, through
     /// another server (`/make_knock`, `/send_knock`, done by the federation
     /// API). The knock is kept as an outlier with the resident server's
@@ -99,6 +109,16 @@ pub struct KnockedRemoteRoom {
     pub knock_room_state: Vec<Value>,
 }
 
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#put_matrixfederationv2send_joinroomideventid>
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceivedJoin {
+    /// The joining server (the X-Matrix origin).
+    pub origin: OwnedServerName,
+    pub room_id: OwnedRoomId,
+    /// The join event as received, in federation format.
+    pub event: Value,
+}
+
 /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#put_matrixfederationv2inviteroomideventid>
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReceivedInvite {
@@ -139,6 +159,10 @@ pub enum InputOk {
     },
     /// The invite event of a [`ReceivedInvite`] with this server's signature added.
     InviteSigned {
+        event: Value,
+    },
+    /// The join event of a [`ReceivedJoin`] with this server's signature added.
+    JoinSigned {
         event: Value,
     },
 }

@@ -35,6 +35,12 @@ pub enum RequestError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// A restricted join this server cannot judge: it knows none of the allowed rooms.
+    #[error("{0}")]
+    UnableToAuthoriseJoin(String),
+    /// A restricted join no user of this server can authorise.
+    #[error("{0}")]
+    UnableToGrantJoin(String),
     /// Another server refused what this request needed of it; its error
     /// goes to the caller.
     #[error("{0}")]
@@ -58,6 +64,8 @@ impl RequestError {
             Self::TooLarge(m) => (ErrorCode::TooLarge, m),
             Self::Forbidden(m) => (ErrorCode::Forbidden, m),
             Self::NotFound(m) => (ErrorCode::NotFound, m),
+            Self::UnableToAuthoriseJoin(m) => (ErrorCode::UnableToAuthoriseJoin, m),
+            Self::UnableToGrantJoin(m) => (ErrorCode::UnableToGrantJoin, m),
             Self::Remote(error) => return Ok(error),
             Self::Internal(m) => {
                 tracing::error!(error = %m, "room server internal error");

@@ -34,6 +34,7 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
     let key = ServerSigningKey::load(&config.global.signing_key_path)?;
     db.migrate("roomserver", MIGRATIONS).await?;
 
+    let query = QueryConsumer { db: db.clone(), server_name: server_name.clone() };
     let input = InputConsumer {
         db: db.clone(),
         bus: bus.clone(),
@@ -42,6 +43,6 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
         output: OutputProducer::new(bus.clone()),
     };
     let input = bus.serve("roomserver", INPUT_TOPIC, Arc::new(input), shutdown.clone());
-    let query = bus.serve("roomserver.query", QUERY_TOPIC, Arc::new(QueryConsumer { db }), shutdown);
+    let query = bus.serve("roomserver.query", QUERY_TOPIC, Arc::new(query), shutdown);
     Ok(Started { tasks: vec![input, query] })
 }

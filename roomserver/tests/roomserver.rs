@@ -450,6 +450,47 @@ async fn local_users_join_public_rooms_and_invited_rooms() {
     .await;
 }
 
+/// A restricted room lets in a local user joined to an allowed room, the
+/// join naming the local user with the most power to invite as its
+/// authoriser; anyone else is refused with 403 `M_FORBIDDEN`, and an invite
+/// still lets them in without one.
+#[tokio::test]
+async fn local_users_join_restricted_rooms_through_an_allowed_room() {
+    each_backend(|h| async move {
+        let (alice, bob, carol, dave) = (user("alice"), user("bob"), user("carol"), user("dave"));
+        let lobby = h.create(public_room(&alice)).await.unwrap();
+        h.membership(&lobby, &bob, "join").await.unwrap();
+        for join_rule in ["restricted", "knock_restricted"] {
+            let inner =
+                h.create(CreateRoom { preset: Some("private_chat".into()), ..create_request(&alice) }).await.unwrap();
+            let rules = json!({"join_rule": join_rule, "allow": [{"type": "m.room_membership", "room_id": lobby}]});
+            h.send(&inner, &alice, "m.room.join_rules", Some(""), rules, None).await.unwrap();
+
+            h.membership(&inner, &bob, "join").await.unwrap();
+            let member = h.state(&inner, &bob, Some("m.room.member"), Some(bob.as_str())).await.unwrap();
+            let content = &member[0].pdu["content"];
+            assert_eq!(content["membership"], "join", "{join_rule}");
+            assert_eq!(content["join_authorised_via_users_server"], alice.as_str(), "{join_rule}: {content}");
+
+            assert_error(h.membership(&inner, &carol, "join").await, ErrorCode::Forbidden, 403);
+            h.send(&inner, &alice, "m.room.member", Some(dave.as_str()), json!({"membership": "invite"}), None)
+                .await
+                .unwrap();
+            h.membership(&inner, &dave, "join").await.unwrap();
+            let member = h.state(&inner, &dave, Some("m.room.member"), Some(dave.as_str())).await.unwrap();
+            assert!(member[0].pdu["content"].get("join_authorised_via_users_server").is_none(), "invited: no authoriser");
+        }
+
+        // Allowed rooms this server does not know let nobody in.
+        let elsewhere =
+            h.create(CreateRoom { preset: Some("private_chat".into()), ..create_request(&alice) }).await.unwrap();
+        let rules = json!({"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": "!gone:elsewhere.example"}]});
+        h.send(&elsewhere, &alice, "m.room.join_rules", Some(""), rules, None).await.unwrap();
+        assert_error(h.membership(&elsewhere, &bob, "join").await, ErrorCode::Forbidden, 403);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn events_that_fail_checks_are_refused() {
     each_backend(|h| async move {

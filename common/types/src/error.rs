@@ -44,6 +44,14 @@ pub enum ErrorCode {
     /// Federation: the room's version is not one the joining server speaks.
     #[serde(rename = "M_INCOMPATIBLE_ROOM_VERSION")]
     IncompatibleRoomVersion,
+    /// Federation: a restricted room's resident server knows none of the
+    /// rooms whose membership would let the user in.
+    #[serde(rename = "M_UNABLE_TO_AUTHORISE_JOIN")]
+    UnableToAuthoriseJoin,
+    /// Federation: the user may join a restricted room, but no user of the
+    /// resident server can authorise it; another server should be tried.
+    #[serde(rename = "M_UNABLE_TO_GRANT_JOIN")]
+    UnableToGrantJoin,
     #[serde(rename = "M_ROOM_IN_USE")]
     RoomInUse,
     #[serde(rename = "M_BAD_STATE")]
@@ -89,6 +97,8 @@ impl ErrorCode {
             | Self::MissingParam
             | Self::UnsupportedRoomVersion
             | Self::IncompatibleRoomVersion
+            | Self::UnableToAuthoriseJoin
+            | Self::UnableToGrantJoin
             | Self::RoomInUse
             | Self::BadState
             | Self::InvalidRoomState

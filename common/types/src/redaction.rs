@@ -41,11 +41,17 @@ pub fn may_redact(room: &RoomAuth<'_>, redactor: &UserId, author: &UserId) -> bo
     if redactor == author {
         return true;
     }
+    power_levels(room).user_can_redact_event_of_other(redactor)
+}
+
+/// The room's power levels as the auth rules read them, creators included
+/// (the room server also asks who may invite, for restricted joins).
+pub fn power_levels(room: &RoomAuth<'_>) -> RoomPowerLevels {
     let source = room
         .power_levels
         .and_then(|pdu| serde_json::from_value::<RoomPowerLevelsEventContent>(pdu["content"].clone()).ok())
         .map_or(RoomPowerLevelsSource::None, RoomPowerLevelsSource::Original);
-    RoomPowerLevels::new(source, &room.rules.authorization, creators(room)).user_can_redact_event_of_other(redactor)
+    RoomPowerLevels::new(source, &room.rules.authorization, creators(room))
 }
 
 /// The room's creators: the create event's `creator` before room version

@@ -377,6 +377,7 @@ impl PerformResponder {
         let list = |name: &str| response.get(name).and_then(Value::as_array).cloned();
         let state = list("state").ok_or_else(|| bad("no state"))?;
         let auth_chain = list("auth_chain").ok_or_else(|| bad("no auth_chain"))?;
+        let signed = countersigned(signed, &response, self.server_name.as_str()).map_err(bad)?;
         // Signatures and hashes of the state and chain are checked by the
         // room server's pipeline, which every PDU goes through.
         Ok(Joined { signed, state, auth_chain })
@@ -395,15 +396,19 @@ impl PerformResponder {
         answer: &Value,
     ) -> Result<SignedJoin, JoinError> {
         let membership = content.get("membership").and_then(Value::as_str).unwrap_or_default();
-        let Template { room_version, rules, prev_events, auth_events, depth } =
+        let Template { room_version, rules, prev_events, auth_events, depth, authorised_via } =
             read_template(answer, room_id, user_id, membership)
                 .map_err(|reason| JoinError::BadTemplate { server: server.to_string(), reason: reason.to_owned() })?;
+        let mut content = content.clone();
+        if let (Some(via), Some(fields)) = (authorised_via.filter(|_| membership == "join"), content.as_object_mut()) {
+            fields.insert("join_authorised_via_users_server".into(), json!(via));
+        }
         let mut fields = Map::new();
         fields.insert("type".into(), json!("m.room.member"));
         fields.insert("sender".into(), json!(user_id));
         fields.insert("state_key".into(), json!(user_id));
         fields.insert("room_id".into(), json!(room_id));
-        fields.insert("content".into(), content.clone());
+        fields.insert("content".into(), content);
         fields.insert("prev_events".into(), prev_events);
         fields.insert("auth_events".into(), auth_events);
         fields.insert("depth".into(), json!(depth));
@@ -443,6 +448,8 @@ struct Template {
     prev_events: Value,
     auth_events: Value,
     depth: i64,
+    /// The resident server's user who vouches for a restricted join.
+    authorised_via: Option<OwnedUserId>,
 }
 
 /// Check that a `/make_join` (`/make_leave`) answer is a `membership` event
@@ -475,7 +482,50 @@ fn read_template(
     let prev_events = refs("prev_events").ok_or("no prev_events")?;
     let auth_events = refs("auth_events").ok_or("no auth_events")?;
     let depth = template.get("depth").and_then(Value::as_i64).filter(|d| *d > 0).ok_or("no depth")?;
-    Ok(Template { room_version, rules, prev_events, auth_events, depth })
+    let authorised_via = match template.get("content").and_then(|c| c.get("join_authorised_via_users_server")) {
+        None => None,
+        Some(via) => Some(via.as_str().and_then(|via| OwnedUserId::try_from(via).ok()).ok_or("invalid authoriser")?),
+    };
+    Ok(Template { room_version, rules, prev_events, auth_events, depth, authorised_via })
+}
+
+/// A restricted join as the resident server answered it: the event this
+/// server sent with the authorising server's signature added. Anything
+/// else about it must be unchanged; the room server's pipeline checks the
+/// added signature.
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#restricted-rooms>
+fn countersigned(mut signed: SignedJoin, response: &Value, ours: &str) -> Result<SignedJoin, &'static str> {
+    let restricted = matches!(signed.event.get("content"), Some(CanonicalJsonValue::Object(content))
+        if content.contains_key("join_authorised_via_users_server"));
+    if !restricted {
+        return Ok(signed);
+    }
+    let event = response.get("event").cloned().ok_or("no countersigned event")?;
+    let Ok(CanonicalJsonValue::Object(event)) = CanonicalJsonValue::try_from(event) else {
+        return Err("the countersigned event is not canonical JSON");
+    };
+    let unsigned = |object: &CanonicalJsonObject| {
+        let mut object = object.clone();
+        object.remove("signatures");
+        object
+    };
+    if unsigned(&event) != unsigned(&signed.event) {
+        return Err("the countersigned event is not the join sent");
+    }
+    if signatures_of(&event, ours) != signatures_of(&signed.event, ours) {
+        return Err("the countersigned event changed this server's signature");
+    }
+    signed.event = event;
+    Ok(signed)
+}
+
+/// The signatures of `server` on `event`.
+fn signatures_of<'a>(event: &'a CanonicalJsonObject, server: &str) -> Option<&'a CanonicalJsonValue> {
+    match event.get("signatures") {
+        Some(CanonicalJsonValue::Object(all)) => all.get(server),
+        _ => None,
+    }
 }
 
 /// A `send_join` that went through.
@@ -497,6 +547,8 @@ fn refusal_of(error: JoinError) -> MatrixError {
             match body["errcode"].as_str() {
                 Some("M_FORBIDDEN") => MatrixError::forbidden(message),
                 Some("M_INCOMPATIBLE_ROOM_VERSION") => MatrixError::new(ErrorCode::IncompatibleRoomVersion, message),
+                Some("M_UNABLE_TO_AUTHORISE_JOIN") => MatrixError::new(ErrorCode::UnableToAuthoriseJoin, message),
+                Some("M_UNABLE_TO_GRANT_JOIN") => MatrixError::new(ErrorCode::UnableToGrantJoin, message),
                 _ if status == 404 => MatrixError::not_found(message),
                 _ => MatrixError::new(ErrorCode::Unknown, message).with_status(http::StatusCode::BAD_GATEWAY),
             }

@@ -126,6 +126,7 @@ pub(super) async fn get_timestamp_to_event(
     }
     let ts = ts.ok_or_else(|| missing_param("ts"))?;
     let forward = forward.ok_or_else(|| missing_param("dir"))?;
+    check_acl(&state, &origin, &room_id).await?;
     let key = room_id.to_string();
     let request = QueryRequest::TimestampToEvent { room_id, ts, forward, reader: Reader::Server(origin) };
     match query_room_server(&state, &key, &request).await? {

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use myelin_roomserver::api::{
     INPUT_TOPIC, InputOk, InputPdus, InputReply, InputRequest, PduKind, PduOutcome, QueryOk, QueryRequest,
-    REQUEST_TIMEOUT,
+    REQUEST_TIMEOUT, ReceivedJoin,
 };
 use myelin_types::MatrixError;
 use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId};
@@ -100,8 +100,8 @@ pub(super) async fn send_join_v1(
 /// Check that `event` is the join of a user of `origin` at the ids in the
 /// path, run it through the room server's pipeline like any received PDU
 /// (DESIGN.md invariant 4), and answer with the state before it and its
-/// auth chain. The event is returned as received: this server adds no
-/// signature of its own (restricted joins, which need one, are not offered).
+/// auth chain. A restricted join that one of this server's users
+/// authorises is countersigned first, and answered signed.
 async fn send_join(
     state: &FederationState,
     origin: OwnedServerName,
@@ -110,6 +110,7 @@ async fn send_join(
     event: Value,
 ) -> Result<Value, MatrixError> {
     let room_id = parse_room_id(room_id)?;
+    let event = countersigned(state, &origin, &room_id, event).await?;
     let event_id = submit_membership(state, origin, &room_id, event_id, &event, "join").await?;
 
     let request = QueryRequest::StateAndAuthChain { room_id: room_id.clone(), event_id };
@@ -121,6 +122,37 @@ async fn send_join(
             "event": event,
         })),
         other => Err(unexpected(other)),
+    }
+}
+
+/// `event` with this server's signature when its
+/// `join_authorised_via_users_server` names a user of this server (the
+/// room server checks the join deserves it), else as received.
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#restricted-rooms>
+async fn countersigned(
+    state: &FederationState,
+    origin: &OwnedServerName,
+    room_id: &OwnedRoomId,
+    event: Value,
+) -> Result<Value, MatrixError> {
+    let via = event.pointer("/content/join_authorised_via_users_server").and_then(Value::as_str);
+    let ours = via
+        .and_then(|via| OwnedUserId::try_from(via).ok())
+        .is_some_and(|via| via.server_name().as_str() == state.keys.server_name());
+    if !ours {
+        return Ok(event);
+    }
+    check_acl(state, origin, room_id).await?;
+    let request = InputRequest::ReceivedJoin(ReceivedJoin { origin: origin.clone(), room_id: room_id.clone(), event });
+    let reply: InputReply =
+        state.bus.request_json(INPUT_TOPIC, room_id.as_str(), &request, REQUEST_TIMEOUT).await.map_err(bus_error)?;
+    match reply? {
+        InputOk::JoinSigned { event } => Ok(event),
+        other => {
+            tracing::error!(?other, "room server answered ReceivedJoin with something else");
+            Err(MatrixError::internal())
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Answers `roomserver.input`: creates rooms, appends local events,
-//! upgrades rooms (`upgrade.rs`) and takes in PDUs received over
-//! federation (`remote.rs`).
+//! upgrades rooms (`upgrade.rs`), takes in PDUs received over
+//! federation (`remote.rs`) and countersigns restricted joins
+//! (`restricted.rs`).
 //!
 //! Requests are idempotent under redelivery (DESIGN.md invariant 6): the
 //! reply and produced event ids are stored under the request's correlation
@@ -26,6 +27,7 @@ use crate::storage::Tx;
 mod invite;
 mod knock;
 mod remote;
+mod restricted;
 mod upgrade;
 
 pub struct InputConsumer {
@@ -64,6 +66,7 @@ impl Responder for InputConsumer {
             InputRequest::JoinedRemoteRoom(joined) => self.joined_remote_room(&correlation_id, joined).await,
             InputRequest::Backfill(backfill) => self.backfill(&correlation_id, backfill).await,
             InputRequest::ReceivedInvite(invite) => self.received_invite(&correlation_id, invite).await,
+            InputRequest::ReceivedJoin(join) => self.received_join(&correlation_id, join).await,
             InputRequest::KnockedRemoteRoom(knock) => self.knocked_remote_room(&correlation_id, knock).await,
             InputRequest::UpgradeRoom(upgrade) => self.upgrade_room(&correlation_id, upgrade).await,
         };
@@ -221,6 +224,7 @@ impl InputConsumer {
         if request.sender_is_guest && joins {
             room.check_guest_join(&mut tx).await?;
         }
+        let authorised = if joins { self.authorised_join(&mut tx, &mut room, &request).await? } else { None };
         let now = self.bus.clock().now_ms();
         let accepted = room
             .append(
@@ -230,12 +234,43 @@ impl InputConsumer {
                     sender: &request.sender,
                     event_type: &request.event_type,
                     state_key: request.state_key.as_deref(),
-                    content: &request.content,
+                    content: authorised.as_ref().unwrap_or(&request.content),
                 },
                 now,
             )
             .await?;
         commit_sent(tx, correlation_id, request, accepted, room.version.to_string()).await
+    }
+}
+
+impl InputConsumer {
+    /// A local user's own join of a restricted room: its content naming
+    /// the user of this server who authorises it, `None` when the join
+    /// needs no authorisation. Whatever keeps the user out is `M_FORBIDDEN`
+    /// to them.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#restricted-rooms>
+    async fn authorised_join(
+        &self,
+        tx: &mut Tx,
+        room: &mut Room,
+        request: &SendEvent,
+    ) -> Result<Option<Value>, RequestError> {
+        if request.state_key.as_deref() != Some(request.sender.as_str()) {
+            return Ok(None);
+        }
+        let via = match room.join_authoriser(tx, &request.sender, &self.signer.server_name).await {
+            Ok(via) => via,
+            Err(RequestError::UnableToAuthoriseJoin(m) | RequestError::UnableToGrantJoin(m)) => {
+                return Err(RequestError::Forbidden(m));
+            }
+            Err(other) => return Err(other),
+        };
+        let Some(via) = via else { return Ok(None) };
+        let mut content = request.content.clone();
+        let fields = content.as_object_mut().ok_or_else(|| RequestError::BadJson("content is not an object".into()))?;
+        fields.insert("join_authorised_via_users_server".to_owned(), Value::String(via.to_string()));
+        Ok(Some(content))
     }
 }
 

@@ -6,7 +6,8 @@ mod server_read;
 use async_trait::async_trait;
 use myelin_bus::{HandleError, Record, Responder};
 use myelin_storage::Db;
-use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
+use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, UserId};
+use serde_json::json;
 
 use crate::api::{CurrentMembership, QueryOk, QueryReply, QueryRequest, StoredEvent};
 use crate::error::RequestError;
@@ -18,6 +19,8 @@ use crate::storage::{EventStatus, StateMap, Tx, resolve_snapshot};
 
 pub struct QueryConsumer {
     pub db: Db,
+    /// This server: whose users may authorise restricted joins.
+    pub server_name: OwnedServerName,
 }
 
 #[async_trait]
@@ -160,7 +163,11 @@ impl QueryConsumer {
         if !supported_versions.contains(&room_version) {
             return Err(RequestError::IncompatibleRoomVersion(room_version));
         }
-        let event = room.membership_template(&mut tx, user_id, "join").await?;
+        let mut content = json!({"membership": "join"});
+        if let Some(via) = room.join_authoriser(&mut tx, user_id, &self.server_name).await? {
+            content["join_authorised_via_users_server"] = json!(via);
+        }
+        let event = room.membership_template(&mut tx, user_id, content).await?;
         Ok(QueryOk::JoinTemplate { room_version, event })
     }
 
@@ -169,7 +176,7 @@ impl QueryConsumer {
         let mut tx = Tx::read(&self.db).await?;
         let mut room = Room::load(&mut tx, room_id).await?.ok_or_else(|| unknown_room(room_id))?;
         let room_version = room.version.to_string();
-        let event = room.membership_template(&mut tx, user_id, "leave").await?;
+        let event = room.membership_template(&mut tx, user_id, json!({"membership": "leave"})).await?;
         Ok(QueryOk::JoinTemplate { room_version, event })
     }
 
@@ -187,7 +194,7 @@ impl QueryConsumer {
         if !knocking || !supported_versions.contains(&room_version) {
             return Err(RequestError::IncompatibleRoomVersion(room_version));
         }
-        let event = room.membership_template(&mut tx, user_id, "knock").await?;
+        let event = room.membership_template(&mut tx, user_id, json!({"membership": "knock"})).await?;
         Ok(QueryOk::JoinTemplate { room_version, event })
     }
 

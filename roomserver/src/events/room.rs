@@ -19,6 +19,8 @@ use crate::api::StoredEvent;
 use crate::error::RequestError;
 use crate::storage::{EventStatus, NewEvent, StateMap, Tx, append_state};
 
+mod restricted;
+
 /// The fields of a stored PDU that [`may_redact`] reads.
 fn pdu_json(pdu: &Pdu) -> Result<Value, RequestError> {
     Ok(json!({ "sender": pdu.sender, "content": serde_json::from_str::<Value>(pdu.content.get())? }))
@@ -303,7 +305,7 @@ impl Room {
     }
 
     /// The `/make_join` or `/make_leave` template for remote user `user`
-    /// (`membership` is `join` or `leave`): every field this server
+    /// (`content`'s membership is `join` or `leave`): every field this server
     /// chooses, none that the user's server signs (origin, time, hashes,
     /// signatures). Refused when the current state would not allow the
     /// event, so that the user's server learns it before signing.
@@ -314,9 +316,9 @@ impl Room {
         &mut self,
         tx: &mut Tx,
         user: &UserId,
-        membership: &str,
+        content: Value,
     ) -> Result<Value, RequestError> {
-        let content = json!({ "membership": membership });
+        let membership = content["membership"].as_str().unwrap_or_default().to_owned();
         let Position { auth_events, depth, prev_events, reference_hashes, .. } =
             self.position(tx, user, "m.room.member", Some(user.as_str()), &content).await?;
         let template = json!({

@@ -401,7 +401,7 @@ impl InputConsumer {
         Ok(Outcome { reply, outputs })
     }
 
-    async fn finish(
+    pub(super) async fn finish(
         &self,
         correlation_id: &str,
         reply: InputOk,
