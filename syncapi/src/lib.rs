@@ -7,6 +7,7 @@ mod connections;
 mod consumers;
 mod error;
 pub mod filter;
+mod lazy_members;
 mod notifier;
 mod routing;
 pub mod service;

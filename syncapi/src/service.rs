@@ -143,7 +143,16 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
         ),
     ];
     Ok(Started {
-        router: router(AppState { storage, notifier, auth, typing, clock, bus, sliding: Arc::default() }),
+        router: router(AppState {
+            storage,
+            notifier,
+            auth,
+            typing,
+            clock,
+            bus,
+            sliding: Arc::default(),
+            lazy_members: Arc::default(),
+        }),
         tasks,
     })
 }

@@ -2647,3 +2647,353 @@ async fn device_lists_left_names_who_no_longer_shares_a_room() {
         assert_eq!(left(&body), json!([BOB]), "[{}] {body}", s.name);
     }
 }
+
+impl Server {
+    /// Emit an event sent at `ts` (milliseconds); its id.
+    async fn emit_at(&self, room: &str, sender: &str, kind: &str, content: Value, ts: u64) -> String {
+        let mut stored = stored_event(room, sender, kind, None, content);
+        stored.pdu["origin_server_ts"] = json!(ts);
+        let event_id = stored.event_id.to_string();
+        let record = OutputRecord::NewRoomEvent(NewRoomEvent {
+            event: stored,
+            room_version: "12".to_owned(),
+            state_delta: StateDelta::default(),
+            txn: None,
+            historical: false,
+        });
+        self.bus.produce_json(OUTPUT_TOPIC, room, &record).await.unwrap();
+        event_id
+    }
+}
+
+/// An edit of `original` (`m.replace`) saying `body`.
+fn edit_of(original: &str, body: &str) -> Value {
+    json!({"msgtype": "m.text", "body": format!("* {body}"), "m.new_content": {"msgtype": "m.text", "body": body},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": original}})
+}
+
+/// A value without its `age` fields, which change from one request to the next.
+fn ageless(mut value: Value) -> Value {
+    match &mut value {
+        Value::Object(fields) => {
+            fields.remove("age");
+            for (_, field) in fields.iter_mut() {
+                *field = ageless(field.take());
+            }
+        }
+        Value::Array(items) => {
+            for item in items.iter_mut() {
+                *item = ageless(item.take());
+            }
+        }
+        _ => {}
+    }
+    value
+}
+
+const CAROL: &str = "@carol:localhost";
+
+/// Bundled aggregations: the latest valid edit, the thread summary and the
+/// references, counting only what the viewer may see, on every endpoint.
+#[tokio::test]
+async fn served_events_bundle_edits_threads_and_references() {
+    for s in servers().await {
+        let bob = s.register("bob").await;
+        let carol = s.register("carol").await;
+        let room = s.create_room(ALICE).await;
+        for user in [BOB, CAROL] {
+            s.membership(&room, user, user, "join").await;
+        }
+        const T: u64 = 1_700_000_000_000;
+        let root = s.emit_at(&room, ALICE, "m.room.message", json!({"msgtype": "m.text", "body": "root"}), T).await;
+        // Bob's edit is the latest, but only the sender may edit.
+        s.emit_at(&room, BOB, "m.room.message", edit_of(&root, "by bob"), T + 9).await;
+        // A reaction-typed "edit" changes the type: not a replacement either.
+        s.emit_at(&room, ALICE, "m.reaction", edit_of(&root, "other type"), T + 9).await;
+        let second = s.emit_at(&room, ALICE, "m.room.message", edit_of(&root, "second"), T + 2).await;
+        s.emit_at(&room, ALICE, "m.room.message", edit_of(&root, "first"), T + 1).await;
+        let in_thread = |body: &str| json!({"msgtype": "m.text", "body": body, "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+        let reply = s.emit_at(&room, BOB, "m.room.message", in_thread("reply"), T + 3).await;
+        let reference = s
+            .emit_at(
+                &room,
+                ALICE,
+                "m.key.verification.done",
+                json!({"m.relates_to": {"rel_type": "m.reference", "event_id": root}}),
+                T + 4,
+            )
+            .await;
+        // What Carol never sees: she leaves before these.
+        s.membership(&room, CAROL, CAROL, "leave").await;
+        let latest = s.emit_at(&room, ALICE, "m.room.message", edit_of(&root, "latest"), T + 5).await;
+        let last_reply = s.emit_at(&room, ALICE, "m.room.message", in_thread("last reply"), T + 6).await;
+        s.settle(&bob, &last_reply).await;
+
+        let bundle = |event: &Value| ageless(event["unsigned"]["m.relations"].clone());
+        let (status, event) = s.event(&bob, &room, &root).await;
+        assert_eq!(status, 200, "[{}] {event}", s.name);
+        let seen = bundle(&event);
+        assert_eq!(seen["m.replace"]["event_id"], latest, "[{}] {seen}", s.name);
+        assert_eq!(seen["m.replace"]["sender"], ALICE);
+        assert_eq!(seen["m.replace"]["content"]["m.new_content"], json!({"msgtype": "m.text", "body": "latest"}));
+        assert_eq!(seen["m.replace"]["room_id"], room);
+        assert_eq!(seen["m.thread"]["count"], 2, "[{}] {seen}", s.name);
+        assert_eq!(seen["m.thread"]["current_user_participated"], true);
+        assert_eq!(seen["m.thread"]["latest_event"]["event_id"], last_reply);
+        assert_eq!(seen["m.thread"]["latest_event"]["content"]["body"], "last reply");
+        assert_eq!(seen["m.reference"], json!({"chunk": [{"event_id": reference}]}));
+        // The original itself is served unchanged.
+        assert_eq!(event["content"]["body"], "root");
+
+        // Carol: only what came before she left, and she took no part.
+        let (status, event) = s.event(&carol, &room, &root).await;
+        assert_eq!(status, 200, "[{}] {event}", s.name);
+        let hers = bundle(&event);
+        assert_eq!(hers["m.replace"]["event_id"], second, "[{}] {hers}", s.name);
+        assert_eq!(hers["m.thread"]["count"], 1);
+        assert_eq!(hers["m.thread"]["current_user_participated"], false);
+        assert_eq!(hers["m.thread"]["latest_event"]["event_id"], reply);
+
+        // The same bundle wherever Bob reads the root.
+        let in_sync = s.sync(&bob, &format!("filter={}", enc(r#"{"room":{"timeline":{"limit":50}}}"#))).await;
+        let root_in = |events: &[Value]| events.iter().find(|e| e["event_id"] == root).cloned().unwrap();
+        let mut expected = seen.clone();
+        expected["m.replace"].as_object_mut().unwrap().remove("room_id");
+        expected["m.thread"]["latest_event"].as_object_mut().unwrap().remove("room_id");
+        assert_eq!(bundle(&root_in(timeline(&in_sync, "join", &room))), expected, "[{}] /sync", s.name);
+        let (_, messages) =
+            s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&bob)).await;
+        assert_eq!(bundle(&root_in(messages["chunk"].as_array().unwrap())), seen, "[{}] /messages", s.name);
+        let path = format!("/_matrix/client/v3/rooms/{room}/context/{}", enc(&root));
+        let (_, context) = s.get(&path, Some(&bob)).await;
+        assert_eq!(bundle(&context["event"]), seen, "[{}] /context", s.name);
+        let (_, threads) = s.get(&format!("/_matrix/client/v1/rooms/{room}/threads"), Some(&bob)).await;
+        assert_eq!(bundle(&root_in(threads["chunk"].as_array().unwrap())), seen, "[{}] /threads", s.name);
+        let search = json!({"search_categories": {"room_events": {"search_term": "root"}}});
+        let (_, found) =
+            s.request(reqwest::Method::POST, "/_matrix/client/v3/search", Some(&bob), Some(&search.to_string())).await;
+        let result = &found["search_categories"]["room_events"]["results"][0]["result"];
+        assert_eq!(bundle(result), seen, "[{}] /search {found}", s.name);
+
+        // An event with no children has no bundle, and every event its age.
+        let (_, event) = s.event(&bob, &room, &reply).await;
+        assert!(event["unsigned"].get("m.relations").is_none(), "[{}] {event}", s.name);
+        assert!(event["unsigned"]["age"].as_i64().unwrap() > 0, "[{}] {event}", s.name);
+
+        // A redacted original bundles no edit.
+        s.emit(&room, ALICE, "m.room.redaction", None, json!({"redacts": root})).await;
+        let marker = s.message(&room, ALICE, "after the redaction").await;
+        s.settle(&bob, &marker).await;
+        let (_, event) = s.event(&bob, &room, &root).await;
+        assert!(event["unsigned"]["m.relations"].get("m.replace").is_none(), "[{}] {event}", s.name);
+    }
+}
+
+/// State events carry the entry they replaced: `replaces_state`,
+/// `prev_content` and `prev_sender`; the first of a key carries none.
+#[tokio::test]
+async fn state_events_carry_what_they_replaced() {
+    for s in servers().await {
+        let bob = s.register("bob").await;
+        let room = s.create_room(ALICE).await;
+        s.membership(&room, BOB, BOB, "join").await;
+        let first = s.emit(&room, ALICE, "m.room.topic", Some(""), json!({"topic": "one"})).await;
+        let second = s.emit(&room, BOB, "m.room.topic", Some(""), json!({"topic": "two"})).await;
+        s.settle(&bob, &second).await;
+
+        let body = s.sync(&bob, &format!("filter={}", enc(r#"{"room":{"timeline":{"limit":50}}}"#))).await;
+        let events = timeline(&body, "join", &room);
+        let find = |id: &str| events.iter().find(|e| e["event_id"] == id).unwrap().clone();
+        let unsigned = find(&second)["unsigned"].clone();
+        assert_eq!(
+            ageless(unsigned),
+            json!({"replaces_state": first, "prev_content": {"topic": "one"}, "prev_sender": ALICE}),
+            "[{}]",
+            s.name
+        );
+        assert_eq!(ageless(find(&first)["unsigned"].clone()), json!({}), "[{}]", s.name);
+        // Bob's own join replaced nothing; served by /event the same.
+        let (_, event) = s.event(&bob, &room, &second).await;
+        assert_eq!(event["unsigned"]["prev_content"], json!({"topic": "one"}), "[{}] {event}", s.name);
+        let joined = events.iter().find(|e| e["type"] == "m.room.member" && e["state_key"] == BOB).unwrap();
+        assert!(joined["unsigned"].get("prev_content").is_none(), "[{}] {joined}", s.name);
+    }
+}
+
+/// A room with no name made by Alice, joined by Bob, with Carol invited;
+/// the invite's event id.
+async fn unnamed_room(s: &Server) -> (String, String) {
+    let room = format!("!{}:localhost", alphanumeric(18));
+    s.emit(&room, ALICE, "m.room.create", Some(""), json!({"room_version": "12"})).await;
+    s.membership(&room, ALICE, ALICE, "join").await;
+    s.membership(&room, BOB, BOB, "join").await;
+    let invited = s.membership(&room, ALICE, CAROL, "invite").await;
+    (room, invited)
+}
+
+/// `summary`: member counts and heroes on an initial sync and whenever
+/// members, name or alias change; nothing otherwise.
+#[tokio::test]
+async fn sync_summary_counts_members_and_names_heroes() {
+    for s in servers().await {
+        let bob = s.register("bob").await;
+        let (room, invited) = unnamed_room(&s).await;
+        s.settle(&bob, &invited).await;
+        let summary = |body: &Value| body["rooms"]["join"][&room]["summary"].clone();
+        let body = s.sync(&bob, "").await;
+        let expected = json!({"m.joined_member_count": 2, "m.invited_member_count": 1, "m.heroes": [ALICE, CAROL]});
+        assert_eq!(summary(&body), expected, "[{}]", s.name);
+
+        let message = s.message(&room, ALICE, "nothing about members").await;
+        let body =
+            s.sync_until(&bob, &format!("since={}", next_batch(&body)), |b| b.to_string().contains(&message)).await;
+        assert_eq!(summary(&body), json!({}), "[{}] {body}", s.name);
+
+        let joined = s.membership(&room, CAROL, CAROL, "join").await;
+        let body =
+            s.sync_until(&bob, &format!("since={}", next_batch(&body)), |b| b.to_string().contains(&joined)).await;
+        let expected = json!({"m.joined_member_count": 3, "m.invited_member_count": 0, "m.heroes": [ALICE, CAROL]});
+        assert_eq!(summary(&body), expected, "[{}] {body}", s.name);
+
+        // A named room needs no heroes.
+        let named = s.emit(&room, ALICE, "m.room.name", Some(""), json!({"name": "Named"})).await;
+        let body =
+            s.sync_until(&bob, &format!("since={}", next_batch(&body)), |b| b.to_string().contains(&named)).await;
+        assert_eq!(summary(&body), json!({"m.joined_member_count": 3, "m.invited_member_count": 0}), "[{}]", s.name);
+    }
+}
+
+/// The member state keys among `events`, sorted.
+fn member_keys(events: &Value) -> Vec<String> {
+    let events = events.as_array().unwrap_or_else(|| panic!("not events: {events}"));
+    sorted(
+        events
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| e["state_key"].as_str().unwrap().to_owned())
+            .collect(),
+    )
+}
+
+/// Lazy-loading members: `/sync` state carries the timeline senders' member
+/// events (and the user's own), once per device unless redundant members
+/// are asked for; `/messages` carries its senders' in `state`.
+#[tokio::test]
+async fn lazy_loading_sends_only_the_members_the_timeline_needs() {
+    const DAN: &str = "@dan:localhost";
+    for s in servers().await {
+        let bob = s.register("bob").await;
+        let room = s.create_room(ALICE).await;
+        for user in [BOB, CAROL, DAN] {
+            s.membership(&room, user, user, "join").await;
+        }
+        s.message(&room, CAROL, "c1").await;
+        let last = s.message(&room, DAN, "d1").await;
+        s.settle(&bob, &last).await;
+
+        let lazy = enc(r#"{"room":{"timeline":{"limit":2},"state":{"lazy_load_members":true}}}"#);
+        let body = s.sync(&bob, &format!("filter={lazy}")).await;
+        let joined = &body["rooms"]["join"][&room];
+        assert_eq!(bodies(timeline(&body, "join", &room)), ["c1", "d1"], "[{}]", s.name);
+        assert_eq!(member_keys(&joined["state"]["events"]), [BOB, CAROL, DAN], "[{}] {joined}", s.name);
+        assert!(types(joined["state"]["events"].as_array().unwrap()).contains(&"m.room.name".to_owned()));
+        // Without lazy loading, every member.
+        let eager = s.sync(&bob, &format!("filter={}", enc(r#"{"room":{"timeline":{"limit":2}}}"#))).await;
+        let eager_state = &eager["rooms"]["join"][&room]["state"]["events"];
+        assert_eq!(member_keys(eager_state), [ALICE, BOB, CAROL, DAN], "[{}]", s.name);
+
+        // Carol's member event reached this device; Alice's never did.
+        let since = next_batch(&body);
+        s.message(&room, CAROL, "c2").await;
+        let last = s.message(&room, ALICE, "a1").await;
+        let incremental =
+            s.sync_until(&bob, &format!("since={since}&filter={lazy}"), |b| b.to_string().contains(&last)).await;
+        assert_eq!(member_keys(&incremental["rooms"]["join"][&room]["state"]["events"]), [ALICE], "[{}]", s.name);
+        let redundant = enc(
+            r#"{"room":{"timeline":{"limit":2},"state":{"lazy_load_members":true,"include_redundant_members":true}}}"#,
+        );
+        let again = s.sync(&bob, &format!("since={since}&filter={redundant}")).await;
+        assert_eq!(member_keys(&again["rooms"]["join"][&room]["state"]["events"]), [ALICE, CAROL], "[{}]", s.name);
+
+        let messages = |filter: &str| format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2{filter}");
+        let (status, page) =
+            s.get(&messages(&format!("&filter={}", enc(r#"{"lazy_load_members":true}"#))), Some(&bob)).await;
+        assert_eq!(status, 200, "[{}] {page}", s.name);
+        assert_eq!(bodies(page["chunk"].as_array().unwrap()), ["a1", "c2"], "[{}]", s.name);
+        assert_eq!(member_keys(&page["state"]), [ALICE, CAROL], "[{}] {page}", s.name);
+        let (_, page) = s.get(&messages(""), Some(&bob)).await;
+        assert_eq!(page["state"], json!([]), "[{}]", s.name);
+    }
+}
+
+/// Ignored users' messages are left out of `/sync`, `/messages` and sliding
+/// sync timelines, and their invites out of `/sync`; their state stays.
+#[tokio::test]
+async fn ignored_users_messages_and_invites_are_left_out() {
+    use reqwest::Method;
+    for s in servers().await {
+        let bob = s.register("bob").await;
+        let carol = s.register("carol").await;
+        let room = s.create_room(CAROL).await;
+        s.membership(&room, BOB, BOB, "join").await;
+        s.membership(&room, ALICE, ALICE, "join").await;
+        let ignore = json!({"ignored_users": {ALICE: {}}});
+        s.client(Method::PUT, &format!("/user/{BOB}/account_data/m.ignored_user_list"), &bob, ignore).await;
+        s.sync_until(&bob, "", |b| global_account_data(b).iter().any(|e| e["type"] == "m.ignored_user_list")).await;
+
+        let hidden = s.message(&room, ALICE, "hidden").await;
+        let topic = s.emit(&room, ALICE, "m.room.topic", Some(""), json!({"topic": "still state"})).await;
+        let shown = s.message(&room, CAROL, "shown").await;
+        let from_alice = s.create_room(ALICE).await;
+        s.membership(&from_alice, ALICE, BOB, "invite").await;
+        let from_carol = s.create_room(CAROL).await;
+        s.membership(&from_carol, CAROL, BOB, "invite").await;
+        s.settle(&carol, &shown).await;
+        s.sync_until(&bob, "", |b| b["rooms"]["invite"].get(&from_carol).is_some()).await;
+
+        let all = enc(r#"{"room":{"timeline":{"limit":50}}}"#);
+        let body = s.sync(&bob, &format!("filter={all}")).await;
+        let seen = ids(timeline(&body, "join", &room));
+        assert!(seen.contains(&shown) && seen.contains(&topic), "[{}] {seen:?}", s.name);
+        assert!(!seen.contains(&hidden), "[{}] {seen:?}", s.name);
+        let invites: Vec<&String> = body["rooms"]["invite"].as_object().unwrap().keys().collect();
+        assert_eq!(invites, [&from_carol], "[{}]", s.name);
+        // Carol ignores nobody.
+        let hers = s.sync(&carol, &format!("filter={all}")).await;
+        assert!(ids(timeline(&hers, "join", &room)).contains(&hidden), "[{}]", s.name);
+
+        let (_, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&bob)).await;
+        let paged = ids(page["chunk"].as_array().unwrap());
+        assert!(paged.contains(&shown) && !paged.contains(&hidden), "[{}] {paged:?}", s.name);
+
+        let lists = json!({"lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 20, "required_state": []}}});
+        let reply = sliding(&s, &bob, "", &lists).await;
+        let slid = ids(reply["rooms"][&room]["timeline"].as_array().unwrap());
+        assert!(slid.contains(&shown) && !slid.contains(&hidden), "[{}] {slid:?}", s.name);
+    }
+}
+
+/// The sliding sync `e2ee` extension names who no longer shares a room.
+#[tokio::test]
+async fn sliding_sync_e2ee_names_who_left() {
+    for s in servers().await {
+        let bob = s.register("bob").await;
+        let room = s.create_room(ALICE).await;
+        for user in [BOB, CAROL] {
+            s.membership(&room, user, user, "join").await;
+        }
+        let last = s.message(&room, ALICE, "all here").await;
+        s.settle(&bob, &last).await;
+        let body = json!({"lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 1, "required_state": []}},
+            "extensions": {"e2ee": {"enabled": true}}});
+        let first = sliding(&s, &bob, "", &body).await;
+        assert_eq!(first["extensions"]["e2ee"]["device_lists"]["left"], json!([]), "[{}]", s.name);
+
+        let gone = s.membership(&room, CAROL, CAROL, "leave").await;
+        s.settle(&bob, &gone).await;
+        let next = sliding(&s, &bob, &format!("?pos={}", pos_of(&first)), &body).await;
+        assert_eq!(next["extensions"]["e2ee"]["device_lists"]["left"], json!([CAROL]), "[{}] {next}", s.name);
+        let after = sliding(&s, &bob, &format!("?pos={}", pos_of(&next)), &body).await;
+        assert_eq!(after["extensions"]["e2ee"]["device_lists"]["left"], json!([]), "[{}]", s.name);
+    }
+}

@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::Json;
@@ -9,11 +10,14 @@ use myelin_types::MatrixError;
 use myelin_types::ruma::OwnedRoomId;
 use serde_json::{Value, json};
 
-use super::{AppState, format_event, parse_token, query_params, readable_ranges, visible_events};
+use super::unsigned::{Viewer, client_events};
+use super::{AppState, from_ignored, parse_token, query_params, readable_ranges, visible_events};
 use crate::SyncApiError;
 use crate::filter::{self, RoomEventFilter};
+use crate::storage::EventRow;
 use crate::token::StreamToken;
 
+const MEMBER: &str = "m.room.member";
 const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 1000;
 /// How long `/messages` waits for backfilled events to reach the read model.
@@ -57,9 +61,10 @@ pub async fn messages(
         let start = from.map_or(0, |t| t.0);
         (start, start, to.map_or(current, |t| t.0.min(current)))
     };
+    let ignored = state.storage.ignored_users(identity.user_id.as_str()).await?;
     let page = || {
         visible_events(&state.storage, &room_id, &ranges, after, upto, backwards, limit, |row| {
-            filter::passes(event_filter.as_ref(), &room_id, &row.pdu)
+            filter::passes(event_filter.as_ref(), &room_id, &row.pdu) && !from_ignored(&ignored, row)
         })
     };
     let (mut events, mut more) = page().await?;
@@ -73,16 +78,33 @@ pub async fn messages(
     {
         (events, more) = page().await?;
     }
+    let lazy = event_filter.as_ref().and_then(|f| f.lazy_load_members).unwrap_or(false);
+    let members = if lazy { sender_members(&state, &room_id, &events).await? } else { Vec::new() };
+    let viewer = Viewer { identity: &identity, room_id: &room_id, ranges: &ranges, with_room_id: true };
     let mut body = json!({
-        "chunk": events.iter().map(|e| format_event(e, Some(&room_id), &identity)).collect::<Vec<_>>(),
+        "chunk": client_events(&state, &viewer, &events).await?,
         "start": StreamToken(start).to_string(),
-        "state": [],
+        "state": client_events(&state, &viewer, &members).await?,
     });
     if more && let Some(last) = events.last() {
         let end = if backwards { last.pos - 1 } else { last.pos };
         body["end"] = Value::String(StreamToken(end).to_string());
     }
     Ok(Json(body))
+}
+
+/// The member events of the senders of `events`, as of the newest of them:
+/// what a lazy-loading client needs to show the page.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#lazy-loading-room-members>
+async fn sender_members(state: &AppState, room_id: &str, events: &[EventRow]) -> Result<Vec<EventRow>, SyncApiError> {
+    let Some(newest) = events.iter().map(|e| e.pos).max() else { return Ok(Vec::new()) };
+    let senders: BTreeSet<&str> = events.iter().filter_map(|e| e.pdu.get("sender").and_then(Value::as_str)).collect();
+    let mut members = Vec::with_capacity(senders.len());
+    for sender in senders {
+        members.extend(state.storage.state_event_at(room_id, MEMBER, sender, newest).await?);
+    }
+    Ok(members)
 }
 
 /// Ask the room server for the history before the earliest events it has

@@ -9,8 +9,9 @@ mod room_events;
 mod search;
 mod sliding_sync;
 mod sync;
+mod unsigned;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::Router;
@@ -24,6 +25,7 @@ use serde_json::{Map, Value};
 
 use crate::SyncApiError;
 use crate::connections::Connections;
+use crate::lazy_members::SentMembers;
 use crate::notifier::Notifier;
 use crate::storage::{EventRow, Storage};
 use crate::token::StreamToken;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub bus: Bus,
     /// Sliding sync connections and what each was sent.
     pub sliding: Arc<Connections<sliding_sync::ConnState>>,
+    /// Member events each device got from lazy-loading syncs.
+    pub lazy_members: Arc<SentMembers>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -103,6 +107,16 @@ fn format_event(row: &EventRow, room_id: Option<&str>, viewer: &Identity) -> Val
         unsigned.insert("transaction_id".to_owned(), Value::String(txn_id.clone()));
     }
     event
+}
+
+/// Whether `row` is a message from a user the viewer ignores, which
+/// timelines leave out. State events stay: without them the room's state
+/// as the client follows it would go wrong.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#ignoring-users>
+fn from_ignored(ignored: &BTreeSet<String>, row: &EventRow) -> bool {
+    row.pdu.get("state_key").is_none()
+        && row.pdu.get("sender").and_then(Value::as_str).is_some_and(|sender| ignored.contains(sender))
 }
 
 /// The stream ranges of `room_id` whose events `identity` may read, up to

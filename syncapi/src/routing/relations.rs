@@ -7,7 +7,8 @@ use axum::extract::{Path, Request, State};
 use myelin_types::MatrixError;
 use serde_json::{Value, json};
 
-use super::{AppState, format_event, in_ranges, parse_token, query_params, readable_ranges};
+use super::unsigned::{Viewer, client_events};
+use super::{AppState, in_ranges, parse_token, query_params, readable_ranges};
 use crate::SyncApiError;
 use crate::token::StreamToken;
 
@@ -90,8 +91,9 @@ pub async fn relations(
             break;
         }
     }
+    let viewer = Viewer { identity: &identity, room_id, ranges: &ranges, with_room_id: true };
     let mut body = json!({
-        "chunk": chunk.iter().map(|e| format_event(e, Some(room_id), &identity)).collect::<Vec<_>>(),
+        "chunk": client_events(&state, &viewer, &chunk).await?,
         "recursion_depth": 1,
     });
     if more && let Some(last) = chunk.last() {
@@ -125,11 +127,14 @@ pub async fn threads(
     let ranges = readable_ranges(&state, &identity, &room_id, current).await?;
     let roots = state.storage.threads(&room_id, participant, before, (limit + 1) as i64).await?;
     let more = roots.len() > limit;
-    let visible: Vec<&(crate::storage::EventRow, i64)> =
-        roots.iter().take(limit).filter(|(root, _)| in_ranges(&ranges, root.pos)).collect();
-    let mut body = json!({
-        "chunk": visible.iter().map(|(root, _)| format_event(root, Some(&room_id), &identity)).collect::<Vec<_>>(),
-    });
+    let visible: Vec<crate::storage::EventRow> = roots
+        .iter()
+        .take(limit)
+        .filter(|(root, _)| in_ranges(&ranges, root.pos))
+        .map(|(root, _)| root.clone())
+        .collect();
+    let viewer = Viewer { identity: &identity, room_id: &room_id, ranges: &ranges, with_room_id: true };
+    let mut body = json!({ "chunk": client_events(&state, &viewer, &visible).await? });
     if more && let Some((_, latest)) = roots.get(limit - 1) {
         body["next_batch"] = Value::String(latest.to_string());
     }

@@ -9,7 +9,8 @@ use myelin_clientapi::api::Identity;
 use myelin_types::{ErrorCode, MatrixError};
 use serde_json::{Value, json};
 
-use super::{AppState, format_event, in_ranges, query_params, readable_ranges, visible_events};
+use super::unsigned::{Viewer, client_events};
+use super::{AppState, in_ranges, query_params, readable_ranges, visible_events};
 use crate::SyncApiError;
 use crate::filter::{self, RoomEventFilter};
 use crate::storage::EventRow;
@@ -49,8 +50,10 @@ pub async fn event(
     let (parts, _) = request.into_parts();
     let identity = state.auth.authenticate_guest_ok(&parts).await?;
     let current = state.notifier.current().events;
-    let (row, _) = visible_event(&state, &identity, &room_id, &event_id, current).await?;
-    Ok(Json(format_event(&row, Some(&room_id), &identity)))
+    let (row, ranges) = visible_event(&state, &identity, &room_id, &event_id, current).await?;
+    let viewer = Viewer { identity: &identity, room_id: &room_id, ranges: &ranges, with_room_id: true };
+    let mut events = client_events(&state, &viewer, std::slice::from_ref(&row)).await?;
+    Ok(Json(events.pop().unwrap_or_default()))
 }
 
 /// GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}
@@ -96,14 +99,14 @@ pub async fn context(
             e.pdu["type"] != "m.room.member" || senders.contains(e.pdu["state_key"].as_str().unwrap_or(""))
         });
     }
-    let client_events =
-        |events: &[EventRow]| events.iter().map(|e| format_event(e, Some(&room_id), &identity)).collect::<Vec<_>>();
+    let viewer = Viewer { identity: &identity, room_id: &room_id, ranges: &ranges, with_room_id: true };
+    let mut event = client_events(&state, &viewer, std::slice::from_ref(&row)).await?;
     Ok(Json(json!({
         "start": StreamToken(start).to_string(),
         "end": StreamToken(end).to_string(),
-        "events_before": client_events(&before),
-        "event": format_event(&row, Some(&room_id), &identity),
-        "events_after": client_events(&after),
-        "state": client_events(&room_state),
+        "events_before": client_events(&state, &viewer, &before).await?,
+        "event": event.pop().unwrap_or_default(),
+        "events_after": client_events(&state, &viewer, &after).await?,
+        "state": client_events(&state, &viewer, &room_state).await?,
     })))
 }

@@ -9,7 +9,8 @@ use myelin_types::MatrixError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, format_event, in_ranges, query_params, readable_ranges};
+use super::unsigned::{Viewer, client_events};
+use super::{AppState, in_ranges, query_params, readable_ranges};
 use crate::SyncApiError;
 use crate::filter::{self, RoomEventFilter};
 
@@ -93,7 +94,10 @@ pub async fn search(State(state): State<AppState>, request: Request) -> Result<J
             }
             let visible = in_ranges(&ranges[&room_id], row.pos);
             if visible && filter::passes(filter, &room_id, &row.pdu) && contains_words(&row.pdu, &keys, &words) {
-                results.push(json!({ "rank": 1.0, "result": format_event(&row, Some(&room_id), &identity) }));
+                let viewer =
+                    Viewer { identity: &identity, room_id: &room_id, ranges: &ranges[&room_id], with_room_id: true };
+                let mut served = client_events(&state, &viewer, std::slice::from_ref(&row)).await?;
+                results.push(json!({ "rank": 1.0, "result": served.pop().unwrap_or_default() }));
                 if results.len() == limit {
                     break;
                 }

@@ -19,10 +19,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::sync::{self, Outside, Timeline};
-use super::{AppState, format_event, json_body, query_params};
+use super::unsigned::{Viewer, client_events};
+use super::{AppState, from_ignored, json_body, query_params};
 use crate::SyncApiError;
 use crate::filter::Filter;
-use crate::storage::{EventRow, MembershipChange};
+use crate::storage::{EventRow, MembershipChange, ignored_users_in};
 use crate::token::{StreamToken, SyncToken};
 
 /// Lists one request may name.
@@ -426,20 +427,23 @@ impl Facts {
     }
 }
 
-/// The user's DM rooms (`m.direct`) and each room's tags (`m.tag`).
+/// The user's DM rooms (`m.direct`), each room's tags (`m.tag`) and
+/// the users they ignore (`m.ignored_user_list`).
 struct AccountFacts {
     dms: BTreeSet<String>,
     tags: HashMap<String, BTreeSet<String>>,
+    ignored: BTreeSet<String>,
 }
 
 async fn account_facts(state: &AppState, user_id: &str, current: SyncToken) -> Result<AccountFacts, SyncApiError> {
-    let mut facts = AccountFacts { dms: BTreeSet::new(), tags: HashMap::new() };
+    let mut facts = AccountFacts { dms: BTreeSet::new(), tags: HashMap::new(), ignored: BTreeSet::new() };
     for row in state.storage.account_data_between(user_id, 0, current.account_data).await? {
         match (row.room_id.is_empty(), row.data_type.as_str()) {
             (true, "m.direct") => {
                 let rooms = row.content.as_object().into_iter().flat_map(|m| m.values()).filter_map(Value::as_array);
                 facts.dms.extend(rooms.flatten().filter_map(Value::as_str).map(str::to_owned));
             }
+            (true, "m.ignored_user_list") => facts.ignored = ignored_users_in(&row.content),
             (false, "m.tag") => {
                 let tags = row.content.get("tags").and_then(Value::as_object).map(|t| t.keys().cloned().collect());
                 facts.tags.insert(row.room_id, tags.unwrap_or_default());
@@ -669,14 +673,14 @@ async fn room_entry(
     }
 
     let upto = room.upto(current.events);
-    let Timeline { events, limited, before } = sync::latest_timeline(
+    let Timeline { events, limited, before, ranges } = sync::latest_timeline(
         storage,
         room.room_id,
         room.changes,
         after.unwrap_or(0),
         upto,
         config.timeline_limit,
-        |_| true,
+        |row| !from_ignored(&account.ignored, row),
     )
     .await?;
 
@@ -696,7 +700,9 @@ async fn room_entry(
         let text = |key: &str| row.pdu.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
         (text("type"), text("state_key"))
     };
-    let mut required_state = Vec::new();
+    let mut state_rows = Vec::new();
+    // Stubs for removed entries, after the events.
+    let mut removed = Vec::new();
     let mut changed_keys = BTreeSet::new();
     match after {
         None => {
@@ -705,7 +711,7 @@ async fn room_entry(
                 if config.wants(&event_type, &state_key, user_id)
                     || (event_type == MEMBER && members.contains(&state_key))
                 {
-                    required_state.push(format_event(&row, None, identity));
+                    state_rows.push(row);
                 }
             }
         }
@@ -723,9 +729,9 @@ async fn room_entry(
             keys.extend(members.iter().map(|m| (MEMBER.to_owned(), m.clone())));
             for (event_type, state_key) in keys {
                 match storage.state_event_at(room.room_id, &event_type, &state_key, upto).await? {
-                    Some(row) => required_state.push(format_event(&row, None, identity)),
+                    Some(row) => state_rows.push(row),
                     None if changed.contains(&(event_type.clone(), state_key.clone())) => {
-                        required_state.push(json!({ "type": event_type, "state_key": state_key }));
+                        removed.push(json!({ "type": event_type, "state_key": state_key }));
                     }
                     None => {}
                 }
@@ -774,10 +780,10 @@ async fn room_entry(
 
     // Events after the connection's last answer are new to the client.
     let num_live = since.map_or(0, |s| events.iter().filter(|e| e.pos > s.events).count());
-    entry.insert(
-        "timeline".to_owned(),
-        json!(events.iter().map(|e| format_event(e, None, identity)).collect::<Vec<_>>()),
-    );
+    let viewer = Viewer { identity, room_id: room.room_id, ranges: &ranges, with_room_id: false };
+    entry.insert("timeline".to_owned(), json!(client_events(state, &viewer, &events).await?));
+    let mut required_state = client_events(state, &viewer, &state_rows).await?;
+    required_state.extend(removed);
     entry.insert("required_state".to_owned(), json!(required_state));
     entry.insert("prev_batch".to_owned(), json!(StreamToken(before).to_string()));
     entry.insert("limited".to_owned(), json!(limited));
@@ -827,16 +833,19 @@ async fn extensions(
         out.insert("to_device".to_owned(), json!({ "next_batch": to_device_pos.to_string(), "events": events }));
     }
     if enabled.e2ee {
-        let changed = match since {
-            Some(since) => storage.device_lists_changed(user_id, since.device_lists, current.device_lists).await?,
-            None => Vec::new(),
+        let (changed, left) = match since {
+            Some(since) => (
+                storage.device_lists_changed(user_id, since.device_lists, current.device_lists).await?,
+                storage.device_lists_left(user_id, since.events, current.events).await?,
+            ),
+            None => (Vec::new(), Vec::new()),
         };
-        empty &= changed.is_empty();
+        empty &= changed.is_empty() && left.is_empty();
         let (one_time_key_counts, unused_fallback_key_types) = storage.key_counts(user_id, &identity.device_id).await?;
         out.insert(
             "e2ee".to_owned(),
             json!({
-                "device_lists": { "changed": changed, "left": [] },
+                "device_lists": { "changed": changed, "left": left },
                 "device_one_time_keys_count": one_time_key_counts,
                 "device_unused_fallback_key_types": unused_fallback_key_types,
             }),

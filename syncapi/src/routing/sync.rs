@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use axum::Json;
@@ -7,7 +7,8 @@ use myelin_clientapi::api::Identity;
 use myelin_types::MatrixError;
 use serde_json::{Map, Value, json};
 
-use super::{AppState, format_event, query_params, visible_events};
+use super::unsigned::{Viewer, client_events};
+use super::{AppState, from_ignored, query_params, visible_events};
 use crate::SyncApiError;
 use crate::filter::{self, Filter};
 use crate::storage::{EventRow, MembershipChange, Storage};
@@ -19,6 +20,14 @@ const TO_DEVICE_LIMIT: i64 = 100;
 
 /// The longest a client may make `/sync` wait.
 pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Members named in a room summary.
+const HEROES: i64 = 5;
+
+const MEMBER: &str = "m.room.member";
+
+/// State whose change changes a room summary.
+const SUMMARY_TYPES: &[&str] = &["m.room.member", "m.room.name", "m.room.canonical_alias"];
 
 /// State types an invitee or knocker sees before joining (stripped state).
 const INVITE_STATE_TYPES: &[&str] = &[
@@ -35,6 +44,8 @@ struct SyncRequest {
     since: Option<SyncToken>,
     full_state: bool,
     filter: Filter,
+    /// Users whose messages and invites are left out.
+    ignored: BTreeSet<String>,
 }
 
 /// GET /_matrix/client/v3/sync
@@ -67,7 +78,8 @@ pub async fn sync(State(state): State<AppState>, request: Request) -> Result<Jso
             Filter::from_value(&stored).map_err(MatrixError::bad_json)?
         }
     };
-    let request = SyncRequest { identity, since, full_state, filter };
+    let ignored = state.storage.ignored_users(identity.user_id.as_str()).await?;
+    let request = SyncRequest { identity, since, full_state, filter, ignored };
 
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -217,11 +229,14 @@ async fn compute(state: &AppState, request: &SyncRequest, current: SyncToken) ->
                 let after = if newly { 0 } else { since.unwrap_or(0) };
                 let room =
                     room_body(state, request, room_id, changes_of_room, after, current_pos, newly, extras).await?;
-                if let Some(room) = room {
+                if let Some(mut room) = room {
+                    let whole = newly || request.full_state;
+                    room["summary"] =
+                        summary(storage, user_id, room_id, (!whole).then_some(after), current_pos).await?;
                     join.insert(room_id.clone(), room);
                 }
             }
-            "invite" if changed_since => {
+            "invite" if changed_since && !invited_by_ignored(state, request, room_id, current_pos).await? => {
                 invite.insert(
                     room_id.clone(),
                     outside_body(state, user_id, room_id, current_pos, Outside::Invite).await?,
@@ -329,6 +344,8 @@ pub(super) struct Timeline {
     pub limited: bool,
     /// The stream position just before the first event (the `prev_batch`).
     pub before: i64,
+    /// The stream ranges the user may see (see [`super::readable_ranges`]).
+    pub ranges: Vec<(i64, i64)>,
 }
 
 /// Up to `limit` of the latest timeline events in `(after, upto]` that the
@@ -347,7 +364,7 @@ pub(super) async fn latest_timeline(
     let (mut events, limited) = visible_events(storage, room_id, &ranges, after, upto, true, limit, keep).await?;
     events.reverse();
     let before = events.first().map(|e| e.pos - 1).unwrap_or(upto);
-    Ok(Timeline { events, limited, before })
+    Ok(Timeline { events, limited, before, ranges })
 }
 
 /// A joined or left room: timeline events in `(after, upto]` the user may
@@ -368,16 +385,15 @@ async fn room_body(
     let storage = &state.storage;
     let filter = &request.filter;
     let timeline_filter = filter.timeline();
-    let Timeline { events, limited, before: before_timeline } =
-        latest_timeline(storage, room_id, changes, after, upto, filter.timeline_limit(), |row| {
-            filter::passes(timeline_filter, room_id, &row.pdu)
-        })
-        .await?;
+    let timeline = latest_timeline(storage, room_id, changes, after, upto, filter.timeline_limit(), |row| {
+        filter::passes(timeline_filter, room_id, &row.pdu) && !from_ignored(&request.ignored, row)
+    })
+    .await?;
     let whole_state = whole_state || request.full_state;
-    let state_events: Vec<EventRow> = if whole_state || limited {
-        let mut state_rows = storage.state_at(room_id, before_timeline).await?;
+    let mut state_events: Vec<EventRow> = if whole_state || timeline.limited {
+        let mut state_rows = storage.state_at(room_id, timeline.before).await?;
         if !whole_state {
-            let changed = storage.state_changed_between(room_id, after, before_timeline).await?;
+            let changed = storage.state_changed_between(room_id, after, timeline.before).await?;
             state_rows.retain(|row| {
                 let key = (
                     row.pdu.get("type").and_then(Value::as_str).unwrap_or_default().to_owned(),
@@ -391,24 +407,120 @@ async fn room_body(
     } else {
         Vec::new()
     };
-    if events.is_empty() && state_events.is_empty() && !whole_state && extras.is_empty() {
+    if filter.state().and_then(|f| f.lazy_load_members).unwrap_or(false) {
+        state_events = lazy_members(state, request, room_id, state_events, &timeline, upto, whole_state).await?;
+    }
+    if timeline.events.is_empty() && state_events.is_empty() && !whole_state && extras.is_empty() {
         return Ok(None);
     }
     let identity = &request.identity;
     let (unread, unread_threads) = storage.counts(identity.user_id.as_str(), room_id).await?;
+    let viewer = Viewer { identity, room_id, ranges: &timeline.ranges, with_room_id: false };
     Ok(Some(json!({
         "timeline": {
-            "events": events.iter().map(|e| format_event(e, None, identity)).collect::<Vec<_>>(),
-            "limited": limited,
-            "prev_batch": StreamToken(before_timeline).to_string(),
+            "events": client_events(state, &viewer, &timeline.events).await?,
+            "limited": timeline.limited,
+            "prev_batch": StreamToken(timeline.before).to_string(),
         },
-        "state": { "events": state_events.iter().map(|e| format_event(e, None, identity)).collect::<Vec<_>>() },
+        "state": { "events": client_events(state, &viewer, &state_events).await? },
         "ephemeral": { "events": extras.ephemeral },
         "account_data": { "events": extras.account_data },
         "unread_notifications": unread,
         "unread_thread_notifications": unread_threads,
         "summary": {},
     })))
+}
+
+/// The state of a lazy-loading sync: `state_events` without member
+/// events, and instead the member events of the timeline's senders (and
+/// the user's own when the state goes whole) as of before the timeline,
+/// leaving out those the device already received unless the filter asks
+/// for redundant members.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#lazy-loading-room-members>
+async fn lazy_members(
+    state: &AppState,
+    request: &SyncRequest,
+    room_id: &str,
+    mut state_events: Vec<EventRow>,
+    timeline: &Timeline,
+    upto: i64,
+    whole_state: bool,
+) -> Result<Vec<EventRow>, SyncApiError> {
+    let identity = &request.identity;
+    let state_filter = request.filter.state();
+    state_events.retain(|row| row.pdu.get("type").and_then(Value::as_str) != Some(MEMBER));
+    let mut members: BTreeSet<&str> =
+        timeline.events.iter().filter_map(|e| e.pdu.get("sender").and_then(Value::as_str)).collect();
+    if whole_state {
+        members.insert(identity.user_id.as_str());
+    }
+    let redundant = state_filter.and_then(|f| f.include_redundant_members).unwrap_or(false);
+    let since = request.since.map(|s| s.events).filter(|_| !whole_state && !redundant);
+    let device = (identity.user_id.to_string(), identity.device_id.clone());
+    let mut sent = Vec::new();
+    for member in members {
+        let Some(row) = state.storage.state_event_at(room_id, MEMBER, member, timeline.before).await? else {
+            continue;
+        };
+        let received =
+            since.is_some_and(|since| state.lazy_members.received(&device, room_id, member, &row.event_id, since));
+        if !received && filter::passes(state_filter, room_id, &row.pdu) {
+            sent.push((member, row));
+        }
+    }
+    state.lazy_members.record(&device, room_id, sent.iter().map(|(m, row)| (*m, row.event_id.as_str())), upto);
+    state_events.extend(sent.into_iter().map(|(_, row)| row));
+    state_events.sort_by_key(|row| row.pos);
+    Ok(state_events)
+}
+
+/// The joined room's summary: its member counts and, when it has no name,
+/// the members a client names it after; whole when `after` is `None`, else
+/// only when members, name or alias changed in `(after, upto]`.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3sync> (`RoomSummary`)
+async fn summary(
+    storage: &Storage,
+    user_id: &str,
+    room_id: &str,
+    after: Option<i64>,
+    upto: i64,
+) -> Result<Value, SyncApiError> {
+    if let Some(after) = after {
+        let changed = storage.state_changed_between(room_id, after, upto).await?;
+        if !changed.iter().any(|(event_type, _)| SUMMARY_TYPES.contains(&event_type.as_str())) {
+            return Ok(json!({}));
+        }
+    }
+    let (joined, invited) = storage.member_counts(room_id).await?;
+    let mut summary = json!({ "m.joined_member_count": joined, "m.invited_member_count": invited });
+    let mut named = false;
+    for (event_type, field) in [("m.room.name", "name"), ("m.room.canonical_alias", "alias")] {
+        let entry = storage.state_event_at(room_id, event_type, "", upto).await?;
+        named |= entry.is_some_and(|row| row.pdu["content"][field].as_str().is_some_and(|v| !v.is_empty()));
+    }
+    if !named {
+        let heroes = storage.heroes(room_id, user_id, HEROES).await?;
+        summary["m.heroes"] = json!(heroes.into_iter().map(|hero| hero.user_id).collect::<Vec<_>>());
+    }
+    Ok(summary)
+}
+
+/// Whether the user's invite to the room comes from a user they ignore:
+/// such invites are not shown.
+async fn invited_by_ignored(
+    state: &AppState,
+    request: &SyncRequest,
+    room_id: &str,
+    upto: i64,
+) -> Result<bool, SyncApiError> {
+    if request.ignored.is_empty() {
+        return Ok(false);
+    }
+    let invite = state.storage.state_event_at(room_id, MEMBER, request.identity.user_id.as_str(), upto).await?;
+    let inviter = invite.as_ref().and_then(|row| row.pdu.get("sender")).and_then(Value::as_str);
+    Ok(inviter.is_some_and(|sender| request.ignored.contains(sender)))
 }
 
 /// How the user stands outside a room they see under `rooms.invite` or `rooms.knock`.

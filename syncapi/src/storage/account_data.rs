@@ -1,5 +1,7 @@
 //! The account data read model, from `clientapi.accountdata`.
 
+use std::collections::BTreeSet;
+
 use myelin_clientapi::api::AccountDataUpdate;
 use myelin_storage::{WritePool, sqlx, with_db};
 use serde_json::Value;
@@ -13,6 +15,13 @@ pub struct AccountDataRow {
     pub room_id: String,
     pub data_type: String,
     pub content: Value,
+}
+
+/// The users an `m.ignored_user_list` content names
+/// (`{"ignored_users": {"@user:server": {}}}`).
+pub fn ignored_users_in(content: &Value) -> BTreeSet<String> {
+    let users = content.get("ignored_users").and_then(Value::as_object);
+    users.map(|users| users.keys().cloned().collect()).unwrap_or_default()
 }
 
 impl Storage {
@@ -80,6 +89,24 @@ impl Storage {
                 Ok(AccountDataRow { room_id, data_type, content })
             })
             .collect()
+    }
+
+    /// The users `user_id` ignores (`m.ignored_user_list`); a malformed
+    /// list ignores nobody.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#ignoring-users>
+    pub async fn ignored_users(&self, user_id: &str) -> Result<BTreeSet<String>, SyncApiError> {
+        let content: Option<String> = with_db!(&self.db, pool => {
+            sqlx::query_scalar(
+                "SELECT content FROM syncapi_account_data \
+                 WHERE user_id = $1 AND room_id = '' AND data_type = 'm.ignored_user_list'",
+            )
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await?
+        });
+        let content: Value = content.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or(Value::Null);
+        Ok(ignored_users_in(&content))
     }
 
     pub async fn max_account_data_pos(&self) -> Result<i64, SyncApiError> {

@@ -95,6 +95,7 @@ CREATE TABLE syncapi_filters (
     Migration { version: 6, sqlite: V6, postgres: V6 },
     Migration { version: 7, sqlite: V7, postgres: V7 },
     Migration { version: 8, sqlite: V8, postgres: V8 },
+    Migration { version: 9, sqlite: V9, postgres: V9 },
 ];
 
 /// Account data and receipts: the latest value per key, each carrying the
@@ -204,4 +205,21 @@ CREATE TABLE syncapi_forgotten (
     PRIMARY KEY (user_id, room_id, event_id)
 );
 CREATE INDEX syncapi_membership_log_event ON syncapi_membership_log (user_id, room_id, event_id);
+"#;
+
+/// The state entry each state event replaced (`unsigned.replaces_state`,
+/// `prev_content`), recorded when the event is stored; for events stored
+/// before, the previous entry of the same key in the state log.
+const V9: &str = r#"
+CREATE TABLE syncapi_replaced_state (
+    event_id TEXT PRIMARY KEY NOT NULL, replaced_id TEXT NOT NULL
+);
+INSERT INTO syncapi_replaced_state (event_id, replaced_id)
+SELECT event_id, replaced_id FROM (
+    SELECT l.event_id AS event_id, (SELECT p.event_id FROM syncapi_state_log p
+        WHERE p.room_id = l.room_id AND p.event_type = l.event_type AND p.state_key = l.state_key
+        AND p.stream_pos < l.stream_pos ORDER BY p.stream_pos DESC LIMIT 1) AS replaced_id
+    FROM syncapi_state_log l WHERE l.event_id IS NOT NULL
+) x WHERE replaced_id IS NOT NULL AND replaced_id <> event_id
+ON CONFLICT (event_id) DO NOTHING;
 "#;

@@ -16,6 +16,7 @@ mod presence;
 mod receipts;
 mod room_list;
 mod to_device;
+mod unsigned;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -38,7 +39,9 @@ macro_rules! not_forgotten {
          WHERE f.user_id = l.user_id AND f.room_id = l.room_id AND l.stream_pos <= m.stream_pos)"
     };
 }
+pub use account_data::ignored_users_in;
 pub use presence::Presence;
+pub use unsigned::Related;
 
 use crate::SyncApiError;
 use crate::visibility::{HistoryChange, HistoryVisibility};
@@ -247,6 +250,25 @@ impl Storage {
             for (event, f, state_key) in &added {
                 // An event stored before (state resolution brought it back) changes the state now.
                 let at = own_pos.get(event.event_id.as_str()).copied().unwrap_or(pos);
+                let replaced: Option<String> = sqlx::query_scalar(
+                    "SELECT event_id FROM syncapi_current_state \
+                     WHERE room_id = $1 AND event_type = $2 AND state_key = $3",
+                )
+                .bind(room_id)
+                .bind(&f.event_type)
+                .bind(state_key)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(replaced) = replaced.filter(|r| r != event.event_id.as_str()) {
+                    sqlx::query(
+                        "INSERT INTO syncapi_replaced_state (event_id, replaced_id) VALUES ($1, $2) \
+                         ON CONFLICT (event_id) DO NOTHING",
+                    )
+                    .bind(event.event_id.as_str())
+                    .bind(replaced)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 sqlx::query(
                     "INSERT INTO syncapi_current_state (room_id, event_type, state_key, event_id, stream_pos) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id, event_type, state_key) \
@@ -378,6 +400,11 @@ impl Storage {
                 {
                     sqlx::query("UPDATE syncapi_events SET pdu = $1 WHERE event_id = $2")
                         .bind(stripped.to_string())
+                        .bind(target)
+                        .execute(&mut *tx)
+                        .await?;
+                    // A redacted event's content no longer relates it to anything.
+                    sqlx::query("DELETE FROM syncapi_relations WHERE child_id = $1")
                         .bind(target)
                         .execute(&mut *tx)
                         .await?;
