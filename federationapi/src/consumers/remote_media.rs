@@ -94,7 +94,7 @@ fn refusal(media_id: &str, error: ClientError) -> MatrixError {
     }
 }
 
-fn header<'a>(reply: &'a Reply, name: http::header::HeaderName) -> Option<&'a str> {
+fn header(reply: &Reply, name: http::header::HeaderName) -> Option<&str> {
     reply.headers.get(name).and_then(|value| value.to_str().ok())
 }
 
