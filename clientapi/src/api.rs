@@ -9,7 +9,8 @@ mod token_resolver;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use myelin_types::MatrixError;
+use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -278,3 +279,70 @@ pub struct PresenceUpdate {
     /// When the user was last active, in bus clock milliseconds.
     pub last_active_ts: u64,
 }
+
+/// The media store is shared storage: the client API writes uploads there
+/// and the federation API reads them for other servers and writes the files
+/// it fetches from them, each under an id the client API chose. A
+/// deployment that splits the two mounts the same media directory in both.
+pub use crate::media::{MediaStore, content_disposition};
+/// Thumbnails are made the same way for clients and for other servers.
+pub use crate::thumbnail::{Method as ThumbnailMethod, thumbnail};
+
+/// What is known about a local file, for the federation API's
+/// `/media/download` and `/media/thumbnail` (the bytes it reads from the
+/// [`MediaStore`]). Key: the media id. The reply is a [`MediaReply`].
+pub const MEDIA_QUERY_TOPIC: &str = "clientapi.media";
+
+/// A request on [`MEDIA_QUERY_TOPIC`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaQuery {
+    /// A media id of this server.
+    pub media_id: String,
+}
+
+/// The file's metadata, `None` when this server has no such upload.
+pub type MediaReply = Option<MediaInfo>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaInfo {
+    pub content_type: String,
+    pub filename: Option<String>,
+}
+
+/// Another server's file, fetched by the federation API for the client
+/// API's downloads and thumbnails. Key: the server asked. The reply is a
+/// [`RemoteMediaReply`].
+pub const REMOTE_MEDIA_TOPIC: &str = "federationapi.media";
+
+/// A request on [`REMOTE_MEDIA_TOPIC`]: fetch `mxc://{server_name}/{media_id}`
+/// and write it into the [`MediaStore`] as `file_id`, refusing anything
+/// larger than `max_size` bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteMediaRequest {
+    pub server_name: OwnedServerName,
+    pub media_id: String,
+    pub file_id: String,
+    pub max_size: u64,
+}
+
+/// The stored file's metadata and size, or the error for the client.
+pub type RemoteMediaReply = Result<RemoteMedia, MatrixError>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteMedia {
+    pub info: MediaInfo,
+    pub size: u64,
+}
+
+/// Another server's user's profile (`/query/profile`), for the client
+/// API's `/profile`. Key: the user id. The reply is a [`RemoteProfileReply`].
+pub const REMOTE_PROFILE_TOPIC: &str = "federationapi.profiles";
+
+/// A request on [`REMOTE_PROFILE_TOPIC`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteProfileQuery {
+    pub user_id: OwnedUserId,
+}
+
+/// The profile, or the error for the client (`M_NOT_FOUND` for no such user).
+pub type RemoteProfileReply = Result<PublicProfile, MatrixError>;

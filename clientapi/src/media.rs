@@ -5,6 +5,31 @@ use std::path::{Path, PathBuf};
 
 use myelin_config::Config;
 
+/// Types a browser may show in place; anything else is served as an
+/// attachment so uploaded HTML or SVG can never run in the server's origin.
+const INLINE_TYPES: &[&str] = &[
+    "text/plain",
+    "text/csv",
+    "application/json",
+    "image/jpeg",
+    "image/gif",
+    "image/png",
+    "image/apng",
+    "image/webp",
+    "image/avif",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "video/quicktime",
+    "audio/mp4",
+    "audio/webm",
+    "audio/aac",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wav",
+    "audio/flac",
+];
+
 /// Length of generated media ids (letters and digits).
 pub const MEDIA_ID_LEN: usize = 24;
 
@@ -43,4 +68,32 @@ impl MediaStore {
     pub async fn read(&self, media_id: &str) -> std::io::Result<Vec<u8>> {
         tokio::fs::read(self.path_of(media_id)).await
     }
+
+    pub async fn remove(&self, media_id: &str) -> std::io::Result<()> {
+        tokio::fs::remove_file(self.path_of(media_id)).await
+    }
+}
+
+/// `inline` only for [`INLINE_TYPES`]; the file name as an RFC 6266
+/// `filename*` (UTF-8, percent-encoded).
+pub fn content_disposition(content_type: &str, file_name: Option<&str>) -> String {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let kind = if INLINE_TYPES.contains(&essence.as_str()) { "inline" } else { "attachment" };
+    match file_name {
+        Some(name) => format!("{kind}; filename*=utf-8''{}", percent_encode(name)),
+        None => kind.to_owned(),
+    }
+}
+
+/// RFC 5987 `attr-char`s stay; every other byte is `%XX`.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

@@ -10,6 +10,7 @@ pub mod client;
 pub mod consumers;
 pub mod error;
 pub mod keys;
+pub mod multipart;
 pub mod routing;
 pub mod sender;
 pub mod service;

@@ -1,6 +1,7 @@
 //! Lifecycle of the federation API: migrate its tables, build the key store
 //! and the outbound client, answer `federationapi.query` and
-//! `federationapi.perform`, run the sender from `roomserver.output`,
+//! `federationapi.perform`, fetch other servers' media and profiles for the
+//! client API (`federationapi.media`, `federationapi.profiles`), run the sender from `roomserver.output`,
 //! `edu.typing`, `edu.receipt` and `edu.todevice`, and
 //! serve the TLS listener until shutdown.
 
@@ -13,7 +14,8 @@ use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use myelin_bus::{Bus, Shutdown};
 use myelin_clientapi::api::{
-    KEY_CHANGE_TOPIC, PRESENCE_TOPIC, RECEIPT_TOPIC, REMOTE_KEYS_TOPIC, TO_DEVICE_TOPIC, TYPING_TOPIC,
+    KEY_CHANGE_TOPIC, MediaStore, PRESENCE_TOPIC, RECEIPT_TOPIC, REMOTE_KEYS_TOPIC, REMOTE_MEDIA_TOPIC,
+    REMOTE_PROFILE_TOPIC, TO_DEVICE_TOPIC, TYPING_TOPIC,
 };
 use myelin_config::Config;
 use myelin_roomserver::api::{FEDERATION_PERFORM_TOPIC, FEDERATION_QUERY_TOPIC, OUTPUT_TOPIC};
@@ -29,6 +31,8 @@ use crate::consumers::edus::{self, EduConsumer, PresenceConsumer, ReceiptConsume
 use crate::consumers::perform::{self, PerformResponder};
 use crate::consumers::query::{self, QueryResponder};
 use crate::consumers::remote_keys::{self, RemoteKeysResponder};
+use crate::consumers::remote_media::{self, RemoteMediaResponder};
+use crate::consumers::remote_profiles::{self, RemoteProfileResponder};
 use crate::consumers::roomserver_output::{self, OutputConsumer};
 use crate::keys::KeyStore;
 use crate::routing::{FederationState, router};
@@ -157,10 +161,17 @@ pub async fn start_with_client(
         watch(bus.consume(device_lists::GROUP, KEY_CHANGE_TOPIC, Arc::new(device_lists), shutdown.clone()));
     let remote_keys = RemoteKeysResponder { client: client.clone() };
     let remote_keys = watch(bus.serve(remote_keys::GROUP, REMOTE_KEYS_TOPIC, Arc::new(remote_keys), shutdown.clone()));
+    let media = Arc::new(MediaStore::from_config(&config));
+    let remote_media = RemoteMediaResponder { client: client.clone(), media: media.clone() };
+    let remote_media =
+        watch(bus.serve(remote_media::GROUP, REMOTE_MEDIA_TOPIC, Arc::new(remote_media), shutdown.clone()));
+    let remote_profiles = RemoteProfileResponder { client: client.clone() };
+    let remote_profiles =
+        watch(bus.serve(remote_profiles::GROUP, REMOTE_PROFILE_TOPIC, Arc::new(remote_profiles), shutdown.clone()));
     let output = OutputConsumer { db: db.clone(), server_name: server_name.to_string(), sender: sender.clone() };
     let output = watch(bus.consume(roomserver_output::GROUP, OUTPUT_TOPIC, Arc::new(output), shutdown.clone()));
 
-    let app = router(FederationState::new(keys, db, bus, clock, sender));
+    let app = router(FederationState::new(keys, db, bus, clock, sender, media));
     let handle = Handle::new();
     let server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
     let serve = tokio::spawn(async move {
@@ -174,7 +185,20 @@ pub async fn start_with_client(
         result.map_err(|e| format!("federation listener failed: {e}"))
     });
     tracing::info!(%local_addr, "federation API listening on https://{local_addr}");
-    let tasks = vec![serve, query, perform, remote_keys, typing, receipts, to_device, presence, device_lists, output];
+    let tasks = vec![
+        serve,
+        query,
+        perform,
+        remote_keys,
+        remote_media,
+        remote_profiles,
+        typing,
+        receipts,
+        to_device,
+        presence,
+        device_lists,
+        output,
+    ];
     Ok(Started { local_addr, tasks, client })
 }
 

@@ -2,6 +2,7 @@
 
 pub mod aliases;
 pub mod keys;
+pub mod media;
 pub mod openid;
 pub mod profiles;
 pub mod query;

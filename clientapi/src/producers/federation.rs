@@ -1,6 +1,7 @@
 //! Requests to the federation API over the bus: joins and knocks through
-//! other servers and their aliases (`federationapi.perform`), and other
-//! servers' users' keys (`federationapi.keys`).
+//! other servers and their aliases (`federationapi.perform`), other
+//! servers' users' keys (`federationapi.keys`), files
+//! (`federationapi.media`) and profiles (`federationapi.profiles`).
 
 use std::time::Duration;
 
@@ -11,7 +12,10 @@ use myelin_roomserver::api::{
 use myelin_types::ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde_json::Value;
 
-use crate::api::{REMOTE_KEYS_TOPIC, RemoteKeysReply, RemoteKeysRequest};
+use crate::api::{
+    PublicProfile, REMOTE_KEYS_TOPIC, REMOTE_MEDIA_TOPIC, REMOTE_PROFILE_TOPIC, RemoteKeysReply, RemoteKeysRequest,
+    RemoteMedia, RemoteMediaReply, RemoteMediaRequest, RemoteProfileQuery, RemoteProfileReply,
+};
 use crate::error::{ClientApiError, Result};
 
 /// One request on `federationapi.perform`, keyed by `key`.
@@ -83,4 +87,23 @@ pub async fn remote_keys(
         Ok(reply) => reply,
         Err(error) => Err(error.to_string()),
     }
+}
+
+/// Longer than the federation client's own deadline for one request and
+/// its fallback, so that its answer (even a failure) wins over our timeout.
+const REMOTE_MEDIA_TIMEOUT: Duration = Duration::from_secs(130);
+
+/// Fetch another server's file into the media store as `request.file_id`.
+pub async fn remote_media(bus: &Bus, request: &RemoteMediaRequest) -> Result<RemoteMedia> {
+    let reply: RemoteMediaReply =
+        bus.request_json(REMOTE_MEDIA_TOPIC, request.server_name.as_str(), request, REMOTE_MEDIA_TIMEOUT).await?;
+    Ok(reply?)
+}
+
+/// Another server's user's profile.
+pub async fn remote_profile(bus: &Bus, user_id: OwnedUserId) -> Result<PublicProfile> {
+    let key = user_id.to_string();
+    let reply: RemoteProfileReply =
+        bus.request_json(REMOTE_PROFILE_TOPIC, &key, &RemoteProfileQuery { user_id }, PERFORM_TIMEOUT).await?;
+    Ok(reply?)
 }

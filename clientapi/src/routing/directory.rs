@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use myelin_types::ruma::{OwnedRoomId, RoomAliasId};
+use myelin_types::ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId};
 use myelin_types::{ErrorCode, MatrixError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -14,7 +14,7 @@ use crate::auth::AuthedUser;
 use crate::error::Result;
 use crate::json::{MatrixJson, MatrixPath, MatrixQuery, OptionalJson};
 use crate::power::may_send_state;
-use crate::producers::roomserver;
+use crate::producers::{federation, roomserver};
 use crate::routing::{parse_room_id, require_joined};
 use crate::service::AppState;
 use crate::storage::directory::{self, Summary};
@@ -24,7 +24,7 @@ const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 500;
 
 /// A syntactically valid alias of this server: `400 M_INVALID_PARAM` otherwise
-/// (aliases of other servers would need federation, which is not served yet).
+/// (other servers' aliases can only be read, in [`get_alias`]).
 pub(crate) fn local_alias(state: &AppState, alias: &str) -> Result<String, MatrixError> {
     let parsed = <&RoomAliasId>::try_from(alias)
         .map_err(|_| MatrixError::invalid_param(format!("Invalid room alias: {alias}")))?;
@@ -74,7 +74,15 @@ pub async fn put_alias(
 
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}`
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3directoryroomroomalias>
+///
+/// Another server's alias is asked of that server (through the federation API).
 pub async fn get_alias(State(state): State<AppState>, MatrixPath(alias): MatrixPath<String>) -> Result<Json<Value>> {
+    let parsed = OwnedRoomAliasId::try_from(alias.as_str())
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid room alias: {alias}")))?;
+    if parsed.server_name().as_str() != state.server_name() {
+        let (room_id, servers) = federation::resolve_alias(&state.bus, parsed).await?;
+        return Ok(Json(json!({ "room_id": room_id, "servers": servers })));
+    }
     let room_id = resolve(&state, &alias).await?;
     Ok(Json(json!({ "room_id": room_id, "servers": [state.server_name()] })))
 }

@@ -1,7 +1,8 @@
 //! The content repository: uploads, downloads (authenticated under
 //! `/_matrix/client/v1/media`, and the legacy unauthenticated
 //! `/_matrix/media/{v3,r0}` paths tools still call) and the upload limit.
-//! Media of other servers is not fetched yet.
+//! Other servers' media is fetched once through the federation API
+//! (`federationapi.media`), then served from the media store.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,43 +11,21 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use myelin_types::random::alphanumeric;
+use myelin_types::ruma::OwnedServerName;
 use myelin_types::{ErrorCode, MatrixError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_http::limit::RequestBodyLimitLayer;
 
+use crate::api::{MediaInfo, RemoteMediaRequest};
 use crate::auth::{AuthedUser, GuestOk};
 use crate::error::Result;
 use crate::json::{MatrixPath, MatrixQuery};
-use crate::media::{MEDIA_ID_LEN, MediaStore};
+use crate::media::{MEDIA_ID_LEN, MediaStore, content_disposition};
+use crate::producers::federation;
 use crate::service::AppState;
-use crate::storage::media::{self, Media};
+use crate::storage::media::{self, Media, RemoteMedia};
 use crate::thumbnail::Method;
-
-/// Types a browser may show in place; anything else is served as an
-/// attachment so uploaded HTML or SVG can never run in the server's origin.
-const INLINE_TYPES: &[&str] = &[
-    "text/plain",
-    "text/csv",
-    "application/json",
-    "image/jpeg",
-    "image/gif",
-    "image/png",
-    "image/apng",
-    "image/webp",
-    "image/avif",
-    "video/mp4",
-    "video/webm",
-    "video/ogg",
-    "video/quicktime",
-    "audio/mp4",
-    "audio/webm",
-    "audio/aac",
-    "audio/mpeg",
-    "audio/ogg",
-    "audio/wav",
-    "audio/flac",
-];
 
 /// Served with every download: nothing in it may run or load anything.
 const CONTENT_SECURITY_POLICY: &str = "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; \
@@ -121,7 +100,7 @@ async fn download_authenticated(
     GuestOk(_user): GuestOk,
     MatrixPath((server_name, media_id)): MatrixPath<(String, String)>,
 ) -> Result<Response> {
-    download(&state, &server_name, &media_id, None).await
+    download(&state, Source::any(&server_name, &media_id), None).await
 }
 
 /// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}`
@@ -131,7 +110,7 @@ async fn download_authenticated_as(
     GuestOk(_user): GuestOk,
     MatrixPath((server_name, media_id, file_name)): MatrixPath<(String, String, String)>,
 ) -> Result<Response> {
-    download(&state, &server_name, &media_id, Some(&file_name)).await
+    download(&state, Source::any(&server_name, &media_id), Some(&file_name)).await
 }
 
 /// `GET /_matrix/media/v3/download/{serverName}/{mediaId}` (deprecated, unauthenticated)
@@ -139,8 +118,10 @@ async fn download_authenticated_as(
 async fn download_legacy(
     State(state): State<AppState>,
     MatrixPath((server_name, media_id)): MatrixPath<(String, String)>,
+    MatrixQuery(query): MatrixQuery<LegacyQuery>,
 ) -> Result<Response> {
-    download(&state, &server_name, &media_id, None).await
+    let source = Source { server_name: &server_name, media_id: &media_id, allow_remote: query.allow_remote };
+    download(&state, source, None).await
 }
 
 /// `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}` (deprecated, unauthenticated)
@@ -148,25 +129,106 @@ async fn download_legacy(
 async fn download_legacy_as(
     State(state): State<AppState>,
     MatrixPath((server_name, media_id, file_name)): MatrixPath<(String, String, String)>,
+    MatrixQuery(query): MatrixQuery<LegacyQuery>,
 ) -> Result<Response> {
-    download(&state, &server_name, &media_id, Some(&file_name)).await
+    let source = Source { server_name: &server_name, media_id: &media_id, allow_remote: query.allow_remote };
+    download(&state, source, Some(&file_name)).await
 }
 
-/// The stored record and bytes of a local media id; 404 for anything else.
-async fn load(state: &AppState, server_name: &str, media_id: &str) -> Result<(Media, Vec<u8>)> {
-    let not_found = || MatrixError::not_found("Media not found");
-    if server_name != state.server_name() || !MediaStore::is_valid_id(media_id) {
+/// The legacy endpoints' `allow_remote` (default true).
+#[derive(Deserialize)]
+struct LegacyQuery {
+    #[serde(default = "yes")]
+    allow_remote: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Which file a request names, and whether another server may be asked for it.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    server_name: &'a str,
+    media_id: &'a str,
+    allow_remote: bool,
+}
+
+impl<'a> Source<'a> {
+    fn any(server_name: &'a str, media_id: &'a str) -> Self {
+        Self { server_name, media_id, allow_remote: true }
+    }
+}
+
+fn not_found() -> MatrixError {
+    MatrixError::not_found("Media not found")
+}
+
+/// The metadata and bytes of a file: this server's upload, or another
+/// server's, fetched once and then served from the media store; 404 for
+/// anything else.
+async fn load(state: &AppState, source: Source<'_>) -> Result<(MediaInfo, Vec<u8>)> {
+    if source.server_name == state.server_name() {
+        return load_local(state, source.media_id).await;
+    }
+    let server_name = OwnedServerName::try_from(source.server_name).map_err(|_| not_found())?;
+    if !source.allow_remote || !is_remote_media_id(source.media_id) {
+        return Err(not_found().into());
+    }
+    let record = match media::get_remote(&state.db, server_name.as_str(), source.media_id).await? {
+        Some(record) => record,
+        None => fetch_remote(state, server_name, source.media_id).await?,
+    };
+    let bytes = state.media.read(&record.file_id).await?;
+    Ok((MediaInfo { content_type: record.content_type, filename: record.filename }, bytes))
+}
+
+async fn load_local(state: &AppState, media_id: &str) -> Result<(MediaInfo, Vec<u8>)> {
+    if !MediaStore::is_valid_id(media_id) {
         return Err(not_found().into());
     }
     let record = media::get(&state.db, media_id).await?.ok_or_else(not_found)?;
     let bytes = state.media.read(media_id).await?;
-    Ok((record, bytes))
+    Ok((MediaInfo { content_type: record.content_type, filename: record.filename }, bytes))
 }
 
-async fn download(state: &AppState, server_name: &str, media_id: &str, file_name: Option<&str>) -> Result<Response> {
-    let (record, bytes) = load(state, server_name, media_id).await?;
-    let disposition = content_disposition(&record.content_type, file_name.or(record.filename.as_deref()));
-    Ok(media_response(bytes, &record.content_type, &disposition))
+/// Media ids are `[A-Za-z0-9_-]`; anything else is never asked for.
+fn is_remote_media_id(media_id: &str) -> bool {
+    (1..=255).contains(&media_id.len()) && media_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Have the federation API fetch the file into the media store under a
+/// fresh id of ours, no larger than we accept for uploads, and record it.
+async fn fetch_remote(state: &AppState, server_name: OwnedServerName, media_id: &str) -> Result<RemoteMedia> {
+    let file_id = alphanumeric(MEDIA_ID_LEN);
+    let request = RemoteMediaRequest {
+        server_name: server_name.clone(),
+        media_id: media_id.to_owned(),
+        file_id: file_id.clone(),
+        max_size: state.config.client_api.max_upload_size,
+    };
+    let fetched = federation::remote_media(&state.bus, &request).await?;
+    let record = RemoteMedia {
+        server_name: server_name.to_string(),
+        media_id: media_id.to_owned(),
+        file_id: file_id.clone(),
+        content_type: fetched.info.content_type,
+        filename: fetched.info.filename,
+        size: i64::try_from(fetched.size).unwrap_or(i64::MAX),
+        created_ms: state.now_ms(),
+    };
+    let kept = media::insert_remote(&state.db, &record).await?;
+    if kept.file_id != file_id {
+        // A concurrent request fetched it first: ours is a spare copy.
+        state.media.remove(&file_id).await?;
+    }
+    Ok(kept)
+}
+
+async fn download(state: &AppState, source: Source<'_>, file_name: Option<&str>) -> Result<Response> {
+    let (info, bytes) = load(state, source).await?;
+    let disposition = content_disposition(&info.content_type, file_name.or(info.filename.as_deref()));
+    Ok(media_response(bytes, &info.content_type, &disposition))
 }
 
 /// Bytes with the headers every media answer carries.
@@ -190,6 +252,9 @@ struct ThumbnailQuery {
     width: u32,
     height: u32,
     method: Option<String>,
+    /// Only on the legacy endpoint (default true).
+    #[serde(default = "yes")]
+    allow_remote: bool,
 }
 
 /// `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}`
@@ -200,7 +265,8 @@ async fn thumbnail_authenticated(
     MatrixPath((server_name, media_id)): MatrixPath<(String, String)>,
     MatrixQuery(query): MatrixQuery<ThumbnailQuery>,
 ) -> Result<Response> {
-    thumbnail(&state, &server_name, &media_id, query).await
+    let source = Source { server_name: &server_name, media_id: &media_id, allow_remote: query.allow_remote };
+    thumbnail(&state, source, query).await
 }
 
 /// `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}` (deprecated, unauthenticated)
@@ -210,10 +276,11 @@ async fn thumbnail_legacy(
     MatrixPath((server_name, media_id)): MatrixPath<(String, String)>,
     MatrixQuery(query): MatrixQuery<ThumbnailQuery>,
 ) -> Result<Response> {
-    thumbnail(&state, &server_name, &media_id, query).await
+    let source = Source { server_name: &server_name, media_id: &media_id, allow_remote: query.allow_remote };
+    thumbnail(&state, source, query).await
 }
 
-async fn thumbnail(state: &AppState, server_name: &str, media_id: &str, query: ThumbnailQuery) -> Result<Response> {
+async fn thumbnail(state: &AppState, source: Source<'_>, query: ThumbnailQuery) -> Result<Response> {
     let method = match query.method.as_deref() {
         None | Some("scale") => Method::Scale,
         Some("crop") => Method::Crop,
@@ -222,7 +289,7 @@ async fn thumbnail(state: &AppState, server_name: &str, media_id: &str, query: T
     if query.width == 0 || query.height == 0 {
         return Err(MatrixError::invalid_param("width and height must be positive").into());
     }
-    let (_, bytes) = load(state, server_name, media_id).await?;
+    let (_, bytes) = load(state, source).await?;
     // Decoding and resizing are CPU-bound: off the request threads.
     let made =
         tokio::task::spawn_blocking(move || crate::thumbnail::thumbnail(&bytes, query.width, query.height, method))
@@ -232,30 +299,6 @@ async fn thumbnail(state: &AppState, server_name: &str, media_id: &str, query: T
             .with_status(StatusCode::BAD_REQUEST)
     })?;
     Ok(media_response(bytes, content_type, "inline"))
-}
-
-/// `inline` only for [`INLINE_TYPES`]; the file name as an RFC 6266
-/// `filename*` (UTF-8, percent-encoded).
-fn content_disposition(content_type: &str, file_name: Option<&str>) -> String {
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    let kind = if INLINE_TYPES.contains(&essence.as_str()) { "inline" } else { "attachment" };
-    match file_name {
-        Some(name) => format!("{kind}; filename*=utf-8''{}", percent_encode(name)),
-        None => kind.to_owned(),
-    }
-}
-
-/// RFC 5987 `attr-char`s stay; every other byte is `%XX`.
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -269,6 +312,14 @@ mod tests {
         assert_eq!(content_disposition("text/html", Some("a b.html")), "attachment; filename*=utf-8''a%20b.html");
         assert_eq!(content_disposition("image/svg+xml", None), "attachment");
         assert_eq!(content_disposition("text/plain", Some("é\"")), "inline; filename*=utf-8''%C3%A9%22");
+    }
+
+    #[test]
+    fn only_spec_media_ids_are_asked_of_other_servers() {
+        assert!(is_remote_media_id("abc_DEF-123"));
+        for bad in ["", "a/b", "../x", "a b", "é", &"a".repeat(256)] {
+            assert!(!is_remote_media_id(bad), "{bad}");
+        }
     }
 
     #[test]

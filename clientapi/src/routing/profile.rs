@@ -1,6 +1,7 @@
-//! Profiles of local users (remote profiles need federation queries, not
-//! written yet, so they are not found). A change is copied into the user's
-//! `m.room.member` event in every room they are joined to.
+//! Profiles of local users, and other servers' users' profiles asked of
+//! their servers (through the federation API, never stored). A change is
+//! copied into the user's `m.room.member` event in every room they are
+//! joined to.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,7 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::{AuthedUser, GuestOk};
 use crate::error::Result;
 use crate::json::{MatrixJson, MatrixPath};
-use crate::producers::roomserver;
+use crate::producers::{federation, roomserver};
 use crate::routing::{parse_user_id, require_self};
 use crate::service::AppState;
 use crate::storage::accounts::{self, Profile};
@@ -36,20 +37,30 @@ pub(crate) fn add_to_member_content(profile: &Profile, content: &mut Map<String,
     }
 }
 
+/// The profile of any user: asked of their server if it is another one.
+async fn any_profile(state: &AppState, user_id: &str) -> Result<Profile> {
+    let user_id = parse_user_id(user_id)?;
+    if user_id.server_name().as_str() == state.server_name() {
+        return profile_of(state, &user_id).await;
+    }
+    let remote = federation::remote_profile(&state.bus, user_id).await?;
+    Ok(Profile { displayname: remote.displayname, avatar_url: remote.avatar_url })
+}
+
 /// `GET /_matrix/client/v3/profile/{userId}`
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3profileuserid>
 pub async fn get_profile(
     State(state): State<AppState>,
     MatrixPath(user_id): MatrixPath<String>,
 ) -> Result<Json<Value>> {
-    let profile = profile_of(&state, &parse_user_id(&user_id)?).await?;
+    let profile = any_profile(&state, &user_id).await?;
     let mut body = Map::new();
     add_to_member_content(&profile, &mut body);
     Ok(Json(Value::Object(body)))
 }
 
 async fn get_field(state: &AppState, user_id: &str, field: &str) -> Result<Json<Value>> {
-    let profile = profile_of(state, &parse_user_id(user_id)?).await?;
+    let profile = any_profile(state, user_id).await?;
     let value = match field {
         "displayname" => profile.displayname,
         _ => profile.avatar_url,

@@ -241,6 +241,15 @@ CREATE TABLE clientapi_refresh_tokens (
 CREATE INDEX clientapi_refresh_tokens_device ON clientapi_refresh_tokens (user_id, device_id);
 ";
 
+/// Other servers' files fetched for local clients: the file is in the
+/// media store under `file_id`, an id this server generated.
+const V14: &str = "
+CREATE TABLE clientapi_remote_media (
+    server_name TEXT NOT NULL, media_id TEXT NOT NULL, file_id TEXT NOT NULL, content_type TEXT NOT NULL,
+    filename TEXT, size BIGINT NOT NULL, created_ms BIGINT NOT NULL, PRIMARY KEY (server_name, media_id)
+);
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE },
     Migration { version: 2, sqlite: V2, postgres: V2 },
@@ -255,4 +264,5 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 11, sqlite: V11, postgres: V11 },
     Migration { version: 12, sqlite: V12, postgres: V12 },
     Migration { version: 13, sqlite: V13, postgres: V13 },
+    Migration { version: 14, sqlite: V14, postgres: V14 },
 ];

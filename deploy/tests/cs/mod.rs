@@ -1,8 +1,10 @@
 //! Client-server endpoints beyond the everyday ones, each against a real
 //! server: forgetting rooms, reports, jumping to a date, room upgrades,
-//! OpenID tokens, registration tokens and refresh tokens.
+//! OpenID tokens, registration tokens and refresh tokens, and other
+//! servers' media, aliases and profiles.
 
 mod forget;
+mod remote;
 mod reports;
 mod timestamp;
 mod upgrade;

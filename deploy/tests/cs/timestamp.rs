@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::harness::{Backend, Server};
 
 /// A federation client that signs as `server`, trusting the pair's CA.
-fn client_of(server: &Server, ca_dir: &tempfile::TempDir) -> FederationClient {
+pub(super) fn client_of(server: &Server, ca_dir: &tempfile::TempDir) -> FederationClient {
     myelin_federationapi::install_crypto_provider();
     let key = ServerSigningKey::load(&server.config_dir().join("signing.key")).unwrap();
     FederationClient::new(ClientSettings {
@@ -27,7 +27,7 @@ fn client_of(server: &Server, ca_dir: &tempfile::TempDir) -> FederationClient {
     .unwrap()
 }
 
-fn status_of(result: Result<Value, ClientError>) -> (u16, Value) {
+pub(super) fn status_of(result: Result<Value, ClientError>) -> (u16, Value) {
     match result {
         Ok(body) => (200, body),
         Err(ClientError::Status { status, body, .. }) => (status, body),

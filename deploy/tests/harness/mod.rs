@@ -222,6 +222,12 @@ impl Server {
         self.spawn().await;
     }
 
+    /// Restart with more configuration overrides (`MYELIN_<SECTION>__<KEY>`).
+    pub async fn restart_with_env(&mut self, env: &[(&'static str, &str)]) {
+        self.env.extend(env.iter().map(|(key, value)| (*key, (*value).to_owned())));
+        self.restart().await;
+    }
+
     /// Kill the process (SIGKILL), keeping its data for [`Server::run`].
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

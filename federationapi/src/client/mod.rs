@@ -17,7 +17,7 @@ use myelin_types::ruma::CanonicalJsonValue;
 use myelin_types::signing::ServerSigningKey;
 use serde_json::Value;
 
-pub use connect::{AddressPolicy, ConnectError, Target};
+pub use connect::{AddressPolicy, ConnectError, Reply, Target};
 pub use discovery::{DEFAULT_PORT, DiscoveryError};
 pub use dns::{Dns, DnsError, HickoryDns, SrvRecord};
 
@@ -144,13 +144,22 @@ impl FederationClient {
     /// status is [`ClientError::Status`] with the body the server sent.
     pub async fn send(&self, request: FederationRequest) -> Result<Value, ClientError> {
         let server = request.destination.clone();
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.send_inner(request)).await {
+        let reply = self.fetch(request, MAX_RESPONSE_BYTES).await?;
+        serde_json::from_slice(&reply.body).map_err(|_| ClientError::NotJson { server })
+    }
+
+    /// Send `request` and return a 2xx answer whatever its body, read up to
+    /// `max_body` bytes (more is [`ConnectError::TooLarge`]); any other
+    /// status is [`ClientError::Status`] with the body the server sent.
+    pub async fn fetch(&self, request: FederationRequest, max_body: usize) -> Result<Reply, ClientError> {
+        let server = request.destination.clone();
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(request, max_body)).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout { server }),
         }
     }
 
-    async fn send_inner(&self, request: FederationRequest) -> Result<Value, ClientError> {
+    async fn exchange(&self, request: FederationRequest, max_body: usize) -> Result<Reply, ClientError> {
         let server = request.destination.clone();
         let target = self.resolve(&server).await?;
         let body = match &request.body {
@@ -171,18 +180,14 @@ impl FederationClient {
             builder.body(Full::new(Bytes::from(body))).map_err(|e| ClientError::Request(e.to_string()))?;
         let reply = self
             .connector
-            .exchange(&target, http_request, MAX_RESPONSE_BYTES)
+            .exchange(&target, http_request, max_body)
             .await
             .map_err(|source| ClientError::Connect { server: server.clone(), source })?;
-        let json: Option<Value> = serde_json::from_slice(&reply.body).ok();
         if !reply.status.is_success() {
-            return Err(ClientError::Status {
-                server,
-                status: reply.status.as_u16(),
-                body: json.unwrap_or(Value::Null),
-            });
+            let body = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+            return Err(ClientError::Status { server, status: reply.status.as_u16(), body });
         }
-        json.ok_or(ClientError::NotJson { server })
+        Ok(reply)
     }
 
     /// The `Authorization` header of `request`, signed with our key.

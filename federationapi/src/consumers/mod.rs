@@ -6,6 +6,8 @@ pub mod edus;
 pub mod perform;
 pub mod query;
 pub mod remote_keys;
+pub mod remote_media;
+pub mod remote_profiles;
 pub mod roomserver_output;
 
 /// Percent-encode a path segment (ids contain `$`, `!`, `:`, and in old

@@ -9,6 +9,7 @@ mod join;
 mod keys;
 mod knock;
 mod leave;
+mod media;
 mod openid;
 mod profile;
 mod send;
@@ -23,6 +24,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use myelin_bus::Bus;
+use myelin_clientapi::api::MediaStore;
 use myelin_roomserver::api::{QUERY_TOPIC, QueryOk, QueryReply, QueryRequest, REQUEST_TIMEOUT};
 use myelin_storage::Db;
 use myelin_types::MatrixError;
@@ -44,13 +46,22 @@ pub struct FederationState {
     pub clock: SharedClock,
     /// Passes on the membership events other servers hand this one (`/send_join`, …).
     pub sender: Sender,
+    /// The media store shared with the client API (uploads served to other servers).
+    pub media: Arc<MediaStore>,
     /// One lock per origin server, so its transactions are handled one at a time.
     transactions: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl FederationState {
-    pub fn new(keys: Arc<KeyStore>, db: Db, bus: Bus, clock: SharedClock, sender: Sender) -> Self {
-        Self { keys, db, bus, clock, sender, transactions: Arc::default() }
+    pub fn new(
+        keys: Arc<KeyStore>,
+        db: Db,
+        bus: Bus,
+        clock: SharedClock,
+        sender: Sender,
+        media: Arc<MediaStore>,
+    ) -> Self {
+        Self { keys, db, bus, clock, sender, media, transactions: Arc::default() }
     }
 
     fn transaction_gate(&self, origin: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -78,6 +89,8 @@ pub fn router(state: FederationState) -> Router {
         .route("/_matrix/federation/v1/send_knock/{room_id}/{event_id}", put(knock::send_knock))
         .route("/_matrix/federation/v1/query/directory", get(directory::query_directory))
         .route("/_matrix/federation/v1/query/profile", get(profile::query_profile))
+        .route("/_matrix/federation/v1/media/download/{media_id}", get(media::download))
+        .route("/_matrix/federation/v1/media/thumbnail/{media_id}", get(media::thumbnail_of))
         .route("/_matrix/federation/v1/openid/userinfo", get(openid::userinfo))
         .route("/_matrix/federation/v1/invite/{room_id}/{event_id}", put(invite::invite_v1))
         .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(invite::invite_v2))
