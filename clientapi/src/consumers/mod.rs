@@ -4,6 +4,7 @@ pub mod aliases;
 pub mod keys;
 pub mod openid;
 pub mod profiles;
+pub mod public_rooms;
 pub mod query;
 pub mod remote_todevice;
 pub mod roomserver_output;

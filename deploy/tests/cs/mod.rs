@@ -1,9 +1,11 @@
 //! Client-server endpoints beyond the everyday ones, each against a real
 //! server: forgetting rooms, reports, jumping to a date, room upgrades,
-//! OpenID tokens, registration tokens and refresh tokens.
+//! OpenID tokens, registration tokens and refresh tokens, spaces and other
+//! servers' public rooms.
 
 mod forget;
 mod reports;
+mod spaces;
 mod timestamp;
 mod upgrade;
 

@@ -4,6 +4,7 @@ pub mod auth;
 mod directory;
 mod edus;
 mod events;
+mod hierarchy;
 mod invite;
 mod join;
 mod keys;
@@ -11,6 +12,7 @@ mod knock;
 mod leave;
 mod openid;
 mod profile;
+mod public_rooms;
 mod send;
 mod user_keys;
 mod version;
@@ -44,13 +46,15 @@ pub struct FederationState {
     pub clock: SharedClock,
     /// Passes on the membership events other servers hand this one (`/send_join`, …).
     pub sender: Sender,
+    /// `federation_api.allow_public_rooms_over_federation`.
+    pub allow_public_rooms: bool,
     /// One lock per origin server, so its transactions are handled one at a time.
     transactions: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl FederationState {
     pub fn new(keys: Arc<KeyStore>, db: Db, bus: Bus, clock: SharedClock, sender: Sender) -> Self {
-        Self { keys, db, bus, clock, sender, transactions: Arc::default() }
+        Self { keys, db, bus, clock, sender, allow_public_rooms: false, transactions: Arc::default() }
     }
 
     fn transaction_gate(&self, origin: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -78,6 +82,11 @@ pub fn router(state: FederationState) -> Router {
         .route("/_matrix/federation/v1/send_knock/{room_id}/{event_id}", put(knock::send_knock))
         .route("/_matrix/federation/v1/query/directory", get(directory::query_directory))
         .route("/_matrix/federation/v1/query/profile", get(profile::query_profile))
+        .route("/_matrix/federation/v1/hierarchy/{room_id}", get(hierarchy::get_hierarchy))
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(public_rooms::get_public_rooms).post(public_rooms::post_public_rooms),
+        )
         .route("/_matrix/federation/v1/openid/userinfo", get(openid::userinfo))
         .route("/_matrix/federation/v1/invite/{room_id}/{event_id}", put(invite::invite_v1))
         .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(invite::invite_v2))
