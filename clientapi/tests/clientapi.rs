@@ -2142,11 +2142,18 @@ async fn the_space_hierarchy_shows_what_the_user_may_see_page_by_page() {
         }
         // Alice is in every room.
         let mine = s.get(&path(""), a).await.ok().body;
-        assert_eq!(ids(&mine), [space.as_str(), secret.as_str(), lobby.as_str(), sub.as_str(), deep.as_str(), club.as_str()], "{mine}");
+        assert_eq!(
+            ids(&mine),
+            [space.as_str(), secret.as_str(), lobby.as_str(), sub.as_str(), deep.as_str(), club.as_str()],
+            "{mine}"
+        );
 
         // Suggested rooms only; depth.
         assert_eq!(ids(&s.get(&path("?suggested_only=true"), b).await.ok().body), [space.as_str(), lobby.as_str()]);
-        assert_eq!(ids(&s.get(&path("?max_depth=1"), b).await.ok().body), [space.as_str(), lobby.as_str(), sub.as_str()]);
+        assert_eq!(
+            ids(&s.get(&path("?max_depth=1"), b).await.ok().body),
+            [space.as_str(), lobby.as_str(), sub.as_str()]
+        );
         assert_eq!(ids(&s.get(&path("?max_depth=0"), b).await.ok().body), [space.as_str()]);
 
         // Pages of two.
@@ -2159,7 +2166,10 @@ async fn the_space_hierarchy_shows_what_the_user_may_see_page_by_page() {
 
         // A restricted room shows once bob is in a room it allows.
         s.post(&format!("/_matrix/client/v3/rooms/{lobby}/join"), b, json!({})).await.ok();
-        assert_eq!(ids(&s.get(&path(""), b).await.ok().body), [space.as_str(), lobby.as_str(), sub.as_str(), deep.as_str(), club.as_str()]);
+        assert_eq!(
+            ids(&s.get(&path(""), b).await.ok().body),
+            [space.as_str(), lobby.as_str(), sub.as_str(), deep.as_str(), club.as_str()]
+        );
 
         // Refusals.
         for query in [

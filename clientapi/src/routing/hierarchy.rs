@@ -53,30 +53,10 @@ pub async fn hierarchy(
     if walk.room(&root, &[]).await?.is_none() {
         return Err(MatrixError::forbidden("You are not allowed to view this room").into());
     }
-    let mut stack = vec![(root, Vec::new(), 0)];
-    let mut visited = HashSet::new();
-    let (mut walked, mut rooms) = (0, Vec::new());
-    while let Some((room_id, via, depth)) = stack.pop() {
-        if !visited.insert(room_id.clone()) {
-            continue;
-        }
-        let Some(room) = walk.room(&room_id, &via).await? else { continue };
-        if depth < page.max_depth {
-            // Reversed, so that the first child comes off the stack first.
-            let children = children(&room, page.suggested_only);
-            stack.extend(children.into_iter().rev().map(|(child, via)| (child, via, depth + 1)));
-        }
-        walked += 1;
-        if walked > page.skip {
-            rooms.push(room);
-        }
-        if rooms.len() == page.limit {
-            break;
-        }
-    }
+    let (rooms, next_batch) = walk.page(root, &page).await?;
     let mut body = json!({ "rooms": rooms });
-    if !stack.is_empty() {
-        body["next_batch"] = json!(page.token(walked));
+    if let Some(next_batch) = next_batch {
+        body["next_batch"] = json!(next_batch);
     }
     Ok(Json(body))
 }
@@ -137,6 +117,34 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
+    /// The rooms of the page, depth first from `root`, and the token of the
+    /// next page if the user may see more.
+    async fn page(&mut self, root: OwnedRoomId, page: &Page) -> Result<(Vec<Value>, Option<String>)> {
+        let mut stack = vec![(root, Vec::new(), 0)];
+        let mut visited = HashSet::new();
+        let (mut walked, mut rooms) = (0, Vec::new());
+        while let Some((room_id, via, depth)) = stack.pop() {
+            if !visited.insert(room_id.clone()) {
+                continue;
+            }
+            let Some(room) = self.room(&room_id, &via).await? else { continue };
+            if rooms.len() == page.limit {
+                // One more room the user may see: it starts the next page.
+                return Ok((rooms, Some(page.token(walked))));
+            }
+            if depth < page.max_depth {
+                // Reversed, so that the first child comes off the stack first.
+                let children = children(&room, page.suggested_only);
+                stack.extend(children.into_iter().rev().map(|(child, via)| (child, via, depth + 1)));
+            }
+            walked += 1;
+            if walked > page.skip {
+                rooms.push(room);
+            }
+        }
+        Ok((rooms, None))
+    }
+
     async fn room(&mut self, room_id: &OwnedRoomId, via: &[OwnedServerName]) -> Result<Option<Value>> {
         if let Some(known) = self.seen.get(room_id) {
             return Ok(known.clone());
@@ -171,10 +179,17 @@ impl Walk<'_> {
         }
         for child in answer["children"].as_array().into_iter().flatten() {
             let Some(id) = child["room_id"].as_str().and_then(|id| OwnedRoomId::try_from(id).ok()) else { continue };
-            if !self.seen.contains_key(&id) {
-                let shown = self.remote_accessible(child).await?.then(|| child.clone());
-                self.seen.insert(id, shown);
+            // A child space's own children are not in the answer: it is asked on its own.
+            let has_state = child["children_state"].is_array();
+            if self.seen.contains_key(&id) || (!has_state && child["room_type"] == "m.space") {
+                continue;
             }
+            let mut shown = child.clone();
+            if !has_state {
+                shown["children_state"] = json!([]);
+            }
+            let shown = self.remote_accessible(child).await?.then_some(shown);
+            self.seen.insert(id, shown);
         }
         let room = &answer["room"];
         if room["room_id"].as_str() != Some(room_id.as_str()) {

@@ -85,10 +85,7 @@ impl State {
     }
 
     fn content(&self, kind: &str) -> &Value {
-        self.events
-            .iter()
-            .find(|(k, key, _)| k == kind && key.is_empty())
-            .map_or(&NULL, |(_, _, pdu)| &pdu["content"])
+        self.events.iter().find(|(k, key, _)| k == kind && key.is_empty()).map_or(&NULL, |(_, _, pdu)| &pdu["content"])
     }
 
     fn text(&self, kind: &str, field: &str) -> Option<&str> {
