@@ -75,6 +75,25 @@ pub struct AliasQuery {
 /// The room the alias names, `None` if it names none.
 pub type AliasReply = Option<OwnedRoomId>;
 
+/// A page of this server's public room directory, for the federation
+/// API's `/publicRooms`. Key: the asking server. The reply is a
+/// [`PublicRoomsReply`].
+pub const PUBLIC_ROOMS_TOPIC: &str = "clientapi.publicrooms";
+
+/// A request on [`PUBLIC_ROOMS_TOPIC`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicRoomsQuery {
+    /// Rooms per page; none or 0: as many as one page holds.
+    pub limit: Option<i64>,
+    /// A `next_batch` or `prev_batch` of an earlier page.
+    pub since: Option<String>,
+    /// Matched against the name, topic and canonical alias.
+    pub search: Option<String>,
+}
+
+/// The page as `/publicRooms` answers it, or why the query is invalid.
+pub type PublicRoomsReply = Result<Value, myelin_types::MatrixError>;
+
 /// A local user's public profile, for the federation API's
 /// `/query/profile`. Key: the user id. The reply is a [`ProfileReply`].
 pub const PROFILE_QUERY_TOPIC: &str = "clientapi.profiles";

@@ -1,7 +1,8 @@
 //! Lifecycle of the client API: migrate its tables, answer token queries
 //! on `clientapi.query`, local alias lookups on `clientapi.aliases`, profiles on
 //! `clientapi.profiles`, local users' end-to-end keys on `clientapi.keys`, OpenID tokens on
-//! `clientapi.openid` and uploads' metadata on `clientapi.media`, keep the directory's room summaries from
+//! `clientapi.openid`, uploads' metadata on `clientapi.media` and pages of the public room
+//! directory on `clientapi.publicrooms`, keep the directory's room summaries from
 //! `roomserver.output` (and make guests leave rooms that stop admitting
 //! them), expand to-device messages from other servers
 //! (`federationapi.todevice`), and hand the HTTP router to the binary.
@@ -14,14 +15,15 @@ use myelin_storage::Db;
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    ALIAS_QUERY_TOPIC, LOCAL_KEYS_TOPIC, MEDIA_QUERY_TOPIC, OPENID_QUERY_TOPIC, PROFILE_QUERY_TOPIC, QUERY_TOPIC,
-    REMOTE_TO_DEVICE_TOPIC,
+    ALIAS_QUERY_TOPIC, LOCAL_KEYS_TOPIC, MEDIA_QUERY_TOPIC, OPENID_QUERY_TOPIC, PROFILE_QUERY_TOPIC,
+    PUBLIC_ROOMS_TOPIC, QUERY_TOPIC, REMOTE_TO_DEVICE_TOPIC,
 };
 use crate::consumers::aliases::{self, AliasResponder};
 use crate::consumers::keys::{self, KeysResponder};
 use crate::consumers::media::{self as media_query, MediaResponder};
 use crate::consumers::openid::{self, OpenIdResponder};
 use crate::consumers::profiles::{self, ProfileResponder};
+use crate::consumers::public_rooms::{self, PublicRoomsResponder};
 use crate::consumers::query::QueryResponder;
 use crate::consumers::remote_todevice::{self, RemoteToDeviceConsumer};
 use crate::consumers::roomserver_output::DirectoryConsumer;
@@ -88,6 +90,12 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
     );
     let media_query =
         bus.serve(media_query::GROUP, MEDIA_QUERY_TOPIC, Arc::new(MediaResponder { db: db.clone() }), shutdown.clone());
+    let public_rooms = bus.serve(
+        public_rooms::GROUP,
+        PUBLIC_ROOMS_TOPIC,
+        Arc::new(PublicRoomsResponder { db: db.clone() }),
+        shutdown.clone(),
+    );
     let directory = bus.consume(
         DIRECTORY_GROUP,
         myelin_roomserver::api::OUTPUT_TOPIC,
@@ -109,6 +117,6 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
     Ok(Started {
         router: routing::router(state.clone()),
         media_router: routing::media::router(state),
-        tasks: vec![query, aliases, profiles, keys, openid, media_query, directory, remote_to_device],
+        tasks: vec![query, aliases, profiles, keys, openid, media_query, public_rooms, directory, remote_to_device],
     })
 }

@@ -1337,7 +1337,8 @@ async fn the_public_directory_lists_published_rooms_behind_authentication() {
         assert!(second.body["prev_batch"].is_string());
         assert!(first.body["chunk"].as_array().unwrap().iter().all(|r| r["room_id"] != rest[0]["room_id"]));
         s.get("/_matrix/client/v3/publicRooms?since=bogus", b).await.err(400, "M_INVALID_PARAM");
-        s.get("/_matrix/client/v3/publicRooms?server=elsewhere.example", b).await.err(400, "M_INVALID_PARAM");
+        // A malformed server name (a well-formed one is asked over federation).
+        s.get("/_matrix/client/v3/publicRooms?server=bad%20name", b).await.err(400, "M_INVALID_PARAM");
 
         // Searching the name, topic and canonical alias.
         let found = s
@@ -2071,6 +2072,121 @@ async fn refresh_tokens_rotate_and_expired_access_tokens_soft_logout() {
             .ok();
         assert!(registered.body["refresh_token"].is_string(), "{}", registered.body);
         assert_eq!(registered.body["expires_in_ms"], 300_000);
+    })
+    .await;
+}
+
+/// A space with public children (one suggested, one with a child of its
+/// own), a private child and a restricted one, walked by a user who is in
+/// none of them.
+#[tokio::test]
+async fn the_space_hierarchy_shows_what_the_user_may_see_page_by_page() {
+    let options = || Options { roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let (a, b) = (Some(alice.token.as_str()), Some(bob.token.as_str()));
+        let create = async |body: Value| {
+            let reply = s.post("/_matrix/client/v3/createRoom", a, body).await.ok();
+            reply.body["room_id"].as_str().unwrap().to_owned()
+        };
+        let space =
+            create(json!({"preset": "public_chat", "name": "Space", "creation_content": {"type": "m.space"}})).await;
+        let lobby = create(json!({"preset": "public_chat", "name": "Lobby", "topic": "Hello"})).await;
+        let sub =
+            create(json!({"preset": "public_chat", "name": "Sub", "creation_content": {"type": "m.space"}})).await;
+        let deep = create(json!({"preset": "public_chat", "name": "Deep"})).await;
+        let secret = create(json!({"preset": "private_chat", "name": "Secret"})).await;
+        let club = create(json!({"preset": "private_chat", "name": "Club", "initial_state": [{
+            "type": "m.room.join_rules", "state_key": "",
+            "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": lobby}]},
+        }]}))
+        .await;
+        let add_child = async |parent: &str, child: &str, content: Value| {
+            let path = format!("/_matrix/client/v3/rooms/{parent}/state/m.space.child/{child}");
+            s.put(&path, a, content).await.ok();
+        };
+        add_child(&space, &secret, json!({"via": [SERVER_NAME], "order": "0"})).await;
+        add_child(&space, &lobby, json!({"via": [SERVER_NAME], "order": "a", "suggested": true})).await;
+        add_child(&space, &sub, json!({"via": [SERVER_NAME], "order": "b"})).await;
+        add_child(&space, &club, json!({"via": [SERVER_NAME], "order": "d"})).await;
+        // No `via`: not a child.
+        add_child(&space, &deep, json!({})).await;
+        add_child(&sub, &deep, json!({"via": [SERVER_NAME]})).await;
+
+        let path = |query: &str| format!("/_matrix/client/v1/rooms/{space}/hierarchy{query}");
+        let ids = |body: &Value| -> Vec<String> {
+            body["rooms"].as_array().unwrap().iter().map(|r| r["room_id"].as_str().unwrap().to_owned()).collect()
+        };
+
+        // Bob sees the open rooms, depth first in the children's order.
+        let all = s.get(&path(""), b).await.ok().body;
+        assert_eq!(ids(&all), [space.as_str(), lobby.as_str(), sub.as_str(), deep.as_str()], "{all}");
+        assert!(all.get("next_batch").is_none(), "{all}");
+        let root = &all["rooms"][0];
+        assert_eq!(root["room_type"], "m.space");
+        assert_eq!(root["children_state"].as_array().unwrap().len(), 4, "{root}");
+        assert!(root["children_state"].as_array().unwrap().iter().all(|e| e["type"] == "m.space.child"
+            && e["origin_server_ts"].is_i64()
+            && e["sender"] == alice.user_id.as_str()));
+        let lobby_entry = &all["rooms"][1];
+        for (key, value) in [
+            ("name", json!("Lobby")),
+            ("topic", json!("Hello")),
+            ("num_joined_members", json!(1)),
+            ("join_rule", json!("public")),
+            ("world_readable", json!(false)),
+            ("guest_can_join", json!(false)),
+        ] {
+            assert_eq!(lobby_entry[key], value, "{key}: {lobby_entry}");
+        }
+        // Alice is in every room.
+        let mine = s.get(&path(""), a).await.ok().body;
+        assert_eq!(
+            ids(&mine),
+            [space.as_str(), secret.as_str(), lobby.as_str(), sub.as_str(), deep.as_str(), club.as_str()],
+            "{mine}"
+        );
+
+        // Suggested rooms only; depth.
+        assert_eq!(ids(&s.get(&path("?suggested_only=true"), b).await.ok().body), [space.as_str(), lobby.as_str()]);
+        assert_eq!(
+            ids(&s.get(&path("?max_depth=1"), b).await.ok().body),
+            [space.as_str(), lobby.as_str(), sub.as_str()]
+        );
+        assert_eq!(ids(&s.get(&path("?max_depth=0"), b).await.ok().body), [space.as_str()]);
+
+        // Pages of two.
+        let first = s.get(&path("?limit=2"), b).await.ok().body;
+        assert_eq!(ids(&first), [space.as_str(), lobby.as_str()]);
+        let next = first["next_batch"].as_str().unwrap().to_owned();
+        let second = s.get(&path(&format!("?limit=2&from={next}")), b).await.ok().body;
+        assert_eq!(ids(&second), [sub.as_str(), deep.as_str()], "{second}");
+        assert!(second.get("next_batch").is_none(), "{second}");
+
+        // A restricted room shows once bob is in a room it allows.
+        s.post(&format!("/_matrix/client/v3/rooms/{lobby}/join"), b, json!({})).await.ok();
+        assert_eq!(
+            ids(&s.get(&path(""), b).await.ok().body),
+            [space.as_str(), lobby.as_str(), sub.as_str(), deep.as_str(), club.as_str()]
+        );
+
+        // Refusals.
+        for query in [
+            format!("?suggested_only=true&from={next}"),
+            format!("?max_depth=3&from={next}"),
+            "?from=bogus".to_owned(),
+            "?limit=0".to_owned(),
+            "?limit=many".to_owned(),
+            "?max_depth=-1".to_owned(),
+        ] {
+            s.get(&path(&query), b).await.err(400, "M_INVALID_PARAM");
+        }
+        s.get(&format!("/_matrix/client/v1/rooms/{secret}/hierarchy"), b).await.err(403, "M_FORBIDDEN");
+        let unknown = format!("/_matrix/client/v1/rooms/!unknown:{SERVER_NAME}/hierarchy");
+        s.get(&unknown, b).await.err(403, "M_FORBIDDEN");
+        s.get("/_matrix/client/v1/rooms/not-a-room/hierarchy", b).await.err(400, "M_INVALID_PARAM");
+        s.get(&path(""), None).await.err(401, "M_MISSING_TOKEN");
     })
     .await;
 }

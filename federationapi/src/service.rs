@@ -171,7 +171,9 @@ pub async fn start_with_client(
     let output = OutputConsumer { db: db.clone(), server_name: server_name.to_string(), sender: sender.clone() };
     let output = watch(bus.consume(roomserver_output::GROUP, OUTPUT_TOPIC, Arc::new(output), shutdown.clone()));
 
-    let app = router(FederationState::new(keys, db, bus, clock, sender, media));
+    let mut federation_state = FederationState::new(keys, db, bus, clock, sender, media);
+    federation_state.allow_public_rooms = config.federation_api.allow_public_rooms_over_federation;
+    let app = router(federation_state);
     let handle = Handle::new();
     let server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
     let serve = tokio::spawn(async move {

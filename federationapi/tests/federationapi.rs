@@ -1898,3 +1898,69 @@ fn redacted_member(event: &Value) -> Value {
     redacted.as_object_mut().unwrap().remove("unsigned");
     redacted
 }
+
+/// `/hierarchy` shows the origin a space and the children it may see,
+/// names the others as inaccessible, and hides a room it may not see;
+/// `/publicRooms` is refused while the operator has not allowed it; both
+/// need a signed request.
+#[tokio::test]
+async fn hierarchy_and_public_rooms_answer_only_signed_requests_for_what_the_origin_may_see() {
+    let pki = TestPki::new();
+    let clock = ManualClock::new(NOW_MS);
+    let a = Instance::start(&pki, TestDb::sqlite(), &clock, Options { room_server: true, ..Options::default() }).await;
+    let b = Instance::start(&pki, TestDb::sqlite(), &clock, Options::default()).await;
+    let alice = format!("@alice:{}", a.name);
+    let space = create_public_room(&a, &alice).await;
+    let lobby = create_public_room(&a, &alice).await;
+    let secret = create_room(&a, &alice, "private_chat").await;
+    for (child, suggested) in [(&lobby, true), (&secret, false)] {
+        send_state(&a, &space, &alice, "m.space.child", child, json!({"via": [a.name], "suggested": suggested})).await;
+    }
+    let encode = |s: &str| s.replace('!', "%21").replace(':', "%3A");
+    let hierarchy = |room: &str, query: &str| format!("/_matrix/federation/v1/hierarchy/{}{query}", encode(room));
+    let get = |path: String| b.client.send(FederationRequest::get(&a.name, path));
+
+    let (status, body) = status_of(get(hierarchy(&space, "")).await);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room"]["room_id"], space.as_str());
+    assert_eq!(body["room"]["join_rule"], "public");
+    assert_eq!(body["room"]["children_state"].as_array().map(Vec::len), Some(2), "{body}");
+    let children: Vec<&str> =
+        body["children"].as_array().unwrap().iter().filter_map(|c| c["room_id"].as_str()).collect();
+    assert_eq!(children, [lobby.as_str()], "{body}");
+    assert_eq!(body["inaccessible_children"], json!([secret]), "{body}");
+    let (status, body) = status_of(get(hierarchy(&space, "?suggested_only=true")).await);
+    assert_eq!((status, &body["inaccessible_children"]), (200, &json!([])), "{body}");
+
+    // Refusals: a room the origin may not see, one unknown, bad parameters.
+    let errcode = |(status, body): (u16, Value)| (status, body["errcode"].as_str().map(str::to_owned));
+    let not_found = (404, Some("M_NOT_FOUND".to_owned()));
+    assert_eq!(errcode(status_of(get(hierarchy(&secret, "")).await)), not_found);
+    assert_eq!(errcode(status_of(get(hierarchy(&format!("!unknown:{}", a.name), "")).await)), not_found);
+    let invalid = (400, Some("M_INVALID_PARAM".to_owned()));
+    assert_eq!(errcode(status_of(get(hierarchy(&space, "?suggested_only=maybe")).await)), invalid);
+    assert_eq!(errcode(status_of(get(hierarchy("not-a-room", "")).await)), invalid);
+
+    // The directory: not allowed by default, on either method.
+    let forbidden = (403, Some("M_FORBIDDEN".to_owned()));
+    assert_eq!(errcode(status_of(get("/_matrix/federation/v1/publicRooms".to_owned()).await)), forbidden);
+    let post = FederationRequest::post(&a.name, "/_matrix/federation/v1/publicRooms", json!({"limit": 1}));
+    assert_eq!(errcode(status_of(b.client.send(post).await)), forbidden);
+
+    // Unsigned requests.
+    let http = pki.http_client();
+    for (method, path) in [
+        (reqwest::Method::GET, hierarchy(&space, "")),
+        (reqwest::Method::GET, "/_matrix/federation/v1/publicRooms".to_owned()),
+        (reqwest::Method::POST, "/_matrix/federation/v1/publicRooms".to_owned()),
+    ] {
+        let response = http.request(method.clone(), a.url(&path)).json(&json!({})).send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("M_UNAUTHORIZED")),
+            "{method} {path}"
+        );
+    }
+}

@@ -391,6 +391,13 @@ pub enum FederationPerform {
         /// The knock event's content as this server chose it (membership, reason).
         content: Value,
     },
+    /// A room of another server and its children as that server shows
+    /// them to this one (`/hierarchy`), asked of `servers` in turn.
+    /// Answered with [`FederationPerformOk::Remote`] (the first answer).
+    Hierarchy { room_id: OwnedRoomId, servers: Vec<OwnedServerName>, suggested_only: bool },
+    /// Another server's public room directory (`/publicRooms`, `POST` when
+    /// `filter` is given). Answered with [`FederationPerformOk::Remote`].
+    PublicRooms { server: OwnedServerName, limit: Option<i64>, since: Option<String>, filter: Option<Value> },
 }
 
 pub type FederationPerformReply = Result<FederationPerformOk, MatrixError>;
@@ -398,9 +405,22 @@ pub type FederationPerformReply = Result<FederationPerformOk, MatrixError>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FederationPerformOk {
-    Joined { room_id: OwnedRoomId, event_id: OwnedEventId },
-    Alias { room_id: OwnedRoomId, servers: Vec<OwnedServerName> },
-    Knocked { room_id: OwnedRoomId, event_id: OwnedEventId },
+    Joined {
+        room_id: OwnedRoomId,
+        event_id: OwnedEventId,
+    },
+    Alias {
+        room_id: OwnedRoomId,
+        servers: Vec<OwnedServerName>,
+    },
+    Knocked {
+        room_id: OwnedRoomId,
+        event_id: OwnedEventId,
+    },
+    /// Another server's answer, as it gave it.
+    Remote {
+        response: Value,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -509,6 +529,16 @@ pub enum QueryRequest {
     ///
     /// Spec: <https://spec.matrix.org/v1.16/server-server-api/#server-access-control-lists-acls>
     ServerAllowed { room_id: OwnedRoomId, server: OwnedServerName },
+    /// One room of a space hierarchy from its current state: its summary
+    /// with `children_state` and `allowed_room_ids`, and whether `reader`
+    /// may see it (joined or invited — for a server, one of its users
+    /// joined —, `world_readable`, join rule `public`, `knock` or
+    /// `knock_restricted`, or a restricted rule whose allowed rooms it is
+    /// joined to; never a banned user). Answered with [`QueryOk::SpaceRoom`];
+    /// `M_NOT_FOUND` for a room this server does not have.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv1roomsroomidhierarchy>
+    SpaceRoom { room_id: OwnedRoomId, reader: Reader },
 }
 
 /// Who reads, for history visibility: a local user or another server.
@@ -592,6 +622,14 @@ pub enum QueryOk {
     /// `type`, `state_key`, `sender` and `content` of each event.
     StrippedState {
         events: Vec<Value>,
+    },
+    /// The answer to a [`QueryRequest::SpaceRoom`]: `room` is a
+    /// `SpaceHierarchyRoomsChunk` (its `children_state` holds the
+    /// `m.space.child` events with a non-empty `via`, stripped, with
+    /// `origin_server_ts`).
+    SpaceRoom {
+        room: Value,
+        accessible: bool,
     },
 }
 

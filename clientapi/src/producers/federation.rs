@@ -37,9 +37,9 @@ pub async fn join_room(
     let key = room_id.to_string();
     match perform(bus, &key, FederationPerform::JoinRoom { room_id, user_id, servers, content }).await? {
         FederationPerformOk::Joined { room_id, .. } => Ok(room_id),
-        FederationPerformOk::Alias { .. } | FederationPerformOk::Knocked { .. } => {
-            Err(ClientApiError::UnexpectedReply("federationapi.perform"))
-        }
+        FederationPerformOk::Alias { .. }
+        | FederationPerformOk::Knocked { .. }
+        | FederationPerformOk::Remote { .. } => Err(ClientApiError::UnexpectedReply("federationapi.perform")),
     }
 }
 
@@ -48,9 +48,9 @@ pub async fn resolve_alias(bus: &Bus, alias: OwnedRoomAliasId) -> Result<(OwnedR
     let key = alias.to_string();
     match perform(bus, &key, FederationPerform::ResolveAlias { alias }).await? {
         FederationPerformOk::Alias { room_id, servers } => Ok((room_id, servers)),
-        FederationPerformOk::Joined { .. } | FederationPerformOk::Knocked { .. } => {
-            Err(ClientApiError::UnexpectedReply("federationapi.perform"))
-        }
+        FederationPerformOk::Joined { .. }
+        | FederationPerformOk::Knocked { .. }
+        | FederationPerformOk::Remote { .. } => Err(ClientApiError::UnexpectedReply("federationapi.perform")),
     }
 }
 
@@ -65,9 +65,20 @@ pub async fn knock_room(
     let key = room_id.to_string();
     match perform(bus, &key, FederationPerform::KnockRoom { room_id, user_id, servers, content }).await? {
         FederationPerformOk::Knocked { room_id, .. } => Ok(room_id),
-        FederationPerformOk::Alias { .. } | FederationPerformOk::Joined { .. } => {
+        FederationPerformOk::Alias { .. } | FederationPerformOk::Joined { .. } | FederationPerformOk::Remote { .. } => {
             Err(ClientApiError::UnexpectedReply("federationapi.perform"))
         }
+    }
+}
+
+/// Another server's answer to a request the federation API makes for us
+/// (`/hierarchy`, `/publicRooms`).
+pub async fn remote(bus: &Bus, key: &str, request: FederationPerform) -> Result<Value> {
+    match perform(bus, key, request).await? {
+        FederationPerformOk::Remote { response } => Ok(response),
+        FederationPerformOk::Joined { .. }
+        | FederationPerformOk::Alias { .. }
+        | FederationPerformOk::Knocked { .. } => Err(ClientApiError::UnexpectedReply("federationapi.perform")),
     }
 }
 

@@ -6,7 +6,9 @@ use myelin_roomserver::api::{
     CreateRoom, CurrentMembership, INPUT_TOPIC, InputOk, InputReply, InputRequest, QUERY_TOPIC, QueryOk, QueryReply,
     QueryRequest, REQUEST_TIMEOUT, Reader, SendEvent, StoredEvent, UpgradeRoom,
 };
+use myelin_types::ErrorCode;
 use myelin_types::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use serde_json::Value;
 
 use crate::error::{ClientApiError, Result};
 
@@ -117,5 +119,18 @@ pub async fn joined_rooms(bus: &Bus, user_id: &OwnedUserId) -> Result<Vec<OwnedR
     match query(bus, user_id.as_str(), &QueryRequest::JoinedRooms { user_id: user_id.clone() }).await? {
         QueryOk::JoinedRooms { room_ids } => Ok(room_ids),
         _ => Err(ClientApiError::UnexpectedReply("roomserver.query")),
+    }
+}
+
+/// One room of a space as `reader` may see it: its summary and whether it
+/// is accessible; `None` for a room this server does not have.
+pub async fn space_room(bus: &Bus, room_id: &OwnedRoomId, reader: Reader) -> Result<Option<(Value, bool)>> {
+    let request = QueryRequest::SpaceRoom { room_id: room_id.clone(), reader };
+    let reply: QueryReply = bus.request_json(QUERY_TOPIC, room_id.as_str(), &request, REQUEST_TIMEOUT).await?;
+    match reply {
+        Ok(QueryOk::SpaceRoom { room, accessible }) => Ok(Some((room, accessible))),
+        Err(error) if error.errcode == ErrorCode::NotFound => Ok(None),
+        Err(error) => Err(error.into()),
+        Ok(_) => Err(ClientApiError::UnexpectedReply("roomserver.query")),
     }
 }

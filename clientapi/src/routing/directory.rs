@@ -5,7 +5,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use myelin_types::ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId};
+use myelin_roomserver::api::FederationPerform;
+use myelin_storage::Db;
+use myelin_types::ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedServerName, RoomAliasId};
 use myelin_types::{ErrorCode, MatrixError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -171,10 +173,17 @@ pub async fn put_visibility(
 }
 
 /// A page of the directory: `since` tokens are `o<offset>`, opaque to clients.
-struct Page {
+pub(crate) struct Page {
     limit: i64,
     offset: i64,
     search: Option<String>,
+}
+
+impl Page {
+    /// `400 M_INVALID_PARAM` for a `since` token that is not ours.
+    pub(crate) fn new(limit: Option<i64>, since: Option<&str>, search: Option<String>) -> Result<Self, MatrixError> {
+        Ok(Self { limit: limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT), offset: parse_since(since)?, search })
+    }
 }
 
 fn parse_since(since: Option<&str>) -> Result<i64, MatrixError> {
@@ -209,8 +218,9 @@ fn chunk_entry(summary: &Summary) -> Value {
     Value::Object(entry)
 }
 
-async fn public_rooms(state: &AppState, page: Page) -> Result<Json<Value>> {
-    let (rooms, total) = directory::published(&state.db, page.search.as_deref(), page.offset, page.limit).await?;
+/// One page of this server's directory, for its clients and other servers.
+pub(crate) async fn page_of(db: &Db, page: Page) -> Result<Value> {
+    let (rooms, total) = directory::published(db, page.search.as_deref(), page.offset, page.limit).await?;
     let mut body = json!({
         "chunk": rooms.iter().map(chunk_entry).collect::<Vec<_>>(),
         "total_room_count_estimate": total,
@@ -222,18 +232,31 @@ async fn public_rooms(state: &AppState, page: Page) -> Result<Json<Value>> {
     if page.offset > 0 {
         body["prev_batch"] = json!(format!("o{}", (page.offset - page.limit).max(0)));
     }
-    Ok(Json(body))
+    Ok(body)
 }
 
-/// `400 M_INVALID_PARAM` for a server other than ours: remote directories
-/// need federation, which is not served yet.
-fn check_server(state: &AppState, server: Option<&str>) -> Result<(), MatrixError> {
+/// The other server whose directory the client asks for, if it names one
+/// (`400 M_INVALID_PARAM` for a malformed name).
+fn other_server(state: &AppState, server: Option<&str>) -> Result<Option<OwnedServerName>, MatrixError> {
     match server {
-        Some(server) if server != state.server_name() => {
-            Err(MatrixError::invalid_param(format!("Cannot list the directory of {server}")))
-        }
-        _ => Ok(()),
+        Some(server) if server != state.server_name() => OwnedServerName::try_from(server)
+            .map(Some)
+            .map_err(|_| MatrixError::invalid_param(format!("Invalid server name: {server}"))),
+        _ => Ok(None),
     }
+}
+
+/// Another server's directory, asked over federation (it may refuse).
+async fn remote_page(
+    state: &AppState,
+    server: OwnedServerName,
+    limit: Option<i64>,
+    since: Option<String>,
+    filter: Option<Value>,
+) -> Result<Json<Value>> {
+    let key = server.to_string();
+    let request = FederationPerform::PublicRooms { server, limit, since, filter };
+    Ok(Json(federation::remote(&state.bus, &key, request).await?))
 }
 
 #[derive(Deserialize)]
@@ -256,13 +279,11 @@ pub async fn get_public_rooms(
     if user.is_none() && !state.config.client_api.public_room_directory_without_auth {
         return Err(MatrixError::missing_token().into());
     }
-    check_server(&state, query.server.as_deref())?;
-    let page = Page {
-        limit: query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
-        offset: parse_since(query.since.as_deref())?,
-        search: None,
-    };
-    public_rooms(&state, page).await
+    if let Some(server) = other_server(&state, query.server.as_deref())? {
+        return remote_page(&state, server, query.limit, query.since, None).await;
+    }
+    let page = Page::new(query.limit, query.since.as_deref(), None)?;
+    Ok(Json(page_of(&state.db, page).await?))
 }
 
 #[derive(Deserialize, Default)]
@@ -292,11 +313,11 @@ pub async fn post_public_rooms(
     MatrixQuery(query): MatrixQuery<ServerQuery>,
     OptionalJson(body): OptionalJson<PublicRoomsBody>,
 ) -> Result<Json<Value>> {
-    check_server(&state, query.server.as_deref())?;
-    let page = Page {
-        limit: body.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
-        offset: parse_since(body.since.as_deref())?,
-        search: body.filter.and_then(|f| f.generic_search_term),
-    };
-    public_rooms(&state, page).await
+    let search = body.filter.and_then(|f| f.generic_search_term);
+    if let Some(server) = other_server(&state, query.server.as_deref())? {
+        let filter = search.map(|term| json!({ "generic_search_term": term }));
+        return remote_page(&state, server, body.limit, body.since, filter).await;
+    }
+    let page = Page::new(body.limit, body.since.as_deref(), search)?;
+    Ok(Json(page_of(&state.db, page).await?))
 }

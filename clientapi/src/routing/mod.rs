@@ -7,7 +7,8 @@ mod admin_register;
 mod backup;
 mod capabilities;
 mod devices;
-mod directory;
+pub(crate) mod directory;
+mod hierarchy;
 mod keys;
 mod login;
 pub mod media;
@@ -150,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         .route("/_myelin/admin/v1/room_reports", get(reports::list_room_reports))
         .route("/_myelin/admin/v1/user_reports", get(reports::list_user_reports))
         .route("/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", get(timestamp::timestamp_to_event))
+        .route("/_matrix/client/v1/rooms/{room_id}/hierarchy", get(hierarchy::hierarchy))
         .nest("/_matrix/client/v3", client.clone())
         .nest("/_matrix/client/r0", client)
         .method_not_allowed_fallback(method_not_allowed)

@@ -111,6 +111,11 @@ pub struct FederationApi {
     /// Keys this server signed with before, published as `old_verify_keys`
     /// so events they signed stay verifiable. Keyed by key id (`ed25519:…`).
     pub old_verify_keys: BTreeMap<String, OldVerifyKey>,
+    /// Lists this server's public room directory to other servers
+    /// (`/_matrix/federation/v1/publicRooms`). Off by default: the
+    /// directory stays private to this server's users (DESIGN.md
+    /// invariant 11), and other servers are refused with `403 M_FORBIDDEN`.
+    pub allow_public_rooms_over_federation: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +229,7 @@ impl FederationApi {
             ca_file: None,
             allow_loopback_peers: false,
             allow_private_peers: false,
+            allow_public_rooms_over_federation: false,
             trusted_key_servers: Vec::new(),
             key_denylist: Vec::new(),
             old_verify_keys: BTreeMap::new(),

@@ -1,11 +1,12 @@
 //! Client-server endpoints beyond the everyday ones, each against a real
 //! server: forgetting rooms, reports, jumping to a date, room upgrades,
-//! OpenID tokens, registration tokens and refresh tokens, and other
-//! servers' media, aliases and profiles.
+//! OpenID tokens, registration tokens and refresh tokens, spaces, and
+//! other servers' media, aliases, profiles and public rooms.
 
 mod forget;
 mod remote;
 mod reports;
+mod spaces;
 mod timestamp;
 mod upgrade;
 

@@ -104,6 +104,15 @@ impl Server {
 
     /// `count` servers on loopback that federate, like [`Server::start_federated_pair`].
     pub async fn start_federated(backend: Backend, count: usize) -> (Vec<Self>, TempDir) {
+        Self::start_federated_with_env(backend, &vec![Vec::new(); count]).await
+    }
+
+    /// Servers that federate, like [`Server::start_federated`], one for each
+    /// list of configuration overrides.
+    pub async fn start_federated_with_env(
+        backend: Backend,
+        envs: &[Vec<(&'static str, &str)>],
+    ) -> (Vec<Self>, TempDir) {
         let ca_dir = tempfile::tempdir().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -112,8 +121,9 @@ impl Server {
         let ca_file = ca_dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
         let mut servers = Vec::new();
-        for _ in 0..count {
+        for env in envs {
             let mut server = Self::generate(backend).await;
+            server.env.extend(env.iter().map(|(key, value)| (*key, (*value).to_owned())));
             let leaf_key = rcgen::KeyPair::generate().unwrap();
             let leaf =
                 rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&leaf_key, &ca).unwrap();

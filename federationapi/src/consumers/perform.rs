@@ -1,6 +1,7 @@
 //! Answers `federationapi.perform`: what the client API asks the federation
 //! API to do for local users: join a room through another server, resolve
-//! another server's alias.
+//! another server's alias, read another server's spaces and directory
+//! (`perform/spaces.rs`).
 //!
 //! Spec: <https://spec.matrix.org/v1.16/server-server-api/#joining-rooms>
 
@@ -26,6 +27,8 @@ use serde_json::{Map, Value, json};
 
 use super::encode;
 use crate::client::{ClientError, FederationClient, FederationRequest};
+
+mod spaces;
 
 pub const GROUP: &str = "federationapi.perform";
 
@@ -65,6 +68,12 @@ impl Responder for PerformResponder {
             FederationPerform::ResolveAlias { alias } => self.resolve_alias(&alias).await,
             FederationPerform::KnockRoom { room_id, user_id, servers, content } => {
                 self.knock(room_id, user_id, servers, content).await
+            }
+            FederationPerform::Hierarchy { room_id, servers, suggested_only } => {
+                self.hierarchy(&room_id, &servers, suggested_only).await
+            }
+            FederationPerform::PublicRooms { server, limit, since, filter } => {
+                self.public_rooms(&server, limit, since, filter).await
             }
         };
         serde_json::to_vec(&reply).map_err(|e| HandleError::Poison(format!("unencodable reply: {e}")))

@@ -4,6 +4,7 @@ pub mod auth;
 mod directory;
 mod edus;
 mod events;
+mod hierarchy;
 mod invite;
 mod join;
 mod keys;
@@ -12,6 +13,7 @@ mod leave;
 mod media;
 mod openid;
 mod profile;
+mod public_rooms;
 mod send;
 mod user_keys;
 mod version;
@@ -48,6 +50,8 @@ pub struct FederationState {
     pub sender: Sender,
     /// The media store shared with the client API (uploads served to other servers).
     pub media: Arc<MediaStore>,
+    /// `federation_api.allow_public_rooms_over_federation`.
+    pub allow_public_rooms: bool,
     /// One lock per origin server, so its transactions are handled one at a time.
     transactions: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
@@ -61,7 +65,7 @@ impl FederationState {
         sender: Sender,
         media: Arc<MediaStore>,
     ) -> Self {
-        Self { keys, db, bus, clock, sender, media, transactions: Arc::default() }
+        Self { keys, db, bus, clock, sender, media, allow_public_rooms: false, transactions: Arc::default() }
     }
 
     fn transaction_gate(&self, origin: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -91,6 +95,11 @@ pub fn router(state: FederationState) -> Router {
         .route("/_matrix/federation/v1/query/profile", get(profile::query_profile))
         .route("/_matrix/federation/v1/media/download/{media_id}", get(media::download))
         .route("/_matrix/federation/v1/media/thumbnail/{media_id}", get(media::thumbnail_of))
+        .route("/_matrix/federation/v1/hierarchy/{room_id}", get(hierarchy::get_hierarchy))
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(public_rooms::get_public_rooms).post(public_rooms::post_public_rooms),
+        )
         .route("/_matrix/federation/v1/openid/userinfo", get(openid::userinfo))
         .route("/_matrix/federation/v1/invite/{room_id}/{event_id}", put(invite::invite_v1))
         .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(invite::invite_v2))

@@ -2,6 +2,7 @@
 
 mod acl;
 mod server_read;
+mod space;
 
 use async_trait::async_trait;
 use myelin_bus::{HandleError, Record, Responder};
@@ -54,6 +55,7 @@ impl Responder for QueryConsumer {
             QueryRequest::UserEvent { user_id, room_id, event_id } => {
                 server_read::user_event(&self.db, &user_id, &room_id, &event_id).await
             }
+            QueryRequest::SpaceRoom { room_id, reader } => space::answer(&self.db, &room_id, &reader).await,
         };
         let reply: QueryReply = match result {
             Ok(ok) => Ok(ok),
