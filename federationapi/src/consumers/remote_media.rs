@@ -81,15 +81,16 @@ fn bad_gateway(message: String) -> MatrixError {
     MatrixError::new(ErrorCode::Unknown, message).with_status(StatusCode::BAD_GATEWAY)
 }
 
-/// The client's error for a failed fetch: 404 for what the server does not
-/// have, 502 for a file too large or a server that cannot be reached.
+/// The client's error for a failed fetch: 502 `M_TOO_LARGE` (the spec's
+/// answer) for a file too large, else 404: media a server does not have
+/// or cannot be asked for is media this server cannot find.
 fn refusal(media_id: &str, error: ClientError) -> MatrixError {
     match error {
         ClientError::Status { status: 404, .. } => MatrixError::not_found(format!("Remote media {media_id} not found")),
         ClientError::Connect { source: ConnectError::TooLarge(_), .. } => too_large(),
         other => {
             tracing::info!(error = %other, %media_id, "fetching remote media failed");
-            bad_gateway(format!("Cannot fetch the remote media: {other}"))
+            MatrixError::not_found(format!("Cannot fetch the remote media: {other}"))
         }
     }
 }

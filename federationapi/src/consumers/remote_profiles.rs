@@ -6,11 +6,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::StatusCode;
 use myelin_bus::{HandleError, Record, Responder};
 use myelin_clientapi::api::{PublicProfile, RemoteProfileQuery, RemoteProfileReply};
+use myelin_types::MatrixError;
 use myelin_types::ruma::UserId;
-use myelin_types::{ErrorCode, MatrixError};
 use serde_json::Value;
 
 use super::encode;
@@ -41,10 +40,11 @@ impl RemoteProfileResponder {
                 Ok(PublicProfile { displayname: field("displayname"), avatar_url: field("avatar_url") })
             }
             Err(ClientError::Status { status: 404, .. }) => Err(MatrixError::not_found("Profile not found")),
+            // The spec's answers for a profile are the profile or 404; a
+            // server that cannot be asked has no profile to show either.
             Err(error) => {
                 tracing::info!(%user_id, %error, "profile query failed");
-                Err(MatrixError::new(ErrorCode::Unknown, format!("Cannot reach the user's server: {error}"))
-                    .with_status(StatusCode::BAD_GATEWAY))
+                Err(MatrixError::not_found(format!("Cannot reach the user's server: {error}")))
             }
         }
     }
