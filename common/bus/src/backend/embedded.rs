@@ -55,6 +55,51 @@ impl EmbeddedBackend {
     }
 }
 
+/// A record to append: its key, its headers as stored, its payload.
+type Append<'a> = (&'a str, Option<String>, &'a [u8]);
+
+impl EmbeddedBackend {
+    /// Append `records` in one write transaction and return where each
+    /// landed. On SQLite, where every component shares one writer, a commit
+    /// per record would queue behind everyone else's that many times.
+    async fn append(&self, topic: &str, records: &[Append<'_>]) -> Result<Vec<(Partition, Offset)>, BusError> {
+        let partitions = partitions_for(topic, self.partitions);
+        // The counter row stays locked until commit, so positions of a
+        // partition become visible in order: a reader never skips past one
+        // that commits later.
+        let landed = with_db!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            let mut landed = Vec::with_capacity(records.len());
+            for (key, headers, payload) in records {
+                let partition = partition_of(key, partitions);
+                let pos: i64 = sqlx::query_scalar(
+                    "INSERT INTO bus_partitions (topic, part, last_pos) VALUES ($1, $2, 1) \
+                     ON CONFLICT (topic, part) DO UPDATE SET last_pos = bus_partitions.last_pos + 1 \
+                     RETURNING last_pos",
+                )
+                .bind(topic)
+                .bind(i64::from(partition))
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO bus_log (topic, part, pos, record_key, headers, payload) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(topic)
+                    .bind(i64::from(partition))
+                    .bind(pos)
+                    .bind(*key)
+                    .bind(headers.as_deref())
+                    .bind(*payload)
+                    .execute(&mut *tx)
+                    .await?;
+                landed.push((partition, pos));
+            }
+            tx.commit().await?;
+            landed
+        });
+        self.wakeups.notify(topic);
+        Ok(landed)
+    }
+}
+
 #[async_trait]
 impl Backend for EmbeddedBackend {
     async fn produce(
@@ -64,71 +109,17 @@ impl Backend for EmbeddedBackend {
         headers: &Headers,
         payload: &[u8],
     ) -> Result<(Partition, Offset), BusError> {
-        let partition = partition_of(key, partitions_for(topic, self.partitions));
         let headers = (!headers.is_empty()).then(|| serde_json::to_string(headers)).transpose()?;
-        // The counter row stays locked until commit, so positions of a
-        // partition become visible in order: a reader never skips past one
-        // that commits later.
-        let pos: i64 = with_db!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let pos: i64 = sqlx::query_scalar(
-                "INSERT INTO bus_partitions (topic, part, last_pos) VALUES ($1, $2, 1) \
-                 ON CONFLICT (topic, part) DO UPDATE SET last_pos = bus_partitions.last_pos + 1 \
-                 RETURNING last_pos",
-            )
-            .bind(topic)
-            .bind(i64::from(partition))
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query("INSERT INTO bus_log (topic, part, pos, record_key, headers, payload) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(topic)
-                .bind(i64::from(partition))
-                .bind(pos)
-                .bind(key)
-                .bind(headers)
-                .bind(payload)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            pos
-        });
-        self.wakeups.notify(topic);
-        Ok((partition, pos))
+        let landed = self.append(topic, &[(key, headers, payload)]).await?;
+        Ok(landed[0])
     }
 
-    /// One write transaction for the whole batch: on SQLite, where every
-    /// component shares one writer, a commit per record would queue behind
-    /// everyone else's that many times.
     async fn produce_batch(&self, topic: &str, records: &[(String, Vec<u8>)]) -> Result<(), BusError> {
-        if records.is_empty() {
-            return Ok(());
+        if !records.is_empty() {
+            let records: Vec<Append<'_>> =
+                records.iter().map(|(key, payload)| (key.as_str(), None, payload.as_slice())).collect();
+            self.append(topic, &records).await?;
         }
-        let partitions = partitions_for(topic, self.partitions);
-        with_db!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            for (key, payload) in records {
-                let partition = i64::from(partition_of(key, partitions));
-                let pos: i64 = sqlx::query_scalar(
-                    "INSERT INTO bus_partitions (topic, part, last_pos) VALUES ($1, $2, 1) \
-                     ON CONFLICT (topic, part) DO UPDATE SET last_pos = bus_partitions.last_pos + 1 \
-                     RETURNING last_pos",
-                )
-                .bind(topic)
-                .bind(partition)
-                .fetch_one(&mut *tx)
-                .await?;
-                sqlx::query("INSERT INTO bus_log (topic, part, pos, record_key, headers, payload) VALUES ($1, $2, $3, $4, NULL, $5)")
-                    .bind(topic)
-                    .bind(partition)
-                    .bind(pos)
-                    .bind(key)
-                    .bind(payload)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        });
-        self.wakeups.notify(topic);
         Ok(())
     }
 
