@@ -65,6 +65,14 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A client and a federation port, distinct: both are held while the
+/// second is picked, as a port just released can be handed out again.
+fn free_ports() -> (u16, u16) {
+    let client = TcpListener::bind("127.0.0.1:0").unwrap();
+    let federation = TcpListener::bind("127.0.0.1:0").unwrap();
+    (client.local_addr().unwrap().port(), federation.local_addr().unwrap().port())
+}
+
 pub struct Server {
     dir: TempDir,
     config: Option<PathBuf>,
@@ -147,7 +155,7 @@ impl Server {
             Backend::Sqlite => None,
             Backend::Postgres => Some(myelin_testkit::TestDb::postgres().await),
         };
-        let federation_port = free_port();
+        let (client_port, federation_port) = free_ports();
         let mut generate = std::process::Command::new(env!("CARGO_BIN_EXE_myelin"));
         generate
             .args(["generate-config", "--server-name", &format!("localhost:{federation_port}"), "--dir"])
@@ -158,17 +166,18 @@ impl Server {
         let status = generate.status().expect("run generate-config");
         assert!(status.success(), "generate-config failed");
         let config = Some(dir.path().join("myelin.yaml"));
-        Self { dir, config, client_port: free_port(), federation_port, env: Vec::new(), child: None, _db: db }
+        Self { dir, config, client_port, federation_port, env: Vec::new(), child: None, _db: db }
     }
 
     /// `myelin run` with no configuration, in an empty working directory.
     pub async fn start_without_config() -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let (client_port, federation_port) = free_ports();
         let mut server = Self {
             dir,
             config: None,
-            client_port: free_port(),
-            federation_port: free_port(),
+            client_port,
+            federation_port,
             env: Vec::new(),
             child: None,
             _db: None,
