@@ -17,7 +17,7 @@ use tokio::process::{Child, Command};
 
 use myelin_testkit::KafkaBroker;
 
-use super::{SHARED_SECRET, free_port};
+use super::SHARED_SECRET;
 
 /// One `myelin run --components …` process.
 pub struct Process {
@@ -206,4 +206,8 @@ async fn forward(State(upstreams): State<Vec<u16>>, request: Request) -> Respons
 /// Headers that describe one connection or body framing, not the message.
 fn is_hop_by_hop(name: &str) -> bool {
     matches!(name, "host" | "connection" | "content-length" | "transfer-encoding" | "keep-alive")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -61,10 +61,6 @@ pub async fn run_client(server: &Server, program: PathBuf, args: &[&OsStr], done
     stdout.into_owned()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A client and a federation port, distinct: both are held while the
 /// second is picked, as a port just released can be handed out again.
 fn free_ports() -> (u16, u16) {
@@ -173,15 +169,8 @@ impl Server {
     pub async fn start_without_config() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (client_port, federation_port) = free_ports();
-        let mut server = Self {
-            dir,
-            config: None,
-            client_port,
-            federation_port,
-            env: Vec::new(),
-            child: None,
-            _db: None,
-        };
+        let mut server =
+            Self { dir, config: None, client_port, federation_port, env: Vec::new(), child: None, _db: None };
         server.spawn().await;
         server
     }
