@@ -15,6 +15,15 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot};
 
+/// `user` of `joiner` joins `room_id` through the resident server
+/// `resident`; the join's answer.
+async fn join_through(joiner: &Server, user: &str, room_id: &str, resident: &Server) -> Value {
+    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", resident.server_name());
+    let (status, body) = joiner.post(user, &via, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "join over federation: {body}\n{}\n{}", joiner.log_tail(), resident.log_tail());
+    body
+}
+
 #[tokio::test]
 async fn run_without_config_serves_the_client_api_from_a_fresh_directory() {
     let server = Server::start_without_config().await;
@@ -317,9 +326,7 @@ async fn federate_a_room_both_ways(backend: Backend) {
         a.send_message(&alice, &room_id, &format!("h{i}"), body).await;
     }
 
-    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
-    let (status, joined) = b.post(&bob, &via, json!({})).await;
-    assert_eq!(status, StatusCode::OK, "join over federation: {joined}\n{}\n{}", b.log_tail(), a.log_tail());
+    let joined = join_through(&b, &bob, &room_id, &a).await;
     assert_eq!(joined["room_id"], room_id.as_str());
 
     // Joining again is an ordinary local join now that B has the room.
@@ -447,9 +454,7 @@ async fn typing_receipts_and_to_device_messages_reach_the_other_server() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room_id = a.create_room(&alice, json!({"preset": "public_chat"})).await;
-    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
-    let (status, joined) = b.post(&bob, &via, json!({})).await;
-    assert_eq!(status, StatusCode::OK, "join over federation: {joined}");
+    join_through(&b, &bob, &room_id, &a).await;
     let alice_id = format!("@alice:{}", a.server_name());
     let bob_id = format!("@bob:{}", b.server_name());
 
@@ -557,9 +562,7 @@ async fn keys_device_lists_and_presence_cross_servers() {
     let (status, counts) = a.post(&alice, "/_matrix/client/v3/keys/upload", upload).await;
     assert_eq!((status, &counts["one_time_key_counts"]["signed_curve25519"]), (StatusCode::OK, &json!(2)));
     let room_id = a.create_room(&alice, json!({"preset": "public_chat"})).await;
-    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
-    let (status, joined) = b.post(&bob, &via, json!({})).await;
-    assert_eq!(status, StatusCode::OK, "join over federation: {joined}");
+    join_through(&b, &bob, &room_id, &a).await;
 
     // Keys: the device's own, as uploaded, and a server that does not answer.
     let query = json!({"device_keys": {alice_id.clone(): [], "@nobody:unreachable.invalid": []}, "timeout": 3000});
@@ -649,9 +652,7 @@ async fn pdus_queued_for_a_server_that_is_down_survive_a_restart_and_arrive() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room_id = a.create_room(&alice, json!({"preset": "public_chat"})).await;
-    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
-    let (status, joined) = b.post(&bob, &via, json!({})).await;
-    assert_eq!(status, StatusCode::OK, "{joined}");
+    join_through(&b, &bob, &room_id, &a).await;
 
     b.stop().await;
     a.send_message(&alice, &room_id, "down", "sent while B was down").await;
@@ -685,9 +686,7 @@ async fn a_server_back_from_downtime_catches_up_on_every_event_in_order() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room_id = a.create_room(&alice, json!({"preset": "public_chat"})).await;
-    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
-    let (status, joined) = b.post(&bob, &via, json!({})).await;
-    assert_eq!(status, StatusCode::OK, "{joined}");
+    join_through(&b, &bob, &room_id, &a).await;
 
     b.stop().await;
     let sent: Vec<String> = (0..SENT_WHILE_DOWN).map(|n| format!("catch-up {n}")).collect();
@@ -1032,9 +1031,7 @@ async fn knocks_on_local_and_remote_rooms_are_seen_answered_and_rescinded() {
         a.post(&alice, &format!("/_matrix/client/v3/rooms/{room_id}/invite"), json!({"user_id": bob_id})).await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", b.log_tail());
     sync_until(&b, &bob, "the invite", |body| body["rooms"]["invite"][&room_id].is_object()).await;
-    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
-    let (status, body) = b.post(&bob, &via, json!({})).await;
-    assert_eq!(status, StatusCode::OK, "{body}\n{}", a.log_tail());
+    join_through(&b, &bob, &room_id, &a).await;
     assert_eq!(membership(&a, &alice, &room_id, &bob_id).await.as_deref(), Some("join"));
 
     // Rooms that take no knocks, and a banned user.
@@ -1141,9 +1138,7 @@ async fn three_servers_share_a_room_in_one_order_with_kicks_bans_and_power_level
         let (status, body) = server.post(token, &format!("/_matrix/client/v3/join/{alias}"), json!({})).await;
         assert_eq!((status, body["room_id"].as_str()), (StatusCode::OK, Some(room_id.as_str())), "{body}");
     }
-    let via = format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name());
-    let (status, body) = c.post(&carol, &via, json!({})).await;
-    assert_eq!(status, StatusCode::OK, "{body}\n{}", a.log_tail());
+    join_through(&c, &carol, &room_id, &a).await;
 
     let everyone = [(&a, &alice, "A"), (&b, &bob, "B"), (&c, &carol, "C")];
     let filter = urlencode(r#"{"room":{"timeline":{"limit":100}}}"#);
