@@ -96,6 +96,7 @@ CREATE TABLE syncapi_filters (
     Migration { version: 7, sqlite: V7, postgres: V7 },
     Migration { version: 8, sqlite: V8, postgres: V8 },
     Migration { version: 9, sqlite: V9, postgres: V9 },
+    Migration { version: 10, sqlite: V10, postgres: V10 },
 ];
 
 /// Account data and receipts: the latest value per key, each carrying the
@@ -223,3 +224,9 @@ SELECT event_id, replaced_id FROM (
 ) x WHERE replaced_id IS NOT NULL AND replaced_id <> event_id
 ON CONFLICT (event_id) DO NOTHING;
 "#;
+
+/// A user's rooms: `/sync`'s device list changes and the users sharing a
+/// room both start from them. Without it each such question scanned every
+/// membership of every user (98 s for one `/sync` after a join to a
+/// 10,000-member room on a server with 100,000 memberships).
+const V10: &str = "CREATE INDEX syncapi_memberships_user ON syncapi_memberships (user_id, membership);";
