@@ -20,6 +20,10 @@ use crate::stats::{self, Errors};
 const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 /// Pushes that stop arriving for this long end the run as a failure.
 const STALL: Duration = Duration::from_secs(60);
+/// How long the warm-up's first push may take: a server still working
+/// through the setup's joins (a thousand members, each join pushed to
+/// everyone already in) pushes nothing new until it has caught up.
+const WARM_UP_STALL: Duration = Duration::from_secs(600);
 
 /// Counts the notifications a push gateway would receive.
 #[derive(Default)]
@@ -32,14 +36,14 @@ impl Sink {
         self.received.load(Ordering::SeqCst)
     }
 
-    /// Until at least `goal` arrived, or none arrived for [`STALL`]; whether it got there.
-    async fn wait_for(&self, goal: u64) -> bool {
+    /// Until at least `goal` arrived, or none arrived for `stall`; whether it got there.
+    async fn wait_for(&self, goal: u64, stall: Duration) -> bool {
         let mut last = (self.count(), Instant::now());
         while self.count() < goal {
             let now = self.count();
             if now != last.0 {
                 last = (now, Instant::now());
-            } else if last.1.elapsed() > STALL {
+            } else if last.1.elapsed() > stall {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -87,7 +91,7 @@ pub async fn run(target: &Target, members: usize, events: usize, gateway_port: u
 
     // One unmeasured message: every pusher is live and the pipeline warm.
     sender.send_text(&room_id, "push-warmup", "warm-up").await?;
-    if !sink.wait_for(recipients).await {
+    if !sink.wait_for(recipients, WARM_UP_STALL).await {
         bail!("the warm-up reached {} of {recipients} pushers", sink.count());
     }
     // Late extra pushes (there should be none) would only inflate the baseline.
@@ -104,7 +108,7 @@ pub async fn run(target: &Target, members: usize, events: usize, gateway_port: u
     }
     let sent_seconds = started.elapsed().as_secs_f64();
     let goal = baseline + sent * recipients;
-    let complete = sink.wait_for(goal).await;
+    let complete = sink.wait_for(goal, STALL).await;
     let seconds = started.elapsed().as_secs_f64();
     let delivered = sink.count() - baseline;
     if !complete {
