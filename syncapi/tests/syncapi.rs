@@ -1558,30 +1558,20 @@ async fn search_finds_visible_messages_with_every_word() {
                 (response.status().as_u16(), response.json::<Value>().await.unwrap())
             }
         };
-        let criteria = |term: &str, extra: Value| {
-            let mut room_events = json!({"search_term": term});
-            room_events.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-            json!({"search_categories": {"room_events": room_events}})
-        };
-        let texts = |reply: &Value| -> Vec<String> {
-            reply["search_categories"]["room_events"]["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["result"]["content"]["body"].as_str().unwrap().to_owned())
-                .collect()
-        };
+        let (criteria, texts) = (search_criteria, search_texts);
 
-        // Every word, any case, newest first; Bob never sees Alice's private room.
+        // Every word as a prefix, any case, newest first; Bob never sees Alice's private room.
         let (status, reply) = search(&bob, criteria("fox QUICK", json!({})), "").await;
         assert_eq!(status, 200, "[{}] {reply}", s.name);
         assert_eq!(texts(&reply), ["QUICK BROWN FOXES", "The Quick brown fox"], "[{}]", s.name);
         assert_eq!(reply["search_categories"]["room_events"]["results"][0]["result"]["room_id"], room);
         let (_, reply) = search(&alice, criteria("fox privately", json!({})), "").await;
         assert_eq!(texts(&reply), ["the quick brown fox, privately"], "[{}]", s.name);
-        // LIKE wildcards in the term match only themselves.
+        // Punctuation separates words and matches nothing by itself.
         let (_, reply) = search(&bob, criteria("100%", json!({})), "").await;
         assert_eq!(texts(&reply), ["100% quick_brown"], "[{}]", s.name);
+        let (_, reply) = search(&bob, criteria("brown_quick", json!({})), "").await;
+        assert_eq!(reply["search_categories"]["room_events"]["count"], 4, "[{}] {reply}", s.name);
 
         // Pages of two, then the rest.
         let (_, first) = search(&bob, criteria("quick", json!({"filter": {"limit": 2}})), "").await;
@@ -1598,12 +1588,132 @@ async fn search_finds_visible_messages_with_every_word() {
             (criteria("   ", json!({})), ""),
             (criteria("quick", json!({"order_by": "alphabetical"})), ""),
             (criteria("quick", json!({})), "?next_batch=abc"),
+            (criteria("quick", json!({})), "?next_batch=rank_0"),
+            (criteria("quick", json!({"order_by": "rank"})), "?next_batch=12"),
+            (criteria("!!! ***", json!({})), ""),
+            (criteria(&["w"; 33].join(" "), json!({})), ""),
+            (criteria("quick", json!({"groupings": {"group_by": [{"key": "event_type"}]}})), ""),
         ] {
             let (status, reply) = search(&bob, body.clone(), query).await;
             assert_eq!((status, reply["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "[{}] {body}", s.name);
         }
         let (status, reply) = search(&bob, json!({"search_categories": "x"}), "").await;
         assert_eq!((status, reply["errcode"].as_str()), (400, Some("M_BAD_JSON")), "[{}]", s.name);
+    }
+}
+
+/// A `/search` body for `term` ordered by `recent` (unless `extra` says
+/// otherwise), with `extra` merged into its `room_events`.
+fn search_criteria(term: &str, extra: Value) -> Value {
+    let mut room_events = json!({"search_term": term, "order_by": "recent"});
+    room_events.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    json!({"search_categories": {"room_events": room_events}})
+}
+
+/// The bodies of a `/search` reply's results, in order.
+fn search_texts(reply: &Value) -> Vec<String> {
+    reply["search_categories"]["room_events"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result"]["content"]["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn search_ranks_counts_groups_and_gives_context() {
+    use reqwest::Method;
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let (room, _) = s.shared_room(&alice, &bob).await;
+        let created = s.client(Method::POST, "/createRoom", &alice, json!({})).await;
+        let private = created["room_id"].as_str().unwrap().to_owned();
+        s.send_text(&alice, &private, "p1", "mango in private").await;
+        s.send_text(&alice, &room, "c1", "before the fruit").await;
+        let strong = s.send_text(&alice, &room, "c2", "mango mango mango").await;
+        let weak = s.send_text(&bob, &room, "c3", "one mango in a long sentence about many other things").await;
+        s.send_text(&alice, &room, "c4", "after the fruit").await;
+        let nul = s.send_text(&alice, &room, "c5", "nul\u{0}byte").await;
+        s.settle(&bob, &nul).await;
+        let search = |body: Value, query: &str| {
+            let url = format!("{}/_matrix/client/v3/search{query}", s.base);
+            let request = s.http.post(url).bearer_auth(bob.clone()).json(&body);
+            async move {
+                let response = request.send().await.unwrap();
+                (response.status().as_u16(), response.json::<Value>().await.unwrap())
+            }
+        };
+        let events = |reply: &Value| reply["search_categories"]["room_events"].clone();
+
+        // Rank order (the default) puts the closer match first, recent the newer;
+        // the count leaves out what Bob may not see.
+        let ranked = search_criteria("MANG", json!({"order_by": "rank"}));
+        let (status, reply) = search(ranked.clone(), "").await;
+        assert_eq!(status, 200, "[{}] {reply}", s.name);
+        let both = ["mango mango mango", "one mango in a long sentence about many other things"];
+        assert_eq!(search_texts(&reply), both, "[{}]", s.name);
+        assert_eq!(events(&reply)["count"], 2, "[{}] {reply}", s.name);
+        let ranks: Vec<f64> =
+            events(&reply)["results"].as_array().unwrap().iter().map(|r| r["rank"].as_f64().unwrap()).collect();
+        assert!(ranks[0] > ranks[1], "[{}] {ranks:?}", s.name);
+        let (_, reply) = search(search_criteria("mango", json!({})), "").await;
+        assert_eq!(search_texts(&reply)[0], "one mango in a long sentence about many other things", "[{}]", s.name);
+
+        // Pages by rank continue where the last one stopped.
+        let mut one = ranked.clone();
+        one["search_categories"]["room_events"]["filter"] = json!({"limit": 1});
+        let (_, first) = search(one.clone(), "").await;
+        let next = events(&first)["next_batch"].as_str().unwrap().to_owned();
+        let (_, second) = search(one, &format!("?next_batch={next}")).await;
+        assert_eq!([search_texts(&first), search_texts(&second)].concat(), both, "[{}]", s.name);
+
+        // Context around each result, with the senders' profiles then; groups; the rooms' state.
+        let extra = json!({
+            "event_context": {"before_limit": 1, "after_limit": 1, "include_profile": true},
+            "groupings": {"group_by": [{"key": "room_id"}, {"key": "sender"}]},
+            "include_state": true,
+        });
+        let (status, reply) = search(search_criteria("mango", extra), "").await;
+        assert_eq!(status, 200, "[{}] {reply}", s.name);
+        let found = events(&reply);
+        let context = &found["results"][0]["context"];
+        assert_eq!(context["events_before"][0]["event_id"], strong, "[{}] {context}", s.name);
+        assert_eq!(context["events_after"][0]["content"]["body"], "after the fruit", "[{}]", s.name);
+        assert!(context["start"].is_string() && context["end"].is_string(), "[{}] {context}", s.name);
+        for user in [ALICE, BOB] {
+            assert!(context["profile_info"][user].is_object(), "[{}] {user}: {context}", s.name);
+        }
+        assert_eq!(found["groups"]["room_id"][&room]["results"], json!([&weak, &strong]), "[{}] {found}", s.name);
+        assert_eq!(found["groups"]["room_id"][&room]["order"], 0, "[{}]", s.name);
+        assert_eq!(found["groups"]["sender"][BOB]["results"], json!([&weak]), "[{}]", s.name);
+        assert_eq!(found["groups"]["sender"][ALICE]["order"], 1, "[{}]", s.name);
+        let state = found["state"][&room].as_array().unwrap();
+        assert!(state.iter().any(|e| e["type"] == "m.room.create"), "[{}] {found}", s.name);
+
+        // A NUL inside a message separates words (PostgreSQL text cannot hold it).
+        let (_, reply) = search(search_criteria("byte", json!({})), "").await;
+        assert_eq!(events(&reply)["results"][0]["result"]["event_id"], nul, "[{}] {reply}", s.name);
+
+        // A redacted message is no longer found.
+        let redaction = s.redact(&alice, &room, &strong, "r1").await;
+        s.settle(&bob, &redaction).await;
+        let (_, reply) = search(search_criteria("mango", json!({})), "").await;
+        assert_eq!(search_texts(&reply), ["one mango in a long sentence about many other things"], "[{}]", s.name);
+        assert_eq!(events(&reply)["count"], 1, "[{}] {reply}", s.name);
+
+        // Messages from users Bob ignores are left out.
+        let ignore = json!({"ignored_users": {ALICE: {}}});
+        s.client(Method::PUT, &format!("/user/{}/account_data/m.ignored_user_list", enc(BOB)), &bob, ignore).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, reply) = search(search_criteria("fruit", json!({})), "").await;
+            if search_texts(&reply).is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "[{}] ignored sender still found: {reply}", s.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -390,8 +390,14 @@ async fn room_body(
     })
     .await?;
     let whole_state = whole_state || request.full_state;
+    let lazy = filter.state().and_then(|f| f.lazy_load_members).unwrap_or(false);
     let mut state_events: Vec<EventRow> = if whole_state || timeline.limited {
-        let mut state_rows = storage.state_at(room_id, timeline.before).await?;
+        // Lazy loading replaces the members with the timeline's senders.
+        let mut state_rows = if lazy {
+            storage.state_at_without_members(room_id, timeline.before).await?
+        } else {
+            storage.state_at(room_id, timeline.before).await?
+        };
         if !whole_state {
             let changed = storage.state_changed_between(room_id, after, timeline.before).await?;
             state_rows.retain(|row| {
@@ -407,7 +413,7 @@ async fn room_body(
     } else {
         Vec::new()
     };
-    if filter.state().and_then(|f| f.lazy_load_members).unwrap_or(false) {
+    if lazy {
         state_events = lazy_members(state, request, room_id, state_events, &timeline, upto, whole_state).await?;
     }
     if timeline.events.is_empty() && state_events.is_empty() && !whole_state && extras.is_empty() {

@@ -97,6 +97,7 @@ CREATE TABLE syncapi_filters (
     Migration { version: 8, sqlite: V8, postgres: V8 },
     Migration { version: 9, sqlite: V9, postgres: V9 },
     Migration { version: 10, sqlite: V10, postgres: V10 },
+    Migration { version: 11, sqlite: V11_SQLITE, postgres: V11_POSTGRES },
 ];
 
 /// Account data and receipts: the latest value per key, each carrying the
@@ -230,3 +231,38 @@ ON CONFLICT (event_id) DO NOTHING;
 /// membership of every user (98 s for one `/sync` after a join to a
 /// 10,000-member room on a server with 100,000 memberships).
 const V10: &str = "CREATE INDEX syncapi_memberships_user ON syncapi_memberships (user_id, membership);";
+
+/// The full-text index of `/search` (see `storage/search.rs`), filled from
+/// the timeline events already stored.
+const V11_SQLITE: &str = r#"
+CREATE VIRTUAL TABLE syncapi_search USING fts5(words, field UNINDEXED, room_id UNINDEXED, tokenize = 'unicode61');
+INSERT INTO syncapi_search (rowid, words, field, room_id)
+SELECT stream_pos, replace(json_extract(pdu, '$.content.' || name), char(0), ' '), field, room_id FROM (
+    SELECT stream_pos, pdu, room_id,
+        CASE event_type WHEN 'm.room.message' THEN 'content.body' WHEN 'm.room.name' THEN 'content.name'
+            ELSE 'content.topic' END AS field,
+        CASE event_type WHEN 'm.room.message' THEN 'body' WHEN 'm.room.name' THEN 'name' ELSE 'topic' END AS name
+    FROM syncapi_events WHERE timeline = 1 AND event_type IN ('m.room.message', 'm.room.name', 'm.room.topic')
+) candidates WHERE json_type(pdu, '$.content.' || name) = 'text';
+"#;
+
+/// PostgreSQL's `jsonb` refuses `\u0000`, so events holding it are left
+/// out of the backfill rather than failing the migration.
+const V11_POSTGRES: &str = r#"
+CREATE TABLE syncapi_search (
+    stream_pos BIGINT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    field TEXT NOT NULL,
+    vector TSVECTOR NOT NULL
+);
+CREATE INDEX syncapi_search_vector ON syncapi_search USING GIN (vector);
+INSERT INTO syncapi_search (stream_pos, room_id, field, vector)
+SELECT stream_pos, room_id, field, to_tsvector('simple', doc -> 'content' ->> name) FROM (
+    SELECT stream_pos, room_id,
+        CASE event_type WHEN 'm.room.message' THEN 'content.body' WHEN 'm.room.name' THEN 'content.name'
+            ELSE 'content.topic' END AS field,
+        CASE event_type WHEN 'm.room.message' THEN 'body' WHEN 'm.room.name' THEN 'name' ELSE 'topic' END AS name,
+        CASE WHEN strpos(pdu, '\u0000') = 0 THEN CAST(pdu AS jsonb) END AS doc
+    FROM syncapi_events WHERE timeline = 1 AND event_type IN ('m.room.message', 'm.room.name', 'm.room.topic')
+) candidates WHERE jsonb_typeof(doc -> 'content' -> name) = 'string';
+"#;

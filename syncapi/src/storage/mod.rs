@@ -15,6 +15,7 @@ mod migrations;
 mod presence;
 mod receipts;
 mod room_list;
+mod search;
 mod to_device;
 mod unsigned;
 
@@ -41,12 +42,32 @@ macro_rules! not_forgotten {
 }
 pub use account_data::ignored_users_in;
 pub use presence::Presence;
+pub use search::{KEYS as SEARCH_KEYS, SearchHit, SearchPage, SearchTerms, words_of};
 pub use unsigned::Related;
 
 use crate::SyncApiError;
 use crate::visibility::{HistoryChange, HistoryVisibility};
 
 const MEMBER: &str = "m.room.member";
+
+/// The state entries of room `$1` after position `$2`, as `concat!` pieces:
+/// the latest log entry of each (type, state key) that is not a removal.
+macro_rules! state_at_sql {
+    ($condition:literal) => {
+        concat!(
+            "SELECT e.stream_pos, e.event_id, e.pdu, e.txn_device_id, e.txn_id \
+             FROM syncapi_state_log l JOIN syncapi_events e ON e.event_id = l.event_id \
+             WHERE l.room_id = $1 AND l.stream_pos <= $2 ",
+            $condition,
+            " AND l.stream_pos = (\
+               SELECT MAX(m.stream_pos) FROM syncapi_state_log m WHERE m.room_id = l.room_id \
+               AND m.event_type = l.event_type AND m.state_key = l.state_key AND m.stream_pos <= $2) \
+             ORDER BY e.stream_pos"
+        )
+    };
+}
+const STATE_AT: &str = state_at_sql!("");
+const STATE_AT_WITHOUT_MEMBERS: &str = state_at_sql!("AND l.event_type <> 'm.room.member'");
 const REDACTION: &str = "m.room.redaction";
 
 /// An event as `/sync` and `/messages` read it back.
@@ -192,6 +213,8 @@ impl Storage {
             None => (None, None),
         };
 
+        let search_sql = search::sql(&self.db);
+        let searchable = search::searchable(&main_fields.event_type, &main.pdu);
         let _guard = self.write_lock.lock().await;
         with_db!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
@@ -245,6 +268,9 @@ impl Storage {
             let Some(pos) = pos else {
                 return Ok(None);
             };
+            if let Some((key, text)) = &searchable {
+                sqlx::query(search_sql.insert).bind(pos).bind(text).bind(*key).bind(room_id).execute(&mut *tx).await?;
+            }
             let mut users = BTreeSet::new();
             let mut device_list_pos = None;
             for (event, f, state_key) in &added {
@@ -408,6 +434,7 @@ impl Storage {
                         .bind(target)
                         .execute(&mut *tx)
                         .await?;
+                    sqlx::query(search_sql.delete).bind(target).execute(&mut *tx).await?;
                 }
             }
             let joined: Vec<String> = sqlx::query_scalar(
@@ -429,6 +456,8 @@ impl Storage {
     async fn apply_historical(&self, record: &NewRoomEvent) -> Result<Option<Applied>, ApplyError> {
         let main = &record.event;
         let f = fields(&main.pdu)?;
+        let search_sql = search::sql(&self.db);
+        let searchable = search::searchable(&f.event_type, &main.pdu);
         let _guard = self.write_lock.lock().await;
         with_db!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
@@ -455,6 +484,10 @@ impl Storage {
             .bind(main.pdu.to_string())
             .execute(&mut *tx)
             .await?;
+            if let Some((key, text)) = &searchable {
+                let room_id = main.room_id.as_str();
+                sqlx::query(search_sql.insert).bind(pos).bind(text).bind(*key).bind(room_id).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(Some(Applied { pos, users: BTreeSet::new(), device_list_pos: None }))
         })
@@ -568,40 +601,6 @@ impl Storage {
         rows.into_iter().map(to_row).collect()
     }
 
-    /// Up to `limit` searchable timeline events (messages, names, topics),
-    /// newest first, before stream position `before`, in rooms `user_id` is
-    /// joined to, whose JSON contains `needle` in any letter case (a coarse
-    /// filter: callers check the searched field itself).
-    pub async fn search_candidates(
-        &self,
-        user_id: &str,
-        needle: &str,
-        before: i64,
-        limit: i64,
-    ) -> Result<Vec<(String, EventRow)>, SyncApiError> {
-        let pattern =
-            format!("%{}%", needle.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-        type Row = (String, i64, String, String, Option<String>, Option<String>);
-        let rows: Vec<Row> = with_db!(&self.db, pool => {
-            sqlx::query_as(
-                "SELECT room_id, stream_pos, event_id, pdu, txn_device_id, txn_id FROM syncapi_events \
-                 WHERE timeline = 1 AND stream_pos < $1 AND lower(pdu) LIKE $2 ESCAPE '\\' \
-                 AND event_type IN ('m.room.message', 'm.room.name', 'm.room.topic') \
-                 AND room_id IN (SELECT room_id FROM syncapi_memberships WHERE user_id = $3 AND membership = 'join') \
-                 ORDER BY stream_pos DESC LIMIT $4",
-            )
-            .bind(before)
-            .bind(&pattern)
-            .bind(user_id)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-        });
-        rows.into_iter()
-            .map(|(room_id, pos, event_id, pdu, device, txn)| Ok((room_id, to_row((pos, event_id, pdu, device, txn))?)))
-            .collect()
-    }
-
     /// Up to `limit` events relating to `parent` in `(after, upto]`
     /// (optionally of one relation type and event type), newest first when
     /// `backwards`.
@@ -696,19 +695,18 @@ impl Storage {
 
     /// The room's state after the event at `at` (and everything before it).
     pub async fn state_at(&self, room_id: &str, at: i64) -> Result<Vec<EventRow>, SyncApiError> {
+        self.state_rows_at(room_id, at, STATE_AT).await
+    }
+
+    /// [`Self::state_at`] without member events: what a lazy-loading sync
+    /// starts from, sparing it every member of a large room.
+    pub async fn state_at_without_members(&self, room_id: &str, at: i64) -> Result<Vec<EventRow>, SyncApiError> {
+        self.state_rows_at(room_id, at, STATE_AT_WITHOUT_MEMBERS).await
+    }
+
+    async fn state_rows_at(&self, room_id: &str, at: i64, sql: &'static str) -> Result<Vec<EventRow>, SyncApiError> {
         let rows: Vec<Row5> = with_db!(&self.db, pool => {
-            sqlx::query_as(
-                "SELECT e.stream_pos, e.event_id, e.pdu, e.txn_device_id, e.txn_id \
-                 FROM syncapi_state_log l JOIN syncapi_events e ON e.event_id = l.event_id \
-                 WHERE l.room_id = $1 AND l.stream_pos <= $2 AND l.stream_pos = (\
-                   SELECT MAX(m.stream_pos) FROM syncapi_state_log m WHERE m.room_id = l.room_id \
-                   AND m.event_type = l.event_type AND m.state_key = l.state_key AND m.stream_pos <= $2) \
-                 ORDER BY e.stream_pos",
-            )
-            .bind(room_id)
-            .bind(at)
-            .fetch_all(pool)
-            .await?
+            sqlx::query_as(sql).bind(room_id).bind(at).fetch_all(pool).await?
         });
         rows.into_iter().map(to_row).collect()
     }
