@@ -112,6 +112,9 @@ pub type ProfileReply = Option<PublicProfile>;
 pub struct PublicProfile {
     pub displayname: Option<String>,
     pub avatar_url: Option<String>,
+    /// Every other field (`m.tz` and custom ones), by name.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub fields: serde_json::Map<String, Value>,
 }
 
 /// Whose OpenID token this is, for the federation API's

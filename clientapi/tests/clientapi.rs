@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use myelin_bus::{Bus, EmbeddedBackend, Shutdown, ShutdownTrigger};
 use myelin_clientapi::api::{
@@ -24,6 +25,9 @@ const SECRET: &str = "test-shared-secret";
 const SERVER_NAME: &str = "test.local";
 /// The upload limit the tests configure.
 const MAX_UPLOAD: u64 = 64 * 1024;
+const TURN_URI: &str = "turn:turn.test.local:3478?transport=udp";
+const TURN_SECRET: &str = "turn shared secret";
+const PUBLIC_BASE_URL: &str = "https://matrix.test.local";
 
 struct Server {
     base: String,
@@ -43,6 +47,9 @@ struct Options {
     clock: Option<ManualClock>,
     open_directory: bool,
     guests: bool,
+    /// TURN servers with a shared secret, and a public base URL.
+    voip_and_discovery: bool,
+    login_via_existing_session: bool,
 }
 
 impl Default for Options {
@@ -55,6 +62,8 @@ impl Default for Options {
             clock: None,
             open_directory: false,
             guests: false,
+            voip_and_discovery: false,
+            login_via_existing_session: false,
         }
     }
 }
@@ -70,6 +79,13 @@ impl Server {
         config.client_api.allow_guest_access = options.guests;
         config.client_api.public_room_directory_without_auth = options.open_directory;
         config.client_api.max_upload_size = MAX_UPLOAD;
+        config.client_api.login_via_existing_session = options.login_via_existing_session;
+        if options.voip_and_discovery {
+            config.client_api.turn_uris = vec![TURN_URI.to_owned()];
+            config.client_api.turn_shared_secret = Some(TURN_SECRET.to_owned());
+            config.client_api.turn_user_lifetime_secs = 3600;
+            config.client_api.public_base_url = Some(PUBLIC_BASE_URL.to_owned());
+        }
         std::fs::write(&config.global.signing_key_path, ServerSigningKey::generate_file_contents()).unwrap();
         let config = Arc::new(config);
 
@@ -272,6 +288,97 @@ async fn each_backend(options: impl Fn() -> Options, test: impl AsyncFn(&Server)
     }
 }
 
+/// `/login/get_token` mints a one-time token behind the password stage; a
+/// new device logs in with it once, before it expires. Off by default.
+#[tokio::test]
+async fn login_tokens_from_an_existing_session() {
+    const GET_TOKEN: &str = "/_matrix/client/v1/login/get_token";
+    const LOGIN: &str = "/_matrix/client/v3/login";
+    each_backend(Options::default, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        s.post(GET_TOKEN, Some(&alice.token), json!({})).await.err(404, "M_UNRECOGNIZED");
+        let caps = s.get("/_matrix/client/v3/capabilities", Some(&alice.token)).await.ok();
+        assert_eq!(caps.body["capabilities"]["m.get_login_token"]["enabled"], false);
+        assert_eq!(s.get(LOGIN, None).await.ok().body["flows"], json!([{"type": "m.login.password"}]));
+        s.post(LOGIN, None, json!({"type": "m.login.token", "token": "guessed"})).await.err(403, "M_FORBIDDEN");
+    })
+    .await;
+
+    let clock = ManualClock::new(myelin_types::Clock::now_ms(&SystemClock));
+    let options = || Options { login_via_existing_session: true, clock: Some(clock.clone()), ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let flows = s.get(LOGIN, None).await.ok().body["flows"].clone();
+        assert!(flows.as_array().unwrap().contains(&json!({"type": "m.login.token", "get_login_token": true})));
+        let caps = s.get("/_matrix/client/v3/capabilities", Some(&alice.token)).await.ok();
+        assert_eq!(caps.body["capabilities"]["m.get_login_token"]["enabled"], true);
+
+        let mint = async || {
+            let challenge = s.post(GET_TOKEN, Some(&alice.token), json!({})).await;
+            assert_eq!(challenge.status, StatusCode::UNAUTHORIZED, "{}", challenge.body);
+            let auth = json!({"auth": {"type": "m.login.password", "session": challenge.body["session"],
+                                       "identifier": {"type": "m.id.user", "user": alice.user_id},
+                                       "password": "wonderland"}});
+            let minted = s.post(GET_TOKEN, Some(&alice.token), auth).await.ok().body;
+            assert_eq!(minted["expires_in_ms"], 120_000, "{minted}");
+            minted["login_token"].as_str().unwrap().to_owned()
+        };
+        let token = mint().await;
+        let login = json!({"type": "m.login.token", "token": token, "initial_device_display_name": "Phone"});
+        let phone = Account::from_reply(&s.post(LOGIN, None, login.clone()).await.ok().body);
+        assert_eq!(phone.user_id, alice.user_id);
+        assert_ne!(phone.device_id, alice.device_id);
+        assert_eq!(s.whoami(&phone.token).await.ok().body["user_id"], alice.user_id);
+        // Once only.
+        s.post(LOGIN, None, login).await.err(403, "M_FORBIDDEN");
+        // Not after two minutes.
+        let late = mint().await;
+        clock.advance_ms(121_000);
+        s.post(LOGIN, None, json!({"type": "m.login.token", "token": late})).await.err(403, "M_FORBIDDEN");
+        s.post(LOGIN, None, json!({"type": "m.login.token"})).await.err(400, "M_MISSING_PARAM");
+        s.post(GET_TOKEN, None, json!({})).await.err(401, "M_MISSING_TOKEN");
+        let wrong = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.user_id},
+                                    "password": "looking glass"}});
+        let refused = s.post(GET_TOKEN, Some(&alice.token), wrong).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+        assert_eq!(refused.body["errcode"], "M_FORBIDDEN", "{}", refused.body);
+    })
+    .await;
+}
+
+/// TURN credentials a TURN server with the shared secret accepts, and the
+/// discovery document; both 404 on a server with neither configured.
+#[tokio::test]
+async fn turn_credentials_and_client_discovery() {
+    each_backend(Options::default, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        s.get("/_matrix/client/v3/voip/turnServer", Some(&alice.token)).await.err(404, "M_NOT_FOUND");
+        s.get("/.well-known/matrix/client", None).await.err(404, "M_NOT_FOUND");
+    })
+    .await;
+    let options = || Options { voip_and_discovery: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        s.get("/_matrix/client/v3/voip/turnServer", None).await.err(401, "M_MISSING_TOKEN");
+        let turn = s.get("/_matrix/client/v3/voip/turnServer", Some(&alice.token)).await.ok().body;
+        assert_eq!((&turn["uris"], &turn["ttl"]), (&json!([TURN_URI]), &json!(3600)), "{turn}");
+        let username = turn["username"].as_str().unwrap();
+        let (expiry, user) = username.split_once(':').unwrap();
+        assert_eq!(user, alice.user_id);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!((now + 3590..=now + 3610).contains(&expiry), "expiry {expiry}, now {now}");
+        let mut mac = Hmac::<Sha1>::new_from_slice(TURN_SECRET.as_bytes()).unwrap();
+        mac.update(username.as_bytes());
+        let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        assert_eq!(turn["password"], expected);
+
+        let discovery = s.get("/.well-known/matrix/client", None).await.ok().body;
+        assert_eq!(discovery, json!({"m.homeserver": {"base_url": PUBLIC_BASE_URL}}));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn versions_lists_r0_and_v1_releases() {
     each_backend(Options::default, async |s| {
@@ -443,7 +550,7 @@ async fn login_rejects_bad_requests() {
         s.post_raw("/_matrix/client/v3/login", "").await.err(400, "M_NOT_JSON");
         s.post("/_matrix/client/v3/login", None, json!({"type": 5})).await.err(400, "M_BAD_JSON");
         s.post("/_matrix/client/v3/login", None, json!(["type"])).await.err(400, "M_BAD_JSON");
-        s.post("/_matrix/client/v3/login", None, json!({"type": "m.login.token", "token": "x"}))
+        s.post("/_matrix/client/v3/login", None, json!({"type": "m.login.sso", "token": "x"}))
             .await
             .err(400, "M_UNKNOWN");
         s.post(
@@ -876,13 +983,81 @@ async fn profiles_and_member_events() {
         s.put(&format!("{}/displayname", profile(&alice.user_id)), a, json!({"displayname": 5}))
             .await
             .err(400, "M_BAD_JSON");
-        s.put(&format!("{}/displayname", profile(&alice.user_id)), a, json!({})).await.err(400, "M_BAD_JSON");
+        s.put(&format!("{}/displayname", profile(&alice.user_id)), a, json!({})).await.err(400, "M_MISSING_PARAM");
         s.send_raw(reqwest::Method::PUT, &format!("{}/displayname", profile(&alice.user_id)), &alice.token, "x")
             .await
             .err(400, "M_NOT_JSON");
         s.put(&format!("{}/displayname", profile(&alice.user_id)), None, json!({"displayname": "A"}))
             .await
             .err(401, "M_MISSING_TOKEN");
+    })
+    .await;
+}
+
+/// Fields beyond the display name and avatar: `m.tz` and namespaced custom
+/// fields holding any JSON, which stay out of member events.
+#[tokio::test]
+async fn extended_profile_fields() {
+    let options = || Options { roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let a = Some(alice.token.as_str());
+        let field = |user: &str, key: &str| format!("/_matrix/client/v3/profile/{}/{key}", urlencode(user));
+        let room_id = s.post("/_matrix/client/v3/createRoom", a, json!({})).await.ok().body["room_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        s.put(&field(&alice.user_id, "displayname"), a, json!({"displayname": "Alice"})).await.ok();
+        s.put(&field(&alice.user_id, "m.tz"), a, json!({"m.tz": "Europe/Paris"})).await.ok();
+        let pronouns = json!({"org.example.pronouns": {"en": "she/her"}});
+        s.put(&field(&alice.user_id, "org.example.pronouns"), a, pronouns.clone()).await.ok();
+        s.put(&field(&alice.user_id, "org.example.empty"), a, json!({"org.example.empty": null})).await.ok();
+        let whole = format!("/_matrix/client/v3/profile/{}", urlencode(&alice.user_id));
+        let got = s.get(&whole, None).await.ok();
+        assert_eq!(
+            got.body,
+            json!({"displayname": "Alice", "m.tz": "Europe/Paris", "org.example.pronouns": {"en": "she/her"},
+                   "org.example.empty": null})
+        );
+        assert_eq!(s.get(&field(&alice.user_id, "org.example.pronouns"), None).await.ok().body, pronouns);
+        let member_path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            urlencode(&room_id),
+            urlencode(&alice.user_id)
+        );
+        let member = s.get(&member_path, a).await.ok();
+        assert_eq!(member.body, json!({"membership": "join", "displayname": "Alice"}));
+
+        // Deleting: a custom field goes; the display name goes from member events too.
+        s.delete(&field(&alice.user_id, "org.example.pronouns"), a, json!({})).await.ok();
+        s.get(&field(&alice.user_id, "org.example.pronouns"), None).await.err(404, "M_NOT_FOUND");
+        s.delete(&field(&alice.user_id, "displayname"), a, json!({})).await.ok();
+        assert_eq!(s.get(&member_path, a).await.ok().body, json!({"membership": "join"}));
+        s.delete(&field(&alice.user_id, "org.example.never"), a, json!({})).await.ok();
+
+        // Refusals.
+        for key in ["pronouns", "Org.example", "org..example", "org.example.", "9org.example", "M.tz"] {
+            let body = json!({ key: "x" });
+            s.put(&field(&alice.user_id, key), a, body).await.err(400, "M_INVALID_PARAM");
+            s.get(&field(&alice.user_id, key), None).await.err(400, "M_INVALID_PARAM");
+        }
+        let long = format!("org.{}", "a".repeat(252));
+        s.put(&field(&alice.user_id, &long), a, json!({ long.clone(): 1 })).await.err(400, "M_KEY_TOO_LARGE");
+        s.put(&field(&alice.user_id, "m.tz"), a, json!({"m.tz": 5})).await.err(400, "M_BAD_JSON");
+        s.put(&field(&alice.user_id, "org.example.x"), a, json!({"other": 1})).await.err(400, "M_MISSING_PARAM");
+        let b = Some(bob.token.as_str());
+        s.put(&field(&alice.user_id, "org.example.x"), b, json!({"org.example.x": 1})).await.err(403, "M_FORBIDDEN");
+        s.delete(&field(&alice.user_id, "m.tz"), b, json!({})).await.err(403, "M_FORBIDDEN");
+        let big = "x".repeat(40_000);
+        s.put(&field(&alice.user_id, "org.example.big"), a, json!({"org.example.big": big})).await.ok();
+        s.put(&field(&alice.user_id, "org.example.bigger"), a, json!({"org.example.bigger": "y".repeat(30_000)}))
+            .await
+            .err(400, "M_PROFILE_TOO_LARGE");
+        let got = s.get(&whole, None).await.ok();
+        assert!(got.body.get("org.example.bigger").is_none(), "a refused field is not stored");
+        assert_eq!(got.body["m.tz"], "Europe/Paris");
     })
     .await;
 }
@@ -1212,6 +1387,7 @@ async fn third_party_ids_are_unsupported_and_capabilities_say_so() {
         assert_eq!(caps["m.change_password"]["enabled"], true);
         assert_eq!(caps["m.set_displayname"]["enabled"], true);
         assert_eq!(caps["m.set_avatar_url"]["enabled"], true);
+        assert_eq!(caps["m.profile_fields"]["enabled"], true);
         assert_eq!(caps["m.3pid_changes"]["enabled"], false);
         assert_eq!(caps["m.room_versions"]["default"], "12");
         assert_eq!(caps["m.room_versions"]["available"]["12"], "stable");

@@ -2,6 +2,8 @@
 //! the composition root is [`run`], the client listener [`http`].
 
 mod cli;
+#[cfg(test)]
+mod front_door;
 mod generate;
 mod http;
 mod run;

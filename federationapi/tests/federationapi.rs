@@ -1159,8 +1159,11 @@ struct FakeProfiles;
 impl Responder for FakeProfiles {
     async fn respond(&self, record: &Record) -> Result<Vec<u8>, HandleError> {
         let query: ProfileQuery = record.json().unwrap();
-        let reply: ProfileReply = (query.user_id.localpart() == "alice")
-            .then(|| PublicProfile { displayname: Some("Alice".to_owned()), avatar_url: None });
+        let reply: ProfileReply = (query.user_id.localpart() == "alice").then(|| PublicProfile {
+            displayname: Some("Alice".to_owned()),
+            avatar_url: None,
+            fields: json!({"m.tz": "Europe/Paris"}).as_object().unwrap().clone(),
+        });
         Ok(serde_json::to_vec(&reply).unwrap())
     }
 }
@@ -1179,9 +1182,11 @@ async fn query_profile_answers_for_local_users_only() {
     let user = |localpart: &str| format!("%40{localpart}%3A{}", a.name.replace(':', "%3A"));
 
     let (status, body) = status_of(query(format!("?user_id={}", user("alice"))).await);
-    assert_eq!((status, body), (200, json!({"displayname": "Alice"})));
+    assert_eq!((status, body), (200, json!({"displayname": "Alice", "m.tz": "Europe/Paris"})));
     let (status, body) = status_of(query(format!("?user_id={}&field=displayname", user("alice"))).await);
     assert_eq!((status, body), (200, json!({"displayname": "Alice"})));
+    let (status, body) = status_of(query(format!("?user_id={}&field=m.tz", user("alice"))).await);
+    assert_eq!((status, body), (200, json!({"m.tz": "Europe/Paris"})));
     let (status, body) = status_of(query(format!("?user_id={}&field=avatar_url", user("alice"))).await);
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "no such field: {body}");
     let (status, body) = status_of(query(format!("?user_id={}", user("nobody"))).await);

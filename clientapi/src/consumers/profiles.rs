@@ -22,8 +22,11 @@ impl Responder for ProfileResponder {
         let found = accounts::profile(&self.db, user_id.localpart())
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
-        let reply: ProfileReply =
-            found.map(|profile| PublicProfile { displayname: profile.displayname, avatar_url: profile.avatar_url });
+        let reply: ProfileReply = found.map(|profile| PublicProfile {
+            displayname: profile.displayname,
+            avatar_url: profile.avatar_url,
+            fields: profile.fields,
+        });
         serde_json::to_vec(&reply).map_err(|e| HandleError::Poison(e.to_string()))
     }
 }

@@ -10,7 +10,8 @@ use crate::service::AppState;
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3capabilities>
 ///
 /// Room versions are those the room server declares; third-party
-/// identifiers are not supported, so they cannot be changed.
+/// identifiers are not supported, so they cannot be changed. Every profile
+/// field may be set (`m.profile_fields` without an allow or deny list).
 pub async fn capabilities(State(state): State<AppState>, _user: AuthedUser) -> Json<Value> {
     let available: Map<String, Value> =
         ROOM_VERSIONS.iter().map(|version| ((*version).to_owned(), Value::from("stable"))).collect();
@@ -20,7 +21,9 @@ pub async fn capabilities(State(state): State<AppState>, _user: AuthedUser) -> J
             "m.room_versions": { "default": state.config.roomserver.default_room_version, "available": available },
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
+            "m.profile_fields": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
+            "m.get_login_token": { "enabled": state.config.client_api.login_via_existing_session },
         }
     }))
 }

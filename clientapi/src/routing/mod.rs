@@ -30,6 +30,7 @@ mod typing;
 mod upgrade;
 mod user_directory;
 mod versions;
+mod voip;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -130,11 +131,15 @@ pub fn router(state: AppState) -> Router {
             put(account_data::put_tag).delete(account_data::delete_tag),
         )
         .route("/user/{user_id}/openid/request_token", post(openid::request_token))
+        .route("/voip/turnServer", get(voip::turn_server))
         .route("/profile/{user_id}", get(profile::get_profile))
-        .route("/profile/{user_id}/displayname", get(profile::get_displayname).put(profile::put_displayname))
-        .route("/profile/{user_id}/avatar_url", get(profile::get_avatar_url).put(profile::put_avatar_url));
+        .route(
+            "/profile/{user_id}/{key_name}",
+            get(profile::get_field).put(profile::put_field).delete(profile::delete_field),
+        );
     Router::new()
         .route("/_matrix/client/versions", get(versions::versions))
+        .route("/.well-known/matrix/client", get(versions::well_known_client))
         .route("/_synapse/admin/v1/register", get(admin_register::nonce).post(admin_register::register))
         .route("/_synapse/admin/v1/event_reports", get(reports::list_event_reports))
         .route(
@@ -148,6 +153,7 @@ pub fn router(state: AppState) -> Router {
             get(registration_tokens::get).put(registration_tokens::update).delete(registration_tokens::delete),
         )
         .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(register::token_validity))
+        .route("/_matrix/client/v1/login/get_token", post(login::get_token))
         .route("/_myelin/admin/v1/room_reports", get(reports::list_room_reports))
         .route("/_myelin/admin/v1/user_reports", get(reports::list_user_reports))
         .route("/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", get(timestamp::timestamp_to_event))

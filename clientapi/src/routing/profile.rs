@@ -6,8 +6,8 @@
 use axum::Json;
 use axum::extract::State;
 use myelin_roomserver::api::SendEvent;
-use myelin_types::MatrixError;
 use myelin_types::ruma::OwnedUserId;
+use myelin_types::{ErrorCode, MatrixError};
 use serde_json::{Map, Value, json};
 
 use crate::auth::{AuthedUser, GuestOk};
@@ -27,6 +27,11 @@ pub(crate) async fn profile_of(state: &AppState, user_id: &OwnedUserId) -> Resul
     Ok(accounts::profile(&state.db, user_id.localpart()).await?.ok_or_else(not_found)?)
 }
 
+/// The longest field name (`M_KEY_TOO_LARGE` beyond it).
+const MAX_KEY_BYTES: usize = 255;
+/// The largest whole profile, as JSON (`M_PROFILE_TOO_LARGE` beyond it).
+const MAX_PROFILE_BYTES: usize = 64 * 1024;
+
 /// Add the profile's fields to `m.room.member` content.
 pub(crate) fn add_to_member_content(profile: &Profile, content: &mut Map<String, Value>) {
     for (key, value) in [("displayname", &profile.displayname), ("avatar_url", &profile.avatar_url)] {
@@ -37,6 +42,13 @@ pub(crate) fn add_to_member_content(profile: &Profile, content: &mut Map<String,
     }
 }
 
+/// Every field of the profile, as `GET /profile/{userId}` answers it.
+fn all_fields(profile: &Profile) -> Map<String, Value> {
+    let mut body = profile.fields.clone();
+    add_to_member_content(profile, &mut body);
+    body
+}
+
 /// The profile of any user: asked of their server if it is another one.
 async fn any_profile(state: &AppState, user_id: &str) -> Result<Profile> {
     let user_id = parse_user_id(user_id)?;
@@ -44,7 +56,26 @@ async fn any_profile(state: &AppState, user_id: &str) -> Result<Profile> {
         return profile_of(state, &user_id).await;
     }
     let remote = federation::remote_profile(&state.bus, user_id).await?;
-    Ok(Profile { displayname: remote.displayname, avatar_url: remote.avatar_url })
+    Ok(Profile { displayname: remote.displayname, avatar_url: remote.avatar_url, fields: remote.fields })
+}
+
+/// A field name the spec allows: `displayname`, `avatar_url`, `m.tz`, or
+/// a namespaced name (`[a-z][a-z0-9_]*` parts joined by dots, at least two).
+fn check_key(key: &str) -> Result<(), MatrixError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(MatrixError::new(ErrorCode::KeyTooLarge, format!("Field names are at most {MAX_KEY_BYTES} bytes")));
+    }
+    let part = |part: &str| {
+        let mut chars = part.chars();
+        chars.next().is_some_and(|first| first.is_ascii_lowercase())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let namespaced = key.contains('.') && key.split('.').all(part);
+    if matches!(key, "displayname" | "avatar_url" | "m.tz") || namespaced {
+        Ok(())
+    } else {
+        Err(MatrixError::invalid_param(format!("Invalid profile field name {key}")))
+    }
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}`
@@ -54,63 +85,96 @@ pub async fn get_profile(
     MatrixPath(user_id): MatrixPath<String>,
 ) -> Result<Json<Value>> {
     let profile = any_profile(&state, &user_id).await?;
-    let mut body = Map::new();
-    add_to_member_content(&profile, &mut body);
-    Ok(Json(Value::Object(body)))
+    Ok(Json(Value::Object(all_fields(&profile))))
 }
 
-async fn get_field(state: &AppState, user_id: &str, field: &str) -> Result<Json<Value>> {
-    let profile = any_profile(state, user_id).await?;
-    let value = match field {
-        "displayname" => profile.displayname,
-        _ => profile.avatar_url,
-    };
-    let value = value.ok_or_else(|| MatrixError::not_found(format!("No {field} set")))?;
-    Ok(Json(json!({ field: value })))
-}
-
-/// `GET /_matrix/client/v3/profile/{userId}/displayname`
-/// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3profileuseriddisplayname>
-pub async fn get_displayname(
+/// `GET /_matrix/client/v3/profile/{userId}/{keyName}`
+/// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3profileuseridkeyname>
+pub async fn get_field(
     State(state): State<AppState>,
-    MatrixPath(user_id): MatrixPath<String>,
+    MatrixPath((user_id, key)): MatrixPath<(String, String)>,
 ) -> Result<Json<Value>> {
-    get_field(&state, &user_id, "displayname").await
+    check_key(&key)?;
+    let profile = any_profile(&state, &user_id).await?;
+    let value = all_fields(&profile).remove(&key).ok_or_else(|| MatrixError::not_found(format!("No {key} set")))?;
+    Ok(Json(json!({ key: value })))
 }
 
-/// `GET /_matrix/client/v3/profile/{userId}/avatar_url`
-/// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3profileuseridavatar_url>
-pub async fn get_avatar_url(
+/// `PUT /_matrix/client/v3/profile/{userId}/{keyName}`
+/// <https://spec.matrix.org/v1.16/client-server-api/#put_matrixclientv3profileuseridkeyname>
+///
+/// The display name and avatar are strings (`null` clears them, as before
+/// the custom fields existed) and go into the user's member events; `m.tz`
+/// is a string; custom fields hold any JSON, `null` included. Guests may
+/// set only their display name.
+pub async fn put_field(
     State(state): State<AppState>,
-    MatrixPath(user_id): MatrixPath<String>,
+    GuestOk(user): GuestOk,
+    MatrixPath((target, key)): MatrixPath<(String, String)>,
+    MatrixJson(mut body): MatrixJson<Map<String, Value>>,
 ) -> Result<Json<Value>> {
-    get_field(&state, &user_id, "avatar_url").await
+    check_key(&key)?;
+    let value =
+        body.remove(&key).ok_or_else(|| MatrixError::new(ErrorCode::MissingParam, format!("The body has no {key}")))?;
+    change_field(&state, &user, &target, &key, Some(value)).await
 }
 
-/// Set one field (`null` clears it), then update the member events.
-async fn put_field(
+/// `DELETE /_matrix/client/v3/profile/{userId}/{keyName}`
+/// <https://spec.matrix.org/v1.16/client-server-api/#delete_matrixclientv3profileuseridkeyname>
+pub async fn delete_field(
+    State(state): State<AppState>,
+    GuestOk(user): GuestOk,
+    MatrixPath((target, key)): MatrixPath<(String, String)>,
+) -> Result<Json<Value>> {
+    check_key(&key)?;
+    change_field(&state, &user, &target, &key, None).await
+}
+
+/// Set (`Some`) or remove (`None`) one field of the user's own profile;
+/// a new display name or avatar also goes into their member events.
+async fn change_field(
     state: &AppState,
     user: &AuthedUser,
     target: &str,
-    field: &str,
-    body: &Map<String, Value>,
+    key: &str,
+    value: Option<Value>,
 ) -> Result<Json<Value>> {
     require_self(user, target, "change the profile")?;
-    let value = match body.get(field) {
-        Some(Value::String(value)) => Some(value.clone()),
-        Some(Value::Null) => None,
-        Some(_) => return Err(MatrixError::bad_json(format!("{field} must be a string")).into()),
-        None => return Err(MatrixError::bad_json(format!("Missing {field}")).into()),
-    };
+    if user.is_guest && key != "displayname" {
+        return Err(MatrixError::guest_access_forbidden().into());
+    }
     let mut profile = profile_of(state, &user.user_id).await?;
-    match field {
-        "displayname" => profile.displayname = value,
-        _ => profile.avatar_url = value,
+    let in_member_events = matches!(key, "displayname" | "avatar_url");
+    if in_member_events {
+        let text = match value {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(text),
+            Some(_) => return Err(MatrixError::bad_json(format!("{key} must be a string")).into()),
+        };
+        if key == "displayname" {
+            profile.displayname = text;
+        } else {
+            profile.avatar_url = text;
+        }
+    } else {
+        match value {
+            Some(value) if key == "m.tz" && !value.is_string() => {
+                return Err(MatrixError::bad_json("m.tz must be a string").into());
+            }
+            Some(value) => profile.fields.insert(key.to_owned(), value),
+            None => profile.fields.remove(key),
+        };
+    }
+    if Value::Object(all_fields(&profile)).to_string().len() > MAX_PROFILE_BYTES {
+        let error = format!("A profile is at most {MAX_PROFILE_BYTES} bytes of JSON");
+        return Err(MatrixError::new(ErrorCode::ProfileTooLarge, error).into());
     }
     if !accounts::set_profile(&state.db, user.user_id.localpart(), &profile).await? {
         return Err(MatrixError::not_found("Profile not found").into());
     }
-    update_member_events(state, user, &profile).await?;
+    if in_member_events {
+        update_member_events(state, user, &profile).await?;
+    }
     Ok(Json(json!({})))
 }
 
@@ -149,26 +213,4 @@ async fn update_member_events(state: &AppState, user: &AuthedUser, profile: &Pro
         }
     }
     Ok(())
-}
-
-/// `PUT /_matrix/client/v3/profile/{userId}/displayname`
-/// <https://spec.matrix.org/v1.16/client-server-api/#put_matrixclientv3profileuseriddisplayname>
-pub async fn put_displayname(
-    State(state): State<AppState>,
-    GuestOk(user): GuestOk,
-    MatrixPath(target): MatrixPath<String>,
-    MatrixJson(body): MatrixJson<Map<String, Value>>,
-) -> Result<Json<Value>> {
-    put_field(&state, &user, &target, "displayname", &body).await
-}
-
-/// `PUT /_matrix/client/v3/profile/{userId}/avatar_url`
-/// <https://spec.matrix.org/v1.16/client-server-api/#put_matrixclientv3profileuseridavatar_url>
-pub async fn put_avatar_url(
-    State(state): State<AppState>,
-    user: AuthedUser,
-    MatrixPath(target): MatrixPath<String>,
-    MatrixJson(body): MatrixJson<Map<String, Value>>,
-) -> Result<Json<Value>> {
-    put_field(&state, &user, &target, "avatar_url", &body).await
 }

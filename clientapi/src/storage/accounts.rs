@@ -1,6 +1,7 @@
 //! `clientapi_accounts`: one row per local user, keyed by localpart.
 
 use myelin_storage::{Db, sqlx, with_db};
+use serde_json::{Map, Value};
 
 /// A new account's fields.
 pub struct NewAccount<'a> {
@@ -58,29 +59,40 @@ pub async fn password_hash(db: &Db, localpart: &str) -> Result<Option<Option<Str
 pub struct Profile {
     pub displayname: Option<String>,
     pub avatar_url: Option<String>,
+    /// Every other field (`m.tz` and custom ones), by name.
+    pub fields: Map<String, Value>,
 }
 
 /// `None`: no such account.
 pub async fn profile(db: &Db, localpart: &str) -> Result<Option<Profile>, sqlx::Error> {
-    let row: Option<(Option<String>, Option<String>)> = with_db!(db, pool => {
-        sqlx::query_as("SELECT displayname, avatar_url FROM clientapi_accounts WHERE localpart = $1")
+    let row: Option<(Option<String>, Option<String>, String)> = with_db!(db, pool => {
+        sqlx::query_as("SELECT displayname, avatar_url, profile_fields FROM clientapi_accounts WHERE localpart = $1")
             .bind(localpart)
             .fetch_optional(pool)
             .await?
     });
-    Ok(row.map(|(displayname, avatar_url)| Profile { displayname, avatar_url }))
+    row.map(|(displayname, avatar_url, fields)| -> Result<Profile, sqlx::Error> {
+        let fields = serde_json::from_str(&fields).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        Ok(Profile { displayname, avatar_url, fields })
+    })
+    .transpose()
 }
 
 /// Store the profile; `false` when there is no such account.
 pub async fn set_profile(db: &Db, localpart: &str, profile: &Profile) -> Result<bool, sqlx::Error> {
+    let fields = Value::Object(profile.fields.clone()).to_string();
     let done = with_db!(db, pool => {
-        sqlx::query("UPDATE clientapi_accounts SET displayname = $2, avatar_url = $3 WHERE localpart = $1")
-            .bind(localpart)
-            .bind(profile.displayname.as_deref())
-            .bind(profile.avatar_url.as_deref())
-            .execute(pool)
-            .await?
-            .rows_affected()
+        sqlx::query(
+            "UPDATE clientapi_accounts SET displayname = $2, avatar_url = $3, profile_fields = $4 \
+             WHERE localpart = $1",
+        )
+        .bind(localpart)
+        .bind(profile.displayname.as_deref())
+        .bind(profile.avatar_url.as_deref())
+        .bind(fields)
+        .execute(pool)
+        .await?
+        .rows_affected()
     });
     Ok(done == 1)
 }

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod devices;
 pub mod directory;
 pub mod keys;
+pub mod login_tokens;
 pub mod media;
 pub mod openid;
 pub mod refresh_tokens;
@@ -250,6 +251,17 @@ CREATE TABLE clientapi_remote_media (
 );
 ";
 
+/// Profile fields beyond the display name and avatar (custom ones and
+/// `m.tz`), as one JSON object.
+const V15: &str = "ALTER TABLE clientapi_accounts ADD COLUMN profile_fields TEXT NOT NULL DEFAULT '{}';";
+
+/// Login tokens minted by `/login/get_token`, by hash.
+const V16: &str = "
+CREATE TABLE clientapi_login_tokens (
+    token_hash TEXT PRIMARY KEY NOT NULL, user_id TEXT NOT NULL, expires_ms BIGINT NOT NULL
+);
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE },
     Migration { version: 2, sqlite: V2, postgres: V2 },
@@ -265,4 +277,6 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 12, sqlite: V12, postgres: V12 },
     Migration { version: 13, sqlite: V13, postgres: V13 },
     Migration { version: 14, sqlite: V14, postgres: V14 },
+    Migration { version: 15, sqlite: V15, postgres: V15 },
+    Migration { version: 16, sqlite: V16, postgres: V16 },
 ];

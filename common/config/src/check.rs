@@ -40,6 +40,12 @@ impl Config {
         if self.client_api.max_upload_size == 0 {
             errors.push("client_api.max_upload_size: must be at least 1 byte".to_owned());
         }
+        errors.extend(self.turn_errors());
+        if let Some(url) = &self.client_api.public_base_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            errors.push(format!("client_api.public_base_url: {url:?} must start with https:// or http://"));
+        }
         let version = self.roomserver.default_room_version.as_str();
         if !DEFAULT_ROOM_VERSIONS.contains(&version) {
             errors.push(format!(
@@ -60,6 +66,28 @@ impl Config {
         let (client, federation) = (self.client_api.listen, self.federation_api.listen);
         if client == federation && client.port() != 0 {
             errors.push(format!("client_api.listen and federation_api.listen are both {client}"));
+        }
+        errors
+    }
+}
+
+impl Config {
+    /// TURN URIs are `turn:` or `turns:` URIs (the spec's pattern), and they
+    /// come with the secret their credentials are derived from.
+    fn turn_errors(&self) -> Vec<String> {
+        let client = &self.client_api;
+        let mut errors: Vec<String> = client
+            .turn_uris
+            .iter()
+            .filter(|uri| !(uri.starts_with("turn:") || uri.starts_with("turns:")))
+            .map(|uri| format!("client_api.turn_uris: {uri:?} must start with turn: or turns:"))
+            .collect();
+        let has_secret = client.turn_shared_secret.as_deref().is_some_and(|secret| !secret.is_empty());
+        if !client.turn_uris.is_empty() && !has_secret {
+            errors.push("client_api.turn_shared_secret: required (and not empty) with client_api.turn_uris".to_owned());
+        }
+        if client.turn_user_lifetime_secs == 0 {
+            errors.push("client_api.turn_user_lifetime_secs: must be at least 1".to_owned());
         }
         errors
     }
@@ -188,6 +216,29 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:#?}");
         assert!(errors[0].starts_with("federation_api.trusted_key_servers"), "{errors:#?}");
         assert!(errors[1].starts_with("federation_api.old_verify_keys"), "{errors:#?}");
+    }
+
+    #[test]
+    fn turn_and_discovery_settings_are_checked() {
+        let mut config = Config::default();
+        config.client_api.turn_uris = vec!["turn:turn.example.org:3478".into(), "stun:stun.example.org".into()];
+        config.client_api.turn_user_lifetime_secs = 0;
+        config.client_api.public_base_url = Some("matrix.example.org".into());
+        let errors = config.check();
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        for prefix in [
+            "client_api.turn_uris: \"stun:",
+            "client_api.turn_shared_secret",
+            "client_api.turn_user_lifetime_secs",
+            "client_api.public_base_url",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(prefix)), "no {prefix} in {errors:#?}");
+        }
+        config.client_api.turn_uris.pop();
+        config.client_api.turn_shared_secret = Some("s3cret".into());
+        config.client_api.turn_user_lifetime_secs = 60;
+        config.client_api.public_base_url = Some("https://matrix.example.org".into());
+        assert_eq!(config.check(), Vec::<String>::new());
     }
 
     #[test]

@@ -86,6 +86,22 @@ pub struct ClientApi {
     pub refreshable_access_token_lifetime_ms: u64,
     /// Where uploaded media is stored; `None`: `media` under `global.data_dir`.
     pub media_path: Option<PathBuf>,
+    /// TURN servers for VoIP calls, handed out by `/voip/turnServer` (for
+    /// example `turn:turn.example.com:3478?transport=udp`); none by default.
+    pub turn_uris: Vec<String>,
+    /// The TURN server's shared secret (coturn's `static-auth-secret`):
+    /// each user gets credentials derived from it that expire.
+    pub turn_shared_secret: Option<String>,
+    /// How long TURN credentials stay valid, in seconds.
+    pub turn_user_lifetime_secs: u64,
+    /// Lets a logged-in client mint a one-time login token for another
+    /// device (`/login/get_token`, `m.login.token`), as QR-code sign-in
+    /// does. Off unless enabled: whoever holds such a token is logged in.
+    pub login_via_existing_session: bool,
+    /// The client API's public URL (`https://matrix.example.com`), served at
+    /// `/.well-known/matrix/client` so that clients find it from the server
+    /// name. Unset: that document answers 404.
+    pub public_base_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,6 +226,11 @@ impl Default for ClientApi {
             max_upload_size: 50 * 1024 * 1024,
             refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
             media_path: None,
+            turn_uris: Vec::new(),
+            turn_shared_secret: None,
+            turn_user_lifetime_secs: 24 * 60 * 60,
+            login_via_existing_session: false,
+            public_base_url: None,
         }
     }
 }

@@ -73,6 +73,12 @@ pub enum ErrorCode {
     /// (unknown, or expired); the client starts the connection again.
     #[serde(rename = "M_UNKNOWN_POS")]
     UnknownPos,
+    /// A profile field's value would make the whole profile exceed 64 KiB.
+    #[serde(rename = "M_PROFILE_TOO_LARGE")]
+    ProfileTooLarge,
+    /// A profile field's name is longer than 255 bytes.
+    #[serde(rename = "M_KEY_TOO_LARGE")]
+    KeyTooLarge,
 }
 
 impl ErrorCode {
@@ -103,7 +109,9 @@ impl ErrorCode {
             | Self::BadState
             | Self::InvalidRoomState
             | Self::BadAlias
-            | Self::UnknownPos => StatusCode::BAD_REQUEST,
+            | Self::UnknownPos
+            | Self::ProfileTooLarge
+            | Self::KeyTooLarge => StatusCode::BAD_REQUEST,
         }
     }
 }

@@ -143,11 +143,16 @@ async fn remote_aliases_and_profiles_are_asked_of_their_server() {
         .put(&alice, &format!("/_matrix/client/v3/profile/{alice_id}/displayname"), json!({"displayname": "Alice A"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
+    let pronouns = format!("/_matrix/client/v3/profile/{alice_id}/org.example.pronouns");
+    let (status, reply) = a.put(&alice, &pronouns, json!({"org.example.pronouns": {"en": "she/her"}})).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
     let (status, reply) = b.get(&bob, &format!("/_matrix/client/v3/profile/{alice_id}")).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
-    assert_eq!(reply, json!({"displayname": "Alice A"}));
+    assert_eq!(reply, json!({"displayname": "Alice A", "org.example.pronouns": {"en": "she/her"}}));
     let (status, reply) = b.get(&bob, &format!("/_matrix/client/v3/profile/{alice_id}/displayname")).await;
     assert_eq!((status, reply), (StatusCode::OK, json!({"displayname": "Alice A"})));
+    let (status, reply) = b.get(&bob, &pronouns).await;
+    assert_eq!((status, reply), (StatusCode::OK, json!({"org.example.pronouns": {"en": "she/her"}})));
     let (status, reply) = b.get(&bob, &format!("/_matrix/client/v3/profile/{alice_id}/avatar_url")).await;
     assert_eq!((status, reply["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")), "{reply}");
     let (status, reply) = b.get(&bob, &format!("/_matrix/client/v3/profile/@nobody:{a_name}")).await;

@@ -37,7 +37,15 @@ impl RemoteProfileResponder {
         match self.client.send(FederationRequest::get(user_id.server_name().as_str(), path)).await {
             Ok(answer) => {
                 let field = |name: &str| answer.get(name).and_then(Value::as_str).map(str::to_owned);
-                Ok(PublicProfile { displayname: field("displayname"), avatar_url: field("avatar_url") })
+                let fields = match &answer {
+                    Value::Object(all) => all
+                        .iter()
+                        .filter(|(name, _)| !matches!(name.as_str(), "displayname" | "avatar_url"))
+                        .map(|(name, value)| (name.clone(), value.clone()))
+                        .collect(),
+                    _ => Default::default(),
+                };
+                Ok(PublicProfile { displayname: field("displayname"), avatar_url: field("avatar_url"), fields })
             }
             Err(ClientError::Status { status: 404, .. }) => Err(MatrixError::not_found("Profile not found")),
             // The spec's answers for a profile are the profile or 404; a

@@ -7,7 +7,7 @@ use myelin_clientapi::api::{PROFILE_QUERY_TOPIC, ProfileQuery, ProfileReply};
 use myelin_roomserver::api::REQUEST_TIMEOUT;
 use myelin_types::ruma::OwnedUserId;
 use myelin_types::{ErrorCode, MatrixError};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::FederationState;
 use super::auth::Origin;
@@ -43,13 +43,14 @@ pub(super) async fn query_profile(
             },
         )?;
     let profile = reply.ok_or_else(|| MatrixError::not_found(format!("No such user {user_id}")))?;
-    let mut fields = Map::new();
+    let mut fields = profile.fields;
     for (name, value) in [("displayname", profile.displayname), ("avatar_url", profile.avatar_url)] {
-        if let Some(value) = value
-            && field.as_deref().is_none_or(|wanted| wanted == name)
-        {
+        if let Some(value) = value {
             fields.insert(name.to_owned(), Value::String(value));
         }
+    }
+    if let Some(wanted) = field.as_deref() {
+        fields.retain(|name, _| name == wanted);
     }
     if field.is_some() && fields.is_empty() {
         return Err(MatrixError::not_found("The user has no such profile field"));
