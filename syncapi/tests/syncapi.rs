@@ -136,6 +136,12 @@ impl Server {
         self.request(reqwest::Method::GET, path, token, None).await
     }
 
+    /// `POST /search` with `body`; `query` is the URL's query (`?next_batch=…`) or empty.
+    async fn search(&self, token: &str, body: Value, query: &str) -> (u16, Value) {
+        let path = format!("/_matrix/client/v3/search{query}");
+        self.request(reqwest::Method::POST, &path, Some(token), Some(&body.to_string())).await
+    }
+
     async fn sync(&self, token: &str, query: &str) -> Value {
         let (status, body) = self.get(&format!("/_matrix/client/v3/sync?{query}"), Some(token)).await;
         assert_eq!(status, 200, "[{}] sync {query}: {body}", self.name);
@@ -1550,37 +1556,29 @@ async fn search_finds_visible_messages_with_every_word() {
         let last = s.send_text(&bob, &room, "b1", "100% quick_brown").await;
         s.settle(&bob, &last).await;
 
-        let search = |token: &str, body: Value, query: &str| {
-            let url = format!("{}/_matrix/client/v3/search{query}", s.base);
-            let request = s.http.post(url).bearer_auth(token.to_owned()).json(&body);
-            async move {
-                let response = request.send().await.unwrap();
-                (response.status().as_u16(), response.json::<Value>().await.unwrap())
-            }
-        };
         let (criteria, texts) = (search_criteria, search_texts);
 
         // Every word as a prefix, any case, newest first; Bob never sees Alice's private room.
-        let (status, reply) = search(&bob, criteria("fox QUICK", json!({})), "").await;
+        let (status, reply) = s.search(&bob, criteria("fox QUICK", json!({})), "").await;
         assert_eq!(status, 200, "[{}] {reply}", s.name);
         assert_eq!(texts(&reply), ["QUICK BROWN FOXES", "The Quick brown fox"], "[{}]", s.name);
         assert_eq!(reply["search_categories"]["room_events"]["results"][0]["result"]["room_id"], room);
-        let (_, reply) = search(&alice, criteria("fox privately", json!({})), "").await;
+        let (_, reply) = s.search(&alice, criteria("fox privately", json!({})), "").await;
         assert_eq!(texts(&reply), ["the quick brown fox, privately"], "[{}]", s.name);
         // Punctuation separates words and matches nothing by itself.
-        let (_, reply) = search(&bob, criteria("100%", json!({})), "").await;
+        let (_, reply) = s.search(&bob, criteria("100%", json!({})), "").await;
         assert_eq!(texts(&reply), ["100% quick_brown"], "[{}]", s.name);
-        let (_, reply) = search(&bob, criteria("brown_quick", json!({})), "").await;
+        let (_, reply) = s.search(&bob, criteria("brown_quick", json!({})), "").await;
         assert_eq!(reply["search_categories"]["room_events"]["count"], 4, "[{}] {reply}", s.name);
 
         // Pages of two, then the rest.
-        let (_, first) = search(&bob, criteria("quick", json!({"filter": {"limit": 2}})), "").await;
+        let (_, first) = s.search(&bob, criteria("quick", json!({"filter": {"limit": 2}})), "").await;
         assert_eq!(texts(&first), ["100% quick_brown", "QUICK BROWN FOXES"], "[{}]", s.name);
         let next = first["search_categories"]["room_events"]["next_batch"].as_str().unwrap().to_owned();
         let (_, second) =
-            search(&bob, criteria("quick", json!({"filter": {"limit": 2}})), &format!("?next_batch={next}")).await;
+            s.search(&bob, criteria("quick", json!({"filter": {"limit": 2}})), &format!("?next_batch={next}")).await;
         assert_eq!(texts(&second), ["a quick brown dog", "The Quick brown fox"], "[{}]", s.name);
-        let (_, senders) = search(&bob, criteria("quick", json!({"filter": {"senders": [BOB]}})), "").await;
+        let (_, senders) = s.search(&bob, criteria("quick", json!({"filter": {"senders": [BOB]}})), "").await;
         assert_eq!(texts(&senders), ["100% quick_brown"], "[{}]", s.name);
 
         for (body, query) in [
@@ -1594,10 +1592,10 @@ async fn search_finds_visible_messages_with_every_word() {
             (criteria(&["w"; 33].join(" "), json!({})), ""),
             (criteria("quick", json!({"groupings": {"group_by": [{"key": "event_type"}]}})), ""),
         ] {
-            let (status, reply) = search(&bob, body.clone(), query).await;
+            let (status, reply) = s.search(&bob, body.clone(), query).await;
             assert_eq!((status, reply["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "[{}] {body}", s.name);
         }
-        let (status, reply) = search(&bob, json!({"search_categories": "x"}), "").await;
+        let (status, reply) = s.search(&bob, json!({"search_categories": "x"}), "").await;
         assert_eq!((status, reply["errcode"].as_str()), (400, Some("M_BAD_JSON")), "[{}]", s.name);
     }
 }
@@ -1636,20 +1634,12 @@ async fn search_ranks_counts_groups_and_gives_context() {
         s.send_text(&alice, &room, "c4", "after the fruit").await;
         let nul = s.send_text(&alice, &room, "c5", "nul\u{0}byte").await;
         s.settle(&bob, &nul).await;
-        let search = |body: Value, query: &str| {
-            let url = format!("{}/_matrix/client/v3/search{query}", s.base);
-            let request = s.http.post(url).bearer_auth(bob.clone()).json(&body);
-            async move {
-                let response = request.send().await.unwrap();
-                (response.status().as_u16(), response.json::<Value>().await.unwrap())
-            }
-        };
         let events = |reply: &Value| reply["search_categories"]["room_events"].clone();
 
         // Rank order (the default) puts the closer match first, recent the newer;
         // the count leaves out what Bob may not see.
         let ranked = search_criteria("MANG", json!({"order_by": "rank"}));
-        let (status, reply) = search(ranked.clone(), "").await;
+        let (status, reply) = s.search(&bob, ranked.clone(), "").await;
         assert_eq!(status, 200, "[{}] {reply}", s.name);
         let both = ["mango mango mango", "one mango in a long sentence about many other things"];
         assert_eq!(search_texts(&reply), both, "[{}]", s.name);
@@ -1657,15 +1647,15 @@ async fn search_ranks_counts_groups_and_gives_context() {
         let ranks: Vec<f64> =
             events(&reply)["results"].as_array().unwrap().iter().map(|r| r["rank"].as_f64().unwrap()).collect();
         assert!(ranks[0] > ranks[1], "[{}] {ranks:?}", s.name);
-        let (_, reply) = search(search_criteria("mango", json!({})), "").await;
+        let (_, reply) = s.search(&bob, search_criteria("mango", json!({})), "").await;
         assert_eq!(search_texts(&reply)[0], "one mango in a long sentence about many other things", "[{}]", s.name);
 
         // Pages by rank continue where the last one stopped.
         let mut one = ranked.clone();
         one["search_categories"]["room_events"]["filter"] = json!({"limit": 1});
-        let (_, first) = search(one.clone(), "").await;
+        let (_, first) = s.search(&bob, one.clone(), "").await;
         let next = events(&first)["next_batch"].as_str().unwrap().to_owned();
-        let (_, second) = search(one, &format!("?next_batch={next}")).await;
+        let (_, second) = s.search(&bob, one, &format!("?next_batch={next}")).await;
         assert_eq!([search_texts(&first), search_texts(&second)].concat(), both, "[{}]", s.name);
 
         // Context around each result, with the senders' profiles then; groups; the rooms' state.
@@ -1674,7 +1664,7 @@ async fn search_ranks_counts_groups_and_gives_context() {
             "groupings": {"group_by": [{"key": "room_id"}, {"key": "sender"}]},
             "include_state": true,
         });
-        let (status, reply) = search(search_criteria("mango", extra), "").await;
+        let (status, reply) = s.search(&bob, search_criteria("mango", extra), "").await;
         assert_eq!(status, 200, "[{}] {reply}", s.name);
         let found = events(&reply);
         let context = &found["results"][0]["context"];
@@ -1692,13 +1682,13 @@ async fn search_ranks_counts_groups_and_gives_context() {
         assert!(state.iter().any(|e| e["type"] == "m.room.create"), "[{}] {found}", s.name);
 
         // A NUL inside a message separates words (PostgreSQL text cannot hold it).
-        let (_, reply) = search(search_criteria("byte", json!({})), "").await;
+        let (_, reply) = s.search(&bob, search_criteria("byte", json!({})), "").await;
         assert_eq!(events(&reply)["results"][0]["result"]["event_id"], nul, "[{}] {reply}", s.name);
 
         // A redacted message is no longer found.
         let redaction = s.redact(&alice, &room, &strong, "r1").await;
         s.settle(&bob, &redaction).await;
-        let (_, reply) = search(search_criteria("mango", json!({})), "").await;
+        let (_, reply) = s.search(&bob, search_criteria("mango", json!({})), "").await;
         assert_eq!(search_texts(&reply), ["one mango in a long sentence about many other things"], "[{}]", s.name);
         assert_eq!(events(&reply)["count"], 1, "[{}] {reply}", s.name);
 
@@ -1707,7 +1697,7 @@ async fn search_ranks_counts_groups_and_gives_context() {
         s.client(Method::PUT, &format!("/user/{}/account_data/m.ignored_user_list", enc(BOB)), &bob, ignore).await;
         let deadline = Instant::now() + WAIT;
         loop {
-            let (_, reply) = search(search_criteria("fruit", json!({})), "").await;
+            let (_, reply) = s.search(&bob, search_criteria("fruit", json!({})), "").await;
             if search_texts(&reply).is_empty() {
                 break;
             }
