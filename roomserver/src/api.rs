@@ -471,6 +471,9 @@ pub enum QueryRequest {
     RoomState { room_id: OwnedRoomId, requester: OwnedUserId, event_type: Option<String>, state_key: Option<String> },
     /// Rooms `user_id` is currently joined to.
     JoinedRooms { user_id: OwnedUserId },
+    /// Rooms `user_id` is currently invited to (a deactivated account
+    /// rejects them). Answered with [`QueryOk::InvitedRooms`].
+    InvitedRooms { user_id: OwnedUserId },
     /// `user_id`'s current membership of a room and the event that set it
     /// (`/forget` must tell a left room from a joined or invited one).
     /// Answered with [`QueryOk::Membership`].
@@ -584,6 +587,9 @@ pub enum QueryOk {
         events: Vec<StoredEvent>,
     },
     JoinedRooms {
+        room_ids: Vec<OwnedRoomId>,
+    },
+    InvitedRooms {
         room_ids: Vec<OwnedRoomId>,
     },
     /// `None` when the user has no membership event in the room (or the

@@ -33,7 +33,12 @@ impl Responder for QueryConsumer {
             QueryRequest::RoomState { room_id, requester, event_type, state_key } => {
                 self.room_state(&room_id, &requester, event_type.as_deref(), state_key.as_deref()).await
             }
-            QueryRequest::JoinedRooms { user_id } => self.joined_rooms(&user_id).await,
+            QueryRequest::JoinedRooms { user_id } => {
+                self.rooms_with_membership(&user_id, "join").await.map(|room_ids| QueryOk::JoinedRooms { room_ids })
+            }
+            QueryRequest::InvitedRooms { user_id } => {
+                self.rooms_with_membership(&user_id, "invite").await.map(|room_ids| QueryOk::InvitedRooms { room_ids })
+            }
             QueryRequest::Membership { room_id, user_id } => self.membership(&room_id, &user_id).await,
             QueryRequest::RoomVersion { room_id } => self.room_version(&room_id).await,
             QueryRequest::MakeJoin { room_id, user_id, supported_versions } => {
@@ -115,15 +120,17 @@ impl QueryConsumer {
     }
 
     /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3joined_rooms>
-    async fn joined_rooms(&self, user_id: &UserId) -> Result<QueryOk, RequestError> {
+    async fn rooms_with_membership(
+        &self,
+        user_id: &UserId,
+        membership: &str,
+    ) -> Result<Vec<OwnedRoomId>, RequestError> {
         let mut tx = Tx::read(&self.db).await?;
-        let room_ids = tx
-            .joined_rooms(user_id.as_str())
+        tx.rooms_with_membership(user_id.as_str(), membership)
             .await?
             .into_iter()
             .map(|id| OwnedRoomId::try_from(id).map_err(|e| RequestError::Internal(e.to_string())))
-            .collect::<Result<_, _>>()?;
-        Ok(QueryOk::JoinedRooms { room_ids })
+            .collect()
     }
 }
 

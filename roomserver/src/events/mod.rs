@@ -10,6 +10,7 @@ pub(crate) mod pdu;
 pub mod receive;
 pub mod remote;
 pub(crate) mod resolve;
+mod resolve_v1;
 mod room;
 pub mod stripped;
 pub mod upgrade;

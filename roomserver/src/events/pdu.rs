@@ -24,6 +24,9 @@ pub struct Pdu {
     #[serde(deserialize_with = "event_refs")]
     pub auth_events: Vec<OwnedEventId>,
     pub redacts: Option<OwnedEventId>,
+    /// Read only by room version 1's state resolution, which orders by it.
+    #[serde(default)]
+    pub depth: i64,
     /// Failed the checks on receipt: kept so that events citing it fail too.
     #[serde(skip)]
     pub rejected: bool,

@@ -202,6 +202,11 @@ impl RemoteRoom {
             self.store(tx, received, EventStatus::Outlier, None, None).await?;
             return Ok(Ok(Processed::outcome(PduOutcome::Accepted)));
         }
+        if kind == PduKind::Timeline
+            && let Some(snapshot) = self.extended_current_snapshot(tx, &received.pdu).await?
+        {
+            return self.check_on_current_state(tx, received, snapshot).await;
+        }
         let before = match self.state_before(tx, &received.pdu).await? {
             Err(reject) => return Ok(Err(reject)),
             Ok(Some(before)) => before,
@@ -256,6 +261,21 @@ impl RemoteRoom {
         Ok(allowed_by_auth_events(&self.rules, pdu, &self.events, create).map_err(Reject::permanent))
     }
 
+    /// The state keys the auth rules read for `pdu`, the create event's included.
+    fn keys_read_by_auth(&self, pdu: &Pdu) -> Result<Vec<(String, String)>, String> {
+        let auth_types = auth_types_for_event(
+            &pdu.event_type,
+            &pdu.sender,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+            &self.rules.authorization,
+        )?;
+        let mut keys: Vec<(String, String)> =
+            auth_types.into_iter().map(|(kind, key)| (kind.to_string(), key)).collect();
+        keys.push(("m.room.create".to_owned(), String::new()));
+        Ok(keys)
+    }
+
     /// Check `pdu` against `state` (the state before it, or the current state).
     async fn check_against(
         &mut self,
@@ -263,19 +283,10 @@ impl RemoteRoom {
         pdu: &Pdu,
         state: &IdState,
     ) -> Result<Result<(), String>, RequestError> {
-        let auth_types = match auth_types_for_event(
-            &pdu.event_type,
-            &pdu.sender,
-            pdu.state_key.as_deref(),
-            &pdu.content,
-            &self.rules.authorization,
-        ) {
-            Ok(types) => types,
+        let wanted = match self.keys_read_by_auth(pdu) {
+            Ok(keys) => keys,
             Err(reason) => return Ok(Err(reason)),
         };
-        let mut wanted: Vec<(String, String)> =
-            auth_types.into_iter().map(|(kind, key)| (kind.to_string(), key)).collect();
-        wanted.push(("m.room.create".to_owned(), String::new()));
         for key in &wanted {
             if let Some(id) = state.get(key) {
                 self.load_event(tx, id).await?;
@@ -286,6 +297,71 @@ impl RemoteRoom {
         }
         let create = v12_create(&self.rules, &self.room_id, &self.events);
         Ok(allowed_by_state(&self.rules, pdu, state, &self.events, create))
+    }
+
+    /// The current snapshot when `pdu` stands on the room's only forward
+    /// extremity and the current state is the state after it: then the
+    /// state before `pdu` is the current state, and both checks are one.
+    /// This is how most events arrive; `None` sends the others through the
+    /// full-state path.
+    async fn extended_current_snapshot(&mut self, tx: &mut Tx, pdu: &Pdu) -> Result<Option<i64>, RequestError> {
+        let [prev] = pdu.prev_events.as_slice() else { return Ok(None) };
+        let extremities = tx.forward_extremities(self.room_id.as_str(), 2).await?;
+        if !matches!(extremities.as_slice(), [(only, _)] if only == prev.as_str()) || !self.load_event(tx, prev).await?
+        {
+            return Ok(None);
+        }
+        let current = tx.room(self.room_id.as_str()).await?.and_then(|row| row.current_snapshot);
+        let after_prev = self.meta[prev].state_after;
+        Ok(current.filter(|current| after_prev == Some(*current)))
+    }
+
+    /// The rest of the checks for an event on top of the current state
+    /// (`snapshot`), reading only the state entries the auth rules need.
+    async fn check_on_current_state(
+        &mut self,
+        tx: &mut Tx,
+        received: &Received,
+        snapshot: i64,
+    ) -> Result<Result<Processed, Reject>, RequestError> {
+        let pdu = &received.pdu;
+        let keys = match self.keys_read_by_auth(pdu) {
+            Ok(keys) => keys,
+            Err(reason) => {
+                return Ok(Err(Reject::permanent(format!("not allowed by the state before the event: {reason}"))));
+            }
+        };
+        let changed_key = pdu.state_key.as_ref().map(|key| (pdu.event_type.to_string(), key.clone()));
+        let mut before = IdState::new();
+        for key in keys.iter().chain(&changed_key) {
+            if let Some((id, _)) = tx.current_state_event(self.room_id.as_str(), &key.0, &key.1).await? {
+                before.insert(key.clone(), OwnedEventId::try_from(id).map_err(internal)?);
+            }
+        }
+        if let Err(reason) = self.check_against(tx, pdu, &before).await? {
+            return Ok(Err(Reject::permanent(format!("not allowed by the state before the event: {reason}"))));
+        }
+        let room_id = self.room_id.clone();
+        let after = match &changed_key {
+            Some(key) => {
+                let change = StateMap::from([(key.clone(), pdu.event_id.to_string())]);
+                append_state(tx, room_id.as_str(), Some(snapshot), &change).await?
+            }
+            None => snapshot,
+        };
+        self.store(tx, received, EventStatus::Accepted, Some(snapshot), Some(after)).await?;
+        let prev_events: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
+        tx.advance_extremities(room_id.as_str(), &prev_events, pdu.event_id.as_str()).await?;
+        let delta = match changed_key {
+            Some(key) => {
+                tx.set_current_snapshot(room_id.as_str(), after).await?;
+                let old: IdState = before.get(&key).map(|id| (key.clone(), id.clone())).into_iter().collect();
+                apply_delta(tx, &room_id, &old, &IdState::from([(key, pdu.event_id.clone())])).await?
+            }
+            None => StateDelta::default(),
+        };
+        let output = self.output(received, delta, false)?;
+        Ok(Ok(Processed { outcome: PduOutcome::Accepted, output: Some(output) }))
     }
 
     /// Take another server's word (`/state_ids`) for the state before

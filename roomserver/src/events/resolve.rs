@@ -1,4 +1,5 @@
-//! State resolution: ruma's algorithm over events already loaded in memory.
+//! State resolution over events already loaded in memory: ruma's second
+//! algorithm for room versions 2–12, [`super::resolve_v1`] for version 1.
 //!
 //! Spec: <https://spec.matrix.org/v1.16/rooms/v2/#state-resolution> and, for
 //! room version 12, <https://spec.matrix.org/v1.16/rooms/v12/#state-resolution>.
@@ -6,11 +7,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ruma::events::StateEventType;
-use ruma::room_version_rules::{RoomVersionRules, StateResolutionV2Rules};
+use ruma::room_version_rules::{RoomVersionRules, StateResolutionV2Rules, StateResolutionVersion};
 use ruma::state_res::{self, utils::event_id_set::EventIdSet};
 use ruma::{EventId, OwnedEventId};
 
 use super::pdu::Pdu;
+use super::resolve_v1::resolve_v1;
 
 /// `(type, state_key)` → event id, as state resolution reads it.
 pub type IdState = BTreeMap<(String, String), OwnedEventId>;
@@ -19,14 +21,7 @@ pub type IdState = BTreeMap<(String, String), OwnedEventId>;
 /// ruma found the inputs inconsistent.
 #[derive(Debug, thiserror::Error)]
 #[error("state resolution failed: {0}")]
-pub struct ResolveError(String);
-
-/// The rules to resolve with. ruma implements only the second algorithm;
-/// room version 1 uses it too (its own algorithm is retired by the spec and
-/// no longer implemented by ruma).
-fn v2_rules(rules: &RoomVersionRules) -> StateResolutionV2Rules {
-    rules.state_res.v2_rules().copied().unwrap_or(StateResolutionV2Rules::V2_0)
-}
+pub struct ResolveError(pub(super) String);
 
 /// All events reachable from `roots` through `auth_events`, roots included
 /// only when `with_roots`.
@@ -99,6 +94,19 @@ pub fn resolve(
     states: &[IdState],
     events: &HashMap<OwnedEventId, Pdu>,
 ) -> Result<IdState, ResolveError> {
+    match &rules.state_res {
+        StateResolutionVersion::V1 => resolve_v1(rules, states, events),
+        StateResolutionVersion::V2(v2_rules) => resolve_v2(rules, v2_rules, states, events),
+        other => Err(ResolveError(format!("no implementation of state resolution {other:?}"))),
+    }
+}
+
+fn resolve_v2(
+    rules: &RoomVersionRules,
+    v2_rules: &StateResolutionV2Rules,
+    states: &[IdState],
+    events: &HashMap<OwnedEventId, Pdu>,
+) -> Result<IdState, ResolveError> {
     let maps: Vec<state_res::StateMap<OwnedEventId>> = states
         .iter()
         .map(|state| {
@@ -113,9 +121,8 @@ pub fn resolve(
     let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| {
         Some(conflicted_subgraph(conflicted.values().flatten(), events).into_iter().collect())
     };
-    let resolved =
-        state_res::resolve(&rules.authorization, &v2_rules(rules), maps.iter(), auth_chains, fetch, subgraph)
-            .map_err(|e| ResolveError(e.to_string()))?;
+    let resolved = state_res::resolve(&rules.authorization, v2_rules, maps.iter(), auth_chains, fetch, subgraph)
+        .map_err(|e| ResolveError(e.to_string()))?;
     Ok(resolved.into_iter().map(|((kind, key), id)| ((kind.to_string(), key), id)).collect())
 }
 
@@ -364,6 +371,77 @@ mod tests {
         ]
     }
 
+    /// Room version 1 resolves its own way: by depth, then by the SHA-1 of
+    /// the event ids, each candidate checked against what is resolved so far.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/rooms/v1/#state-resolution>
+    #[test]
+    fn version_1_prefers_the_deepest_allowed_event_and_breaks_ties_by_sha1() {
+        let rules = RoomVersionId::V1.rules().unwrap();
+        let topic = ("m.room.topic".to_owned(), String::new());
+        let (mut room, base) = Room::new(RoomVersionId::V1);
+        let (mut a, mut b) = (base.clone(), base.clone());
+        let a1 = room.add(&mut a, ALICE, "m.room.topic", "", json!({"topic": "a"}));
+        let b1 = room.add(&mut b, ALICE, "m.room.topic", "", json!({"topic": "b"}));
+        let lowest_sha1 = [&a1, &b1].into_iter().min_by_key(|id| sha1_hex(id)).unwrap().clone();
+        let resolved = resolve(&rules, &[a.state.clone(), b.state.clone()], &room.events).unwrap();
+        assert_eq!(resolved[&topic], lowest_sha1, "equal depths: the lowest SHA-1 wins");
+        assert_eq!(resolve(&rules, &[b.state.clone(), a.state.clone()], &room.events).unwrap(), resolved);
+
+        let deeper = if lowest_sha1 == a1 { &mut b } else { &mut a };
+        let deepest = room.add(deeper, ALICE, "m.room.topic", "", json!({"topic": "deeper"}));
+        let resolved = resolve(&rules, &[a.state.clone(), b.state.clone()], &room.events).unwrap();
+        assert_eq!(resolved[&topic], deepest, "the deepest event wins");
+        // Everything the forks agree on is kept as it is.
+        for (key, id) in &base.state {
+            assert_eq!(&resolved[key], id, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn version_1_applies_power_levels_in_depth_order_until_one_is_refused() {
+        let rules = RoomVersionId::V1.rules().unwrap();
+        let power = ("m.room.power_levels".to_owned(), String::new());
+        for (u0_level, later_allowed) in [(100, false), (50, true)] {
+            let (mut room, base) = Room::new(RoomVersionId::V1);
+            let (mut a, mut b) = (base.clone(), base.clone());
+            let early =
+                room.add(&mut a, ALICE, "m.room.power_levels", "", json!({"users": {ALICE: 100, member(0): u0_level}}));
+            room.add(&mut b, ALICE, "m.room.topic", "", json!({"topic": "b"}));
+            let late =
+                room.add(&mut b, ALICE, "m.room.power_levels", "", json!({"users": {ALICE: 100, member(1): 50}}));
+            let resolved = resolve(&rules, &[a.state.clone(), b.state.clone()], &room.events).unwrap();
+            // Taking away a level equal to one's own is refused, a lower one is not.
+            let expected = if later_allowed { late } else { early };
+            assert_eq!(resolved[&power], expected, "u0 at {u0_level}");
+        }
+    }
+
+    #[test]
+    fn version_1_skips_a_deeper_event_the_resolved_state_refuses() {
+        let rules = RoomVersionId::V1.rules().unwrap();
+        let (mut room, mut base) = Room::new(RoomVersionId::V1);
+        room.add(&mut base, ALICE, "m.room.power_levels", "", json!({"users": {ALICE: 100, member(0): 50}}));
+        let (mut a, mut b) = (base.clone(), base.clone());
+        let demotion = room.add(&mut a, ALICE, "m.room.power_levels", "", json!({"users": {ALICE: 100}}));
+        let allowed_topic = room.add(&mut a, ALICE, "m.room.topic", "", json!({"topic": "by alice"}));
+        for n in 0..3 {
+            room.add(&mut b, &member(0), "m.room.topic", "", json!({"topic": format!("by u0 {n}")}));
+        }
+        let resolved = resolve(&rules, &[a.state.clone(), b.state.clone()], &room.events).unwrap();
+        assert_eq!(resolved[&("m.room.power_levels".to_owned(), String::new())], demotion);
+        assert_eq!(resolved[&("m.room.topic".to_owned(), String::new())], allowed_topic, "u0 lost the power to set it");
+    }
+
+    fn sha1_hex(id: &EventId) -> Vec<u8> {
+        use sha1::Digest;
+        sha1::Sha1::digest(id.as_str().as_bytes()).to_vec()
+    }
+
+    fn every_algorithm() -> impl Strategy<Value = RoomVersionId> {
+        prop_oneof![Just(RoomVersionId::V1), versions()]
+    }
+
     fn membership(room: &Room, state: &IdState, n: u8) -> String {
         let id = &state[&("m.room.member".to_owned(), member(n))];
         let content: Value = serde_json::from_str(room.events[id].content.get()).unwrap();
@@ -377,7 +455,7 @@ mod tests {
         /// and resolving a state with itself changes nothing.
         #[test]
         fn resolution_is_order_independent_and_idempotent(
-            version in versions(),
+            version in every_algorithm(),
             a in proptest::collection::vec(op(), 0..8),
             b in proptest::collection::vec(op(), 0..8),
         ) {

@@ -596,12 +596,14 @@ impl Tx {
         })
     }
 
-    pub async fn joined_rooms(&mut self, user_id: &str) -> SqlResult<Vec<String>> {
+    /// Rooms where `user_id`'s current membership is `membership`.
+    pub async fn rooms_with_membership(&mut self, user_id: &str, membership: &str) -> SqlResult<Vec<String>> {
         on_tx!(self, c => {
             sqlx::query_scalar(
-                "SELECT room_id FROM roomserver_memberships WHERE user_id = $1 AND membership = 'join' ORDER BY room_id",
+                "SELECT room_id FROM roomserver_memberships WHERE user_id = $1 AND membership = $2 ORDER BY room_id",
             )
             .bind(user_id)
+            .bind(membership)
             .fetch_all(c)
             .await
         })

@@ -892,3 +892,85 @@ async fn state_answered_for_a_gap_is_used_without_its_forged_events() {
     })
     .await;
 }
+
+/// Forks from another server leave many forward extremities; local events
+/// cite at most 20 of them each, so a few local events bring the room back
+/// to one, and concurrent local senders never add any.
+#[tokio::test]
+async fn forward_extremities_are_cited_at_most_20_at_a_time_and_never_grow_locally() {
+    each_backend(|h| async move {
+        let (alice, bob) = (user("alice"), remote_user("bob"));
+        let (view, bob_join) = joined_room(&h, RoomVersionId::V11).await;
+        let extremities = "SELECT COUNT(*) FROM roomserver_forward_extremities";
+        let before = h.count(extremities).await;
+        let forks: Vec<(String, Value)> = (0..25)
+            .map(|i| view.message(&bob, vec![view.power_levels.clone(), bob_join.clone()], &format!("fork {i}")))
+            .collect();
+        let results = view.send(&h, PduKind::Timeline, forks.iter().map(|(_, pdu)| pdu.clone()).collect()).await;
+        for (i, (id, _)) in forks.iter().enumerate() {
+            accepted(&results, i, id);
+        }
+        assert_eq!(h.count(extremities).await, before + 24, "25 forks replace the one tip they stand on");
+
+        let prev_count = async |body: &str| {
+            let id = h.message(&view.room_id, &alice, body).await.unwrap();
+            let outputs = h.outputs_until(&view.room_id, &id).await;
+            outputs.last().unwrap().event.pdu["prev_events"].as_array().unwrap().len()
+        };
+        assert_eq!(prev_count("first").await, 20, "the deepest 20 extremities");
+        assert_eq!(prev_count("second").await, 6, "the 5 left and the first");
+        assert_eq!(prev_count("third").await, 1);
+        assert_eq!(h.count(extremities).await, before, "one extremity again");
+
+        let bodies: Vec<String> = (0..16).map(|i| format!("concurrent {i}")).collect();
+        let sends = bodies.iter().map(|body| h.message(&view.room_id, &alice, body));
+        let ids: Vec<String> = futures::future::join_all(sends).await.into_iter().map(Result::unwrap).collect();
+        assert_eq!(h.count(extremities).await, before, "concurrent local sends leave one extremity");
+        let outputs = loop {
+            let outputs = h.room_outputs(&view.room_id);
+            if ids.iter().all(|id| outputs.iter().any(|o| o.event.event_id.as_str() == id)) {
+                break outputs;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        for id in &ids {
+            let output = outputs.iter().find(|o| o.event.event_id.as_str() == id).unwrap();
+            assert_eq!(output.event.pdu["prev_events"].as_array().unwrap().len(), 1, "{id} cites one event");
+        }
+    })
+    .await;
+}
+
+/// A create event whose content hash does not match is redacted, and a
+/// redacted room version 10 create event names no room version (v10 keeps
+/// only `creator`): it cannot start the room, so neither can the join.
+///
+/// Spec: <https://spec.matrix.org/v1.16/server-server-api/#checks-performed-on-receipt-of-a-pdu>
+#[tokio::test]
+async fn a_redacted_create_event_does_not_start_a_version_10_room() {
+    each_backend(|h| async move {
+        let alice = user("alice");
+        let version = RoomVersionId::V10;
+        let local_room = h.create(public_room(&alice)).await.unwrap();
+        let view = RemoteView::start(&h, &local_room, version.clone()).await;
+        let (mut events, join) = remote_room(&view.peer.key, &version, &format!("!redacted:{REMOTE}"));
+        events[0].1["content"]["extra"] = json!("tampered after signing");
+        let (_, join) = sign(&h.key, super::SERVER, &version, join);
+        let room_id: OwnedRoomId = join["room_id"].as_str().unwrap().try_into().unwrap();
+        let state: Vec<Value> = events.iter().map(|(_, pdu)| pdu.clone()).collect();
+        let joined = JoinedRemoteRoom {
+            room_id: room_id.clone(),
+            room_version: version.to_string(),
+            origin: REMOTE.try_into().unwrap(),
+            join_event: join,
+            state: state.clone(),
+            auth_chain: state,
+        };
+        let error = h.input(room_id.as_str(), InputRequest::JoinedRemoteRoom(joined)).await.unwrap_err();
+        assert_eq!(error.errcode, ErrorCode::Forbidden, "{error:?}");
+        assert!(error.error.contains("no valid create event"), "{error:?}");
+        assert!(!h.joined_rooms(&alice).await.contains(&room_id));
+        assert!(h.room_outputs(&room_id).is_empty(), "nothing of the room reached the output topic");
+    })
+    .await;
+}
