@@ -89,6 +89,10 @@ pub struct PublicRoomsQuery {
     pub since: Option<String>,
     /// Matched against the name, topic and canonical alias.
     pub search: Option<String>,
+    /// Only rooms of these types (`None` inside: rooms without a type);
+    /// absent: every type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_types: Option<Vec<Option<String>>>,
 }
 
 /// The page as `/publicRooms` answers it, or why the query is invalid.

@@ -1326,6 +1326,10 @@ async fn deactivated_accounts_leave_their_rooms_and_cannot_log_in() {
         let room = format!("/_matrix/client/v3/rooms/{}", urlencode(&room_id));
         s.post(&format!("{room}/join"), b, json!({})).await.ok();
 
+        // An invite still pending when bob leaves is rejected.
+        let invited = s.post("/_matrix/client/v3/createRoom", a, json!({"invite": [bob.user_id]})).await.ok();
+        let invited = format!("/_matrix/client/v3/rooms/{}", urlencode(invited.body["room_id"].as_str().unwrap()));
+
         let path = "/_matrix/client/v3/account/deactivate";
         let session = uia_session(s.post(path, b, json!({})).await);
         s.post(path, b, json!({"auth": password_auth(&session, "bob", "nope")})).await.err(401, "M_FORBIDDEN");
@@ -1347,6 +1351,8 @@ async fn deactivated_accounts_leave_their_rooms_and_cannot_log_in() {
             .err(400, "M_USER_IN_USE");
         let member = s.get(&format!("{room}/state/m.room.member/{}", urlencode(&bob.user_id)), a).await.ok();
         assert_eq!(member.body["membership"], "leave");
+        let invite = s.get(&format!("{invited}/state/m.room.member/{}", urlencode(&bob.user_id)), a).await.ok();
+        assert_eq!(invite.body["membership"], "leave", "the pending invite is rejected");
         // Alice is untouched.
         s.whoami(&alice.token).await.ok();
     })
@@ -1547,6 +1553,64 @@ async fn the_public_directory_lists_published_rooms_behind_authentication() {
         s.get(&format!("/_matrix/client/v3/directory/list/room/{}", urlencode("!unknown:elsewhere.example")), None)
             .await
             .err(404, "M_NOT_FOUND");
+    })
+    .await;
+}
+
+/// `room_types` keeps rooms of the listed types, `null` standing for rooms
+/// without one; no third-party network is bridged here.
+#[tokio::test]
+async fn the_public_directory_filters_by_room_type() {
+    let options = || Options { roomserver: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let a = Some(alice.token.as_str());
+        for (name, room_type) in [("Plain", None), ("Space", Some("m.space")), ("Custom", Some("org.example.board"))] {
+            let mut body = json!({"visibility": "public", "preset": "public_chat", "name": name});
+            if let Some(room_type) = room_type {
+                body["creation_content"] = json!({"type": room_type});
+            }
+            s.post("/_matrix/client/v3/createRoom", a, body).await.ok();
+        }
+        eventually(s, "/_matrix/client/v3/publicRooms", a, |body| {
+            body["chunk"].as_array().unwrap().iter().filter(|room| room["name"].is_string()).count() == 3
+        })
+        .await;
+        let names = async |filter: Value| {
+            let found = s.post("/_matrix/client/v3/publicRooms", a, json!({"filter": filter})).await.ok();
+            let mut names: Vec<String> = found.body["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            assert_eq!(found.body["total_room_count_estimate"], names.len(), "{}", found.body);
+            names
+        };
+        assert_eq!(names(json!({"room_types": ["m.space"]})).await, ["Space"]);
+        assert_eq!(names(json!({"room_types": [null]})).await, ["Plain"]);
+        assert_eq!(names(json!({"room_types": [null, "org.example.board"]})).await, ["Custom", "Plain"]);
+        assert_eq!(names(json!({"room_types": []})).await, ["Custom", "Plain", "Space"]);
+        assert_eq!(
+            names(json!({"room_types": ["m.space"], "generic_search_term": "plain"})).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(names(json!({"room_types": ["m.nothing"]})).await, Vec::<String>::new());
+
+        let network = json!({"third_party_instance_id": "irc-libera", "filter": {}});
+        let bridged = s.post("/_matrix/client/v3/publicRooms", a, network).await.ok();
+        assert_eq!(bridged.body["chunk"], json!([]));
+        let everything = s.post("/_matrix/client/v3/publicRooms", a, json!({"include_all_networks": true})).await.ok();
+        assert_eq!(everything.body["chunk"].as_array().unwrap().len(), 3);
+
+        let too_many: Vec<String> = (0..51).map(|i| format!("t{i}")).collect();
+        s.post("/_matrix/client/v3/publicRooms", a, json!({"filter": {"room_types": too_many}}))
+            .await
+            .err(400, "M_INVALID_PARAM");
+        s.post("/_matrix/client/v3/publicRooms", a, json!({"filter": {"room_types": "m.space"}}))
+            .await
+            .err(400, "M_BAD_JSON");
     })
     .await;
 }
@@ -1787,6 +1851,41 @@ async fn user_directory_finds_only_users_sharing_a_room_or_in_public_rooms() {
         assert_eq!((ids(&limited).len(), limited.body["limited"].as_bool()), (1, Some(true)));
         s.user_search(a, json!({"search_term": "  "})).await.err(400, "M_INVALID_PARAM");
         s.user_search(a, json!({"limit": 5})).await.err(400, "M_BAD_JSON");
+
+        // Another server's user who joins the shared room is found by the
+        // name their member event carries, and only while joined.
+        let remote = "@zed:elsewhere.example";
+        let remote_member = async |membership: &str, displayname: &str, event_id: &str| {
+            use myelin_roomserver::api::{NewRoomEvent, OUTPUT_TOPIC, OutputRecord, StateDelta, StoredEvent};
+            let event = StoredEvent {
+                event_id: event_id.try_into().unwrap(),
+                room_id: shared.as_str().try_into().unwrap(),
+                pdu: json!({"type": "m.room.member", "state_key": remote, "sender": remote,
+                    "content": {"membership": membership, "displayname": displayname}}),
+            };
+            let record = OutputRecord::NewRoomEvent(NewRoomEvent {
+                event: event.clone(),
+                room_version: "12".to_owned(),
+                state_delta: StateDelta { added: vec![event], removed: Vec::new() },
+                txn: None,
+                historical: false,
+            });
+            s.bus.produce_json(OUTPUT_TOPIC, &shared, &record).await.unwrap();
+        };
+        remote_member("join", "Zed Zebra", "$remote_join").await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while ids(&s.user_search(a, json!({"search_term": "zebra"})).await.ok()) != [remote] {
+            assert!(Instant::now() < deadline, "[{}] another server's user is never found", s.backend);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let found = s.user_search(a, json!({"search_term": "zebra"})).await.ok();
+        assert_eq!(found.body["results"][0]["display_name"], "Zed Zebra");
+        remote_member("leave", "Zed Zebra", "$remote_leave").await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !ids(&s.user_search(a, json!({"search_term": "zebra"})).await.ok()).is_empty() {
+            assert!(Instant::now() < deadline, "[{}] a user who left is still found", s.backend);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
     .await;
 }

@@ -9,6 +9,7 @@ use myelin_storage::Db;
 use crate::api::{PublicRoomsQuery, PublicRoomsReply};
 use crate::error::ClientApiError;
 use crate::routing::directory::{Page, page_of};
+use crate::storage::directory::DirectoryFilter;
 
 pub const GROUP: &str = "clientapi.publicrooms";
 
@@ -23,7 +24,8 @@ impl Responder for PublicRoomsResponder {
             request.json().map_err(|e| HandleError::Poison(format!("bad public rooms query: {e}")))?;
         // Another server's `limit` of 0 means "no limit": the largest page.
         let limit = query.limit.filter(|limit| *limit != 0);
-        let reply: PublicRoomsReply = match Page::new(limit, query.since.as_deref(), query.search) {
+        let filter = DirectoryFilter { search: query.search, room_types: query.room_types };
+        let reply: PublicRoomsReply = match Page::new(limit, query.since.as_deref(), filter) {
             Ok(page) => match page_of(&self.db, page).await {
                 Ok(body) => Ok(body),
                 Err(ClientApiError::Matrix(error)) => Err(error),

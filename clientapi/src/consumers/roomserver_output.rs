@@ -61,8 +61,17 @@ fn changes(record: &NewRoomEvent) -> Vec<SummaryChange> {
         let (event_type, state_key) = (text("type"), text("state_key"));
         let content = &event.pdu["content"];
         if event_type == "m.room.member" {
-            let joined = content.get("membership").and_then(Value::as_str) == Some("join");
-            out.push(SummaryChange::Member { user_id: state_key.to_owned(), joined });
+            let user_id = state_key.to_owned();
+            if content.get("membership").and_then(Value::as_str) == Some("join") {
+                let profile = |key: &str| content.get(key).and_then(Value::as_str).map(str::to_owned);
+                out.push(SummaryChange::Joined {
+                    user_id,
+                    displayname: profile("displayname"),
+                    avatar_url: profile("avatar_url"),
+                });
+            } else {
+                out.push(SummaryChange::Left { user_id });
+            }
         } else if let Some((field, key)) = field_of(event_type, state_key) {
             // An empty string unsets a name, topic or avatar as the spec says.
             let value = content.get(key).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_owned);
@@ -71,7 +80,7 @@ fn changes(record: &NewRoomEvent) -> Vec<SummaryChange> {
     }
     for (event_type, state_key) in &record.state_delta.removed {
         if event_type == "m.room.member" {
-            out.push(SummaryChange::Member { user_id: state_key.clone(), joined: false });
+            out.push(SummaryChange::Left { user_id: state_key.clone() });
         } else if let Some((field, _)) = field_of(event_type, state_key) {
             out.push(SummaryChange::Set(field, None));
         }
@@ -152,7 +161,8 @@ mod tests {
     fn state_changes_become_summary_changes() {
         let name = stored(json!({"type": "m.room.name", "state_key": "", "content": {"name": "Tea"}}));
         let topic = stored(json!({"type": "m.room.topic", "state_key": "", "content": {"topic": ""}}));
-        let join = stored(json!({"type": "m.room.member", "state_key": "@a:x", "content": {"membership": "join"}}));
+        let join = stored(json!({"type": "m.room.member", "state_key": "@a:x",
+            "content": {"membership": "join", "displayname": "Ann"}}));
         let other = stored(json!({"type": "m.room.name", "state_key": "nope", "content": {"name": "x"}}));
         let record = NewRoomEvent {
             event: name.clone(),
@@ -172,8 +182,12 @@ mod tests {
             [
                 SummaryChange::Set(Field::Name, Some("Tea".to_owned())),
                 SummaryChange::Set(Field::Topic, None),
-                SummaryChange::Member { user_id: "@a:x".to_owned(), joined: true },
-                SummaryChange::Member { user_id: "@b:x".to_owned(), joined: false },
+                SummaryChange::Joined {
+                    user_id: "@a:x".to_owned(),
+                    displayname: Some("Ann".to_owned()),
+                    avatar_url: None
+                },
+                SummaryChange::Left { user_id: "@b:x".to_owned() },
                 SummaryChange::Set(Field::AvatarUrl, None),
             ]
         );

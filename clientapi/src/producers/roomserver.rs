@@ -122,6 +122,13 @@ pub async fn joined_rooms(bus: &Bus, user_id: &OwnedUserId) -> Result<Vec<OwnedR
     }
 }
 
+pub async fn invited_rooms(bus: &Bus, user_id: &OwnedUserId) -> Result<Vec<OwnedRoomId>> {
+    match query(bus, user_id.as_str(), &QueryRequest::InvitedRooms { user_id: user_id.clone() }).await? {
+        QueryOk::InvitedRooms { room_ids } => Ok(room_ids),
+        _ => Err(ClientApiError::UnexpectedReply("roomserver.query")),
+    }
+}
+
 /// One room of a space as `reader` may see it: its summary and whether it
 /// is accessible; `None` for a room this server does not have.
 pub async fn space_room(bus: &Bus, room_id: &OwnedRoomId, reader: Reader) -> Result<Option<(Value, bool)>> {

@@ -73,9 +73,9 @@ pub struct DeactivateBody {
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3accountdeactivate>
 ///
 /// The account is locked first (no password, flagged), then every token is
-/// revoked and every joined room left; a room that refuses the leave is
-/// logged and skipped, the account stays deactivated. Identity servers are
-/// not supported, hence `no-support`.
+/// revoked, every joined room left and every pending invite rejected; a
+/// room that refuses the leave is logged and skipped, the account stays
+/// deactivated. Identity servers are not supported, hence `no-support`.
 pub async fn deactivate(
     State(state): State<AppState>,
     user: AuthedUser,
@@ -86,7 +86,9 @@ pub async fn deactivate(
     }
     stored_accounts::deactivate(&state.db, user.user_id.localpart()).await?;
     accounts::end_all_sessions(&state, &user.user_id).await?;
-    for room_id in roomserver::joined_rooms(&state.bus, &user.user_id).await? {
+    let joined = roomserver::joined_rooms(&state.bus, &user.user_id).await?;
+    let invited = roomserver::invited_rooms(&state.bus, &user.user_id).await?;
+    for room_id in joined.into_iter().chain(invited) {
         let left = set_membership(&state, user.user_id.clone(), room_id.clone(), &user.user_id, "leave", None).await;
         if let Err(error) = left {
             tracing::warn!(%room_id, %error, "a deactivated account could not leave a room");

@@ -19,7 +19,7 @@ use crate::power::may_send_state;
 use crate::producers::{federation, roomserver};
 use crate::routing::{parse_room_id, require_joined};
 use crate::service::AppState;
-use crate::storage::directory::{self, Summary};
+use crate::storage::directory::{self, DirectoryFilter, Summary};
 
 /// Rooms per page when the client does not say, and at most.
 const DEFAULT_LIMIT: i64 = 100;
@@ -176,13 +176,20 @@ pub async fn put_visibility(
 pub(crate) struct Page {
     limit: i64,
     offset: i64,
-    search: Option<String>,
+    filter: DirectoryFilter,
 }
 
+/// Most room types one directory request may name.
+const MAX_ROOM_TYPES: usize = 50;
+
 impl Page {
-    /// `400 M_INVALID_PARAM` for a `since` token that is not ours.
-    pub(crate) fn new(limit: Option<i64>, since: Option<&str>, search: Option<String>) -> Result<Self, MatrixError> {
-        Ok(Self { limit: limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT), offset: parse_since(since)?, search })
+    /// `400 M_INVALID_PARAM` for a `since` token that is not ours or too
+    /// many room types.
+    pub(crate) fn new(limit: Option<i64>, since: Option<&str>, filter: DirectoryFilter) -> Result<Self, MatrixError> {
+        if filter.room_types.as_ref().is_some_and(|types| types.len() > MAX_ROOM_TYPES) {
+            return Err(MatrixError::invalid_param(format!("At most {MAX_ROOM_TYPES} room types may be asked for")));
+        }
+        Ok(Self { limit: limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT), offset: parse_since(since)?, filter })
     }
 }
 
@@ -220,7 +227,7 @@ fn chunk_entry(summary: &Summary) -> Value {
 
 /// One page of this server's directory, for its clients and other servers.
 pub(crate) async fn page_of(db: &Db, page: Page) -> Result<Value> {
-    let (rooms, total) = directory::published(db, page.search.as_deref(), page.offset, page.limit).await?;
+    let (rooms, total) = directory::published(db, &page.filter, page.offset, page.limit).await?;
     let mut body = json!({
         "chunk": rooms.iter().map(chunk_entry).collect::<Vec<_>>(),
         "total_room_count_estimate": total,
@@ -282,7 +289,7 @@ pub async fn get_public_rooms(
     if let Some(server) = other_server(&state, query.server.as_deref())? {
         return remote_page(&state, server, query.limit, query.since, None).await;
     }
-    let page = Page::new(query.limit, query.since.as_deref(), None)?;
+    let page = Page::new(query.limit, query.since.as_deref(), DirectoryFilter::default())?;
     Ok(Json(page_of(&state.db, page).await?))
 }
 
@@ -290,12 +297,15 @@ pub async fn get_public_rooms(
 pub struct PublicRoomsBody {
     limit: Option<i64>,
     since: Option<String>,
-    filter: Option<PublicRoomsFilter>,
+    #[serde(default)]
+    filter: PublicRoomsFilter,
+    third_party_instance_id: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 struct PublicRoomsFilter {
     generic_search_term: Option<String>,
+    room_types: Option<Vec<Option<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -306,18 +316,32 @@ pub struct ServerQuery {
 /// `POST /_matrix/client/v3/publicRooms`
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3publicrooms>
 ///
-/// The search matches the name, topic and canonical alias, ignoring case.
+/// The search matches the name, topic and canonical alias, ignoring case;
+/// `room_types` keeps rooms of the listed types (`null`: without a type).
+/// This server bridges no third-party networks, so `include_all_networks`
+/// changes nothing and a `third_party_instance_id` lists no room.
 pub async fn post_public_rooms(
     State(state): State<AppState>,
     _user: AuthedUser,
     MatrixQuery(query): MatrixQuery<ServerQuery>,
     OptionalJson(body): OptionalJson<PublicRoomsBody>,
 ) -> Result<Json<Value>> {
-    let search = body.filter.and_then(|f| f.generic_search_term);
+    let PublicRoomsFilter { generic_search_term, room_types } = body.filter;
     if let Some(server) = other_server(&state, query.server.as_deref())? {
-        let filter = search.map(|term| json!({ "generic_search_term": term }));
+        let mut filter = Map::new();
+        if let Some(term) = generic_search_term {
+            filter.insert("generic_search_term".to_owned(), json!(term));
+        }
+        if let Some(types) = room_types {
+            filter.insert("room_types".to_owned(), json!(types));
+        }
+        let filter = (!filter.is_empty()).then_some(Value::Object(filter));
         return remote_page(&state, server, body.limit, body.since, filter).await;
     }
-    let page = Page::new(body.limit, body.since.as_deref(), search)?;
+    let page =
+        Page::new(body.limit, body.since.as_deref(), DirectoryFilter { search: generic_search_term, room_types })?;
+    if body.third_party_instance_id.is_some() {
+        return Ok(Json(json!({ "chunk": [], "total_room_count_estimate": 0 })));
+    }
     Ok(Json(page_of(&state.db, page).await?))
 }

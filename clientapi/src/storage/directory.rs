@@ -3,6 +3,7 @@
 //! summaries the directory shows (`clientapi_room_summaries` with the joined
 //! members in `clientapi_directory_members`), built from `roomserver.output`.
 
+use myelin_storage::sqlx::AssertSqlSafe;
 use myelin_storage::{Db, WritePool, sqlx, with_db};
 
 /// Map `alias` to `room_id`; `false` when the alias is taken.
@@ -165,8 +166,10 @@ impl Field {
 pub enum SummaryChange {
     /// The field's new value (`None`: unset).
     Set(Field, Option<String>),
-    /// Whether the user is joined now.
-    Member { user_id: String, joined: bool },
+    /// A member joined or changed their room profile.
+    Joined { user_id: String, displayname: Option<String>, avatar_url: Option<String> },
+    /// A member is no longer joined.
+    Left { user_id: String },
 }
 
 /// Apply the changes one output record made, in one transaction. Each sets
@@ -183,17 +186,20 @@ pub async fn apply(db: &Db, room_id: &str, changes: &[SummaryChange]) -> Result<
                 SummaryChange::Set(field, value) => {
                     sqlx::query(field.upsert_sql()).bind(room_id).bind(value.as_deref()).execute(&mut *tx).await?;
                 }
-                SummaryChange::Member { user_id, joined: true } => {
+                SummaryChange::Joined { user_id, displayname, avatar_url } => {
                     sqlx::query(
-                        "INSERT INTO clientapi_directory_members (room_id, user_id) VALUES ($1, $2) \
-                         ON CONFLICT (room_id, user_id) DO NOTHING",
+                        "INSERT INTO clientapi_directory_members (room_id, user_id, displayname, avatar_url) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (room_id, user_id) \
+                         DO UPDATE SET displayname = excluded.displayname, avatar_url = excluded.avatar_url",
                     )
                     .bind(room_id)
                     .bind(user_id)
+                    .bind(displayname)
+                    .bind(avatar_url)
                     .execute(&mut *tx)
                     .await?;
                 }
-                SummaryChange::Member { user_id, joined: false } => {
+                SummaryChange::Left { user_id } => {
                     sqlx::query("DELETE FROM clientapi_directory_members WHERE room_id = $1 AND user_id = $2")
                         .bind(room_id)
                         .bind(user_id)
@@ -266,48 +272,69 @@ fn pattern(search: Option<&str>) -> String {
     }
 }
 
-/// The search condition on `$1`, a pattern from [`pattern`].
-macro_rules! search_condition {
-    () => {
-        "($1 = '' OR LOWER(COALESCE(s.name, '')) LIKE $1 ESCAPE '\\' \
-         OR LOWER(COALESCE(s.topic, '')) LIKE $1 ESCAPE '\\' \
-         OR LOWER(COALESCE(s.canonical_alias, '')) LIKE $1 ESCAPE '\\')"
-    };
+/// Which published rooms a directory page lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectoryFilter {
+    /// Matched against the name, topic and canonical alias, ignoring case.
+    pub search: Option<String>,
+    /// `None` (or empty): every type; `Some(None)` inside: rooms without a type.
+    pub room_types: Option<Vec<Option<String>>>,
 }
 
-/// Published rooms matching `search` (name, topic or canonical alias),
-/// most joined members first, and how many match in all.
+/// The `WHERE` clause of a directory query: `$1` is the search pattern,
+/// the named room types follow from `$2`. Built per request because the
+/// number of types varies; only placeholders are formatted in.
+fn directory_condition(filter: &DirectoryFilter) -> (String, Vec<&str>) {
+    let mut sql = String::from(
+        "($1 = '' OR LOWER(COALESCE(s.name, '')) LIKE $1 ESCAPE '\\' \
+         OR LOWER(COALESCE(s.topic, '')) LIKE $1 ESCAPE '\\' \
+         OR LOWER(COALESCE(s.canonical_alias, '')) LIKE $1 ESCAPE '\\')",
+    );
+    let Some(types) = filter.room_types.as_ref().filter(|types| !types.is_empty()) else { return (sql, Vec::new()) };
+    let named: Vec<&str> = types.iter().flatten().map(String::as_str).collect();
+    let mut alternatives = Vec::new();
+    if types.iter().any(Option::is_none) {
+        alternatives.push("s.room_type IS NULL".to_owned());
+    }
+    if !named.is_empty() {
+        let placeholders: Vec<String> = (0..named.len()).map(|i| format!("${}", i + 2)).collect();
+        alternatives.push(format!("s.room_type IN ({})", placeholders.join(", ")));
+    }
+    sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+    (sql, named)
+}
+
+/// Published rooms matching `filter`, most joined members first, and how
+/// many match in all.
 pub async fn published(
     db: &Db,
-    search: Option<&str>,
+    filter: &DirectoryFilter,
     offset: i64,
     limit: i64,
 ) -> Result<(Vec<Summary>, i64), sqlx::Error> {
-    let pattern = pattern(search);
+    let pattern = pattern(filter.search.as_deref());
+    let (condition, room_types) = directory_condition(filter);
+    let next = room_types.len() + 2;
+    let rows_sql = format!(
+        "SELECT p.room_id, s.name, s.topic, s.canonical_alias, s.avatar_url, s.join_rule, \
+         s.history_visibility, s.guest_access, s.room_type, \
+         (SELECT COUNT(*) FROM clientapi_directory_members m WHERE m.room_id = p.room_id) AS joined \
+         FROM clientapi_published_rooms p LEFT JOIN clientapi_room_summaries s ON s.room_id = p.room_id \
+         WHERE {condition} ORDER BY joined DESC, p.room_id LIMIT ${next} OFFSET ${}",
+        next + 1
+    );
+    let total_sql = format!(
+        "SELECT COUNT(*) FROM clientapi_published_rooms p \
+         LEFT JOIN clientapi_room_summaries s ON s.room_id = p.room_id WHERE {condition}"
+    );
     let (rows, total): (Vec<SummaryRow>, i64) = with_db!(db, pool => {
-        let rows = sqlx::query_as(concat!(
-            "SELECT p.room_id, s.name, s.topic, s.canonical_alias, s.avatar_url, s.join_rule, \
-             s.history_visibility, s.guest_access, s.room_type, \
-             (SELECT COUNT(*) FROM clientapi_directory_members m WHERE m.room_id = p.room_id) AS joined \
-             FROM clientapi_published_rooms p LEFT JOIN clientapi_room_summaries s ON s.room_id = p.room_id \
-             WHERE ",
-            search_condition!(),
-            " ORDER BY joined DESC, p.room_id LIMIT $2 OFFSET $3"
-        ))
-        .bind(&pattern)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(pool)
-        .await?;
-        let total = sqlx::query_scalar(concat!(
-            "SELECT COUNT(*) FROM clientapi_published_rooms p \
-             LEFT JOIN clientapi_room_summaries s ON s.room_id = p.room_id WHERE ",
-            search_condition!()
-        ))
-        .bind(&pattern)
-        .fetch_one(pool)
-        .await?;
-        (rows, total)
+        let mut rows = sqlx::query_as(AssertSqlSafe(rows_sql.as_str())).bind(&pattern);
+        let mut total = sqlx::query_scalar(AssertSqlSafe(total_sql.as_str())).bind(&pattern);
+        for room_type in &room_types {
+            rows = rows.bind(*room_type);
+            total = total.bind(*room_type);
+        }
+        (rows.bind(limit).bind(offset).fetch_all(pool).await?, total.fetch_one(pool).await?)
     });
     let summaries = rows
         .into_iter()
@@ -357,13 +384,15 @@ pub async fn search_users(
     let pattern = format!("%{}%", term.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
     with_db!(db, pool => {
         sqlx::query_as(
-            "SELECT DISTINCT m.user_id, a.displayname, a.avatar_url FROM clientapi_directory_members m \
+            "SELECT m.user_id, COALESCE(MAX(a.displayname), MAX(m.displayname)), \
+             COALESCE(MAX(a.avatar_url), MAX(m.avatar_url)) FROM clientapi_directory_members m \
              LEFT JOIN clientapi_accounts a ON '@' || a.localpart || ':' || $2 = m.user_id \
              WHERE (m.room_id IN (SELECT room_id FROM clientapi_directory_members WHERE user_id = $1) \
                     OR m.room_id IN (SELECT room_id FROM clientapi_room_summaries WHERE join_rule = 'public')) \
              AND (a.deactivated IS NULL OR NOT a.deactivated) \
-             AND (lower(m.user_id) LIKE $3 ESCAPE '\\' OR lower(COALESCE(a.displayname, '')) LIKE $3 ESCAPE '\\') \
-             ORDER BY m.user_id LIMIT $4",
+             AND (lower(m.user_id) LIKE $3 ESCAPE '\\' \
+                  OR lower(COALESCE(a.displayname, m.displayname, '')) LIKE $3 ESCAPE '\\') \
+             GROUP BY m.user_id ORDER BY m.user_id LIMIT $4",
         )
         .bind(requester)
         .bind(server_name)

@@ -262,6 +262,13 @@ CREATE TABLE clientapi_login_tokens (
 );
 ";
 
+/// Room members' own display names and avatars, from their member events:
+/// the user directory finds other servers' users by them.
+const V17: &str = "
+ALTER TABLE clientapi_directory_members ADD COLUMN displayname TEXT;
+ALTER TABLE clientapi_directory_members ADD COLUMN avatar_url TEXT;
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE },
     Migration { version: 2, sqlite: V2, postgres: V2 },
@@ -279,4 +286,5 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 14, sqlite: V14, postgres: V14 },
     Migration { version: 15, sqlite: V15, postgres: V15 },
     Migration { version: 16, sqlite: V16, postgres: V16 },
+    Migration { version: 17, sqlite: V17, postgres: V17 },
 ];

@@ -34,7 +34,7 @@ pub(super) async fn get_public_rooms(
             _ => {}
         }
     }
-    page(&state, &origin, PublicRoomsQuery { limit, since, search: None }).await
+    page(&state, &origin, PublicRoomsQuery { limit, since, search: None, room_types: None }).await
 }
 
 #[derive(Deserialize)]
@@ -48,13 +48,15 @@ pub(super) struct PublicRoomsBody {
 #[derive(Deserialize, Default)]
 struct Filter {
     generic_search_term: Option<String>,
+    room_types: Option<Vec<Option<String>>>,
 }
 
 pub(super) async fn post_public_rooms(
     State(state): State<FederationState>,
     Signed { origin, body }: Signed<PublicRoomsBody>,
 ) -> Result<Json<Value>, MatrixError> {
-    let query = PublicRoomsQuery { limit: body.limit, since: body.since, search: body.filter.generic_search_term };
+    let Filter { generic_search_term, room_types } = body.filter;
+    let query = PublicRoomsQuery { limit: body.limit, since: body.since, search: generic_search_term, room_types };
     page(&state, &origin, query).await
 }
 
