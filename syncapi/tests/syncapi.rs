@@ -2185,7 +2185,11 @@ async fn sliding_sync_list_filters() {
         let dm = s.create_room(ALICE).await;
         let space = format!("!{}:localhost", alphanumeric(18));
         s.emit(&space, ALICE, "m.room.create", Some(""), json!({"room_version": "12", "type": "m.space"})).await;
-        let last = s.membership(&space, ALICE, ALICE, "join").await;
+        s.membership(&space, ALICE, ALICE, "join").await;
+        s.emit(&dm, ALICE, "m.room.name", Some(""), json!({"name": "Direct Chat"})).await;
+        s.emit(&space, ALICE, "m.space.child", Some(plain.as_str()), json!({"via": ["localhost"]})).await;
+        // An emptied child entry no longer counts.
+        let last = s.emit(&space, ALICE, "m.space.child", Some(encrypted.as_str()), json!({})).await;
         s.settle(&alice, &last).await;
         let user = format!("/user/{ALICE}");
         s.client(Method::PUT, &format!("{user}/account_data/m.direct"), &alice, json!({BOB: [dm]})).await;
@@ -2204,6 +2208,9 @@ async fn sliding_sync_list_filters() {
             "work": list(json!({"tags": ["u.work"]})),
             "not_work": list(json!({"not_tags": ["u.work"]})),
             "invites": list(json!({"is_invite": true})),
+            "in_space": list(json!({"spaces": [space]})),
+            "in_unjoined_space": list(json!({"spaces": ["!elsewhere:localhost"]})),
+            "named": list(json!({"room_name_like": "dIRECT"})),
         }});
         let reply =
             sliding_until(&s, &alice, &body, |r| r["lists"]["dms"]["count"] == 1 && r["lists"]["work"]["count"] == 1)
@@ -2218,7 +2225,10 @@ async fn sliding_sync_list_filters() {
             ("all", 4),
             ("dms", 1),
             ("encrypted", 1),
+            ("in_space", 1),
+            ("in_unjoined_space", 0),
             ("invites", 0),
+            ("named", 1),
             ("not_dms", 3),
             ("not_work", 3),
             ("rooms", 2),
@@ -2230,6 +2240,8 @@ async fn sliding_sync_list_filters() {
         assert_eq!(counts, expected, "[{}] {reply}", s.name);
         assert_eq!(reply["rooms"][&dm]["is_dm"], true, "[{}]", s.name);
         assert!(reply["rooms"][&plain].get("is_dm").is_none());
+        let in_space = sliding(&s, &alice, "", &json!({"lists": {"in_space": list(json!({"spaces": [space]}))}})).await;
+        assert_eq!(room_ids(&in_space), [plain.clone()], "[{}] {in_space}", s.name);
     }
 }
 
@@ -2792,6 +2804,7 @@ fn ageless(mut value: Value) -> Value {
 }
 
 const CAROL: &str = "@carol:localhost";
+const DAVE: &str = "@dave:localhost";
 
 /// Bundled aggregations: the latest valid edit, the thread summary and the
 /// references, counting only what the viewer may see, on every endpoint.
@@ -2954,6 +2967,21 @@ async fn sync_summary_counts_members_and_names_heroes() {
             s.sync_until(&bob, &format!("since={}", next_batch(&body)), |b| b.to_string().contains(&joined)).await;
         let expected = json!({"m.joined_member_count": 3, "m.invited_member_count": 0, "m.heroes": [ALICE, CAROL]});
         assert_eq!(summary(&body), expected, "[{}] {body}", s.name);
+
+        // Someone who left is no hero while joined or invited members remain.
+        s.membership(&room, DAVE, DAVE, "join").await;
+        let left = s.membership(&room, DAVE, DAVE, "leave").await;
+        let body = s.sync_until(&bob, &format!("since={}", next_batch(&body)), |b| b.to_string().contains(&left)).await;
+        assert_eq!(summary(&body)["m.heroes"], json!([ALICE, CAROL]), "[{}] {body}", s.name);
+
+        // With nobody else left, those who left name the room, in order.
+        let (alone, _) = unnamed_room(&s).await;
+        s.membership(&alone, ALICE, ALICE, "leave").await;
+        let rejected = s.membership(&alone, CAROL, CAROL, "leave").await;
+        let body =
+            s.sync_until(&bob, &format!("since={}", next_batch(&body)), |b| b.to_string().contains(&rejected)).await;
+        let heroes = &body["rooms"]["join"][&alone]["summary"]["m.heroes"];
+        assert_eq!(heroes, &json!([ALICE, CAROL]), "[{}] {body}", s.name);
 
         // A named room needs no heroes.
         let named = s.emit(&room, ALICE, "m.room.name", Some(""), json!({"name": "Named"})).await;

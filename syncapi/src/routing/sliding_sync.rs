@@ -8,7 +8,7 @@
 //! Rooms, timelines, visibility, stripped state and the extensions' data
 //! come from the same functions `/sync` uses.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use axum::Json;
@@ -115,6 +115,14 @@ struct ListFilters {
     not_room_types: Option<Vec<Option<String>>>,
     tags: Option<Vec<String>>,
     not_tags: Option<Vec<String>>,
+    /// Rooms that one of these spaces (the user is joined to) lists as an
+    /// `m.space.child`; subspaces are not walked.
+    spaces: Option<Vec<String>>,
+    /// A case-insensitive part of the room's `m.room.name`.
+    room_name_like: Option<String>,
+    /// What `spaces` lets through, found before the list is filtered.
+    #[serde(skip)]
+    space_children: Option<HashSet<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -494,7 +502,43 @@ async fn passes(
     if filters.not_tags.as_ref().is_some_and(tagged) || filters.tags.as_ref().is_some_and(|t| !tagged(t)) {
         return Ok(false);
     }
+    if let Some(children) = &filters.space_children
+        && !children.contains(room.room_id)
+    {
+        return Ok(false);
+    }
+    if let Some(part) = &filters.room_name_like {
+        let content = facts.content(state, user_id, room, "m.room.name", current).await?;
+        let name = content.as_ref().and_then(|c| c.get("name")).and_then(Value::as_str).unwrap_or_default();
+        if !name.to_lowercase().contains(&part.to_lowercase()) {
+            return Ok(false);
+        }
+    }
     Ok(true)
+}
+
+/// The rooms the `spaces` filter lets through: the current `m.space.child`
+/// entries (with a `via`, as the spec counts a child) of the listed spaces
+/// the user is joined to. `None` without the filter.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#mspacechild>
+async fn space_children(
+    state: &AppState,
+    rooms: &[Candidate<'_>],
+    filters: &ListFilters,
+    current: i64,
+) -> Result<Option<HashSet<String>>, SyncApiError> {
+    let Some(spaces) = &filters.spaces else { return Ok(None) };
+    let mut children = HashSet::new();
+    for space in rooms.iter().filter(|r| r.membership == "join" && spaces.iter().any(|s| s == r.room_id)) {
+        for row in state.storage.state_at(space.room_id, current).await? {
+            let listed = row.pdu["content"]["via"].as_array().is_some_and(|via| !via.is_empty());
+            if row.pdu["type"] == "m.space.child" && listed {
+                children.extend(row.pdu["state_key"].as_str().map(str::to_owned));
+            }
+        }
+    }
+    Ok(Some(children))
 }
 
 /// Whether a leave in `room` at `pos` was someone else's doing (a kick).
@@ -557,8 +601,10 @@ async fn compute(
     let mut counts = BTreeMap::new();
     for list in &request.lists {
         let mut index = 0;
+        let space_children = space_children(state, &rooms, &list.filters, current.events).await?;
+        let filters = ListFilters { space_children, ..list.filters.clone() };
         for room in &rooms {
-            if !passes(state, user_id, room, &list.filters, &mut facts, &account, current.events).await? {
+            if !passes(state, user_id, room, &filters, &mut facts, &account, current.events).await? {
                 continue;
             }
             if list.covers(index) {

@@ -102,16 +102,18 @@ impl Storage {
         Ok((count("join"), count("invite")))
     }
 
-    /// Up to `limit` members of the room other than `user_id`: joined ones
-    /// first, then invited, then those who left, each group in the order
-    /// they got that membership.
+    /// Up to `limit` members of the room other than `user_id`, in the
+    /// order they got their membership: joined or invited ones, or, only
+    /// when there are none, those who left or were banned.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3sync> (`m.heroes`)
     pub async fn heroes(&self, room_id: &str, user_id: &str, limit: i64) -> Result<Vec<Hero>, SyncApiError> {
-        let rows: Vec<(String, String)> = with_db!(&self.db, pool => {
+        let rows: Vec<(String, String, bool)> = with_db!(&self.db, pool => {
             sqlx::query_as(
-                "SELECT m.user_id, e.pdu FROM syncapi_memberships m \
+                "SELECT m.user_id, e.pdu, m.membership IN ('join', 'invite') AS present FROM syncapi_memberships m \
                  JOIN syncapi_events e ON e.event_id = m.event_id \
-                 WHERE m.room_id = $1 AND m.user_id <> $2 \
-                 ORDER BY CASE m.membership WHEN 'join' THEN 0 WHEN 'invite' THEN 1 ELSE 2 END, m.stream_pos \
+                 WHERE m.room_id = $1 AND m.user_id <> $2 AND m.membership IN ('join', 'invite', 'leave', 'ban') \
+                 ORDER BY present DESC, m.stream_pos \
                  LIMIT $3",
             )
             .bind(room_id)
@@ -120,8 +122,10 @@ impl Storage {
             .fetch_all(pool)
             .await?
         });
+        let any_present = rows.first().is_some_and(|(_, _, present)| *present);
         rows.into_iter()
-            .map(|(user_id, pdu)| {
+            .filter(|(_, _, present)| *present == any_present)
+            .map(|(user_id, pdu, _)| {
                 let pdu: Value = serde_json::from_str(&pdu)
                     .map_err(|e| SyncApiError::Corrupt(format!("member event of {user_id}: {e}")))?;
                 Ok(Hero { user_id, content: pdu.get("content").cloned().unwrap_or(Value::Null) })
