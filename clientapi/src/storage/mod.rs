@@ -262,6 +262,18 @@ CREATE TABLE clientapi_login_tokens (
 );
 ";
 
+/// `mxc://` URIs created ahead of their content (`POST /media/v1/create`)
+/// until it is uploaded (then the row moves to `clientapi_media`) or they
+/// expire; `uploading` marks the one upload under way.
+const V17: &str = "
+CREATE TABLE clientapi_pending_media (
+    media_id TEXT PRIMARY KEY NOT NULL, creator TEXT NOT NULL, created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL, uploading BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX clientapi_pending_media_creator ON clientapi_pending_media (creator, expires_ms);
+CREATE INDEX clientapi_pending_media_expiry ON clientapi_pending_media (expires_ms);
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_SQLITE },
     Migration { version: 2, sqlite: V2, postgres: V2 },
@@ -279,4 +291,5 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 14, sqlite: V14, postgres: V14 },
     Migration { version: 15, sqlite: V15, postgres: V15 },
     Migration { version: 16, sqlite: V16, postgres: V16 },
+    Migration { version: 17, sqlite: V17, postgres: V17 },
 ];
