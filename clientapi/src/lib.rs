@@ -2,8 +2,8 @@
 //! deactivation), devices and access tokens, registration (open, and
 //! Synapse's shared-secret admin API), login, capabilities, profiles,
 //! account data and tags, typing and receipts, send-to-device, end-to-end
-//! keys, the content repository (media), and room commands forwarded to the
-//! room server.
+//! keys, the content repository (media, URL previews), and room commands
+//! forwarded to the room server.
 mod accounts;
 pub mod api;
 mod auth;
@@ -19,5 +19,6 @@ pub mod service;
 mod storage;
 mod thumbnail;
 mod uia;
+mod url_preview;
 
 pub use error::ClientApiError;

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use myelin_config::Config;
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 /// Types a browser may show in place; anything else is served as an
 /// attachment so uploaded HTML or SVG can never run in the server's origin.
@@ -35,13 +37,16 @@ pub const MEDIA_ID_LEN: usize = 24;
 
 pub struct MediaStore {
     root: PathBuf,
+    /// Wakes downloads waiting for the content of a created `mxc://` URI
+    /// when an upload in this process completes.
+    uploaded: Notify,
 }
 
 impl MediaStore {
     /// The configured media path, or `media` under the data directory.
     pub fn from_config(config: &Config) -> Self {
         let root = config.client_api.media_path.clone().unwrap_or_else(|| config.global.data_dir.join("media"));
-        Self { root }
+        Self { root, uploaded: Notify::new() }
     }
 
     /// Whether `media_id` could be one this server generated; anything else
@@ -71,6 +76,16 @@ impl MediaStore {
 
     pub async fn remove(&self, media_id: &str) -> std::io::Result<()> {
         tokio::fs::remove_file(self.path_of(media_id)).await
+    }
+
+    /// Completes at the next [`Self::announce_upload`] (once enabled).
+    pub fn next_upload(&self) -> Notified<'_> {
+        self.uploaded.notified()
+    }
+
+    /// Content reached a created `mxc://` URI: waiting downloads look again.
+    pub fn announce_upload(&self) {
+        self.uploaded.notify_waiters();
     }
 }
 

@@ -50,6 +50,9 @@ struct Options {
     /// TURN servers with a shared secret, and a public base URL.
     voip_and_discovery: bool,
     login_via_existing_session: bool,
+    /// `client_api.url_preview_enabled`, and the ranges previews may reach.
+    url_previews: bool,
+    url_preview_allowlist: &'static [&'static str],
 }
 
 impl Default for Options {
@@ -64,6 +67,8 @@ impl Default for Options {
             guests: false,
             voip_and_discovery: false,
             login_via_existing_session: false,
+            url_previews: false,
+            url_preview_allowlist: &[],
         }
     }
 }
@@ -80,6 +85,9 @@ impl Server {
         config.client_api.public_room_directory_without_auth = options.open_directory;
         config.client_api.max_upload_size = MAX_UPLOAD;
         config.client_api.login_via_existing_session = options.login_via_existing_session;
+        config.client_api.url_preview_enabled = options.url_previews;
+        config.client_api.url_preview_ip_allowlist =
+            options.url_preview_allowlist.iter().map(|net| net.parse().unwrap()).collect();
         if options.voip_and_discovery {
             config.client_api.turn_uris = vec![TURN_URI.to_owned()];
             config.client_api.turn_shared_secret = Some(TURN_SECRET.to_owned());
@@ -1727,6 +1735,271 @@ async fn media_uploads_download_with_safe_headers() {
         assert_eq!(status, 413);
     })
     .await;
+}
+
+impl Server {
+    /// `PUT` `bytes` to a created `mxc://` URI's upload path; the reply.
+    async fn upload_to(&self, path: &str, token: &str, content_type: &str, bytes: Vec<u8>) -> Reply {
+        let request =
+            self.http.put(format!("{}{path}", self.base)).bearer_auth(token).header("content-type", content_type);
+        let response = request.body(bytes).send().await.unwrap();
+        let status = response.status();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Reply { status, body, context: format!("[{}] PUT {path}", self.backend) }
+    }
+
+    /// `POST /media/v1/create`: the new media id.
+    async fn create_media(&self, token: &str) -> String {
+        let created = self.post("/_matrix/media/v1/create", Some(token), json!({})).await.ok();
+        let uri = created.body["content_uri"].as_str().unwrap();
+        uri.strip_prefix(&format!("mxc://{SERVER_NAME}/")).expect("an mxc URI of this server").to_owned()
+    }
+}
+
+/// `POST /media/v1/create` reserves an `mxc://` URI that only its creator
+/// fills, once, before it expires; downloads wait for the content up to
+/// `timeout_ms`; each user holds only so many unfilled URIs.
+#[tokio::test]
+async fn media_created_before_upload_waits_for_its_content() {
+    let clock = ManualClock::new(myelin_types::Clock::now_ms(&SystemClock));
+    let options = || Options { clock: Some(clock.clone()), ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let bob = s.admin_register("bob", "builder").await;
+        let (a, b) = (alice.token.as_str(), bob.token.as_str());
+        let now = myelin_types::Clock::now_ms(&clock);
+
+        let created = s.post("/_matrix/media/v1/create", Some(a), json!({})).await.ok();
+        assert_eq!(created.body["unused_expires_at"], now + 24 * 60 * 60 * 1000, "{}", created.body);
+        let id = created.body["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+        s.post("/_matrix/media/v1/create", None, json!({})).await.err(401, "M_MISSING_TOKEN");
+
+        // Before the upload: 504 once the client's timeout passes.
+        let download = format!("/_matrix/client/v1/media/download/{SERVER_NAME}/{id}");
+        s.get(&format!("{download}?timeout_ms=100"), Some(a)).await.err(504, "M_NOT_YET_UPLOADED");
+        let legacy = format!("/_matrix/media/v3/download/{SERVER_NAME}/{id}?timeout_ms=0");
+        s.get(&legacy, None).await.err(504, "M_NOT_YET_UPLOADED");
+        let thumbnail = format!("/_matrix/client/v1/media/thumbnail/{SERVER_NAME}/{id}?width=8&height=8&timeout_ms=0");
+        s.get(&thumbnail, Some(a)).await.err(504, "M_NOT_YET_UPLOADED");
+
+        // Only the creator uploads.
+        let put = format!("/_matrix/media/v3/upload/{SERVER_NAME}/{id}?filename=a.txt");
+        s.upload_to(&put, b, "text/plain", b"bob's".to_vec()).await.err(403, "M_FORBIDDEN");
+
+        // A waiting download gets the content as soon as it lands.
+        let started = Instant::now();
+        let waiting = format!("{download}?timeout_ms=30000");
+        let (waited, uploaded) = tokio::join!(s.download(&waiting, Some(b)), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.upload_to(&put, a, "text/plain", b"alice's".to_vec()).await
+        });
+        assert_eq!(uploaded.ok().body, json!({}));
+        assert_eq!(waited.status().as_u16(), 200);
+        assert!(started.elapsed() < Duration::from_secs(10), "woken by the upload, not the timeout");
+        assert_eq!(waited.headers()["content-disposition"], "inline; filename*=utf-8''a.txt");
+        assert_eq!(waited.bytes().await.unwrap().as_ref(), b"alice's");
+
+        // Once.
+        s.upload_to(&put, a, "text/plain", b"again".to_vec()).await.err(409, "M_CANNOT_OVERWRITE_MEDIA");
+        s.upload_to(&put, b, "text/plain", b"again".to_vec()).await.err(403, "M_FORBIDDEN");
+        let (_, reply) = s.upload(Some(a), "text/plain", "", b"direct".to_vec()).await;
+        let direct = reply["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+        let direct_put = format!("/_matrix/media/v3/upload/{SERVER_NAME}/{direct}");
+        s.upload_to(&direct_put, a, "text/plain", b"x".to_vec()).await.err(409, "M_CANNOT_OVERWRITE_MEDIA");
+
+        // Only URIs this server created.
+        for path in [
+            format!("/_matrix/media/v3/upload/{SERVER_NAME}/{}", "x".repeat(24)),
+            format!("/_matrix/media/v3/upload/{SERVER_NAME}/..%2F..%2Fmyelin.db"),
+            format!("/_matrix/media/v3/upload/other.example/{id}"),
+        ] {
+            s.upload_to(&path, a, "text/plain", b"x".to_vec()).await.err(404, "M_NOT_FOUND");
+        }
+
+        // The legacy r0 path, and the upload limit of every upload.
+        let id = s.create_media(a).await;
+        let r0 = format!("/_matrix/media/r0/upload/{SERVER_NAME}/{id}");
+        let too_large = s.upload_to(&r0, a, "text/plain", vec![b'x'; MAX_UPLOAD as usize + 1]).await;
+        assert_eq!(too_large.status.as_u16(), 413, "{}", too_large.context);
+        s.upload_to(&r0, a, "application/octet-stream", vec![7; 10]).await.ok();
+        let response = s.download(&format!("/_matrix/media/r0/download/{SERVER_NAME}/{id}"), None).await;
+        assert_eq!(response.bytes().await.unwrap().as_ref(), [7; 10]);
+
+        // Unused URIs expire after a day.
+        let stale = s.create_media(a).await;
+        clock.advance_ms(24 * 60 * 60 * 1000 + 1);
+        let stale_put = format!("/_matrix/media/v3/upload/{SERVER_NAME}/{stale}");
+        s.upload_to(&stale_put, a, "text/plain", b"late".to_vec()).await.err(404, "M_NOT_FOUND");
+        let stale_download = format!("/_matrix/client/v1/media/download/{SERVER_NAME}/{stale}?timeout_ms=0");
+        s.get(&stale_download, Some(a)).await.err(404, "M_NOT_FOUND");
+
+        // Five unfilled URIs per user (the default), then 429.
+        let mut pending = Vec::new();
+        for _ in 0..5 {
+            pending.push(s.create_media(a).await);
+        }
+        s.post("/_matrix/media/v1/create", Some(a), json!({})).await.err(429, "M_LIMIT_EXCEEDED");
+        s.create_media(b).await;
+        let filled = format!("/_matrix/media/v3/upload/{SERVER_NAME}/{}", pending[0]);
+        s.upload_to(&filled, a, "text/plain", b"filled".to_vec()).await.ok();
+        s.create_media(a).await;
+    })
+    .await;
+}
+
+/// A small web site for URL previews, on loopback: pages with and without
+/// OpenGraph tags, an image, redirects (one leaving the allow-list, one to
+/// another scheme), a redirect loop and an oversized page. Counts the
+/// requests it serves.
+async fn preview_site() -> (String, Arc<std::sync::atomic::AtomicUsize>, Vec<u8>) {
+    use axum::http::header;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::new_rgb8(40, 20).write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let png = png.into_inner();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let html = |body: &'static str| ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body);
+    let redirect = |to: String| (StatusCode::FOUND, [(header::LOCATION, to)]);
+    let image = png.clone();
+    let site = axum::Router::new()
+        .route(
+            "/page",
+            axum::routing::get(move || async move {
+                html(
+                    r#"<!doctype html><html><head><title>Not this</title>
+                    <meta property="og:title" content="A page &amp; its title">
+                    <meta property="og:description" content="What the page is about">
+                    <meta property="og:image" content="/image.png">
+                    <meta property="og:image:width" content="999">
+                    </head><body>Hello</body></html>"#,
+                )
+            }),
+        )
+        .route(
+            "/plain",
+            axum::routing::get(move || async move {
+                html(r#"<title>Plain title</title><meta name="description" content="Plain description">"#)
+            }),
+        )
+        .route("/image.png", axum::routing::get(move || async move { ([(header::CONTENT_TYPE, "image/png")], image) }))
+        .route("/redirect", axum::routing::get(move || async move { redirect("/page".to_owned()) }))
+        .route("/escape", axum::routing::get(move || async move { redirect(format!("http://127.0.0.2:{port}/page")) }))
+        .route("/loop", axum::routing::get(move || async move { redirect("/loop".to_owned()) }))
+        .route("/ftp", axum::routing::get(move || async move { redirect(format!("ftp://127.0.0.1:{port}/page")) }))
+        .route(
+            "/huge",
+            axum::routing::get(move || async move { ([(header::CONTENT_TYPE, "text/html")], vec![b' '; 11 << 20]) }),
+        )
+        .layer(axum::middleware::from_fn({
+            let hits = hits.clone();
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                hits.fetch_add(1, Ordering::SeqCst);
+                next.run(request)
+            }
+        }));
+    tokio::spawn(async move { axum::serve(listener, site).await });
+    (format!("http://127.0.0.1:{port}"), hits, png)
+}
+
+fn preview_path(url: &str) -> String {
+    let url: String = url::form_urlencoded::byte_serialize(url.as_bytes()).collect();
+    format!("/_matrix/client/v1/media/preview_url?url={url}")
+}
+
+/// URL previews are off unless the operator enables them.
+#[tokio::test]
+async fn url_previews_are_off_by_default() {
+    each_backend(Options::default, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let a = Some(alice.token.as_str());
+        s.get(&preview_path("https://example.org/"), a).await.err(404, "M_UNRECOGNIZED");
+        s.get("/_matrix/media/v3/preview_url?url=https%3A%2F%2Fexample.org%2F", a).await.err(404, "M_UNRECOGNIZED");
+    })
+    .await;
+}
+
+/// Enabled, previews read OpenGraph properties (or the title and
+/// description), keep the image as local media, follow redirects and cache
+/// answers; they reach loopback only because the test allow-lists
+/// 127.0.0.1/32, and every hop is checked.
+#[tokio::test]
+async fn url_previews_read_opengraph_within_the_address_policy() {
+    use std::sync::atomic::Ordering;
+    let (site, hits, png) = preview_site().await;
+    let options = || Options { url_previews: true, url_preview_allowlist: &["127.0.0.1/32"], ..Options::default() };
+    each_backend(options, async |s| {
+        hits.store(0, Ordering::SeqCst);
+        let alice = s.admin_register("alice", "wonderland").await;
+        let a = Some(alice.token.as_str());
+
+        let page = s.get(&preview_path(&format!("{site}/page")), a).await.ok().body;
+        assert_eq!(page["og:title"], "A page & its title", "{page}");
+        assert_eq!(page["og:description"], "What the page is about");
+        assert_eq!(page["og:image:type"], "image/png");
+        assert_eq!(page["matrix:image:size"], png.len());
+        assert_eq!((page["og:image:width"].as_u64(), page["og:image:height"].as_u64()), (Some(40), Some(20)));
+        let image = page["og:image"].as_str().unwrap();
+        let image_id = image.strip_prefix(&format!("mxc://{SERVER_NAME}/")).expect("an mxc URI of this server");
+        let stored = s.download(&format!("/_matrix/client/v1/media/download/{SERVER_NAME}/{image_id}"), a).await;
+        assert_eq!(stored.bytes().await.unwrap().as_ref(), png.as_slice());
+        assert_eq!(hits.load(Ordering::SeqCst), 2, "the page and its image");
+
+        // Cached: the same answer without asking the site again, on either path.
+        let again = s.get(&preview_path(&format!("{site}/page")), a).await.ok().body;
+        assert_eq!(again, page);
+        let legacy = preview_path(&format!("{site}/page")).replace("/client/v1/media/", "/media/v3/");
+        assert_eq!(s.get(&legacy, a).await.ok().body, page);
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+        let plain = s.get(&preview_path(&format!("{site}/plain")), a).await.ok().body;
+        assert_eq!(plain, json!({"og:title": "Plain title", "og:description": "Plain description"}));
+        let direct = s.get(&preview_path(&format!("{site}/image.png")), a).await.ok().body;
+        assert!(direct["og:image"].as_str().unwrap().starts_with("mxc://"), "{direct}");
+        assert_eq!(
+            (direct["og:image:type"].as_str(), direct["og:image:width"].as_u64()),
+            (Some("image/png"), Some(40))
+        );
+        let redirected = s.get(&preview_path(&format!("{site}/redirect")), a).await.ok().body;
+        assert_eq!(redirected["og:title"], "A page & its title");
+
+        // A redirect is checked like the first request.
+        s.get(&preview_path(&format!("{site}/escape")), a).await.err(403, "M_FORBIDDEN");
+        s.get(&preview_path(&format!("{site}/loop")), a).await.err(502, "M_UNKNOWN");
+        s.get(&preview_path(&format!("{site}/ftp")), a).await.err(502, "M_UNKNOWN");
+        s.get(&preview_path(&format!("{site}/huge")), a).await.err(502, "M_TOO_LARGE");
+        s.get(&preview_path(&format!("{site}/missing")), a).await.err(502, "M_UNKNOWN");
+
+        for url in ["ftp://127.0.0.1/", "file:///etc/passwd", "not a url"] {
+            s.get(&preview_path(url), a).await.err(400, "M_INVALID_PARAM");
+        }
+        s.get("/_matrix/client/v1/media/preview_url", a).await.err(400, "M_MISSING_PARAM");
+        s.get(&preview_path(&format!("{site}/page")), None).await.err(401, "M_MISSING_TOKEN");
+    })
+    .await;
+}
+
+/// Without an allow-list, previews never reach loopback, however it is
+/// spelled, and the site never sees a request.
+#[tokio::test]
+async fn url_previews_refuse_loopback_unless_allowed() {
+    use std::sync::atomic::Ordering;
+    let (site, hits, _) = preview_site().await;
+    let port = site.rsplit(':').next().unwrap().to_owned();
+    let options = || Options { url_previews: true, ..Options::default() };
+    each_backend(options, async |s| {
+        let alice = s.admin_register("alice", "wonderland").await;
+        let a = Some(alice.token.as_str());
+        for host in ["127.0.0.1", "localhost", "[::1]", "[::ffff:127.0.0.1]", "127.1", "0x7f000001"] {
+            let url = format!("http://{host}:{port}/page");
+            let refused = s.get(&preview_path(&url), a).await.err(403, "M_FORBIDDEN");
+            assert!(refused.body["error"].as_str().unwrap().contains("may not reach"), "{}", refused.body);
+        }
+    })
+    .await;
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

@@ -262,9 +262,21 @@ CREATE TABLE clientapi_login_tokens (
 );
 ";
 
+/// `mxc://` URIs created ahead of their content (`POST /media/v1/create`)
+/// until it is uploaded (then the row moves to `clientapi_media`) or they
+/// expire; `uploading` marks the one upload under way.
+const V17: &str = "
+CREATE TABLE clientapi_pending_media (
+    media_id TEXT PRIMARY KEY NOT NULL, creator TEXT NOT NULL, created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL, uploading BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX clientapi_pending_media_creator ON clientapi_pending_media (creator, expires_ms);
+CREATE INDEX clientapi_pending_media_expiry ON clientapi_pending_media (expires_ms);
+";
+
 /// Room members' own display names and avatars, from their member events:
 /// the user directory finds other servers' users by them.
-const V17: &str = "
+const V18: &str = "
 ALTER TABLE clientapi_directory_members ADD COLUMN displayname TEXT;
 ALTER TABLE clientapi_directory_members ADD COLUMN avatar_url TEXT;
 ";
@@ -287,4 +299,5 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 15, sqlite: V15, postgres: V15 },
     Migration { version: 16, sqlite: V16, postgres: V16 },
     Migration { version: 17, sqlite: V17, postgres: V17 },
+    Migration { version: 18, sqlite: V18, postgres: V18 },
 ];

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +87,19 @@ pub struct ClientApi {
     pub refreshable_access_token_lifetime_ms: u64,
     /// Where uploaded media is stored; `None`: `media` under `global.data_dir`.
     pub media_path: Option<PathBuf>,
+    /// How many `mxc://` URIs a user may hold from `POST /media/v1/create`
+    /// without having uploaded their content yet (5, as Synapse's option of
+    /// that name); one more is `429 M_LIMIT_EXCEEDED`.
+    pub max_pending_media_uploads: u64,
+    /// Serves URL previews (`/media/preview_url`): the server then fetches
+    /// pages and images that users name. Off unless enabled (privacy, and
+    /// the server making requests on users' behalf); off, the endpoint
+    /// answers `404 M_UNRECOGNIZED`.
+    pub url_preview_enabled: bool,
+    /// Address ranges (CIDRs such as `10.1.0.0/16`) URL previews may reach
+    /// although they are not public (loopback, private, link-local, …).
+    /// Empty by default: previews reach only public addresses.
+    pub url_preview_ip_allowlist: Vec<IpNet>,
     /// TURN servers for VoIP calls, handed out by `/voip/turnServer` (for
     /// example `turn:turn.example.com:3478?transport=udp`); none by default.
     pub turn_uris: Vec<String>,
@@ -226,6 +240,9 @@ impl Default for ClientApi {
             max_upload_size: 50 * 1024 * 1024,
             refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
             media_path: None,
+            max_pending_media_uploads: 5,
+            url_preview_enabled: false,
+            url_preview_ip_allowlist: Vec::new(),
             turn_uris: Vec::new(),
             turn_shared_secret: None,
             turn_user_lifetime_secs: 24 * 60 * 60,

@@ -405,6 +405,21 @@ mod tests {
     }
 
     #[test]
+    fn url_preview_allowlist_takes_cidrs() {
+        let yaml = "client_api:\n  url_preview_enabled: true\n  url_preview_ip_allowlist: [10.1.0.0/16, '::1/128']\n";
+        let config = Config::from_sources(Some(yaml), env(&[])).unwrap();
+        assert!(config.client_api.url_preview_enabled);
+        let allowed: Vec<String> = config.client_api.url_preview_ip_allowlist.iter().map(|n| n.to_string()).collect();
+        assert_eq!(allowed, ["10.1.0.0/16", "::1/128"]);
+        let env_list = [("MYELIN_CLIENT_API__URL_PREVIEW_IP_ALLOWLIST", "127.0.0.1/32")];
+        assert_eq!(Config::from_sources(None, env(&env_list)).unwrap().client_api.url_preview_ip_allowlist.len(), 1);
+        let refused = errors(Some("client_api:\n  url_preview_ip_allowlist: [10.1.0.0]\n"), &[]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].starts_with("client_api.url_preview_ip_allowlist"), "{refused:?}");
+        assert!(!Config::default().client_api.url_preview_enabled);
+    }
+
+    #[test]
     fn an_empty_override_unsets_an_optional_value() {
         let yaml = "client_api:\n  registration_shared_secret: s3cret\n";
         let config =

@@ -79,6 +79,14 @@ pub enum ErrorCode {
     /// A profile field's name is longer than 255 bytes.
     #[serde(rename = "M_KEY_TOO_LARGE")]
     KeyTooLarge,
+    /// An upload to an `mxc://` URI (from `POST /media/v1/create`) that
+    /// already has content.
+    #[serde(rename = "M_CANNOT_OVERWRITE_MEDIA")]
+    CannotOverwriteMedia,
+    /// A download of an `mxc://` URI whose content has not been uploaded
+    /// yet, after waiting the client's `timeout_ms`.
+    #[serde(rename = "M_NOT_YET_UPLOADED")]
+    NotYetUploaded,
 }
 
 impl ErrorCode {
@@ -93,6 +101,8 @@ impl ErrorCode {
             Self::UnknownToken | Self::MissingToken | Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound | Self::Unrecognized => StatusCode::NOT_FOUND,
             Self::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Self::CannotOverwriteMedia => StatusCode::CONFLICT,
+            Self::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadJson
