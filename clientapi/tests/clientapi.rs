@@ -792,11 +792,14 @@ async fn rooms_through_the_room_server() {
         }
         assert!(state.body.as_array().unwrap().iter().all(|e| e.get("hashes").is_none() && e["event_id"].is_string()));
 
-        let members = s.get(&format!("{room}/members"), a).await.ok();
-        let mut who: Vec<(String, String)> = members.body["chunk"]
+        // The members as alice sees them in the state (`/members` is the sync API's).
+        let alice_view = s.get(&format!("{room}/state"), a).await.ok();
+        let mut who: Vec<(String, String)> = alice_view
+            .body
             .as_array()
             .unwrap()
             .iter()
+            .filter(|e| e["type"] == "m.room.member")
             .map(|e| {
                 (e["state_key"].as_str().unwrap().to_owned(), e["content"]["membership"].as_str().unwrap().to_owned())
             })
@@ -2233,14 +2236,16 @@ async fn guests_call_only_the_endpoints_open_to_guests() {
     .await;
 }
 
-/// `alice`'s view of `user`'s membership in `room` (`None`: never a member).
+/// `token`'s view of `user`'s membership in `room`, from the room state
+/// (`None`: never a member).
 async fn membership_of(s: &Server, room: &str, token: &str, user: &str) -> Option<String> {
-    let members = s.get(&format!("{room}/members"), Some(token)).await.ok();
-    members.body["chunk"]
+    let state = s.get(&format!("{room}/state"), Some(token)).await.ok();
+    state
+        .body
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["state_key"] == user)
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == user)
         .map(|e| e["content"]["membership"].as_str().unwrap().to_owned())
 }
 

@@ -1954,8 +1954,10 @@ async fn guests_read_what_the_spec_opens_to_them_and_nothing_else() {
         let room = created["room_id"].as_str().unwrap().to_owned();
 
         // Not world-readable yet: the guest, never a member, reads nothing.
-        let (status, body) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&guest)).await;
-        assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "[{}] {body}", s.name);
+        for read in ["messages?dir=b", "members"] {
+            let (status, body) = s.get(&format!("/_matrix/client/v3/rooms/{room}/{read}"), Some(&guest)).await;
+            assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "[{}] {read}: {body}", s.name);
+        }
         let visibility = json!({"history_visibility": "world_readable"});
         s.client(reqwest::Method::PUT, &format!("/rooms/{room}/state/m.room.history_visibility"), &alice, visibility)
             .await;
@@ -1983,6 +1985,8 @@ async fn guests_read_what_the_spec_opens_to_them_and_nothing_else() {
         assert_eq!(status, 200, "[{}] {body}", s.name);
         let (status, body) = s.get(&format!("/_matrix/client/v3/rooms/{room}/context/{event_id}"), Some(&guest)).await;
         assert_eq!(status, 200, "[{}] {body}", s.name);
+        let (status, body) = s.get(&format!("/_matrix/client/v3/rooms/{room}/members"), Some(&guest)).await;
+        assert_eq!((status, memberships(&body)), (200, pairs(&[(ALICE, "join")])), "[{}] {body}", s.name);
         s.sync(&guest, "").await;
 
         // Closed to guests.
@@ -3123,5 +3127,185 @@ async fn sliding_sync_e2ee_names_who_left() {
         assert_eq!(next["extensions"]["e2ee"]["device_lists"]["left"], json!([CAROL]), "[{}] {next}", s.name);
         let after = sliding(&s, &bob, &format!("?pos={}", pos_of(&next)), &body).await;
         assert_eq!(after["extensions"]["e2ee"]["device_lists"]["left"], json!([]), "[{}]", s.name);
+    }
+}
+
+impl Server {
+    /// `GET /rooms/{room}/members{query}` as `token`'s user.
+    async fn members(&self, token: &str, room: &str, query: &str) -> (u16, Value) {
+        self.get(&format!("/_matrix/client/v3/rooms/{room}/members{query}"), Some(token)).await
+    }
+
+    /// The `(user, membership)` pairs `token`'s user gets from `/members{query}`, sorted.
+    async fn member_list(&self, token: &str, room: &str, query: &str) -> Vec<(String, String)> {
+        let (status, body) = self.members(token, room, query).await;
+        assert_eq!(status, 200, "[{}] /members{query}: {body}", self.name);
+        memberships(&body)
+    }
+}
+
+/// The `(state_key, membership)` of each event of a `/members` reply, sorted.
+fn memberships(reply: &Value) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = reply["chunk"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no chunk: {reply}"))
+        .iter()
+        .map(|e| (e["state_key"].as_str().unwrap().to_owned(), e["content"]["membership"].as_str().unwrap().to_owned()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// `expected` in the form of [`memberships`].
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> =
+        expected.iter().map(|(user, membership)| ((*user).to_owned(), (*membership).to_owned())).collect();
+    pairs.sort();
+    pairs
+}
+
+/// `/members` now and at a `prev_batch` from before some joined, with the
+/// `membership` and `not_membership` filters, under both prefixes.
+#[tokio::test]
+async fn members_now_and_at_an_earlier_token_with_filters() {
+    const DAN: &str = "@dan:localhost";
+    const ERIN: &str = "@erin:localhost";
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let room = s.create_room(ALICE).await;
+        s.membership(&room, ALICE, BOB, "invite").await;
+        s.membership(&room, BOB, BOB, "join").await;
+        let before = s.message(&room, ALICE, "before carol").await;
+        s.settle(&alice, &before).await;
+        let body = s.sync(&alice, &format!("filter={}", enc(r#"{"room":{"timeline":{"limit":1}}}"#))).await;
+        assert_eq!(ids(timeline(&body, "join", &room)), [before], "[{}]", s.name);
+        let prev_batch = body["rooms"]["join"][&room]["timeline"]["prev_batch"].as_str().unwrap().to_owned();
+        s.membership(&room, ALICE, CAROL, "invite").await;
+        let carol_join = s.membership(&room, CAROL, CAROL, "join").await;
+        s.membership(&room, ALICE, DAN, "invite").await;
+        s.membership(&room, ALICE, ERIN, "ban").await;
+        let last = s.message(&room, ALICE, "after carol").await;
+        s.settle(&alice, &last).await;
+
+        let (status, now) = s.members(&alice, &room, "").await;
+        assert_eq!(status, 200, "[{}] {now}", s.name);
+        let everyone = pairs(&[(ALICE, "join"), (BOB, "join"), (CAROL, "join"), (DAN, "invite"), (ERIN, "ban")]);
+        assert_eq!(memberships(&now), everyone, "[{}]", s.name);
+        // Served like any other state event: client form, with what it replaced.
+        for event in now["chunk"].as_array().unwrap() {
+            assert_eq!((&event["type"], &event["room_id"]), (&json!("m.room.member"), &json!(room)), "{event}");
+            assert!(event.get("hashes").is_none() && event["unsigned"]["age"].is_i64(), "[{}] {event}", s.name);
+        }
+        let carol = now["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == carol_join.as_str()).unwrap();
+        assert_eq!(carol["unsigned"]["prev_content"], json!({"membership": "invite"}), "[{}] {carol}", s.name);
+        let r0 = s.get(&format!("/_matrix/client/r0/rooms/{room}/members"), Some(&alice)).await;
+        assert_eq!((r0.0, memberships(&r0.1)), (200, everyone.clone()), "[{}]", s.name);
+
+        let at = format!("?at={prev_batch}");
+        let then = pairs(&[(ALICE, "join"), (BOB, "join")]);
+        assert_eq!(s.member_list(&alice, &room, &at).await, then, "[{}]", s.name);
+        // A sync token names a point too.
+        let next = next_batch(&s.sync(&alice, "").await);
+        assert_eq!(s.member_list(&alice, &room, &format!("?at={next}")).await, everyone, "[{}]", s.name);
+
+        let joined = pairs(&[(ALICE, "join"), (BOB, "join"), (CAROL, "join")]);
+        for (query, expected) in [
+            ("?membership=join".to_owned(), joined.clone()),
+            ("?not_membership=join".to_owned(), pairs(&[(DAN, "invite"), (ERIN, "ban")])),
+            ("?membership=ban".to_owned(), pairs(&[(ERIN, "ban")])),
+            ("?not_membership=leave".to_owned(), everyone.clone()),
+            ("?membership=join&not_membership=invite".to_owned(), joined),
+            ("?membership=join&not_membership=join".to_owned(), vec![]),
+            (format!("{at}&membership=invite"), vec![]),
+            (format!("{at}&not_membership=knock"), then.clone()),
+        ] {
+            assert_eq!(s.member_list(&alice, &room, &query).await, expected, "[{}] {query}", s.name);
+        }
+    }
+}
+
+/// Someone who left, was kicked or banned gets the members as of that,
+/// however late `at` is; an `at` from while they were in is honoured.
+#[tokio::test]
+async fn members_of_a_departed_room_stop_at_the_leave() {
+    const DAN: &str = "@dan:localhost";
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let carol = s.register("carol").await;
+        let dan = s.register("dan").await;
+        let room = s.create_room(ALICE).await;
+        for user in [BOB, CAROL, DAN] {
+            s.membership(&room, ALICE, user, "invite").await;
+            s.membership(&room, user, user, "join").await;
+        }
+        let hello = s.message(&room, ALICE, "hello").await;
+        s.settle(&bob, &hello).await;
+        let while_in = next_batch(&s.sync(&bob, "").await);
+        s.membership(&room, BOB, BOB, "leave").await;
+        s.membership(&room, ALICE, CAROL, "ban").await;
+        s.membership(&room, ALICE, DAN, "leave").await;
+        s.membership(&room, ALICE, "@eve:localhost", "invite").await;
+        s.membership(&room, "@eve:localhost", "@eve:localhost", "join").await;
+        let last = s.message(&room, ALICE, "after they went").await;
+        s.settle(&alice, &last).await;
+        let later = format!("?at={}", next_batch(&s.sync(&alice, "").await));
+
+        let all_in = pairs(&[(ALICE, "join"), (BOB, "join"), (CAROL, "join"), (DAN, "join")]);
+        assert_eq!(s.member_list(&bob, &room, &format!("?at={while_in}")).await, all_in, "[{}]", s.name);
+        for (who, token, expected) in [
+            ("bob, who left", &bob, pairs(&[(ALICE, "join"), (BOB, "leave"), (CAROL, "join"), (DAN, "join")])),
+            ("carol, banned", &carol, pairs(&[(ALICE, "join"), (BOB, "leave"), (CAROL, "ban"), (DAN, "join")])),
+            ("dan, kicked", &dan, pairs(&[(ALICE, "join"), (BOB, "leave"), (CAROL, "ban"), (DAN, "leave")])),
+        ] {
+            for query in ["", later.as_str()] {
+                assert_eq!(s.member_list(token, &room, query).await, expected, "[{}] {who} {query}", s.name);
+            }
+        }
+        let now = pairs(&[(ALICE, "join"), (BOB, "leave"), (CAROL, "ban"), (DAN, "leave"), ("@eve:localhost", "join")]);
+        assert_eq!(s.member_list(&alice, &room, "").await, now, "[{}]", s.name);
+    }
+}
+
+/// Strangers and invitees are refused unless the room is world-readable;
+/// malformed parameters are `400 M_INVALID_PARAM`.
+#[tokio::test]
+async fn members_are_refused_to_strangers_and_on_bad_requests() {
+    for s in servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let carol = s.register("carol").await;
+        let room = s.create_room(ALICE).await;
+        let invite = s.membership(&room, ALICE, CAROL, "invite").await;
+        s.settle(&alice, &invite).await;
+        let before_readable = format!("?at={}", next_batch(&s.sync(&alice, "").await));
+        let expect = |what: &str, got: (u16, Value), status: u16, code: &str| {
+            assert_eq!((got.0, got.1["errcode"].as_str()), (status, Some(code)), "[{}] {what}: {}", s.name, got.1);
+            assert!(got.1["error"].is_string(), "[{}] {what}: {}", s.name, got.1);
+        };
+        expect("a stranger", s.members(&bob, &room, "").await, 403, "M_FORBIDDEN");
+        expect("an invitee", s.members(&carol, &room, "").await, 403, "M_FORBIDDEN");
+        expect("an unknown room", s.members(&alice, "!nowhere:localhost", "").await, 403, "M_FORBIDDEN");
+        let v3 = "/_matrix/client/v3/rooms";
+        expect("no token", s.get(&format!("{v3}/{room}/members"), None).await, 401, "M_MISSING_TOKEN");
+        for query in ["?at=garbage", "?at=", "?membership=joined", "?membership=", "?not_membership=JOIN"] {
+            expect(query, s.members(&alice, &room, query).await, 400, "M_INVALID_PARAM");
+        }
+        // A malformed room id gets what `/messages` gives it.
+        let messages = s.get(&format!("{v3}/not-a-room/messages?dir=b"), Some(&alice)).await;
+        let members = s.get(&format!("{v3}/not-a-room/members"), Some(&alice)).await;
+        assert_eq!((members.0, &members.1["errcode"]), (messages.0, &messages.1["errcode"]), "[{}]", s.name);
+        assert_eq!(members.0, 403, "[{}] {}", s.name, members.1);
+
+        // World-readable from here on: anyone reads the members, but not
+        // from before.
+        let readable = json!({"history_visibility": "world_readable"});
+        let changed = s.emit(&room, ALICE, "m.room.history_visibility", Some(""), readable).await;
+        s.settle(&alice, &changed).await;
+        let expected = pairs(&[(ALICE, "join"), (CAROL, "invite")]);
+        for (who, token) in [("a stranger", &bob), ("an invitee", &carol)] {
+            assert_eq!(s.member_list(token, &room, "").await, expected, "[{}] {who}", s.name);
+        }
+        expect("before it was readable", s.members(&bob, &room, &before_readable).await, 403, "M_FORBIDDEN");
     }
 }

@@ -97,7 +97,6 @@ pub fn router(state: AppState) -> Router {
         .route("/rooms/{room_id}/state/{event_type}", get(state::get_state_empty_key).put(state::put_state_empty_key))
         .route("/rooms/{room_id}/state/{event_type}/", get(state::get_state_empty_key).put(state::put_state_empty_key))
         .route("/rooms/{room_id}/state/{event_type}/{state_key}", get(state::get_state_event).put(state::put_state))
-        .route("/rooms/{room_id}/members", get(state::members))
         .route("/rooms/{room_id}/joined_members", get(state::joined_members))
         .route("/rooms/{room_id}/typing/{user_id}", put(typing::typing))
         .route("/sendToDevice/{event_type}/{txn_id}", put(to_device::send_to_device))

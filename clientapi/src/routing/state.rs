@@ -167,37 +167,6 @@ pub async fn put_state_empty_key(
     send_state(&state, user, &room_id, event_type, String::new(), content).await
 }
 
-#[derive(Deserialize, Default)]
-pub struct MembersQuery {
-    membership: Option<String>,
-    not_membership: Option<String>,
-}
-
-/// `GET /_matrix/client/v3/rooms/{roomId}/members`
-/// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3roomsroomidmembers>
-///
-/// The members at the current state (or at the requester's leave); `at` is not supported yet.
-pub async fn members(
-    State(state): State<AppState>,
-    GuestOk(user): GuestOk,
-    MatrixPath(room_id): MatrixPath<String>,
-    MatrixQuery(query): MatrixQuery<MembersQuery>,
-) -> Result<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    let events = roomserver::room_state(&state.bus, &room_id, &user.user_id, Some("m.room.member"), None).await?;
-    let chunk: Vec<Value> = events
-        .iter()
-        .filter(|e| e.pdu["type"] == "m.room.member")
-        .filter(|e| {
-            let membership = e.pdu["content"]["membership"].as_str().unwrap_or_default();
-            query.membership.as_deref().is_none_or(|m| m == membership)
-                && query.not_membership.as_deref().is_none_or(|m| m != membership)
-        })
-        .map(to_client)
-        .collect();
-    Ok(Json(json!({ "chunk": chunk })))
-}
-
 /// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3roomsroomidjoined_members>
 ///

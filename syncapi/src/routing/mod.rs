@@ -2,6 +2,7 @@
 
 mod filter;
 mod keys;
+mod members;
 mod messages;
 pub mod presence;
 mod relations;
@@ -27,7 +28,7 @@ use crate::SyncApiError;
 use crate::connections::Connections;
 use crate::lazy_members::SentMembers;
 use crate::notifier::Notifier;
-use crate::storage::{EventRow, Storage};
+use crate::storage::{EventRow, MembershipChange, Storage};
 use crate::token::StreamToken;
 use crate::typing::Typing;
 use crate::visibility::{HistoryVisibility, RoomView};
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{prefix}/user/{{userId}}/filter"), post(filter::create_filter))
             .route(&format!("{prefix}/user/{{userId}}/filter/{{filterId}}"), get(filter::get_filter))
             .route(&format!("{prefix}/rooms/{{roomId}}/messages"), get(messages::messages))
+            .route(&format!("{prefix}/rooms/{{roomId}}/members"), get(members::members))
             .route(&format!("{prefix}/rooms/{{roomId}}/event/{{eventId}}"), get(room_events::event))
             .route(&format!("{prefix}/rooms/{{roomId}}/context/{{eventId}}"), get(room_events::context))
             .route(&format!("{prefix}/keys/changes"), get(keys::changes))
@@ -119,6 +121,35 @@ fn from_ignored(ignored: &BTreeSet<String>, row: &EventRow) -> bool {
         && row.pdu.get("sender").and_then(Value::as_str).is_some_and(|sender| ignored.contains(sender))
 }
 
+/// What one user may read of one room, up to a stream position.
+struct Access {
+    /// Stream ranges `(after, upto]` whose events they may see, in order.
+    ranges: Vec<(i64, i64)>,
+    /// Their membership changes in the room (forgotten ones left out), oldest first.
+    memberships: Vec<MembershipChange>,
+    world_readable: bool,
+}
+
+/// What `identity` may read of `room_id` up to `current`.
+async fn room_access(
+    state: &AppState,
+    identity: &Identity,
+    room_id: &str,
+    current: i64,
+) -> Result<Access, SyncApiError> {
+    let memberships = state.storage.membership_changes(identity.user_id.as_str(), Some(room_id), current).await?;
+    let view = RoomView::load(&state.storage, room_id, &memberships, current).await?;
+    let world_readable = view.current_visibility() == HistoryVisibility::WorldReadable;
+    // Backfilled history lies before position 1 (see `Storage::apply`): a
+    // range open from the room's start takes it in.
+    let ranges = view
+        .visible_ranges()
+        .into_iter()
+        .map(|(after, upto)| if after == 0 { (i64::MIN, upto) } else { (after, upto) })
+        .collect();
+    Ok(Access { ranges, memberships, world_readable })
+}
+
 /// The stream ranges of `room_id` whose events `identity` may read, up to
 /// `current`; `M_FORBIDDEN` for someone who has never been in the room
 /// unless it is world-readable.
@@ -128,18 +159,11 @@ async fn readable_ranges(
     room_id: &str,
     current: i64,
 ) -> Result<Vec<(i64, i64)>, SyncApiError> {
-    let changes = state.storage.membership_changes(identity.user_id.as_str(), Some(room_id), current).await?;
-    let view = RoomView::load(&state.storage, room_id, &changes, current).await?;
-    if changes.is_empty() && view.current_visibility() != HistoryVisibility::WorldReadable {
+    let access = room_access(state, identity, room_id, current).await?;
+    if access.memberships.is_empty() && !access.world_readable {
         return Err(MatrixError::forbidden("You are not and have not been a member of this room").into());
     }
-    // Backfilled history lies before position 1 (see `Storage::apply`): a
-    // range open from the room's start takes it in.
-    Ok(view
-        .visible_ranges()
-        .into_iter()
-        .map(|(after, upto)| if after == 0 { (i64::MIN, upto) } else { (after, upto) })
-        .collect())
+    Ok(access.ranges)
 }
 
 /// Whether stream position `pos` lies in one of `ranges` (each `(after, upto]`).

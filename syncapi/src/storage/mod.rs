@@ -68,6 +68,7 @@ macro_rules! state_at_sql {
 }
 const STATE_AT: &str = state_at_sql!("");
 const STATE_AT_WITHOUT_MEMBERS: &str = state_at_sql!("AND l.event_type <> 'm.room.member'");
+const MEMBERS_AT: &str = state_at_sql!("AND l.event_type = 'm.room.member'");
 const REDACTION: &str = "m.room.redaction";
 
 /// An event as `/sync` and `/messages` read it back.
@@ -702,6 +703,11 @@ impl Storage {
     /// starts from, sparing it every member of a large room.
     pub async fn state_at_without_members(&self, room_id: &str, at: i64) -> Result<Vec<EventRow>, SyncApiError> {
         self.state_rows_at(room_id, at, STATE_AT_WITHOUT_MEMBERS).await
+    }
+
+    /// Only the member events of [`Self::state_at`] (`/members`).
+    pub async fn members_at(&self, room_id: &str, at: i64) -> Result<Vec<EventRow>, SyncApiError> {
+        self.state_rows_at(room_id, at, MEMBERS_AT).await
     }
 
     async fn state_rows_at(&self, room_id: &str, at: i64, sql: &'static str) -> Result<Vec<EventRow>, SyncApiError> {
