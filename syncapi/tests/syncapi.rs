@@ -3102,6 +3102,20 @@ async fn ignored_users_messages_and_invites_are_left_out() {
         let reply = sliding(&s, &bob, "", &lists).await;
         let slid = ids(reply["rooms"][&room]["timeline"].as_array().unwrap());
         assert!(slid.contains(&shown) && !slid.contains(&hidden), "[{}] {slid:?}", s.name);
+
+        // Nor do their replies count in a thread's summary.
+        let in_thread = |body: &str| json!({"msgtype": "m.text", "body": body, "m.relates_to": {"rel_type": "m.thread", "event_id": shown}});
+        s.emit(&room, CAROL, "m.room.message", None, in_thread("from carol")).await;
+        let ignored_reply = s.emit(&room, ALICE, "m.room.message", None, in_thread("from alice")).await;
+        s.settle(&carol, &ignored_reply).await;
+        let thread_of = async |user: &str| {
+            let (_, event) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{shown}"), Some(user)).await;
+            event["unsigned"]["m.relations"]["m.thread"].clone()
+        };
+        let bobs = thread_of(&bob).await;
+        assert_eq!(bobs["count"], 1, "[{}] {bobs}", s.name);
+        assert_ne!(bobs["latest_event"]["event_id"], ignored_reply.as_str(), "[{}]", s.name);
+        assert_eq!(thread_of(&carol).await["count"], 2, "[{}]", s.name);
     }
 }
 

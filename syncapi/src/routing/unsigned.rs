@@ -1,11 +1,11 @@
 //! The events every read endpoint serves, with what the server adds under
 //! `unsigned`: `age`, the state a state event replaced, and the bundled
 //! aggregations of its child events (`m.relations`), counting only the
-//! children the viewer may see.
+//! children the viewer may see and that no user they ignore sent.
 //!
 //! Spec: <https://spec.matrix.org/v1.16/client-server-api/#aggregations-of-child-events>
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use myelin_clientapi::api::Identity;
 use serde_json::{Map, Value, json};
@@ -30,7 +30,8 @@ pub(super) async fn client_events(
     viewer: &Viewer<'_>,
     rows: &[EventRow],
 ) -> Result<Vec<Value>, SyncApiError> {
-    let children = children(state, viewer, rows).await?;
+    let ignored = state.storage.ignored_users(viewer.identity.user_id.as_str()).await?;
+    let children = children(state, viewer, &ignored, rows).await?;
     // The latest event of each thread goes with its own edits, but without
     // thread summaries: threads do not nest.
     let latest_ids: Vec<&str> = children
@@ -39,22 +40,24 @@ pub(super) async fn client_events(
         .map(|r| r.event_id.as_str())
         .collect();
     let latest_rows = state.storage.rows(viewer.room_id, &latest_ids).await?;
-    let latest_children = self::children(state, viewer, &latest_rows).await?;
+    let latest_children = self::children(state, viewer, &ignored, &latest_rows).await?;
     let latest_events = decorate(state, viewer, &latest_rows, &latest_children, &HashMap::new()).await?;
     let latest: HashMap<&str, Value> = latest_rows.iter().map(|row| row.event_id.as_str()).zip(latest_events).collect();
     decorate(state, viewer, rows, &children, &latest).await
 }
 
-/// The visible events relating to each of `rows` by a bundled relation type, oldest first.
+/// The visible events relating to each of `rows` by a bundled relation
+/// type, oldest first, less those of `ignored` senders.
 async fn children(
     state: &AppState,
     viewer: &Viewer<'_>,
+    ignored: &BTreeSet<String>,
     rows: &[EventRow],
 ) -> Result<HashMap<String, Vec<Related>>, SyncApiError> {
     let ids: Vec<&str> = rows.iter().map(|row| row.event_id.as_str()).collect();
     let mut children: HashMap<String, Vec<Related>> = HashMap::new();
     for related in state.storage.related_to(viewer.room_id, &ids).await? {
-        if in_ranges(viewer.ranges, related.pos) {
+        if in_ranges(viewer.ranges, related.pos) && !ignored.contains(&related.sender) {
             children.entry(related.parent_id.clone()).or_default().push(related);
         }
     }
