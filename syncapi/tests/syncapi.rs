@@ -2245,7 +2245,7 @@ async fn sliding_sync_list_filters() {
         assert_eq!(reply["rooms"][&dm]["is_dm"], true, "[{}]", s.name);
         assert!(reply["rooms"][&plain].get("is_dm").is_none());
         let in_space = sliding(&s, &alice, "", &json!({"lists": {"in_space": list(json!({"spaces": [space]}))}})).await;
-        assert_eq!(room_ids(&in_space), [plain.clone()], "[{}] {in_space}", s.name);
+        assert_eq!(room_ids(&in_space), [plain.as_str()], "[{}] {in_space}", s.name);
     }
 }
 

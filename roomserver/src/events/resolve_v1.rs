@@ -21,6 +21,9 @@ use super::resolve::{IdState, ResolveError};
 /// because they decide what the other events may do.
 const AUTH_TYPES: [&str; 3] = ["m.room.power_levels", "m.room.join_rules", "m.room.member"];
 
+/// Each conflicted `(type, state_key)` with the events the states hold for it.
+type Conflicts<'e> = BTreeMap<(String, String), Vec<&'e Pdu>>;
+
 /// Resolve `states` as room version 1 does. `events` must hold every event
 /// named in them.
 pub fn resolve_v1(
@@ -47,7 +50,7 @@ pub fn resolve_v1(
 fn split_conflicts<'e>(
     states: &[IdState],
     events: &'e HashMap<OwnedEventId, Pdu>,
-) -> Result<(IdState, BTreeMap<(String, String), Vec<&'e Pdu>>), ResolveError> {
+) -> Result<(IdState, Conflicts<'e>), ResolveError> {
     let mut by_key: BTreeMap<&(String, String), Vec<&OwnedEventId>> = BTreeMap::new();
     for (key, id) in states.iter().flatten() {
         let ids = by_key.entry(key).or_default();
