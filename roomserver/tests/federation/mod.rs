@@ -563,6 +563,19 @@ fn remote_room(peer: &ServerSigningKey, version: &RoomVersionId, room_id: &str) 
     (events, join)
 }
 
+/// A `send_join` answer from the remote server: `join` (signed by this
+/// server) with `state` and `auth_chain`, for the room the join names.
+fn join_answer(version: &RoomVersionId, join: &Value, state: Vec<Value>, auth_chain: Vec<Value>) -> JoinedRemoteRoom {
+    JoinedRemoteRoom {
+        room_id: join["room_id"].as_str().unwrap().try_into().unwrap(),
+        room_version: version.to_string(),
+        origin: REMOTE.try_into().unwrap(),
+        join_event: join.clone(),
+        state,
+        auth_chain,
+    }
+}
+
 #[tokio::test]
 async fn rooms_joined_through_another_server_start_from_its_state() {
     each_backend(|h| async move {
@@ -577,25 +590,11 @@ async fn rooms_joined_through_another_server_start_from_its_state() {
             let state: Vec<Value> = events.iter().map(|(_, pdu)| pdu.clone()).collect();
 
             // A state without its create event does not start a room.
-            let broken = JoinedRemoteRoom {
-                room_id: room_id.clone(),
-                room_version: version.to_string(),
-                origin: REMOTE.try_into().unwrap(),
-                join_event: join.clone(),
-                state: state[1..].to_vec(),
-                auth_chain: Vec::new(),
-            };
+            let broken = join_answer(&version, &join, state[1..].to_vec(), Vec::new());
             let error = h.input(room_id.as_str(), InputRequest::JoinedRemoteRoom(broken)).await.unwrap_err();
             assert_eq!(error.errcode, ErrorCode::Forbidden, "{error:?}");
 
-            let joined = JoinedRemoteRoom {
-                room_id: room_id.clone(),
-                room_version: version.to_string(),
-                origin: REMOTE.try_into().unwrap(),
-                join_event: join,
-                state: state.clone(),
-                auth_chain: state,
-            };
+            let joined = join_answer(&version, &join, state.clone(), state);
             let reply = h.input(room_id.as_str(), InputRequest::JoinedRemoteRoom(joined)).await.unwrap();
             assert_eq!(reply, InputOk::EventSent { event_id: join_id.clone().try_into().unwrap() });
             let outputs = h.outputs_until(&room_id, &join_id).await;
@@ -630,14 +629,7 @@ async fn backfill_asks_the_room_for_older_history_and_drops_forged_events() {
         let (_, join) = sign(&h.key, super::SERVER, &version, join);
         let room_id: OwnedRoomId = join["room_id"].as_str().unwrap().try_into().unwrap();
         let state: Vec<Value> = events.iter().map(|(_, pdu)| pdu.clone()).collect();
-        let joined = JoinedRemoteRoom {
-            room_id: room_id.clone(),
-            room_version: version.to_string(),
-            origin: REMOTE.try_into().unwrap(),
-            join_event: join,
-            state: state.clone(),
-            auth_chain: state,
-        };
+        let joined = join_answer(&version, &join, state.clone(), state);
         h.input(room_id.as_str(), InputRequest::JoinedRemoteRoom(joined)).await.unwrap();
 
         // What the room said before this server joined, one copy forged.
@@ -769,14 +761,7 @@ async fn forged_events_in_a_send_join_answer_are_not_used() {
         let topic = on_rules(json!({"type": "m.room.topic", "state_key": "", "content": {"topic": "forged"}}));
         let (_, forged_topic) = forge(&view.peer.key, &version, topic.1);
         let (_, forged_bob_join) = forge(&view.peer.key, &version, bob_join.1.clone());
-        let answer = |state: Vec<Value>, auth_chain: Vec<Value>| JoinedRemoteRoom {
-            room_id: room_id.clone(),
-            room_version: version.to_string(),
-            origin: REMOTE.try_into().unwrap(),
-            join_event: join.clone(),
-            state,
-            auth_chain,
-        };
+        let answer = |state: Vec<Value>, auth_chain: Vec<Value>| join_answer(&version, &join, state, auth_chain);
         let state = vec![create.1.clone(), power.1.clone(), rules.1.clone(), renamed.1.clone()];
 
         // A forged auth chain event: what it authorises cannot stand, nor can the join.
@@ -958,14 +943,7 @@ async fn a_redacted_create_event_does_not_start_a_version_10_room() {
         let (_, join) = sign(&h.key, super::SERVER, &version, join);
         let room_id: OwnedRoomId = join["room_id"].as_str().unwrap().try_into().unwrap();
         let state: Vec<Value> = events.iter().map(|(_, pdu)| pdu.clone()).collect();
-        let joined = JoinedRemoteRoom {
-            room_id: room_id.clone(),
-            room_version: version.to_string(),
-            origin: REMOTE.try_into().unwrap(),
-            join_event: join,
-            state: state.clone(),
-            auth_chain: state,
-        };
+        let joined = join_answer(&version, &join, state.clone(), state);
         let error = h.input(room_id.as_str(), InputRequest::JoinedRemoteRoom(joined)).await.unwrap_err();
         assert_eq!(error.errcode, ErrorCode::Forbidden, "{error:?}");
         assert!(error.error.contains("no valid create event"), "{error:?}");
