@@ -16,6 +16,10 @@ other_pids=()
 databases=()
 cleanup() {
     stop_server
+    # The servers' logs outlive the run: a scenario may fail, or a server die.
+    local logs="$PWD/bench/results/logs-$stamp"
+    mkdir -p "$logs"
+    (cd "$work" && find . -name '*.log' -exec cp --parents {} "$logs" \;)
     for db in "${databases[@]}"; do
         psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
     done
