@@ -16,20 +16,25 @@ pub struct Media {
     pub created_ms: i64,
 }
 
-pub async fn insert(db: &Db, media: &Media) -> Result<(), sqlx::Error> {
-    with_db!(db, pool => {
+/// The query that stores an uploaded file's row, on either backend.
+macro_rules! insert_media {
+    ($media:expr) => {
         sqlx::query(
             "INSERT INTO clientapi_media (media_id, content_type, filename, size, uploader, created_ms) \
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(&media.media_id)
-        .bind(&media.content_type)
-        .bind(media.filename.as_deref())
-        .bind(media.size)
-        .bind(&media.uploader)
-        .bind(media.created_ms)
-        .execute(pool)
-        .await?;
+        .bind(&$media.media_id)
+        .bind(&$media.content_type)
+        .bind($media.filename.as_deref())
+        .bind($media.size)
+        .bind(&$media.uploader)
+        .bind($media.created_ms)
+    };
+}
+
+pub async fn insert(db: &Db, media: &Media) -> Result<(), sqlx::Error> {
+    with_db!(db, pool => {
+        insert_media!(media).execute(pool).await?;
     });
     Ok(())
 }
@@ -157,18 +162,7 @@ pub async fn complete_pending(db: &Db, media: &Media) -> Result<(), sqlx::Error>
             .bind(&media.media_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO clientapi_media (media_id, content_type, filename, size, uploader, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&media.media_id)
-        .bind(&media.content_type)
-        .bind(media.filename.as_deref())
-        .bind(media.size)
-        .bind(&media.uploader)
-        .bind(media.created_ms)
-        .execute(&mut *tx)
-        .await?;
+        insert_media!(media).execute(&mut *tx).await?;
         tx.commit().await?;
     });
     Ok(())
