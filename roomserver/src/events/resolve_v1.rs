@@ -34,8 +34,7 @@ pub fn resolve_v1(
     let (mut resolved, conflicts) = split_conflicts(states, events)?;
     for kind in AUTH_TYPES {
         for (key, candidates) in conflicts.iter().filter(|((k, _), _)| k == kind) {
-            let winner = resolve_auth_conflict(rules, &resolved, key, candidates, events);
-            resolved.insert(key.clone(), winner);
+            resolve_auth_conflict(rules, &mut resolved, key, candidates, events);
         }
     }
     for (key, candidates) in conflicts.iter().filter(|((kind, _), _)| !AUTH_TYPES.contains(&kind.as_str())) {
@@ -79,27 +78,24 @@ fn sha1_of(pdu: &Pdu) -> [u8; 20] {
 }
 
 /// Power levels, join rules or one member: from the shallowest event on,
-/// each next one replaces the winner while the auth rules allow it in the
-/// state resolved so far, and the first refusal ends the run.
+/// each next one replaces the winner in `resolved` while the auth rules
+/// allow it in the state resolved so far, and the first refusal ends the run.
 fn resolve_auth_conflict(
     rules: &RoomVersionRules,
-    resolved: &IdState,
+    resolved: &mut IdState,
     key: &(String, String),
     candidates: &[&Pdu],
     events: &HashMap<OwnedEventId, Pdu>,
-) -> OwnedEventId {
+) {
     let mut ordered = candidates.to_vec();
     ordered.sort_by_key(|pdu| (pdu.depth, Reverse(sha1_of(pdu))));
-    let mut state = resolved.clone();
-    let mut winner = ordered[0].event_id.clone();
+    resolved.insert(key.clone(), ordered[0].event_id.clone());
     for next in &ordered[1..] {
-        state.insert(key.clone(), winner.clone());
-        if allowed_in(rules, next, &state, events).is_err() {
+        if allowed_in(rules, next, resolved, events).is_err() {
             break;
         }
-        winner = next.event_id.clone();
+        resolved.insert(key.clone(), next.event_id.clone());
     }
-    winner
 }
 
 /// Any other key: the deepest event (lowest SHA-1 of its id among equals)

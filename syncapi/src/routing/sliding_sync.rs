@@ -531,9 +531,8 @@ async fn space_children(
     let Some(spaces) = &filters.spaces else { return Ok(None) };
     let mut children = HashSet::new();
     for space in rooms.iter().filter(|r| r.membership == "join" && spaces.iter().any(|s| s == r.room_id)) {
-        for row in state.storage.state_at(space.room_id, current).await? {
-            let listed = row.pdu["content"]["via"].as_array().is_some_and(|via| !via.is_empty());
-            if row.pdu["type"] == "m.space.child" && listed {
+        for row in state.storage.space_children_at(space.room_id, current).await? {
+            if row.pdu["content"]["via"].as_array().is_some_and(|via| !via.is_empty()) {
                 children.extend(row.pdu["state_key"].as_str().map(str::to_owned));
             }
         }

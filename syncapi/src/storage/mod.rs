@@ -69,6 +69,7 @@ macro_rules! state_at_sql {
 const STATE_AT: &str = state_at_sql!("");
 const STATE_AT_WITHOUT_MEMBERS: &str = state_at_sql!("AND l.event_type <> 'm.room.member'");
 const MEMBERS_AT: &str = state_at_sql!("AND l.event_type = 'm.room.member'");
+const SPACE_CHILDREN_AT: &str = state_at_sql!("AND l.event_type = 'm.space.child'");
 const REDACTION: &str = "m.room.redaction";
 
 /// An event as `/sync` and `/messages` read it back.
@@ -708,6 +709,11 @@ impl Storage {
     /// Only the member events of [`Self::state_at`] (`/members`).
     pub async fn members_at(&self, room_id: &str, at: i64) -> Result<Vec<EventRow>, SyncApiError> {
         self.state_rows_at(room_id, at, MEMBERS_AT).await
+    }
+
+    /// The `m.space.child` entries of the room's state at `at`.
+    pub async fn space_children_at(&self, room_id: &str, at: i64) -> Result<Vec<EventRow>, SyncApiError> {
+        self.state_rows_at(room_id, at, SPACE_CHILDREN_AT).await
     }
 
     async fn state_rows_at(&self, room_id: &str, at: i64, sql: &'static str) -> Result<Vec<EventRow>, SyncApiError> {
