@@ -70,12 +70,18 @@ fn decoy_hash() -> &'static str {
 /// historical grammar is accepted for existing users, but new ones get
 /// only `a-z 0-9 . _ = - / +`, not starting with `_` (reserved).
 pub fn new_user_id(localpart: &str, server_name: &str) -> Result<OwnedUserId, MatrixError> {
+    if localpart.starts_with('_') {
+        return Err(MatrixError::new(ErrorCode::InvalidUsername, "User ID may not begin with _"));
+    }
+    new_app_service_user_id(localpart, server_name)
+}
+
+/// Like [`new_user_id`], for application services, which may take the
+/// localparts starting with `_` that are reserved for them.
+pub fn new_app_service_user_id(localpart: &str, server_name: &str) -> Result<OwnedUserId, MatrixError> {
     let invalid = |why: &str| MatrixError::new(ErrorCode::InvalidUsername, why);
     if localpart.is_empty() {
         return Err(invalid("User ID cannot be empty"));
-    }
-    if localpart.starts_with('_') {
-        return Err(invalid("User ID may not begin with _"));
     }
     if !localpart.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+')) {
         return Err(invalid("User ID can only contain characters a-z, 0-9, or '=_-./+'"));
@@ -184,12 +190,19 @@ pub struct Registration {
     pub login: Option<(Option<String>, Option<String>)>,
     /// The client asked for a refresh token (`refresh_token: true`).
     pub refreshable: bool,
+    /// Registered by an application service, which may take localparts
+    /// starting with `_`.
+    pub by_app_service: bool,
 }
 
 /// Create the account (`400 M_USER_IN_USE` if taken) and, unless login is
 /// inhibited, its first session.
 pub async fn register(state: &AppState, registration: Registration) -> Result<(OwnedUserId, Option<Session>)> {
-    let user_id = new_user_id(&registration.localpart, state.server_name())?;
+    let user_id = if registration.by_app_service {
+        new_app_service_user_id(&registration.localpart, state.server_name())?
+    } else {
+        new_user_id(&registration.localpart, state.server_name())?
+    };
     let password_hash = match registration.password {
         Some(password) => Some(hash_password(password).await?),
         None => None,

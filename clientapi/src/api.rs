@@ -37,11 +37,22 @@ pub enum DeviceEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum QueryRequest {
-    /// Who owns the access token with this hash (see `myelin_types::random::token_hash`).
-    Whoami { token_hash: String },
+    /// Who owns the access token with this hash (see
+    /// `myelin_types::random::token_hash`), or whom the application service
+    /// holding it asserts with the request's `user_id` and `device_id`
+    /// query parameters.
+    Whoami {
+        token_hash: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_id: Option<String>,
+    },
 }
 
-pub type QueryReply = Option<Identity>;
+/// The identity, or the error the client gets (`M_UNKNOWN_TOKEN` for a
+/// token nobody holds, `M_FORBIDDEN` for an assertion refused).
+pub type QueryReply = Result<Identity, MatrixError>;
 
 /// The user and device behind an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -59,6 +70,10 @@ pub struct Identity {
     /// with a refresh token; [`TokenResolver`] refuses it from then on.
     #[serde(default)]
     pub expires_ms: Option<u64>,
+    /// The id of the application service acting as this user, when the
+    /// request carried its `as_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_service: Option<String>,
 }
 
 /// Which room a local alias names, for the federation API's

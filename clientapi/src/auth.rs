@@ -8,22 +8,26 @@
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
-use myelin_types::MatrixError;
 use myelin_types::ruma::OwnedUserId;
+use myelin_types::{ErrorCode, MatrixError};
 
+use crate::appservice::{Assertion, identify};
 use crate::error::ClientApiError;
 use crate::service::AppState;
-use crate::storage::tokens;
 
-/// The user and device behind the request's access token.
+/// The user and device behind the request's access token, or the user
+/// (and device) an application service asserts with its `as_token`.
 #[derive(Debug, Clone)]
 pub struct AuthedUser {
     pub user_id: OwnedUserId,
+    /// Empty for an application service that asserted no device.
     pub device_id: String,
     /// Only ever `true` behind [`GuestOk`].
     pub is_guest: bool,
     /// A server admin (see [`AdminUser`]).
     pub is_admin: bool,
+    /// The application service whose `as_token` the request carried.
+    pub app_service: Option<String>,
 }
 
 impl AuthedUser {
@@ -31,15 +35,29 @@ impl AuthedUser {
     async fn resolve(parts: &Parts, state: &AppState) -> Result<Self, ClientApiError> {
         let token = myelin_types::auth::access_token(parts).ok_or_else(MatrixError::missing_token)?;
         let hash = myelin_types::random::token_hash(&token);
-        let owner = tokens::lookup(&state.db, &hash).await?.ok_or_else(MatrixError::unknown_token)?;
-        if owner.expires_ms.is_some_and(|expires| expires <= state.now_ms()) {
+        let identity = identify(&state.db, &state.app_services, &hash, &Assertion::of(parts)).await?;
+        if identity.expires_ms.is_some_and(|expires| i64::try_from(expires).unwrap_or(i64::MAX) <= state.now_ms()) {
             return Err(MatrixError::soft_logout().into());
         }
-        let user_id = OwnedUserId::try_from(owner.user_id).map_err(|_| {
-            tracing::error!("stored access token has an invalid user id");
-            MatrixError::internal()
-        })?;
-        Ok(Self { user_id, device_id: owner.device_id, is_guest: owner.is_guest, is_admin: owner.is_admin })
+        Ok(Self {
+            user_id: identity.user_id,
+            device_id: identity.device_id,
+            is_guest: identity.is_guest,
+            is_admin: identity.is_admin,
+            app_service: identity.app_service,
+        })
+    }
+
+    /// `400 M_MISSING_PARAM` for an application service acting without a
+    /// device, on the endpoints that need one (the spec lets them fail).
+    pub fn require_device(&self) -> Result<&str, MatrixError> {
+        if self.device_id.is_empty() {
+            return Err(MatrixError::new(
+                ErrorCode::MissingParam,
+                "This needs a device: pass the user's device_id with the application service token",
+            ));
+        }
+        Ok(&self.device_id)
     }
 }
 

@@ -26,6 +26,8 @@ pub enum ClientApiError {
     UnexpectedReply(&'static str),
     #[error("media store: {0}")]
     MediaStore(#[from] std::io::Error),
+    #[error(transparent)]
+    AppServices(#[from] crate::appservice::AppServiceError),
 }
 
 impl From<ClientApiError> for MatrixError {

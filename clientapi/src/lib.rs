@@ -6,6 +6,7 @@
 //! forwarded to the room server.
 mod accounts;
 pub mod api;
+mod appservice;
 mod auth;
 mod consumers;
 mod error;

@@ -18,6 +18,7 @@ use crate::api::{
     ALIAS_QUERY_TOPIC, LOCAL_KEYS_TOPIC, MEDIA_QUERY_TOPIC, OPENID_QUERY_TOPIC, PROFILE_QUERY_TOPIC,
     PUBLIC_ROOMS_TOPIC, QUERY_TOPIC, REMOTE_TO_DEVICE_TOPIC,
 };
+use crate::appservice::AppServices;
 use crate::consumers::aliases::{self, AliasResponder};
 use crate::consumers::keys::{self, KeysResponder};
 use crate::consumers::media::{self as media_query, MediaResponder};
@@ -51,6 +52,7 @@ pub struct AppState {
     pub db: Db,
     pub bus: Bus,
     pub media: Arc<MediaStore>,
+    pub app_services: Arc<AppServices>,
 }
 
 impl AppState {
@@ -66,8 +68,13 @@ impl AppState {
 
 pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -> Result<Started, ClientApiError> {
     db.migrate(storage::COMPONENT, storage::MIGRATIONS).await?;
-    let query =
-        bus.serve("clientapi.query", QUERY_TOPIC, Arc::new(QueryResponder { db: db.clone() }), shutdown.clone());
+    let app_services = Arc::new(AppServices::load(&config, &db).await?);
+    let query = bus.serve(
+        "clientapi.query",
+        QUERY_TOPIC,
+        Arc::new(QueryResponder { db: db.clone(), app_services: app_services.clone() }),
+        shutdown.clone(),
+    );
     let aliases =
         bus.serve(aliases::GROUP, ALIAS_QUERY_TOPIC, Arc::new(AliasResponder { db: db.clone() }), shutdown.clone());
     let profiles = bus.serve(
@@ -113,7 +120,7 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
         shutdown,
     );
     let media = Arc::new(MediaStore::from_config(&config));
-    let state = AppState { config, db, bus, media };
+    let state = AppState { config, db, bus, media, app_services };
     Ok(Started {
         router: routing::router(state.clone()),
         media_router: routing::media::router(state),

@@ -16,7 +16,7 @@ use myelin_storage::Db;
 use myelin_testkit::TestDb;
 use myelin_types::clock::SharedClock;
 use myelin_types::signing::ServerSigningKey;
-use myelin_types::{ManualClock, SystemClock};
+use myelin_types::{ErrorCode, ManualClock, SystemClock};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha1::Sha1;
@@ -53,6 +53,8 @@ struct Options {
     /// `client_api.url_preview_enabled`, and the ranges previews may reach.
     url_previews: bool,
     url_preview_allowlist: &'static [&'static str],
+    /// Application service registrations (YAML), one file each.
+    app_services: Vec<String>,
 }
 
 impl Default for Options {
@@ -69,6 +71,7 @@ impl Default for Options {
             login_via_existing_session: false,
             url_previews: false,
             url_preview_allowlist: &[],
+            app_services: Vec::new(),
         }
     }
 }
@@ -93,6 +96,11 @@ impl Server {
             config.client_api.turn_shared_secret = Some(TURN_SECRET.to_owned());
             config.client_api.turn_user_lifetime_secs = 3600;
             config.client_api.public_base_url = Some(PUBLIC_BASE_URL.to_owned());
+        }
+        for (i, registration) in options.app_services.iter().enumerate() {
+            let path = dir.path().join(format!("appservice-{i}.yaml"));
+            std::fs::write(&path, registration).unwrap();
+            config.global.app_service_config_files.push(path);
         }
         std::fs::write(&config.global.signing_key_path, ServerSigningKey::generate_file_contents()).unwrap();
         let config = Arc::new(config);
@@ -231,7 +239,16 @@ impl Server {
     }
 
     async fn bus_whoami(&self, token: &str) -> QueryReply {
-        let request = QueryRequest::Whoami { token_hash: myelin_types::random::token_hash(token) };
+        self.bus_whoami_as(token, None).await
+    }
+
+    /// The bus query with an application service's `user_id` assertion.
+    async fn bus_whoami_as(&self, token: &str, user_id: Option<&str>) -> QueryReply {
+        let request = QueryRequest::Whoami {
+            token_hash: myelin_types::random::token_hash(token),
+            user_id: user_id.map(str::to_owned),
+            device_id: None,
+        };
         self.bus.request_json(QUERY_TOPIC, "k", &request, Duration::from_secs(10)).await.unwrap()
     }
 }
@@ -674,21 +691,23 @@ async fn whoami_bus_query_and_device_records() {
         let second = s.login("alice", "wonderland").await;
         assert_eq!(
             s.bus_whoami(&alice.token).await,
-            Some(Identity {
+            Ok(Identity {
                 user_id: alice.user_id.as_str().try_into().unwrap(),
                 device_id: alice.device_id.clone(),
                 is_guest: false,
                 is_admin: false,
                 expires_ms: None,
+                app_service: None,
             })
         );
-        assert_eq!(s.bus_whoami("unknown").await, None);
+        let unknown = |reply: QueryReply| reply.is_err_and(|e| e.errcode == ErrorCode::UnknownToken);
+        assert!(unknown(s.bus_whoami("unknown").await));
 
         s.post("/_matrix/client/v3/logout", Some(&alice.token), json!({})).await.ok();
-        assert_eq!(s.bus_whoami(&alice.token).await, None);
-        assert!(s.bus_whoami(&second.token).await.is_some());
+        assert!(unknown(s.bus_whoami(&alice.token).await));
+        assert!(s.bus_whoami(&second.token).await.is_ok());
         s.post("/_matrix/client/v3/logout/all", Some(&second.token), json!({})).await.ok();
-        assert_eq!(s.bus_whoami(&second.token).await, None);
+        assert!(unknown(s.bus_whoami(&second.token).await));
 
         let mut consumer = s.bus.backend().consumer("test.devices", DEVICES_TOPIC).await.unwrap();
         let mut events = Vec::new();
@@ -2738,6 +2757,204 @@ async fn the_space_hierarchy_shows_what_the_user_may_see_page_by_page() {
         s.get(&unknown, b).await.err(403, "M_FORBIDDEN");
         s.get("/_matrix/client/v1/rooms/not-a-room/hierarchy", b).await.err(400, "M_INVALID_PARAM");
         s.get(&path(""), None).await.err(401, "M_MISSING_TOKEN");
+    })
+    .await;
+}
+
+const AS_TOKEN: &str = "irc-as-token";
+const HS_TOKEN: &str = "irc-hs-token";
+
+/// An IRC bridge's registration: users `@_irc_…` and `@irc-…`, and
+/// aliases `#_irc_…`, exclusively, sending to `url`.
+fn irc_registration(url: &str) -> String {
+    format!(
+        r##"
+id: irc
+url: {url}
+as_token: {AS_TOKEN}
+hs_token: {HS_TOKEN}
+sender_localpart: _irc_bot
+rate_limited: false
+namespaces:
+  users: [{{exclusive: true, regex: "@_irc_.*"}}, {{exclusive: true, regex: "@irc-.*"}}]
+  aliases: [{{exclusive: true, regex: "#_irc_.*"}}]
+"##
+    )
+}
+
+/// Registrations that fail differently when pinged: no URL, and a URL
+/// nothing listens on.
+fn unreachable_registrations(closed_port: u16) -> [String; 2] {
+    [
+        "id: nourl\nurl: null\nas_token: nourl-as\nhs_token: nourl-hs\nsender_localpart: nourl_bot\n".to_owned(),
+        format!(
+            "id: dead\nurl: http://127.0.0.1:{closed_port}\nas_token: dead-as\nhs_token: dead-hs\nsender_localpart: dead_bot\n"
+        ),
+    ]
+}
+
+/// Application services register users of their namespaces without any
+/// stage (registration being closed), log in as them, and act as them or
+/// their sender with `user_id` and `device_id`; nobody else may register
+/// in an exclusive namespace.
+#[tokio::test]
+async fn application_services_register_log_in_and_act_as_their_users() {
+    let options = || Options {
+        open_registration: true,
+        app_services: vec![irc_registration("http://127.0.0.1:9")],
+        ..Options::default()
+    };
+    each_backend(options, async |s| {
+        let register = "/_matrix/client/v3/register";
+        let irc = Some(AS_TOKEN);
+        let ghost = json!({"type": "m.login.application_service", "username": "_irc_alice", "inhibit_login": true});
+        s.post(register, None, ghost.clone()).await.err(401, "M_MISSING_TOKEN");
+        s.post(register, Some("not-a-token"), ghost.clone()).await.err(401, "M_UNKNOWN_TOKEN");
+        let outside = json!({"type": "m.login.application_service", "username": "bob"});
+        s.post(register, irc, outside).await.err(400, "M_EXCLUSIVE");
+        let nameless = json!({"type": "m.login.application_service"});
+        s.post(register, irc, nameless).await.err(400, "M_MISSING_PARAM");
+        let registered = s.post(register, irc, ghost.clone()).await.ok();
+        assert_eq!(registered.body["user_id"], format!("@_irc_alice:{SERVER_NAME}"));
+        assert!(registered.body.get("access_token").is_none(), "inhibit_login: {}", registered.body);
+        s.post(register, irc, ghost).await.err(400, "M_USER_IN_USE");
+
+        // Others may not take the exclusive namespace, even with open
+        // registration (and `_` starts only application services' users).
+        let human = |name: &str| json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}});
+        s.post(register, None, human("irc-mallory")).await.err(400, "M_EXCLUSIVE");
+        s.post(register, None, human("_irc_mallory")).await.err(400, "M_INVALID_USERNAME");
+        s.get("/_matrix/client/v3/register/available?username=irc-mallory", None).await.err(400, "M_EXCLUSIVE");
+        let dashed = json!({"type": "m.login.application_service", "username": "irc-dave", "inhibit_login": true});
+        s.post(register, irc, dashed).await.ok();
+        s.get("/_matrix/client/v3/register/available?username=mallory", None).await.ok();
+
+        // Identity assertion.
+        let whoami = |query: &str| format!("/_matrix/client/v3/account/whoami{query}");
+        let sender = s.get(&whoami(""), irc).await.ok();
+        assert_eq!(sender.body, json!({"user_id": format!("@_irc_bot:{SERVER_NAME}"), "is_guest": false}));
+        let alice_id = format!("@_irc_alice:{SERVER_NAME}");
+        let as_alice = s.get(&whoami(&format!("?user_id={}", urlencode(&alice_id))), irc).await.ok();
+        assert_eq!(as_alice.body["user_id"], alice_id);
+        let bob = s.admin_register("bob", "builder").await;
+        s.get(&whoami(&format!("?user_id={}", urlencode(&bob.user_id))), irc).await.err(403, "M_FORBIDDEN");
+        let unregistered = format!("?user_id={}", urlencode(&format!("@_irc_nobody:{SERVER_NAME}")));
+        s.get(&whoami(&unregistered), irc).await.err(403, "M_FORBIDDEN");
+        s.get(&whoami("?user_id=not-a-user"), irc).await.err(400, "M_INVALID_PARAM");
+        let no_device = format!("?user_id={}&device_id=NOPE", urlencode(&alice_id));
+        s.get(&whoami(&no_device), irc).await.err(400, "M_UNKNOWN_DEVICE");
+        // A user's own token ignores the assertion.
+        let bob_as_alice = s.get(&whoami(&format!("?user_id={}", urlencode(&alice_id))), Some(&bob.token)).await.ok();
+        assert_eq!(bob_as_alice.body["user_id"], bob.user_id);
+        // Without a device, what needs one fails.
+        let keys = json!({"one_time_keys": {"signed_curve25519:AAAA": {"key": "k"}}});
+        s.post("/_matrix/client/v3/keys/upload", irc, keys).await.err(400, "M_MISSING_PARAM");
+
+        // Logging in as a namespace user, then acting with that device.
+        let flows = s.get("/_matrix/client/v3/login", None).await.ok();
+        assert!(flows.body["flows"].as_array().unwrap().iter().any(|f| f["type"] == "m.login.application_service"));
+        let login = |user: &str| {
+            json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": user}})
+        };
+        s.post("/_matrix/client/v3/login", None, login("_irc_alice")).await.err(401, "M_MISSING_TOKEN");
+        s.post("/_matrix/client/v3/login", Some(&bob.token), login("_irc_alice")).await.err(401, "M_UNKNOWN_TOKEN");
+        s.post("/_matrix/client/v3/login", irc, login("bob")).await.err(400, "M_EXCLUSIVE");
+        s.post("/_matrix/client/v3/login", irc, login("_irc_ghost")).await.err(403, "M_FORBIDDEN");
+        let session = s.post("/_matrix/client/v3/login", irc, login(&alice_id)).await.ok();
+        let alice = Account::from_reply(&session.body);
+        assert_eq!(alice.user_id, alice_id);
+        let with_device = format!("?user_id={}&device_id={}", urlencode(&alice_id), alice.device_id);
+        let asserted = s.get(&whoami(&with_device), irc).await.ok();
+        assert_eq!(asserted.body["device_id"], alice.device_id);
+        assert_eq!(s.whoami(&alice.token).await.ok().body["user_id"], alice_id);
+
+        // Other components ask the client API, and get the same answers.
+        let identity = s.bus_whoami_as(AS_TOKEN, Some(&alice_id)).await.unwrap();
+        assert_eq!((identity.user_id.as_str(), identity.app_service.as_deref()), (alice_id.as_str(), Some("irc")));
+        assert_eq!(identity.device_id, "");
+        let refused = s.bus_whoami_as(AS_TOKEN, Some(&bob.user_id)).await.unwrap_err();
+        assert_eq!(refused.errcode, ErrorCode::Forbidden);
+        assert_eq!(s.bus_whoami_as(&bob.token, Some(&alice_id)).await.unwrap().user_id.as_str(), bob.user_id);
+    })
+    .await;
+}
+
+/// An application service pinged through the homeserver: the homeserver
+/// calls it with its `hs_token` and reports the duration, or the service's
+/// error status and body.
+async fn application_service_stand_in() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::http::HeaderMap;
+    let pings: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let seen = pings.clone();
+    let app = axum::Router::new().route(
+        "/_matrix/app/v1/ping",
+        axum::routing::post(move |headers: HeaderMap, axum::Json(body): axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                let authorised = headers.get("authorization").and_then(|v| v.to_str().ok())
+                    == Some(format!("Bearer {HS_TOKEN}").as_str());
+                seen.lock().unwrap().push(body.clone());
+                if !authorised || body["transaction_id"] == "refuse" {
+                    let error = json!({"errcode": "M_FORBIDDEN", "error": "refused"});
+                    return (axum::http::StatusCode::FORBIDDEN, axum::Json(error));
+                }
+                (axum::http::StatusCode::OK, axum::Json(json!({})))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, pings)
+}
+
+/// Aliases in an exclusive namespace belong to its application service,
+/// which may create and delete them; a service may create none outside its
+/// namespaces. Pings reach the service with its `hs_token`.
+#[tokio::test]
+async fn application_service_aliases_and_pings() {
+    let (url, pings) = application_service_stand_in().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let options = || {
+        let [no_url, dead] = unreachable_registrations(closed);
+        Options { roomserver: true, app_services: vec![irc_registration(&url), no_url, dead], ..Options::default() }
+    };
+    each_backend(options, async |s| {
+        let irc = Some(AS_TOKEN);
+        let bob = s.admin_register("bob", "builder").await;
+        let b = Some(bob.token.as_str());
+        let dir = |alias: &str| format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));
+        let irc_chan = format!("#_irc_chan:{SERVER_NAME}");
+
+        // The sender creates a room and names it in its namespace.
+        let created = s.post("/_matrix/client/v3/createRoom", irc, json!({"preset": "public_chat"})).await.ok();
+        let room_id = created.body["room_id"].as_str().unwrap().to_owned();
+        s.post(&format!("/_matrix/client/v3/join/{}", urlencode(&room_id)), b, json!({})).await.ok();
+        s.put(&dir(&irc_chan), b, json!({"room_id": room_id})).await.err(400, "M_EXCLUSIVE");
+        let bobs_room = json!({"room_alias_name": "_irc_mine"});
+        s.post("/_matrix/client/v3/createRoom", b, bobs_room).await.err(400, "M_EXCLUSIVE");
+        s.put(&dir(&format!("#plain:{SERVER_NAME}")), irc, json!({"room_id": room_id})).await.err(400, "M_EXCLUSIVE");
+        s.put(&dir(&irc_chan), irc, json!({"room_id": room_id})).await.ok();
+        assert_eq!(s.get(&dir(&irc_chan), None).await.ok().body["room_id"], room_id);
+        s.send(reqwest::Method::DELETE, &dir(&irc_chan), b, None).await.err(400, "M_EXCLUSIVE");
+        s.send(reqwest::Method::DELETE, &dir(&irc_chan), irc, None).await.ok();
+        s.get(&dir(&irc_chan), None).await.err(404, "M_NOT_FOUND");
+
+        // Pings.
+        let ping = |id: &str| format!("/_matrix/client/v1/appservice/{id}/ping");
+        let pong = s.post(&ping("irc"), irc, json!({"transaction_id": "meow"})).await.ok();
+        assert!(pong.body["duration_ms"].is_u64(), "{}", pong.body);
+        assert!(pings.lock().unwrap().contains(&json!({"transaction_id": "meow"})));
+        let refused = s.post(&ping("irc"), irc, json!({"transaction_id": "refuse"})).await;
+        assert_eq!(refused.status.as_u16(), 502, "{}", refused.body);
+        assert_eq!(refused.body["errcode"], "M_BAD_STATUS");
+        assert_eq!(refused.body["status"], 403);
+        assert!(refused.body["body"].as_str().unwrap().contains("M_FORBIDDEN"), "{}", refused.body);
+        s.post(&ping("irc"), b, json!({})).await.err(403, "M_FORBIDDEN");
+        s.post(&ping("nourl"), irc, json!({})).await.err(403, "M_FORBIDDEN");
+        s.post(&ping("nourl"), Some("nourl-as"), json!({})).await.err(400, "M_URL_NOT_SET");
+        s.post(&ping("dead"), Some("dead-as"), json!({})).await.err(502, "M_CONNECTION_FAILED");
+        s.post(&ping("irc"), None, json!({})).await.err(401, "M_MISSING_TOKEN");
     })
     .await;
 }

@@ -16,6 +16,8 @@ use myelin_bus::{Bus, BusError, HandleError, Handler, Record};
 use myelin_types::MatrixError;
 use myelin_types::random::token_hash;
 
+use crate::appservice::Assertion;
+
 use super::{DeviceEvent, Identity, QUERY_TOPIC, QueryReply, QueryRequest, REQUEST_TIMEOUT};
 
 /// Beyond this many cached tokens the cache starts over.
@@ -51,7 +53,9 @@ pub struct TokenResolver {
 
 #[derive(Default)]
 struct Cache {
-    identities: HashMap<String, Identity>,
+    /// Token hash → the request's assertion (which only an application
+    /// service's token heeds) → identity.
+    identities: HashMap<String, HashMap<Assertion, Identity>>,
     /// Bumped on every revocation, so that a lookup that raced with one is not cached.
     generation: u64,
 }
@@ -107,24 +111,27 @@ impl TokenResolver {
     async fn lookup_cached(&self, parts: &Parts) -> Result<Caller, ResolveError> {
         let token = myelin_types::auth::access_token(parts).ok_or_else(MatrixError::missing_token)?;
         let hash = token_hash(&token);
+        let assertion = Assertion::of(parts);
         let generation = {
             let cache = self.cache.lock().expect("token cache lock");
-            if let Some(identity) = cache.identities.get(&hash) {
+            if let Some(identity) = cache.identities.get(&hash).and_then(|by_assertion| by_assertion.get(&assertion)) {
                 return Ok(Caller { identity: identity.clone(), token_hash: hash });
             }
             cache.generation
         };
-        let reply: QueryReply = self
-            .bus
-            .request_json(QUERY_TOPIC, &hash, &QueryRequest::Whoami { token_hash: hash.clone() }, REQUEST_TIMEOUT)
-            .await?;
-        let identity = reply.ok_or_else(MatrixError::unknown_token)?;
+        let request = QueryRequest::Whoami {
+            token_hash: hash.clone(),
+            user_id: assertion.user_id.clone(),
+            device_id: assertion.device_id.clone(),
+        };
+        let reply: QueryReply = self.bus.request_json(QUERY_TOPIC, &hash, &request, REQUEST_TIMEOUT).await?;
+        let identity = reply?;
         let mut cache = self.cache.lock().expect("token cache lock");
         if cache.generation == generation {
             if cache.identities.len() >= MAX_CACHED {
                 cache.identities.clear();
             }
-            cache.identities.insert(hash.clone(), identity.clone());
+            cache.identities.entry(hash.clone()).or_default().insert(assertion, identity.clone());
         }
         Ok(Caller { identity, token_hash: hash })
     }

@@ -1,16 +1,20 @@
-//! Answers `clientapi.query`: which user and device own a token hash, so
-//! other components authenticate requests without reading our tables.
+//! Answers `clientapi.query`: which user and device own a token hash (or
+//! whom an application service asserts), so other components authenticate
+//! requests without reading our tables.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use myelin_bus::{HandleError, Record, Responder};
 use myelin_storage::Db;
-use myelin_types::ruma::OwnedUserId;
 
-use crate::api::{Identity, QueryReply, QueryRequest};
-use crate::storage::tokens;
+use crate::api::{QueryReply, QueryRequest};
+use crate::appservice::{AppServices, Assertion, identify};
+use crate::error::ClientApiError;
 
 pub struct QueryResponder {
     pub db: Db,
+    pub app_services: Arc<AppServices>,
 }
 
 #[async_trait]
@@ -18,18 +22,13 @@ impl Responder for QueryResponder {
     async fn respond(&self, request: &Record) -> Result<Vec<u8>, HandleError> {
         let request: QueryRequest = request.json().map_err(|e| HandleError::Poison(format!("bad query: {e}")))?;
         let reply: QueryReply = match request {
-            QueryRequest::Whoami { token_hash } => {
-                let found =
-                    tokens::lookup(&self.db, &token_hash).await.map_err(|e| HandleError::Transient(e.to_string()))?;
-                found.and_then(|owner| {
-                    OwnedUserId::try_from(owner.user_id).ok().map(|user_id| Identity {
-                        user_id,
-                        device_id: owner.device_id,
-                        is_guest: owner.is_guest,
-                        is_admin: owner.is_admin,
-                        expires_ms: owner.expires_ms.map(|ms| u64::try_from(ms).unwrap_or(0)),
-                    })
-                })
+            QueryRequest::Whoami { token_hash, user_id, device_id } => {
+                let assertion = Assertion { user_id, device_id };
+                match identify(&self.db, &self.app_services, &token_hash, &assertion).await {
+                    Ok(identity) => Ok(identity),
+                    Err(ClientApiError::Matrix(error)) => Err(error),
+                    Err(other) => return Err(HandleError::Transient(other.to_string())),
+                }
             }
         };
         serde_json::to_vec(&reply).map_err(|e| HandleError::Poison(e.to_string()))

@@ -20,8 +20,14 @@ use crate::uia::{self, AuthData};
 
 /// `GET /_matrix/client/v3/account/whoami`
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3accountwhoami>
+///
+/// An application service acting without a device gets no `device_id`.
 pub async fn whoami(GuestOk(user): GuestOk) -> Json<Value> {
-    Json(json!({ "user_id": user.user_id, "device_id": user.device_id, "is_guest": user.is_guest }))
+    let mut reply = json!({ "user_id": user.user_id, "is_guest": user.is_guest });
+    if !user.device_id.is_empty() {
+        reply["device_id"] = json!(user.device_id);
+    }
+    Json(reply)
 }
 
 #[derive(Deserialize)]

@@ -105,6 +105,7 @@ pub async fn register(
         is_guest: false,
         login: Some((None, None)),
         refreshable: false,
+        by_app_service: false,
     };
     let (user_id, session) = accounts::register(&state, registration).await?;
     let session = session.ok_or_else(MatrixError::internal)?;

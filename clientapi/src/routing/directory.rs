@@ -66,6 +66,7 @@ pub async fn put_alias(
     MatrixJson(body): MatrixJson<AliasBody>,
 ) -> Result<Json<Value>> {
     let alias = local_alias(&state, &alias)?;
+    state.app_services.check_alias_free(&alias, state.app_services.of_caller(&user))?;
     let room_id = parse_room_id(&body.room_id)?;
     require_joined(&state, &room_id, &user.user_id).await?;
     if !directory::create_alias(&state.db, &alias, room_id.as_str(), user.user_id.as_str(), state.now_ms()).await? {
@@ -92,18 +93,21 @@ pub async fn get_alias(State(state): State<AppState>, MatrixPath(alias): MatrixP
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
 /// <https://spec.matrix.org/v1.16/client-server-api/#delete_matrixclientv3directoryroomroomalias>
 ///
-/// By the alias's creator, or by a member with the power to change the
-/// room's canonical alias.
+/// By the alias's creator, by a member with the power to change the
+/// room's canonical alias, or by the application service whose namespace
+/// holds it; an exclusive namespace's aliases only by its service.
 pub async fn delete_alias(
     State(state): State<AppState>,
     user: AuthedUser,
     MatrixPath(alias): MatrixPath<String>,
 ) -> Result<Json<Value>> {
     let alias = local_alias(&state, &alias)?;
+    let service = state.app_services.of_caller(&user);
+    state.app_services.check_alias_free(&alias, service)?;
     let (room_id, creator) = directory::alias(&state.db, &alias)
         .await?
         .ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found")))?;
-    if creator != user.user_id.as_str() {
+    if creator != user.user_id.as_str() && service.is_none() {
         let room_id = parse_room_id(&room_id)?;
         require_joined(&state, &room_id, &user.user_id).await?;
         let room_state = roomserver::room_state(&state.bus, &room_id, &user.user_id, None, None).await?;

@@ -68,6 +68,7 @@ pub async fn upload(
     GuestOk(user): GuestOk,
     MatrixJson(body): MatrixJson<UploadBody>,
 ) -> Result<Json<Value>> {
+    user.require_device()?;
     if let Some(device_keys) = &body.device_keys {
         check_device_keys(device_keys, &user)?;
     }

@@ -1,7 +1,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use myelin_config::appservice::AppService;
 use myelin_types::ruma::{OwnedUserId, UserId};
 use myelin_types::{ErrorCode, MatrixError, random};
 use serde::Deserialize;
@@ -23,6 +25,9 @@ const LOGIN_TOKEN_LIFETIME_MS: i64 = 2 * 60 * 1000;
 /// <https://spec.matrix.org/v1.16/client-server-api/#get_matrixclientv3login>
 pub async fn get_login(State(state): State<AppState>) -> Json<Value> {
     let mut flows = vec![json!({ "type": "m.login.password" })];
+    if !state.app_services.is_empty() {
+        flows.push(json!({ "type": "m.login.application_service" }));
+    }
     if state.config.client_api.login_via_existing_session {
         flows.push(json!({ "type": "m.login.token", "get_login_token": true }));
     }
@@ -87,10 +92,15 @@ fn bad_login() -> MatrixError {
 
 /// `POST /_matrix/client/v3/login`
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3login>
-pub async fn post_login(State(state): State<AppState>, MatrixJson(body): MatrixJson<LoginBody>) -> Result<Json<Value>> {
+pub async fn post_login(
+    State(state): State<AppState>,
+    parts: Parts,
+    MatrixJson(body): MatrixJson<LoginBody>,
+) -> Result<Json<Value>> {
     let user_id = match body.login_type.as_str() {
         "m.login.password" => password_login(&state, &body).await?,
         "m.login.token" => token_login(&state, body.token.as_deref()).await?,
+        "m.login.application_service" => app_service_login(&state, &parts, &body).await?,
         _ => {
             return Err(MatrixError::new(ErrorCode::Unknown, "Unknown login type")
                 .with_status(StatusCode::BAD_REQUEST)
@@ -105,8 +115,8 @@ pub async fn post_login(State(state): State<AppState>, MatrixJson(body): MatrixJ
     Ok(Json(reply))
 }
 
-/// The user whose password the body holds.
-async fn password_login(state: &AppState, body: &LoginBody) -> Result<OwnedUserId> {
+/// The local user the body identifies, by localpart.
+fn identified_localpart(state: &AppState, body: &LoginBody) -> Result<String> {
     let user = match (&body.identifier, &body.user) {
         (Some(identifier), _) if identifier.kind != "m.id.user" => {
             return Err(MatrixError::new(ErrorCode::Unknown, "Unknown login identifier type")
@@ -116,17 +126,21 @@ async fn password_login(state: &AppState, body: &LoginBody) -> Result<OwnedUserI
         (Some(Identifier { user: Some(user), .. }), _) | (None, Some(user)) => user,
         _ => return Err(MatrixError::new(ErrorCode::MissingParam, "User identifier is missing").into()),
     };
+    if !user.starts_with('@') {
+        return Ok(user.to_lowercase());
+    }
+    let user_id = <&UserId>::try_from(user.as_str()).map_err(|_| bad_login())?;
+    if user_id.server_name().as_str() != state.server_name() {
+        return Err(bad_login().into());
+    }
+    Ok(user_id.localpart().to_lowercase())
+}
+
+/// The user whose password the body holds.
+async fn password_login(state: &AppState, body: &LoginBody) -> Result<OwnedUserId> {
+    let localpart = identified_localpart(state, body)?;
     let Some(password) = body.password.clone() else {
         return Err(MatrixError::new(ErrorCode::MissingParam, "Password is missing").into());
-    };
-    let localpart = if user.starts_with('@') {
-        let user_id = <&UserId>::try_from(user.as_str()).map_err(|_| bad_login())?;
-        if user_id.server_name().as_str() != state.server_name() {
-            return Err(bad_login().into());
-        }
-        user_id.localpart().to_lowercase()
-    } else {
-        user.to_lowercase()
     };
     if password.len() > MAX_PASSWORD_LEN {
         return Err(bad_login().into());
@@ -137,6 +151,37 @@ async fn password_login(state: &AppState, body: &LoginBody) -> Result<OwnedUserI
         return Err(bad_login().into());
     }
     OwnedUserId::try_from(format!("@{localpart}:{}", state.server_name())).map_err(|_| bad_login().into())
+}
+
+/// A user of the namespaces of the application service whose `as_token`
+/// the request carries: `401` without a valid one, `400 M_EXCLUSIVE` for a
+/// user outside its namespaces.
+///
+/// Spec: <https://spec.matrix.org/v1.16/application-service-api/#server-admin-style-permissions>
+async fn app_service_login(state: &AppState, parts: &Parts, body: &LoginBody) -> Result<OwnedUserId> {
+    let service = app_service_of(state, parts)?;
+    let localpart = identified_localpart(state, body)?;
+    let user_id = OwnedUserId::try_from(format!("@{localpart}:{}", state.server_name())).map_err(|_| bad_login())?;
+    if !service.is_user_in_namespace(user_id.as_str()) {
+        return Err(MatrixError::new(
+            ErrorCode::Exclusive,
+            "This user is outside the application service's namespaces",
+        )
+        .into());
+    }
+    if !storage::accounts::exists(&state.db, &localpart).await? {
+        return Err(bad_login().into());
+    }
+    refuse_deactivated(state, &localpart).await?;
+    Ok(user_id)
+}
+
+/// The application service whose `as_token` the request carries: `401
+/// M_MISSING_TOKEN` without a token, `401 M_UNKNOWN_TOKEN` for another token.
+pub fn app_service_of<'s>(state: &'s AppState, parts: &Parts) -> Result<&'s AppService> {
+    let token = myelin_types::auth::access_token(parts).ok_or_else(MatrixError::missing_token)?;
+    let service = state.app_services.by_token_hash(&random::token_hash(&token));
+    Ok(service.ok_or_else(MatrixError::unknown_token)?)
 }
 
 /// The user a login token was minted for; the token is spent.
@@ -161,8 +206,12 @@ async fn refuse_deactivated(state: &AppState, localpart: &str) -> Result<()> {
 
 /// `POST /_matrix/client/v3/logout`
 /// <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3logout>
+///
+/// An application service acting without a device has no session to end.
 pub async fn logout(State(state): State<AppState>, user: AuthedUser) -> Result<Json<Value>> {
-    accounts::end_session(&state, &user.user_id, &user.device_id).await?;
+    if !user.device_id.is_empty() {
+        accounts::end_session(&state, &user.user_id, &user.device_id).await?;
+    }
     Ok(Json(json!({})))
 }
 

@@ -4,6 +4,7 @@
 mod account;
 mod account_data;
 mod admin_register;
+mod appservice;
 mod backup;
 mod capabilities;
 mod devices;
@@ -153,6 +154,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(register::token_validity))
         .route("/_matrix/client/v1/login/get_token", post(login::get_token))
+        .route("/_matrix/client/v1/appservice/{appservice_id}/ping", post(appservice::ping))
         .route("/_myelin/admin/v1/room_reports", get(reports::list_room_reports))
         .route("/_myelin/admin/v1/user_reports", get(reports::list_user_reports))
         .route("/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", get(timestamp::timestamp_to_event))

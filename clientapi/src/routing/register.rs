@@ -1,6 +1,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use myelin_types::ruma::OwnedUserId;
 use myelin_types::{ErrorCode, MatrixError, random};
@@ -10,6 +11,7 @@ use serde_json::{Value, json};
 use crate::accounts::{self, MAX_PASSWORD_LEN, Registration};
 use crate::error::{ClientApiError, Result};
 use crate::json::{MatrixJson, MatrixQuery};
+use crate::routing::login::app_service_of;
 use crate::service::AppState;
 use crate::storage::{self, tokens};
 use crate::uia::SESSION_LIFETIME_MS;
@@ -33,6 +35,10 @@ pub struct RegisterBody {
     refresh_token: bool,
     /// A guest upgrading its own account (with `username` its localpart).
     guest_access_token: Option<String>,
+    /// `m.login.application_service`: an application service registering
+    /// a user of its namespaces, with its `as_token` and no other stage.
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +53,8 @@ struct AuthData {
 /// The one UIA stage registration asks for.
 const DUMMY: &str = "m.login.dummy";
 const REGISTRATION_TOKEN: &str = "m.login.registration_token";
+/// The registration type of application services.
+const APP_SERVICE: &str = "m.login.application_service";
 
 fn stage(state: &AppState) -> &'static str {
     if state.config.client_api.registration_requires_token { REGISTRATION_TOKEN } else { DUMMY }
@@ -77,12 +85,16 @@ fn uia_challenge(stage: &str, session: &str, error: Option<MatrixError>) -> Resp
 pub async fn register(
     State(state): State<AppState>,
     MatrixQuery(query): MatrixQuery<RegisterQuery>,
+    parts: Parts,
     MatrixJson(body): MatrixJson<RegisterBody>,
 ) -> Result<Response> {
     match query.kind.as_deref() {
         None | Some("user") => {}
         Some("guest") => return register_guest(&state, body).await,
         Some(_) => return Err(MatrixError::invalid_param("Invalid kind").into()),
+    }
+    if body.kind.as_deref() == Some(APP_SERVICE) {
+        return register_for_app_service(&state, &parts, body).await;
     }
     if !state.config.client_api.open_registration {
         return Err(registration_closed().into());
@@ -96,7 +108,8 @@ pub async fn register(
     if let Some(username) = &username
         && guest.is_none()
     {
-        accounts::new_user_id(username, state.server_name())?;
+        let user_id = accounts::new_user_id(username, state.server_name())?;
+        state.app_services.check_user_free(user_id.as_str(), None)?;
         if storage::accounts::exists(&state.db, username).await? {
             return Err(accounts::user_in_use().into());
         }
@@ -159,6 +172,7 @@ pub async fn register(
                 is_guest: false,
                 login,
                 refreshable,
+                by_app_service: false,
             };
             accounts::register(&state, registration).await?
         }
@@ -174,6 +188,45 @@ pub async fn register(
     let mut reply = json!({ "user_id": user_id, "home_server": state.server_name() });
     if let Some(login) = login_session {
         login.add_to(&mut reply);
+    }
+    Ok(Json(reply).into_response())
+}
+
+/// `type: m.login.application_service`: a user of the calling application
+/// service's namespaces, without password or interactive authentication,
+/// whether or not registration is open. `401` without a valid `as_token`,
+/// `400 M_EXCLUSIVE` for a user outside its namespaces (or held by another
+/// service exclusively).
+///
+/// Spec: <https://spec.matrix.org/v1.16/application-service-api/#server-admin-style-permissions>
+async fn register_for_app_service(state: &AppState, parts: &Parts, body: RegisterBody) -> Result<Response> {
+    let service = app_service_of(state, parts)?;
+    let Some(localpart) = body.username.map(|u| u.to_lowercase()) else {
+        return Err(MatrixError::new(ErrorCode::MissingParam, "An application service must name the user").into());
+    };
+    let user_id = accounts::new_app_service_user_id(&localpart, state.server_name())?;
+    if !service.is_user_in_namespace(user_id.as_str()) {
+        return Err(MatrixError::new(
+            ErrorCode::Exclusive,
+            "This user is outside the application service's namespaces",
+        )
+        .into());
+    }
+    state.app_services.check_user_free(user_id.as_str(), Some(service))?;
+    let registration = Registration {
+        localpart,
+        password: None,
+        admin: false,
+        user_type: None,
+        is_guest: false,
+        login: (!body.inhibit_login).then_some((body.device_id, body.initial_device_display_name)),
+        refreshable: body.refresh_token,
+        by_app_service: true,
+    };
+    let (user_id, session) = accounts::register(state, registration).await?;
+    let mut reply = json!({ "user_id": user_id, "home_server": state.server_name() });
+    if let Some(session) = session {
+        session.add_to(&mut reply);
     }
     Ok(Json(reply).into_response())
 }
@@ -244,6 +297,7 @@ async fn register_generated(
             is_guest,
             login: login.clone(),
             refreshable,
+            by_app_service: false,
         };
         match accounts::register(state, registration).await {
             Err(ClientApiError::Matrix(e)) if e.errcode == ErrorCode::UserInUse => continue,
@@ -327,7 +381,8 @@ pub async fn available(
         return Err(registration_closed().into());
     }
     let username = query.username.to_lowercase();
-    accounts::new_user_id(&username, state.server_name())?;
+    let user_id = accounts::new_user_id(&username, state.server_name())?;
+    state.app_services.check_user_free(user_id.as_str(), None)?;
     if storage::accounts::exists(&state.db, &username).await? {
         return Err(accounts::user_in_use().into());
     }

@@ -69,6 +69,7 @@ pub async fn create_room(
     let alias = match &body.room_alias_name {
         Some(name) => {
             let alias = directory::local_alias(&state, &format!("#{name}:{}", state.server_name()))?;
+            state.app_services.check_alias_free(&alias, state.app_services.of_caller(&user))?;
             if storage::directory::alias(&state.db, &alias).await?.is_some() {
                 return Err(MatrixError::new(ErrorCode::RoomInUse, format!("Room alias {alias} already exists")).into());
             }

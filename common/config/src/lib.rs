@@ -5,6 +5,7 @@
 //! validates meaning ([`check`]). Both report every problem at once: an
 //! operator fixing a config file should not have to restart once per typo.
 
+pub mod appservice;
 mod check;
 mod load;
 
@@ -59,6 +60,9 @@ pub struct Global {
     /// A `tracing` filter such as `info` or `myelin_roomserver=debug,info`. The
     /// default quiets ruma's per-event auth traces.
     pub log_filter: String,
+    /// Application service registration files (YAML, as Synapse reads
+    /// them); none by default.
+    pub app_service_config_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,6 +227,7 @@ impl Global {
             kafka_replication: -1,
             signing_key_path: data_dir.join("signing.key"),
             log_filter: "info,ruma_state_res=warn".to_owned(),
+            app_service_config_files: Vec::new(),
             data_dir,
         }
     }

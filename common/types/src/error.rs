@@ -87,6 +87,22 @@ pub enum ErrorCode {
     /// yet, after waiting the client's `timeout_ms`.
     #[serde(rename = "M_NOT_YET_UPLOADED")]
     NotYetUploaded,
+    /// A user or alias in another application service's exclusive
+    /// namespace, or outside the calling application service's namespaces.
+    #[serde(rename = "M_EXCLUSIVE")]
+    Exclusive,
+    /// An application service named a device its user does not have.
+    #[serde(rename = "M_UNKNOWN_DEVICE")]
+    UnknownDevice,
+    /// Pinging an application service registered without a `url`.
+    #[serde(rename = "M_URL_NOT_SET")]
+    UrlNotSet,
+    /// Pinging an application service that could not be reached.
+    #[serde(rename = "M_CONNECTION_FAILED")]
+    ConnectionFailed,
+    /// Pinging an application service that did not answer in time.
+    #[serde(rename = "M_CONNECTION_TIMEOUT")]
+    ConnectionTimeout,
 }
 
 impl ErrorCode {
@@ -102,7 +118,8 @@ impl ErrorCode {
             Self::NotFound | Self::Unrecognized => StatusCode::NOT_FOUND,
             Self::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             Self::CannotOverwriteMedia => StatusCode::CONFLICT,
-            Self::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotYetUploaded | Self::ConnectionTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::ConnectionFailed => StatusCode::BAD_GATEWAY,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadJson
@@ -121,7 +138,10 @@ impl ErrorCode {
             | Self::BadAlias
             | Self::UnknownPos
             | Self::ProfileTooLarge
-            | Self::KeyTooLarge => StatusCode::BAD_REQUEST,
+            | Self::KeyTooLarge
+            | Self::Exclusive
+            | Self::UnknownDevice
+            | Self::UrlNotSet => StatusCode::BAD_REQUEST,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Client-server endpoints beyond the everyday ones, each against a real
 //! server: forgetting rooms, reports, jumping to a date, room upgrades,
 //! OpenID tokens, registration tokens and refresh tokens, spaces, and
-//! other servers' media, aliases, profiles and public rooms.
+//! other servers' media, aliases, profiles and public rooms, and
+//! application services acting as their users.
 
+mod appservice;
 mod forget;
 mod remote;
 mod reports;
