@@ -12,6 +12,7 @@ use myelin_config::appservice::{AppService, load_app_services};
 use myelin_storage::Db;
 use myelin_types::ruma::OwnedUserId;
 use myelin_types::{ErrorCode, MatrixError};
+use serde::Deserialize;
 
 use crate::api::Identity;
 use crate::auth::AuthedUser;
@@ -189,4 +190,32 @@ async fn assert_identity(db: &Db, service: &AppService, assertion: &Assertion) -
         expires_ms: None,
         app_service: Some(service.id().to_owned()),
     })
+}
+
+/// The largest `origin_server_ts` the spec allows (a JSON-safe integer).
+const MAX_TIMESTAMP: u64 = (1 << 53) - 1;
+
+/// The `ts` query parameter of `/send` and `/state`.
+#[derive(Debug, Deserialize)]
+pub struct TimestampQuery {
+    ts: Option<u64>,
+}
+
+impl TimestampQuery {
+    /// The event's timestamp when an application service sets one (other
+    /// callers' `ts` is ignored); `400 M_INVALID_PARAM` beyond what
+    /// `origin_server_ts` may hold.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/application-service-api/#timestamp-massaging>
+    pub fn for_caller(&self, user: &AuthedUser) -> Result<Option<u64>, MatrixError> {
+        match self.ts {
+            Some(ts) if user.app_service.is_some() => {
+                if ts > MAX_TIMESTAMP {
+                    return Err(MatrixError::invalid_param("ts is larger than an event timestamp may be"));
+                }
+                Ok(Some(ts))
+            }
+            _ => Ok(None),
+        }
+    }
 }

@@ -2940,6 +2940,26 @@ async fn application_service_aliases_and_pings() {
         s.send(reqwest::Method::DELETE, &dir(&irc_chan), irc, None).await.ok();
         s.get(&dir(&irc_chan), None).await.err(404, "M_NOT_FOUND");
 
+        // Timestamp massaging: the service's `ts` becomes the event's; a
+        // user's is ignored; what no event may hold is refused.
+        let topic = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", urlencode(&room_id));
+        s.put(&format!("{topic}?ts=1600000000000"), irc, json!({"topic": "then"})).await.ok();
+        let event = s.get(&format!("{topic}?format=event"), irc).await.ok();
+        assert_eq!(event.body["origin_server_ts"], 1_600_000_000_000_u64, "{}", event.body);
+        let name = format!("/_matrix/client/v3/rooms/{}/state/m.room.name", urlencode(&room_id));
+        s.put(&format!("{name}?ts=1600000000000"), irc, json!({"name": "n"})).await.ok();
+        let event = s.get(&format!("{name}?format=event"), irc).await.ok();
+        assert_eq!(event.body["origin_server_ts"], 1_600_000_000_000_u64, "{}", event.body);
+        s.put(&format!("{topic}?ts=9007199254740992"), irc, json!({"topic": "never"}))
+            .await
+            .err(400, "M_INVALID_PARAM");
+        s.put(&format!("{topic}?ts=soon"), irc, json!({"topic": "never"})).await.err(400, "M_INVALID_PARAM");
+        let bobs_member =
+            format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", urlencode(&room_id), urlencode(&bob.user_id));
+        s.put(&format!("{bobs_member}?ts=1000"), b, json!({"membership": "join", "displayname": "Bob"})).await.ok();
+        let event = s.get(&format!("{bobs_member}?format=event"), b).await.ok();
+        assert!(event.body["origin_server_ts"].as_u64().unwrap() > 1_600_000_000_000, "{}", event.body);
+
         // Pings.
         let ping = |id: &str| format!("/_matrix/client/v1/appservice/{id}/ping");
         let pong = s.post(&ping("irc"), irc, json!({"transaction_id": "meow"})).await.ok();

@@ -678,6 +678,7 @@ async fn send_state(
         content,
         txn: None,
         sender_is_guest: false,
+        origin_server_ts: None,
     });
     let reply: InputReply =
         server.bus.request_json(INPUT_TOPIC, room_id, &request, Duration::from_secs(60)).await.unwrap();

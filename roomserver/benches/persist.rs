@@ -83,6 +83,7 @@ impl Server {
                 content: json!({"msgtype": "m.text", "body": format!("message {n}")}),
                 txn: None,
                 sender_is_guest: false,
+                origin_server_ts: None,
             });
             async move {
                 let reply: InputReply = self

@@ -283,6 +283,13 @@ pub struct SendEvent {
     /// Spec: <https://spec.matrix.org/v1.16/client-server-api/#guest-access>
     #[serde(default)]
     pub sender_is_guest: bool,
+    /// The event's `origin_server_ts` instead of now: an application
+    /// service's `ts` (timestamp massaging); the event still goes at the
+    /// tip of the room.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/application-service-api/#timestamp-massaging>
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_server_ts: Option<u64>,
 }
 
 /// Identifies a client's `PUT …/{txnId}`; unique per (user, device, txn id).

@@ -130,6 +130,7 @@ impl Harness {
             content,
             txn,
             sender_is_guest: false,
+            origin_server_ts: None,
         };
         match self.input(room_id.as_str(), InputRequest::SendEvent(request)).await? {
             InputOk::EventSent { event_id } => Ok(event_id.to_string()),
@@ -572,6 +573,7 @@ async fn redelivered_requests_produce_one_event() {
             content: json!({"msgtype": "m.text", "body": "delivered twice"}),
             txn: None,
             sender_is_guest: false,
+            origin_server_ts: None,
         });
         let headers = Headers {
             correlation_id: Some("same-correlation-id".into()),

@@ -133,6 +133,7 @@ impl DirectoryConsumer {
                 content: json!({ "membership": "leave" }),
                 txn: None,
                 sender_is_guest: true,
+                origin_server_ts: None,
             };
             match roomserver::send_event(&self.bus, request).await {
                 Ok(_) => {}

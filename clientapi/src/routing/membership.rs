@@ -49,6 +49,7 @@ pub(crate) async fn set_membership(
         content,
         txn: None,
         sender_is_guest: false,
+        origin_server_ts: None,
     };
     roomserver::send_event(&state.bus, request).await?;
     Ok(())
@@ -98,6 +99,7 @@ async fn join(
         content: content.clone(),
         txn: None,
         sender_is_guest: user.is_guest,
+        origin_server_ts: None,
     };
     let unknown = match roomserver::send_event(&state.bus, request).await {
         // The room server answers M_NOT_FOUND for a join to a room it does not have.
@@ -200,6 +202,7 @@ pub async fn knock(
         content: content.clone(),
         txn: None,
         sender_is_guest: false,
+        origin_server_ts: None,
     };
     let unknown = match roomserver::send_event(&state.bus, request).await {
         // The room server answers M_NOT_FOUND for a room it does not have.

@@ -205,6 +205,7 @@ async fn update_member_events(state: &AppState, user: &AuthedUser, profile: &Pro
                 content: Value::Object(content),
                 txn: None,
                 sender_is_guest: user.is_guest,
+                origin_server_ts: None,
             };
             roomserver::send_event(&state.bus, request).await.map(drop)
         };

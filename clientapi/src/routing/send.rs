@@ -6,9 +6,10 @@ use myelin_types::ruma::OwnedEventId;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::appservice::TimestampQuery;
 use crate::auth::{AuthedUser, GuestOk};
 use crate::error::Result;
-use crate::json::{MatrixJson, MatrixPath};
+use crate::json::{MatrixJson, MatrixPath, MatrixQuery};
 use crate::producers::roomserver;
 use crate::routing::parse_room_id;
 use crate::service::AppState;
@@ -16,13 +17,16 @@ use crate::service::AppState;
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
 /// <https://spec.matrix.org/v1.16/client-server-api/#put_matrixclientv3roomsroomidsendeventtypetxnid>
 ///
-/// The room server keeps the transaction ids: a retry gets the first event id.
+/// The room server keeps the transaction ids: a retry gets the first event
+/// id. An application service may set the timestamp (`ts`).
 pub async fn send_message(
     State(state): State<AppState>,
     GuestOk(user): GuestOk,
     MatrixPath((room_id, event_type, txn_id)): MatrixPath<(String, String, String)>,
+    MatrixQuery(query): MatrixQuery<TimestampQuery>,
     MatrixJson(content): MatrixJson<Map<String, Value>>,
 ) -> Result<Json<Value>> {
+    let origin_server_ts = query.for_caller(&user)?;
     let request = SendEvent {
         room_id: parse_room_id(&room_id)?,
         sender: user.user_id,
@@ -31,6 +35,7 @@ pub async fn send_message(
         content: Value::Object(content),
         txn: Some(TxnRef { device_id: user.device_id, txn_id }),
         sender_is_guest: user.is_guest,
+        origin_server_ts,
     };
     let event_id = roomserver::send_event(&state.bus, request).await?;
     Ok(Json(json!({ "event_id": event_id })))
@@ -67,6 +72,7 @@ pub async fn redact(
         content,
         txn: Some(TxnRef { device_id: user.device_id, txn_id }),
         sender_is_guest: false,
+        origin_server_ts: None,
     };
     let event_id = roomserver::send_event(&state.bus, request).await?;
     Ok(Json(json!({ "event_id": event_id })))

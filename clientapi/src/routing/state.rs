@@ -7,6 +7,7 @@ use myelin_types::{ErrorCode, MatrixError};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::appservice::TimestampQuery;
 use crate::auth::{AuthedUser, GuestOk};
 use crate::error::Result;
 use crate::json::{MatrixJson, MatrixPath, MatrixQuery};
@@ -86,6 +87,7 @@ async fn send_state(
     event_type: String,
     state_key: String,
     content: Map<String, Value>,
+    origin_server_ts: Option<u64>,
 ) -> Result<Json<Value>> {
     let room_id = parse_room_id(room_id)?;
     if event_type == "m.room.canonical_alias" && state_key.is_empty() {
@@ -99,6 +101,7 @@ async fn send_state(
         content: Value::Object(content),
         txn: None,
         sender_is_guest: user.is_guest,
+        origin_server_ts,
     };
     let event_id = roomserver::send_event(&state.bus, request).await?;
     Ok(Json(json!({ "event_id": event_id })))
@@ -151,9 +154,11 @@ pub async fn put_state(
     State(state): State<AppState>,
     GuestOk(user): GuestOk,
     MatrixPath((room_id, event_type, state_key)): MatrixPath<(String, String, String)>,
+    MatrixQuery(query): MatrixQuery<TimestampQuery>,
     MatrixJson(content): MatrixJson<Map<String, Value>>,
 ) -> Result<Json<Value>> {
-    send_state(&state, user, &room_id, event_type, state_key, content).await
+    let ts = query.for_caller(&user)?;
+    send_state(&state, user, &room_id, event_type, state_key, content, ts).await
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}` (empty state key)
@@ -162,9 +167,11 @@ pub async fn put_state_empty_key(
     State(state): State<AppState>,
     GuestOk(user): GuestOk,
     MatrixPath((room_id, event_type)): MatrixPath<(String, String)>,
+    MatrixQuery(query): MatrixQuery<TimestampQuery>,
     MatrixJson(content): MatrixJson<Map<String, Value>>,
 ) -> Result<Json<Value>> {
-    send_state(&state, user, &room_id, event_type, String::new(), content).await
+    let ts = query.for_caller(&user)?;
+    send_state(&state, user, &room_id, event_type, String::new(), content, ts).await
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`

@@ -61,11 +61,20 @@ async fn a_bridged_user_joins_sends_and_syncs_through_the_application_service_to
     let send = as_ghost(&format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t1"));
     let (status, reply) = server.put(AS_TOKEN, &send, json!({"msgtype": "m.text", "body": "from the bridge"})).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
+    // Timestamp massaging keeps the bridged network's time.
+    let dated = format!("{}&ts=1500000000000", send.replace("/t1", "/t2"));
+    let (status, reply) = server.put(AS_TOKEN, &dated, json!({"msgtype": "m.text", "body": "dated"})).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let too_late = format!("{}&ts=9007199254740992", send.replace("/t1", "/t3"));
+    let (status, reply) = server.put(AS_TOKEN, &too_late, json!({"msgtype": "m.text", "body": "never"})).await;
+    assert_eq!((status, reply["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")), "{reply}");
     server.send_message(&alice, &room_id, "a1", "to the bridge").await;
 
     // Alice sees the bridged user's message; the bridge, as that user, sees hers.
     let seen = sync_until_message(&server, &alice, "/_matrix/client/v3/sync", &room_id, "from the bridge").await;
     assert_eq!(seen["sender"], ghost);
+    let dated = sync_until_message(&server, &alice, "/_matrix/client/v3/sync", &room_id, "dated").await;
+    assert_eq!(dated["origin_server_ts"], 1_500_000_000_000_u64);
     let seen =
         sync_until_message(&server, AS_TOKEN, &as_ghost("/_matrix/client/v3/sync"), &room_id, "to the bridge").await;
     assert_eq!(seen["sender"], format!("@alice:{name}"));

@@ -225,7 +225,7 @@ impl InputConsumer {
             room.check_guest_join(&mut tx).await?;
         }
         let authorised = if joins { self.authorised_join(&mut tx, &mut room, &request).await? } else { None };
-        let now = self.bus.clock().now_ms();
+        let now = request.origin_server_ts.unwrap_or_else(|| self.bus.clock().now_ms());
         let accepted = room
             .append(
                 &mut tx,
