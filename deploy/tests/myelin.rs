@@ -1,6 +1,7 @@
 //! End-to-end tests of the `myelin` binary: real processes, real HTTP, real
 //! databases (SQLite and PostgreSQL), and real Matrix clients (matrix-nio,
-//! matrix-js-sdk, and hydrogen-view-sdk in headless Chromium).
+//! matrix-js-sdk, hydrogen-view-sdk in headless Chromium, and a mautrix-python
+//! bridge).
 
 mod cs;
 mod harness;
@@ -128,6 +129,29 @@ async fn matrix_nio_drives_a_full_session_between_two_users() {
     let base_url = server.base_url();
     let args = [script.as_os_str(), OsStr::new(&base_url), OsStr::new(harness::SHARED_SECRET)];
     harness::run_client(&server, harness::python(), &args, "nio session complete").await;
+}
+
+/// A bridge written with mautrix-python (the mautrix bridges' framework),
+/// registered as an application service: it pings itself, registers a
+/// bridged user, joins, and sends as it (with timestamp massaging).
+#[tokio::test]
+async fn mautrix_python_bridge_acts_as_its_users() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let registration = dir.path().join("mautrix.yaml");
+    let yaml = format!(
+        "id: mautrix\nurl: http://127.0.0.1:{port}\nas_token: mautrix-as-token\nhs_token: mautrix-hs-token\n\
+         sender_localpart: _mx_bot\nnamespaces:\n  users: [{{exclusive: true, regex: '@_mx_.*'}}]\n"
+    );
+    std::fs::write(&registration, yaml).unwrap();
+    let files = registration.display().to_string();
+    let server = Server::start_with_env(Backend::Sqlite, &[("MYELIN_GLOBAL__APP_SERVICE_CONFIG_FILES", &files)]).await;
+    let human = server.register("alice").await;
+    let script = harness::repo_path("tests/clients/mautrix_bridge.py");
+    let (base_url, server_name, port) = (server.base_url(), server.server_name(), port.to_string());
+    let args =
+        [script.as_os_str(), OsStr::new(&base_url), OsStr::new(&server_name), OsStr::new(&human), OsStr::new(&port)];
+    harness::run_client(&server, harness::python(), &args, "mautrix bridge complete").await;
 }
 
 /// Issue acceptance: hydrogen-view-sdk in headless Chromium logs in as the
