@@ -1649,6 +1649,18 @@ async fn search_ranks_counts_groups_and_gives_context() {
         assert!(ranks[0] > ranks[1], "[{}] {ranks:?}", s.name);
         let (_, reply) = s.search(&bob, search_criteria("mango", json!({})), "").await;
         assert_eq!(search_texts(&reply)[0], "one mango in a long sentence about many other things", "[{}]", s.name);
+        // The count keeps what the filter keeps: senders, types, content.
+        for (filter, count) in [
+            (json!({"senders": [BOB]}), 1),
+            (json!({"not_senders": [BOB]}), 1),
+            (json!({"types": ["m.room.topic"]}), 0),
+            (json!({"types": ["m.room.*"], "rooms": [&room]}), 2),
+            (json!({"contains_url": true}), 0),
+        ] {
+            let (_, reply) = s.search(&bob, search_criteria("mango", json!({"filter": filter})), "").await;
+            assert_eq!(events(&reply)["count"], count, "[{}] {filter}: {reply}", s.name);
+            assert_eq!(events(&reply)["results"].as_array().unwrap().len(), count, "[{}] {filter}: {reply}", s.name);
+        }
 
         // Pages by rank continue where the last one stopped.
         let mut one = ranked.clone();
@@ -1699,6 +1711,7 @@ async fn search_ranks_counts_groups_and_gives_context() {
         loop {
             let (_, reply) = s.search(&bob, search_criteria("fruit", json!({})), "").await;
             if search_texts(&reply).is_empty() {
+                assert_eq!(events(&reply)["count"], 0, "[{}] {reply}", s.name);
                 break;
             }
             assert!(Instant::now() < deadline, "[{}] ignored sender still found: {reply}", s.name);

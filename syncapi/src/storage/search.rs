@@ -45,7 +45,7 @@ pub(super) struct Sql {
     pub delete: &'static str,
     recent: &'static str,
     rank: &'static str,
-    /// Binds match, keys, user, and a cap.
+    /// Binds match, keys, user, a cap, and whether to read each PDU.
     positions: &'static str,
 }
 
@@ -76,10 +76,12 @@ const SQLITE: Sql = Sql {
          JOIN syncapi_events e ON e.stream_pos = s.pos ORDER BY s.rank, s.pos DESC"
     ),
     positions: concat!(
-        "SELECT room_id, rowid FROM syncapi_search WHERE syncapi_search MATCH $1 \
-         AND instr($2, ',' || field || ',') > 0 AND room_id IN (",
+        "SELECT e.room_id, e.stream_pos, e.sender, e.event_type, e.state_key IS NOT NULL, \
+         CASE WHEN $5 THEN e.pdu END FROM \
+         (SELECT rowid AS pos FROM syncapi_search WHERE syncapi_search MATCH $1 \
+          AND instr($2, ',' || field || ',') > 0 AND room_id IN (",
         joined!(),
-        ") ORDER BY rowid DESC LIMIT $4"
+        ") ORDER BY rowid DESC LIMIT $4) s JOIN syncapi_events e ON e.stream_pos = s.pos"
     ),
 };
 
@@ -105,7 +107,8 @@ const POSTGRES: Sql = Sql {
         ") ORDER BY score DESC, s.stream_pos DESC LIMIT $5 OFFSET $4"
     ),
     positions: concat!(
-        "SELECT s.room_id, s.stream_pos FROM syncapi_search s \
+        "SELECT e.room_id, e.stream_pos, e.sender, e.event_type, e.state_key IS NOT NULL, \
+         CASE WHEN $5 THEN e.pdu END FROM syncapi_search s JOIN syncapi_events e ON e.stream_pos = s.stream_pos \
          WHERE s.vector @@ to_tsquery('simple', $1) AND strpos($2, ',' || s.field || ',') > 0 AND s.room_id IN (",
         joined!(),
         ") ORDER BY s.stream_pos DESC LIMIT $4"
@@ -193,26 +196,50 @@ impl Storage {
             .collect()
     }
 
-    /// The rooms and positions of up to `cap` matching events (newest
-    /// first) in rooms `user_id` is joined to, for counting the visible ones.
+    /// Up to `cap` matching events (newest first) in rooms `user_id` is
+    /// joined to, for counting the ones the requester may see: their room,
+    /// position, sender, type and whether they are state; their PDU only
+    /// `with_pdu` (a filter on content needs it).
     pub async fn search_positions(
         &self,
         user_id: &str,
         terms: &SearchTerms<'_>,
         cap: i64,
-    ) -> Result<Vec<(String, i64)>, SyncApiError> {
+        with_pdu: bool,
+    ) -> Result<Vec<CountedMatch>, SyncApiError> {
         let expression = terms.expression(&self.db);
-        let rows: Vec<(String, i64)> = with_db!(&self.db, pool => {
+        let rows: Vec<(String, i64, String, String, bool, Option<String>)> = with_db!(&self.db, pool => {
             sqlx::query_as(sql(&self.db).positions)
                 .bind(&expression)
                 .bind(terms.key_list())
                 .bind(user_id)
                 .bind(cap)
+                .bind(with_pdu)
                 .fetch_all(pool)
                 .await?
         });
-        Ok(rows)
+        rows.into_iter()
+            .map(|(room_id, pos, sender, event_type, is_state, pdu)| {
+                let event = match pdu {
+                    Some(pdu) => {
+                        serde_json::from_str(&pdu).map_err(|e| SyncApiError::Corrupt(format!("event at {pos}: {e}")))?
+                    }
+                    None => serde_json::json!({ "type": event_type, "sender": sender }),
+                };
+                Ok(CountedMatch { room_id, pos, is_state, event })
+            })
+            .collect()
     }
+}
+
+/// One match [`Storage::search_positions`] found.
+#[derive(Debug)]
+pub struct CountedMatch {
+    pub room_id: String,
+    pub pos: i64,
+    pub is_state: bool,
+    /// The PDU, or only its `type` and `sender` when it was not read.
+    pub event: serde_json::Value,
 }
 
 #[cfg(test)]
@@ -258,7 +285,7 @@ mod tests {
                     let found = storage.search("@a:x", &terms, page, 10).await;
                     assert!(found.is_ok(), "[{}] {term:?} ({words:?}): {found:?}", test_db.name);
                 }
-                let counted = storage.search_positions("@a:x", &terms, 10).await;
+                let counted = storage.search_positions("@a:x", &terms, 10, true).await;
                 assert!(counted.is_ok(), "[{}] {term:?} ({words:?}): {counted:?}", test_db.name);
             }
         }
