@@ -217,6 +217,19 @@ pub struct AccountDataUpdate {
 /// Rooms users forgot (`/forget`). Key: user id.
 pub const FORGOTTEN_TOPIC: &str = "clientapi.forgotten";
 
+/// Accounts deactivated with `erase`. Key: the user id.
+pub const ERASED_TOPIC: &str = "clientapi.erased";
+
+/// A record on [`ERASED_TOPIC`]: `user_id` asked for their content to be
+/// erased, so whoever was not joined to a room when one of their events
+/// was sent gets only its redacted form from now on.
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3accountdeactivate>
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserErased {
+    pub user_id: OwnedUserId,
+}
+
 /// A record on [`FORGOTTEN_TOPIC`]: `user_id` forgot the room as of its
 /// membership event `event_id` (a leave or ban), so the room and its
 /// history up to that event are no longer served to them. Keyed by the

@@ -1385,6 +1385,20 @@ async fn deactivated_accounts_leave_their_rooms_and_cannot_log_in() {
         assert_eq!(invite.body["membership"], "leave", "the pending invite is rejected");
         // Alice is untouched.
         s.whoami(&alice.token).await.ok();
+
+        // With `erase`, the profile and account data go too.
+        let carol = s.admin_register("carol", "sea").await;
+        let c = Some(carol.token.as_str());
+        let profile = format!("/_matrix/client/v3/profile/{}", urlencode(&carol.user_id));
+        s.put(&format!("{profile}/displayname"), c, json!({"displayname": "Carol"})).await.ok();
+        let data = format!("/_matrix/client/v3/user/{}/account_data/org.example.notes", urlencode(&carol.user_id));
+        s.put(&data, c, json!({"secret": true})).await.ok();
+        let session = uia_session(s.post(path, c, json!({})).await);
+        s.post(path, c, json!({"auth": password_auth(&session, "carol", "sea"), "erase": true})).await.ok();
+        let erased = s.get(&profile, a).await;
+        assert!(erased.body.get("displayname").is_none(), "{}", erased.body);
+        let kept = s.get(&format!("/_matrix/client/v3/profile/{}", urlencode(&alice.user_id)), a).await.ok();
+        assert!(kept.body.is_object(), "{}", kept.body);
     })
     .await;
 }

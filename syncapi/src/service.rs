@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::SyncApiError;
 use crate::consumers::clientapi_accountdata::AccountDataConsumer;
+use crate::consumers::clientapi_erased::ErasedConsumer;
 use crate::consumers::clientapi_forgotten::ForgottenConsumer;
 use crate::consumers::clientapi_keychange::KeyChangeConsumer;
 use crate::consumers::edu_presence::PresenceConsumer;
@@ -44,6 +45,8 @@ pub const PRESENCE_GROUP: &str = "syncapi.presence";
 
 /// Consumer group of the forgotten rooms.
 pub const FORGOTTEN_GROUP: &str = "syncapi.forgotten";
+/// Consumer group of the erased accounts.
+pub const ERASED_GROUP: &str = "syncapi.erased";
 /// Consumer group of the notification counts.
 pub const COUNTS_GROUP: &str = "syncapi.counts";
 
@@ -133,6 +136,12 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
             FORGOTTEN_GROUP,
             myelin_clientapi::api::FORGOTTEN_TOPIC,
             Arc::new(ForgottenConsumer { storage: storage.clone() }),
+            shutdown.clone(),
+        ),
+        bus.consume(
+            ERASED_GROUP,
+            myelin_clientapi::api::ERASED_TOPIC,
+            Arc::new(ErasedConsumer { storage: storage.clone() }),
             shutdown.clone(),
         ),
         bus.consume(

@@ -3336,3 +3336,59 @@ async fn members_are_refused_to_strangers_and_on_bad_requests() {
         expect("before it was readable", s.members(&bob, &room, &before_readable).await, 403, "M_FORBIDDEN");
     }
 }
+
+/// An account deactivated with `erase`: whoever was joined when its
+/// messages were sent still reads them; whoever joins afterwards reads
+/// them redacted, through `/event`, `/messages` and `/sync`. Without
+/// `erase`, a deactivated account's messages stay as they were.
+#[tokio::test]
+async fn an_erased_accounts_events_are_redacted_for_later_joiners() {
+    use reqwest::Method;
+    for s in full_servers().await {
+        let alice = s.register("alice").await;
+        let bob = s.register("bob").await;
+        let dave = s.register("dave").await;
+        let carol = s.register("carol").await;
+        let (room, _) = s.shared_room(&bob, &alice).await;
+        s.client(Method::POST, &format!("/rooms/{room}/join"), &dave, json!({})).await;
+        let erased = s.send_text(&alice, &room, "a1", "alice's secret").await;
+        let kept = s.send_text(&dave, &room, "d1", "dave's words").await;
+        let deactivate = |user: &str, erase: bool| {
+            let auth = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
+                              "password": PASSWORD});
+            json!({"auth": auth, "erase": erase})
+        };
+        s.client(Method::POST, "/account/deactivate", &alice, deactivate("alice", true)).await;
+        s.client(Method::POST, "/account/deactivate", &dave, deactivate("dave", false)).await;
+        s.client(Method::POST, &format!("/rooms/{room}/join"), &carol, json!({})).await;
+        s.settle(&carol, &kept).await;
+
+        let body_of = |event: &Value| event["content"]["body"].clone();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, event) = s.event(&carol, &room, &erased).await;
+            assert_eq!(status, 200, "[{}] {event}", s.name);
+            if event["content"] == json!({}) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "[{}] never erased for carol: {event}", s.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (_, event) = s.event(&bob, &room, &erased).await;
+        assert_eq!(body_of(&event), "alice's secret", "[{}] bob was joined then", s.name);
+        let (_, event) = s.event(&carol, &room, &kept).await;
+        assert_eq!(body_of(&event), "dave's words", "[{}] dave did not ask for erasure", s.name);
+
+        let (status, page) =
+            s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&carol)).await;
+        assert_eq!(status, 200, "[{}] {page}", s.name);
+        let found = page["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == erased.as_str()).cloned();
+        assert_eq!(found.map(|e| e["content"].clone()), Some(json!({})), "[{}] {page}", s.name);
+        let synced = s.sync(&carol, "").await;
+        let timeline = synced["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().clone();
+        if let Some(event) = timeline.iter().find(|e| e["event_id"] == erased.as_str()) {
+            assert_eq!(event["content"], json!({}), "[{}] {event}", s.name);
+        }
+        assert!(!timeline.iter().any(|e| body_of(e) == "alice's secret"), "[{}] {synced}", s.name);
+    }
+}

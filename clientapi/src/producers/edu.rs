@@ -5,8 +5,8 @@
 use myelin_bus::{Bus, BusError};
 
 use crate::api::{
-    ACCOUNT_DATA_TOPIC, AccountDataUpdate, FORGOTTEN_TOPIC, KEY_CHANGE_TOPIC, KeyChange, RECEIPT_TOPIC, ReceiptUpdate,
-    RoomForgotten, TO_DEVICE_TOPIC, TYPING_TOPIC, ToDeviceMessage, TypingUpdate,
+    ACCOUNT_DATA_TOPIC, AccountDataUpdate, ERASED_TOPIC, FORGOTTEN_TOPIC, KEY_CHANGE_TOPIC, KeyChange, RECEIPT_TOPIC,
+    ReceiptUpdate, RoomForgotten, TO_DEVICE_TOPIC, TYPING_TOPIC, ToDeviceMessage, TypingUpdate, UserErased,
 };
 
 pub async fn account_data(bus: &Bus, update: &AccountDataUpdate) -> Result<(), BusError> {
@@ -31,6 +31,11 @@ pub async fn to_device(bus: &Bus, message: &ToDeviceMessage) -> Result<(), BusEr
 
 pub async fn key_change(bus: &Bus, change: &KeyChange) -> Result<(), BusError> {
     bus.produce_json(KEY_CHANGE_TOPIC, change.user_id.as_str(), change).await?;
+    Ok(())
+}
+
+pub async fn user_erased(bus: &Bus, record: &UserErased) -> Result<(), BusError> {
+    bus.produce_json(ERASED_TOPIC, record.user_id.as_str(), record).await?;
     Ok(())
 }
 

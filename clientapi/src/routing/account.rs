@@ -5,17 +5,19 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use myelin_types::MatrixError;
+use myelin_types::ruma::OwnedUserId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::accounts::{self, MAX_PASSWORD_LEN};
+use crate::api::UserErased;
 use crate::auth::{AuthedUser, GuestOk};
 use crate::error::Result;
 use crate::json::{MatrixJson, OptionalJson};
 use crate::producers::{self, roomserver};
 use crate::routing::membership::set_membership;
 use crate::service::AppState;
-use crate::storage::{accounts as stored_accounts, devices};
+use crate::storage::{account_data as stored_account_data, accounts as stored_accounts, devices};
 use crate::uia::{self, AuthData};
 
 /// `GET /_matrix/client/v3/account/whoami`
@@ -73,6 +75,9 @@ pub async fn change_password(
 #[derive(Deserialize, Default)]
 pub struct DeactivateBody {
     auth: Option<AuthData>,
+    /// Erase the account's content as far as possible (see [`UserErased`]).
+    #[serde(default)]
+    erase: bool,
 }
 
 /// `POST /_matrix/client/v3/account/deactivate`
@@ -100,5 +105,19 @@ pub async fn deactivate(
             tracing::warn!(%room_id, %error, "a deactivated account could not leave a room");
         }
     }
+    if body.erase {
+        erase(&state, &user.user_id).await?;
+    }
     Ok(Json(json!({ "id_server_unbind_result": "no-support" })).into_response())
+}
+
+/// Erase a deactivated account: its profile and account data go, and the
+/// sync API serves its events redacted to whoever was not joined when they
+/// were sent. Other servers are not told (the spec keeps erasure local).
+async fn erase(state: &AppState, user_id: &OwnedUserId) -> Result<()> {
+    let cleared = stored_accounts::Profile { displayname: None, avatar_url: None, fields: Default::default() };
+    stored_accounts::set_profile(&state.db, user_id.localpart(), &cleared).await?;
+    stored_account_data::delete_all(&state.db, user_id.as_str()).await?;
+    producers::edu::user_erased(&state.bus, &UserErased { user_id: user_id.clone() }).await?;
+    Ok(())
 }

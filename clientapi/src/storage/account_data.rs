@@ -40,3 +40,11 @@ pub async fn get(db: &Db, user_id: &str, room_id: Option<&str>, data_type: &str)
     });
     text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(Box::new(e)))).transpose()
 }
+
+/// Delete every entry of the user's, global and per room.
+pub async fn delete_all(db: &Db, user_id: &str) -> Result<(), sqlx::Error> {
+    with_db!(db, pool => {
+        sqlx::query("DELETE FROM clientapi_account_data WHERE user_id = $1").bind(user_id).execute(pool).await?;
+    });
+    Ok(())
+}

@@ -79,6 +79,14 @@ pub fn redacted(target: &Value, rules: &RoomVersionRules, because: Value) -> Opt
     serde_json::to_value(stripped).ok()
 }
 
+/// `target` with the keys redaction strips removed, without a redaction
+/// event behind it (an erased account's event, as served to those who may
+/// see only its redacted form); `None` if `target` is not an object.
+pub fn stripped(target: &Value, rules: &RoomVersionRules) -> Option<Value> {
+    let object: CanonicalJsonObject = serde_json::from_value(target.clone()).ok()?;
+    serde_json::to_value(redact(object, &rules.redaction, None).ok()?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -1,6 +1,7 @@
 //! One consumer per upstream topic.
 
 pub mod clientapi_accountdata;
+pub mod clientapi_erased;
 pub mod clientapi_forgotten;
 pub mod clientapi_keychange;
 pub mod edu_presence;

@@ -5,9 +5,11 @@
 //!
 //! Spec: <https://spec.matrix.org/v1.16/client-server-api/#aggregations-of-child-events>
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
 use myelin_clientapi::api::Identity;
+use myelin_types::redaction;
 use serde_json::{Map, Value, json};
 
 use super::{AppState, format_event, in_ranges};
@@ -30,6 +32,7 @@ pub(super) async fn client_events(
     viewer: &Viewer<'_>,
     rows: &[EventRow],
 ) -> Result<Vec<Value>, SyncApiError> {
+    let rows = &*as_erasure_leaves_them(state, viewer, rows).await?;
     let ignored = state.storage.ignored_users(viewer.identity.user_id.as_str()).await?;
     let children = children(state, viewer, &ignored, rows).await?;
     // The latest event of each thread goes with its own edits, but without
@@ -44,6 +47,34 @@ pub(super) async fn client_events(
     let latest_events = decorate(state, viewer, &latest_rows, &latest_children, &HashMap::new()).await?;
     let latest: HashMap<&str, Value> = latest_rows.iter().map(|row| row.event_id.as_str()).zip(latest_events).collect();
     decorate(state, viewer, rows, &children, &latest).await
+}
+
+/// `rows` with the events of erased accounts redacted, unless the viewer
+/// was joined to the room when they were sent (and so saw them then).
+///
+/// Spec: <https://spec.matrix.org/v1.16/client-server-api/#post_matrixclientv3accountdeactivate>
+async fn as_erasure_leaves_them<'r>(
+    state: &AppState,
+    viewer: &Viewer<'_>,
+    rows: &'r [EventRow],
+) -> Result<Cow<'r, [EventRow]>, SyncApiError> {
+    let sender = |row: &EventRow| row.pdu.get("sender").and_then(Value::as_str).unwrap_or_default().to_owned();
+    if !rows.iter().any(|row| state.storage.is_erased(&sender(row))) {
+        return Ok(Cow::Borrowed(rows));
+    }
+    let user_id = viewer.identity.user_id.as_str();
+    let memberships = state.storage.membership_changes(user_id, Some(viewer.room_id), i64::MAX).await?;
+    let joined_at = |pos: i64| memberships.iter().rev().find(|m| m.pos <= pos).is_some_and(|m| m.membership == "join");
+    let create = state.storage.state_event_at(viewer.room_id, "m.room.create", "", i64::MAX).await?;
+    let version = create.as_ref().and_then(|row| row.pdu["content"]["room_version"].as_str()).unwrap_or("1");
+    let Some(rules) = redaction::rules_of(version) else { return Ok(Cow::Borrowed(rows)) };
+    let mut rows = rows.to_vec();
+    for row in &mut rows {
+        if state.storage.is_erased(&sender(row)) && !joined_at(row.pos) {
+            row.pdu = redaction::stripped(&row.pdu, &rules).unwrap_or_else(|| row.pdu.clone());
+        }
+    }
+    Ok(Cow::Owned(rows))
 }
 
 /// The visible events relating to each of `rows` by a bundled relation

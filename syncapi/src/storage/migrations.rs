@@ -98,7 +98,12 @@ CREATE TABLE syncapi_filters (
     Migration { version: 9, sqlite: V9, postgres: V9 },
     Migration { version: 10, sqlite: V10, postgres: V10 },
     Migration { version: 11, sqlite: V11_SQLITE, postgres: V11_POSTGRES },
+    Migration { version: 12, sqlite: V12, postgres: V12 },
 ];
+
+/// Accounts deactivated with `erase`: their events are served redacted to
+/// whoever was not joined when they were sent.
+const V12: &str = "CREATE TABLE syncapi_erased_users (user_id TEXT PRIMARY KEY);";
 
 /// Account data and receipts: the latest value per key, each carrying the
 /// position in its stream at which it last changed (so `(since, upto]`

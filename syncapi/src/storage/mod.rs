@@ -9,6 +9,7 @@
 
 mod account_data;
 mod counts;
+mod erased;
 mod forgotten;
 mod keys;
 mod migrations;
@@ -115,6 +116,8 @@ type Row5 = (i64, String, String, Option<String>, Option<String>);
 pub struct Storage {
     db: Db,
     write_lock: Mutex<()>,
+    /// Accounts deactivated with `erase` (see [`Storage::is_erased`]).
+    erased: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 struct Fields {
@@ -179,7 +182,9 @@ fn to_row((pos, event_id, pdu, device, txn): Row5) -> Result<EventRow, SyncApiEr
 impl Storage {
     pub async fn open(db: Db) -> Result<Self, SyncApiError> {
         db.migrate("syncapi", MIGRATIONS).await?;
-        Ok(Self { db, write_lock: Mutex::new(()) })
+        let storage = Self { db, write_lock: Mutex::new(()), erased: Default::default() };
+        storage.load_erased().await?;
+        Ok(storage)
     }
 
     /// The highest stream position written so far (0 when empty).
