@@ -50,29 +50,29 @@ impl Sender {
         tokio::spawn(async move {
             let mut backoff = FIRST_BACKOFF;
             while !shutdown.is_triggered() {
-                let pause = match self.send_next().await {
-                    Ok(true) => {
-                        backoff = FIRST_BACKOFF;
-                        continue;
-                    }
-                    Ok(false) => None,
-                    Err(error) => {
-                        tracing::warn!(service = self.service.id(), %error, retry_in = ?backoff, "application service transaction failed");
-                        let pause = backoff;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        Some(pause)
-                    }
+                // A request cut short by shutdown is sent again, under the
+                // same id, at the next start; a slow service must not hold
+                // the process up.
+                let sent = tokio::select! {
+                    sent = self.send_next() => sent,
+                    _ = shutdown.wait() => break,
                 };
-                match pause {
+                match sent {
+                    Ok(true) => backoff = FIRST_BACKOFF,
                     // Nothing queued: wait for the consumer.
-                    None => tokio::select! {
+                    Ok(false) => tokio::select! {
                         _ = self.wake.notified() => {}
                         _ = shutdown.wait() => {}
                     },
-                    Some(pause) => tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = shutdown.wait() => {}
-                    },
+                    Err(error) => {
+                        let service = self.service.id();
+                        tracing::warn!(service, %error, retry_in = ?backoff, "application service transaction failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.wait() => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
                 }
             }
             Ok(())

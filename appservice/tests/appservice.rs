@@ -301,9 +301,13 @@ async fn events_of_namespaced_users_rooms_and_aliases_arrive_in_order_and_others
         server.send(&aliased, ALICE, "m.room.canonical_alias", Some(""), alias).await;
         let aliased_message = server.message(&aliased, ALICE, "by alias").await;
         server.message(&plain, ALICE, "unrelated").await;
-        // The ghost's join concerns the bridge; after it, the room does.
+        // The ghost's join concerns the bridge; after it, the whole room does.
         server.join(&plain, GHOST).await;
-        let last = server.message(&plain, ALICE, "with the ghost").await;
+        server.message(&plain, ALICE, "with the ghost").await;
+        // Once it has left, the room no longer does; its return is news again.
+        server.send(&plain, GHOST, "m.room.member", Some(GHOST), json!({"membership": "leave"})).await;
+        server.message(&plain, ALICE, "after the ghost left").await;
+        let last = server.join(&plain, GHOST).await;
 
         let stand_in = &server.stand_in;
         for event_id in [&by_id_message, &aliased_message, &last] {
