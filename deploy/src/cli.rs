@@ -62,16 +62,24 @@ pub struct Components {
     pub syncapi: bool,
     pub federationapi: bool,
     pub pusher: bool,
+    pub appservice: bool,
 }
 
 impl Components {
-    pub const NAMES: [&str; 5] = ["roomserver", "clientapi", "syncapi", "federationapi", "pusher"];
-    pub const ALL: Self = Self { roomserver: true, clientapi: true, syncapi: true, federationapi: true, pusher: true };
-    const NONE: Self =
-        Self { roomserver: false, clientapi: false, syncapi: false, federationapi: false, pusher: false };
+    pub const NAMES: [&str; 6] = ["roomserver", "clientapi", "syncapi", "federationapi", "pusher", "appservice"];
+    pub const ALL: Self =
+        Self { roomserver: true, clientapi: true, syncapi: true, federationapi: true, pusher: true, appservice: true };
+    const NONE: Self = Self {
+        roomserver: false,
+        clientapi: false,
+        syncapi: false,
+        federationapi: false,
+        pusher: false,
+        appservice: false,
+    };
 
-    fn flags(&self) -> [bool; 5] {
-        [self.roomserver, self.clientapi, self.syncapi, self.federationapi, self.pusher]
+    fn flags(&self) -> [bool; 6] {
+        [self.roomserver, self.clientapi, self.syncapi, self.federationapi, self.pusher, self.appservice]
     }
 }
 
@@ -87,6 +95,7 @@ impl FromStr for Components {
                 "syncapi" => &mut components.syncapi,
                 "federationapi" => &mut components.federationapi,
                 "pusher" => &mut components.pusher,
+                "appservice" => &mut components.appservice,
                 other => return Err(format!("unknown component `{other}` (expected {})", Self::NAMES.join(","))),
             };
             *flag = true;
@@ -119,6 +128,7 @@ mod tests {
         assert_eq!("roomserver,syncapi".parse::<Components>().unwrap().to_string(), "roomserver,syncapi");
         assert_eq!(Components::ALL.to_string().parse::<Components>().unwrap(), Components::ALL);
         assert!(" clientapi , pusher ".parse::<Components>().unwrap().pusher);
+        assert!("appservice".parse::<Components>().unwrap().appservice);
     }
 
     #[test]

@@ -100,7 +100,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tasks = Tasks::new();
 
     // Started in dependency order: the room server answers what the client
-    // API asks; the sync API and the pusher read what both produce.
+    // API asks; the sync API, the pusher and the application service
+    // sender read what both produce.
     let mut routers = Vec::new();
     let mut own_limits = Vec::new();
     if components.roomserver {
@@ -146,6 +147,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("starting the pusher")?;
         routers.push(started.router);
         started.tasks.into_iter().for_each(|t| tasks.watch("pusher", t));
+    }
+    if components.appservice {
+        let started = myelin_appservice::service::start(config.clone(), db.clone(), bus.clone(), shutdown.clone())
+            .await
+            .context("starting the application service sender")?;
+        started.tasks.into_iter().for_each(|t| tasks.watch("appservice", t));
     }
 
     // Always served, even without client components, so every process of a

@@ -881,9 +881,11 @@ async fn distributed_processes_over_kafka_survive_losing_a_room_server() {
     const INPUT: &str = "roomserver.input";
     const MESSAGES: &str = "200";
     let broker = KafkaBroker::start().await;
-    let mut homeserver =
-        Distributed::start(&broker, &["roomserver", "roomserver", "clientapi", "syncapi", "pusher", "federationapi"])
-            .await;
+    let mut homeserver = Distributed::start(
+        &broker,
+        &["roomserver", "roomserver", "clientapi", "syncapi", "pusher", "federationapi", "appservice"],
+    )
+    .await;
     let flow = tokio::process::Command::new(harness::python())
         .arg(harness::repo_path("tests/clients/nio_flow.py"))
         .arg(homeserver.base_url())

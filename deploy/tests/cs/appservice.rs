@@ -1,6 +1,8 @@
 //! Application services acting through the whole server: a bridge's users,
 //! registered and asserted with its `as_token`, join, send and sync like
-//! any user, through the client API, the room server and the sync API.
+//! any user, through the client API, the room server and the sync API; and
+//! the server pushes a bridge the events of its users' rooms as
+//! transactions.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -91,4 +93,63 @@ async fn a_bridged_user_joins_sends_and_syncs_through_the_application_service_to
     let (status, reply) = server.get(AS_TOKEN, "/_matrix/client/v3/sync").await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert!(events_of(&reply, &room_id).is_empty(), "{reply}");
+}
+
+/// A stand-in bridge: the events of every transaction, and the
+/// `Authorization` header each came with.
+#[derive(Default)]
+struct Received(std::sync::Mutex<Vec<(Option<String>, Value)>>);
+
+async fn transaction(
+    axum::extract::State(received): axum::extract::State<std::sync::Arc<Received>>,
+    headers: axum::http::HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::Json<Value> {
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    for event in body["events"].as_array().into_iter().flatten() {
+        received.0.lock().unwrap().push((authorization.clone(), event.clone()));
+    }
+    axum::Json(json!({}))
+}
+
+#[tokio::test]
+async fn a_bridge_receives_the_messages_sent_in_a_room_its_user_joined() {
+    let received = std::sync::Arc::new(Received::default());
+    let router = axum::Router::new()
+        .route("/_matrix/app/v1/transactions/{txn_id}", axum::routing::put(transaction))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridge.yaml");
+    std::fs::write(&path, REGISTRATION.replace("url: null", &format!("url: \"{url}\""))).unwrap();
+    let files = path.display().to_string();
+    let server = Server::start_with_env(Backend::Sqlite, &[("MYELIN_GLOBAL__APP_SERVICE_CONFIG_FILES", &files)]).await;
+    let alice = server.register("alice").await;
+    let ghost = format!("@_bridge_dave:{}", server.server_name());
+
+    let body = json!({"type": "m.login.application_service", "username": "_bridge_dave", "inhibit_login": true});
+    let (status, reply) = server.post(AS_TOKEN, "/_matrix/client/v3/register", body).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let room_id = server.create_room(&alice, json!({"preset": "private_chat", "invite": [ghost]})).await;
+    let join = format!("/_matrix/client/v3/join/{room_id}?user_id={}", crate::urlencode(&ghost));
+    let (status, reply) = server.post(AS_TOKEN, &join, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let event_id = server.send_message(&alice, &room_id, "h1", "hello, bridge").await;
+
+    for _ in 0..300 {
+        let found = received.0.lock().unwrap().iter().find(|(_, e)| e["event_id"] == event_id).cloned();
+        if let Some((authorization, event)) = found {
+            assert_eq!(authorization.as_deref(), Some("Bearer bridge-hs-token"));
+            assert_eq!(
+                (event["room_id"].as_str(), event["content"]["body"].as_str()),
+                (Some(room_id.as_str()), Some("hello, bridge"))
+            );
+            assert_eq!(event["sender"], format!("@alice:{}", server.server_name()));
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the bridge never received {event_id}: {:?}\n{}", received.0.lock().unwrap(), server.log_tail());
 }

@@ -1,0 +1,3 @@
+//! One consumer per upstream topic.
+
+pub mod roomserver_output;
