@@ -133,7 +133,8 @@ async fn matrix_nio_drives_a_full_session_between_two_users() {
 
 /// A bridge written with mautrix-python (the mautrix bridges' framework),
 /// registered as an application service: it pings itself, registers a
-/// bridged user, joins, and sends as it (with timestamp massaging).
+/// bridged user, joins, and sends as it (with timestamp massaging), and
+/// receives a human's reply in a transaction.
 #[tokio::test]
 async fn mautrix_python_bridge_acts_as_its_users() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -5,7 +5,8 @@ The bridge pings itself through the homeserver, registers a bridged user
 (a "ghost") without any login, sets its profile, joins the room a human
 user invited it to, and sends messages as it, one with the bridged
 network's timestamp. The human user must see them from the ghost, with
-that timestamp.
+that timestamp, and the bridge must receive the human's reply in a
+transaction from the homeserver.
 
 Usage: mautrix_bridge.py HOMESERVER_URL SERVER_NAME HUMAN_TOKEN AS_PORT
 """
@@ -42,6 +43,12 @@ async def main(base_url: str, domain: str, human_token: str, port: int) -> None:
         id="mautrix",
         state_store=MemoryASStateStore(),
     )
+    received: asyncio.Queue = asyncio.Queue()
+
+    @bridge.matrix_event_handler
+    async def on_event(event) -> None:
+        await received.put(event)
+
     await bridge.start("127.0.0.1", port)
     try:
         duration = await bridge.ping_self("meow")
@@ -64,6 +71,14 @@ async def main(base_url: str, domain: str, human_token: str, port: int) -> None:
         assert messages["sent on the bridged network"].timestamp == DATED_TS, messages
         profile = await human.get_profile(ghost.mxid)
         assert profile.displayname == "Carol (bridged)", profile
+
+        reply = await human.send_text(room_id, "hello, bridged network")
+        while True:
+            event = await asyncio.wait_for(received.get(), timeout=30)
+            if event.event_id == reply:
+                break
+        assert event.sender == human.mxid and event.room_id == room_id, event
+        assert event.content.body == "hello, bridged network", event
         await human.api.session.close()
     finally:
         await bridge.stop()
