@@ -182,7 +182,10 @@ impl RemoteRoom {
         cover: &Cover,
     ) -> Result<Vec<OwnedEventId>, RequestError> {
         let room_id = self.room_id.clone();
-        let roots: Vec<&OwnedEventId> = ids.iter().collect();
+        // Events already here came with their auth chains or were read for
+        // themselves; what a run misses of the latter is loaded next round.
+        let roots: Vec<&OwnedEventId> =
+            ids.iter().filter(|id| !self.events.contains_key(*id)).collect::<HashSet<_>>().into_iter().collect();
         let positions = tx.chain_positions(room_id.as_str(), &roots).await?;
         let reach = cover.reach(positions.into_values(), true);
         let chains = reach.into_iter().map(|(chain, seq)| (chain, (0, seq))).collect();

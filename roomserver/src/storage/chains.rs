@@ -21,8 +21,8 @@ fn placeholders(first: usize, count: usize) -> String {
 /// event id, then status, state before, state after, PDU.
 type IdKnownColumns = (String, String, Option<i64>, Option<i64>, String);
 
-/// event id, chain, seq, type, state key.
-type AuthColumns = (String, i64, i64, String, Option<String>);
+/// event id, room id, chain, seq, type, state key.
+type AuthColumns = (String, String, i64, i64, String, Option<String>);
 
 impl Tx {
     /// Give a stored state event its position when all its auth events have
@@ -40,24 +40,28 @@ impl Tx {
         let rows: Vec<AuthColumns> = if cited.is_empty() {
             Vec::new()
         } else {
+            // By event id alone, which SQLite looks up by its key; the room is
+            // compared here (a filter on it could make it scan the room).
             let sql = format!(
-                "SELECT c.event_id, c.chain_id, c.seq, e.event_type, e.state_key FROM roomserver_auth_chains c \
-                 JOIN roomserver_events e ON e.event_id = c.event_id WHERE c.room_id = $1 AND c.event_id IN ({})",
-                placeholders(2, cited.len())
+                "SELECT c.event_id, c.room_id, c.chain_id, c.seq, e.event_type, e.state_key \
+                 FROM roomserver_auth_chains c JOIN roomserver_events e ON e.event_id = c.event_id \
+                 WHERE c.event_id IN ({})",
+                placeholders(1, cited.len())
             );
             on_tx!(self, c => {
-                let mut query = sqlx::query_as(AssertSqlSafe(sql.as_str())).bind(event.room_id);
+                let mut query = sqlx::query_as(AssertSqlSafe(sql.as_str()));
                 for id in &cited {
                     query = query.bind(*id);
                 }
                 query.fetch_all(c).await?
             })
         };
+        let rows: Vec<AuthColumns> = rows.into_iter().filter(|row| row.1 == event.room_id).collect();
         if rows.len() < cited.len() {
             return Ok(());
         }
         let mut auth = Vec::with_capacity(rows.len());
-        for (_, chain, seq, kind, key) in rows {
+        for (_, _, chain, seq, kind, key) in rows {
             let same_key = kind == event.event_type && key.as_deref() == Some(state_key);
             let is_tip = same_key && self.chain_tip(event.room_id, chain).await? == seq;
             auth.push(AuthPlace { position: Position { chain, seq }, same_key, is_tip });
@@ -121,19 +125,22 @@ impl Tx {
     ) -> SqlResult<HashMap<OwnedEventId, Position>> {
         let mut positions = HashMap::with_capacity(ids.len());
         for batch in ids.chunks(BATCH) {
+            // By event id alone, as in `place_in_chain_cover`.
             let sql = format!(
-                "SELECT event_id, chain_id, seq FROM roomserver_auth_chains WHERE room_id = $1 AND event_id IN ({})",
-                placeholders(2, batch.len())
+                "SELECT event_id, room_id, chain_id, seq FROM roomserver_auth_chains WHERE event_id IN ({})",
+                placeholders(1, batch.len())
             );
-            let rows: Vec<(String, i64, i64)> = on_tx!(self, c => {
-                let mut query = sqlx::query_as(AssertSqlSafe(sql.as_str())).bind(room_id);
+            let rows: Vec<(String, String, i64, i64)> = on_tx!(self, c => {
+                let mut query = sqlx::query_as(AssertSqlSafe(sql.as_str()));
                 for id in batch {
                     query = query.bind(id.as_str());
                 }
                 query.fetch_all(c).await?
             });
-            for (id, chain, seq) in rows {
-                if let Ok(id) = OwnedEventId::try_from(id) {
+            for (id, room, chain, seq) in rows {
+                if room == room_id
+                    && let Ok(id) = OwnedEventId::try_from(id)
+                {
                     positions.insert(id, Position { chain, seq });
                 }
             }
