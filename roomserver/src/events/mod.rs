@@ -5,6 +5,7 @@
 mod auth_rules_tests;
 mod build;
 pub mod chain;
+pub mod cover;
 pub mod create_room;
 pub(crate) mod pdu;
 pub mod receive;

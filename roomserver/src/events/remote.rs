@@ -14,16 +14,22 @@ use ruma::state_res::{auth_types_for_event, check_state_dependent_auth_rules, ch
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
 use serde_json::Value;
 
+use super::cover::{Cover, Position, Reach, difference};
 use super::pdu::Pdu;
 use super::receive::Received;
 pub use super::resolve::IdState;
-use super::resolve::resolve;
+use super::resolve::{AuthChains, Lookup, resolve, resolve_with};
 use crate::api::{NewRoomEvent, PduKind, PduOutcome, StateDelta, StoredEvent};
 use crate::error::RequestError;
-use crate::storage::{EventStatus, NewEvent, StateMap, Tx, append_state, resolve_snapshot};
+use crate::storage::{EventStatus, KnownEvent, NewEvent, StateMap, Tx, append_state, resolve_snapshot};
 
 /// Most forward extremities read when deciding whether an event is on a fork.
 const MAX_EXTREMITIES: i64 = 1000;
+
+/// Runs of a resolution that missed events before it reads whole auth
+/// chains instead: each round loads what the run asked for with its auth
+/// chain, so a second round is rare.
+const RESOLVE_ROUNDS: usize = 4;
 
 /// Why a PDU is rejected, and whether to remember it: a rejection for
 /// something the PDU itself says is permanent, one for something this
@@ -127,20 +133,65 @@ impl RemoteRoom {
         if self.events.contains_key(id) {
             return Ok(true);
         }
-        let (pdu, meta) = if let Some(known) = tx.known_event(id.as_str()).await? {
-            let meta =
-                Meta { status: Some(known.status), state_before: known.state_before, state_after: known.state_after };
-            (Pdu::parse(id.to_owned(), &known.pdu)?, meta)
+        if let Some(known) = tx.known_event(id.as_str()).await? {
+            self.keep_known(id.to_owned(), known)?;
         } else if let Some(rejected) = tx.rejected_event(id.as_str()).await? {
             let mut pdu = Pdu::parse(id.to_owned(), &rejected.pdu)?;
             pdu.rejected = true;
-            (pdu, Meta { status: None, state_before: None, state_after: None })
+            self.events.insert(id.to_owned(), pdu);
+            self.meta.insert(id.to_owned(), Meta { status: None, state_before: None, state_after: None });
         } else {
             return Ok(false);
-        };
-        self.events.insert(id.to_owned(), pdu);
-        self.meta.insert(id.to_owned(), meta);
+        }
         Ok(true)
+    }
+
+    fn keep_known(&mut self, id: OwnedEventId, known: KnownEvent) -> Result<(), RequestError> {
+        let meta =
+            Meta { status: Some(known.status), state_before: known.state_before, state_after: known.state_after };
+        self.events.insert(id.clone(), Pdu::parse(id.clone(), &known.pdu)?);
+        self.meta.insert(id, meta);
+        Ok(())
+    }
+
+    /// Load the events among `ids` not in memory yet, the stored ones in
+    /// batches; the ids this server knows nothing of.
+    async fn load_events(&mut self, tx: &mut Tx, ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>, RequestError> {
+        let wanted: Vec<&OwnedEventId> =
+            ids.iter().filter(|id| !self.events.contains_key(*id)).collect::<HashSet<_>>().into_iter().collect();
+        for (id, known) in tx.known_events(&wanted).await? {
+            self.keep_known(id, known)?;
+        }
+        let mut unknown = Vec::new();
+        // What is left is rejected or unknown: rare, one at a time.
+        for id in wanted {
+            if !self.load_event(tx, id).await? {
+                unknown.push(id.clone());
+            }
+        }
+        Ok(unknown)
+    }
+
+    /// Load `ids` and, through the auth-chain index, their whole auth
+    /// chains (an id without a position alone); the ids this server knows
+    /// nothing of.
+    async fn load_with_auth_chains(
+        &mut self,
+        tx: &mut Tx,
+        ids: Vec<OwnedEventId>,
+        cover: &Cover,
+    ) -> Result<Vec<OwnedEventId>, RequestError> {
+        let room_id = self.room_id.clone();
+        // Events already here came with their auth chains or were read for
+        // themselves; what a run misses of the latter is loaded next round.
+        let roots: Vec<&OwnedEventId> =
+            ids.iter().filter(|id| !self.events.contains_key(*id)).collect::<HashSet<_>>().into_iter().collect();
+        let positions = tx.chain_positions(room_id.as_str(), &roots).await?;
+        let reach = cover.reach(positions.into_values(), true);
+        let chains = reach.into_iter().map(|(chain, seq)| (chain, (0, seq))).collect();
+        let mut wanted = ids;
+        wanted.extend(tx.chain_events(room_id.as_str(), &chains).await?.into_iter().map(|(id, _)| id));
+        self.load_events(tx, &wanted).await
     }
 
     /// Load events and their whole auth chains.
@@ -475,11 +526,75 @@ impl RemoteRoom {
         Ok(Ok(Some(State { map, snapshot: Some(snapshot) })))
     }
 
-    /// Resolve forks after loading every event resolution may read.
+    /// Resolve forks after loading every event resolution may read: with
+    /// the auth-chain index when it places every state event, else the
+    /// states' whole auth chains.
     async fn resolve(&mut self, tx: &mut Tx, maps: &[IdState]) -> Result<Result<IdState, String>, RequestError> {
+        if let Some(resolved) = self.resolve_with_index(tx, maps).await? {
+            return Ok(resolved);
+        }
         let roots: Vec<OwnedEventId> = maps.iter().flat_map(|map| map.values().cloned()).collect();
         self.load_auth_closure(tx, roots).await?;
         Ok(resolve(&self.rules, maps, &self.events).map_err(|e| e.to_string()))
+    }
+
+    /// Resolution reading only the conflicted events, the auth difference
+    /// (from the index) and what the algorithm asks for, each with its auth
+    /// chain: a run that missed an event is run again once it is loaded.
+    /// `None` when a state event has no position or the rounds run out.
+    async fn resolve_with_index(
+        &mut self,
+        tx: &mut Tx,
+        maps: &[IdState],
+    ) -> Result<Option<Result<IdState, String>>, RequestError> {
+        let room_id = self.room_id.clone();
+        let ids: Vec<&OwnedEventId> =
+            maps.iter().flat_map(IdState::values).collect::<HashSet<_>>().into_iter().collect();
+        let positions = tx.chain_positions(room_id.as_str(), &ids).await?;
+        if positions.len() < ids.len() {
+            tracing::debug!(room_id = %self.room_id, "state events outside the auth-chain index");
+            return Ok(None);
+        }
+        let cover = Cover::new(tx.chain_links(room_id.as_str()).await?);
+        let reaches: Vec<Reach> = maps
+            .iter()
+            .map(|map| cover.reach(map.values().filter_map(|id| positions.get(id).copied()), false))
+            .collect();
+        let ranges = difference(&reaches);
+        let auth_difference = tx.chain_events(room_id.as_str(), &ranges).await?;
+        // Each state's share of the difference: ruma's difference of these
+        // sets is the difference itself, as none holds what all hold.
+        let auth_chains: AuthChains = reaches
+            .iter()
+            .map(|reach| {
+                let held = |at: &Position| reach.get(&at.chain).is_some_and(|seq| at.seq <= *seq);
+                auth_difference.iter().filter(|(_, at)| held(at)).map(|(id, _)| id.clone()).collect()
+            })
+            .collect();
+
+        let mut wanted: Vec<OwnedEventId> = conflicted(maps).into_iter().cloned().collect();
+        wanted.extend(auth_difference.into_iter().map(|(id, _)| id));
+        let mut unknown: HashSet<OwnedEventId> =
+            self.load_with_auth_chains(tx, wanted.clone(), &cover).await?.into_iter().collect();
+        // The state entries the iterative auth checks will read for them.
+        let mut read = Vec::new();
+        for pdu in wanted.iter().filter_map(|id| self.events.get(id)) {
+            for key in self.keys_read_by_auth(pdu).unwrap_or_default() {
+                read.extend(maps.iter().filter_map(|map| map.get(&key)).cloned());
+            }
+        }
+        unknown.extend(self.load_with_auth_chains(tx, read, &cover).await?);
+        for _ in 0..RESOLVE_ROUNDS {
+            let lookup = Lookup::new(&self.events);
+            let resolved = resolve_with(&self.rules, maps, Some(auth_chains.clone()), &lookup);
+            let missed: Vec<OwnedEventId> = lookup.missed().into_iter().filter(|id| !unknown.contains(id)).collect();
+            if missed.is_empty() {
+                return Ok(Some(resolved.map_err(|e| e.to_string())));
+            }
+            unknown.extend(self.load_with_auth_chains(tx, missed, &cover).await?);
+        }
+        tracing::info!(room_id = %self.room_id, "resolution kept missing events; reading whole auth chains");
+        Ok(None)
     }
 
     /// The state after `pdu` given the state before it, with snapshots
@@ -542,6 +657,7 @@ impl RemoteRoom {
             status,
             pdu: &received.json,
             origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+            auth_events: Some(&pdu.auth_events),
         })
         .await?;
         self.events.insert(received.event_id.clone(), pdu.clone());
@@ -738,6 +854,19 @@ async fn apply_delta(tx: &mut Tx, room_id: &RoomId, old: &IdState, new: &IdState
         }
     }
     Ok(delta)
+}
+
+/// The events some states hold at a key where others hold another event or none.
+fn conflicted(maps: &[IdState]) -> HashSet<&OwnedEventId> {
+    let mut conflicted = HashSet::new();
+    for map in maps {
+        for (key, id) in map {
+            if maps.iter().any(|other| other.get(key) != Some(id)) {
+                conflicted.insert(id);
+            }
+        }
+    }
+    conflicted
 }
 
 /// Order events so that each comes after the auth events it cites among

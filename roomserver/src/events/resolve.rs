@@ -4,6 +4,7 @@
 //! Spec: <https://spec.matrix.org/v1.16/rooms/v2/#state-resolution> and, for
 //! room version 12, <https://spec.matrix.org/v1.16/rooms/v12/#state-resolution>.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ruma::events::StateEventType;
@@ -23,11 +24,39 @@ pub type IdState = BTreeMap<(String, String), OwnedEventId>;
 #[error("state resolution failed: {0}")]
 pub struct ResolveError(pub(super) String);
 
+/// The events resolution may read, and the ids it asked for that were not
+/// among them: a resolution that missed nothing is the one a map of every
+/// event of the room would give, as it read nothing else.
+pub struct Lookup<'e> {
+    events: &'e HashMap<OwnedEventId, Pdu>,
+    missed: RefCell<HashSet<OwnedEventId>>,
+}
+
+impl<'e> Lookup<'e> {
+    pub fn new(events: &'e HashMap<OwnedEventId, Pdu>) -> Self {
+        Self { events, missed: RefCell::default() }
+    }
+
+    /// The event, or `None` (remembered as missed).
+    pub fn get(&self, id: &EventId) -> Option<&'e Pdu> {
+        let found = self.events.get(id);
+        if found.is_none() {
+            self.missed.borrow_mut().insert(id.to_owned());
+        }
+        found
+    }
+
+    /// The ids asked for that were not there.
+    pub fn missed(self) -> HashSet<OwnedEventId> {
+        self.missed.into_inner()
+    }
+}
+
 /// All events reachable from `roots` through `auth_events`, roots included
 /// only when `with_roots`.
 pub fn auth_chain<'a>(
     roots: impl IntoIterator<Item = &'a OwnedEventId>,
-    events: &HashMap<OwnedEventId, Pdu>,
+    events: &Lookup<'_>,
     with_roots: bool,
 ) -> HashSet<OwnedEventId> {
     let mut seen = HashSet::new();
@@ -51,7 +80,7 @@ pub fn auth_chain<'a>(
 /// the shared events' chain is in every chain, so leaving it out of all of
 /// them does not change the difference. It saves walking a big room's
 /// unchanged members once per fork and copying their chains.
-fn auth_chains_beyond_shared(states: &[IdState], events: &HashMap<OwnedEventId, Pdu>) -> Vec<EventIdSet<OwnedEventId>> {
+fn auth_chains_beyond_shared(states: &[IdState], events: &Lookup<'_>) -> Vec<EventIdSet<OwnedEventId>> {
     let Some((first, rest)) = states.split_first() else { return Vec::new() };
     let shared: HashSet<&EventId> = first
         .iter()
@@ -73,7 +102,7 @@ fn auth_chains_beyond_shared(states: &[IdState], events: &HashMap<OwnedEventId, 
 /// auth event of each of its events.
 fn walk_auth_events<'r, 'e>(
     roots: impl IntoIterator<Item = &'r EventId>,
-    events: &'e HashMap<OwnedEventId, Pdu>,
+    events: &Lookup<'e>,
     known: &HashSet<&'e EventId>,
 ) -> HashSet<&'e EventId> {
     let parents = |id: &EventId| events.get(id).into_iter().flat_map(|pdu| pdu.auth_events.iter().map(AsRef::as_ref));
@@ -87,6 +116,10 @@ fn walk_auth_events<'r, 'e>(
     seen
 }
 
+/// The auth difference as ruma takes it: one set per state, each event in
+/// the sets that some states' full auth chains hold and others' lack.
+pub type AuthChains = Vec<EventIdSet<OwnedEventId>>;
+
 /// Resolve `states` (each a fork's full state) with the room's rules.
 /// `events` must hold every event of every state and its whole auth chain.
 pub fn resolve(
@@ -94,9 +127,21 @@ pub fn resolve(
     states: &[IdState],
     events: &HashMap<OwnedEventId, Pdu>,
 ) -> Result<IdState, ResolveError> {
+    resolve_with(rules, states, None, &Lookup::new(events))
+}
+
+/// Resolve `states` reading events from `events`; `auth_chains`, when
+/// given, stand for the states' auth chains (only their difference counts),
+/// else they are walked in `events`.
+pub fn resolve_with(
+    rules: &RoomVersionRules,
+    states: &[IdState],
+    auth_chains: Option<AuthChains>,
+    events: &Lookup<'_>,
+) -> Result<IdState, ResolveError> {
     match &rules.state_res {
         StateResolutionVersion::V1 => resolve_v1(rules, states, events),
-        StateResolutionVersion::V2(v2_rules) => resolve_v2(rules, v2_rules, states, events),
+        StateResolutionVersion::V2(v2_rules) => resolve_v2(rules, v2_rules, states, auth_chains, events),
         other => Err(ResolveError(format!("no implementation of state resolution {other:?}"))),
     }
 }
@@ -105,7 +150,8 @@ fn resolve_v2(
     rules: &RoomVersionRules,
     v2_rules: &StateResolutionV2Rules,
     states: &[IdState],
-    events: &HashMap<OwnedEventId, Pdu>,
+    auth_chains: Option<AuthChains>,
+    events: &Lookup<'_>,
 ) -> Result<IdState, ResolveError> {
     let maps: Vec<state_res::StateMap<OwnedEventId>> = states
         .iter()
@@ -116,7 +162,7 @@ fn resolve_v2(
                 .collect()
         })
         .collect();
-    let auth_chains = auth_chains_beyond_shared(states, events);
+    let auth_chains = auth_chains.unwrap_or_else(|| auth_chains_beyond_shared(states, events));
     let fetch = |id: &EventId| events.get(id);
     let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| {
         Some(conflicted_subgraph(conflicted.values().flatten(), events).into_iter().collect())
@@ -132,7 +178,7 @@ fn resolve_v2(
 /// Spec: <https://spec.matrix.org/v1.16/rooms/v12/#state-resolution>
 fn conflicted_subgraph<'a>(
     conflicted: impl Iterator<Item = &'a OwnedEventId>,
-    events: &HashMap<OwnedEventId, Pdu>,
+    events: &Lookup<'_>,
 ) -> HashSet<OwnedEventId> {
     let conflicted: HashSet<&OwnedEventId> = conflicted.collect();
     let ancestors = auth_chain(conflicted.iter().copied(), events, true);
@@ -140,7 +186,7 @@ fn conflicted_subgraph<'a>(
     let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
     fn visit(
         id: &OwnedEventId,
-        events: &HashMap<OwnedEventId, Pdu>,
+        events: &Lookup<'_>,
         conflicted: &HashSet<&OwnedEventId>,
         reaches: &mut HashMap<OwnedEventId, bool>,
     ) -> bool {
@@ -169,6 +215,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::events::cover::{AuthPlace, Cover, Link, Position, Reach, difference, place};
 
     const ROOM: &str = "!room:example.org";
     const ALICE: &str = "@alice:example.org";
@@ -448,8 +495,188 @@ mod tests {
         content["membership"].as_str().unwrap().to_owned()
     }
 
+    /// The chain cover of `room`'s events as storage builds it: each event
+    /// placed when it is made, after its auth events.
+    fn cover_of(room: &Room) -> (HashMap<OwnedEventId, Position>, Vec<Link>) {
+        let mut ids: Vec<&OwnedEventId> = room.events.keys().collect();
+        ids.sort_by_key(|id| id.as_str()[1..].parse::<u32>().unwrap());
+        let (mut positions, mut tips, mut links) = (HashMap::new(), HashMap::new(), Vec::new());
+        for id in ids {
+            let pdu = &room.events[id];
+            let auth: Vec<AuthPlace> = pdu
+                .auth_events
+                .iter()
+                .map(|auth_id| {
+                    let (auth, position): (&Pdu, Position) = (&room.events[auth_id], positions[auth_id]);
+                    let same_key = auth.event_type == pdu.event_type && auth.state_key == pdu.state_key;
+                    AuthPlace { position, same_key, is_tip: same_key && tips[&position.chain] == position.seq }
+                })
+                .collect();
+            let placed = place(&auth, tips.len() as i64 + 1);
+            tips.insert(placed.position.chain, placed.position.seq);
+            positions.insert(id.clone(), placed.position);
+            links.extend(placed.links);
+        }
+        (positions, links)
+    }
+
+    /// The auth difference walked from the states' events, as the spec defines it.
+    fn walked_difference(states: &[IdState], events: &HashMap<OwnedEventId, Pdu>) -> HashSet<OwnedEventId> {
+        let lookup = Lookup::new(events);
+        let chains: Vec<HashSet<OwnedEventId>> =
+            states.iter().map(|state| auth_chain(state.values(), &lookup, false)).collect();
+        let union: HashSet<&OwnedEventId> = chains.iter().flatten().collect();
+        union.into_iter().filter(|id| !chains.iter().all(|chain| chain.contains(*id))).cloned().collect()
+    }
+
+    /// Three forks off one state, each a run of `ops`.
+    fn three_forks(room: &mut Room, base: &Fork, ops: [&[Op]; 3]) -> Vec<IdState> {
+        ops.iter()
+            .enumerate()
+            .map(|(n, ops)| {
+                let mut fork = base.clone();
+                fork.ts += 1000 * n as u64;
+                apply(room, &mut fork, ops, &format!("f{n}"));
+                fork.state
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cover_missing_a_link_gives_another_difference() {
+        // The walk and the index agree on a room where the difference is not empty…
+        let (mut room, base) = Room::new(RoomVersionId::V10);
+        let ops = [Op::Rename(0), Op::Rename(0), Op::Ban(1)];
+        let states = three_forks(&mut room, &base, [&ops[..], &[Op::Topic], &[]]);
+        let walked = walked_difference(&states, &room.events);
+        assert!(!walked.is_empty());
+        let (positions, links) = cover_of(&room);
+        let indexed = |links: Vec<Link>| {
+            let cover = Cover::new(links);
+            let reaches: Vec<Reach> =
+                states.iter().map(|state| cover.reach(state.values().map(|id| positions[id]), false)).collect();
+            let ranges = difference(&reaches);
+            let within =
+                |at: &Position| ranges.get(&at.chain).is_some_and(|(low, high)| at.seq > *low && at.seq <= *high);
+            positions.iter().filter(|(_, at)| within(at)).map(|(id, _)| id.clone()).collect::<HashSet<_>>()
+        };
+        assert_eq!(indexed(links.clone()), walked);
+        // Resolving over the conflicted events alone misses what the auth checks read.
+        let conflicted: HashMap<OwnedEventId, Pdu> = states
+            .iter()
+            .flat_map(|state| state.iter().filter(|(key, id)| base.state.get(*key) != Some(*id)))
+            .map(|(_, id)| (id.clone(), room.events[id].clone()))
+            .collect();
+        let lookup = Lookup::new(&conflicted);
+        let _ = resolve_with(&RoomVersionId::V10.rules().unwrap(), &states, None, &lookup);
+        assert!(!lookup.missed().is_empty());
+        // …and a cover that lost a link no longer does: the comparison can fail.
+        let changes_a_chain = |fewer: Vec<Link>| {
+            let cover = Cover::new(fewer);
+            room.events.keys().any(|id| {
+                let reach = cover.reach([positions[id]], false);
+                let walked = auth_chain([id], &Lookup::new(&room.events), false);
+                let within = |at: &&Position| reach.get(&at.chain).is_some_and(|seq| at.seq <= *seq);
+                positions.values().filter(within).count() != walked.len()
+            })
+        };
+        assert!(!changes_a_chain(links.clone()));
+        // Some links are implied by others (to the create event, through the
+        // power levels); not every one is.
+        let needed = (0..links.len()).filter(|dropped| {
+            let mut fewer = links.clone();
+            fewer.remove(*dropped);
+            changes_a_chain(fewer)
+        });
+        assert!(needed.count() > 0);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// The chain cover gives every state's full auth chain, so the auth
+        /// difference the walk finds, and resolving with the index's
+        /// difference gives what resolving with the walked chains gives.
+        #[test]
+        fn the_index_gives_the_walked_auth_difference(
+            version in every_algorithm(),
+            before in proptest::collection::vec(op(), 0..4),
+            a in proptest::collection::vec(op(), 0..8),
+            b in proptest::collection::vec(op(), 0..8),
+            c in proptest::collection::vec(op(), 0..4),
+        ) {
+            let (mut room, mut base) = Room::new(version.clone());
+            apply(&mut room, &mut base, &before, "p");
+            let states = three_forks(&mut room, &base, [&a, &b, &c]);
+            let (positions, links) = cover_of(&room);
+            let cover = Cover::new(links);
+            let lookup = Lookup::new(&room.events);
+            let reaches: Vec<Reach> = states
+                .iter()
+                .map(|state| cover.reach(state.values().map(|id| positions[id]), false))
+                .collect();
+            for (state, reach) in states.iter().zip(&reaches) {
+                let held: HashSet<OwnedEventId> = positions
+                    .iter()
+                    .filter(|(_, at)| reach.get(&at.chain).is_some_and(|seq| at.seq <= *seq))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                prop_assert_eq!(held, auth_chain(state.values(), &lookup, false));
+            }
+            let ranges = difference(&reaches);
+            let indexed: Vec<(&OwnedEventId, &Position)> = positions
+                .iter()
+                .filter(|(_, at)| ranges.get(&at.chain).is_some_and(|(low, high)| at.seq > *low && at.seq <= *high))
+                .collect();
+            let walked = walked_difference(&states, &room.events);
+            prop_assert_eq!(indexed.iter().map(|(id, _)| (*id).clone()).collect::<HashSet<_>>(), walked);
+
+            let auth_chains: AuthChains = reaches
+                .iter()
+                .map(|reach| {
+                    let held = |at: &Position| reach.get(&at.chain).is_some_and(|seq| at.seq <= *seq);
+                    indexed.iter().filter(|(_, at)| held(at)).map(|(id, _)| (*id).clone()).collect()
+                })
+                .collect();
+            let rules = version.rules().unwrap();
+            let full = resolve(&rules, &states, &room.events).unwrap();
+            prop_assert_eq!(resolve_with(&rules, &states, Some(auth_chains), &lookup).unwrap(), full);
+        }
+
+        /// Resolving over only some events, loading what each run missed,
+        /// ends on the result of resolving over all of them.
+        #[test]
+        fn loading_what_a_run_missed_ends_on_the_full_result(
+            version in every_algorithm(),
+            a in proptest::collection::vec(op(), 1..8),
+            b in proptest::collection::vec(op(), 1..8),
+        ) {
+            let (mut room, base) = Room::new(version.clone());
+            let states = three_forks(&mut room, &base, [&a, &b, &[]]);
+            let rules = version.rules().unwrap();
+            let full = resolve(&rules, &states, &room.events).unwrap();
+            let mut loaded: HashMap<OwnedEventId, Pdu> = HashMap::new();
+            for state in &states {
+                for (key, id) in state {
+                    if states.iter().any(|other| other.get(key) != Some(id)) {
+                        loaded.insert(id.clone(), room.events[id].clone());
+                    }
+                }
+            }
+            // Each run that misses loads at least one more event: it ends.
+            loop {
+                let lookup = Lookup::new(&loaded);
+                let resolved = resolve_with(&rules, &states, None, &lookup);
+                let missed = lookup.missed();
+                if missed.is_empty() {
+                    prop_assert_eq!(resolved.unwrap(), full);
+                    break;
+                }
+                for id in missed {
+                    loaded.insert(id.clone(), room.events[&id].clone());
+                }
+            }
+        }
 
         /// The result does not depend on the order the forks are given in,
         /// and resolving a state with itself changes nothing.

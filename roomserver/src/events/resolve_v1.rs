@@ -6,7 +6,7 @@
 //! Spec: <https://spec.matrix.org/v1.16/rooms/v1/#state-resolution>
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use ruma::OwnedEventId;
 use ruma::events::StateEventType;
@@ -15,7 +15,7 @@ use ruma::state_res::check_state_dependent_auth_rules;
 use sha1::{Digest, Sha1};
 
 use super::pdu::Pdu;
-use super::resolve::{IdState, ResolveError};
+use super::resolve::{IdState, Lookup, ResolveError};
 
 /// The event types whose conflicts are resolved first, in this order,
 /// because they decide what the other events may do.
@@ -26,11 +26,7 @@ type Conflicts<'e> = BTreeMap<(String, String), Vec<&'e Pdu>>;
 
 /// Resolve `states` as room version 1 does. `events` must hold every event
 /// named in them.
-pub fn resolve_v1(
-    rules: &RoomVersionRules,
-    states: &[IdState],
-    events: &HashMap<OwnedEventId, Pdu>,
-) -> Result<IdState, ResolveError> {
+pub fn resolve_v1(rules: &RoomVersionRules, states: &[IdState], events: &Lookup<'_>) -> Result<IdState, ResolveError> {
     let (mut resolved, conflicts) = split_conflicts(states, events)?;
     for kind in AUTH_TYPES {
         for (key, candidates) in conflicts.iter().filter(|((k, _), _)| k == kind) {
@@ -46,10 +42,7 @@ pub fn resolve_v1(
 
 /// The entries every state that has the key agrees on, and the others with
 /// each state's event for them.
-fn split_conflicts<'e>(
-    states: &[IdState],
-    events: &'e HashMap<OwnedEventId, Pdu>,
-) -> Result<(IdState, Conflicts<'e>), ResolveError> {
+fn split_conflicts<'e>(states: &[IdState], events: &Lookup<'e>) -> Result<(IdState, Conflicts<'e>), ResolveError> {
     let mut by_key: BTreeMap<&(String, String), Vec<&OwnedEventId>> = BTreeMap::new();
     for (key, id) in states.iter().flatten() {
         let ids = by_key.entry(key).or_default();
@@ -85,7 +78,7 @@ fn resolve_auth_conflict(
     resolved: &mut IdState,
     key: &(String, String),
     candidates: &[&Pdu],
-    events: &HashMap<OwnedEventId, Pdu>,
+    events: &Lookup<'_>,
 ) {
     let mut ordered = candidates.to_vec();
     ordered.sort_by_key(|pdu| (pdu.depth, Reverse(sha1_of(pdu))));
@@ -105,7 +98,7 @@ fn resolve_other_conflict(
     rules: &RoomVersionRules,
     resolved: &IdState,
     candidates: &[&Pdu],
-    events: &HashMap<OwnedEventId, Pdu>,
+    events: &Lookup<'_>,
 ) -> OwnedEventId {
     let mut ordered = candidates.to_vec();
     ordered.sort_by_key(|pdu| (Reverse(pdu.depth), sha1_of(pdu)));
@@ -113,12 +106,7 @@ fn resolve_other_conflict(
     allowed.unwrap_or(&ordered[0]).event_id.clone()
 }
 
-fn allowed_in(
-    rules: &RoomVersionRules,
-    pdu: &Pdu,
-    state: &IdState,
-    events: &HashMap<OwnedEventId, Pdu>,
-) -> Result<(), String> {
+fn allowed_in(rules: &RoomVersionRules, pdu: &Pdu, state: &IdState, events: &Lookup<'_>) -> Result<(), String> {
     check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key| {
         state.get(&(kind.to_string(), key.to_owned())).and_then(|id| events.get(id))
     })

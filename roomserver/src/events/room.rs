@@ -428,6 +428,7 @@ impl Room {
             status: EventStatus::Accepted,
             pdu: &json,
             origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+            auth_events: Some(&pdu.auth_events),
         })
         .await?;
         let prev_events: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();

@@ -1,6 +1,7 @@
 //! The room server's tables. Every statement runs inside a [`Tx`] so that a
 //! request holds exactly one connection (the SQLite pool is small).
 
+mod chains;
 mod state;
 
 use myelin_storage::sqlx::{self, Postgres, Sqlite};
@@ -65,6 +66,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     MIGRATION_2,
     MIGRATION_3,
+    MIGRATION_4,
 ];
 
 /// Version 2: received PDUs. An event is `accepted` (in the timeline),
@@ -98,6 +100,28 @@ const MIGRATION_3: Migration = Migration {
         ALTER TABLE roomserver_events ADD COLUMN origin_server_ts BIGINT;
         UPDATE roomserver_events SET origin_server_ts = (pdu::jsonb ->> 'origin_server_ts')::BIGINT;
         CREATE INDEX roomserver_events_ts ON roomserver_events (room_id, origin_server_ts);",
+};
+
+/// Version 4: the auth-chain index (`events::cover`): each state event's
+/// position `(chain_id, seq)`, unique in its room, and the links from a
+/// position to the highest auth event on another chain. Events stored
+/// before have none; resolution reads their auth chains instead.
+const MIGRATION_4: Migration = Migration {
+    version: 4,
+    sqlite: "
+        CREATE TABLE roomserver_auth_chains (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL,
+            chain_id BIGINT NOT NULL, seq BIGINT NOT NULL);
+        CREATE UNIQUE INDEX roomserver_auth_chains_position ON roomserver_auth_chains (room_id, chain_id, seq);
+        CREATE TABLE roomserver_auth_chain_links (room_id TEXT NOT NULL, origin_chain BIGINT NOT NULL,
+            origin_seq BIGINT NOT NULL, target_chain BIGINT NOT NULL, target_seq BIGINT NOT NULL,
+            PRIMARY KEY (room_id, origin_chain, origin_seq, target_chain));",
+    postgres: "
+        CREATE TABLE roomserver_auth_chains (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL,
+            chain_id BIGINT NOT NULL, seq BIGINT NOT NULL);
+        CREATE UNIQUE INDEX roomserver_auth_chains_position ON roomserver_auth_chains (room_id, chain_id, seq);
+        CREATE TABLE roomserver_auth_chain_links (room_id TEXT NOT NULL, origin_chain BIGINT NOT NULL,
+            origin_seq BIGINT NOT NULL, target_chain BIGINT NOT NULL, target_seq BIGINT NOT NULL,
+            PRIMARY KEY (room_id, origin_chain, origin_seq, target_chain));",
 };
 
 /// What became of a stored event.
@@ -187,6 +211,9 @@ pub struct NewEvent<'a> {
     pub status: EventStatus,
     pub pdu: &'a str,
     pub origin_server_ts: i64,
+    /// Its auth events, which place it in the auth-chain index; `None`
+    /// leaves it out (an outlier of a room this server is not in).
+    pub auth_events: Option<&'a [ruma::OwnedEventId]>,
 }
 
 /// room id, room version, state key, state before, PDU.
@@ -276,7 +303,7 @@ impl Tx {
             .execute(c)
             .await?;
         });
-        Ok(())
+        self.place_in_chain_cover(event).await
     }
 
     /// A stored event with its status and state snapshots.
@@ -289,12 +316,7 @@ impl Tx {
             .fetch_optional(c)
             .await?
         });
-        Ok(row.map(|(status, state_before, state_after, pdu)| KnownEvent {
-            status: EventStatus::parse(&status),
-            state_before,
-            state_after,
-            pdu,
-        }))
+        Ok(row.map(KnownEvent::from))
     }
 
     pub async fn rejected_event(&mut self, event_id: &str) -> SqlResult<Option<RejectedEvent>> {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use myelin_bus::{HandleError, Record, Responder, Shutdown, ShutdownTrigger};
 use myelin_roomserver::api::*;
+use myelin_storage::{sqlx, with_db};
 use myelin_types::signing::ServerSigningKey;
 use myelin_types::{ErrorCode, MatrixError};
 use ruma::signatures::{hash_and_sign_event, reference_hash};
@@ -949,6 +950,110 @@ async fn a_redacted_create_event_does_not_start_a_version_10_room() {
         assert!(error.error.contains("no valid create event"), "{error:?}");
         assert!(!h.joined_rooms(&alice).await.contains(&room_id));
         assert!(h.room_outputs(&room_id).is_empty(), "nothing of the room reached the output topic");
+    })
+    .await;
+}
+
+/// State events that have no place in the auth-chain index.
+const UNPLACED_STATE: &str = "SELECT COUNT(*) FROM roomserver_events e WHERE e.state_key IS NOT NULL \
+     AND NOT EXISTS (SELECT 1 FROM roomserver_auth_chains c WHERE c.event_id = e.event_id)";
+
+/// Non-state events that have one.
+const PLACED_MESSAGES: &str = "SELECT COUNT(*) FROM roomserver_auth_chains c \
+     JOIN roomserver_events e ON e.event_id = c.event_id WHERE e.state_key IS NULL";
+
+/// The state before `event_id`, as the room server serves it.
+async fn state_before(h: &Harness, room_id: &OwnedRoomId, event_id: &str) -> Vec<String> {
+    let read = ServerRead::State { room_id: room_id.clone(), event_id: event_id.try_into().unwrap() };
+    let request = QueryRequest::ServerRead { server: REMOTE.try_into().unwrap(), read };
+    match h.query(room_id.as_str(), request).await.unwrap() {
+        QueryOk::ServerEvents { events, .. } => {
+            let mut ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+            ids.sort();
+            ids
+        }
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+/// Every state event, local or received, gets a place in the auth-chain
+/// index; a fork merge resolves the same with it as with the whole auth
+/// chains read when the room's events have none (stored before the index).
+#[tokio::test]
+async fn forks_resolve_alike_with_and_without_the_auth_chain_index() {
+    each_backend(|h| async move {
+        let (alice, bob, carol) = (user("alice"), remote_user("bob"), remote_user("carol"));
+        let (mut view, bob_join) = joined_room(&h, RoomVersionId::V11).await;
+        let (carol_join, pdu) = view.join(&carol);
+        accepted(&view.send(&h, PduKind::Timeline, vec![pdu]).await, 0, &carol_join);
+        let levels = json!({"users": {alice.as_str(): 100, carol.as_str(): 100}});
+        h.send(&view.room_id, &alice, "m.room.power_levels", Some(""), levels, None).await.unwrap();
+        h.message(&view.room_id, &alice, "not state").await.unwrap();
+        view.refresh(&h).await;
+        assert_eq!(h.count(UNPLACED_STATE).await, 0, "{}", h.name());
+        assert_eq!(h.count(PLACED_MESSAGES).await, 0, "{}", h.name());
+        let base = view.tip.clone();
+        let step = |view: &mut RemoteView, fields: Value| {
+            let (id, pdu) = view.pdu(fields);
+            view.tip = (id.clone(), view.tip.1 + 1);
+            (id, pdu)
+        };
+
+        // One fork raises bob and renames him twice; the other bans him.
+        let raise = json!({"users": {alice.as_str(): 100, carol.as_str(): 100, bob.as_str(): 50}});
+        let member_auth = |view: &RemoteView, member: &str| {
+            view.with_create(vec![view.power_levels.clone(), view.join_rules.clone(), member.to_owned()])
+        };
+        let fields = json!({"type": "m.room.power_levels", "state_key": "", "sender": carol, "content": raise,
+            "auth_events": view.with_create(vec![view.power_levels.clone(), carol_join.clone()])});
+        let raised = step(&mut view, fields);
+        let fields = json!({"type": "m.room.member", "state_key": bob, "sender": bob,
+            "content": {"membership": "join", "displayname": "Bob"}, "auth_events": member_auth(&view, &bob_join)});
+        let renamed = step(&mut view, fields);
+        let fields = json!({"type": "m.room.member", "state_key": bob, "sender": bob,
+            "content": {"membership": "join", "displayname": "Bobby"}, "auth_events": member_auth(&view, &renamed.0)});
+        let renamed_again = step(&mut view, fields);
+        let first_tip = view.tip.clone();
+        let pdus: Vec<Value> = [raised, renamed, renamed_again].into_iter().map(|(_, pdu)| pdu).collect();
+        for (i, result) in view.send(&h, PduKind::Timeline, pdus).await.iter().enumerate() {
+            assert_eq!(result.outcome, PduOutcome::Accepted, "first fork, event {i}");
+        }
+        view.tip = base;
+        let fields = json!({"type": "m.room.member", "state_key": bob, "sender": carol,
+            "content": {"membership": "ban"},
+            "auth_events": view.with_create(vec![view.power_levels.clone(), carol_join.clone(), bob_join.clone()])});
+        let ban = step(&mut view, fields);
+        let fields = json!({"type": "m.room.topic", "state_key": "", "sender": carol,
+            "content": {"topic": "second fork"},
+            "auth_events": view.with_create(vec![view.power_levels.clone(), carol_join.clone()])});
+        let topic = step(&mut view, fields);
+        let second_tip = view.tip.clone();
+        for result in view.send(&h, PduKind::Timeline, vec![ban.1, topic.1]).await {
+            assert_eq!(result.outcome, PduOutcome::Accepted, "second fork");
+        }
+        assert_eq!(h.count(UNPLACED_STATE).await, 0, "received events are placed too");
+
+        let merge = |view: &RemoteView, body: &str| {
+            view.pdu(json!({"type": "m.room.message", "sender": carol, "content": {"body": body},
+                "prev_events": [first_tip.0, second_tip.0], "depth": first_tip.1.max(second_tip.1) + 1,
+                "auth_events": view.with_create(vec![view.power_levels.clone(), carol_join.clone()])}))
+        };
+        let (indexed, pdu) = merge(&view, "with the index");
+        accepted(&view.send(&h, PduKind::Timeline, vec![pdu]).await, 0, &indexed);
+        let resolved = state_before(&h, &view.room_id, &indexed).await;
+        assert!(resolved.contains(&ban.0), "the ban wins over bob's renames");
+        assert!(resolved.contains(&topic.0));
+
+        // The room's events lose their places, as if stored before the index;
+        // what is stored on top of them gets none either.
+        with_db!(&h.db, pool => {
+            sqlx::query("DELETE FROM roomserver_auth_chains").execute(pool).await.unwrap();
+        });
+        h.send(&view.room_id, &alice, "m.room.name", Some(""), json!({"name": "unplaced"}), None).await.unwrap();
+        assert_eq!(h.count("SELECT COUNT(*) FROM roomserver_auth_chains").await, 0, "{}", h.name());
+        let (walked, pdu) = merge(&view, "with whole auth chains");
+        accepted(&view.send(&h, PduKind::Timeline, vec![pdu]).await, 0, &walked);
+        assert_eq!(state_before(&h, &view.room_id, &walked).await, resolved, "{}", h.name());
     })
     .await;
 }

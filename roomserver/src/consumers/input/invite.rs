@@ -81,6 +81,8 @@ impl InputConsumer {
                 status: EventStatus::Outlier,
                 pdu: &stored.to_string(),
                 origin_server_ts: i64::from(received.pdu.origin_server_ts.get()),
+                // A room this server is not in: its auth events are not here.
+                auth_events: None,
             })
             .await?;
             tx.set_membership(room_id, &invitee, "invite", event_id).await?;
@@ -296,6 +298,7 @@ impl InputConsumer {
                 status: EventStatus::Outlier,
                 pdu: &event.to_string(),
                 origin_server_ts: event.get("origin_server_ts").and_then(Value::as_i64).unwrap_or(0),
+                auth_events: None,
             })
             .await?;
             tx.set_membership(room_id, user, "leave", event_id.as_str()).await?;

@@ -45,6 +45,8 @@ impl InputConsumer {
                 state_key: Some(knocker.as_str()),
                 depth: stored.get("depth").and_then(Value::as_i64).unwrap_or(0),
                 origin_server_ts: stored.get("origin_server_ts").and_then(Value::as_i64).unwrap_or(0),
+                // A room this server is not in: its auth events are not here.
+                auth_events: None,
                 state_before: None,
                 state_after: None,
                 status: EventStatus::Outlier,
