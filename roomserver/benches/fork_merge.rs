@@ -223,6 +223,7 @@ impl Server {
             content: levels,
             txn: None,
             sender_is_guest: false,
+            origin_server_ts: None,
         };
         server.input(&room_id, InputRequest::SendEvent(request)).await;
         let power = server.state_event(&alice, "m.room.power_levels").await;
