@@ -235,6 +235,7 @@ impl Server {
             content,
             txn: None,
             sender_is_guest: false,
+            origin_server_ts: None,
         });
         match self.input(room_id, request).await {
             InputOk::EventSent { event_id } => event_id.to_string(),
