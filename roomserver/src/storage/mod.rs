@@ -106,23 +106,16 @@ const MIGRATION_3: Migration = Migration {
 /// position `(chain_id, seq)`, unique in its room, and the links from a
 /// position to the highest auth event on another chain. Events stored
 /// before have none; resolution reads their auth chains instead.
-const MIGRATION_4: Migration = Migration {
-    version: 4,
-    sqlite: "
-        CREATE TABLE roomserver_auth_chains (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL,
-            chain_id BIGINT NOT NULL, seq BIGINT NOT NULL);
-        CREATE UNIQUE INDEX roomserver_auth_chains_position ON roomserver_auth_chains (room_id, chain_id, seq);
-        CREATE TABLE roomserver_auth_chain_links (room_id TEXT NOT NULL, origin_chain BIGINT NOT NULL,
-            origin_seq BIGINT NOT NULL, target_chain BIGINT NOT NULL, target_seq BIGINT NOT NULL,
-            PRIMARY KEY (room_id, origin_chain, origin_seq, target_chain));",
-    postgres: "
-        CREATE TABLE roomserver_auth_chains (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL,
-            chain_id BIGINT NOT NULL, seq BIGINT NOT NULL);
-        CREATE UNIQUE INDEX roomserver_auth_chains_position ON roomserver_auth_chains (room_id, chain_id, seq);
-        CREATE TABLE roomserver_auth_chain_links (room_id TEXT NOT NULL, origin_chain BIGINT NOT NULL,
-            origin_seq BIGINT NOT NULL, target_chain BIGINT NOT NULL, target_seq BIGINT NOT NULL,
-            PRIMARY KEY (room_id, origin_chain, origin_seq, target_chain));",
-};
+const MIGRATION_4: Migration = Migration { version: 4, sqlite: AUTH_CHAIN_TABLES, postgres: AUTH_CHAIN_TABLES };
+
+/// The same statements on both databases.
+const AUTH_CHAIN_TABLES: &str = "
+    CREATE TABLE roomserver_auth_chains (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL,
+        chain_id BIGINT NOT NULL, seq BIGINT NOT NULL);
+    CREATE UNIQUE INDEX roomserver_auth_chains_position ON roomserver_auth_chains (room_id, chain_id, seq);
+    CREATE TABLE roomserver_auth_chain_links (room_id TEXT NOT NULL, origin_chain BIGINT NOT NULL,
+        origin_seq BIGINT NOT NULL, target_chain BIGINT NOT NULL, target_seq BIGINT NOT NULL,
+        PRIMARY KEY (room_id, origin_chain, origin_seq, target_chain));";
 
 /// What became of a stored event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
