@@ -19,6 +19,9 @@ use crate::auth::AuthedUser;
 use crate::error::{ClientApiError, Result};
 use crate::storage::{accounts, devices, tokens};
 
+/// How long a service may take to answer a query (it may be creating a room).
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The registered application services, found by their token's hash.
 pub struct AppServices {
     services: Vec<AppService>,
@@ -100,6 +103,32 @@ impl AppServices {
     /// The application service behind a request, if its token was one's.
     pub fn of_caller(&self, user: &AuthedUser) -> Option<&AppService> {
         user.app_service.as_deref().and_then(|id| self.by_id(id))
+    }
+
+    /// Ask each service whose aliases namespace holds `alias` to create it
+    /// (`GET /_matrix/app/v1/rooms/{alias}`, the service creating the room
+    /// and alias through the client API before it answers); `true` once one
+    /// answers 200. A service that fails or says no is only logged.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/application-service-api/#get_matrixappv1roomsroomalias>
+    pub async fn query_alias(&self, alias: &str) -> bool {
+        for service in self.services.iter().filter(|service| service.is_alias_in_namespace(alias)) {
+            let Some(url) = &service.registration.url else { continue };
+            let encoded: String = form_urlencoded::byte_serialize(alias.as_bytes()).collect();
+            let asked = self
+                .http
+                .get(format!("{}/_matrix/app/v1/rooms/{encoded}", url.trim_end_matches('/')))
+                .bearer_auth(&service.registration.hs_token)
+                .timeout(QUERY_TIMEOUT)
+                .send()
+                .await;
+            match asked {
+                Ok(response) if response.status().is_success() => return true,
+                Ok(response) => tracing::debug!(id = service.id(), status = %response.status(), "alias query declined"),
+                Err(error) => tracing::info!(id = service.id(), error = %error.without_url(), "alias query failed"),
+            }
+        }
+        false
     }
 
     /// `400 M_EXCLUSIVE` when another service than `caller` holds this user

@@ -2893,41 +2893,76 @@ async fn application_services_register_log_in_and_act_as_their_users() {
     .await;
 }
 
-/// An application service pinged through the homeserver: the homeserver
-/// calls it with its `hs_token` and reports the duration, or the service's
-/// error status and body.
-async fn application_service_stand_in() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
-    use axum::http::HeaderMap;
-    let pings: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
-    let seen = pings.clone();
-    let app = axum::Router::new().route(
-        "/_matrix/app/v1/ping",
-        axum::routing::post(move |headers: HeaderMap, axum::Json(body): axum::Json<Value>| {
-            let seen = seen.clone();
-            async move {
-                let authorised = headers.get("authorization").and_then(|v| v.to_str().ok())
-                    == Some(format!("Bearer {HS_TOKEN}").as_str());
-                seen.lock().unwrap().push(body.clone());
-                if !authorised || body["transaction_id"] == "refuse" {
+/// What the stand-in application service saw: ping bodies, and the aliases
+/// it was asked about; and the homeserver it creates rooms on.
+#[derive(Default)]
+struct StandIn {
+    pings: std::sync::Mutex<Vec<Value>>,
+    alias_queries: std::sync::Mutex<Vec<String>>,
+    homeserver: std::sync::Mutex<String>,
+}
+
+/// An application service: it answers pings (refusing a wrong `hs_token`,
+/// or the transaction id `refuse`), and a query for an alias `#_irc_auto…`
+/// by creating a room with that alias as its sender before answering 200;
+/// other aliases it declines (404).
+async fn application_service_stand_in() -> (String, Arc<StandIn>) {
+    use axum::extract::Path;
+    use axum::http::{HeaderMap, StatusCode};
+    let seen: Arc<StandIn> = Arc::default();
+    let authorised = |headers: &HeaderMap| {
+        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(format!("Bearer {HS_TOKEN}").as_str())
+    };
+    let pinged = seen.clone();
+    let queried = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/_matrix/app/v1/ping",
+            axum::routing::post(move |headers: HeaderMap, axum::Json(body): axum::Json<Value>| async move {
+                pinged.pings.lock().unwrap().push(body.clone());
+                if !authorised(&headers) || body["transaction_id"] == "refuse" {
                     let error = json!({"errcode": "M_FORBIDDEN", "error": "refused"});
-                    return (axum::http::StatusCode::FORBIDDEN, axum::Json(error));
+                    return (StatusCode::FORBIDDEN, axum::Json(error));
                 }
-                (axum::http::StatusCode::OK, axum::Json(json!({})))
-            }
-        }),
-    );
+                (StatusCode::OK, axum::Json(json!({})))
+            }),
+        )
+        .route(
+            "/_matrix/app/v1/rooms/{alias}",
+            axum::routing::get(move |headers: HeaderMap, Path(alias): Path<String>| async move {
+                queried.alias_queries.lock().unwrap().push(alias.clone());
+                let Some(name) = alias.strip_prefix('#').and_then(|a| a.split(':').next()) else {
+                    return StatusCode::BAD_REQUEST;
+                };
+                if !authorised(&headers) || !name.starts_with("_irc_auto") {
+                    return StatusCode::NOT_FOUND;
+                }
+                let homeserver = queried.homeserver.lock().unwrap().clone();
+                let created = reqwest::Client::new()
+                    .post(format!("{homeserver}/_matrix/client/v3/createRoom"))
+                    .bearer_auth(AS_TOKEN)
+                    .json(&json!({"preset": "public_chat", "room_alias_name": name}))
+                    .send()
+                    .await;
+                match created {
+                    Ok(response) if response.status().is_success() => StatusCode::OK,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, pings)
+    (url, seen)
 }
 
 /// Aliases in an exclusive namespace belong to its application service,
 /// which may create and delete them; a service may create none outside its
-/// namespaces. Pings reach the service with its `hs_token`.
+/// namespaces, and is asked to create those of its namespaces that are
+/// looked up and missing. Pings reach the service with its `hs_token`.
 #[tokio::test]
 async fn application_service_aliases_and_pings() {
-    let (url, pings) = application_service_stand_in().await;
+    let (url, stand_in) = application_service_stand_in().await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let options = || {
         let [no_url, dead] = unreachable_registrations(closed);
@@ -2953,6 +2988,18 @@ async fn application_service_aliases_and_pings() {
         s.send(reqwest::Method::DELETE, &dir(&irc_chan), b, None).await.err(400, "M_EXCLUSIVE");
         s.send(reqwest::Method::DELETE, &dir(&irc_chan), irc, None).await.ok();
         s.get(&dir(&irc_chan), None).await.err(404, "M_NOT_FOUND");
+        assert!(stand_in.alias_queries.lock().unwrap().contains(&irc_chan), "a missing alias is asked of its service");
+
+        // The service creates a missing alias of its namespace when asked;
+        // one outside every namespace is not asked about.
+        *stand_in.homeserver.lock().unwrap() = s.base.clone();
+        let auto = format!("#_irc_auto{}:{SERVER_NAME}", s.backend);
+        let found = s.get(&dir(&auto), None).await.ok();
+        let joined = s.post(&format!("/_matrix/client/v3/join/{}", urlencode(&auto)), b, json!({})).await.ok();
+        assert_eq!(joined.body["room_id"], found.body["room_id"]);
+        let plain = format!("#nobody:{SERVER_NAME}");
+        s.get(&dir(&plain), None).await.err(404, "M_NOT_FOUND");
+        assert!(!stand_in.alias_queries.lock().unwrap().contains(&plain));
 
         // Timestamp massaging: the service's `ts` becomes the event's; a
         // user's is ignored; what no event may hold is refused.
@@ -2978,7 +3025,7 @@ async fn application_service_aliases_and_pings() {
         let ping = |id: &str| format!("/_matrix/client/v1/appservice/{id}/ping");
         let pong = s.post(&ping("irc"), irc, json!({"transaction_id": "meow"})).await.ok();
         assert!(pong.body["duration_ms"].is_u64(), "{}", pong.body);
-        assert!(pings.lock().unwrap().contains(&json!({"transaction_id": "meow"})));
+        assert!(stand_in.pings.lock().unwrap().contains(&json!({"transaction_id": "meow"})));
         let refused = s.post(&ping("irc"), irc, json!({"transaction_id": "refuse"})).await;
         assert_eq!(refused.status.as_u16(), 502, "{}", refused.body);
         assert_eq!(refused.body["errcode"], "M_BAD_STATUS");

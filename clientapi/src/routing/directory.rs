@@ -36,12 +36,15 @@ pub(crate) fn local_alias(state: &AppState, alias: &str) -> Result<String, Matri
     Ok(parsed.to_string())
 }
 
-/// The room a local alias names: `404 M_NOT_FOUND` if none.
+/// The room a local alias names: `404 M_NOT_FOUND` if none, once the
+/// application services whose namespace holds it had the chance to create it.
 pub(crate) async fn resolve(state: &AppState, alias: &str) -> Result<OwnedRoomId> {
     let alias = local_alias(state, alias)?;
-    let (room_id, _) = directory::alias(&state.db, &alias)
-        .await?
-        .ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found")))?;
+    let mut found = directory::alias(&state.db, &alias).await?;
+    if found.is_none() && state.app_services.query_alias(&alias).await {
+        found = directory::alias(&state.db, &alias).await?;
+    }
+    let (room_id, _) = found.ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found")))?;
     Ok(parse_room_id(&room_id)?)
 }
 
