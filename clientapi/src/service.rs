@@ -75,8 +75,12 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
         Arc::new(QueryResponder { db: db.clone(), app_services: app_services.clone() }),
         shutdown.clone(),
     );
-    let aliases =
-        bus.serve(aliases::GROUP, ALIAS_QUERY_TOPIC, Arc::new(AliasResponder { db: db.clone() }), shutdown.clone());
+    let aliases = bus.serve(
+        aliases::GROUP,
+        ALIAS_QUERY_TOPIC,
+        Arc::new(AliasResponder { db: db.clone(), app_services: app_services.clone() }),
+        shutdown.clone(),
+    );
     let profiles = bus.serve(
         profiles::GROUP,
         PROFILE_QUERY_TOPIC,

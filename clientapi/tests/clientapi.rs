@@ -8,8 +8,9 @@ use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use myelin_bus::{Bus, EmbeddedBackend, Shutdown, ShutdownTrigger};
 use myelin_clientapi::api::{
-    ACCOUNT_DATA_TOPIC, AccountDataUpdate, DEVICES_TOPIC, DeviceEvent, Identity, OPENID_QUERY_TOPIC, OpenIdQuery,
-    OpenIdReply, QUERY_TOPIC, QueryReply, QueryRequest, RECEIPT_TOPIC, ReceiptUpdate, TYPING_TOPIC, TypingUpdate,
+    ACCOUNT_DATA_TOPIC, ALIAS_QUERY_TOPIC, AccountDataUpdate, AliasQuery, AliasReply, DEVICES_TOPIC, DeviceEvent,
+    Identity, OPENID_QUERY_TOPIC, OpenIdQuery, OpenIdReply, QUERY_TOPIC, QueryReply, QueryRequest, RECEIPT_TOPIC,
+    ReceiptUpdate, TYPING_TOPIC, TypingUpdate,
 };
 use myelin_config::Config;
 use myelin_storage::Db;
@@ -3000,6 +3001,17 @@ async fn application_service_aliases_and_pings() {
         let plain = format!("#nobody:{SERVER_NAME}");
         s.get(&dir(&plain), None).await.err(404, "M_NOT_FOUND");
         assert!(!stand_in.alias_queries.lock().unwrap().contains(&plain));
+        // Other servers' `/query/directory` (through the bus) gets the same.
+        let ask = |alias: String| async move {
+            let query = AliasQuery { alias };
+            let reply: AliasReply =
+                s.bus.request_json(ALIAS_QUERY_TOPIC, &query.alias, &query, Duration::from_secs(10)).await.unwrap();
+            reply
+        };
+        let remote_auto = format!("#_irc_autofed{}:{SERVER_NAME}", s.backend);
+        let room = ask(remote_auto.clone()).await.expect("the service created it");
+        assert_eq!(s.get(&dir(&remote_auto), None).await.ok().body["room_id"], room.as_str());
+        assert_eq!(ask(format!("#_irc_declined:{SERVER_NAME}")).await, None);
 
         // Timestamp massaging: the service's `ts` becomes the event's; a
         // user's is ignored; what no event may hold is refused.
