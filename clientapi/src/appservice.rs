@@ -108,24 +108,40 @@ impl AppServices {
     /// Ask each service whose aliases namespace holds `alias` to create it
     /// (`GET /_matrix/app/v1/rooms/{alias}`, the service creating the room
     /// and alias through the client API before it answers); `true` once one
-    /// answers 200. A service that fails or says no is only logged.
+    /// answers 200.
     ///
     /// Spec: <https://spec.matrix.org/v1.16/application-service-api/#get_matrixappv1roomsroomalias>
     pub async fn query_alias(&self, alias: &str) -> bool {
-        for service in self.services.iter().filter(|service| service.is_alias_in_namespace(alias)) {
+        let asked = self.services.iter().filter(|service| service.is_alias_in_namespace(alias));
+        self.query(asked, "rooms", alias).await
+    }
+
+    /// Ask each service whose users namespace holds `user_id` to create that
+    /// user (`GET /_matrix/app/v1/users/{userId}`); `true` once one answers 200.
+    ///
+    /// Spec: <https://spec.matrix.org/v1.16/application-service-api/#get_matrixappv1usersuserid>
+    pub async fn query_user(&self, user_id: &str) -> bool {
+        let asked = self.services.iter().filter(|service| service.is_user_in_namespace(user_id));
+        self.query(asked, "users", user_id).await
+    }
+
+    /// One query to each of `services` in turn, until one answers 200. A
+    /// service that fails or says no is only logged.
+    async fn query(&self, services: impl Iterator<Item = &AppService>, kind: &str, id: &str) -> bool {
+        let encoded: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        for service in services {
             let Some(url) = &service.registration.url else { continue };
-            let encoded: String = form_urlencoded::byte_serialize(alias.as_bytes()).collect();
             let asked = self
                 .http
-                .get(format!("{}/_matrix/app/v1/rooms/{encoded}", url.trim_end_matches('/')))
+                .get(format!("{}/_matrix/app/v1/{kind}/{encoded}", url.trim_end_matches('/')))
                 .bearer_auth(&service.registration.hs_token)
                 .timeout(QUERY_TIMEOUT)
                 .send()
                 .await;
             match asked {
                 Ok(response) if response.status().is_success() => return true,
-                Ok(response) => tracing::debug!(id = service.id(), status = %response.status(), "alias query declined"),
-                Err(error) => tracing::info!(id = service.id(), error = %error.without_url(), "alias query failed"),
+                Ok(response) => tracing::debug!(id = service.id(), kind, status = %response.status(), "query declined"),
+                Err(error) => tracing::info!(id = service.id(), kind, error = %error.without_url(), "query failed"),
             }
         }
         false

@@ -2900,13 +2900,15 @@ async fn application_services_register_log_in_and_act_as_their_users() {
 struct StandIn {
     pings: std::sync::Mutex<Vec<Value>>,
     alias_queries: std::sync::Mutex<Vec<String>>,
+    user_queries: std::sync::Mutex<Vec<String>>,
     homeserver: std::sync::Mutex<String>,
 }
 
 /// An application service: it answers pings (refusing a wrong `hs_token`,
-/// or the transaction id `refuse`), and a query for an alias `#_irc_auto…`
-/// by creating a room with that alias as its sender before answering 200;
-/// other aliases it declines (404).
+/// or the transaction id `refuse`), a query for an alias `#_irc_auto…` by
+/// creating a room with that alias as its sender, and a query for a user
+/// `@_irc_auto…` by registering that user, before answering 200; other
+/// aliases and users it declines (404).
 async fn application_service_stand_in() -> (String, Arc<StandIn>) {
     use axum::extract::Path;
     use axum::http::{HeaderMap, StatusCode};
@@ -2916,6 +2918,7 @@ async fn application_service_stand_in() -> (String, Arc<StandIn>) {
     };
     let pinged = seen.clone();
     let queried = seen.clone();
+    let users_queried = seen.clone();
     let app = axum::Router::new()
         .route(
             "/_matrix/app/v1/ping",
@@ -2946,6 +2949,30 @@ async fn application_service_stand_in() -> (String, Arc<StandIn>) {
                     .send()
                     .await;
                 match created {
+                    Ok(response) if response.status().is_success() => StatusCode::OK,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                }
+            }),
+        )
+        .route(
+            "/_matrix/app/v1/users/{user_id}",
+            axum::routing::get(move |headers: HeaderMap, Path(user_id): Path<String>| async move {
+                users_queried.user_queries.lock().unwrap().push(user_id.clone());
+                let Some(localpart) = user_id.strip_prefix('@').and_then(|u| u.split(':').next()) else {
+                    return StatusCode::BAD_REQUEST;
+                };
+                if !authorised(&headers) || !localpart.starts_with("_irc_auto") {
+                    return StatusCode::NOT_FOUND;
+                }
+                let homeserver = users_queried.homeserver.lock().unwrap().clone();
+                let body = json!({"type": "m.login.application_service", "username": localpart, "inhibit_login": true});
+                let registered = reqwest::Client::new()
+                    .post(format!("{homeserver}/_matrix/client/v3/register"))
+                    .bearer_auth(AS_TOKEN)
+                    .json(&body)
+                    .send()
+                    .await;
+                match registered {
                     Ok(response) if response.status().is_success() => StatusCode::OK,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 }
@@ -3012,6 +3039,19 @@ async fn application_service_aliases_and_pings() {
         let room = ask(remote_auto.clone()).await.expect("the service created it");
         assert_eq!(s.get(&dir(&remote_auto), None).await.ok().body["room_id"], room.as_str());
         assert_eq!(ask(format!("#_irc_declined:{SERVER_NAME}")).await, None);
+
+        // Inviting a missing user of the namespace asks the service, which
+        // registers them; a missing user outside every namespace is not
+        // asked about, and is invited all the same.
+        let newbie = format!("@_irc_autonewbie:{SERVER_NAME}");
+        let invite = format!("/_matrix/client/v3/rooms/{}/invite", urlencode(&room_id));
+        s.post(&invite, irc, json!({"user_id": newbie})).await.ok();
+        let as_newbie = format!("/_matrix/client/v3/account/whoami?user_id={}", urlencode(&newbie));
+        assert_eq!(s.get(&as_newbie, irc).await.ok().body["user_id"], newbie);
+        let stranger = format!("@stranger:{SERVER_NAME}");
+        s.post(&invite, irc, json!({"user_id": stranger})).await.ok();
+        let asked = stand_in.user_queries.lock().unwrap().clone();
+        assert!(asked.contains(&newbie) && !asked.contains(&stranger), "{asked:?}");
 
         // Timestamp massaging: the service's `ts` becomes the event's; a
         // user's is ignored; what no event may hold is refused.

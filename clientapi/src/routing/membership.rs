@@ -20,6 +20,7 @@ use crate::producers::{edu, federation, roomserver};
 use crate::routing::profile::{add_to_member_content, profile_of};
 use crate::routing::{directory, parse_room_id, parse_user_id};
 use crate::service::AppState;
+use crate::storage;
 
 #[derive(Deserialize, Default)]
 pub struct ReasonBody {
@@ -311,6 +312,13 @@ pub async fn invite(
 ) -> Result<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     let target = parse_user_id(&body.user_id)?;
+    // An application service may create an invited user of its namespace
+    // on demand; the invite goes ahead whatever it answers.
+    if target.server_name().as_str() == state.server_name()
+        && !storage::accounts::exists(&state.db, target.localpart()).await?
+    {
+        state.app_services.query_user(target.as_str()).await;
+    }
     set_membership(&state, user.user_id, room_id, &target, "invite", body.reason).await?;
     Ok(Json(json!({})))
 }
