@@ -363,15 +363,24 @@ async fn key_validity_is_enforced_from_room_version_5() {
     .await;
 }
 
+/// A v11 room of alice's that remote bob joined, then remote carol, whom
+/// alice gave her own power (alice's change not yet in `view`); the view,
+/// bob's join and carol's.
+async fn carol_moderates(h: &Harness) -> (RemoteView, String, String) {
+    let (alice, carol) = (user("alice"), remote_user("carol"));
+    let (view, bob_join) = joined_room(h, RoomVersionId::V11).await;
+    let (carol_join, pdu) = view.join(&carol);
+    accepted(&view.send(h, PduKind::Timeline, vec![pdu]).await, 0, &carol_join);
+    let levels = json!({"users": {alice.as_str(): 100, carol.as_str(): 100}});
+    h.send(&view.room_id, &alice, "m.room.power_levels", Some(""), levels, None).await.unwrap();
+    (view, bob_join, carol_join)
+}
+
 #[tokio::test]
 async fn soft_failure_and_forks() {
     each_backend(|h| async move {
         let (alice, bob, carol) = (user("alice"), remote_user("bob"), remote_user("carol"));
-        let (mut view, bob_join) = joined_room(&h, RoomVersionId::V11).await;
-        let (carol_join, pdu) = view.join(&carol);
-        accepted(&view.send(&h, PduKind::Timeline, vec![pdu]).await, 0, &carol_join);
-        let levels = json!({"users": {alice.as_str(): 100, carol.as_str(): 100}});
-        h.send(&view.room_id, &alice, "m.room.power_levels", Some(""), levels, None).await.unwrap();
+        let (mut view, bob_join, carol_join) = carol_moderates(&h).await;
         view.refresh(&h).await;
         let before_ban = view.tip.clone();
 
@@ -983,11 +992,7 @@ async fn state_before(h: &Harness, room_id: &OwnedRoomId, event_id: &str) -> Vec
 async fn forks_resolve_alike_with_and_without_the_auth_chain_index() {
     each_backend(|h| async move {
         let (alice, bob, carol) = (user("alice"), remote_user("bob"), remote_user("carol"));
-        let (mut view, bob_join) = joined_room(&h, RoomVersionId::V11).await;
-        let (carol_join, pdu) = view.join(&carol);
-        accepted(&view.send(&h, PduKind::Timeline, vec![pdu]).await, 0, &carol_join);
-        let levels = json!({"users": {alice.as_str(): 100, carol.as_str(): 100}});
-        h.send(&view.room_id, &alice, "m.room.power_levels", Some(""), levels, None).await.unwrap();
+        let (mut view, bob_join, carol_join) = carol_moderates(&h).await;
         h.message(&view.room_id, &alice, "not state").await.unwrap();
         view.refresh(&h).await;
         assert_eq!(h.count(UNPLACED_STATE).await, 0, "{}", h.name());
