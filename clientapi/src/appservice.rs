@@ -116,6 +116,11 @@ impl AppServices {
         self.query(asked, "rooms", alias).await
     }
 
+    /// Some service's users namespace holds `user_id`.
+    pub fn claims_user(&self, user_id: &str) -> bool {
+        self.services.iter().any(|service| service.is_user_in_namespace(user_id))
+    }
+
     /// Ask each service whose users namespace holds `user_id` to create that
     /// user (`GET /_matrix/app/v1/users/{userId}`); `true` once one answers 200.
     ///

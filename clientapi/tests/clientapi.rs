@@ -2904,6 +2904,18 @@ struct StandIn {
     homeserver: std::sync::Mutex<String>,
 }
 
+/// What the stand-in answers a query with, after `POST`ing `body` to the
+/// homeserver's `path` with its `as_token`: 200 when that succeeded.
+async fn as_the_service(homeserver: &std::sync::Mutex<String>, path: &str, body: Value) -> axum::http::StatusCode {
+    let homeserver = homeserver.lock().unwrap().clone();
+    let sent =
+        reqwest::Client::new().post(format!("{homeserver}{path}")).bearer_auth(AS_TOKEN).json(&body).send().await;
+    match sent {
+        Ok(response) if response.status().is_success() => axum::http::StatusCode::OK,
+        _ => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 /// An application service: it answers pings (refusing a wrong `hs_token`,
 /// or the transaction id `refuse`), a query for an alias `#_irc_auto…` by
 /// creating a room with that alias as its sender, and a query for a user
@@ -2941,17 +2953,8 @@ async fn application_service_stand_in() -> (String, Arc<StandIn>) {
                 if !authorised(&headers) || !name.starts_with("_irc_auto") {
                     return StatusCode::NOT_FOUND;
                 }
-                let homeserver = queried.homeserver.lock().unwrap().clone();
-                let created = reqwest::Client::new()
-                    .post(format!("{homeserver}/_matrix/client/v3/createRoom"))
-                    .bearer_auth(AS_TOKEN)
-                    .json(&json!({"preset": "public_chat", "room_alias_name": name}))
-                    .send()
-                    .await;
-                match created {
-                    Ok(response) if response.status().is_success() => StatusCode::OK,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                }
+                let body = json!({"preset": "public_chat", "room_alias_name": name});
+                as_the_service(&queried.homeserver, "/_matrix/client/v3/createRoom", body).await
             }),
         )
         .route(
@@ -2964,18 +2967,8 @@ async fn application_service_stand_in() -> (String, Arc<StandIn>) {
                 if !authorised(&headers) || !localpart.starts_with("_irc_auto") {
                     return StatusCode::NOT_FOUND;
                 }
-                let homeserver = users_queried.homeserver.lock().unwrap().clone();
                 let body = json!({"type": "m.login.application_service", "username": localpart, "inhibit_login": true});
-                let registered = reqwest::Client::new()
-                    .post(format!("{homeserver}/_matrix/client/v3/register"))
-                    .bearer_auth(AS_TOKEN)
-                    .json(&body)
-                    .send()
-                    .await;
-                match registered {
-                    Ok(response) if response.status().is_success() => StatusCode::OK,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                }
+                as_the_service(&users_queried.homeserver, "/_matrix/client/v3/register", body).await
             }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

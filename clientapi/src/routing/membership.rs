@@ -315,6 +315,7 @@ pub async fn invite(
     // An application service may create an invited user of its namespace
     // on demand; the invite goes ahead whatever it answers.
     if target.server_name().as_str() == state.server_name()
+        && state.app_services.claims_user(target.as_str())
         && !storage::accounts::exists(&state.db, target.localpart()).await?
     {
         state.app_services.query_user(target.as_str()).await;

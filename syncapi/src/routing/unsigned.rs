@@ -58,8 +58,7 @@ async fn as_erasure_leaves_them<'r>(
     viewer: &Viewer<'_>,
     rows: &'r [EventRow],
 ) -> Result<Cow<'r, [EventRow]>, SyncApiError> {
-    let sender = |row: &EventRow| row.pdu.get("sender").and_then(Value::as_str).unwrap_or_default().to_owned();
-    if !rows.iter().any(|row| state.storage.is_erased(&sender(row))) {
+    if !rows.iter().any(|row| state.storage.is_erased(sender_of(row))) {
         return Ok(Cow::Borrowed(rows));
     }
     let user_id = viewer.identity.user_id.as_str();
@@ -70,11 +69,15 @@ async fn as_erasure_leaves_them<'r>(
     let Some(rules) = redaction::rules_of(version) else { return Ok(Cow::Borrowed(rows)) };
     let mut rows = rows.to_vec();
     for row in &mut rows {
-        if state.storage.is_erased(&sender(row)) && !joined_at(row.pos) {
+        if state.storage.is_erased(sender_of(row)) && !joined_at(row.pos) {
             row.pdu = redaction::stripped(&row.pdu, &rules).unwrap_or_else(|| row.pdu.clone());
         }
     }
     Ok(Cow::Owned(rows))
+}
+
+fn sender_of(row: &EventRow) -> &str {
+    row.pdu.get("sender").and_then(Value::as_str).unwrap_or_default()
 }
 
 /// The visible events relating to each of `rows` by a bundled relation
