@@ -58,8 +58,8 @@ fn exclusive(message: &str) -> MatrixError {
 
 impl AppServices {
     /// The services of `global.app_service_config_files`; each one's sender
-    /// account is created if it does not exist yet.
-    pub async fn load(config: &Config, db: &Db) -> Result<Self, AppServiceError> {
+    /// account is created (at `now_ms`) if it does not exist yet.
+    pub async fn load(config: &Config, db: &Db, now_ms: i64) -> Result<Self, AppServiceError> {
         let services = load_app_services(&config.global.app_service_config_files, &config.global.server_name)
             .map_err(|errors| AppServiceError::Config(errors.to_string()))?;
         for service in &services {
@@ -70,7 +70,7 @@ impl AppServices {
                 is_admin: false,
                 user_type: None,
                 is_guest: false,
-                created_ms: 0,
+                created_ms: now_ms,
             };
             accounts::create(db, &account).await?;
             tracing::info!(id = service.id(), sender = %service.sender, "application service registered");

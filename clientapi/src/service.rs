@@ -68,7 +68,8 @@ impl AppState {
 
 pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) -> Result<Started, ClientApiError> {
     db.migrate(storage::COMPONENT, storage::MIGRATIONS).await?;
-    let app_services = Arc::new(AppServices::load(&config, &db).await?);
+    let now_ms = i64::try_from(bus.clock().now_ms()).unwrap_or(i64::MAX);
+    let app_services = Arc::new(AppServices::load(&config, &db, now_ms).await?);
     let query = bus.serve(
         "clientapi.query",
         QUERY_TOPIC,
