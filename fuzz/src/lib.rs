@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use myelin_roomserver::checks::{IdState, Pdu, Signer};
+use myelin_roomserver::checks::{EventMap, IdState, Pdu, Signer};
 use myelin_types::ruma::room_version_rules::RoomVersionRules;
-use myelin_types::ruma::{EventId, OwnedEventId, OwnedServerName, RoomVersionId};
+use myelin_types::ruma::{EventId, OwnedServerName, RoomVersionId};
 use myelin_types::signing::ServerSigningKey;
 use serde_json::{Value, json};
 
@@ -36,7 +36,7 @@ pub fn signer() -> &'static Signer {
 /// A small room's state: creator alice (power 100), bob (50) joined, public
 /// join rules, carol invited, dave banned; the events by id and the state.
 pub struct FixedRoom {
-    pub events: HashMap<OwnedEventId, Pdu>,
+    pub events: EventMap,
     pub state: IdState,
 }
 
@@ -97,7 +97,7 @@ impl FixedRoom {
             ("$carol", member(&alice, "carol", "invite"), cite(&["$create", "$alice", "$power", "$rules"])),
             ("$dave", member(&alice, "dave", "ban"), cite(&["$create", "$alice", "$power"])),
         ];
-        let mut room = Self { events: HashMap::new(), state: IdState::new() };
+        let mut room = Self { events: EventMap::default(), state: IdState::new() };
         for (depth, (id, (kind, sender, key, content), auth)) in fixed.into_iter().enumerate() {
             let id = if id == "$create" { create_id.clone() } else { id.to_owned() };
             let mut pdu = json!({

@@ -17,5 +17,5 @@ pub mod checks {
     pub use crate::events::pdu::Pdu;
     pub use crate::events::receive::{Dropped, KeyRing, Parsed, Received, canonical, parse};
     pub use crate::events::remote::{IdState, allowed_by_auth_events, allowed_by_state, allowed_create, v12_create};
-    pub use crate::events::resolve::{ResolveError, resolve};
+    pub use crate::events::resolve::{EventMap, ResolveError, resolve};
 }

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use myelin_roomserver::checks::{
-    IdState, Pdu, allowed_by_auth_events, allowed_by_state, allowed_create, resolve, v12_create,
+    EventMap, IdState, Pdu, allowed_by_auth_events, allowed_by_state, allowed_create, resolve, v12_create,
 };
 use ruma::events::TimelineEventType;
 use ruma::room_version_rules::RoomVersionRules;
@@ -191,7 +191,7 @@ fn key_of(pdu: &Pdu) -> (String, String) {
     (pdu.event_type.to_string(), pdu.state_key.clone().expect("fixture PDUs are state events"))
 }
 
-fn describe(state: &IdState, events: &HashMap<OwnedEventId, Pdu>) -> Resolved {
+fn describe(state: &IdState, events: &EventMap) -> Resolved {
     state
         .iter()
         .map(|(key, id)| {
@@ -209,7 +209,7 @@ fn describe(state: &IdState, events: &HashMap<OwnedEventId, Pdu>) -> Resolved {
 fn resolve_as_received(
     (version, rules): &(RoomVersionId, RoomVersionRules),
     pdus: &[Pdu],
-    events: &HashMap<OwnedEventId, Pdu>,
+    events: &EventMap,
 ) -> IdState {
     let mut after: HashMap<OwnedEventId, IdState> = HashMap::new();
     let mut pending: Vec<&Pdu> = pdus.iter().collect();
@@ -248,12 +248,7 @@ fn resolve_as_received(
 
 /// Resolution of every event of a batch as its own one-event state, with
 /// the state the batches before resolved to.
-fn resolve_batch(
-    rules: &RoomVersionRules,
-    pdus: &[Pdu],
-    events: &HashMap<OwnedEventId, Pdu>,
-    prev: Option<IdState>,
-) -> IdState {
+fn resolve_batch(rules: &RoomVersionRules, pdus: &[Pdu], events: &EventMap, prev: Option<IdState>) -> IdState {
     let states: Vec<IdState> =
         prev.into_iter().chain(pdus.iter().map(|pdu| IdState::from([(key_of(pdu), pdu.event_id.clone())]))).collect();
     resolve(rules, &states, events).expect("resolving a batch")
@@ -266,7 +261,7 @@ fn run_batches(files: &[&str]) -> Resolved {
     let version = version_of(&batches[0][0]);
     let rules = &version.1;
     let all: Vec<Pdu> = batches.iter().flatten().cloned().collect();
-    let events: HashMap<OwnedEventId, Pdu> = all.iter().map(|pdu| (pdu.event_id.clone(), pdu.clone())).collect();
+    let events: EventMap = all.iter().map(|pdu| (pdu.event_id.clone(), pdu.clone())).collect();
 
     let received = resolve_as_received(&version, &all, &events);
     let mut batched = None;
@@ -286,7 +281,7 @@ fn run_batches(files: &[&str]) -> Resolved {
 fn run_states(states: &[&str], pdus: &str) -> Resolved {
     let pdus = read_pdus(pdus);
     let (_, rules) = version_of(&pdus[0]);
-    let events: HashMap<OwnedEventId, Pdu> = pdus.iter().map(|pdu| (pdu.event_id.clone(), pdu.clone())).collect();
+    let events: EventMap = pdus.iter().map(|pdu| (pdu.event_id.clone(), pdu.clone())).collect();
     let states: Vec<IdState> = states
         .iter()
         .map(|file| {

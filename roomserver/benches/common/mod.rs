@@ -3,9 +3,7 @@
 //! an [`IdState`]. Events cite the auth events the rules select from their
 //! fork's state, so resolution does the work it does on a real room.
 
-use std::collections::HashMap;
-
-use myelin_roomserver::checks::{IdState, Pdu};
+use myelin_roomserver::checks::{EventMap, IdState, Pdu};
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::{EventId, OwnedEventId, RoomVersionId, UserId};
 use serde_json::{Value, json};
@@ -27,7 +25,7 @@ pub struct Fork {
 
 pub struct BigRoom {
     pub rules: RoomVersionRules,
-    pub events: HashMap<OwnedEventId, Pdu>,
+    pub events: EventMap,
     room_id: String,
     next: u64,
 }
@@ -40,7 +38,7 @@ impl BigRoom {
         let v12 = rules.authorization.room_create_event_id_as_room_id;
         let create_id = event_id(0);
         let room_id = if v12 { format!("!{}", &create_id.as_str()[1..]) } else { "!big:example.org".to_owned() };
-        let mut room = Self { rules, events: HashMap::new(), room_id, next: 0 };
+        let mut room = Self { rules, events: EventMap::default(), room_id, next: 0 };
         let mut fork = Fork { state: IdState::new(), tip: None, depth: 0, ts: 1 };
         let mut create = json!({"room_version": version.as_str()});
         let mut users = json!({});

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::pdu::Pdu;
 use super::remote::{IdState, RemoteRoom, allowed_by_auth_events, allowed_by_state, allowed_create, v12_create};
+use super::resolve::EventMap;
 use crate::error::RequestError;
 
 /// The creator; level 100 up to v11, a creator's infinite level in v12.
@@ -56,7 +57,7 @@ struct Room {
     version_id: RoomVersionId,
     rules: RoomVersionRules,
     room_id: OwnedRoomId,
-    events: HashMap<OwnedEventId, Pdu>,
+    events: EventMap,
     state: IdState,
     tip: OwnedEventId,
     depth: i64,
@@ -108,7 +109,7 @@ impl Room {
             version_id,
             rules,
             room_id: room_id.try_into().expect("valid room id"),
-            events: HashMap::new(),
+            events: EventMap::default(),
             state: IdState::new(),
             tip: create.clone(),
             depth: 0,

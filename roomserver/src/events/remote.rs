@@ -18,7 +18,7 @@ use super::cover::{Cover, Position, Reach, difference};
 use super::pdu::Pdu;
 use super::receive::Received;
 pub use super::resolve::IdState;
-use super::resolve::{AuthChains, Lookup, resolve, resolve_with};
+use super::resolve::{AuthChains, EventMap, Lookup, resolve, resolve_with};
 use crate::api::{NewRoomEvent, PduKind, PduOutcome, StateDelta, StoredEvent};
 use crate::error::RequestError;
 use crate::storage::{EventStatus, KnownEvent, NewEvent, StateMap, Tx, append_state, resolve_snapshot};
@@ -69,7 +69,7 @@ pub struct RemoteRoom {
     pub room_id: OwnedRoomId,
     pub version: RoomVersionId,
     rules: RoomVersionRules,
-    events: HashMap<OwnedEventId, Pdu>,
+    events: EventMap,
     meta: HashMap<OwnedEventId, Meta>,
     /// The state after events held only as outliers, as another server
     /// told it (see [`RemoteRoom::take_state_after`]).
@@ -118,7 +118,7 @@ impl RemoteRoom {
             room_id,
             version,
             rules,
-            events: HashMap::new(),
+            events: EventMap::default(),
             meta: HashMap::new(),
             fetched_states: HashMap::new(),
         })
@@ -759,11 +759,7 @@ pub fn allowed_create(rules: &RoomVersionRules, version: &RoomVersionId, pdu: &P
 
 /// From room version 12 the create event is never an auth event, but the
 /// rules still read it: the room's create event when it is in `events`.
-pub fn v12_create<'a>(
-    rules: &RoomVersionRules,
-    room_id: &RoomId,
-    events: &'a HashMap<OwnedEventId, Pdu>,
-) -> Option<&'a Pdu> {
+pub fn v12_create<'a>(rules: &RoomVersionRules, room_id: &RoomId, events: &'a EventMap) -> Option<&'a Pdu> {
     if !rules.authorization.room_create_event_id_as_room_id {
         return None;
     }
@@ -778,7 +774,7 @@ pub fn v12_create<'a>(
 pub fn allowed_by_auth_events(
     rules: &RoomVersionRules,
     pdu: &Pdu,
-    events: &HashMap<OwnedEventId, Pdu>,
+    events: &EventMap,
     create: Option<&Pdu>,
 ) -> Result<(), String> {
     check_state_independent_auth_rules(&rules.authorization, pdu, |id| events.get(id))?;
@@ -802,7 +798,7 @@ pub fn allowed_by_state(
     rules: &RoomVersionRules,
     pdu: &Pdu,
     state: &IdState,
-    events: &HashMap<OwnedEventId, Pdu>,
+    events: &EventMap,
     create: Option<&Pdu>,
 ) -> Result<(), String> {
     check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key| {

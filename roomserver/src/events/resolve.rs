@@ -5,7 +5,8 @@
 //! room version 12, <https://spec.matrix.org/v1.16/rooms/v12/#state-resolution>.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ruma::events::StateEventType;
 use ruma::room_version_rules::{RoomVersionRules, StateResolutionV2Rules, StateResolutionVersion};
@@ -14,6 +15,15 @@ use ruma::{EventId, OwnedEventId};
 
 use super::pdu::Pdu;
 use super::resolve_v1::resolve_v1;
+
+/// Events by id. Resolution's graph walks are mostly hashing ids; foldhash
+/// is several times faster than the default hasher on them, and its
+/// per-process random seed still keeps senders from choosing ids that
+/// collide (from room version 3 ids are hashes of the events anyway).
+pub type EventMap = HashMap<OwnedEventId, Pdu, foldhash::fast::RandomState>;
+
+/// A set of event ids, hashed as [`EventMap`] hashes them.
+type IdSet<'e> = HashSet<&'e EventId, foldhash::fast::RandomState>;
 
 /// `(type, state_key)` → event id, as state resolution reads it.
 pub type IdState = BTreeMap<(String, String), OwnedEventId>;
@@ -28,12 +38,12 @@ pub struct ResolveError(pub(super) String);
 /// among them: a resolution that missed nothing is the one a map of every
 /// event of the room would give, as it read nothing else.
 pub struct Lookup<'e> {
-    events: &'e HashMap<OwnedEventId, Pdu>,
+    events: &'e EventMap,
     missed: RefCell<HashSet<OwnedEventId>>,
 }
 
 impl<'e> Lookup<'e> {
-    pub fn new(events: &'e HashMap<OwnedEventId, Pdu>) -> Self {
+    pub fn new(events: &'e EventMap) -> Self {
         Self { events, missed: RefCell::default() }
     }
 
@@ -52,47 +62,27 @@ impl<'e> Lookup<'e> {
     }
 }
 
-/// All events reachable from `roots` through `auth_events`, roots included
-/// only when `with_roots`.
-pub fn auth_chain<'a>(
-    roots: impl IntoIterator<Item = &'a OwnedEventId>,
-    events: &Lookup<'_>,
-    with_roots: bool,
-) -> HashSet<OwnedEventId> {
-    let mut seen = HashSet::new();
-    let mut stack: Vec<&OwnedEventId> = Vec::new();
-    for root in roots {
-        if with_roots {
-            seen.insert(root.clone());
-        }
-        stack.extend(events.get(root).into_iter().flat_map(|pdu| pdu.auth_events.iter()));
-    }
-    while let Some(id) = stack.pop() {
-        if seen.insert(id.clone()) {
-            stack.extend(events.get(id).into_iter().flat_map(|pdu| pdu.auth_events.iter()));
-        }
-    }
-    seen
-}
-
 /// Each state's auth chain, less the auth chain of the events every state
 /// holds. ruma's auth difference is what some chains have and others lack;
 /// the shared events' chain is in every chain, so leaving it out of all of
 /// them does not change the difference. It saves walking a big room's
 /// unchanged members once per fork and copying their chains.
-fn auth_chains_beyond_shared(states: &[IdState], events: &Lookup<'_>) -> Vec<EventIdSet<OwnedEventId>> {
-    let Some((first, rest)) = states.split_first() else { return Vec::new() };
-    let shared: HashSet<&EventId> = first
-        .iter()
-        .filter(|(key, id)| rest.iter().all(|state| state.get(*key) == Some(*id)))
-        .map(|(_, id)| id.as_ref())
-        .collect();
-    let shared_chain = walk_auth_events(shared.iter().copied(), events, &HashSet::new());
+fn auth_chains_beyond_shared(
+    states: &[IdState],
+    conflicted: &BTreeSet<&(String, String)>,
+    events: &Lookup<'_>,
+) -> Vec<EventIdSet<OwnedEventId>> {
+    let Some(first) = states.first() else { return Vec::new() };
+    fn own<'s>(state: &'s IdState, conflicted: &BTreeSet<&(String, String)>) -> Vec<&'s EventId> {
+        conflicted.iter().filter_map(|key| state.get(*key)).map(AsRef::as_ref).collect()
+    }
+    let conflicted_ids: IdSet = states.iter().flat_map(|state| own(state, conflicted)).collect();
+    let shared = first.values().map(AsRef::as_ref).filter(|id| !conflicted_ids.contains(id));
+    let shared_chain = walk_auth_events(shared, events, &IdSet::default());
     states
         .iter()
         .map(|state| {
-            let own = state.values().map(AsRef::as_ref).filter(|id| !shared.contains(id));
-            walk_auth_events(own, events, &shared_chain).into_iter().map(ToOwned::to_owned).collect()
+            walk_auth_events(own(state, conflicted), events, &shared_chain).into_iter().map(ToOwned::to_owned).collect()
         })
         .collect()
 }
@@ -103,10 +93,10 @@ fn auth_chains_beyond_shared(states: &[IdState], events: &Lookup<'_>) -> Vec<Eve
 fn walk_auth_events<'r, 'e>(
     roots: impl IntoIterator<Item = &'r EventId>,
     events: &Lookup<'e>,
-    known: &HashSet<&'e EventId>,
-) -> HashSet<&'e EventId> {
+    known: &IdSet<'e>,
+) -> IdSet<'e> {
     let parents = |id: &EventId| events.get(id).into_iter().flat_map(|pdu| pdu.auth_events.iter().map(AsRef::as_ref));
-    let mut seen = HashSet::new();
+    let mut seen = IdSet::default();
     let mut stack: Vec<&'e EventId> = roots.into_iter().flat_map(parents).collect();
     while let Some(id) = stack.pop() {
         if !known.contains(id) && seen.insert(id) {
@@ -122,11 +112,7 @@ pub type AuthChains = Vec<EventIdSet<OwnedEventId>>;
 
 /// Resolve `states` (each a fork's full state) with the room's rules.
 /// `events` must hold every event of every state and its whole auth chain.
-pub fn resolve(
-    rules: &RoomVersionRules,
-    states: &[IdState],
-    events: &HashMap<OwnedEventId, Pdu>,
-) -> Result<IdState, ResolveError> {
+pub fn resolve(rules: &RoomVersionRules, states: &[IdState], events: &EventMap) -> Result<IdState, ResolveError> {
     resolve_with(rules, states, None, &Lookup::new(events))
 }
 
@@ -153,56 +139,160 @@ fn resolve_v2(
     auth_chains: Option<AuthChains>,
     events: &Lookup<'_>,
 ) -> Result<IdState, ResolveError> {
-    let maps: Vec<state_res::StateMap<OwnedEventId>> = states
-        .iter()
-        .map(|state| {
-            state
-                .iter()
-                .map(|((kind, key), id)| ((StateEventType::from(kind.as_str()), key.clone()), id.clone()))
-                .collect()
-        })
-        .collect();
-    let auth_chains = auth_chains.unwrap_or_else(|| auth_chains_beyond_shared(states, events));
-    let fetch = |id: &EventId| events.get(id);
-    let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| {
-        Some(conflicted_subgraph(conflicted.values().flatten(), events).into_iter().collect())
+    let Some(first) = states.first() else { return Ok(IdState::new()) };
+    let conflicted = conflicted_keys(states);
+    if conflicted.is_empty() {
+        return Ok(first.clone());
+    }
+    let auth_chains = auth_chains.unwrap_or_else(|| auth_chains_beyond_shared(states, &conflicted, events));
+    let difference = auth_difference(&auth_chains);
+    let conflicted_ids = conflicted.iter().flat_map(|key| states.iter().filter_map(|state| state.get(*key)));
+    let subgraph: EventIdSet<OwnedEventId> = if v2_rules.consider_conflicted_state_subgraph {
+        conflicted_subgraph(conflicted_ids.clone(), events).into_iter().collect()
+    } else {
+        EventIdSet::new()
     };
-    let resolved = state_res::resolve(&rules.authorization, v2_rules, maps.iter(), auth_chains, fetch, subgraph)
+    let full_conflicted_set = difference.iter().chain(conflicted_ids).chain(subgraph.iter());
+    let read = keys_read_by_auth_checks(rules, full_conflicted_set, events);
+    let maps: Vec<state_res::StateMap<OwnedEventId>> =
+        states.iter().map(|state| restricted(state, conflicted.iter().copied().chain(&read))).collect();
+    let fetch = |id: &EventId| events.get(id);
+    let subgraph = |_: &state_res::StateMap<Vec<OwnedEventId>>| Some(subgraph.clone());
+    // ruma takes the difference of the chains it is given: the difference
+    // and an empty set give the difference itself.
+    let chains = vec![difference, EventIdSet::new()];
+    let resolved = state_res::resolve(&rules.authorization, v2_rules, maps.iter(), chains, fetch, subgraph)
         .map_err(|e| ResolveError(e.to_string()))?;
-    Ok(resolved.into_iter().map(|((kind, key), id)| ((kind.to_string(), key), id)).collect())
+    // What ruma resolved over the keys it was given, and every other
+    // unconflicted entry as it stands.
+    let mut result = first.clone();
+    for key in &conflicted {
+        result.remove(*key);
+    }
+    for ((kind, state_key), id) in resolved {
+        let key = (kind.to_string(), state_key);
+        if conflicted.contains(&key) || !first.contains_key(&key) {
+            result.insert(key, id);
+        }
+    }
+    Ok(result)
+}
+
+/// The keys not every state maps to the same event. States are sorted
+/// maps, so each is compared with the first in one pass.
+fn conflicted_keys(states: &[IdState]) -> BTreeSet<&(String, String)> {
+    let mut conflicted = BTreeSet::new();
+    let Some((first, rest)) = states.split_first() else { return conflicted };
+    for other in rest {
+        let (mut ours, mut theirs) = (first.iter().peekable(), other.iter().peekable());
+        loop {
+            let differing = match (ours.peek().copied(), theirs.peek().copied()) {
+                (None, None) => break,
+                (Some(_), None) => ours.next().map(|(key, _)| key),
+                (None, Some(_)) => theirs.next().map(|(key, _)| key),
+                (Some((key, id)), Some((other_key, other_id))) => match key.cmp(other_key) {
+                    Ordering::Less => ours.next().map(|(key, _)| key),
+                    Ordering::Greater => theirs.next().map(|(key, _)| key),
+                    Ordering::Equal => {
+                        ours.next();
+                        theirs.next();
+                        (id != other_id).then_some(key)
+                    }
+                },
+            };
+            conflicted.extend(differing);
+        }
+    }
+    conflicted
+}
+
+/// The events some chains hold and others lack.
+fn auth_difference(chains: &[EventIdSet<OwnedEventId>]) -> EventIdSet<OwnedEventId> {
+    chains
+        .iter()
+        .flat_map(EventIdSet::iter)
+        .filter(|id| !chains.iter().all(|chain| chain.contains(id)))
+        .cloned()
+        .collect()
+}
+
+/// Every state key the iterative auth checks may read for `events` (the
+/// full conflicted set): the keys the auth rules select for each, and the
+/// power levels the mainline starts from. Resolution never reads another
+/// key of the unconflicted state, so ruma needs only these.
+fn keys_read_by_auth_checks<'a>(
+    rules: &RoomVersionRules,
+    ids: impl Iterator<Item = &'a OwnedEventId>,
+    events: &Lookup<'_>,
+) -> HashSet<(String, String)> {
+    let mut keys: HashSet<(String, String)> = [("m.room.power_levels", ""), ("m.room.create", "")]
+        .into_iter()
+        .map(|(kind, key)| (kind.to_owned(), key.to_owned()))
+        .collect();
+    let distinct: HashSet<&OwnedEventId> = ids.collect();
+    for pdu in distinct.into_iter().filter_map(|id| events.get(id)) {
+        let Some(state_key) = pdu.state_key.as_deref() else { continue };
+        // ruma skips an event whose content gives no auth types: it reads nothing for it.
+        let Ok(types) = state_res::auth_types_for_event(
+            &pdu.event_type,
+            &pdu.sender,
+            Some(state_key),
+            &pdu.content,
+            &rules.authorization,
+        ) else {
+            continue;
+        };
+        keys.extend(types.into_iter().map(|(kind, key)| (kind.to_string(), key)));
+    }
+    keys
+}
+
+/// `state`'s entries for `keys`, as ruma takes a state.
+fn restricted<'k>(
+    state: &IdState,
+    keys: impl Iterator<Item = &'k (String, String)>,
+) -> state_res::StateMap<OwnedEventId> {
+    keys.filter_map(|key| {
+        let id = state.get(key)?;
+        Some(((StateEventType::from(key.0.as_str()), key.1.clone()), id.clone()))
+    })
+    .collect()
 }
 
 /// The conflicted state subgraph of room version 12: events that are reached
 /// from a conflicted event through `auth_events` and themselves reach one.
+/// Both walks keep their own stacks: a long chain must not exhaust the
+/// thread's.
 ///
 /// Spec: <https://spec.matrix.org/v1.16/rooms/v12/#state-resolution>
 fn conflicted_subgraph<'a>(
     conflicted: impl Iterator<Item = &'a OwnedEventId>,
     events: &Lookup<'_>,
 ) -> HashSet<OwnedEventId> {
-    let conflicted: HashSet<&OwnedEventId> = conflicted.collect();
-    let ancestors = auth_chain(conflicted.iter().copied(), events, true);
-    // Whether each ancestor reaches a conflicted event, memoised.
-    let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
-    fn visit(
-        id: &OwnedEventId,
-        events: &Lookup<'_>,
-        conflicted: &HashSet<&OwnedEventId>,
-        reaches: &mut HashMap<OwnedEventId, bool>,
-    ) -> bool {
-        if let Some(known) = reaches.get(id) {
-            return *known;
+    let conflicted: IdSet = conflicted.map(AsRef::as_ref).collect();
+    // The conflicted events' ancestors, each with the ancestors citing it.
+    let mut cited_by: HashMap<&EventId, Vec<&EventId>, foldhash::fast::RandomState> = HashMap::default();
+    let mut ancestors = conflicted.clone();
+    let mut stack: Vec<&EventId> = conflicted.iter().copied().collect();
+    while let Some(id) = stack.pop() {
+        for parent in events.get(id).into_iter().flat_map(|pdu| pdu.auth_events.iter().map(AsRef::as_ref)) {
+            cited_by.entry(parent).or_default().push(id);
+            if ancestors.insert(parent) {
+                stack.push(parent);
+            }
         }
-        // Auth chains are acyclic; marking first still ends a malformed cycle.
-        reaches.insert(id.clone(), false);
-        let mut found = false;
-        for parent in events.get(id).into_iter().flat_map(|pdu| pdu.auth_events.iter()) {
-            found |= conflicted.contains(parent) || visit(parent, events, conflicted, reaches);
-        }
-        reaches.insert(id.clone(), found);
-        found
     }
-    ancestors.into_iter().filter(|id| conflicted.contains(id) || visit(id, events, &conflicted, &mut reaches)).collect()
+    // Those that reach a conflicted event: its citers, and theirs.
+    let mut subgraph = conflicted.clone();
+    let mut stack: Vec<&EventId> = conflicted.into_iter().collect();
+    while let Some(id) = stack.pop() {
+        for &citer in cited_by.get(id).into_iter().flatten() {
+            if subgraph.insert(citer) {
+                stack.push(citer);
+            }
+        }
+    }
+    subgraph.into_iter().map(ToOwned::to_owned).collect()
 }
 
 #[cfg(test)]
@@ -235,14 +325,14 @@ mod tests {
 
     struct Room {
         version: RoomVersionId,
-        events: HashMap<OwnedEventId, Pdu>,
+        events: EventMap,
         next: u32,
     }
 
     impl Room {
         /// Create, alice's join, power levels (alice 100), public join rules, members u0..u4.
         fn new(version: RoomVersionId) -> (Self, Fork) {
-            let mut room = Self { version, events: HashMap::new(), next: 0 };
+            let mut room = Self { version, events: EventMap::default(), next: 0 };
             let mut fork = Fork { state: IdState::new(), tip: EventId::parse("$none").unwrap(), depth: 0, ts: 1 };
             room.add(&mut fork, ALICE, "m.room.create", "", json!({"creator": ALICE, "room_version": room.version}));
             room.add(&mut fork, ALICE, "m.room.member", ALICE, json!({"membership": "join"}));
@@ -381,10 +471,29 @@ mod tests {
         Topic,
         Ban(u8),
         Rename(u8),
+        /// Alice gives the member power to ban.
+        Empower(u8),
+        /// The first member bans the member, with power or without.
+        ModBan(u8),
+        /// Alice makes the room invite-only.
+        CloseRoom,
+        /// Someone not yet in the room joins, allowed or not.
+        Newcomer(u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![Just(Op::Topic), (0u8..5).prop_map(Op::Ban), (0u8..5).prop_map(Op::Rename)]
+    }
+
+    /// Also power and join-rule changes, and keys some forks lack.
+    fn any_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => op(),
+            1 => (0u8..5).prop_map(Op::Empower),
+            1 => (1u8..5).prop_map(Op::ModBan),
+            1 => Just(Op::CloseRoom),
+            1 => (5u8..8).prop_map(Op::Newcomer),
+        ]
     }
 
     fn apply(room: &mut Room, fork: &mut Fork, ops: &[Op], tag: &str) {
@@ -404,6 +513,19 @@ mod tests {
                         let content = json!({"membership": "join", "displayname": format!("{tag}{i}")});
                         room.add(fork, &member(*n), "m.room.member", &member(*n), content);
                     }
+                }
+                Op::Empower(n) => {
+                    let levels = json!({"users": {ALICE: 100, member(*n): 50}});
+                    room.add(fork, ALICE, "m.room.power_levels", "", levels);
+                }
+                Op::ModBan(n) => {
+                    room.add(fork, &member(0), "m.room.member", &member(*n), json!({"membership": "ban"}));
+                }
+                Op::CloseRoom => {
+                    room.add(fork, ALICE, "m.room.join_rules", "", json!({"join_rule": "invite"}));
+                }
+                Op::Newcomer(n) => {
+                    room.add(fork, &member(*n), "m.room.member", &member(*n), json!({"membership": "join"}));
                 }
             }
         }
@@ -521,7 +643,7 @@ mod tests {
     }
 
     /// The auth difference walked from the states' events, as the spec defines it.
-    fn walked_difference(states: &[IdState], events: &HashMap<OwnedEventId, Pdu>) -> HashSet<OwnedEventId> {
+    fn walked_difference(states: &[IdState], events: &EventMap) -> HashSet<OwnedEventId> {
         let lookup = Lookup::new(events);
         let chains: Vec<HashSet<OwnedEventId>> =
             states.iter().map(|state| auth_chain(state.values(), &lookup, false)).collect();
@@ -562,7 +684,7 @@ mod tests {
         };
         assert_eq!(indexed(links.clone()), walked);
         // Resolving over the conflicted events alone misses what the auth checks read.
-        let conflicted: HashMap<OwnedEventId, Pdu> = states
+        let conflicted: EventMap = states
             .iter()
             .flat_map(|state| state.iter().filter(|(key, id)| base.state.get(*key) != Some(*id)))
             .map(|(_, id)| (id.clone(), room.events[id].clone()))
@@ -591,8 +713,101 @@ mod tests {
         assert!(needed.count() > 0);
     }
 
+    /// All events reachable from `roots` through `auth_events`, roots included
+    /// only when `with_roots`.
+    fn auth_chain<'a>(
+        roots: impl IntoIterator<Item = &'a OwnedEventId>,
+        events: &Lookup<'_>,
+        with_roots: bool,
+    ) -> HashSet<OwnedEventId> {
+        let mut seen = HashSet::new();
+        let mut stack: Vec<&OwnedEventId> = Vec::new();
+        for root in roots {
+            if with_roots {
+                seen.insert(root.clone());
+            }
+            stack.extend(events.get(root).into_iter().flat_map(|pdu| pdu.auth_events.iter()));
+        }
+        while let Some(id) = stack.pop() {
+            if seen.insert(id.clone()) {
+                stack.extend(events.get(id).into_iter().flat_map(|pdu| pdu.auth_events.iter()));
+            }
+        }
+        seen
+    }
+
+    /// ruma's resolution over the whole states and their whole walked auth
+    /// chains, as the spec states it.
+    fn ruma_on_whole_states(rules: &RoomVersionRules, states: &[IdState], events: &EventMap) -> IdState {
+        let StateResolutionVersion::V2(v2_rules) = &rules.state_res else { panic!("not a version 2 algorithm") };
+        let lookup = Lookup::new(events);
+        let maps: Vec<_> = states.iter().map(|state| restricted(state, state.keys())).collect();
+        let chains =
+            states.iter().map(|state| auth_chain(state.values(), &lookup, false).into_iter().collect()).collect();
+        let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| {
+            Some(conflicted_subgraph(conflicted.values().flatten(), &lookup).into_iter().collect())
+        };
+        state_res::resolve(&rules.authorization, v2_rules, maps.iter(), chains, |id| lookup.get(id), subgraph)
+            .unwrap()
+            .into_iter()
+            .map(|((kind, key), id)| ((kind.to_string(), key), id))
+            .collect()
+    }
+
+    /// An entry every state holds is not handed to ruma unless the auth
+    /// rules read it, and then it decides: a moderator demoted on one fork,
+    /// whose ban on the other came before, no longer bans once the first
+    /// fork has taken in the demotion.
+    #[test]
+    fn an_unconflicted_entry_the_auth_rules_read_still_decides() {
+        for version in [RoomVersionId::V6, RoomVersionId::V10, RoomVersionId::V11] {
+            let (mut room, mut base) = Room::new(version.clone());
+            room.add(&mut base, ALICE, "m.room.power_levels", "", json!({"users": {ALICE: 100, member(0): 50}}));
+            let (mut banning, mut demoting) = (base.clone(), base.clone());
+            demoting.ts += 1000;
+            room.add(&mut banning, &member(0), "m.room.member", &member(1), json!({"membership": "ban"}));
+            let demotion = room.add(&mut demoting, ALICE, "m.room.power_levels", "", json!({"users": {ALICE: 100}}));
+            let mut banning_after_demotion = banning.state.clone();
+            banning_after_demotion.insert(("m.room.power_levels".to_owned(), String::new()), demotion);
+
+            let rules = version.rules().unwrap();
+            let states = [banning_after_demotion, demoting.state];
+            let resolved = resolve(&rules, &states, &room.events).unwrap();
+            assert_eq!(membership(&room, &resolved, 1), "join", "v{version}");
+            assert_eq!(resolved, ruma_on_whole_states(&rules, &states, &room.events), "v{version}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Handing ruma only the keys the auth checks read, and the auth
+        /// difference as one set, gives what it gives on the whole states.
+        #[test]
+        fn resolving_the_keys_read_gives_what_whole_states_give(
+            version in versions(),
+            before in proptest::collection::vec(any_op(), 0..4),
+            a in proptest::collection::vec(any_op(), 0..8),
+            b in proptest::collection::vec(any_op(), 0..8),
+            c in proptest::collection::vec(any_op(), 0..4),
+            taken_in in any::<bool>(),
+        ) {
+            let (mut room, mut base) = Room::new(version.clone());
+            apply(&mut room, &mut base, &before, "p");
+            let mut states = three_forks(&mut room, &base, [&a, &b, &c]);
+            if taken_in {
+                // The first fork after taking in the second's power levels
+                // and join rules: its events then face rules they did not cite.
+                for kind in ["m.room.power_levels", "m.room.join_rules"] {
+                    let key = (kind.to_owned(), String::new());
+                    let theirs = states[1][&key].clone();
+                    states[0].insert(key, theirs);
+                }
+            }
+            let rules = version.rules().unwrap();
+            let whole = ruma_on_whole_states(&rules, &states, &room.events);
+            prop_assert_eq!(resolve(&rules, &states, &room.events).unwrap(), whole);
+        }
 
         /// The chain cover gives every state's full auth chain, so the auth
         /// difference the walk finds, and resolving with the index's
@@ -655,7 +870,7 @@ mod tests {
             let states = three_forks(&mut room, &base, [&a, &b, &[]]);
             let rules = version.rules().unwrap();
             let full = resolve(&rules, &states, &room.events).unwrap();
-            let mut loaded: HashMap<OwnedEventId, Pdu> = HashMap::new();
+            let mut loaded = EventMap::default();
             for state in &states {
                 for (key, id) in state {
                     if states.iter().any(|other| other.get(key) != Some(id)) {
