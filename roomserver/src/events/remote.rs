@@ -550,7 +550,13 @@ impl RemoteRoom {
         let room_id = self.room_id.clone();
         let ids: Vec<&OwnedEventId> =
             maps.iter().flat_map(IdState::values).collect::<HashSet<_>>().into_iter().collect();
-        let positions = tx.chain_positions(room_id.as_str(), &ids).await?;
+        let mut positions = tx.chain_positions(room_id.as_str(), &ids).await?;
+        if positions.len() < ids.len() {
+            // Stored before the index, or before their auth events had a place.
+            let placed = tx.place_unindexed_state(room_id.as_str()).await?;
+            tracing::info!(room_id = %self.room_id, placed, "placed state events in the auth-chain index");
+            positions = tx.chain_positions(room_id.as_str(), &ids).await?;
+        }
         if positions.len() < ids.len() {
             tracing::debug!(room_id = %self.room_id, "state events outside the auth-chain index");
             return Ok(None);

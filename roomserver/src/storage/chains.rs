@@ -8,6 +8,7 @@ use ruma::OwnedEventId;
 
 use super::{EventStatus, KnownColumns, KnownEvent, NewEvent, SqlResult, Tx, on_tx};
 use crate::events::cover::{AuthPlace, Link, Position, place};
+use crate::events::pdu::Pdu;
 
 /// Ids per query: far below both databases' bound on parameters.
 const BATCH: usize = 500;
@@ -24,6 +25,15 @@ type IdKnownColumns = (String, String, Option<i64>, Option<i64>, String);
 /// event id, room id, chain, seq, type, state key.
 type AuthColumns = (String, String, i64, i64, String, Option<String>);
 
+/// What places a state event in the index.
+struct StateEvent<'a> {
+    event_id: &'a str,
+    room_id: &'a str,
+    event_type: &'a str,
+    state_key: &'a str,
+    auth_events: &'a [OwnedEventId],
+}
+
 impl Tx {
     /// Give a stored state event its position when all its auth events have
     /// one (in the same transaction as the event, so that an event and its
@@ -31,10 +41,70 @@ impl Tx {
     /// the index, which makes resolution read its auth chain instead.
     pub(super) async fn place_in_chain_cover(&mut self, event: &NewEvent<'_>) -> SqlResult<()> {
         let (Some(state_key), Some(auth_events)) = (event.state_key, event.auth_events) else { return Ok(()) };
-        // Only a create event has no auth events (the auth rules see to it).
-        if auth_events.is_empty() && event.event_type != "m.room.create" {
-            return Ok(());
+        let event = StateEvent {
+            event_id: event.event_id,
+            room_id: event.room_id,
+            event_type: event.event_type,
+            state_key,
+            auth_events,
+        };
+        self.place(&event).await.map(|_| ())
+    }
+
+    /// Place the room's state events that have no position: those stored
+    /// before the index existed, and those whose auth events had none then.
+    /// Each pass over them in the order they were stored places those whose
+    /// auth events now have one, until a pass places nothing. The number placed.
+    pub async fn place_unindexed_state(&mut self, room_id: &str) -> SqlResult<usize> {
+        let rows: Vec<(String, String, String, String)> = on_tx!(self, c => {
+            sqlx::query_as(
+                "SELECT e.event_id, e.event_type, e.state_key, e.pdu FROM roomserver_events e \
+                 WHERE e.room_id = $1 AND e.state_key IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM roomserver_auth_chains c WHERE c.event_id = e.event_id) \
+                 ORDER BY e.stream_pos",
+            )
+            .bind(room_id)
+            .fetch_all(c)
+            .await?
+        });
+        // A stored PDU that no longer parses has no auth events to place it by.
+        let mut pending: Vec<(String, String, String, Vec<OwnedEventId>)> = rows
+            .into_iter()
+            .filter_map(|(id, kind, key, pdu)| {
+                let parsed = Pdu::parse(OwnedEventId::try_from(id.as_str()).ok()?, &pdu).ok()?;
+                Some((id, kind, key, parsed.auth_events))
+            })
+            .collect();
+        let mut placed = 0;
+        loop {
+            let before = pending.len();
+            let mut left = Vec::new();
+            for (event_id, event_type, state_key, auth_events) in pending {
+                let event = StateEvent {
+                    event_id: &event_id,
+                    room_id,
+                    event_type: &event_type,
+                    state_key: &state_key,
+                    auth_events: &auth_events,
+                };
+                if !self.place(&event).await? {
+                    left.push((event_id, event_type, state_key, auth_events));
+                }
+            }
+            placed += before - left.len();
+            if left.len() == before {
+                return Ok(placed);
+            }
+            pending = left;
         }
+    }
+
+    /// Give `event` its position if all its auth events have one; whether it did.
+    async fn place(&mut self, event: &StateEvent<'_>) -> SqlResult<bool> {
+        // An event citing no auth events (a create event; from room version
+        // 12, whose events never cite it, also the creator's join) starts a
+        // chain with no links: its auth chain is empty.
+        let (state_key, auth_events) = (event.state_key, event.auth_events);
         let cited: HashSet<&str> = auth_events.iter().map(|id| id.as_str()).collect();
         let cited: Vec<&str> = cited.into_iter().collect();
         let rows: Vec<AuthColumns> = if cited.is_empty() {
@@ -58,7 +128,7 @@ impl Tx {
         };
         let rows: Vec<AuthColumns> = rows.into_iter().filter(|row| row.1 == event.room_id).collect();
         if rows.len() < cited.len() {
-            return Ok(());
+            return Ok(false);
         }
         let mut auth = Vec::with_capacity(rows.len());
         for (_, _, chain, seq, kind, key) in rows {
@@ -104,7 +174,7 @@ impl Tx {
                 .await?;
             });
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn chain_tip(&mut self, room_id: &str, chain: i64) -> SqlResult<i64> {

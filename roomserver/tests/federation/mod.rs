@@ -138,6 +138,17 @@ impl RemoteView {
         self.tip = (last.event.event_id.to_string(), last.event.pdu["depth"].as_i64().unwrap());
     }
 
+    /// A power levels `users` map giving `powers`, and alice (the room's
+    /// creator) 100 where the room version lists creators there.
+    fn users_with_power(&self, powers: &[(&OwnedUserId, i64)]) -> Value {
+        let mut users = serde_json::Map::new();
+        if self.version != RoomVersionId::V12 {
+            users.insert(user("alice").to_string(), json!(100));
+        }
+        users.extend(powers.iter().map(|(user, power)| (user.to_string(), json!(power))));
+        Value::Object(users)
+    }
+
     /// The create event as an auth event, where the room version lists it.
     fn with_create(&self, mut auth: Vec<String>) -> Vec<String> {
         if self.version != RoomVersionId::V12 {
@@ -366,13 +377,13 @@ async fn key_validity_is_enforced_from_room_version_5() {
 /// A v11 room of alice's that remote bob joined, then remote carol, whom
 /// alice gave her own power (alice's change not yet in `view`); the view,
 /// bob's join and carol's.
-async fn carol_moderates(h: &Harness) -> (RemoteView, String, String) {
-    let (alice, carol) = (user("alice"), remote_user("carol"));
-    let (view, bob_join) = joined_room(h, RoomVersionId::V11).await;
+async fn carol_moderates(h: &Harness, version: RoomVersionId) -> (RemoteView, String, String) {
+    let carol = remote_user("carol");
+    let (view, bob_join) = joined_room(h, version).await;
     let (carol_join, pdu) = view.join(&carol);
     accepted(&view.send(h, PduKind::Timeline, vec![pdu]).await, 0, &carol_join);
-    let levels = json!({"users": {alice.as_str(): 100, carol.as_str(): 100}});
-    h.send(&view.room_id, &alice, "m.room.power_levels", Some(""), levels, None).await.unwrap();
+    let levels = json!({"users": view.users_with_power(&[(&carol, 100)])});
+    h.send(&view.room_id, &user("alice"), "m.room.power_levels", Some(""), levels, None).await.unwrap();
     (view, bob_join, carol_join)
 }
 
@@ -380,7 +391,7 @@ async fn carol_moderates(h: &Harness) -> (RemoteView, String, String) {
 async fn soft_failure_and_forks() {
     each_backend(|h| async move {
         let (alice, bob, carol) = (user("alice"), remote_user("bob"), remote_user("carol"));
-        let (mut view, bob_join, carol_join) = carol_moderates(&h).await;
+        let (mut view, bob_join, carol_join) = carol_moderates(&h, RoomVersionId::V11).await;
         view.refresh(&h).await;
         let before_ban = view.tip.clone();
 
@@ -986,79 +997,94 @@ async fn state_before(h: &Harness, room_id: &OwnedRoomId, event_id: &str) -> Vec
 }
 
 /// Every state event, local or received, gets a place in the auth-chain
-/// index; a fork merge resolves the same with it as with the whole auth
-/// chains read when the room's events have none (stored before the index).
+/// index (in version 12 too, where the creator's join cites no auth event);
+/// a fork merge in a room whose events lost theirs (as if stored before the
+/// index) places them again, and resolves as it did with them.
 #[tokio::test]
-async fn forks_resolve_alike_with_and_without_the_auth_chain_index() {
-    each_backend(|h| async move {
-        let (alice, bob, carol) = (user("alice"), remote_user("bob"), remote_user("carol"));
-        let (mut view, bob_join, carol_join) = carol_moderates(&h).await;
-        h.message(&view.room_id, &alice, "not state").await.unwrap();
-        view.refresh(&h).await;
-        assert_eq!(h.count(UNPLACED_STATE).await, 0, "{}", h.name());
-        assert_eq!(h.count(PLACED_MESSAGES).await, 0, "{}", h.name());
-        let base = view.tip.clone();
-        let step = |view: &mut RemoteView, fields: Value| {
-            let (id, pdu) = view.pdu(fields);
-            view.tip = (id.clone(), view.tip.1 + 1);
-            (id, pdu)
-        };
+async fn forks_resolve_alike_after_the_auth_chain_index_is_rebuilt_v11() {
+    forks_resolve_alike_after_the_auth_chain_index_is_rebuilt(RoomVersionId::V11).await;
+}
 
-        // One fork raises bob and renames him twice; the other bans him.
-        let raise = json!({"users": {alice.as_str(): 100, carol.as_str(): 100, bob.as_str(): 50}});
-        let member_auth = |view: &RemoteView, member: &str| {
-            view.with_create(vec![view.power_levels.clone(), view.join_rules.clone(), member.to_owned()])
-        };
-        let fields = json!({"type": "m.room.power_levels", "state_key": "", "sender": carol, "content": raise,
+#[tokio::test]
+async fn forks_resolve_alike_after_the_auth_chain_index_is_rebuilt_v12() {
+    forks_resolve_alike_after_the_auth_chain_index_is_rebuilt(RoomVersionId::V12).await;
+}
+
+async fn forks_resolve_alike_after_the_auth_chain_index_is_rebuilt(version: RoomVersionId) {
+    each_backend(|h| {
+        let version = version.clone();
+        async move {
+            let (alice, bob, carol) = (user("alice"), remote_user("bob"), remote_user("carol"));
+            let (mut view, bob_join, carol_join) = carol_moderates(&h, version.clone()).await;
+            h.message(&view.room_id, &alice, "not state").await.unwrap();
+            view.refresh(&h).await;
+            assert_eq!(h.count(UNPLACED_STATE).await, 0, "{}", h.name());
+            assert_eq!(h.count(PLACED_MESSAGES).await, 0, "{}", h.name());
+            let base = view.tip.clone();
+            let step = |view: &mut RemoteView, fields: Value| {
+                let (id, pdu) = view.pdu(fields);
+                view.tip = (id.clone(), view.tip.1 + 1);
+                (id, pdu)
+            };
+
+            // One fork raises bob and renames him twice; the other bans him.
+            let raise = json!({"users": view.users_with_power(&[(&carol, 100), (&bob, 50)])});
+            let member_auth = |view: &RemoteView, member: &str| {
+                view.with_create(vec![view.power_levels.clone(), view.join_rules.clone(), member.to_owned()])
+            };
+            let fields = json!({"type": "m.room.power_levels", "state_key": "", "sender": carol, "content": raise,
             "auth_events": view.with_create(vec![view.power_levels.clone(), carol_join.clone()])});
-        let raised = step(&mut view, fields);
-        let fields = json!({"type": "m.room.member", "state_key": bob, "sender": bob,
+            let raised = step(&mut view, fields);
+            let fields = json!({"type": "m.room.member", "state_key": bob, "sender": bob,
             "content": {"membership": "join", "displayname": "Bob"}, "auth_events": member_auth(&view, &bob_join)});
-        let renamed = step(&mut view, fields);
-        let fields = json!({"type": "m.room.member", "state_key": bob, "sender": bob,
+            let renamed = step(&mut view, fields);
+            let fields = json!({"type": "m.room.member", "state_key": bob, "sender": bob,
             "content": {"membership": "join", "displayname": "Bobby"}, "auth_events": member_auth(&view, &renamed.0)});
-        let renamed_again = step(&mut view, fields);
-        let first_tip = view.tip.clone();
-        let pdus: Vec<Value> = [raised, renamed, renamed_again].into_iter().map(|(_, pdu)| pdu).collect();
-        for (i, result) in view.send(&h, PduKind::Timeline, pdus).await.iter().enumerate() {
-            assert_eq!(result.outcome, PduOutcome::Accepted, "first fork, event {i}");
-        }
-        view.tip = base;
-        let fields = json!({"type": "m.room.member", "state_key": bob, "sender": carol,
+            let renamed_again = step(&mut view, fields);
+            let first_tip = view.tip.clone();
+            let pdus: Vec<Value> = [raised, renamed, renamed_again].into_iter().map(|(_, pdu)| pdu).collect();
+            for (i, result) in view.send(&h, PduKind::Timeline, pdus).await.iter().enumerate() {
+                assert_eq!(result.outcome, PduOutcome::Accepted, "first fork, event {i}");
+            }
+            view.tip = base;
+            let fields = json!({"type": "m.room.member", "state_key": bob, "sender": carol,
             "content": {"membership": "ban"},
             "auth_events": view.with_create(vec![view.power_levels.clone(), carol_join.clone(), bob_join.clone()])});
-        let ban = step(&mut view, fields);
-        let fields = json!({"type": "m.room.topic", "state_key": "", "sender": carol,
+            let ban = step(&mut view, fields);
+            let fields = json!({"type": "m.room.topic", "state_key": "", "sender": carol,
             "content": {"topic": "second fork"},
             "auth_events": view.with_create(vec![view.power_levels.clone(), carol_join.clone()])});
-        let topic = step(&mut view, fields);
-        let second_tip = view.tip.clone();
-        for result in view.send(&h, PduKind::Timeline, vec![ban.1, topic.1]).await {
-            assert_eq!(result.outcome, PduOutcome::Accepted, "second fork");
-        }
-        assert_eq!(h.count(UNPLACED_STATE).await, 0, "received events are placed too");
+            let topic = step(&mut view, fields);
+            let second_tip = view.tip.clone();
+            for result in view.send(&h, PduKind::Timeline, vec![ban.1, topic.1]).await {
+                assert_eq!(result.outcome, PduOutcome::Accepted, "second fork");
+            }
+            assert_eq!(h.count(UNPLACED_STATE).await, 0, "received events are placed too");
 
-        let merge = |view: &RemoteView, body: &str| {
-            view.pdu(json!({"type": "m.room.message", "sender": carol, "content": {"body": body},
+            let merge = |view: &RemoteView, body: &str| {
+                view.pdu(json!({"type": "m.room.message", "sender": carol, "content": {"body": body},
                 "prev_events": [first_tip.0, second_tip.0], "depth": first_tip.1.max(second_tip.1) + 1,
                 "auth_events": view.with_create(vec![view.power_levels.clone(), carol_join.clone()])}))
-        };
-        let (indexed, pdu) = merge(&view, "with the index");
-        accepted(&view.send(&h, PduKind::Timeline, vec![pdu]).await, 0, &indexed);
-        let resolved = state_before(&h, &view.room_id, &indexed).await;
-        assert!(resolved.contains(&ban.0), "the ban wins over bob's renames");
-        assert!(resolved.contains(&topic.0));
+            };
+            let (indexed, pdu) = merge(&view, "with the index");
+            accepted(&view.send(&h, PduKind::Timeline, vec![pdu]).await, 0, &indexed);
+            let resolved = state_before(&h, &view.room_id, &indexed).await;
+            assert!(resolved.contains(&ban.0), "the ban wins over bob's renames");
+            assert!(resolved.contains(&topic.0));
 
-        // The room's events lose their places, as if stored before the index;
-        // what is stored on top of them gets none either.
-        with_db!(&h.db, pool => {
-            sqlx::query("DELETE FROM roomserver_auth_chains").execute(pool).await.unwrap();
-        });
-        h.send(&view.room_id, &alice, "m.room.name", Some(""), json!({"name": "unplaced"}), None).await.unwrap();
-        assert_eq!(h.count("SELECT COUNT(*) FROM roomserver_auth_chains").await, 0, "{}", h.name());
-        let (walked, pdu) = merge(&view, "with whole auth chains");
-        accepted(&view.send(&h, PduKind::Timeline, vec![pdu]).await, 0, &walked);
-        assert_eq!(state_before(&h, &view.room_id, &walked).await, resolved, "{}", h.name());
+            // The room's events lose their places, as if stored before the index;
+            // what is stored on top of them gets none either.
+            with_db!(&h.db, pool => {
+                sqlx::query("DELETE FROM roomserver_auth_chains").execute(pool).await.unwrap();
+                sqlx::query("DELETE FROM roomserver_auth_chain_links").execute(pool).await.unwrap();
+            });
+            h.send(&view.room_id, &alice, "m.room.name", Some(""), json!({"name": "unplaced"}), None).await.unwrap();
+            assert_eq!(h.count("SELECT COUNT(*) FROM roomserver_auth_chains").await, 0, "{}", h.name());
+            let (rebuilt, pdu) = merge(&view, "after the index is rebuilt");
+            accepted(&view.send(&h, PduKind::Timeline, vec![pdu]).await, 0, &rebuilt);
+            assert_eq!(h.count(UNPLACED_STATE).await, 0, "{}: every state event is placed again", h.name());
+            assert_eq!(state_before(&h, &view.room_id, &rebuilt).await, resolved, "{}", h.name());
+        }
     })
     .await;
 }
