@@ -7,7 +7,7 @@ use myelin_storage::sqlx::{self, AssertSqlSafe};
 use ruma::OwnedEventId;
 
 use super::{EventStatus, KnownColumns, KnownEvent, NewEvent, SqlResult, Tx, on_tx};
-use crate::events::cover::{AuthPlace, Link, Position, place};
+use crate::events::cover::{AuthPlace, Link, Placement, Position, place};
 use crate::events::pdu::Pdu;
 
 /// Ids per query: far below both databases' bound on parameters.
@@ -24,6 +24,40 @@ type IdKnownColumns = (String, String, Option<i64>, Option<i64>, String);
 
 /// event id, room id, chain, seq, type, state key.
 type AuthColumns = (String, String, i64, i64, String, Option<String>);
+
+/// A room's index in memory while its unplaced events are placed.
+#[derive(Default)]
+struct RoomCover {
+    /// Each placed state event's position and `(type, state key)`.
+    placed: HashMap<String, (Position, (String, String))>,
+    tips: HashMap<i64, i64>,
+    highest_chain: i64,
+}
+
+impl RoomCover {
+    fn record(&mut self, event_id: String, key: (String, String), at: Position) {
+        let tip = self.tips.entry(at.chain).or_insert(at.seq);
+        *tip = (*tip).max(at.seq);
+        self.highest_chain = self.highest_chain.max(at.chain);
+        self.placed.insert(event_id, (at, key));
+    }
+
+    /// `event_id`'s placement if all its auth events are placed (and recorded).
+    fn place(&mut self, event_id: &str, key: &(String, String), auth_events: &[OwnedEventId]) -> Option<Placement> {
+        let auth: Vec<AuthPlace> = auth_events
+            .iter()
+            .map(|id| {
+                let (position, auth_key) = self.placed.get(id.as_str())?;
+                let same_key = auth_key == key;
+                let is_tip = same_key && self.tips.get(&position.chain) == Some(&position.seq);
+                Some(AuthPlace { position: *position, same_key, is_tip })
+            })
+            .collect::<Option<_>>()?;
+        let placement = place(&auth, self.highest_chain + 1);
+        self.record(event_id.to_owned(), key.clone(), placement.position);
+        Some(placement)
+    }
+}
 
 /// What places a state event in the index.
 struct StateEvent<'a> {
@@ -54,7 +88,8 @@ impl Tx {
     /// Place the room's state events that have no position: those stored
     /// before the index existed, and those whose auth events had none then.
     /// Each pass over them in the order they were stored places those whose
-    /// auth events now have one, until a pass places nothing. The number placed.
+    /// auth events now have one, until a pass places nothing; the room's
+    /// index is read once and written in batches. The number placed.
     pub async fn place_unindexed_state(&mut self, room_id: &str) -> SqlResult<usize> {
         let rows: Vec<(String, String, String, String)> = on_tx!(self, c => {
             sqlx::query_as(
@@ -68,35 +103,96 @@ impl Tx {
             .await?
         });
         // A stored PDU that no longer parses has no auth events to place it by.
-        let mut pending: Vec<(String, String, String, Vec<OwnedEventId>)> = rows
+        let mut pending: Vec<(String, (String, String), Vec<OwnedEventId>)> = rows
             .into_iter()
             .filter_map(|(id, kind, key, pdu)| {
                 let parsed = Pdu::parse(OwnedEventId::try_from(id.as_str()).ok()?, &pdu).ok()?;
-                Some((id, kind, key, parsed.auth_events))
+                Some((id, (kind, key), parsed.auth_events))
             })
             .collect();
-        let mut placed = 0;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mut cover = self.room_cover(room_id).await?;
+        let (mut positions, mut links) = (Vec::new(), Vec::new());
         loop {
             let before = pending.len();
-            let mut left = Vec::new();
-            for (event_id, event_type, state_key, auth_events) in pending {
-                let event = StateEvent {
-                    event_id: &event_id,
-                    room_id,
-                    event_type: &event_type,
-                    state_key: &state_key,
-                    auth_events: &auth_events,
-                };
-                if !self.place(&event).await? {
-                    left.push((event_id, event_type, state_key, auth_events));
+            pending.retain(|(event_id, key, auth_events)| match cover.place(event_id, key, auth_events) {
+                Some(placement) => {
+                    positions.push((event_id.clone(), placement.position));
+                    links.extend(placement.links);
+                    false
                 }
+                None => true,
+            });
+            if pending.len() == before {
+                break;
             }
-            placed += before - left.len();
-            if left.len() == before {
-                return Ok(placed);
-            }
-            pending = left;
         }
+        self.insert_positions(room_id, &positions).await?;
+        self.insert_links(room_id, &links).await?;
+        Ok(positions.len())
+    }
+
+    /// The room's placed events and chain tips.
+    async fn room_cover(&mut self, room_id: &str) -> SqlResult<RoomCover> {
+        let rows: Vec<(String, i64, i64, String, Option<String>)> = on_tx!(self, c => {
+            sqlx::query_as(
+                "SELECT c.event_id, c.chain_id, c.seq, e.event_type, e.state_key FROM roomserver_auth_chains c \
+                 JOIN roomserver_events e ON e.event_id = c.event_id WHERE c.room_id = $1",
+            )
+            .bind(room_id)
+            .fetch_all(c)
+            .await?
+        });
+        let mut cover = RoomCover::default();
+        for (event_id, chain, seq, kind, key) in rows {
+            let Some(key) = key else { continue };
+            cover.record(event_id, (kind, key), Position { chain, seq });
+        }
+        Ok(cover)
+    }
+
+    async fn insert_positions(&mut self, room_id: &str, positions: &[(String, Position)]) -> SqlResult<()> {
+        for batch in positions.chunks(BATCH / 4) {
+            let rows: Vec<String> = (0..batch.len()).map(|n| format!("({})", placeholders(n * 4 + 1, 4))).collect();
+            let sql = format!(
+                "INSERT INTO roomserver_auth_chains (event_id, room_id, chain_id, seq) VALUES {}",
+                rows.join(", ")
+            );
+            on_tx!(self, c => {
+                let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+                for (event_id, at) in batch {
+                    query = query.bind(event_id.as_str()).bind(room_id).bind(at.chain).bind(at.seq);
+                }
+                query.execute(c).await?;
+            });
+        }
+        Ok(())
+    }
+
+    async fn insert_links(&mut self, room_id: &str, links: &[Link]) -> SqlResult<()> {
+        for batch in links.chunks(BATCH / 5) {
+            let rows: Vec<String> = (0..batch.len()).map(|n| format!("({})", placeholders(n * 5 + 1, 5))).collect();
+            let sql = format!(
+                "INSERT INTO roomserver_auth_chain_links (room_id, origin_chain, origin_seq, target_chain, \
+                 target_seq) VALUES {}",
+                rows.join(", ")
+            );
+            on_tx!(self, c => {
+                let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+                for link in batch {
+                    query = query
+                        .bind(room_id)
+                        .bind(link.origin.chain)
+                        .bind(link.origin.seq)
+                        .bind(link.target.chain)
+                        .bind(link.target.seq);
+                }
+                query.execute(c).await?;
+            });
+        }
+        Ok(())
     }
 
     /// Give `event` its position if all its auth events have one; whether it did.
