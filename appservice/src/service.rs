@@ -51,6 +51,11 @@ pub async fn start(config: Arc<Config>, db: Db, bus: Bus, shutdown: Shutdown) ->
         tasks.push(sender.spawn(shutdown.clone()));
         targets.push(Target { service, wake });
     }
+    let sending: Vec<&str> = targets.iter().map(|target| target.service.id()).collect();
+    let dropped = storage.forget_services_except(&sending).await?;
+    if dropped > 0 {
+        tracing::info!(dropped, "dropped the events queued for services no longer sent to");
+    }
     let output = OutputConsumer { storage, targets: targets.into(), server_name };
     tasks.push(bus.consume(OUTPUT_GROUP, OUTPUT_TOPIC, Arc::new(output), shutdown));
     Ok(Started { tasks })

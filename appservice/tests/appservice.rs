@@ -399,3 +399,34 @@ async fn a_restart_resends_nothing_acknowledged_and_loses_nothing_queued() {
         server.stop_appservice().await;
     }
 }
+
+/// Events queued for a service that is then removed from the configuration
+/// are dropped when the component starts without it; a service still
+/// registered keeps its queue (see the test above).
+#[tokio::test]
+async fn a_service_no_longer_registered_loses_its_queue() {
+    for test_db in TestDb::both().await {
+        let mut server = Server::start(test_db).await;
+        let name = server.name;
+        let room = server.create_room(&[GHOST]).await;
+        server.start_appservice("!none").await;
+        let before = server.message(&room, ALICE, "before").await;
+        server.stand_in.wait_for_event(&before).await;
+        server.stand_in.down.store(true, Ordering::SeqCst);
+        let queued = server.message(&room, ALICE, "queued").await;
+        server
+            .stand_in
+            .wait_until("an attempt at the queued event", |attempts| {
+                attempts.iter().any(|a| a.events.iter().any(|e| e["event_id"] == queued))
+            })
+            .await;
+        server.stop_appservice().await;
+        assert!(server.queued("bridge").await > 0, "[{name}] the refused event stays queued");
+
+        // Only the service without a URL is left.
+        server.config.global.app_service_config_files.retain(|path| path.ends_with("quiet.yaml"));
+        server.restart_appservice().await;
+        assert_eq!(server.queued("bridge").await, 0, "[{name}]");
+        server.stop_appservice().await;
+    }
+}

@@ -73,6 +73,27 @@ impl Storage {
         Ok(Some(Batch { txn_id, events: rows.into_iter().map(|(_, event)| event).collect() }))
     }
 
+    /// Drop what is queued for services other than `sending` (removed from
+    /// the configuration, or left without a `url`): nothing would ever send
+    /// it. Their last transaction ids are kept, so that a service added
+    /// back never sees an id again. The number of events dropped.
+    pub async fn forget_services_except(&self, sending: &[&str]) -> Result<u64, AppServiceError> {
+        let queued: Vec<String> = with_db!(&self.db, pool => {
+            sqlx::query_scalar("SELECT DISTINCT service_id FROM appservice_queue").fetch_all(pool).await?
+        });
+        let mut dropped = 0;
+        for service_id in queued.iter().filter(|id| !sending.contains(&id.as_str())) {
+            dropped += with_db!(&self.db, pool => {
+                sqlx::query("DELETE FROM appservice_queue WHERE service_id = $1")
+                    .bind(service_id)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            });
+        }
+        Ok(dropped)
+    }
+
     /// The service acknowledged the batch: its events are delivered.
     pub async fn acknowledge(&self, service_id: &str, txn_id: i64) -> Result<(), AppServiceError> {
         with_db!(&self.db, pool => {
