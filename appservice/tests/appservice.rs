@@ -252,6 +252,25 @@ impl Server {
     }
 
     /// Rows waiting in the component's queue for `service_id`.
+    /// In a room with the bridge's ghost, "before" is delivered, then the
+    /// service refuses the batch holding "queued", then the component
+    /// stops (the service stays down). The room.
+    async fn deliver_then_stop_on_a_refusal(&mut self) -> String {
+        let room = self.create_room(&[GHOST]).await;
+        self.start_appservice("!none").await;
+        let before = self.message(&room, ALICE, "before").await;
+        self.stand_in.wait_for_event(&before).await;
+        self.stand_in.down.store(true, Ordering::SeqCst);
+        let queued = self.message(&room, ALICE, "queued").await;
+        self.stand_in
+            .wait_until("an attempt at the queued event", |attempts| {
+                attempts.iter().any(|a| !a.accepted && a.events.iter().any(|e| e["event_id"] == queued))
+            })
+            .await;
+        self.stop_appservice().await;
+        room
+    }
+
     async fn queued(&self, service_id: &str) -> i64 {
         with_db!(&self.db, pool => {
             sqlx::query_scalar("SELECT COUNT(*) FROM appservice_queue WHERE service_id = $1")
@@ -367,21 +386,7 @@ async fn a_restart_resends_nothing_acknowledged_and_loses_nothing_queued() {
     for test_db in TestDb::both().await {
         let mut server = Server::start(test_db).await;
         let name = server.name;
-        let room = server.create_room(&[GHOST]).await;
-        server.start_appservice("!none").await;
-        let before = server.message(&room, ALICE, "before").await;
-        server.stand_in.wait_for_event(&before).await;
-
-        // A batch made and refused, then the component stops.
-        server.stand_in.down.store(true, Ordering::SeqCst);
-        let queued = server.message(&room, ALICE, "queued").await;
-        server
-            .stand_in
-            .wait_until("an attempt at the queued event", |attempts| {
-                attempts.iter().any(|a| !a.accepted && a.events.iter().any(|e| e["event_id"] == queued))
-            })
-            .await;
-        server.stop_appservice().await;
+        let room = server.deliver_then_stop_on_a_refusal().await;
         // Only in the log while the component is down.
         let while_down = server.message(&room, ALICE, "while down").await;
         server.stand_in.down.store(false, Ordering::SeqCst);
@@ -408,19 +413,7 @@ async fn a_service_no_longer_registered_loses_its_queue() {
     for test_db in TestDb::both().await {
         let mut server = Server::start(test_db).await;
         let name = server.name;
-        let room = server.create_room(&[GHOST]).await;
-        server.start_appservice("!none").await;
-        let before = server.message(&room, ALICE, "before").await;
-        server.stand_in.wait_for_event(&before).await;
-        server.stand_in.down.store(true, Ordering::SeqCst);
-        let queued = server.message(&room, ALICE, "queued").await;
-        server
-            .stand_in
-            .wait_until("an attempt at the queued event", |attempts| {
-                attempts.iter().any(|a| a.events.iter().any(|e| e["event_id"] == queued))
-            })
-            .await;
-        server.stop_appservice().await;
+        server.deliver_then_stop_on_a_refusal().await;
         assert!(server.queued("bridge").await > 0, "[{name}] the refused event stays queued");
 
         // Only the service without a URL is left.
