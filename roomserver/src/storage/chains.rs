@@ -82,7 +82,7 @@ impl Tx {
             state_key,
             auth_events,
         };
-        self.place(&event).await.map(|_| ())
+        self.place_state_event(&event).await.map(|_| ())
     }
 
     /// Place the room's state events that have no position: those stored
@@ -196,7 +196,7 @@ impl Tx {
     }
 
     /// Give `event` its position if all its auth events have one; whether it did.
-    async fn place(&mut self, event: &StateEvent<'_>) -> SqlResult<bool> {
+    async fn place_state_event(&mut self, event: &StateEvent<'_>) -> SqlResult<bool> {
         // An event citing no auth events (a create event; from room version
         // 12, whose events never cite it, also the creator's join) starts a
         // chain with no links: its auth chain is empty.
